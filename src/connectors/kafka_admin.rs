@@ -1,0 +1,114 @@
+//! What every Kafka connector shares: client settings, the reachability
+//! check, topic creation. Called from the main thread while a job starts,
+//! never from a timely worker.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaAdminError {
+    #[error("cannot reach the kafka broker at {brokers} ({reason}); start one with `scripts/dev-up`, or set [job] brokers to a running broker")]
+    Unreachable { brokers: String, reason: String },
+    #[error("cannot create topic `{topic}` on {brokers}: {reason}")]
+    CreateTopic { topic: String, brokers: String, reason: String },
+    #[error("kafka error on {brokers}: {reason}")]
+    Other { brokers: String, reason: String },
+}
+
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        // Fail fast instead of librdkafka's endless reconnect chatter.
+        .set("log_level", "3")
+        .set("socket.connection.setup.timeout.ms", "5000");
+    c
+}
+
+/// Asks the broker for its metadata, which proves it is there.
+pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(|e| KafkaAdminError::Unreachable { brokers: brokers.into(), reason: e.to_string() })?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(6))
+        .map(|_| ())
+        .map_err(|e| KafkaAdminError::Unreachable { brokers: brokers.into(), reason: e.to_string() })
+}
+
+/// The number of partitions of `topic`, or None when it does not exist.
+pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaAdminError> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: e.to_string() })?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| KafkaAdminError::Unreachable { brokers: brokers.into(), reason: e.to_string() })?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// Creates `topic` when it is missing; an existing topic is left as it is.
+pub fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    compacted: bool,
+) -> Result<i32, KafkaAdminError> {
+    if let Some(n) = partition_count(brokers, topic)? {
+        return Ok(n);
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: e.to_string() })?;
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    if compacted {
+        new = new.set("cleanup.policy", "compact");
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let results = rt
+        .block_on(admin.create_topics([&new], &opts))
+        .map_err(|e| KafkaAdminError::CreateTopic { topic: topic.into(), brokers: brokers.into(), reason: e.to_string() })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(KafkaAdminError::CreateTopic {
+                    topic: topic.into(),
+                    brokers: brokers.into(),
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    // Metadata can lag the creation by a moment.
+    for _ in 0..50 {
+        if let Some(n) = partition_count(brokers, topic)? {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(partitions)
+}
+
+/// Low and high watermarks of every partition of `topic`.
+pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: e.to_string() })?;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: format!("watermarks of {topic}/{p}: {e}") })
+        })
+        .collect()
+}

@@ -1,0 +1,6 @@
+//! Bytes to rows and back: Avro (Confluent wire format), JSON, and the
+//! Schema Registry client.
+
+pub mod avro;
+pub mod json;
+pub mod registry;

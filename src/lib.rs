@@ -1,0 +1,11 @@
+//! rill: long-running dataflow jobs over Kafka on timely dataflow.
+//!
+//! A record's way through the crate follows the folders: `spec` reads the
+//! job file, `plan` checks and resolves it, `dataflow` runs it on timely
+//! workers, `connectors` talk to Kafka and the rest, `runtime` launches the
+//! workers and commits epochs, `cli` is what `jobctl` offers.
+
+pub mod connectors;
+pub mod expr;
+pub mod format;
+pub mod record;

@@ -1,0 +1,185 @@
+//! Rows as they travel through a job: typed by a schema resolved at plan
+//! time and accessed by field index, never by name.
+
+use compact_str::CompactString;
+use std::fmt;
+use std::sync::Arc;
+
+/// The type of one field, as the plan sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldType {
+    Bool,
+    Int,
+    Double,
+    String,
+    Bytes,
+    Null,
+}
+
+impl FieldType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::Bool => "bool",
+            FieldType::Int => "int",
+            FieldType::Double => "double",
+            FieldType::String => "string",
+            FieldType::Bytes => "bytes",
+            FieldType::Null => "null",
+        }
+    }
+}
+
+/// One field of a row schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    pub nullable: bool,
+    /// The Avro type the field had in its source schema (for example
+    /// `int` or `float` behind [`FieldType::Int`]/[`FieldType::Double`]),
+    /// kept so a sink writes the same schema it read.
+    pub avro: AvroPrimitive,
+    /// Symbols when the field was an Avro enum; the row holds the symbol.
+    pub symbols: Option<Arc<[String]>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AvroPrimitive {
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    String,
+    Bytes,
+    Null,
+}
+
+impl AvroPrimitive {
+    pub fn for_type(ty: FieldType) -> Self {
+        match ty {
+            FieldType::Bool => AvroPrimitive::Boolean,
+            FieldType::Int => AvroPrimitive::Long,
+            FieldType::Double => AvroPrimitive::Double,
+            FieldType::String => AvroPrimitive::String,
+            FieldType::Bytes => AvroPrimitive::Bytes,
+            FieldType::Null => AvroPrimitive::Null,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            AvroPrimitive::Boolean => "boolean",
+            AvroPrimitive::Int => "int",
+            AvroPrimitive::Long => "long",
+            AvroPrimitive::Float => "float",
+            AvroPrimitive::Double => "double",
+            AvroPrimitive::String => "string",
+            AvroPrimitive::Bytes => "bytes",
+            AvroPrimitive::Null => "null",
+        }
+    }
+    pub fn field_type(self) -> FieldType {
+        match self {
+            AvroPrimitive::Boolean => FieldType::Bool,
+            AvroPrimitive::Int | AvroPrimitive::Long => FieldType::Int,
+            AvroPrimitive::Float | AvroPrimitive::Double => FieldType::Double,
+            AvroPrimitive::String => FieldType::String,
+            AvroPrimitive::Bytes => FieldType::Bytes,
+            AvroPrimitive::Null => FieldType::Null,
+        }
+    }
+}
+
+impl Field {
+    pub fn new(name: impl Into<String>, ty: FieldType) -> Self {
+        Field { name: name.into(), ty, nullable: false, avro: AvroPrimitive::for_type(ty), symbols: None }
+    }
+}
+
+/// The schema of the rows on one edge of the job graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowSchema {
+    /// Record name (Avro full name) used when a sink writes this schema.
+    pub name: String,
+    pub fields: Vec<Field>,
+}
+
+impl RowSchema {
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+}
+
+/// One value of a row. Strings up to 24 bytes live inline.
+#[derive(Debug, Clone, PartialEq, PartialOrd, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Str(CompactString),
+    Bytes(Arc<[u8]>),
+}
+
+impl Value {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Double(_) => "double",
+            Value::Str(_) => "string",
+            Value::Bytes(_) => "bytes",
+        }
+    }
+}
+
+pub type Row = Vec<Value>;
+
+/// Where a record came from, so a failure can name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// Index of the source in the plan.
+    pub source: u32,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record in flight: its Kafka key, its decoded row, its origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub key: Option<Arc<[u8]>>,
+    pub row: Row,
+    pub timestamp_ms: i64,
+    pub origin: Origin,
+}
+
+/// Bytes as they arrive from a source, before decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: i64,
+    pub origin: Origin,
+}
+
+/// Writes a key as the seed's console output shows it.
+pub struct KeyDisplay<'a>(pub Option<&'a [u8]>);
+
+impl fmt::Display for KeyDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("null"),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) => f.write_str(s),
+                Err(_) => {
+                    for b in bytes {
+                        write!(f, "{b:02x}")?;
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+}
