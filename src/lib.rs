@@ -6,6 +6,8 @@
 //! workers and commits epochs, `cli` is what `jobctl` offers.
 
 pub mod connectors;
+pub mod spec;
 pub mod expr;
 pub mod format;
+pub mod plan;
 pub mod record;

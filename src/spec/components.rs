@@ -1,0 +1,164 @@
+//! The typed configuration of each kind of component. Adding a component
+//! adds a variant here and its own struct.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_registry() -> String {
+    "http://127.0.0.1:8081".into()
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+fn one() -> i32 {
+    1
+}
+
+/// The `[job]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub name: String,
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    #[serde(default = "default_registry")]
+    pub registry_url: String,
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Where records that cannot be processed go; `<name>.dead-letters`
+    /// when not set.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl JobConfig {
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", self.name))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Avro,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StartOffset {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Kafka(KafkaSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    pub topic: String,
+    pub format: Format,
+    /// Avro schema file (`.avsc`) the rows are read as, relative to the job
+    /// file. For Avro input it is the reader schema; each record's writer
+    /// schema comes from the registry by the id in the record.
+    pub schema: String,
+    /// Partitions to create the topic with when it is missing.
+    #[serde(default = "one")]
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+    #[serde(default)]
+    pub start_offset: StartOffset,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TransformConfig {
+    Filter(FilterConfig),
+    Map(MapConfig),
+    Route(RouteConfig),
+}
+
+impl TransformConfig {
+    pub fn inputs(&self) -> &[String] {
+        match self {
+            TransformConfig::Filter(c) => &c.inputs,
+            TransformConfig::Map(c) => &c.inputs,
+            TransformConfig::Route(c) => &c.inputs,
+        }
+    }
+}
+
+/// Keeps the records for which `condition` is true.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub inputs: Vec<String>,
+    pub condition: String,
+}
+
+/// Computes fields: an existing name replaces that field in place, a new
+/// name is appended. `drop` removes fields after that.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// Sends each record to every named output whose condition holds, and to
+/// `<name>._unmatched` when none does.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub inputs: Vec<String>,
+    pub routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    Kafka(KafkaSinkConfig),
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn inputs(&self) -> &[String] {
+        match self {
+            SinkConfig::Kafka(c) => &c.inputs,
+            SinkConfig::Stdout(c) => &c.inputs,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    pub inputs: Vec<String>,
+    pub topic: String,
+    pub format: Format,
+    /// Expression for the record key, written as a string. Without it the
+    /// key of the input record is kept.
+    pub key: Option<String>,
+    #[serde(default = "one")]
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+}
+
+/// Prints each record as a line of JSON; for demos and debugging.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    pub inputs: Vec<String>,
+}
