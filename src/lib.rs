@@ -5,9 +5,12 @@
 //! workers, `connectors` talk to Kafka and the rest, `runtime` launches the
 //! workers and commits epochs, `cli` is what `jobctl` offers.
 
+pub mod cli;
 pub mod connectors;
+pub mod dataflow;
 pub mod spec;
 pub mod expr;
 pub mod format;
 pub mod plan;
 pub mod record;
+pub mod runtime;

@@ -112,3 +112,70 @@ pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i6
         })
         .collect()
 }
+
+/// The first offset and the end offset (one past the last record) of every
+/// partition of `topic`, as they are now.
+///
+/// The end is read, not just asked for: the Tansu build used in development
+/// answers ListOffsets(latest) with one past the *base* offset of the last
+/// record batch, so a batch of three records at 0..=2 reports 1. Reading
+/// from that answer minus one to the partition's EOF finds the real end;
+/// on Apache Kafka that read is one record long and changes nothing.
+pub fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let marks = watermarks(brokers, topic, partitions)?;
+    let other = |reason: String| KafkaAdminError::Other { brokers: brokers.into(), reason };
+    let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
+        .set("group.id", "rill-end-offsets")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create_with_context(EofIsNotAnError)
+        .map_err(|e| other(e.to_string()))?;
+    let mut ends: Vec<(i64, i64)> = marks.clone();
+    let mut tpl = TopicPartitionList::new();
+    let mut open = 0;
+    for (p, (low, high)) in marks.iter().enumerate() {
+        if high > low {
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset((high - 1).max(*low)))
+                .map_err(|e| other(e.to_string()))?;
+            open += 1;
+        }
+    }
+    if open == 0 {
+        return Ok(ends);
+    }
+    consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
+    let mut at_eof = vec![false; partitions as usize];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while at_eof.iter().filter(|x| **x).count() < open {
+        if std::time::Instant::now() > deadline {
+            return Err(other(format!("finding the end offsets of {topic} took more than 60 s")));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let e = &mut ends[m.partition() as usize].1;
+                *e = (*e).max(m.offset() + 1);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => at_eof[p as usize] = true,
+            Some(Err(e)) => return Err(other(format!("reading the end of {topic}: {e}"))),
+            None => {}
+        }
+    }
+    Ok(ends)
+}
+
+/// Reaching the end of a partition is what `end_offsets` waits for, not a
+/// failure to log.
+struct EofIsNotAnError;
+
+impl rdkafka::ClientContext for EofIsNotAnError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofIsNotAnError {}

@@ -1,4 +1,92 @@
 //! One file per connector. Everything here that blocks runs on the client's
 //! own threads, helper threads or the main thread, never a timely worker.
 
+pub mod datagen;
 pub mod kafka_admin;
+pub mod kafka_sink;
+pub mod kafka_source;
+pub mod memory;
+
+use crate::record::RawRecord;
+
+/// What a poll of a source found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were appended.
+    Data,
+    /// Nothing now; poll again later.
+    Idle,
+    /// A bounded source has read everything it will ever read.
+    Done,
+}
+
+/// A source as one worker sees it. `poll` must never block.
+pub trait SourceReader {
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Poll;
+}
+
+/// Kafka's default partitioner for keyed records (murmur2, as the Java
+/// client computes it), so keys land where Kafka Streams would put them.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = SEED ^ len as u32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= (tail[2] as u32) << 16;
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition the Java client's default partitioner picks for `key`.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from Kafka's own UtilsTest.testMurmur2.
+        let cases: [(&[u8], i32); 4] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input) as i32, expected, "{}", String::from_utf8_lossy(input));
+        }
+    }
+}

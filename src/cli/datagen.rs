@@ -1,0 +1,185 @@
+//! `jobctl datagen`: input for the seeds' jobs, written through the
+//! registry like a real producer would.
+
+use crate::connectors::datagen::BankGenerator;
+use crate::connectors::kafka_admin::{self, client_config};
+use crate::format::avro;
+use crate::format::registry::RegistryClient;
+use crate::plan::NodeKind;
+use crate::spec::Format;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Generator {
+    /// Seed 000's bank transactions.
+    Bank,
+}
+
+#[derive(Args)]
+pub struct DatagenArgs {
+    generator: Generator,
+    /// The job whose first source says topic, format, schema, brokers and registry.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Write to this topic instead of the job's input topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Write the seed's own records (for bank: its six transactions).
+    #[arg(long)]
+    seed_records: bool,
+    /// Number of random records.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// Records per second; 0 for as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seed of the random generator, so runs can be repeated.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Default)]
+struct Offsets(Mutex<Vec<(usize, i64, Option<String>)>>);
+impl ClientContext for Offsets {}
+impl ProducerContext for Offsets {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, r: &DeliveryResult<'_>, i: Box<usize>) {
+        let entry = match r {
+            Ok(m) => (*i, rdkafka::Message::offset(m), None),
+            Err((e, _)) => (*i, -1, Some(e.to_string())),
+        };
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+pub fn run(args: DatagenArgs) -> Result<()> {
+    let job_path = args.job.clone().unwrap_or_else(|| match args.generator {
+        Generator::Bank => PathBuf::from("jobs/bank.toml"),
+    });
+    let plan = super::load_plan(&job_path)?;
+    let Some((_, _, source)) = plan.sources().next() else { bail!("{} has no source to write input for", job_path.display()) };
+    let rows = match &plan.nodes.iter().find(|n| matches!(n.kind, NodeKind::Source(_))) {
+        Some(n) => n.outputs[0].clone(),
+        None => unreachable!(),
+    };
+    let topic = args.topic.clone().unwrap_or_else(|| source.config.topic.clone());
+    let brokers = plan.job.brokers.clone();
+    kafka_admin::check_broker(&brokers)?;
+    kafka_admin::ensure_topic(&brokers, &topic, source.config.partitions, source.config.replication_factor, false)?;
+    let schema_id = match source.config.format {
+        Format::Avro => Some(
+            RegistryClient::new(&plan.job.registry_url)
+                .register(&format!("{topic}-value"), &source.reader_text)
+                .context("registering the input schema")?,
+        ),
+        Format::Json => None,
+    };
+    let encoder = avro::Encoder::new(&rows);
+    let encode = |row: &crate::record::Row| -> Result<Vec<u8>> {
+        Ok(match schema_id {
+            Some(id) => {
+                let mut v = Vec::with_capacity(64);
+                avro::write_wire_header(&mut v, id);
+                encoder.encode(row, &mut v)?;
+                v
+            }
+            None => crate::format::json::row_to_string(row, &rows, false).into_bytes(),
+        })
+    };
+    let mut generator = match args.generator {
+        Generator::Bank => BankGenerator::new(&rows, args.seed).map_err(anyhow::Error::msg)?,
+    };
+    let producer: BaseProducer<Offsets> = client_config(&brokers)
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create_with_context(Offsets::default())?;
+    let send = |i: usize, key: &[u8], value: &[u8], ts: Option<i64>| {
+        let mut rec = BaseRecord::with_opaque_to(&topic, Box::new(i)).key(key).payload(value);
+        if let Some(t) = ts {
+            rec = rec.timestamp(t);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(anyhow::anyhow!("cannot produce to {topic}: {e}")),
+            }
+        }
+    };
+
+    if args.seed_records {
+        let records = generator.seed_records();
+        for (i, (key, row)) in records.iter().enumerate() {
+            let time = match &row[rows.index_of("time").unwrap_or(0)] {
+                crate::record::Value::Int(t) => Some(*t),
+                _ => None,
+            };
+            send(i, key, &encode(row)?, time)?;
+        }
+        producer.flush(Duration::from_secs(30))?;
+        let mut done = producer.context().0.lock().unwrap().clone();
+        done.sort();
+        for (i, offset, err) in done {
+            if let Some(e) = err {
+                bail!("record {i} was not written: {e}");
+            }
+            let ts = crate::connectors::datagen::BANK_SEED_TIME_MS + 10_000 * i as i64;
+            println!("Record produced - offset - {offset} timestamp - {ts}");
+        }
+        return Ok(());
+    }
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.count).with_style(
+            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} records, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let start = Instant::now();
+    let base_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for i in 0..args.count {
+        if args.rate > 0.0 {
+            let due = Duration::from_secs_f64(i as f64 / args.rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let (key, row) = generator.random(base_time + i as i64);
+        send(0, &key, &encode(&row)?, None)?;
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+            bar.set_position(i);
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    bar.finish_and_clear();
+    let failures: Vec<String> = producer.context().0.lock().unwrap().iter().filter_map(|x| x.2.clone()).collect();
+    if let Some(e) = failures.first() {
+        bail!("{} of {} records were not written (first error: {e})", failures.len(), args.count);
+    }
+    eprintln!(
+        "wrote {} records to {topic} in {:.1} s ({:.0} records/s)",
+        args.count,
+        start.elapsed().as_secs_f64(),
+        args.count as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `jobctl tail TOPIC`: prints records as the seeds' consoles do,
+//! decoding Confluent-framed Avro through the registry.
+
+use crate::connectors::kafka_admin::{self, client_config};
+use crate::format::registry::RegistryClient;
+use crate::format::{avro, json};
+use crate::record::KeyDisplay;
+use anyhow::{bail, Result};
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct TailArgs {
+    topic: String,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    registry_url: String,
+    /// Stop at the end offsets the partitions have now.
+    #[arg(long)]
+    until_caught_up: bool,
+    /// Also print each record's headers (the dead-letter reason, the epoch).
+    #[arg(long)]
+    headers: bool,
+}
+
+pub fn run(args: TailArgs) -> Result<()> {
+    kafka_admin::check_broker(&args.brokers)?;
+    let Some(n) = kafka_admin::partition_count(&args.brokers, &args.topic)? else {
+        bail!("topic `{}` does not exist on {}", args.topic, args.brokers);
+    };
+    let marks = kafka_admin::end_offsets(&args.brokers, &args.topic, n)?;
+    let consumer: BaseConsumer = client_config(&args.brokers)
+        .set("group.id", "rill-tail")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition_offset(&args.topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let registry = RegistryClient::new(&args.registry_url);
+    let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> = HashMap::new();
+    let mut next: Vec<i64> = marks.iter().map(|(low, _)| *low).collect();
+    let caught_up = |next: &[i64]| next.iter().zip(&marks).all(|(n, (_, high))| n >= high);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut last_data = Instant::now();
+    loop {
+        if args.until_caught_up && caught_up(&next) {
+            return Ok(());
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            if args.until_caught_up && last_data.elapsed() > Duration::from_secs(30) {
+                bail!("no records for 30 s before reaching the end of {}", args.topic);
+            }
+            continue;
+        };
+        let m = m?;
+        last_data = Instant::now();
+        next[m.partition() as usize] = m.offset() + 1;
+        let value = match m.payload() {
+            None => "null".to_string(),
+            Some(bytes) => render(bytes, &registry, &mut decoders),
+        };
+        write!(out, "key {} value {value}", KeyDisplay(m.key()))?;
+        if args.headers {
+            if let Some(h) = m.headers() {
+                for hdr in h.iter() {
+                    write!(out, " {}={}", hdr.key, String::from_utf8_lossy(hdr.value.unwrap_or_default()))?;
+                }
+            }
+        }
+        writeln!(out)?;
+    }
+}
+
+fn render(
+    bytes: &[u8],
+    registry: &RegistryClient,
+    decoders: &mut HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>>,
+) -> String {
+    if let Ok((id, body)) = avro::split_wire(bytes) {
+        let d = decoders.entry(id).or_insert_with(|| {
+            let text = registry.schema_by_id(id).ok()?;
+            let schema = avro::parse_schema(&text).ok()?;
+            let rows = avro::row_schema(&schema).ok()?;
+            Some((avro::Decoder::new(&schema, &schema, &rows).ok()?, rows))
+        });
+        if let Some((d, rows)) = d {
+            if let Ok(row) = d.decode(body) {
+                return json::row_to_string(&row, rows, true);
+            }
+        }
+    }
+    String::from_utf8_lossy(bytes).into_owned()
+}

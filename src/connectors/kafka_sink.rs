@@ -1,0 +1,135 @@
+//! Kafka sink: the producer the process's writer thread sends every
+//! output and dead-letter record through. Records carry `rill-epoch`,
+//! `rill-writer` and `rill-attempt` headers so a reader can tell which
+//! epoch and which start of the writer produced them.
+
+use super::kafka_admin::client_config;
+use crate::runtime::writer::{DeadLetter, OutRecord};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Deliveries {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+pub struct KafkaWriter {
+    producer: BaseProducer<Deliveries>,
+    writer: String,
+    attempt: String,
+}
+
+impl KafkaWriter {
+    pub fn new(brokers: &str, writer: &str, attempt: u32) -> Result<Self, KafkaError> {
+        let producer = client_config(brokers)
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("enable.idempotence", "true")
+            .create_with_context(Deliveries::default())?;
+        Ok(KafkaWriter { producer, writer: writer.to_string(), attempt: attempt.to_string() })
+    }
+
+    fn headers(&self, epoch: u64) -> OwnedHeaders {
+        let e = epoch.to_string();
+        OwnedHeaders::new_with_capacity(3)
+            .insert(Header { key: "rill-epoch", value: Some(e.as_bytes()) })
+            .insert(Header { key: "rill-writer", value: Some(self.writer.as_bytes()) })
+            .insert(Header { key: "rill-attempt", value: Some(self.attempt.as_bytes()) })
+    }
+
+    fn send_record(&self, mut record: BaseRecord<'_, [u8], [u8], ()>) {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    // Only this writer thread waits here, never a worker.
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    self.producer.context().failed.fetch_add(1, Ordering::Relaxed);
+                    self.producer.context().first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn send(&self, topic: &str, rec: &OutRecord, epoch: u64) {
+        let mut r = BaseRecord::to(topic).payload(&rec.value[..]).headers(self.headers(epoch));
+        if let Some(k) = &rec.key {
+            r = r.key(&k[..]);
+        }
+        if let Some(p) = rec.partition {
+            r = r.partition(p);
+        }
+        self.send_record(r);
+    }
+
+    /// Dead letters keep the original bytes as their value; the reason and
+    /// the origin travel in headers, as Kafka Connect's dead-letter queues do.
+    pub fn send_dead(&self, topic: &str, dl: &DeadLetter, epoch: u64) {
+        let partition = dl.partition.to_string();
+        let offset = dl.offset.to_string();
+        let headers = self
+            .headers(epoch)
+            .insert(Header { key: "rill-error-reason", value: Some(dl.reason.as_bytes()) })
+            .insert(Header { key: "rill-source-topic", value: Some(dl.topic.as_bytes()) })
+            .insert(Header { key: "rill-source-partition", value: Some(partition.as_bytes()) })
+            .insert(Header { key: "rill-source-offset", value: Some(offset.as_bytes()) });
+        let mut r: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(headers);
+        if let Some(v) = &dl.value {
+            r = r.payload(&v[..]);
+        }
+        if let Some(k) = &dl.key {
+            r = r.key(&k[..]);
+        }
+        self.send_record(r);
+    }
+
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Waits until everything sent so far is delivered or has failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        self.producer.flush(timeout).map_err(|e| format!("flush: {e}"))?;
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = ctx.first_error.lock().unwrap().clone().unwrap_or_default();
+            return Err(format!("{failed} records could not be delivered (first error: {first})"));
+        }
+        Ok(())
+    }
+
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}

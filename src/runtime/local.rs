@@ -1,0 +1,426 @@
+//! Local mode: one process, N timely worker threads, one writer thread.
+
+use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
+use crate::connectors::kafka_admin::{self, KafkaAdminError};
+use crate::connectors::kafka_sink::KafkaWriter;
+use crate::connectors::kafka_source::KafkaSource;
+use crate::connectors::memory::MemorySource;
+use crate::connectors::SourceReader;
+use crate::dataflow::{self, Epoch, ReaderFactory, WorkerContext};
+use crate::format::avro;
+use crate::format::registry::{RegistryClient, RegistryError};
+use crate::plan::{Plan, SinkPlan};
+use crate::record::RawRecord;
+use crate::spec::{Format, StartOffset};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timely::dataflow::ProbeHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaAdminError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot start a kafka client for {what}: {reason}")]
+    Client { what: String, reason: String },
+    #[error("timely workers failed: {0}")]
+    Workers(String),
+    #[error("sink output was not delivered: {0}")]
+    Delivery(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub workers: usize,
+    pub until_caught_up: bool,
+    pub trace_records: bool,
+    /// Print a progress line per completed epoch (to stderr).
+    pub progress: bool,
+}
+
+/// What a run did, summed over its epochs.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub epochs: u64,
+    pub records_in: u64,
+    /// Records written, by sink name.
+    pub records_out: BTreeMap<String, u64>,
+    pub dead_lettered: u64,
+    pub filtered: u64,
+    pub elapsed: Duration,
+    /// In memory mode: the records each sink received, by sink name.
+    pub output: BTreeMap<String, Vec<OutRecord>>,
+    /// In memory mode: the dead letters.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+enum Target {
+    Kafka(String),
+    Stdout,
+    Memory,
+}
+
+/// Where the writer sends things: a Kafka producer, or memory.
+enum Backend {
+    Kafka { writer: KafkaWriter, dead_letter_topic: String },
+    Memory { keep: bool },
+}
+
+struct Launch {
+    readers: Vec<ReaderFactory>,
+    registry: Option<RegistryClient>,
+    sink_schema_ids: HashMap<usize, u32>,
+    sink_partitions: HashMap<usize, i32>,
+    source_topics: Vec<Arc<str>>,
+    targets: HashMap<usize, Target>,
+    backend: Backend,
+}
+
+/// Runs a job against its broker and registry until it is stopped (or,
+/// with `until_caught_up`, until it has read what was there at start).
+pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary, RunError> {
+    let job = &plan.job;
+    kafka_admin::check_broker(&job.brokers)?;
+    let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
+        || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
+    let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
+
+    let mut readers: Vec<ReaderFactory> = Vec::new();
+    let mut source_topics = Vec::new();
+    for (pos, (_, _, sp)) in plan.sources().enumerate() {
+        let c = &sp.config;
+        let n = kafka_admin::ensure_topic(&job.brokers, &c.topic, c.partitions, c.replication_factor, false)?;
+        if let (Some(r), Format::Avro) = (&registry, c.format) {
+            r.prefetch_subject(&format!("{}-value", c.topic))?;
+        }
+        let marks = kafka_admin::end_offsets(&job.brokers, &c.topic, n)?;
+        let ranges: Vec<(i32, i64, Option<i64>)> = marks
+            .iter()
+            .enumerate()
+            .map(|(p, (low, high))| {
+                let start = match c.start_offset {
+                    StartOffset::Earliest => *low,
+                    StartOffset::Latest => *high,
+                };
+                (p as i32, start, Some(*high))
+            })
+            .collect();
+        let brokers = job.brokers.clone();
+        let topic = c.topic.clone();
+        let bounded = opts.until_caught_up;
+        source_topics.push(Arc::from(c.topic.as_str()));
+        readers.push(Arc::new(move |index, peers| {
+            let mine: Vec<_> = ranges.iter().filter(|(p, _, _)| *p as usize % peers == index).cloned().collect();
+            let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
+                .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"));
+            Box::new(reader) as Box<dyn SourceReader>
+        }));
+    }
+
+    let mut sink_schema_ids = HashMap::new();
+    let mut sink_partitions = HashMap::new();
+    let mut targets = HashMap::new();
+    for (i, node, sink) in plan.sinks() {
+        match sink {
+            SinkPlan::Kafka { config, .. } => {
+                let n = kafka_admin::ensure_topic(&job.brokers, &config.topic, config.partitions, config.replication_factor, false)?;
+                sink_partitions.insert(i, n);
+                if config.format == Format::Avro {
+                    let schema = avro::schema_json(plan.input_schema(i));
+                    let id = registry.as_ref().unwrap().register(&format!("{}-value", config.topic), &schema)?;
+                    sink_schema_ids.insert(i, id);
+                }
+                targets.insert(i, Target::Kafka(config.topic.clone()));
+            }
+            SinkPlan::Stdout => {
+                targets.insert(i, Target::Stdout);
+            }
+        }
+        let _ = node;
+    }
+    let dead_letter_topic = job.dead_letter_topic();
+    kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, false)?;
+    let writer = KafkaWriter::new(&job.brokers, &format!("{}-w0", job.name), 0)
+        .map_err(|e| RunError::Client { what: "the sink writer".into(), reason: e.to_string() })?;
+    let launch = Launch {
+        readers,
+        registry,
+        sink_schema_ids,
+        sink_partitions,
+        source_topics,
+        targets,
+        backend: Backend::Kafka { writer, dead_letter_topic },
+    };
+    execute(plan, opts, stop, launch)
+}
+
+/// Runs a job's engine on records held in memory, with sinks that keep
+/// what they receive (`keep_output`) or only count it. For benchmarks and
+/// engine tests: no broker, no registry.
+pub fn run_in_memory(
+    plan: Arc<Plan>,
+    workers: usize,
+    inputs: Vec<Arc<Vec<RawRecord>>>,
+    writer_schema_ids: Vec<(u32, String)>,
+    keep_output: bool,
+) -> Result<RunSummary, RunError> {
+    let readers: Vec<ReaderFactory> = inputs
+        .into_iter()
+        .map(|records| {
+            Arc::new(move |index, peers| Box::new(MemorySource::for_worker(&records, index, peers)) as Box<dyn SourceReader>)
+                as ReaderFactory
+        })
+        .collect();
+    // A registry client whose cache already holds the writer schemas; it is
+    // never asked over the network.
+    let registry = RegistryClient::new("http://127.0.0.1:1");
+    for (id, schema) in writer_schema_ids {
+        registry.seed(id, &schema);
+    }
+    let mut targets = HashMap::new();
+    let mut sink_schema_ids = HashMap::new();
+    for (i, _, _) in plan.sinks() {
+        targets.insert(i, Target::Memory);
+        sink_schema_ids.insert(i, 1);
+    }
+    let source_topics = plan.sources().map(|(_, _, s)| Arc::from(s.config.topic.as_str())).collect();
+    let launch = Launch {
+        readers,
+        registry: Some(registry),
+        sink_schema_ids,
+        sink_partitions: HashMap::new(),
+        source_topics,
+        targets,
+        backend: Backend::Memory { keep: keep_output },
+    };
+    let opts = RunOptions { workers, until_caught_up: true, trace_records: false, progress: false };
+    execute(plan, opts, Arc::new(AtomicBool::new(false)), launch)
+}
+
+fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Launch) -> Result<RunSummary, RunError> {
+    let workers = opts.workers.max(1);
+    let (tx, rx) = crossbeam_channel::unbounded::<WriterMsg>();
+    let in_flight = Arc::new(AtomicI64::new(0));
+    let start = Instant::now();
+    let interval = Duration::from_millis(plan.job.checkpoint_interval_ms.max(1));
+
+    let writer_plan = plan.clone();
+    let writer_in_flight = in_flight.clone();
+    let Launch { readers, registry, sink_schema_ids, sink_partitions, source_topics, targets, backend } = launch;
+    let writer_opts = opts.clone();
+    let writer = std::thread::Builder::new()
+        .name("rill-writer".into())
+        .spawn(move || write_loop(&writer_plan, &writer_opts, workers, rx, targets, backend, writer_in_flight, start))
+        .expect("spawn writer thread");
+
+    let worker_plan = plan.clone();
+    let trace = opts.trace_records;
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let ctx = Rc::new(WorkerContext {
+            index: worker.index(),
+            peers: worker.peers(),
+            writer: tx.clone(),
+            counts: Rc::new(RefCell::new(BTreeMap::new())),
+            trace,
+            start,
+            checkpoint_interval: interval,
+            stop: stop.clone(),
+            in_flight: in_flight.clone(),
+            registry: registry.clone(),
+            sink_schema_ids: sink_schema_ids.clone(),
+            sink_partitions: sink_partitions.clone(),
+            source_topics: source_topics.clone(),
+        });
+        let probe = ProbeHandle::<Epoch>::new();
+        worker.dataflow::<Epoch, _, _>(|scope| dataflow::build(scope, &worker_plan, &readers, &ctx, &probe));
+        let mut reported: Epoch = 0;
+        loop {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            let upto = frontier.unwrap_or(Epoch::MAX);
+            if upto > reported {
+                let mut counts = ctx.counts.borrow_mut();
+                let later = counts.split_off(&upto);
+                let done = std::mem::replace(&mut *counts, later);
+                let _ = ctx.writer.send(WriterMsg::Progress { worker: ctx.index, upto, counts: done });
+                reported = upto;
+            }
+            if frontier.is_none() {
+                break;
+            }
+        }
+        let _ = ctx.writer.send(WriterMsg::Finished { worker: ctx.index });
+    })
+    .map_err(RunError::Workers)?;
+    let results = guards.join();
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(RunError::Workers(e));
+    }
+    writer.join().map_err(|_| RunError::Workers("the writer thread panicked".into()))?
+}
+
+struct EpochTotals {
+    counts: EpochCounts,
+    out: Vec<u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_loop(
+    plan: &Plan,
+    opts: &RunOptions,
+    workers: usize,
+    rx: Receiver<WriterMsg>,
+    targets: HashMap<usize, Target>,
+    backend: Backend,
+    in_flight: Arc<AtomicI64>,
+    start: Instant,
+) -> Result<RunSummary, RunError> {
+    let sink_names: HashMap<usize, String> = plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect();
+    let sink_order: Vec<usize> = plan.sinks().map(|(i, _, _)| i).collect();
+    let source_names: Vec<String> = plan.sources().map(|(_, n, _)| n.name.clone()).collect();
+    let mut summary = RunSummary::default();
+    let mut upto = vec![0 as Epoch; workers];
+    let mut complete: Epoch = 0;
+    let mut finished = 0;
+    let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut last_epoch_at = start;
+    let interval_s = plan.job.checkpoint_interval_ms as f64 / 1000.0;
+    let new_totals = || EpochTotals { counts: EpochCounts::default(), out: vec![0; sink_order.len()] };
+    while finished < workers {
+        let msg = match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Backend::Kafka { writer, .. } = &backend {
+                    writer.poll();
+                }
+                let _ = out.flush();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match msg {
+            WriterMsg::Out { sink, epoch, records } => {
+                let n = records.len();
+                let pos = sink_order.iter().position(|s| *s == sink).unwrap_or(0);
+                epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
+                match (&targets[&sink], &backend) {
+                    (Target::Kafka(topic), Backend::Kafka { writer, .. }) => {
+                        for r in &records {
+                            writer.send(topic, r, epoch);
+                        }
+                        writer.poll();
+                    }
+                    (Target::Stdout, _) => {
+                        for r in &records {
+                            let _ = out.write_all(&r.value);
+                            let _ = out.write_all(b"\n");
+                        }
+                    }
+                    (_, Backend::Memory { keep: true }) => {
+                        summary.output.entry(sink_names[&sink].clone()).or_default().extend(records);
+                    }
+                    _ => {}
+                }
+                in_flight.fetch_sub(n as i64, Ordering::Relaxed);
+            }
+            WriterMsg::Dead { epoch, records } => match &backend {
+                Backend::Kafka { writer, dead_letter_topic } => {
+                    for d in &records {
+                        writer.send_dead(dead_letter_topic, d, epoch);
+                    }
+                }
+                Backend::Memory { .. } => summary.dead_letters.extend(records),
+            },
+            WriterMsg::Trace(lines) => {
+                for l in lines {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+            WriterMsg::Progress { worker, upto: u, counts } => {
+                for (e, c) in counts {
+                    epochs.entry(e).or_insert_with(new_totals).counts.add(&c);
+                }
+                upto[worker] = u;
+                let now_complete = *upto.iter().min().unwrap();
+                if now_complete > complete {
+                    complete = now_complete;
+                    let later = epochs.split_off(&complete);
+                    let done = std::mem::replace(&mut epochs, later);
+                    for (e, t) in done {
+                        let records_in: u64 = t.counts.inputs.iter().sum();
+                        summary.epochs += 1;
+                        summary.records_in += records_in;
+                        summary.dead_lettered += t.counts.dead;
+                        summary.filtered += t.counts.filtered;
+                        for (pos, n) in t.out.iter().enumerate() {
+                            *summary.records_out.entry(sink_names[&sink_order[pos]].clone()).or_default() += n;
+                        }
+                        if opts.progress {
+                            let _ = out.flush();
+                            let elapsed = last_epoch_at.elapsed().as_secs_f64().max(interval_s);
+                            last_epoch_at = Instant::now();
+                            eprintln!("{}", progress_line(e, &t, records_in, elapsed, &source_names, &sink_order, &sink_names));
+                        }
+                    }
+                }
+            }
+            WriterMsg::Finished { .. } => finished += 1,
+        }
+    }
+    let _ = out.flush();
+    if let Backend::Kafka { writer, .. } = &backend {
+        writer.flush(Duration::from_secs(60)).map_err(RunError::Delivery)?;
+    }
+    for (_, n, _) in plan.sinks() {
+        summary.records_out.entry(n.name.clone()).or_default();
+    }
+    summary.elapsed = start.elapsed();
+    Ok(summary)
+}
+
+fn progress_line(
+    epoch: Epoch,
+    t: &EpochTotals,
+    records_in: u64,
+    seconds: f64,
+    sources: &[String],
+    sink_order: &[usize],
+    sink_names: &HashMap<usize, String>,
+) -> String {
+    let ins: Vec<String> =
+        sources.iter().enumerate().map(|(i, s)| format!("{s} {}", t.counts.inputs.get(i).copied().unwrap_or(0))).collect();
+    let outs: Vec<String> = sink_order.iter().zip(&t.out).map(|(s, n)| format!("{} {n}", sink_names[s])).collect();
+    format!(
+        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} | filtered {}",
+        ins.join(", "),
+        records_in as f64 / seconds,
+        outs.join(", "),
+        t.counts.dead,
+        t.counts.filtered
+    )
+}
+
+impl RunSummary {
+    /// The closing line `jobctl submit` prints.
+    pub fn line(&self, job: &str) -> String {
+        let outs: Vec<String> = self.records_out.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        format!(
+            "job {job} stopped after {} epochs in {:.1} s: {} records in, out {}, {} dead-lettered, {} filtered",
+            self.epochs,
+            self.elapsed.as_secs_f64(),
+            self.records_in,
+            outs.join(", "),
+            self.dead_lettered,
+            self.filtered
+        )
+    }
+}

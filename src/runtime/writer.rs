@@ -1,0 +1,73 @@
+//! The process's one writer: every worker's output, dead letters and trace
+//! lines go through it, so an epoch's output leaves the process in one
+//! place. It runs on its own thread; workers only push to its channel.
+
+use crate::record::KeyDisplay;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// An encoded record bound for a sink.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    pub key: Option<Arc<[u8]>>,
+    pub value: Vec<u8>,
+    pub partition: Option<i32>,
+}
+
+/// A record the job could not process, with where it came from and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Vec<u8>>,
+    pub reason: String,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Counts one worker saw in one epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochCounts {
+    /// Records read, per source (by position among the plan's sources).
+    pub inputs: Vec<u64>,
+    pub dead: u64,
+    pub filtered: u64,
+}
+
+impl EpochCounts {
+    pub fn add(&mut self, other: &EpochCounts) {
+        if self.inputs.len() < other.inputs.len() {
+            self.inputs.resize(other.inputs.len(), 0);
+        }
+        for (a, b) in self.inputs.iter_mut().zip(&other.inputs) {
+            *a += b;
+        }
+        self.dead += other.dead;
+        self.filtered += other.filtered;
+    }
+}
+
+pub enum WriterMsg {
+    Out { sink: usize, epoch: u64, records: Vec<OutRecord> },
+    Dead { epoch: u64, records: Vec<DeadLetter> },
+    Trace(Vec<String>),
+    /// Worker `worker` has finished every epoch below `upto`; `counts` are
+    /// its counts for those epochs.
+    Progress { worker: usize, upto: u64, counts: BTreeMap<u64, EpochCounts> },
+    /// Worker `worker` has no more work.
+    Finished { worker: usize },
+}
+
+/// The line `--trace-records` prints for a record: the seed's format.
+pub fn trace_line(label: &str, key: Option<&[u8]>, json: &str) -> String {
+    format!("{label} record - key {} value {json}", KeyDisplay(key))
+}
+
+/// `approved` -> `Approved`, for trace lines named after sinks.
+pub fn capitalise(name: &str) -> String {
+    let mut c = name.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
