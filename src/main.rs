@@ -1,3 +1,6 @@
-fn main() -> anyhow::Result<()> {
-    rill::cli::main()
+fn main() {
+    if let Err(e) = rill::cli::main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

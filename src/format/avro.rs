@@ -21,6 +21,8 @@ pub enum AvroError {
     Truncated(&'static str),
     #[error("invalid avro data: {0}")]
     Invalid(String),
+    #[error("magic byte {0} is not 0: not in the confluent avro wire format")]
+    NotWireFormat(u8),
 }
 
 /// The wire type of one writer field (or one union branch).
@@ -448,9 +450,7 @@ pub fn split_wire(bytes: &[u8]) -> Result<(u32, &[u8]), AvroError> {
     match bytes {
         [0, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
         [] => Err(AvroError::Truncated("empty value")),
-        [m, ..] if *m != 0 => Err(AvroError::Invalid(format!(
-            "magic byte {m} is not 0: not in the confluent avro wire format"
-        ))),
+        [m, ..] if *m != 0 => Err(AvroError::NotWireFormat(*m)),
         _ => Err(AvroError::Truncated("confluent header")),
     }
 }

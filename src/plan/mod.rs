@@ -370,7 +370,8 @@ impl Builder<'_> {
         match r {
             Ok(e) => Some(e),
             Err(e) => {
-                let caret = format!("{src}\n  {}^", " ".repeat(e.pos));
+                // Lined up under the expression as the hint prints it.
+                let caret = format!("{src}\n        {}^", " ".repeat(e.pos));
                 self.error(kind, name, Some(key), format!("in `{key}` at column {}: {}", e.pos + 1, e.message), Some(caret));
                 None
             }

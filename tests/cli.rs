@@ -1,0 +1,442 @@
+//! Drives the real `jobctl` against the Tansu broker and the registry that
+//! `scripts/dev-up` starts. Each test uses topics of its own.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rill::connectors::kafka_admin;
+use rill::format::registry::RegistryClient;
+use rill::format::{avro, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BROKERS: &str = "127.0.0.1:9092";
+const REGISTRY: &str = "http://127.0.0.1:8081";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn jobctl(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl")).args(args).current_dir(root()).output().expect("run jobctl");
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = jobctl(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "jobctl {args:?} failed:\n{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn require_services() {
+    if let Err(e) = kafka_admin::check_broker(BROKERS) {
+        panic!("{e}\nthese tests need the broker and registry: run scripts/dev-up first");
+    }
+    if let Err(e) = RegistryClient::new(REGISTRY).subjects() {
+        panic!("{e}\nthese tests need the broker and registry: run scripts/dev-up first");
+    }
+}
+
+/// jobs/bank.toml with topics of its own, written into `dir`.
+struct BankJob {
+    path: PathBuf,
+    input: String,
+    approved: String,
+    rejected: String,
+    dead: String,
+}
+
+fn bank_job(dir: &Path, tag: &str) -> BankJob {
+    let name = unique(tag);
+    let text = std::fs::read_to_string(root().join("jobs/bank.toml")).unwrap();
+    let job = BankJob {
+        path: dir.join(format!("{name}.toml")),
+        input: format!("{name}-in"),
+        approved: format!("{name}-APPROVED"),
+        rejected: format!("{name}-REJECTED"),
+        dead: format!("{name}-dead"),
+    };
+    let text = text
+        .replace("name = \"bank\"", &format!("name = \"{name}\""))
+        .replace("\"bank-transactions\"", &format!("\"{}\"", job.input))
+        .replace("\"APPROVED\"", &format!("\"{}\"", job.approved))
+        .replace("\"REJECTED\"", &format!("\"{}\"", job.rejected))
+        .replace("\"bank-dead-letters\"", &format!("\"{}\"", job.dead))
+        .replace("../schemas/", &format!("{}/schemas/", root().display()));
+    std::fs::write(&job.path, text).unwrap();
+    job
+}
+
+fn with_sinks(job: &BankJob, tag: &str) -> BankJob {
+    let text = std::fs::read_to_string(&job.path).unwrap();
+    let out = BankJob {
+        path: job.path.with_file_name(format!("{tag}-{}", job.path.file_name().unwrap().to_str().unwrap())),
+        input: job.input.clone(),
+        approved: format!("{}-{tag}", job.approved),
+        rejected: format!("{}-{tag}", job.rejected),
+        dead: job.dead.clone(),
+    };
+    let text = text
+        .replace(&format!("\"{}\"", job.approved), &format!("\"{}\"", out.approved))
+        .replace(&format!("\"{}\"", job.rejected), &format!("\"{}\"", out.rejected));
+    std::fs::write(&out.path, text).unwrap();
+    out
+}
+
+struct Read {
+    key: Option<String>,
+    value: Vec<u8>,
+    headers: HashMap<String, String>,
+    partition: i32,
+    offset: i64,
+}
+
+/// Every record of `topic` up to its current end.
+fn read_topic(topic: &str) -> Vec<Read> {
+    let n = kafka_admin::partition_count(BROKERS, topic).unwrap().unwrap_or_else(|| panic!("no topic {topic}"));
+    let ends = kafka_admin::end_offsets(BROKERS, topic, n).unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", "rill-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: Vec<i64> = ends.iter().map(|(low, _)| *low).collect();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while next.iter().zip(&ends).any(|(n, (_, end))| n < end) {
+        assert!(std::time::Instant::now() < deadline, "reading {topic} took over 60 s");
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = m.unwrap();
+        next[m.partition() as usize] = m.offset() + 1;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Read {
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            partition: m.partition(),
+            offset: m.offset(),
+        });
+    }
+    out
+}
+
+/// Decodes Confluent-framed Avro values into the seed's JSON text.
+fn decode_all(records: &[Read]) -> Vec<(String, String)> {
+    let registry = RegistryClient::new(REGISTRY);
+    let mut cache: HashMap<u32, (avro::Decoder, rill::record::RowSchema)> = HashMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let (id, body) = avro::split_wire(&r.value).unwrap();
+            let (d, rows) = cache.entry(id).or_insert_with(|| {
+                let schema = avro::parse_schema(&registry.schema_by_id(id).unwrap()).unwrap();
+                let rows = avro::row_schema(&schema).unwrap();
+                (avro::Decoder::new(&schema, &schema, &rows).unwrap(), rows)
+            });
+            let row = d.decode(body).unwrap();
+            (r.key.clone().unwrap_or_default(), json::row_to_string(&row, rows, true))
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
+    v.sort();
+    v
+}
+
+#[test]
+fn the_seed_records_split_exactly_as_the_seed_shows() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "seed");
+    let path = job.path.to_str().unwrap();
+    let produced = ok(&["datagen", "bank", "--job", path, "--seed-records"]);
+    assert_eq!(produced.lines().filter(|l| l.starts_with("Record produced - offset - ")).count(), 6, "{produced}");
+
+    let trace = ok(&["submit", path, "--until-caught-up", "--trace-records", "--workers", "2"]);
+
+    let approved = |id: u32, t: u64, w: f64, b: f64| {
+        (id.to_string(), format!(r#"{{"account_id": {id}, "time": {t}, "withdraw": {w:?}, "balance": {b:?}, "bank_transaction_state": "APPROVED"}}"#))
+    };
+    let expected_approved = vec![
+        approved(1001, 1690543334146, 100.0, 900.0),
+        approved(1002, 1690543344146, 200.0, 800.0),
+        approved(1004, 1690543364146, 800.0, 200.0),
+        approved(1005, 1690543374146, 500.0, 500.0),
+        approved(1006, 1690543384146, 500.0, 1500.0),
+    ];
+    let expected_rejected = vec![(
+        "1003".to_string(),
+        r#"{"account_id": 1003, "time": 1690543354146, "withdraw": 300.0, "balance": 300.0, "bank_transaction_state": "REJECTED"}"#.to_string(),
+    )];
+    assert_eq!(sorted(decode_all(&read_topic(&job.approved))), expected_approved);
+    assert_eq!(sorted(decode_all(&read_topic(&job.rejected))), expected_rejected);
+
+    // The console shows what the seed's console showed.
+    for (k, v) in &expected_approved {
+        assert!(trace.contains(&format!("Approved record - key {k} value {v}")), "missing approved {k} in:\n{trace}");
+    }
+    assert!(trace.contains(&format!("Rejected record - key 1003 value {}", expected_rejected[0].1)));
+    assert!(trace.contains(r#"Incoming record - key 1003 value {"account_id": 1003, "time": 1690543354146, "withdraw": 300.0, "balance": 300.0, "bank_transaction_state": "CREATED"}"#));
+    assert_eq!(trace.lines().filter(|l| l.starts_with("Incoming record")).count(), 6);
+
+    // `jobctl tail` prints the same records.
+    let tail = ok(&["tail", &job.rejected, "--until-caught-up"]);
+    assert_eq!(tail.trim(), format!("key 1003 value {}", expected_rejected[0].1));
+}
+
+/// The bank rule computed directly: (key, JSON) of every output record.
+fn apply_rule(input: &[(String, String)]) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let mut approved = Vec::new();
+    let mut rejected = Vec::new();
+    for (k, v) in input {
+        let j: serde_json::Value = serde_json::from_str(v).unwrap();
+        let (w, b) = (j["withdraw"].as_f64().unwrap(), j["balance"].as_f64().unwrap());
+        let line = |balance: f64, state: &str| {
+            format!(
+                r#"{{"account_id": {}, "time": {}, "withdraw": {w:?}, "balance": {balance:?}, "bank_transaction_state": "{state}"}}"#,
+                j["account_id"], j["time"]
+            )
+        };
+        if w < b {
+            approved.push((k.clone(), line(b - w, "APPROVED")));
+        } else {
+            rejected.push((k.clone(), line(b, "REJECTED")));
+        }
+    }
+    (sorted(approved), sorted(rejected))
+}
+
+#[test]
+fn random_transactions_give_the_same_output_on_one_and_four_workers() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "random");
+    ok(&["datagen", "bank", "--job", job.path.to_str().unwrap(), "--count", "100000", "--quiet"]);
+    let input = decode_all(&read_topic(&job.input));
+    assert_eq!(input.len(), 100_000);
+    let (want_approved, want_rejected) = apply_rule(&input);
+    assert!(want_rejected.len() > 10_000 && want_approved.len() > 10_000, "the generator should exercise both routes");
+
+    for workers in ["1", "4"] {
+        let j = with_sinks(&job, &format!("w{workers}"));
+        let summary = jobctl(&["submit", j.path.to_str().unwrap(), "--until-caught-up", "--workers", workers]);
+        assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
+        let stderr = String::from_utf8_lossy(&summary.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "100000 records in, out approved {}, rejected {}, 0 dead-lettered, 0 filtered",
+                want_approved.len(),
+                want_rejected.len()
+            )),
+            "{stderr}"
+        );
+        assert_eq!(sorted(decode_all(&read_topic(&j.approved))), want_approved, "approved with {workers} workers");
+        assert_eq!(sorted(decode_all(&read_topic(&j.rejected))), want_rejected, "rejected with {workers} workers");
+    }
+}
+
+#[test]
+fn a_malformed_record_goes_to_the_dead_letters_and_the_rest_is_processed() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "malformed");
+    let path = job.path.to_str().unwrap();
+    ok(&["datagen", "bank", "--job", path, "--seed-records"]);
+    // Raw JSON where Avro is expected, and a truncated Avro record, both
+    // on partition 1 after the seed records.
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    let junk: [&[u8]; 2] = [br#"{"account_id": 1007}"#, &[0, 0, 0, 0, 1, 0x80]];
+    for value in junk {
+        producer.send(BaseRecord::to(&job.input).key("1007").payload(value).partition(1)).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+    ok(&["datagen", "bank", "--job", path, "--seed-records"]);
+
+    let out = jobctl(&["submit", path, "--until-caught-up", "--workers", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("14 records in, out approved 10, rejected 2, 2 dead-lettered, 0 filtered"), "{stderr}");
+    assert_eq!(read_topic(&job.approved).len(), 10);
+    assert_eq!(read_topic(&job.rejected).len(), 2);
+
+    let input = read_topic(&job.input);
+    let mut dead = read_topic(&job.dead);
+    dead.sort_by_key(|d| d.headers["rill-source-offset"].parse::<i64>().unwrap());
+    assert_eq!(dead.len(), 2);
+    for (d, value) in dead.iter().zip(junk) {
+        let original = input.iter().find(|r| r.value == value).expect("junk is in the input");
+        assert_eq!(d.value, value, "dead letters keep the raw bytes");
+        assert_eq!(d.key.as_deref(), Some("1007"));
+        assert_eq!(d.headers["rill-source-topic"], job.input);
+        assert_eq!(d.headers["rill-source-partition"], original.partition.to_string());
+        assert_eq!(d.headers["rill-source-offset"], original.offset.to_string());
+        let _ = d.partition;
+    }
+    assert_eq!(dead[0].headers["rill-error-reason"], "decode: magic byte 123 is not 0: not in the confluent avro wire format");
+    assert!(dead[1].headers["rill-error-reason"].starts_with("decode: schema id 1"), "{}", dead[1].headers["rill-error-reason"]);
+    assert!(dead[1].headers["rill-error-reason"].contains("truncated"), "{}", dead[1].headers["rill-error-reason"]);
+}
+
+const BAD_JOB: &str = r#"[job]
+name = "bad"
+colour = "blue"
+
+[sources.tx]
+type = "kafka"
+topic = "t"
+format = "avro"
+schema = "SCHEMA"
+
+[sources.gone]
+type = "kafka"
+topic = "t2"
+format = "avro"
+schema = "missing.avsc"
+
+[transforms.loop_a]
+type = "filter"
+inputs = ["loop_b"]
+condition = "withdraw > 0.0"
+
+[transforms.loop_b]
+type = "filter"
+inputs = ["loop_a"]
+condition = "withdraw > 0.0"
+
+[transforms.typo]
+type = "filter"
+inputs = ["txx"]
+condition = "withdraw > 0.0"
+
+[transforms.names]
+type = "map"
+inputs = ["tx"]
+fields.balance = "balanse - withdraw"
+
+[transforms.types]
+type = "filter"
+inputs = ["tx"]
+condition = "bank_transaction_state < 10"
+
+[sinks.out]
+type = "stdout"
+inputs = ["names", "types"]
+"#;
+
+#[test]
+fn every_error_in_a_bad_job_file_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let schema = root().join("schemas/bank_transaction.avsc");
+    std::fs::write(&path, BAD_JOB.replace("SCHEMA", schema.to_str().unwrap())).unwrap();
+    let out = jobctl(&["validate", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    // The unknown field stops [job] from being read; fix it and the rest follows.
+    assert!(stderr.contains(&format!("{p}:line 3: job: unknown field `colour`")), "{stderr}");
+    assert!(stderr.contains("hint: expected one of `name`, `brokers`"), "{stderr}");
+
+    std::fs::write(&path, BAD_JOB.replace("SCHEMA", schema.to_str().unwrap()).replace("colour = \"blue\"\n", "")).unwrap();
+    let out = jobctl(&["validate", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = [
+        format!("{p} has 5 errors:"),
+        format!("{p}:line 14: sources.gone: cannot read schema file `{}`", dir.path().join("missing.avsc").display()),
+        format!("{p}:line 18: transforms.loop_a: inputs form a cycle: loop_a -> loop_b -> loop_a"),
+        format!("{p}:line 28: transforms.typo: unknown input `txx`\n  hint: did you mean `tx`?"),
+        format!("{p}:line 34: transforms.names: in `fields.balance` at column 1: unknown field `balanse`; did you mean `balance`?"),
+        format!("{p}:line 39: transforms.types: in `condition` at column 1: `<` compares two numbers or two strings, found string and int"),
+    ];
+    for w in &want {
+        assert!(stderr.contains(w.as_str()), "missing `{w}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn the_shipped_job_file_is_valid() {
+    assert_eq!(ok(&["validate", "jobs/bank.toml"]).trim(), "jobs/bank.toml: ok (1 sources, 3 transforms, 2 sinks)");
+}
+
+#[test]
+fn submit_without_a_broker_says_where_it_looked_and_what_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "nobroker");
+    let text = std::fs::read_to_string(&job.path).unwrap().replace("127.0.0.1:9092", "127.0.0.1:1");
+    std::fs::write(&job.path, text).unwrap();
+    let out = jobctl(&["submit", job.path.to_str().unwrap(), "--until-caught-up"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the kafka broker at 127.0.0.1:1"), "{stderr}");
+    assert!(stderr.contains("start one with `scripts/dev-up`"), "{stderr}");
+}
+
+#[test]
+fn the_registry_keeps_its_schemas_across_a_restart_and_checks_compatibility() {
+    require_services();
+    let topic = unique("_schemas-test");
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let start = || {
+        let child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+            .args(["registry", "--listen", &listen, "--topic", &topic])
+            .spawn()
+            .unwrap();
+        let client = RegistryClient::new(&url);
+        for _ in 0..100 {
+            if client.subjects().is_ok() {
+                return (child, client);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("registry did not start on {listen}");
+    };
+    let v1 = r#"{"type":"record","name":"T","fields":[{"name":"a","type":"long"}]}"#;
+    let v2 = r#"{"type":"record","name":"T","fields":[{"name":"a","type":"long"},{"name":"b","type":"string","default":""}]}"#;
+    let bad = r#"{"type":"record","name":"T","fields":[{"name":"a","type":"string"}]}"#;
+
+    let (mut child, client) = start();
+    let id1 = client.register("things-value", v1).unwrap();
+    assert_eq!(client.register("things-value", v1).unwrap(), id1, "registering again gives the same id");
+    let id2 = client.register("things-value", v2).unwrap();
+    assert_ne!(id1, id2);
+    assert!(!client.is_compatible("things-value", bad).unwrap());
+    let err = client.register("things-value", bad).unwrap_err().to_string();
+    assert!(err.contains("409") && err.contains("incompatible"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, client) = start();
+    assert_eq!(client.subjects().unwrap(), vec!["things-value".to_string()]);
+    assert_eq!(client.versions("things-value").unwrap(), vec![1, 2]);
+    let latest = client.latest("things-value").unwrap();
+    assert_eq!((latest.id, latest.version), (id2, 2));
+    assert_eq!(&*RegistryClient::new(&url).schema_by_id(id1).unwrap(), v1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
