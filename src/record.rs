@@ -111,7 +111,10 @@ impl RowSchema {
 }
 
 /// One value of a row. Strings up to 24 bytes live inline.
-#[derive(Debug, Clone, PartialEq, PartialOrd, Default)]
+///
+/// Values are totally ordered and hashable (doubles by their bits, with
+/// `f64::total_cmp`), so they can be keys of differential collections.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     #[default]
     Null,
@@ -123,6 +126,17 @@ pub enum Value {
 }
 
 impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::Double(_) => 3,
+            Value::Str(_) => 4,
+            Value::Bytes(_) => 5,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Null => "null",
@@ -135,10 +149,63 @@ impl Value {
     }
 }
 
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::Double(a), Value::Double(b)) => a.total_cmp(b),
+            (Value::Str(a), Value::Str(b)) => a.cmp(b),
+            (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
+            (a, b) => a.rank().cmp(&b.rank()),
+        }
+    }
+}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Value {}
+
+impl std::hash::Hash for Value {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.rank().hash(state);
+        match self {
+            Value::Null => {}
+            Value::Bool(b) => b.hash(state),
+            Value::Int(i) => i.hash(state),
+            Value::Double(d) => d.to_bits().hash(state),
+            Value::Str(s) => s.hash(state),
+            Value::Bytes(b) => b.hash(state),
+        }
+    }
+}
+
+impl Value {
+    /// The value as text, for keys and file names: strings as they are,
+    /// other values as JSON writes them.
+    pub fn to_text(&self, out: &mut String) {
+        match self {
+            Value::Str(s) => out.push_str(s),
+            Value::Bytes(b) => out.push_str(&String::from_utf8_lossy(b)),
+            other => crate::format::json::write_value(other, out),
+        }
+    }
+}
+
 pub type Row = Vec<Value>;
 
 /// Where a record came from, so a failure can name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
     /// Index of the source in the plan.
     pub source: u32,
@@ -147,10 +214,13 @@ pub struct Origin {
 }
 
 /// A record in flight: its Kafka key, its decoded row, its origin.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub key: Option<Arc<[u8]>>,
     pub row: Row,
+    /// An upsert stream's delete: the key's value is gone (a null value on
+    /// a compacted topic). `row` still holds the last value.
+    pub tombstone: bool,
     pub timestamp_ms: i64,
     pub origin: Origin,
 }

@@ -172,7 +172,7 @@ struct EofIsNotAnError;
 
 impl rdkafka::ClientContext for EofIsNotAnError {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }

@@ -82,7 +82,10 @@ impl KafkaWriter {
     }
 
     pub fn send(&self, topic: &str, rec: &OutRecord, epoch: u64) {
-        let mut r = BaseRecord::to(topic).payload(&rec.value[..]).headers(self.headers(epoch));
+        let mut r: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(self.headers(epoch));
+        if let Some(v) = &rec.value {
+            r = r.payload(&v[..]);
+        }
         if let Some(k) = &rec.key {
             r = r.key(&k[..]);
         }

@@ -4,9 +4,12 @@
 //! poll without waiting, and sinks hand encoded records to the process's
 //! writer thread through a channel.
 
+pub mod aggregate;
+
 use crate::connectors::{partition_for_key, Poll, SourceReader};
+use aggregate::Aggregate;
 use crate::expr::Expr;
-use crate::format::{avro, json, registry::RegistryClient};
+use crate::format::{avro, csv, json, registry::RegistryClient};
 use crate::plan::{MapPlan, MapTarget, NodeKind, Plan, Port, SinkPlan};
 use crate::record::{FieldType, RawRecord, Record, RowSchema, Value};
 use crate::runtime::writer::{capitalise, trace_line, DeadLetter, EpochCounts, OutRecord, WriterMsg};
@@ -27,7 +30,7 @@ use timely::dataflow::operators::{Concatenate, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 pub type Epoch = u64;
-type Records<'s> = Stream<'s, Epoch, Vec<Record>>;
+pub(crate) type Records<'s> = Stream<'s, Epoch, Vec<Record>>;
 
 /// Records a source may have handed to the writer and not yet seen sent,
 /// before it stops reading; keeps memory bounded when sinks are slower.
@@ -52,6 +55,10 @@ pub struct WorkerContext {
     pub sink_partitions: HashMap<usize, i32>,
     /// The topic of each source, by position among the plan's sources.
     pub source_topics: Vec<Arc<str>>,
+    /// The number of partitions of each source, by position.
+    pub source_partitions: Vec<i32>,
+    /// A bounded run (`--until-caught-up`): open windows fire at its end.
+    pub bounded: bool,
 }
 
 impl WorkerContext {
@@ -61,11 +68,11 @@ impl WorkerContext {
         1 + (self.start.elapsed().as_millis() / self.checkpoint_interval.as_millis().max(1)) as Epoch
     }
 
-    fn count(&self, epoch: Epoch, f: impl FnOnce(&mut EpochCounts)) {
+    pub(crate) fn count(&self, epoch: Epoch, f: impl FnOnce(&mut EpochCounts)) {
         f(self.counts.borrow_mut().entry(epoch).or_default());
     }
 
-    fn dead(&self, epoch: Epoch, letters: Vec<DeadLetter>) {
+    pub(crate) fn dead(&self, epoch: Epoch, letters: Vec<DeadLetter>) {
         if letters.is_empty() {
             return;
         }
@@ -81,7 +88,7 @@ impl WorkerContext {
         let _ = self.writer.send(WriterMsg::Dead { epoch, records: letters });
     }
 
-    fn dead_row(&self, node: &str, rec: &Record, schema: &RowSchema, reason: String) -> DeadLetter {
+    pub(crate) fn dead_row(&self, node: &str, rec: &Record, schema: &RowSchema, reason: String) -> DeadLetter {
         DeadLetter {
             key: rec.key.clone(),
             value: Some(json::row_to_string(&rec.row, schema, false).into_bytes()),
@@ -126,6 +133,10 @@ pub fn build<'s>(
             }
             NodeKind::Filter(e) => {
                 let out = input().filter_rows(&node.id, e.clone(), plan.input_schema(i).clone(), ctx.clone());
+                streams.insert(Port { node: i, output: 0 }, out);
+            }
+            NodeKind::Aggregate(a) => {
+                let out = input().aggregate(&node.name, a, plan.input_schema(i).clone(), ctx.clone());
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Map(m) => {
@@ -353,7 +364,7 @@ fn decode_batches(
                     if ctx.trace {
                         trace.push(trace_line("Incoming", raw.key.as_deref(), &json::row_to_string(&row, rows, true)));
                     }
-                    out.push(Record { key: raw.key, row, timestamp_ms: raw.timestamp_ms, origin: raw.origin });
+                    out.push(Record { key: raw.key, row, tombstone: false, timestamp_ms: raw.timestamp_ms, origin: raw.origin });
                 }
                 Err(reason) => dead.push(DeadLetter {
                     key: raw.key,
@@ -541,6 +552,7 @@ impl<'s> Transforms<'s> for Records<'s> {
         let encoder = avro::Encoder::new(&schema);
         let schema_id = ctx.sink_schema_ids.get(&node).copied();
         let partitions = ctx.sink_partitions.get(&node).copied().unwrap_or(1).max(1);
+        let window_fields = schema.index_of("window_start").zip(schema.index_of("window_end"));
         self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut round_robin = ctx.index as i32;
             let mut dead = Vec::new();
@@ -555,8 +567,23 @@ impl<'s> Transforms<'s> for Records<'s> {
                         if ctx.trace || matches!(sink, SinkPlan::Stdout) {
                             json::write_row(&r.row, &schema, true, &mut text);
                         }
-                        let (key, value) = match &sink {
-                            SinkPlan::Stdout => (r.key.clone(), text.clone().into_bytes()),
+                        if r.tombstone {
+                            text.clear();
+                            text.push_str("null");
+                        }
+                        let (key, value, window) = match &sink {
+                            SinkPlan::Stdout => (r.key.clone(), Some(text.clone().into_bytes()), None),
+                            // Files are not upsert streams: a deletion has no line.
+                            SinkPlan::File { .. } if r.tombstone => continue,
+                            SinkPlan::File { .. } => {
+                                let mut line = String::with_capacity(96);
+                                csv::write_row(&r.row, &mut line);
+                                let window = window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
+                                    (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
+                                    _ => None,
+                                });
+                                (r.key.clone(), Some(line.into_bytes()), window)
+                            }
                             SinkPlan::Kafka { config, key } => {
                                 let key = match key {
                                     None => r.key.clone(),
@@ -575,22 +602,26 @@ impl<'s> Transforms<'s> for Records<'s> {
                                         }
                                     },
                                 };
-                                let mut value = Vec::with_capacity(64);
-                                match config.format {
-                                    Format::Json => {
-                                        let mut s = String::with_capacity(128);
-                                        json::write_row(&r.row, &schema, false, &mut s);
-                                        value = s.into_bytes();
-                                    }
-                                    Format::Avro => {
-                                        avro::write_wire_header(&mut value, schema_id.unwrap_or(0));
-                                        if let Err(e) = encoder.encode(&r.row, &mut value) {
-                                            dead.push(ctx.dead_row(&node_id, &r, &schema, e.to_string()));
-                                            continue;
+                                if r.tombstone {
+                                    (key, None, None)
+                                } else {
+                                    let mut value = Vec::with_capacity(64);
+                                    match config.format {
+                                        Format::Json => {
+                                            let mut s = String::with_capacity(128);
+                                            json::write_row(&r.row, &schema, false, &mut s);
+                                            value = s.into_bytes();
+                                        }
+                                        Format::Avro => {
+                                            avro::write_wire_header(&mut value, schema_id.unwrap_or(0));
+                                            if let Err(e) = encoder.encode(&r.row, &mut value) {
+                                                dead.push(ctx.dead_row(&node_id, &r, &schema, e.to_string()));
+                                                continue;
+                                            }
                                         }
                                     }
+                                    (key, Some(value), None)
                                 }
-                                (key, value)
                             }
                         };
                         if ctx.trace {
@@ -603,7 +634,7 @@ impl<'s> Transforms<'s> for Records<'s> {
                                 round_robin
                             }
                         });
-                        out.push(OutRecord { key, value, partition });
+                        out.push(OutRecord { key, value, partition, window });
                     }
                     if !trace.is_empty() {
                         let _ = ctx.writer.send(WriterMsg::Trace(trace));
@@ -621,6 +652,6 @@ impl<'s> Transforms<'s> for Records<'s> {
 
 /// The epoch a message was sent at; epochs are totally ordered, so every
 /// message's stamp has one least time.
-fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Epoch {
+pub(crate) fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Epoch {
     *cap.least().expect("messages carry an epoch")
 }

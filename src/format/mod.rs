@@ -2,5 +2,6 @@
 //! Schema Registry client.
 
 pub mod avro;
+pub mod csv;
 pub mod json;
 pub mod registry;

@@ -2,11 +2,15 @@
 //! schemas and whose expressions are compiled. Built without touching the
 //! network, so `jobctl validate` works anywhere.
 
+pub mod aggregate;
+
+pub use aggregate::AggregatePlan;
+
 use crate::expr::{did_you_mean, Expr};
 use crate::format::avro;
 use crate::record::{Field, FieldType, RowSchema};
 use crate::spec::{
-    Format, JobConfig, KafkaSinkConfig, KafkaSourceConfig, SinkConfig, SourceConfig, Spec, SpecError, SpecErrors,
+    FileSinkConfig, Format, JobConfig, KafkaSinkConfig, Roll, KafkaSourceConfig, SinkConfig, SourceConfig, Spec, SpecError, SpecErrors,
     TransformConfig,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +49,7 @@ pub struct MapPlan {
 pub enum SinkPlan {
     Kafka { config: KafkaSinkConfig, key: Option<Expr> },
     Stdout,
+    File { config: FileSinkConfig, dir: PathBuf },
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +59,7 @@ pub enum NodeKind {
     Map(MapPlan),
     /// Named conditions; output i is route i, the last output `_unmatched`.
     Route(Vec<(String, Expr)>),
+    Aggregate(AggregatePlan),
     Sink(SinkPlan),
 }
 
@@ -405,6 +411,15 @@ impl Builder<'_> {
                 let outs = vec![schema; names.len()];
                 Some((NodeKind::Route(routes), outs, names))
             }
+            TransformConfig::Aggregate(c) => match aggregate::plan(name, c, &schema) {
+                Ok((plan, out)) => Some((NodeKind::Aggregate(plan), vec![out], vec![name.to_string()])),
+                Err(problems) => {
+                    for (key, message, hint) in problems {
+                        self.error(k, name, Some(&key), message, hint);
+                    }
+                    None
+                }
+            },
             TransformConfig::Map(c) => {
                 let mut out = schema.clone();
                 let mut computed = Vec::new();
@@ -471,6 +486,20 @@ impl Builder<'_> {
                 Some((NodeKind::Sink(SinkPlan::Kafka { config: c.clone(), key }), vec![schema], vec![]))
             }
             SinkConfig::Stdout(_) => Some((NodeKind::Sink(SinkPlan::Stdout), vec![schema], vec![])),
+            SinkConfig::File(c) => {
+                if c.roll == Roll::Window && (schema.index_of("window_start").is_none() || schema.index_of("window_end").is_none()) {
+                    self.error(
+                        Kind::Sink,
+                        name,
+                        Some("roll"),
+                        "`roll = \"window\"` needs input with `window_start` and `window_end`".into(),
+                        Some("feed it from a windowed aggregate, or roll per epoch".into()),
+                    );
+                    return None;
+                }
+                let dir = self.spec.base_dir().join(&c.path);
+                Some((NodeKind::Sink(SinkPlan::File { config: c.clone(), dir }), vec![schema], vec![]))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
 use crate::connectors::kafka_admin::{self, KafkaAdminError};
 use crate::connectors::kafka_sink::KafkaWriter;
 use crate::connectors::kafka_source::KafkaSource;
+use crate::connectors::file_sink::FileSink;
 use crate::connectors::memory::MemorySource;
 use crate::connectors::SourceReader;
 use crate::dataflow::{self, Epoch, ReaderFactory, WorkerContext};
@@ -34,6 +35,8 @@ pub enum RunError {
     Workers(String),
     #[error("sink output was not delivered: {0}")]
     Delivery(String),
+    #[error("cannot write files for sink `{sink}` in {dir}: {reason}")]
+    Files { sink: String, dir: String, reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -59,11 +62,16 @@ pub struct RunSummary {
     pub output: BTreeMap<String, Vec<OutRecord>>,
     /// In memory mode: the dead letters.
     pub dead_letters: Vec<DeadLetter>,
+    /// Files the file sinks wrote.
+    pub files: Vec<std::path::PathBuf>,
+    /// Of the dead letters, those too late for their window.
+    pub late: u64,
 }
 
 enum Target {
     Kafka(String),
     Stdout,
+    File(FileSink),
     Memory,
 }
 
@@ -79,6 +87,7 @@ struct Launch {
     sink_schema_ids: HashMap<usize, u32>,
     sink_partitions: HashMap<usize, i32>,
     source_topics: Vec<Arc<str>>,
+    source_partitions: Vec<i32>,
     targets: HashMap<usize, Target>,
     backend: Backend,
 }
@@ -94,6 +103,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
 
     let mut readers: Vec<ReaderFactory> = Vec::new();
     let mut source_topics = Vec::new();
+    let mut source_partitions = Vec::new();
     for (pos, (_, _, sp)) in plan.sources().enumerate() {
         let c = &sp.config;
         let n = kafka_admin::ensure_topic(&job.brokers, &c.topic, c.partitions, c.replication_factor, false)?;
@@ -116,6 +126,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         let topic = c.topic.clone();
         let bounded = opts.until_caught_up;
         source_topics.push(Arc::from(c.topic.as_str()));
+        source_partitions.push(n);
         readers.push(Arc::new(move |index, peers| {
             let mine: Vec<_> = ranges.iter().filter(|(p, _, _)| *p as usize % peers == index).cloned().collect();
             let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
@@ -142,8 +153,16 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             SinkPlan::Stdout => {
                 targets.insert(i, Target::Stdout);
             }
+            SinkPlan::File { config, dir } => {
+                let header = crate::format::csv::header(plan.input_schema(i));
+                let sink = FileSink::new(&node.name, config, dir, header).map_err(|e| RunError::Files {
+                    sink: node.name.clone(),
+                    dir: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                targets.insert(i, Target::File(sink));
+            }
         }
-        let _ = node;
     }
     let dead_letter_topic = job.dead_letter_topic();
     kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, false)?;
@@ -155,6 +174,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         sink_schema_ids,
         sink_partitions,
         source_topics,
+        source_partitions,
         targets,
         backend: Backend::Kafka { writer, dead_letter_topic },
     };
@@ -171,6 +191,8 @@ pub fn run_in_memory(
     writer_schema_ids: Vec<(u32, String)>,
     keep_output: bool,
 ) -> Result<RunSummary, RunError> {
+    let partitions: Vec<i32> =
+        inputs.iter().map(|records| records.iter().map(|r| r.origin.partition + 1).max().unwrap_or(1)).collect();
     let readers: Vec<ReaderFactory> = inputs
         .into_iter()
         .map(|records| {
@@ -192,6 +214,7 @@ pub fn run_in_memory(
     }
     let source_topics = plan.sources().map(|(_, _, s)| Arc::from(s.config.topic.as_str())).collect();
     let launch = Launch {
+        source_partitions: partitions,
         readers,
         registry: Some(registry),
         sink_schema_ids,
@@ -213,7 +236,9 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
 
     let writer_plan = plan.clone();
     let writer_in_flight = in_flight.clone();
-    let Launch { readers, registry, sink_schema_ids, sink_partitions, source_topics, targets, backend } = launch;
+    let Launch { readers, registry, sink_schema_ids, sink_partitions, source_topics, source_partitions, targets, backend } =
+        launch;
+    let bounded = opts.until_caught_up;
     let writer_opts = opts.clone();
     let writer = std::thread::Builder::new()
         .name("rill-writer".into())
@@ -237,6 +262,8 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
             sink_schema_ids: sink_schema_ids.clone(),
             sink_partitions: sink_partitions.clone(),
             source_topics: source_topics.clone(),
+            source_partitions: source_partitions.clone(),
+            bounded,
         });
         let probe = ProbeHandle::<Epoch>::new();
         worker.dataflow::<Epoch, _, _>(|scope| dataflow::build(scope, &worker_plan, &readers, &ctx, &probe));
@@ -277,7 +304,7 @@ fn write_loop(
     opts: &RunOptions,
     workers: usize,
     rx: Receiver<WriterMsg>,
-    targets: HashMap<usize, Target>,
+    mut targets: HashMap<usize, Target>,
     backend: Backend,
     in_flight: Arc<AtomicI64>,
     start: Instant,
@@ -312,7 +339,7 @@ fn write_loop(
                 let n = records.len();
                 let pos = sink_order.iter().position(|s| *s == sink).unwrap_or(0);
                 epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
-                match (&targets[&sink], &backend) {
+                match (targets.get_mut(&sink).unwrap(), &backend) {
                     (Target::Kafka(topic), Backend::Kafka { writer, .. }) => {
                         for r in &records {
                             writer.send(topic, r, epoch);
@@ -321,8 +348,13 @@ fn write_loop(
                     }
                     (Target::Stdout, _) => {
                         for r in &records {
-                            let _ = out.write_all(&r.value);
+                            let _ = out.write_all(r.value.as_deref().unwrap_or(b"null"));
                             let _ = out.write_all(b"\n");
+                        }
+                    }
+                    (Target::File(files), _) => {
+                        for r in &records {
+                            files.push(epoch, r.window, r.value.as_deref().unwrap_or_default());
                         }
                     }
                     (_, Backend::Memory { keep: true }) => {
@@ -353,6 +385,16 @@ fn write_loop(
                 let now_complete = *upto.iter().min().unwrap();
                 if now_complete > complete {
                     complete = now_complete;
+                    for (i, t) in targets.iter_mut() {
+                        if let Target::File(files) = t {
+                            let written = files.complete(complete).map_err(|e| RunError::Files {
+                                sink: sink_names[i].clone(),
+                                dir: String::new(),
+                                reason: e.to_string(),
+                            })?;
+                            summary.files.extend(written);
+                        }
+                    }
                     let later = epochs.split_off(&complete);
                     let done = std::mem::replace(&mut epochs, later);
                     for (e, t) in done {
@@ -360,6 +402,7 @@ fn write_loop(
                         summary.epochs += 1;
                         summary.records_in += records_in;
                         summary.dead_lettered += t.counts.dead;
+                        summary.late += t.counts.late;
                         summary.filtered += t.counts.filtered;
                         for (pos, n) in t.out.iter().enumerate() {
                             *summary.records_out.entry(sink_names[&sink_order[pos]].clone()).or_default() += n;
@@ -400,11 +443,12 @@ fn progress_line(
         sources.iter().enumerate().map(|(i, s)| format!("{s} {}", t.counts.inputs.get(i).copied().unwrap_or(0))).collect();
     let outs: Vec<String> = sink_order.iter().zip(&t.out).map(|(s, n)| format!("{} {n}", sink_names[s])).collect();
     format!(
-        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} | filtered {}",
+        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {}",
         ins.join(", "),
         records_in as f64 / seconds,
         outs.join(", "),
         t.counts.dead,
+        t.counts.late,
         t.counts.filtered
     )
 }
@@ -414,13 +458,14 @@ impl RunSummary {
     pub fn line(&self, job: &str) -> String {
         let outs: Vec<String> = self.records_out.iter().map(|(k, v)| format!("{k} {v}")).collect();
         format!(
-            "job {job} stopped after {} epochs in {:.1} s: {} records in, out {}, {} dead-lettered, {} filtered",
+            "job {job} stopped after {} epochs in {:.1} s: {} records in, out {}, {} dead-lettered, {} filtered{}",
             self.epochs,
             self.elapsed.as_secs_f64(),
             self.records_in,
             outs.join(", "),
             self.dead_lettered,
-            self.filtered
+            self.filtered,
+            if self.files.is_empty() { String::new() } else { format!(", {} files written", self.files.len()) }
         )
     }
 }

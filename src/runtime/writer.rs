@@ -6,12 +6,14 @@ use crate::record::KeyDisplay;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// An encoded record bound for a sink.
+/// An encoded record bound for a sink. No value is a tombstone.
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     pub key: Option<Arc<[u8]>>,
-    pub value: Vec<u8>,
+    pub value: Option<Vec<u8>>,
     pub partition: Option<i32>,
+    /// For files rolled per window: the window's bounds.
+    pub window: Option<(i64, i64)>,
 }
 
 /// A record the job could not process, with where it came from and why.
@@ -31,6 +33,8 @@ pub struct EpochCounts {
     /// Records read, per source (by position among the plan's sources).
     pub inputs: Vec<u64>,
     pub dead: u64,
+    /// Of the dead letters, those that came too late for their window.
+    pub late: u64,
     pub filtered: u64,
 }
 
@@ -43,6 +47,7 @@ impl EpochCounts {
             *a += b;
         }
         self.dead += other.dead;
+        self.late += other.late;
         self.filtered += other.filtered;
     }
 }

@@ -84,6 +84,7 @@ pub enum TransformConfig {
     Filter(FilterConfig),
     Map(MapConfig),
     Route(RouteConfig),
+    Aggregate(AggregateConfig),
 }
 
 impl TransformConfig {
@@ -92,6 +93,7 @@ impl TransformConfig {
             TransformConfig::Filter(c) => &c.inputs,
             TransformConfig::Map(c) => &c.inputs,
             TransformConfig::Route(c) => &c.inputs,
+            TransformConfig::Aggregate(c) => &c.inputs,
         }
     }
 }
@@ -125,11 +127,107 @@ pub struct RouteConfig {
     pub routes: BTreeMap<String, String>,
 }
 
+/// Groups records by `group_by` and keeps `aggregates` per group, as an
+/// upsert stream: one record per changed group per epoch. With `window`,
+/// per group and event-time window.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    pub inputs: Vec<String>,
+    pub group_by: Vec<String>,
+    /// `NAME = "count()"`, `"sum(expr)"`, `"avg(expr)"`, `"min(expr)"`,
+    /// `"max(expr)"`, in the order the output has them.
+    pub aggregates: indexmap::IndexMap<String, String>,
+    /// A condition over the output fields; groups failing it are not
+    /// emitted (and a group that stops passing it gets a tombstone).
+    pub having: Option<String>,
+    pub window: Option<WindowConfig>,
+    #[serde(default)]
+    pub emit: Emit,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    /// A window's result once, when the watermark passes its end.
+    #[default]
+    Final,
+    /// Every changed window at the end of every epoch.
+    Updates,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Tumbling,
+    Hopping,
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// The event-time field, in epoch milliseconds; `_timestamp` for the
+    /// Kafka record's timestamp.
+    pub time_field: String,
+    pub size_ms: Option<u64>,
+    pub hop_ms: Option<u64>,
+    pub gap_ms: Option<u64>,
+    #[serde(default)]
+    pub max_out_of_orderness_ms: u64,
+    #[serde(default)]
+    pub allowed_lateness_ms: u64,
+    /// A partition without records for this long stops holding the
+    /// watermark back. Measured in epochs, so replays agree.
+    pub idle_timeout_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     Stdout(StdoutSinkConfig),
+    File(FileSinkConfig),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Roll {
+    /// One file per closed window (the input must carry window_start and
+    /// window_end, as a windowed aggregate's output does).
+    Window,
+    /// One file per epoch.
+    Epoch,
+}
+
+/// Files in a directory, written under a temporary name and renamed once
+/// complete, so a reader never sees half a file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub inputs: Vec<String>,
+    /// Directory, relative to the job file; created when missing.
+    pub path: String,
+    pub format: FileFormat,
+    #[serde(default)]
+    pub compression: Compression,
+    pub roll: Roll,
 }
 
 impl SinkConfig {
@@ -137,6 +235,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Kafka(c) => &c.inputs,
             SinkConfig::Stdout(c) => &c.inputs,
+            SinkConfig::File(c) => &c.inputs,
         }
     }
 }

@@ -1,0 +1,586 @@
+//! Keyed aggregates. Without a window, the aggregate state of a group is
+//! the *difference* of a differential collection keyed by the group:
+//! `count_total` keeps one accumulated state per group and reports, per
+//! epoch, the old and new state of every group that changed — an upsert
+//! stream with state proportional to the number of groups.
+//!
+//! With a window, a keyed operator holds the open windows of each group and
+//! fires them when the watermark passes their end. The watermark is the
+//! minimum over source partitions of (max event time − out-of-orderness);
+//! each worker measures the partitions it reads and broadcasts that per
+//! epoch, so every worker computes the same watermark at the same epoch.
+
+use super::{epoch_of, Epoch, Records, WorkerContext};
+use crate::expr::EvalError;
+use crate::format::json;
+use crate::plan::aggregate::{AggFunc, AggSpec, AggregatePlan, TimeField, WindowPlan, WindowShape};
+use crate::record::{FieldType, Record, Row, RowSchema, Value};
+use crate::runtime::writer::DeadLetter;
+use crate::spec::Emit;
+use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::operators::CountTotal;
+use differential_dataflow::AsCollection;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
+
+/// The running result of one group (or one window of one group).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AggState {
+    /// Records folded in; zero means the state is empty.
+    pub rows: i64,
+    pub accs: Vec<Acc>,
+}
+
+/// One aggregate's accumulator. Doubles are held as `Value::Double` for
+/// their total order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Acc {
+    Count(i64),
+    SumInt(i64),
+    SumDouble(Value),
+    Avg(Value, i64),
+    Min(Value),
+    Max(Value),
+}
+
+fn f(v: &Value) -> f64 {
+    match v {
+        Value::Double(d) => *d,
+        Value::Int(i) => *i as f64,
+        _ => 0.0,
+    }
+}
+
+impl IsZero for AggState {
+    fn is_zero(&self) -> bool {
+        self.rows == 0
+    }
+}
+
+impl Semigroup for AggState {
+    fn plus_equals(&mut self, rhs: &Self) {
+        if self.accs.is_empty() {
+            self.accs = rhs.accs.clone();
+            self.rows += rhs.rows;
+            return;
+        }
+        self.rows += rhs.rows;
+        for (a, b) in self.accs.iter_mut().zip(&rhs.accs) {
+            match (a, b) {
+                (Acc::Count(x), Acc::Count(y)) => *x += y,
+                (Acc::SumInt(x), Acc::SumInt(y)) => *x = x.wrapping_add(*y),
+                (Acc::SumDouble(x), Acc::SumDouble(y)) => *x = Value::Double(f(x) + f(y)),
+                (Acc::Avg(s, n), Acc::Avg(t, m)) => {
+                    *s = Value::Double(f(s) + f(t));
+                    *n += m;
+                }
+                (Acc::Min(x), Acc::Min(y)) => {
+                    if matches!(x, Value::Null) || (!matches!(y, Value::Null) && y < x) {
+                        *x = y.clone();
+                    }
+                }
+                (Acc::Max(x), Acc::Max(y)) => {
+                    if matches!(x, Value::Null) || (!matches!(y, Value::Null) && y > x) {
+                        *x = y.clone();
+                    }
+                }
+                _ => unreachable!("accumulators of one aggregate line up"),
+            }
+        }
+    }
+}
+
+impl AggState {
+    /// The state of one record.
+    pub fn of(aggs: &[AggSpec], row: &Row) -> Result<AggState, EvalError> {
+        let mut accs = Vec::with_capacity(aggs.len());
+        for a in aggs {
+            let v = match &a.arg {
+                Some(e) => e.eval(row)?,
+                None => Value::Null,
+            };
+            let null = matches!(v, Value::Null);
+            accs.push(match a.func {
+                AggFunc::Count if a.arg.is_none() => Acc::Count(1),
+                AggFunc::Count => Acc::Count(!null as i64),
+                AggFunc::Sum if a.ty == FieldType::Int => Acc::SumInt(if let Value::Int(i) = v { i } else { 0 }),
+                AggFunc::Sum => Acc::SumDouble(Value::Double(f(&v))),
+                AggFunc::Avg => Acc::Avg(Value::Double(f(&v)), !null as i64),
+                AggFunc::Min => Acc::Min(v),
+                AggFunc::Max => Acc::Max(v),
+            });
+        }
+        Ok(AggState { rows: 1, accs })
+    }
+
+    /// The aggregates' values, in the order of the plan.
+    pub fn finish(&self, out: &mut Row) {
+        for acc in &self.accs {
+            out.push(match acc {
+                Acc::Count(n) | Acc::SumInt(n) => Value::Int(*n),
+                Acc::SumDouble(v) => Value::Double(f(v)),
+                Acc::Avg(_, 0) => Value::Null,
+                Acc::Avg(s, n) => Value::Double(f(s) / *n as f64),
+                Acc::Min(v) | Acc::Max(v) => v.clone(),
+            });
+        }
+    }
+}
+
+/// The Kafka key of a group: its values as text, joined by `|`.
+pub fn group_key(values: &[Value]) -> Arc<[u8]> {
+    let mut s = String::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            s.push('|');
+        }
+        v.to_text(&mut s);
+    }
+    Arc::from(s.into_bytes())
+}
+
+fn hash_of<T: Hash>(t: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+fn dead_late(ctx: &WorkerContext, node: &str, rec: &Record, schema: &RowSchema, reason: &str) -> DeadLetter {
+    DeadLetter {
+        key: rec.key.clone(),
+        value: Some(json::row_to_string(&rec.row, schema, false).into_bytes()),
+        reason: format!("{node}: {reason}"),
+        topic: ctx.source_topics.get(rec.origin.source as usize).cloned().unwrap_or_else(|| "".into()),
+        partition: rec.origin.partition,
+        offset: rec.origin.offset,
+    }
+}
+
+/// Holds a capability at the input frontier, so results can be sent at any
+/// epoch not yet complete, and at the end of a bounded run.
+struct Held {
+    cap: Option<Capability<Epoch>>,
+}
+
+impl Held {
+    fn at(&self, epoch: Epoch) -> Capability<Epoch> {
+        self.cap.as_ref().expect("a capability is held until the input is done").delayed(&epoch)
+    }
+    fn advance(&mut self, frontier: Option<Epoch>) {
+        if let (Some(cap), Some(f)) = (self.cap.as_mut(), frontier) {
+            if *cap.time() < f {
+                cap.downgrade(&f);
+            }
+        }
+    }
+}
+
+pub trait Aggregate<'s> {
+    fn aggregate(self, name: &str, plan: &AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
+}
+
+impl<'s> Aggregate<'s> for Records<'s> {
+    fn aggregate(self, name: &str, plan: &AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+        match &plan.window {
+            None => plain(self, name, plan.clone(), input, ctx),
+            Some(w) => windowed(self, name, plan.clone(), w.clone(), input, ctx),
+        }
+    }
+}
+
+fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+    let node = name.to_string();
+    let c = ctx.clone();
+    let aggs = plan.aggs.clone();
+    let group_by = plan.group_by.clone();
+    let states = stream.unary::<CapacityContainerBuilder<Vec<(Vec<Value>, Epoch, AggState)>>, _, _, _>(
+        Pipeline,
+        &format!("{name} fold"),
+        move |_, _| {
+            let mut dead = Vec::new();
+            move |records, out| {
+                records.for_each(|cap, data| {
+                    let epoch = epoch_of(&cap);
+                    let mut session = out.session(&cap);
+                    for r in data.drain(..) {
+                        match AggState::of(&aggs, &r.row) {
+                            Ok(state) => session.give((group_by.iter().map(|&i| r.row[i].clone()).collect(), epoch, state)),
+                            Err(e) => dead.push(c.dead_row(&node, &r, &input, e.0)),
+                        }
+                    }
+                    c.dead(epoch, std::mem::take(&mut dead));
+                });
+            }
+        },
+    );
+    let changes = states.as_collection().count_total();
+    let having = plan.having.clone();
+    changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, &format!("{name} upsert"), move |_, _| {
+        let mut stash: BTreeMap<Epoch, (Capability<Epoch>, Vec<((Vec<Value>, AggState), isize)>)> = BTreeMap::new();
+        move |(input, frontier), out| {
+            input.for_each(|cap, data| {
+                let epoch = epoch_of(&cap);
+                let entry = stash.entry(epoch).or_insert_with(|| (cap.retain_least(0).unwrap(), Vec::new()));
+                entry.1.extend(data.drain(..).map(|(d, _, r)| (d, r)));
+            });
+            let ready: Vec<Epoch> = stash.keys().copied().filter(|e| !frontier.less_equal(e)).collect();
+            for epoch in ready {
+                let (cap, changes) = stash.remove(&epoch).unwrap();
+                // Per group: the state before this epoch and after it.
+                let mut per_key: BTreeMap<Vec<Value>, (Option<AggState>, Option<AggState>)> = BTreeMap::new();
+                for ((key, state), diff) in changes {
+                    let e = per_key.entry(key).or_default();
+                    if diff > 0 {
+                        e.1 = Some(state);
+                    } else {
+                        e.0 = Some(state);
+                    }
+                }
+                let row_of = |key: &Vec<Value>, state: &AggState| {
+                    let mut row = key.clone();
+                    state.finish(&mut row);
+                    row
+                };
+                let passes = |row: &Row| having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false));
+                let mut session = out.session(&cap);
+                for (key, (old, new)) in per_key {
+                    let old_row = old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
+                    let record = |row: Row, tombstone: bool| Record {
+                        key: Some(group_key(&key)),
+                        row,
+                        tombstone,
+                        timestamp_ms: 0,
+                        origin: Default::default(),
+                    };
+                    match new.map(|s| row_of(&key, &s)) {
+                        Some(row) if passes(&row) => session.give(record(row, false)),
+                        _ => {
+                            if let Some(row) = old_row {
+                                session.give(record(row, true));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// An event on its way to the window operator.
+type Item = (Vec<Value>, i64, AggState, Record);
+/// What a worker saw of one source partition in one epoch: its largest
+/// event time so far.
+type Seen = (u32, i32, i64);
+
+#[derive(Debug, Clone)]
+struct Window {
+    end: i64,
+    state: AggState,
+    fired: bool,
+}
+
+struct Partition {
+    max_time: Option<i64>,
+    last_active: Epoch,
+}
+
+fn windows_of(shape: WindowShape, t: i64, out: &mut Vec<(i64, i64)>) {
+    out.clear();
+    match shape {
+        WindowShape::Tumbling { size } => {
+            let start = t - t.rem_euclid(size);
+            out.push((start, start + size));
+        }
+        WindowShape::Hopping { size, hop } => {
+            let mut start = t - t.rem_euclid(hop);
+            while start + size > t {
+                out.push((start, start + size));
+                start -= hop;
+            }
+            out.reverse();
+        }
+        WindowShape::Session { gap } => out.push((t, t + gap)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn windowed<'s>(
+    stream: Records<'s>,
+    name: &str,
+    plan: AggregatePlan,
+    window: WindowPlan,
+    input: RowSchema,
+    ctx: Rc<WorkerContext>,
+) -> Records<'s> {
+    let node = name.to_string();
+    let c = ctx.clone();
+    let aggs = plan.aggs.clone();
+    let group_by = plan.group_by.clone();
+    let time = window.time;
+    let in_schema = input.clone();
+    // Fold each record into its own state and note event times per
+    // partition, on the worker that reads the partition.
+    let mut builder = timely::dataflow::operators::generic::builder_rc::OperatorBuilder::new(format!("{name} events"), stream.scope());
+    let mut records_in = builder.new_input(stream, Pipeline);
+    let (mut items_out, items) = builder.new_output::<Vec<Item>>();
+    let (mut seen_out, seen) = builder.new_output::<Vec<Seen>>();
+    builder.build(move |_| {
+        let mut dead = Vec::new();
+        move |_| {
+            let mut items_h = items_out.activate();
+            let mut seen_h = seen_out.activate();
+            records_in.for_each(|cap, data| {
+                let epoch = epoch_of(&cap);
+                let mut batch: Vec<Item> = Vec::with_capacity(data.len());
+                let mut maxima: BTreeMap<(u32, i32), i64> = BTreeMap::new();
+                for r in data.drain(..) {
+                    let t = match time {
+                        TimeField::KafkaTimestamp => r.timestamp_ms,
+                        TimeField::Field(i) => match r.row[i] {
+                            Value::Int(t) => t,
+                            _ => {
+                                dead.push(c.dead_row(&node, &r, &in_schema, "the event time is null".into()));
+                                continue;
+                            }
+                        },
+                    };
+                    match AggState::of(&aggs, &r.row) {
+                        Ok(state) => {
+                            let m = maxima.entry((r.origin.source, r.origin.partition)).or_insert(t);
+                            *m = (*m).max(t);
+                            batch.push((group_by.iter().map(|&i| r.row[i].clone()).collect(), t, state, r));
+                        }
+                        Err(e) => dead.push(c.dead_row(&node, &r, &in_schema, e.0)),
+                    }
+                }
+                c.dead(epoch, std::mem::take(&mut dead));
+                let mut seen_batch: Vec<Seen> = maxima.into_iter().map(|((s, p), t)| (s, p, t)).collect();
+                if !batch.is_empty() {
+                    items_h.give(&cap, &mut batch);
+                }
+                if !seen_batch.is_empty() {
+                    seen_h.give(&cap, &mut seen_batch);
+                }
+            });
+        }
+    });
+
+    let node = name.to_string();
+    let idle_epochs = window
+        .idle_timeout_ms
+        .map(|ms| ms.div_ceil(ctx.checkpoint_interval.as_millis().max(1) as u64).max(1));
+    let all_partitions: Vec<(u32, i32)> = ctx
+        .source_partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(s, n)| (0..*n).map(move |p| (s as u32, p)))
+        .collect();
+    let pact = Exchange::new(|item: &Item| hash_of(&item.0));
+    items.binary_frontier::<_, CapacityContainerBuilder<Vec<Record>>, _, _, _, _>(
+        seen.broadcast(),
+        pact,
+        Pipeline,
+        &format!("{name} windows"),
+        move |cap, _| {
+            let mut held = Held { cap: Some(cap) };
+            let mut pending_items: BTreeMap<Epoch, Vec<Item>> = BTreeMap::new();
+            let mut pending_seen: BTreeMap<Epoch, Vec<Seen>> = BTreeMap::new();
+            let mut partitions: HashMap<(u32, i32), Partition> = HashMap::new();
+            let mut watermark = i64::MIN;
+            // Open windows per group, by start.
+            let mut state: HashMap<Vec<Value>, BTreeMap<i64, Window>> = HashMap::new();
+            let mut spans = Vec::new();
+            let mut dead = Vec::new();
+            move |(items_in, f1), (seen_in, f2), out| {
+                items_in.for_each(|cap, data| pending_items.entry(epoch_of(&cap)).or_default().append(data));
+                seen_in.for_each(|cap, data| pending_seen.entry(epoch_of(&cap)).or_default().append(data));
+                let frontier = [f1.frontier().first().copied(), f2.frontier().first().copied()].into_iter().flatten().min();
+                let done = |e: &Epoch| frontier.is_none_or(|f| *e < f);
+                let mut epochs: Vec<Epoch> = pending_items.keys().chain(pending_seen.keys()).copied().filter(done).collect();
+                epochs.sort_unstable();
+                epochs.dedup();
+                // Every epoch that completes moves the watermark, even one
+                // without records here: idleness is counted in epochs.
+                if let Some(f) = frontier {
+                    if epochs.last().is_none_or(|l| *l < f - 1) && f > 0 && held.cap.as_ref().is_some_and(|c| *c.time() < f) {
+                        epochs.push(f - 1);
+                    }
+                }
+                for epoch in epochs {
+                    let lateness = window.allowed_lateness_ms;
+                    for (s, p, t) in pending_seen.remove(&epoch).unwrap_or_default() {
+                        let part = partitions.entry((s, p)).or_insert(Partition { max_time: None, last_active: epoch });
+                        part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
+                        part.last_active = epoch;
+                    }
+                    let mut changed: Vec<(Vec<Value>, i64)> = Vec::new();
+                    for (key, t, st, rec) in pending_items.remove(&epoch).unwrap_or_default() {
+                        windows_of(window.shape, t, &mut spans);
+                        // Late: every window it belongs to has been closed for good.
+                        if spans.iter().all(|(_, end)| end.saturating_add(lateness) <= watermark) {
+                            dead.push(dead_late(&ctx, &node, &rec, &input, "late"));
+                            continue;
+                        }
+                        let groups = state.entry(key.clone()).or_default();
+                        match window.shape {
+                            WindowShape::Session { .. } => {
+                                let (mut start, mut end) = spans[0];
+                                let mut merged = st;
+                                let overlapping: Vec<i64> =
+                                    groups.range(..=end).filter(|(_, w)| w.end >= start).map(|(s, _)| *s).collect();
+                                for s in overlapping {
+                                    let w = groups.remove(&s).unwrap();
+                                    start = start.min(s);
+                                    end = end.max(w.end);
+                                    merged.plus_equals(&w.state);
+                                }
+                                groups.insert(start, Window { end, state: merged, fired: false });
+                                changed.push((key.clone(), start));
+                            }
+                            _ => {
+                                for &(start, end) in &spans {
+                                    if end.saturating_add(lateness) <= watermark {
+                                        continue;
+                                    }
+                                    let w = groups.entry(start).or_insert_with(|| Window { end, state: AggState { rows: 0, accs: Vec::new() }, fired: false });
+                                    w.state.plus_equals(&st);
+                                    changed.push((key.clone(), start));
+                                }
+                            }
+                        }
+                    }
+                    ctx.count(epoch, |c| c.late += dead.len() as u64);
+                    ctx.dead(epoch, std::mem::take(&mut dead));
+
+                    // The watermark after this epoch.
+                    let mut lowest: Option<i64> = None;
+                    let mut highest: Option<i64> = None;
+                    let mut held_back = false;
+                    for p in &all_partitions {
+                        let part = partitions.get(p);
+                        let idle = idle_epochs.is_some_and(|n| epoch.saturating_sub(part.map_or(0, |x| x.last_active)) >= n);
+                        let mark = part.and_then(|x| x.max_time).map(|t| t - window.max_out_of_orderness_ms);
+                        if let Some(m) = mark {
+                            highest = Some(highest.map_or(m, |h| h.max(m)));
+                        }
+                        if idle {
+                            continue;
+                        }
+                        match mark {
+                            Some(m) => lowest = Some(lowest.map_or(m, |l| l.min(m))),
+                            None => held_back = true,
+                        }
+                    }
+                    let candidate = if held_back { None } else { lowest.or(highest) };
+                    if let Some(w) = candidate {
+                        watermark = watermark.max(w);
+                    }
+
+                    let cap = held.at(epoch);
+                    let mut session = out.session(&cap);
+                    let mut emit = |key: &Vec<Value>, start: i64, w: &Window| {
+                        let mut row = key.clone();
+                        row.push(Value::Int(start));
+                        row.push(Value::Int(w.end));
+                        w.state.finish(&mut row);
+                        if plan.having.as_ref().is_none_or(|h| h.test(&row).unwrap_or(false)) {
+                            let mut k = group_key(key).to_vec();
+                            k.extend_from_slice(format!("@{start}").as_bytes());
+                            session.give(Record { key: Some(k.into()), row, tombstone: false, timestamp_ms: w.end - 1, origin: Default::default() });
+                        }
+                    };
+                    changed.sort();
+                    changed.dedup();
+                    for (key, start) in &changed {
+                        let Some(w) = state.get(key).and_then(|g| g.get(start)) else { continue };
+                        // Updates go out every epoch; a late update to a
+                        // window already fired goes out too.
+                        if plan.emit == Emit::Updates || w.fired {
+                            emit(key, *start, w);
+                        }
+                    }
+                    let mut empty = Vec::new();
+                    for (key, groups) in state.iter_mut() {
+                        groups.retain(|start, w| {
+                            if w.end <= watermark && !w.fired {
+                                if plan.emit == Emit::Final {
+                                    emit(key, *start, w);
+                                }
+                                w.fired = true;
+                            }
+                            // Closed for good: free the state.
+                            w.end.saturating_add(lateness) > watermark
+                        });
+                        if groups.is_empty() {
+                            empty.push(key.clone());
+                        }
+                    }
+                    for k in empty {
+                        state.remove(&k);
+                    }
+                }
+                if frontier.is_none() {
+                    // A bounded run ends: every window still open fires.
+                    if ctx.bounded && held.cap.is_some() {
+                        let cap = held.cap.clone().unwrap();
+                        let mut session = out.session(&cap);
+                        let mut keys: Vec<&Vec<Value>> = state.keys().collect();
+                        keys.sort();
+                        for key in keys {
+                            for (start, w) in &state[key] {
+                                if w.fired && plan.emit == Emit::Final {
+                                    continue;
+                                }
+                                let mut row = key.clone();
+                                row.push(Value::Int(*start));
+                                row.push(Value::Int(w.end));
+                                w.state.finish(&mut row);
+                                if plan.having.as_ref().is_none_or(|h| h.test(&row).unwrap_or(false)) {
+                                    let mut k = group_key(key).to_vec();
+                                    k.extend_from_slice(format!("@{start}").as_bytes());
+                                    session.give(Record { key: Some(k.into()), row, tombstone: false, timestamp_ms: w.end - 1, origin: Default::default() });
+                                }
+                            }
+                        }
+                    }
+                    state.clear();
+                    held.cap = None;
+                } else {
+                    held.advance(frontier);
+                }
+                }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hopping_windows_cover_the_time() {
+        let mut out = Vec::new();
+        windows_of(WindowShape::Hopping { size: 10, hop: 5 }, 12, &mut out);
+        assert_eq!(out, vec![(5, 15), (10, 20)]);
+        windows_of(WindowShape::Tumbling { size: 10 }, -3, &mut out);
+        assert_eq!(out, vec![(-10, 0)]);
+    }
+
+    #[test]
+    fn states_add_up() {
+        let mut a = AggState { rows: 1, accs: vec![Acc::Count(1), Acc::SumDouble(Value::Double(2.0)), Acc::Min(Value::Int(5)), Acc::Avg(Value::Double(2.0), 1)] };
+        let b = AggState { rows: 1, accs: vec![Acc::Count(1), Acc::SumDouble(Value::Double(3.5)), Acc::Min(Value::Int(3)), Acc::Avg(Value::Double(4.0), 1)] };
+        a.plus_equals(&b);
+        let mut row = Vec::new();
+        a.finish(&mut row);
+        assert_eq!(row, vec![Value::Int(2), Value::Double(5.5), Value::Int(3), Value::Double(3.0)]);
+    }
+}
