@@ -7,7 +7,7 @@ use rill::connectors::datagen::BankGenerator;
 use rill::format::avro;
 use rill::plan::Plan;
 use rill::record::{Origin, RawRecord};
-use rill::runtime::local::run_in_memory;
+use rill::runtime::local::{run_in_memory, MemoryInput};
 use rill::spec::Spec;
 use std::path::Path;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ fn bank_split(c: &mut Criterion) {
     for workers in [1usize, 2] {
         group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &w| {
             b.iter(|| {
-                let s = run_in_memory(plan.clone(), w, vec![records.clone()], vec![(1, schema.clone())], false).unwrap();
+                let s = run_in_memory(plan.clone(), w, vec![MemoryInput::Records(records.clone())], vec![(1, schema.clone())], false).unwrap();
                 assert_eq!(s.records_in, RECORDS as u64);
                 s
             })

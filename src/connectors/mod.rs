@@ -24,6 +24,17 @@ pub enum Poll {
 /// A source as one worker sees it. `poll` must never block.
 pub trait SourceReader {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Poll;
+
+    /// For sources that cut their own epochs (scripted test input): the
+    /// epoch of the records this poll returned. None: the runtime cuts
+    /// epochs by time and `poll` is used instead.
+    fn poll_scripted(&mut self, _out: &mut Vec<RawRecord>, _max: usize) -> Option<(u64, Poll)> {
+        None
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Kafka's default partitioner for keyed records (murmur2, as the Java

@@ -424,8 +424,14 @@ fn windowed<'s>(
                     let mut changed: Vec<(Vec<Value>, i64)> = Vec::new();
                     for (key, t, st, rec) in pending_items.remove(&epoch).unwrap_or_default() {
                         windows_of(window.shape, t, &mut spans);
-                        // Late: every window it belongs to has been closed for good.
-                        if spans.iter().all(|(_, end)| end.saturating_add(lateness) <= watermark) {
+                        // Late: every window it belongs to has been closed for
+                        // good. A session event at or before the watermark is
+                        // late too: it could touch a session already closed.
+                        let late = match window.shape {
+                            WindowShape::Session { .. } => t.saturating_add(lateness) <= watermark,
+                            _ => spans.iter().all(|(_, end)| end.saturating_add(lateness) <= watermark),
+                        };
+                        if late {
                             dead.push(dead_late(&ctx, &node, &rec, &input, "late"));
                             continue;
                         }
@@ -560,6 +566,10 @@ fn windowed<'s>(
         },
     )
 }
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod property_tests;
 
 #[cfg(test)]
 mod tests {

@@ -59,6 +59,8 @@ pub struct WorkerContext {
     pub source_partitions: Vec<i32>,
     /// A bounded run (`--until-caught-up`): open windows fire at its end.
     pub bounded: bool,
+    /// Sources say the epoch of what they read; no clock cuts epochs.
+    pub scripted: bool,
 }
 
 impl WorkerContext {
@@ -195,9 +197,11 @@ fn read_source<'s>(
                 cap = None;
                 return;
             }
-            let now = ctx.epoch_now();
-            if now > *c.time() {
-                c.downgrade(&now);
+            if !ctx.scripted {
+                let now = ctx.epoch_now();
+                if now > *c.time() {
+                    c.downgrade(&now);
+                }
             }
             if ctx.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
                 activator.activate_after(Duration::from_millis(2));
@@ -205,7 +209,17 @@ fn read_source<'s>(
             }
             // A few polls per activation, so a busy source still yields.
             for _ in 0..8 {
-                match reader.poll(&mut buf, POLL_BATCH) {
+                let polled = match reader.poll_scripted(&mut buf, POLL_BATCH) {
+                    Some((epoch, Poll::Data)) => {
+                        if epoch > *c.time() {
+                            c.downgrade(&epoch);
+                        }
+                        Poll::Data
+                    }
+                    Some((_, p)) => p,
+                    None => reader.poll(&mut buf, POLL_BATCH),
+                };
+                match polled {
                     Poll::Data => {
                         let n = buf.len() as u64;
                         ctx.count(*c.time(), |x| {

@@ -58,8 +58,9 @@ pub struct RunSummary {
     pub dead_lettered: u64,
     pub filtered: u64,
     pub elapsed: Duration,
-    /// In memory mode: the records each sink received, by sink name.
-    pub output: BTreeMap<String, Vec<OutRecord>>,
+    /// In memory mode: the records each sink received, with their epoch,
+    /// by sink name.
+    pub output: BTreeMap<String, Vec<(Epoch, OutRecord)>>,
     /// In memory mode: the dead letters.
     pub dead_letters: Vec<DeadLetter>,
     /// Files the file sinks wrote.
@@ -90,6 +91,7 @@ struct Launch {
     source_partitions: Vec<i32>,
     targets: HashMap<usize, Target>,
     backend: Backend,
+    scripted: bool,
 }
 
 /// Runs a job against its broker and registry until it is stopped (or,
@@ -177,8 +179,16 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         source_partitions,
         targets,
         backend: Backend::Kafka { writer, dead_letter_topic },
+        scripted: false,
     };
     execute(plan, opts, stop, launch)
+}
+
+/// Input for [`run_in_memory`]: per source, its records, each optionally
+/// with the epoch it is read in.
+pub enum MemoryInput {
+    Records(Arc<Vec<RawRecord>>),
+    Scripted(Arc<Vec<(u64, RawRecord)>>),
 }
 
 /// Runs a job's engine on records held in memory, with sinks that keep
@@ -187,17 +197,27 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
 pub fn run_in_memory(
     plan: Arc<Plan>,
     workers: usize,
-    inputs: Vec<Arc<Vec<RawRecord>>>,
+    inputs: Vec<MemoryInput>,
     writer_schema_ids: Vec<(u32, String)>,
     keep_output: bool,
 ) -> Result<RunSummary, RunError> {
-    let partitions: Vec<i32> =
-        inputs.iter().map(|records| records.iter().map(|r| r.origin.partition + 1).max().unwrap_or(1)).collect();
+    let scripted = inputs.iter().any(|i| matches!(i, MemoryInput::Scripted(_)));
+    let partitions: Vec<i32> = inputs
+        .iter()
+        .map(|i| match i {
+            MemoryInput::Records(r) => r.iter().map(|r| r.origin.partition + 1).max().unwrap_or(1),
+            MemoryInput::Scripted(r) => r.iter().map(|(_, r)| r.origin.partition + 1).max().unwrap_or(1),
+        })
+        .collect();
     let readers: Vec<ReaderFactory> = inputs
         .into_iter()
-        .map(|records| {
-            Arc::new(move |index, peers| Box::new(MemorySource::for_worker(&records, index, peers)) as Box<dyn SourceReader>)
-                as ReaderFactory
+        .map(|input| match input {
+            MemoryInput::Records(records) => Arc::new(move |index, peers| {
+                Box::new(MemorySource::for_worker(&records, index, peers)) as Box<dyn SourceReader>
+            }) as ReaderFactory,
+            MemoryInput::Scripted(records) => Arc::new(move |index, peers| {
+                Box::new(MemorySource::scripted(&records, index, peers)) as Box<dyn SourceReader>
+            }) as ReaderFactory,
         })
         .collect();
     // A registry client whose cache already holds the writer schemas; it is
@@ -222,6 +242,7 @@ pub fn run_in_memory(
         source_topics,
         targets,
         backend: Backend::Memory { keep: keep_output },
+        scripted,
     };
     let opts = RunOptions { workers, until_caught_up: true, trace_records: false, progress: false };
     execute(plan, opts, Arc::new(AtomicBool::new(false)), launch)
@@ -236,8 +257,17 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
 
     let writer_plan = plan.clone();
     let writer_in_flight = in_flight.clone();
-    let Launch { readers, registry, sink_schema_ids, sink_partitions, source_topics, source_partitions, targets, backend } =
-        launch;
+    let Launch {
+        readers,
+        registry,
+        sink_schema_ids,
+        sink_partitions,
+        source_topics,
+        source_partitions,
+        targets,
+        backend,
+        scripted,
+    } = launch;
     let bounded = opts.until_caught_up;
     let writer_opts = opts.clone();
     let writer = std::thread::Builder::new()
@@ -264,6 +294,7 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
             source_topics: source_topics.clone(),
             source_partitions: source_partitions.clone(),
             bounded,
+            scripted,
         });
         let probe = ProbeHandle::<Epoch>::new();
         worker.dataflow::<Epoch, _, _>(|scope| dataflow::build(scope, &worker_plan, &readers, &ctx, &probe));
@@ -358,7 +389,7 @@ fn write_loop(
                         }
                     }
                     (_, Backend::Memory { keep: true }) => {
-                        summary.output.entry(sink_names[&sink].clone()).or_default().extend(records);
+                        summary.output.entry(sink_names[&sink].clone()).or_default().extend(records.into_iter().map(|r| (epoch, r)));
                     }
                     _ => {}
                 }

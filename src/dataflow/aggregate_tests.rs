@@ -1,0 +1,330 @@
+//! Property tests: random event streams, with events out of order and
+//! late, through windows and plain aggregates on 1 and 4 workers, against
+//! a direct computation over the same events.
+
+use super::windows_of;
+use crate::plan::aggregate::WindowShape;
+use crate::plan::Plan;
+use crate::record::{Origin, RawRecord};
+use crate::runtime::local::{run_in_memory, MemoryInput};
+use crate::spec::Spec;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+const PARTITIONS: i32 = 3;
+const EPOCHS: u64 = 8;
+const OUT_OF_ORDERNESS: i64 = 20;
+
+#[derive(Debug, Clone)]
+struct Event {
+    epoch: u64,
+    partition: i32,
+    offset: i64,
+    key: String,
+    t: i64,
+    v: i64,
+}
+
+fn events(seed: u64) -> Vec<Event> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut offsets = [0i64; PARTITIONS as usize];
+    for epoch in 1..=EPOCHS {
+        for p in 0..PARTITIONS {
+            for _ in 0..rng.random_range(3..15) {
+                // Time moves ~100 per epoch; some events trail far behind.
+                let t = epoch as i64 * 100 + rng.random_range(-220..60);
+                out.push(Event {
+                    epoch,
+                    partition: p,
+                    offset: offsets[p as usize],
+                    key: format!("k{}", rng.random_range(0..4)),
+                    t,
+                    v: rng.random_range(0..100),
+                });
+                offsets[p as usize] += 1;
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+struct Agg {
+    n: i64,
+    total: i64,
+    lo: i64,
+    hi: i64,
+}
+
+impl Agg {
+    fn add(&mut self, v: i64) {
+        self.n += 1;
+        self.total += v;
+        self.lo = self.lo.min(v);
+        self.hi = self.hi.max(v);
+    }
+    fn new(v: i64) -> Self {
+        Agg { n: 1, total: v, lo: v, hi: v }
+    }
+}
+
+type Row = (String, Option<(i64, i64)>, i64, i64, i64, i64, f64);
+
+fn row(key: &str, window: Option<(i64, i64)>, a: &Agg) -> Row {
+    (key.to_string(), window, a.n, a.total, a.lo, a.hi, a.total as f64 / a.n as f64)
+}
+
+/// What the job must produce, computed straight from the events: which are
+/// late given the watermark each epoch starts with, and every window's
+/// aggregate over the events that reach it.
+fn expected(events: &[Event], shape: Option<WindowShape>) -> (Vec<Row>, BTreeSet<(i32, i64)>) {
+    let Some(shape) = shape else {
+        let mut per_key: BTreeMap<&str, Agg> = BTreeMap::new();
+        for e in events {
+            per_key.entry(&e.key).and_modify(|a| a.add(e.v)).or_insert_with(|| Agg::new(e.v));
+        }
+        return (per_key.iter().map(|(k, a)| row(k, None, a)).collect(), BTreeSet::new());
+    };
+    let mut watermark = i64::MIN;
+    let mut maxima: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut late = BTreeSet::new();
+    let mut windows: BTreeMap<(String, i64, i64), Agg> = BTreeMap::new();
+    let mut session_events: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut spans = Vec::new();
+    for epoch in 1..=EPOCHS {
+        for e in events.iter().filter(|e| e.epoch == epoch) {
+            windows_of(shape, e.t, &mut spans);
+            let is_late = match shape {
+                WindowShape::Session { .. } => e.t <= watermark,
+                _ => spans.iter().all(|(_, end)| *end <= watermark),
+            };
+            if is_late {
+                late.insert((e.partition, e.offset));
+                continue;
+            }
+            match shape {
+                WindowShape::Session { .. } => session_events.entry(e.key.clone()).or_default().push((e.t, e.v)),
+                _ => {
+                    for &(s, end) in spans.iter().filter(|(_, end)| *end > watermark) {
+                        windows.entry((e.key.clone(), s, end)).and_modify(|a| a.add(e.v)).or_insert_with(|| Agg::new(e.v));
+                    }
+                }
+            }
+        }
+        for e in events.iter().filter(|e| e.epoch == epoch) {
+            let m = maxima.entry(e.partition).or_insert(e.t);
+            *m = (*m).max(e.t);
+        }
+        if maxima.len() == PARTITIONS as usize {
+            watermark = watermark.max(maxima.values().min().unwrap() - OUT_OF_ORDERNESS);
+        }
+    }
+    if let WindowShape::Session { gap } = shape {
+        for (key, mut evs) in session_events {
+            evs.sort();
+            let mut current: Option<(i64, i64, Agg)> = None;
+            for (t, v) in evs {
+                current = match current {
+                    Some((s, end, mut a)) if t <= end => {
+                        a.add(v);
+                        Some((s, end.max(t + gap), a))
+                    }
+                    Some((s, end, a)) => {
+                        windows.insert((key.clone(), s, end), a);
+                        Some((t, t + gap, Agg::new(v)))
+                    }
+                    None => Some((t, t + gap, Agg::new(v))),
+                };
+            }
+            if let Some((s, end, a)) = current {
+                windows.insert((key.clone(), s, end), a);
+            }
+        }
+    }
+    (windows.iter().map(|((k, s, e), a)| row(k, Some((*s, *e)), a)).collect(), late)
+}
+
+fn job(window: &str) -> Arc<Plan> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ev.avsc"),
+        r#"{"type":"record","name":"Ev","fields":[{"name":"key","type":"string"},{"name":"t","type":"long"},{"name":"v","type":"long"}]}"#,
+    )
+    .unwrap();
+    let text = format!(
+        r#"[job]
+name = "prop"
+
+[sources.ev]
+type = "kafka"
+topic = "ev"
+format = "json"
+schema = "ev.avsc"
+
+[transforms.agg]
+type = "aggregate"
+inputs = ["ev"]
+group_by = ["key"]
+aggregates.n = "count()"
+aggregates.total = "sum(v)"
+aggregates.lo = "min(v)"
+aggregates.hi = "max(v)"
+aggregates.mean = "avg(v)"
+{window}
+
+[sinks.out]
+type = "kafka"
+inputs = ["agg"]
+topic = "out"
+format = "json"
+"#
+    );
+    let spec = Spec::parse(&dir.path().join("job.toml"), text).unwrap();
+    Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn run(plan: &Arc<Plan>, events: &[Event], workers: usize) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
+    let input: Vec<(u64, RawRecord)> = events
+        .iter()
+        .map(|e| {
+            let value = format!(r#"{{"key":"{}","t":{},"v":{}}}"#, e.key, e.t, e.v);
+            (
+                e.epoch,
+                RawRecord {
+                    key: None,
+                    value: Some(value.into_bytes()),
+                    timestamp_ms: 0,
+                    origin: Origin { source: 0, partition: e.partition, offset: e.offset },
+                },
+            )
+        })
+        .collect();
+    let summary = run_in_memory(plan.clone(), workers, vec![MemoryInput::Scripted(Arc::new(input))], vec![], true).unwrap();
+    let rows = summary
+        .output
+        .get("out")
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(epoch, r)| {
+            let j: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            let window = j.get("window_start").map(|s| (s.as_i64().unwrap(), j["window_end"].as_i64().unwrap()));
+            let row: Row = (
+                j["key"].as_str().unwrap().to_string(),
+                window,
+                j["n"].as_i64().unwrap(),
+                j["total"].as_i64().unwrap(),
+                j["lo"].as_i64().unwrap(),
+                j["hi"].as_i64().unwrap(),
+                j["mean"].as_f64().unwrap(),
+            );
+            (epoch, row)
+        })
+        .collect();
+    let late = summary
+        .dead_letters
+        .iter()
+        .map(|d| {
+            assert_eq!(d.reason, "agg: late");
+            (d.partition, d.offset)
+        })
+        .collect();
+    assert_eq!(summary.late as usize, summary.dead_letters.len());
+    (rows, late)
+}
+
+fn sorted(mut v: Vec<Row>) -> Vec<Row> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn check(window: &str, shape: Option<WindowShape>) {
+    let plan = job(window);
+    for seed in 0..6 {
+        let evs = events(seed);
+        let (want, want_late) = expected(&evs, shape);
+        if shape.is_some() {
+            assert!(!want_late.is_empty(), "seed {seed} should produce late events");
+        }
+        for workers in [1, 4] {
+            let (rows, late) = run(&plan, &evs, workers);
+            assert_eq!(late, want_late, "late events, seed {seed}, {workers} workers, {window}");
+            let got: Vec<Row> = if shape.is_some() {
+                rows.into_iter().map(|(_, r)| r).collect()
+            } else {
+                // An upsert stream: the last record per key is its value.
+                let mut last: BTreeMap<String, (u64, Row)> = BTreeMap::new();
+                let mut per_epoch: BTreeSet<(u64, String)> = BTreeSet::new();
+                for (epoch, r) in rows {
+                    assert!(per_epoch.insert((epoch, r.0.clone())), "one record per key per epoch");
+                    last.insert(r.0.clone(), (epoch, r));
+                }
+                last.into_values().map(|(_, r)| r).collect()
+            };
+            assert_eq!(sorted(got), sorted(want.clone()), "seed {seed}, {workers} workers, {window}");
+        }
+    }
+}
+
+#[test]
+fn tumbling_windows_match_a_batch_computation() {
+    check(
+        "[transforms.agg.window]\ntype = \"tumbling\"\ntime_field = \"t\"\nsize_ms = 100\nmax_out_of_orderness_ms = 20",
+        Some(WindowShape::Tumbling { size: 100 }),
+    );
+}
+
+#[test]
+fn hopping_windows_match_a_batch_computation() {
+    check(
+        "[transforms.agg.window]\ntype = \"hopping\"\ntime_field = \"t\"\nsize_ms = 100\nhop_ms = 25\nmax_out_of_orderness_ms = 20",
+        Some(WindowShape::Hopping { size: 100, hop: 25 }),
+    );
+}
+
+#[test]
+fn session_windows_match_a_batch_computation() {
+    check(
+        "[transforms.agg.window]\ntype = \"session\"\ntime_field = \"t\"\ngap_ms = 15\nmax_out_of_orderness_ms = 20",
+        Some(WindowShape::Session { gap: 15 }),
+    );
+}
+
+#[test]
+fn plain_aggregates_end_at_the_batch_result() {
+    check("", None);
+}
+
+/// Partition 1 goes quiet after epoch 1 while partition 0 keeps moving:
+/// the epochs at which window [100, 200) and the last window come out, with
+/// and without an idle timeout of two epochs. The last window can only
+/// come out when the bounded run ends.
+fn idle_run(idle: &str, workers: usize) -> (u64, u64) {
+    let plan = job(&format!(
+        "[transforms.agg.window]\ntype = \"tumbling\"\ntime_field = \"t\"\nsize_ms = 100\n{idle}"
+    ));
+    let mut evs = Vec::new();
+    for (i, t) in [5, 20, 40].into_iter().enumerate() {
+        evs.push(Event { epoch: 1, partition: 1, offset: i as i64, key: "a".into(), t, v: 1 });
+    }
+    for epoch in 1..=10u64 {
+        evs.push(Event { epoch, partition: 0, offset: epoch as i64, key: "a".into(), t: epoch as i64 * 100 + 10, v: 1 });
+    }
+    let (rows, late) = run(&plan, &evs, workers);
+    assert!(late.is_empty());
+    let at = |w| rows.iter().find(|(_, r)| r.1 == Some(w)).map(|(e, _)| *e).expect("every window is emitted");
+    (at((100, 200)), at((1000, 1100)))
+}
+
+#[test]
+fn an_idle_partition_stops_holding_windows_back() {
+    for workers in [1, 2] {
+        let (window, end) = idle_run("idle_timeout_ms = 2000", workers);
+        assert!(window <= 4 && window < end, "with an idle timeout the window fires by epoch 4, not {window} (end {end})");
+        let (window, end) = idle_run("", workers);
+        assert_eq!(window, end, "without one, only the end of the run fires it");
+    }
+}
