@@ -399,6 +399,9 @@ fn windowed<'s>(
             let mut state: HashMap<Vec<Value>, BTreeMap<i64, Window>> = HashMap::new();
             let mut spans = Vec::new();
             let mut dead = Vec::new();
+            // The latest epoch processed: the end of a bounded run fires
+            // what is left there, after everything sent before.
+            let mut last_epoch: Epoch = 0;
             move |(items_in, f1), (seen_in, f2), out| {
                 items_in.for_each(|cap, data| pending_items.entry(epoch_of(&cap)).or_default().append(data));
                 seen_in.for_each(|cap, data| pending_seen.entry(epoch_of(&cap)).or_default().append(data));
@@ -415,6 +418,7 @@ fn windowed<'s>(
                     }
                 }
                 for epoch in epochs {
+                    last_epoch = last_epoch.max(epoch);
                     let lateness = window.allowed_lateness_ms;
                     for (s, p, t) in pending_seen.remove(&epoch).unwrap_or_default() {
                         let part = partitions.entry((s, p)).or_insert(Partition { max_time: None, last_active: epoch });
@@ -536,7 +540,7 @@ fn windowed<'s>(
                 if frontier.is_none() {
                     // A bounded run ends: every window still open fires.
                     if ctx.bounded && held.cap.is_some() {
-                        let cap = held.cap.clone().unwrap();
+                        let cap = held.at(last_epoch.max(*held.cap.as_ref().unwrap().time()));
                         let mut session = out.session(&cap);
                         let mut keys: Vec<&Vec<Value>> = state.keys().collect();
                         keys.sort();
