@@ -440,3 +440,115 @@ fn the_registry_keeps_its_schemas_across_a_restart_and_checks_compatibility() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A shipped job file with every topic and path made unique to one test.
+fn job_copy(dir: &Path, job: &str, topics: &[&str], tag: &str) -> (PathBuf, HashMap<String, String>) {
+    let mut text = std::fs::read_to_string(root().join("jobs").join(job)).unwrap();
+    let mut names = HashMap::new();
+    for t in topics {
+        let unique = format!("{tag}-{t}");
+        text = text.replace(&format!("\"{t}\""), &format!("\"{unique}\""));
+        names.insert(t.to_string(), unique);
+    }
+    let name_line = text.lines().find(|l| l.starts_with("name = ")).unwrap().to_string();
+    text = text
+        .replace(&name_line, &format!("name = \"{tag}-{}\"", job.trim_end_matches(".toml")))
+        .replace("../schemas/", &format!("{}/schemas/", root().display()))
+        .replace("../out/", &format!("{}/out/", dir.display()));
+    let path = dir.join(format!("{tag}-{job}"));
+    std::fs::write(&path, text).unwrap();
+    (path, names)
+}
+
+#[test]
+fn bank_rejected_and_analysis_chain_on_the_seed_records() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("chain");
+    let (bank, t) = job_copy(dir.path(), "bank.toml", &["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"], &tag);
+    let (rejected, _) = job_copy(dir.path(), "rejected.toml", &["REJECTED", "AGGREGATED", "rejected-dead-letters"], &tag);
+    let (analysis, a) = job_copy(dir.path(), "analysis.toml", &["AGGREGATED", "ANALYSIS", "analysis-dead-letters"], &tag);
+    ok(&["datagen", "bank", "--job", bank.to_str().unwrap(), "--seed-records"]);
+    // Twice the seed, so account 1003 has two rejected withdrawals.
+    ok(&["datagen", "bank", "--job", bank.to_str().unwrap(), "--seed-records"]);
+    for job in [&bank, &rejected, &analysis] {
+        ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--workers", "2"]);
+    }
+    let aggregated = format!("{tag}-AGGREGATED");
+    let latest = |topic: &str| {
+        let mut last: HashMap<String, String> = HashMap::new();
+        for (k, v) in decode_all(&read_topic(topic)) {
+            last.insert(k, v);
+        }
+        last
+    };
+    let agg = latest(&aggregated);
+    assert_eq!(agg.len(), 1, "{agg:?}");
+    assert_eq!(agg["1003"], r#"{"account_id": 1003, "total_rejected": 600.0, "rejected_count": 2}"#);
+    let analysis_out = latest(&a["ANALYSIS"]);
+    assert_eq!(
+        analysis_out["1003"],
+        r#"{"account_id": 1003, "total_rejected": 600.0, "rejected_count": 2, "average_rejected": 300.0, "risk_level": "MEDIUM"}"#
+    );
+    let _ = t;
+}
+
+fn gunzip(path: &Path) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn turnstile_writes_one_gzip_csv_per_closed_window_and_the_rows_add_up() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("turnstile");
+    let (job, t) = job_copy(dir.path(), "turnstile.toml", &["turnstile", "turnstile-station-counts", "turnstile-dead-letters"], &tag);
+    let path = job.to_str().unwrap();
+    ok(&["datagen", "turnstile", "--job", path, "--count", "4000", "--stations", "3", "--quiet"]);
+    ok(&["submit", path, "--until-caught-up", "--workers", "2"]);
+
+    let input: Vec<serde_json::Value> =
+        read_topic(&t["turnstile"]).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    assert_eq!(input.len(), 4000);
+    let dead: Vec<serde_json::Value> =
+        read_topic(&t["turnstile-dead-letters"]).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    let sum = |rows: &[serde_json::Value], f: &str| rows.iter().map(|r| r[f].as_i64().unwrap()).sum::<i64>();
+
+    let lake = dir.path().join("out/turnstile");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&lake).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.iter().all(|f| f.to_str().unwrap().ends_with(".csv.gz")), "no temporary files are left: {files:?}");
+    let mut windows = std::collections::BTreeSet::new();
+    let (mut entries, mut exits, mut reports) = (0i64, 0i64, 0i64);
+    for f in &files {
+        let text = gunzip(f);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("station,window_start,window_end,entries,exits,reports"));
+        let mut in_file = std::collections::BTreeSet::new();
+        for line in lines {
+            let cols: Vec<&str> = line.split(',').collect();
+            in_file.insert((cols[1].to_string(), cols[2].to_string()));
+            assert_eq!(cols[2].parse::<i64>().unwrap() - cols[1].parse::<i64>().unwrap(), 300_000);
+            entries += cols[3].parse::<i64>().unwrap();
+            exits += cols[4].parse::<i64>().unwrap();
+            reports += cols[5].parse::<i64>().unwrap();
+        }
+        assert_eq!(in_file.len(), 1, "one window per file: {}", f.display());
+        assert!(windows.insert(in_file.into_iter().next().unwrap()), "one file per window");
+    }
+    // Every event is in a window row or, if late, in the dead letters.
+    assert_eq!(reports + dead.len() as i64, 4000);
+    assert_eq!(entries + sum(&dead, "entries"), sum(&input, "entries"));
+    assert_eq!(exits + sum(&dead, "exits"), sum(&input, "exits"));
+    // The topic carries the same windows.
+    let topic: Vec<serde_json::Value> =
+        read_topic(&t["turnstile-station-counts"]).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    assert_eq!(sum(&topic, "reports"), reports);
+    let topic_windows: std::collections::BTreeSet<(String, String)> =
+        topic.iter().map(|r| (r["window_start"].to_string(), r["window_end"].to_string())).collect();
+    assert_eq!(topic_windows, windows);
+    assert!(windows.len() >= 10, "4000 reports of 6 devices span many 5-minute windows");
+}

@@ -1,7 +1,7 @@
 //! `jobctl datagen`: input for the seeds' jobs, written through the
 //! registry like a real producer would.
 
-use crate::connectors::datagen::BankGenerator;
+use crate::connectors::datagen::{AvroDatagen, BankGenerator, TurnstileGenerator};
 use crate::connectors::kafka_admin::{self, client_config};
 use crate::format::avro;
 use crate::format::registry::RegistryClient;
@@ -16,10 +16,16 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 pub enum Generator {
     /// Seed 000's bank transactions.
     Bank,
+    /// Seed 003's subway turnstile events.
+    Turnstile,
+    /// Seed 004's commercial ratings (the job's schema and its arg.properties).
+    Commercials,
+    /// Any record schema, shaped by its fields' `arg.properties`.
+    Avro,
 }
 
 #[derive(Args)]
@@ -46,6 +52,43 @@ pub struct DatagenArgs {
     /// Do not draw a progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Turnstile: stations.
+    #[arg(long, default_value_t = 4)]
+    stations: usize,
+    /// Turnstile: devices per station.
+    #[arg(long, default_value_t = 2)]
+    devices_per_station: usize,
+    /// Turnstile: share of events sent out of order (up to 20 s early).
+    #[arg(long, default_value_t = 0.05)]
+    out_of_order_share: f64,
+    /// Turnstile: share of events sent 10 minutes late.
+    #[arg(long, default_value_t = 0.01)]
+    late_share: f64,
+    /// Avro and commercials: the field whose value becomes the record key.
+    #[arg(long)]
+    key_field: Option<String>,
+}
+
+enum Source {
+    Bank(BankGenerator),
+    Turnstile(TurnstileGenerator),
+    Avro(AvroDatagen),
+}
+
+impl Source {
+    fn next(&mut self, time: i64) -> (Option<Vec<u8>>, crate::record::Row) {
+        match self {
+            Source::Bank(g) => {
+                let (k, r) = g.random(time);
+                (Some(k), r)
+            }
+            Source::Turnstile(g) => {
+                let (k, r) = g.next_event();
+                (Some(k), r)
+            }
+            Source::Avro(g) => g.next_row(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,9 +106,16 @@ impl ProducerContext for Offsets {
 }
 
 pub fn run(args: DatagenArgs) -> Result<()> {
-    let job_path = args.job.clone().unwrap_or_else(|| match args.generator {
-        Generator::Bank => PathBuf::from("jobs/bank.toml"),
-    });
+    let job_path = match (&args.job, args.generator) {
+        (Some(j), _) => j.clone(),
+        (None, Generator::Bank) => PathBuf::from("jobs/bank.toml"),
+        (None, Generator::Turnstile) => PathBuf::from("jobs/turnstile.toml"),
+        (None, Generator::Commercials) => PathBuf::from("jobs/commercials.toml"),
+        (None, Generator::Avro) => bail!("`datagen avro` needs --job: the job whose first source says the topic and schema"),
+    };
+    if args.seed_records && args.generator != Generator::Bank {
+        bail!("--seed-records is only for the bank generator");
+    }
     let plan = super::load_plan(&job_path)?;
     let Some((_, _, source)) = plan.sources().next() else { bail!("{} has no source to write input for", job_path.display()) };
     let rows = match &plan.nodes.iter().find(|n| matches!(n.kind, NodeKind::Source(_))) {
@@ -96,8 +146,17 @@ pub fn run(args: DatagenArgs) -> Result<()> {
             None => crate::format::json::row_to_string(row, &rows, false).into_bytes(),
         })
     };
+    let bank = BankGenerator::new(&rows, args.seed);
     let mut generator = match args.generator {
-        Generator::Bank => BankGenerator::new(&rows, args.seed).map_err(anyhow::Error::msg)?,
+        Generator::Bank => Source::Bank(bank.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.clone_seeded(args.seed)),
+        Generator::Turnstile => Source::Turnstile(
+            TurnstileGenerator::new(&rows, args.seed, args.stations, args.devices_per_station, args.out_of_order_share, args.late_share)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        Generator::Commercials | Generator::Avro => {
+            let key = args.key_field.clone().or_else(|| (args.generator == Generator::Commercials).then(|| "brand".to_string()));
+            Source::Avro(AvroDatagen::new(&source.reader_text, &rows, key.as_deref(), args.seed).map_err(anyhow::Error::msg)?)
+        }
     };
     let producer: BaseProducer<Offsets> = client_config(&brokers)
         .set("linger.ms", "10")
@@ -105,7 +164,11 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(Offsets::default())?;
     let send = |i: usize, key: &[u8], value: &[u8], ts: Option<i64>| {
-        let mut rec = BaseRecord::with_opaque_to(&topic, Box::new(i)).key(key).payload(value);
+        let mut rec = BaseRecord::with_opaque_to(&topic, Box::new(i)).payload(value);
+        // No key field: a null key, not an empty one.
+        if !key.is_empty() {
+            rec = rec.key(key);
+        }
         if let Some(t) = ts {
             rec = rec.timestamp(t);
         }
@@ -122,7 +185,7 @@ pub fn run(args: DatagenArgs) -> Result<()> {
     };
 
     if args.seed_records {
-        let records = generator.seed_records();
+        let records = bank.map_err(anyhow::Error::msg)?.seed_records();
         for (i, (key, row)) in records.iter().enumerate() {
             let time = match &row[rows.index_of("time").unwrap_or(0)] {
                 crate::record::Value::Int(t) => Some(*t),
@@ -162,8 +225,8 @@ pub fn run(args: DatagenArgs) -> Result<()> {
                 std::thread::sleep(wait);
             }
         }
-        let (key, row) = generator.random(base_time + i as i64);
-        send(0, &key, &encode(&row)?, None)?;
+        let (key, row) = generator.next(base_time + i as i64);
+        send(0, key.as_deref().unwrap_or_default(), &encode(&row)?, None)?;
         if i % 1024 == 0 {
             producer.poll(Duration::ZERO);
             bar.set_position(i);

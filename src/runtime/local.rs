@@ -430,6 +430,10 @@ fn write_loop(
                     let done = std::mem::replace(&mut epochs, later);
                     for (e, t) in done {
                         let records_in: u64 = t.counts.inputs.iter().sum();
+                        let idle = records_in == 0 && t.out.iter().all(|n| *n == 0) && t.counts.dead == 0 && t.counts.filtered == 0;
+                        if idle {
+                            continue;
+                        }
                         summary.epochs += 1;
                         summary.records_in += records_in;
                         summary.dead_lettered += t.counts.dead;
