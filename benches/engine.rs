@@ -57,5 +57,56 @@ fn bank_split(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bank_split);
+/// The same bank transactions through jobs/rejected.toml's aggregate (sum
+/// and count per account, 1000 accounts) on differential dataflow.
+fn rejected_aggregate(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bank = Plan::build(&Spec::load(&root.join("jobs/bank.toml")).unwrap()).unwrap();
+    let plan = Arc::new(Plan::build(&Spec::load(&root.join("jobs/rejected.toml")).unwrap()).unwrap());
+    let (records, schema) = bank_input(&bank);
+    let records = Arc::new(records);
+    let mut group = c.benchmark_group("rejected_aggregate");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    for workers in [1usize, 2] {
+        group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &w| {
+            b.iter(|| run_in_memory(plan.clone(), w, vec![MemoryInput::Records(records.clone())], vec![(1, schema.clone())], false).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// jobs/turnstile.toml's 5-minute windows per station on generated
+/// turnstile events (JSON), 4 stations x 2 devices, cut into 40 epochs.
+fn turnstile_windows(c: &mut Criterion) {
+    use rill::connectors::datagen::TurnstileGenerator;
+    use rill::runtime::local::MemoryInput;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plan = Arc::new(Plan::build(&Spec::load(&root.join("jobs/turnstile.toml")).unwrap()).unwrap());
+    let rows = plan.sources().next().unwrap().1.outputs[0].clone();
+    let mut generator = TurnstileGenerator::new(&rows, 3, 4, 2, 0.05, 0.0).unwrap();
+    let input: Vec<(u64, RawRecord)> = (0..RECORDS)
+        .map(|i| {
+            let (key, row) = generator.next_event();
+            let value = rill::format::json::row_to_string(&row, &rows, false).into_bytes();
+            let origin = Origin { source: 0, partition: (i % 2) as i32, offset: (i / 2) as i64 };
+            (1 + (i * 40 / RECORDS) as u64, RawRecord { key: Some(key.into()), value: Some(value), timestamp_ms: 0, origin })
+        })
+        .collect();
+    let input = Arc::new(input);
+    let mut group = c.benchmark_group("turnstile_windows");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    for workers in [1usize, 2] {
+        group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &w| {
+            b.iter(|| {
+                // File sinks run in memory here: only the engine is measured.
+                run_in_memory(plan.clone(), w, vec![MemoryInput::Scripted(input.clone())], vec![], false).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bank_split, rejected_aggregate, turnstile_windows);
 criterion_main!(benches);
