@@ -552,3 +552,32 @@ fn turnstile_writes_one_gzip_csv_per_closed_window_and_the_rows_add_up() {
     assert_eq!(topic_windows, windows);
     assert!(windows.len() >= 10, "4000 reports of 6 devices span many 5-minute windows");
 }
+
+#[test]
+fn the_file_sink_writes_parquet_per_window() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("parquet");
+    let (job, t) = job_copy(dir.path(), "turnstile.toml", &["turnstile", "turnstile-station-counts", "turnstile-dead-letters"], &tag);
+    let text = std::fs::read_to_string(&job).unwrap().replace("format = \"csv\"", "format = \"parquet\"");
+    std::fs::write(&job, text).unwrap();
+    let path = job.to_str().unwrap();
+    ok(&["datagen", "turnstile", "--job", path, "--count", "1500", "--stations", "2", "--quiet"]);
+    ok(&["submit", path, "--until-caught-up"]);
+    let plan = rill::cli::load_plan(&job).unwrap();
+    let (i, _, _) = plan.sinks().find(|(_, n, _)| n.name == "lake").unwrap();
+    let schema = plan.input_schema(i).clone();
+    let lake = dir.path().join("out/turnstile");
+    let files: Vec<PathBuf> = std::fs::read_dir(&lake).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.len() >= 5 && files.iter().all(|f| f.extension().unwrap() == "parquet"), "{files:?}");
+    let reports_at = schema.index_of("reports").unwrap();
+    let mut reports = 0;
+    for f in &files {
+        for row in rill::format::parquet::read(f, &schema).unwrap() {
+            let rill::record::Value::Int(n) = row[reports_at] else { panic!("{row:?}") };
+            reports += n;
+        }
+    }
+    let dead = read_topic(&t["turnstile-dead-letters"]).len() as i64;
+    assert_eq!(reports + dead, 1500);
+}

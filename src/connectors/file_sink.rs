@@ -3,7 +3,9 @@
 //! renamed when complete, and its name carries the epoch that wrote it, so
 //! a reader never sees half a file and a replayed epoch finds its file.
 
-use crate::spec::{Compression, FileSinkConfig, Roll};
+use crate::format::{csv, parquet};
+use crate::record::{Row, RowSchema};
+use crate::spec::{Compression, FileFormat, FileSinkConfig, Roll};
 use flate2::write::GzEncoder;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,11 +14,18 @@ use std::path::{Path, PathBuf};
 pub struct FileSink {
     name: String,
     dir: PathBuf,
-    header: String,
+    schema: RowSchema,
+    format: FileFormat,
     compression: Compression,
     roll: Roll,
-    /// Lines of epochs not yet complete, by window (None when per epoch).
-    pending: BTreeMap<u64, BTreeMap<Option<(i64, i64)>, Vec<u8>>>,
+    /// What epochs not yet complete hold, by window (None when per epoch).
+    pending: BTreeMap<u64, BTreeMap<Option<(i64, i64)>, Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    rows: Vec<Row>,
 }
 
 /// `20230728T113000Z` for a time in epoch milliseconds (UTC).
@@ -38,12 +47,13 @@ pub fn compact_utc(ms: i64) -> String {
 }
 
 impl FileSink {
-    pub fn new(name: &str, config: &FileSinkConfig, dir: &Path, header: String) -> std::io::Result<Self> {
+    pub fn new(name: &str, config: &FileSinkConfig, dir: &Path, schema: RowSchema) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(FileSink {
             name: name.to_string(),
             dir: dir.to_path_buf(),
-            header,
+            schema,
+            format: config.format,
             compression: config.compression,
             roll: config.roll,
             pending: BTreeMap::new(),
@@ -52,15 +62,21 @@ impl FileSink {
 
     pub fn push(&mut self, epoch: u64, window: Option<(i64, i64)>, line: &[u8]) {
         let group = if self.roll == Roll::Window { window } else { None };
-        let buf = self.pending.entry(epoch).or_default().entry(group).or_default();
+        let buf = &mut self.pending.entry(epoch).or_default().entry(group).or_default().lines;
         buf.extend_from_slice(line);
         buf.push(b'\n');
     }
 
+    pub fn push_row(&mut self, epoch: u64, window: Option<(i64, i64)>, row: Row) {
+        let group = if self.roll == Roll::Window { window } else { None };
+        self.pending.entry(epoch).or_default().entry(group).or_default().rows.push(row);
+    }
+
     fn file_name(&self, epoch: u64, window: Option<(i64, i64)>) -> String {
-        let ext = match self.compression {
-            Compression::Gzip => "csv.gz",
-            Compression::None => "csv",
+        let ext = match (self.format, self.compression) {
+            (FileFormat::Parquet, _) => "parquet",
+            (FileFormat::Csv, Compression::Gzip) => "csv.gz",
+            (FileFormat::Csv, Compression::None) => "csv",
         };
         match window {
             Some((start, end)) => format!("{}_{}_{}_e{epoch}.{ext}", self.name, compact_utc(start), compact_utc(end)),
@@ -74,7 +90,7 @@ impl FileSink {
         let done = std::mem::replace(&mut self.pending, later);
         let mut written = Vec::new();
         for (epoch, groups) in done {
-            for (window, lines) in groups {
+            for (window, pending) in groups {
                 let name = self.file_name(epoch, window);
                 let path = self.dir.join(&name);
                 if path.exists() {
@@ -82,16 +98,20 @@ impl FileSink {
                     continue;
                 }
                 let tmp = self.dir.join(format!(".{name}.tmp"));
-                let file = std::fs::File::create(&tmp)?;
-                let mut w: Box<dyn Write> = match self.compression {
-                    Compression::Gzip => Box::new(GzEncoder::new(file, flate2::Compression::default())),
-                    Compression::None => Box::new(file),
-                };
-                w.write_all(self.header.as_bytes())?;
-                w.write_all(b"\n")?;
-                w.write_all(&lines)?;
-                w.flush()?;
-                drop(w);
+                if self.format == FileFormat::Parquet {
+                    parquet::write(&tmp, &self.schema, &pending.rows).map_err(std::io::Error::other)?;
+                } else {
+                    let file = std::fs::File::create(&tmp)?;
+                    let mut w: Box<dyn Write> = match self.compression {
+                        Compression::Gzip => Box::new(GzEncoder::new(file, flate2::Compression::default())),
+                        Compression::None => Box::new(file),
+                    };
+                    w.write_all(csv::header(&self.schema).as_bytes())?;
+                    w.write_all(b"\n")?;
+                    w.write_all(&pending.lines)?;
+                    w.flush()?;
+                    drop(w);
+                }
                 std::fs::File::open(&tmp)?.sync_all()?;
                 std::fs::rename(&tmp, &path)?;
                 written.push(path);

@@ -12,10 +12,8 @@
 
 use super::{epoch_of, Epoch, Records, WorkerContext};
 use crate::expr::EvalError;
-use crate::format::json;
 use crate::plan::aggregate::{AggFunc, AggSpec, AggregatePlan, TimeField, WindowPlan, WindowShape};
 use crate::record::{FieldType, Record, Row, RowSchema, Value};
-use crate::runtime::writer::DeadLetter;
 use crate::spec::Emit;
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::operators::CountTotal;
@@ -153,17 +151,6 @@ fn hash_of<T: Hash>(t: &T) -> u64 {
     h.finish()
 }
 
-fn dead_late(ctx: &WorkerContext, node: &str, rec: &Record, schema: &RowSchema, reason: &str) -> DeadLetter {
-    DeadLetter {
-        key: rec.key.clone(),
-        value: Some(json::row_to_string(&rec.row, schema, false).into_bytes()),
-        reason: format!("{node}: {reason}"),
-        topic: ctx.source_topics.get(rec.origin.source as usize).cloned().unwrap_or_else(|| "".into()),
-        partition: rec.origin.partition,
-        offset: rec.origin.offset,
-    }
-}
-
 /// Holds a capability at the input frontier, so results can be sent at any
 /// epoch not yet complete, and at the end of a bounded run.
 struct Held {
@@ -290,6 +277,20 @@ struct Window {
 struct Partition {
     max_time: Option<i64>,
     last_active: Epoch,
+}
+
+/// The output record of one window of one group, unless `having` drops it.
+fn window_record(key: &[Value], start: i64, w: &Window, having: Option<&crate::expr::Expr>) -> Option<Record> {
+    let mut row = key.to_vec();
+    row.push(Value::Int(start));
+    row.push(Value::Int(w.end));
+    w.state.finish(&mut row);
+    if !having.is_none_or(|h| h.test(&row).unwrap_or(false)) {
+        return None;
+    }
+    let mut k = group_key(key).to_vec();
+    k.extend_from_slice(format!("@{start}").as_bytes());
+    Some(Record { key: Some(k.into()), row, tombstone: false, timestamp_ms: w.end - 1, origin: Default::default() })
 }
 
 fn windows_of(shape: WindowShape, t: i64, out: &mut Vec<(i64, i64)>) {
@@ -436,7 +437,7 @@ fn windowed<'s>(
                             _ => spans.iter().all(|(_, end)| end.saturating_add(lateness) <= watermark),
                         };
                         if late {
-                            dead.push(dead_late(&ctx, &node, &rec, &input, "late"));
+                            dead.push(ctx.dead_row(&node, &rec, &input, "late".into()));
                             continue;
                         }
                         let groups = state.entry(key.clone()).or_default();
@@ -497,14 +498,8 @@ fn windowed<'s>(
                     let cap = held.at(epoch);
                     let mut session = out.session(&cap);
                     let mut emit = |key: &Vec<Value>, start: i64, w: &Window| {
-                        let mut row = key.clone();
-                        row.push(Value::Int(start));
-                        row.push(Value::Int(w.end));
-                        w.state.finish(&mut row);
-                        if plan.having.as_ref().is_none_or(|h| h.test(&row).unwrap_or(false)) {
-                            let mut k = group_key(key).to_vec();
-                            k.extend_from_slice(format!("@{start}").as_bytes());
-                            session.give(Record { key: Some(k.into()), row, tombstone: false, timestamp_ms: w.end - 1, origin: Default::default() });
+                        if let Some(r) = window_record(key, start, w, plan.having.as_ref()) {
+                            session.give(r);
                         }
                     };
                     changed.sort();
@@ -549,14 +544,8 @@ fn windowed<'s>(
                                 if w.fired && plan.emit == Emit::Final {
                                     continue;
                                 }
-                                let mut row = key.clone();
-                                row.push(Value::Int(*start));
-                                row.push(Value::Int(w.end));
-                                w.state.finish(&mut row);
-                                if plan.having.as_ref().is_none_or(|h| h.test(&row).unwrap_or(false)) {
-                                    let mut k = group_key(key).to_vec();
-                                    k.extend_from_slice(format!("@{start}").as_bytes());
-                                    session.give(Record { key: Some(k.into()), row, tombstone: false, timestamp_ms: w.end - 1, origin: Default::default() });
+                                if let Some(r) = window_record(key, *start, w, plan.having.as_ref()) {
+                                    session.give(r);
                                 }
                             }
                         }

@@ -13,7 +13,7 @@ use crate::format::{avro, csv, json, registry::RegistryClient};
 use crate::plan::{MapPlan, MapTarget, NodeKind, Plan, Port, SinkPlan};
 use crate::record::{FieldType, RawRecord, Record, RowSchema, Value};
 use crate::runtime::writer::{capitalise, trace_line, DeadLetter, EpochCounts, OutRecord, WriterMsg};
-use crate::spec::Format;
+use crate::spec::{FileFormat, Format};
 use crossbeam_channel::Sender;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -585,18 +585,24 @@ impl<'s> Transforms<'s> for Records<'s> {
                             text.clear();
                             text.push_str("null");
                         }
+                        let mut parquet_row = None;
                         let (key, value, window) = match &sink {
                             SinkPlan::Stdout => (r.key.clone(), Some(text.clone().into_bytes()), None),
                             // Files are not upsert streams: a deletion has no line.
                             SinkPlan::File { .. } if r.tombstone => continue,
-                            SinkPlan::File { .. } => {
-                                let mut line = String::with_capacity(96);
-                                csv::write_row(&r.row, &mut line);
+                            SinkPlan::File { config, .. } => {
                                 let window = window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
                                     (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
                                     _ => None,
                                 });
-                                (r.key.clone(), Some(line.into_bytes()), window)
+                                if config.format == FileFormat::Parquet {
+                                    parquet_row = Some(r.row.clone());
+                                    (r.key.clone(), None, window)
+                                } else {
+                                    let mut line = String::with_capacity(96);
+                                    csv::write_row(&r.row, &mut line);
+                                    (r.key.clone(), Some(line.into_bytes()), window)
+                                }
                             }
                             SinkPlan::Kafka { config, key } => {
                                 let key = match key {
@@ -648,7 +654,7 @@ impl<'s> Transforms<'s> for Records<'s> {
                                 round_robin
                             }
                         });
-                        out.push(OutRecord { key, value, partition, window });
+                        out.push(OutRecord { key, value, partition, window, row: parquet_row.take() });
                     }
                     if !trace.is_empty() {
                         let _ = ctx.writer.send(WriterMsg::Trace(trace));

@@ -4,4 +4,5 @@
 pub mod avro;
 pub mod csv;
 pub mod json;
+pub mod parquet;
 pub mod registry;

@@ -156,8 +156,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
                 targets.insert(i, Target::Stdout);
             }
             SinkPlan::File { config, dir } => {
-                let header = crate::format::csv::header(plan.input_schema(i));
-                let sink = FileSink::new(&node.name, config, dir, header).map_err(|e| RunError::Files {
+                let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone()).map_err(|e| RunError::Files {
                     sink: node.name.clone(),
                     dir: dir.display().to_string(),
                     reason: e.to_string(),
@@ -384,8 +383,11 @@ fn write_loop(
                         }
                     }
                     (Target::File(files), _) => {
-                        for r in &records {
-                            files.push(epoch, r.window, r.value.as_deref().unwrap_or_default());
+                        for r in records {
+                            match r.row {
+                                Some(row) => files.push_row(epoch, r.window, row),
+                                None => files.push(epoch, r.window, r.value.as_deref().unwrap_or_default()),
+                            }
                         }
                     }
                     (_, Backend::Memory { keep: true }) => {

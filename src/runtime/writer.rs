@@ -14,6 +14,8 @@ pub struct OutRecord {
     pub partition: Option<i32>,
     /// For files rolled per window: the window's bounds.
     pub window: Option<(i64, i64)>,
+    /// For Parquet files, which are written by column: the row itself.
+    pub row: Option<crate::record::Row>,
 }
 
 /// A record the job could not process, with where it came from and why.

@@ -196,6 +196,7 @@ pub enum SinkConfig {
 #[serde(rename_all = "snake_case")]
 pub enum FileFormat {
     Csv,
+    Parquet,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -225,6 +226,7 @@ pub struct FileSinkConfig {
     /// Directory, relative to the job file; created when missing.
     pub path: String,
     pub format: FileFormat,
+    /// For CSV; Parquet files are written uncompressed.
     #[serde(default)]
     pub compression: Compression,
     pub roll: Roll,
