@@ -39,6 +39,9 @@ enum Command {
         /// Do not print a progress line per epoch.
         #[arg(long)]
         quiet: bool,
+        /// Read at most this many records per second (for crash tests).
+        #[arg(long, hide = true)]
+        max_records_per_second: Option<f64>,
     },
     /// Check a job file and print every error in it.
     Validate { job: PathBuf },
@@ -80,7 +83,7 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Submit { job, workers, until_caught_up, trace_records, quiet } => {
+        Command::Submit { job, workers, until_caught_up, trace_records, quiet, max_records_per_second } => {
             let plan = Arc::new(load_plan(&job)?);
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if workers == 0 {
@@ -106,7 +109,7 @@ pub fn main() -> Result<()> {
                     if until_caught_up { ", until caught up" } else { "" }
                 );
             }
-            let opts = RunOptions { workers, until_caught_up, trace_records, progress: !quiet };
+            let opts = RunOptions { workers, until_caught_up, trace_records, progress: !quiet, max_rate: max_records_per_second };
             let summary = local::run(plan.clone(), opts, stop).with_context(|| format!("job {} failed", plan.job.name))?;
             eprintln!("{}", summary.line(&plan.job.name));
             Ok(())

@@ -35,11 +35,12 @@ pub fn run(args: TailArgs) -> Result<()> {
         bail!("topic `{}` does not exist on {}", args.topic, args.brokers);
     };
     let marks = kafka_admin::end_offsets(&args.brokers, &args.topic, n)?;
-    let consumer: BaseConsumer = client_config(&args.brokers)
+    let consumer: BaseConsumer<kafka_admin::EofIsNotAnError> = client_config(&args.brokers)
         .set("group.id", "rill-tail")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .create()?;
+        .set("enable.partition.eof", "true")
+        .create_with_context(kafka_admin::EofIsNotAnError)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
         tpl.add_partition_offset(&args.topic, p, Offset::Beginning)?;
@@ -47,24 +48,30 @@ pub fn run(args: TailArgs) -> Result<()> {
     consumer.assign(&tpl)?;
     let registry = RegistryClient::new(&args.registry_url);
     let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> = HashMap::new();
-    let mut next: Vec<i64> = marks.iter().map(|(low, _)| *low).collect();
-    let caught_up = |next: &[i64]| next.iter().zip(&marks).all(|(n, (_, high))| n >= high);
+    // Caught up at every partition's EOF: the end offset can point past
+    // transaction commit markers, which never arrive as records.
+    let mut at_end: Vec<bool> = marks.iter().map(|(low, high)| high <= low).collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut last_data = Instant::now();
     loop {
-        if args.until_caught_up && caught_up(&next) {
+        if args.until_caught_up && at_end.iter().all(|d| *d) {
             return Ok(());
         }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            if args.until_caught_up && last_data.elapsed() > Duration::from_secs(30) {
-                bail!("no records for 30 s before reaching the end of {}", args.topic);
+        let m = match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if args.until_caught_up && last_data.elapsed() > Duration::from_secs(30) {
+                    bail!("no records for 30 s before reaching the end of {}", args.topic);
+                }
+                continue;
             }
-            continue;
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end[p as usize] = true;
+                continue;
+            }
+            Some(m) => m?,
         };
-        let m = m?;
         last_data = Instant::now();
-        next[m.partition() as usize] = m.offset() + 1;
         let value = match m.payload() {
             None => "null".to_string(),
             Some(bytes) => render(bytes, &registry, &mut decoders),

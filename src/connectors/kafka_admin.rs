@@ -166,9 +166,9 @@ pub fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i
     Ok(ends)
 }
 
-/// Reaching the end of a partition is what `end_offsets` waits for, not a
+/// Reaching the end of a partition is what bounded reads wait for, not a
 /// failure to log.
-struct EofIsNotAnError;
+pub struct EofIsNotAnError;
 
 impl rdkafka::ClientContext for EofIsNotAnError {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -179,3 +179,70 @@ impl rdkafka::ClientContext for EofIsNotAnError {
 }
 
 impl rdkafka::consumer::ConsumerContext for EofIsNotAnError {}
+
+/// One record as `read_to_end` hands it over.
+pub struct Fetched {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every record of `topic`, from its start to the end it has now, in
+/// offset order per partition. Aborted transactional records are included
+/// where the broker delivers them; callers sort them out by headers.
+pub fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(Fetched)) -> Result<(), KafkaAdminError> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let Some(n) = partition_count(brokers, topic)? else { return Ok(()) };
+    let ends = end_offsets(brokers, topic, n)?;
+    let other = |reason: String| KafkaAdminError::Other { brokers: brokers.into(), reason };
+    let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
+        .set("group.id", "rill-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create_with_context(EofIsNotAnError)
+        .map_err(|e| other(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| other(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
+    // A partition is read when its EOF comes: on a topic written in
+    // transactions the last offsets are commit markers, which a consumer
+    // never receives, so counting offsets up to the end would never stop.
+    let mut at_end: Vec<bool> = ends.iter().map(|(low, end)| end <= low).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while at_end.iter().any(|d| !d) {
+        if std::time::Instant::now() > deadline {
+            return Err(other(format!("reading {topic} to its end took more than 120 s")));
+        }
+        let m = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end[p as usize] = true;
+                continue;
+            }
+            Some(m) => m.map_err(|e| other(format!("reading {topic}: {e}")))?,
+        };
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default();
+        each(Fetched {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+    Ok(())
+}

@@ -43,16 +43,53 @@ pub struct KafkaWriter {
     attempt: String,
 }
 
+/// How long a transaction call may take; a fenced producer's commit can
+/// otherwise hang.
+pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl KafkaWriter {
-    pub fn new(brokers: &str, writer: &str, attempt: u32) -> Result<Self, KafkaError> {
-        let producer = client_config(brokers)
+    /// A producer for `writer`; with `transactional`, its transactional id is
+    /// the writer's, and starting it fences every earlier instance.
+    pub fn new(brokers: &str, writer: &str, attempt: u32, transactional: bool) -> Result<Self, KafkaError> {
+        let mut config = client_config(brokers);
+        config
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("queue.buffering.max.kbytes", "1048576")
-            .set("enable.idempotence", "true")
-            .create_with_context(Deliveries::default())?;
+            .set("enable.idempotence", "true");
+        if transactional {
+            config.set("transactional.id", writer).set("transaction.timeout.ms", "60000");
+        }
+        let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries::default())?;
+        if transactional {
+            producer.init_transactions(TXN_TIMEOUT)?;
+        }
         Ok(KafkaWriter { producer, writer: writer.to_string(), attempt: attempt.to_string() })
+    }
+
+    pub fn begin(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()
+    }
+
+    /// Commits the open transaction with the writer's progress in it.
+    pub fn commit(&self, progress: &rdkafka::TopicPartitionList, group: &rdkafka::consumer::ConsumerGroupMetadata) -> Result<(), KafkaError> {
+        self.producer.send_offsets_to_transaction(progress, group, TXN_TIMEOUT)?;
+        self.producer.commit_transaction(TXN_TIMEOUT)
+    }
+
+    pub fn headers_for(&self, epoch: u64) -> OwnedHeaders {
+        self.headers(epoch)
+    }
+
+    /// A changelog record: the state key and its value as of `epoch`; no
+    /// value deletes the key.
+    pub fn send_changelog(&self, topic: &str, key: &[u8], value: Option<&[u8]>, epoch: u64) {
+        let mut r: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).key(key).headers(self.headers(epoch));
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        self.send_record(r);
     }
 
     fn headers(&self, epoch: u64) -> OwnedHeaders {

@@ -3,21 +3,29 @@
 //! fetches on its own threads. No consumer group takes part in the data
 //! path, so no rebalance can move a partition under a running epoch.
 
-use super::kafka_admin::client_config;
+use super::kafka_admin::{client_config, EofIsNotAnError};
+use rdkafka::error::KafkaError;
 use super::{Poll, SourceReader};
 use crate::record::{Origin, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EofIsNotAnError>,
     source: u32,
-    /// (partition, next offset to read, end offset to stop at when bounded)
+    /// (partition, next offset to hand on, end offset to stop at when bounded)
     partitions: Vec<(i32, i64, Option<i64>)>,
     bounded: bool,
+    /// Epochs logged before a restart and not committed: each with the end
+    /// offset of each of this reader's partitions. They are cut again
+    /// exactly as logged.
+    replay: VecDeque<(u64, HashMap<i32, i64>)>,
+    /// Records read ahead of the epoch being replayed.
+    ahead: HashMap<i32, VecDeque<RawRecord>>,
 }
 
 impl KafkaSource {
@@ -30,14 +38,15 @@ impl KafkaSource {
         ranges: Vec<(i32, i64, Option<i64>)>,
         bounded: bool,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: BaseConsumer = client_config(brokers)
+        let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
             .set("group.id", format!("rill-{topic}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "50")
             .set("queued.min.messages", "200000")
-            .create()?;
+            .set("enable.partition.eof", bounded.to_string())
+            .create_with_context(EofIsNotAnError)?;
         let mut tpl = TopicPartitionList::new();
         let mut partitions = Vec::new();
         for (p, start, end) in ranges {
@@ -48,40 +57,139 @@ impl KafkaSource {
             partitions.push((p, start, end));
         }
         consumer.assign(&tpl)?;
-        Ok(KafkaSource { consumer, source, partitions, bounded })
+        Ok(KafkaSource { consumer, source, partitions, bounded, replay: VecDeque::new(), ahead: HashMap::new() })
+    }
+
+    /// Epochs to replay first: (epoch, end offset per partition), ascending.
+    /// Epochs in which none of this reader's partitions had records are
+    /// left out.
+    pub fn with_replay(mut self, replay: Vec<(u64, HashMap<i32, i64>)>) -> Self {
+        let mut last: HashMap<i32, i64> = self.partitions.iter().map(|(p, next, _)| (*p, *next)).collect();
+        for (epoch, ends) in replay {
+            let mine: HashMap<i32, i64> = ends.into_iter().filter(|(p, _)| last.contains_key(p)).collect();
+            let grows = mine.iter().any(|(p, end)| *end > last[p]);
+            for (p, end) in &mine {
+                last.insert(*p, *end);
+            }
+            if grows {
+                self.replay.push_back((epoch, mine));
+            }
+        }
+        self
     }
 
     fn finished(&self) -> bool {
-        self.bounded && self.partitions.iter().all(|(_, next, end)| end.is_some_and(|e| *next >= e))
+        self.bounded
+            && self.replay.is_empty()
+            && self.ahead.values().all(VecDeque::is_empty)
+            && self.partitions.iter().all(|(_, next, end)| end.is_some_and(|e| *next >= e))
+    }
+
+    /// A bounded reader at a partition's EOF has read everything that was
+    /// there at start; the end offset may point past commit markers, which
+    /// never arrive as records.
+    fn at_eof(&mut self, partition: i32) {
+        if !self.bounded || !self.replay.is_empty() {
+            return;
+        }
+        if let Some(slot) = self.partitions.iter_mut().find(|x| x.0 == partition) {
+            if let Some(end) = slot.2 {
+                slot.1 = slot.1.max(end);
+            }
+        }
+    }
+
+    fn to_raw(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+        RawRecord {
+            key: m.key().map(Arc::from),
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+            origin: Origin { source: self.source, partition: m.partition(), offset: m.offset() },
+        }
+    }
+
+    /// Hands on `r` if it is the next record of its partition (and, when
+    /// bounded, before the end).
+    fn accept(&mut self, r: RawRecord, out: &mut Vec<RawRecord>) {
+        let Some(slot) = self.partitions.iter_mut().find(|x| x.0 == r.origin.partition) else { return };
+        if r.origin.offset < slot.1 {
+            return;
+        }
+        slot.1 = r.origin.offset + 1;
+        if self.bounded && slot.2.is_some_and(|e| r.origin.offset >= e) {
+            return;
+        }
+        out.push(r);
     }
 }
 
 impl SourceReader for KafkaSource {
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Poll {
-        if self.finished() {
-            return Poll::Done;
+    fn replaying(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    fn poll_scripted(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Option<(u64, Poll)> {
+        let (epoch, ends) = self.replay.front().cloned()?;
+        let fits = |r: &RawRecord| ends.get(&r.origin.partition).is_some_and(|end| r.origin.offset < *end);
+        // First what was read ahead, then the consumer.
+        let parts: Vec<i32> = self.ahead.keys().copied().collect();
+        for p in parts {
+            while let Some(r) = self.ahead.get_mut(&p).and_then(|q| q.front().filter(|r| fits(r)).cloned()) {
+                self.ahead.get_mut(&p).unwrap().pop_front();
+                self.accept(r, out);
+            }
         }
         while out.len() < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => self.at_eof(p),
                 Some(Err(e)) => {
                     tracing::warn!("kafka source: {e}");
                     break;
                 }
                 Some(Ok(m)) => {
-                    let p = m.partition();
-                    let Some(slot) = self.partitions.iter_mut().find(|x| x.0 == p) else { continue };
-                    if slot.2.is_some_and(|e| m.offset() >= e) && self.bounded {
-                        slot.1 = slot.1.max(m.offset() + 1);
-                        continue;
+                    let r = self.to_raw(&m);
+                    if fits(&r) {
+                        self.accept(r, out);
+                    } else {
+                        self.ahead.entry(r.origin.partition).or_default().push_back(r);
                     }
-                    slot.1 = m.offset() + 1;
-                    out.push(RawRecord {
-                        key: m.key().map(Arc::from),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                        origin: Origin { source: self.source, partition: p, offset: m.offset() },
-                    });
+                }
+            }
+        }
+        let done = ends.iter().all(|(p, end)| self.partitions.iter().find(|x| x.0 == *p).is_none_or(|x| x.1 >= *end));
+        if done {
+            self.replay.pop_front();
+        }
+        if out.is_empty() {
+            return Some((epoch, Poll::Idle));
+        }
+        Some((epoch, Poll::Data))
+    }
+
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Poll {
+        if self.finished() {
+            return Poll::Done;
+        }
+        // Records read ahead during a replay come first.
+        let parts: Vec<i32> = self.ahead.keys().copied().collect();
+        for p in parts {
+            let queued: Vec<RawRecord> = self.ahead.remove(&p).unwrap_or_default().into();
+            for r in queued {
+                self.accept(r, out);
+            }
+        }
+        while out.len() < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => self.at_eof(p),
+                Some(Err(e)) => {
+                    tracing::warn!("kafka source: {e}");
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let r = self.to_raw(&m);
+                    self.accept(r, out);
                 }
             }
         }

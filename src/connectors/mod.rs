@@ -35,6 +35,12 @@ pub trait SourceReader {
     fn epoch(&self) -> Option<u64> {
         None
     }
+
+    /// True while the source is cutting logged epochs again after a restart;
+    /// the clock must not move its epoch meanwhile.
+    fn replaying(&self) -> bool {
+        false
+    }
 }
 
 /// Kafka's default partitioner for keyed records (murmur2, as the Java

@@ -186,14 +186,26 @@ impl<'s> Aggregate<'s> for Records<'s> {
 fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
     let node = name.to_string();
     let c = ctx.clone();
+    let ctx = ctx.clone();
     let aggs = plan.aggs.clone();
     let group_by = plan.group_by.clone();
+    let transform = name.to_string();
     let states = stream.unary::<CapacityContainerBuilder<Vec<(Vec<Value>, Epoch, AggState)>>, _, _, _>(
         Pipeline,
         &format!("{name} fold"),
-        move |_, _| {
+        move |cap, _| {
             let mut dead = Vec::new();
+            // Restored state goes in at epoch 0, before any epoch replays.
+            let mut restore = Some(cap);
             move |records, out| {
+                if let Some(cap) = restore.take() {
+                    let mut session = out.session(&cap);
+                    for (k, v) in c.restored_for(&transform) {
+                        if let (Ok(key), Ok(state)) = (serde_json::from_slice::<Vec<Value>>(k), serde_json::from_slice::<AggState>(v)) {
+                            session.give((key, 0, state));
+                        }
+                    }
+                }
                 records.for_each(|cap, data| {
                     let epoch = epoch_of(&cap);
                     let mut session = out.session(&cap);
@@ -210,6 +222,7 @@ fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSch
     );
     let changes = states.as_collection().count_total();
     let having = plan.having.clone();
+    let transform = name.to_string();
     changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, &format!("{name} upsert"), move |_, _| {
         let mut stash: BTreeMap<Epoch, (Capability<Epoch>, Vec<((Vec<Value>, AggState), isize)>)> = BTreeMap::new();
         move |(input, frontier), out| {
@@ -221,6 +234,10 @@ fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSch
             let ready: Vec<Epoch> = stash.keys().copied().filter(|e| !frontier.less_equal(e)).collect();
             for epoch in ready {
                 let (cap, changes) = stash.remove(&epoch).unwrap();
+                if epoch == 0 {
+                    // Restored state: already published before the restart.
+                    continue;
+                }
                 // Per group: the state before this epoch and after it.
                 let mut per_key: BTreeMap<Vec<Value>, (Option<AggState>, Option<AggState>)> = BTreeMap::new();
                 for ((key, state), diff) in changes {
@@ -237,6 +254,11 @@ fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSch
                     row
                 };
                 let passes = |row: &Row| having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false));
+                let changelog = per_key
+                    .iter()
+                    .map(|(key, (_, new))| (serde_json::to_vec(key).unwrap(), new.as_ref().map(|s| serde_json::to_vec(s).unwrap())))
+                    .collect();
+                ctx.changelog(&transform, epoch, changelog);
                 let mut session = out.session(&cap);
                 for (key, (old, new)) in per_key {
                     let old_row = old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
@@ -263,11 +285,40 @@ fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSch
 
 /// An event on its way to the window operator.
 type Item = (Vec<Value>, i64, AggState, Record);
-/// What a worker saw of one source partition in one epoch: its largest
-/// event time so far.
-type Seen = (u32, i32, i64);
 
-#[derive(Debug, Clone)]
+/// What reaches the window operator of a group's worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum WindowMsg {
+    Event(Item),
+    /// A window restored from the changelog: group, start, window.
+    Restore(Vec<Value>, i64, Window),
+}
+
+impl WindowMsg {
+    fn key(&self) -> &Vec<Value> {
+        match self {
+            WindowMsg::Event(item) => &item.0,
+            WindowMsg::Restore(key, _, _) => key,
+        }
+    }
+}
+
+/// What a worker saw of one source partition: (source, partition, largest
+/// event time so far, the epoch it last had records). Source `u32::MAX`
+/// carries a restored watermark instead.
+type Seen = (u32, i32, i64, Epoch);
+const WATERMARK: u32 = u32::MAX;
+
+/// The changelog key of the watermark and partition table.
+const WATERMARK_KEY: &[u8] = b"\"__watermark__\"";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WatermarkSnapshot {
+    watermark: i64,
+    partitions: Vec<Seen>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Window {
     end: i64,
     state: AggState,
@@ -331,16 +382,40 @@ fn windowed<'s>(
     // partition, on the worker that reads the partition.
     let mut builder = timely::dataflow::operators::generic::builder_rc::OperatorBuilder::new(format!("{name} events"), stream.scope());
     let mut records_in = builder.new_input(stream, Pipeline);
-    let (mut items_out, items) = builder.new_output::<Vec<Item>>();
+    let (mut items_out, items) = builder.new_output::<Vec<WindowMsg>>();
     let (mut seen_out, seen) = builder.new_output::<Vec<Seen>>();
-    builder.build(move |_| {
+    let transform = name.to_string();
+    builder.build(move |caps| {
         let mut dead = Vec::new();
+        let mut restore = Some(caps);
         move |_| {
             let mut items_h = items_out.activate();
             let mut seen_h = seen_out.activate();
+            // Restored windows and watermark go in at epoch 0 and reach
+            // their workers like any event.
+            if let Some(caps) = restore.take() {
+                let mut windows = Vec::new();
+                let mut marks = Vec::new();
+                for (k, v) in c.restored_for(&transform) {
+                    if k.as_slice() == WATERMARK_KEY {
+                        if let Ok(snap) = serde_json::from_slice::<WatermarkSnapshot>(v) {
+                            marks.extend(snap.partitions);
+                            marks.push((WATERMARK, -1, snap.watermark, 0));
+                        }
+                    } else if let (Ok((key, start)), Ok(w)) = (serde_json::from_slice::<(Vec<Value>, i64)>(k), serde_json::from_slice::<Window>(v)) {
+                        windows.push(WindowMsg::Restore(key, start, w));
+                    }
+                }
+                if !windows.is_empty() {
+                    items_h.give(&caps[0], &mut windows);
+                }
+                if !marks.is_empty() {
+                    seen_h.give(&caps[1], &mut marks);
+                }
+            }
             records_in.for_each(|cap, data| {
                 let epoch = epoch_of(&cap);
-                let mut batch: Vec<Item> = Vec::with_capacity(data.len());
+                let mut batch: Vec<WindowMsg> = Vec::with_capacity(data.len());
                 let mut maxima: BTreeMap<(u32, i32), i64> = BTreeMap::new();
                 for r in data.drain(..) {
                     let t = match time {
@@ -357,13 +432,13 @@ fn windowed<'s>(
                         Ok(state) => {
                             let m = maxima.entry((r.origin.source, r.origin.partition)).or_insert(t);
                             *m = (*m).max(t);
-                            batch.push((group_by.iter().map(|&i| r.row[i].clone()).collect(), t, state, r));
+                            batch.push(WindowMsg::Event((group_by.iter().map(|&i| r.row[i].clone()).collect(), t, state, r)));
                         }
                         Err(e) => dead.push(c.dead_row(&node, &r, &in_schema, e.0)),
                     }
                 }
                 c.dead(epoch, std::mem::take(&mut dead));
-                let mut seen_batch: Vec<Seen> = maxima.into_iter().map(|((s, p), t)| (s, p, t)).collect();
+                let mut seen_batch: Vec<Seen> = maxima.into_iter().map(|((s, p), t)| (s, p, t, epoch)).collect();
                 if !batch.is_empty() {
                     items_h.give(&cap, &mut batch);
                 }
@@ -384,7 +459,8 @@ fn windowed<'s>(
         .enumerate()
         .flat_map(|(s, n)| (0..*n).map(move |p| (s as u32, p)))
         .collect();
-    let pact = Exchange::new(|item: &Item| hash_of(&item.0));
+    let pact = Exchange::new(|m: &WindowMsg| hash_of(m.key()));
+    let transform = name.to_string();
     items.binary_frontier::<_, CapacityContainerBuilder<Vec<Record>>, _, _, _, _>(
         seen.broadcast(),
         pact,
@@ -392,7 +468,7 @@ fn windowed<'s>(
         &format!("{name} windows"),
         move |cap, _| {
             let mut held = Held { cap: Some(cap) };
-            let mut pending_items: BTreeMap<Epoch, Vec<Item>> = BTreeMap::new();
+            let mut pending_items: BTreeMap<Epoch, Vec<WindowMsg>> = BTreeMap::new();
             let mut pending_seen: BTreeMap<Epoch, Vec<Seen>> = BTreeMap::new();
             let mut partitions: HashMap<(u32, i32), Partition> = HashMap::new();
             let mut watermark = i64::MIN;
@@ -421,13 +497,25 @@ fn windowed<'s>(
                 for epoch in epochs {
                     last_epoch = last_epoch.max(epoch);
                     let lateness = window.allowed_lateness_ms;
-                    for (s, p, t) in pending_seen.remove(&epoch).unwrap_or_default() {
-                        let part = partitions.entry((s, p)).or_insert(Partition { max_time: None, last_active: epoch });
+                    for (s, p, t, active) in pending_seen.remove(&epoch).unwrap_or_default() {
+                        if s == WATERMARK {
+                            watermark = watermark.max(t);
+                            continue;
+                        }
+                        let part = partitions.entry((s, p)).or_insert(Partition { max_time: None, last_active: active });
                         part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
-                        part.last_active = epoch;
+                        part.last_active = part.last_active.max(active);
                     }
                     let mut changed: Vec<(Vec<Value>, i64)> = Vec::new();
-                    for (key, t, st, rec) in pending_items.remove(&epoch).unwrap_or_default() {
+                    let mut freed: Vec<(Vec<Value>, i64)> = Vec::new();
+                    for msg in pending_items.remove(&epoch).unwrap_or_default() {
+                        let (key, t, st, rec) = match msg {
+                            WindowMsg::Event(item) => item,
+                            WindowMsg::Restore(key, start, w) => {
+                                state.entry(key).or_default().insert(start, w);
+                                continue;
+                            }
+                        };
                         windows_of(window.shape, t, &mut spans);
                         // Late: every window it belongs to has been closed for
                         // good. A session event at or before the watermark is
@@ -494,6 +582,10 @@ fn windowed<'s>(
                     if let Some(w) = candidate {
                         watermark = watermark.max(w);
                     }
+                    if epoch == 0 {
+                        // Restored state: nothing fires that had not fired.
+                        continue;
+                    }
 
                     let cap = held.at(epoch);
                     let mut session = out.session(&cap);
@@ -520,9 +612,14 @@ fn windowed<'s>(
                                     emit(key, *start, w);
                                 }
                                 w.fired = true;
+                                changed.push((key.clone(), *start));
                             }
                             // Closed for good: free the state.
-                            w.end.saturating_add(lateness) > watermark
+                            let open = w.end.saturating_add(lateness) > watermark;
+                            if !open {
+                                freed.push((key.clone(), *start));
+                            }
+                            open
                         });
                         if groups.is_empty() {
                             empty.push(key.clone());
@@ -531,6 +628,26 @@ fn windowed<'s>(
                     for k in empty {
                         state.remove(&k);
                     }
+                    // What changed in this epoch, for the changelog.
+                    changed.extend(freed);
+                    changed.sort();
+                    changed.dedup();
+                    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = changed
+                        .iter()
+                        .map(|(key, start)| {
+                            let w = state.get(key).and_then(|g| g.get(start));
+                            (serde_json::to_vec(&(key, start)).unwrap(), w.map(|w| serde_json::to_vec(w).unwrap()))
+                        })
+                        .collect();
+                    if ctx.index == 0 {
+                        // Every worker holds the same watermark; one writes it.
+                        let mut parts: Vec<Seen> =
+                            partitions.iter().filter_map(|((s, p), x)| Some((*s, *p, x.max_time?, x.last_active))).collect();
+                        parts.sort();
+                        let snap = WatermarkSnapshot { watermark, partitions: parts };
+                        log.push((WATERMARK_KEY.to_vec(), Some(serde_json::to_vec(&snap).unwrap())));
+                    }
+                    ctx.changelog(&transform, epoch, log);
                 }
                 if frontier.is_none() {
                     // A bounded run ends: every window still open fires.

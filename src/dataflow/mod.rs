@@ -61,13 +61,21 @@ pub struct WorkerContext {
     pub bounded: bool,
     /// Sources say the epoch of what they read; no clock cuts epochs.
     pub scripted: bool,
+    /// The first epoch number the clock may use (after those in the log).
+    pub first_epoch: Epoch,
+    /// Records per second this worker's sources may read (crash tests).
+    pub max_rate: Option<f64>,
+    /// Changelog topic of each stateful transform, by name (none in memory).
+    pub changelog_topics: HashMap<String, Arc<str>>,
+    /// State read back from the changelogs, by transform name.
+    pub restored: Arc<HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>>,
 }
 
 impl WorkerContext {
     /// Epochs are cut by wall-clock time since the job started, the same
     /// clock on every worker of the process.
     fn epoch_now(&self) -> Epoch {
-        1 + (self.start.elapsed().as_millis() / self.checkpoint_interval.as_millis().max(1)) as Epoch
+        self.first_epoch.max(1) + (self.start.elapsed().as_millis() / self.checkpoint_interval.as_millis().max(1)) as Epoch
     }
 
     pub(crate) fn count(&self, epoch: Epoch, f: impl FnOnce(&mut EpochCounts)) {
@@ -88,6 +96,25 @@ impl WorkerContext {
             let _ = self.writer.send(WriterMsg::Trace(lines));
         }
         let _ = self.writer.send(WriterMsg::Dead { epoch, records: letters });
+    }
+
+    /// Sends the state changes of `transform` in `epoch` to its changelog.
+    pub(crate) fn changelog(&self, transform: &str, epoch: Epoch, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        if records.is_empty() {
+            return;
+        }
+        if let Some(topic) = self.changelog_topics.get(transform) {
+            let _ = self.writer.send(WriterMsg::Changelog { epoch, topic: topic.clone(), records });
+        }
+    }
+
+    /// The state restored for `transform`, on worker 0 only: it enters the
+    /// dataflow once and is routed to its key's worker like any record.
+    pub(crate) fn restored_for(&self, transform: &str) -> &[(Vec<u8>, Vec<u8>)] {
+        match self.restored.get(transform) {
+            Some(state) if self.index == 0 => state,
+            _ => &[],
+        }
     }
 
     pub(crate) fn dead_row(&self, node: &str, rec: &Record, schema: &RowSchema, reason: String) -> DeadLetter {
@@ -191,25 +218,37 @@ fn read_source<'s>(
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
         let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_BATCH);
+        let mut read_so_far: i64 = 0;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             if ctx.stop.load(Ordering::Relaxed) {
                 cap = None;
                 return;
             }
-            if !ctx.scripted {
+            if !ctx.scripted && !reader.replaying() {
                 let now = ctx.epoch_now();
                 if now > *c.time() {
                     c.downgrade(&now);
                 }
             }
-            if ctx.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+            let mut budget = POLL_BATCH;
+            if let Some(rate) = ctx.max_rate {
+                let allowed = (rate / ctx.peers as f64 * ctx.start.elapsed().as_secs_f64()) as i64 - read_so_far;
+                if allowed <= 0 {
+                    activator.activate_after(Duration::from_millis(5));
+                    return;
+                }
+                budget = budget.min(allowed as usize);
+            }
+            // A replayed epoch is read whole: it cannot complete otherwise,
+            // and it was no bigger when it was first read.
+            if !reader.replaying() && ctx.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
                 activator.activate_after(Duration::from_millis(2));
                 return;
             }
             // A few polls per activation, so a busy source still yields.
             for _ in 0..8 {
-                let polled = match reader.poll_scripted(&mut buf, POLL_BATCH) {
+                let polled = match reader.poll_scripted(&mut buf, budget) {
                     Some((epoch, Poll::Data)) => {
                         if epoch > *c.time() {
                             c.downgrade(&epoch);
@@ -217,19 +256,29 @@ fn read_source<'s>(
                         Poll::Data
                     }
                     Some((_, p)) => p,
-                    None => reader.poll(&mut buf, POLL_BATCH),
+                    None => reader.poll(&mut buf, budget),
                 };
                 match polled {
                     Poll::Data => {
                         let n = buf.len() as u64;
+                        read_so_far += n as i64;
                         ctx.count(*c.time(), |x| {
                             if x.inputs.len() <= source_pos {
                                 x.inputs.resize(source_pos + 1, 0);
                             }
                             x.inputs[source_pos] += n;
+                            for r in &buf {
+                                let range = x.ranges.entry((r.origin.source, r.origin.partition)).or_insert((r.origin.offset, r.origin.offset + 1));
+                                range.0 = range.0.min(r.origin.offset);
+                                range.1 = range.1.max(r.origin.offset + 1);
+                            }
                         });
                         output.session(&*c).give_container(&mut buf);
                         buf.clear();
+                        crate::runtime::fault::point("source_read");
+                        if ctx.max_rate.is_some() {
+                            break;
+                        }
                     }
                     Poll::Idle => {
                         activator.activate_after(Duration::from_millis(2));

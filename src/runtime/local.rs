@@ -1,8 +1,9 @@
 //! Local mode: one process, N timely worker threads, one writer thread.
 
+use super::commit::{Committer, EpochOutput};
+use super::recovery;
 use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
 use crate::connectors::kafka_admin::{self, KafkaAdminError};
-use crate::connectors::kafka_sink::KafkaWriter;
 use crate::connectors::kafka_source::KafkaSource;
 use crate::connectors::file_sink::FileSink;
 use crate::connectors::memory::MemorySource;
@@ -37,6 +38,12 @@ pub enum RunError {
     Delivery(String),
     #[error("cannot write files for sink `{sink}` in {dir}: {reason}")]
     Files { sink: String, dir: String, reason: String },
+    #[error("writer `{writer}` was fenced: another instance of job {job} has started, so this one stops without committing")]
+    Fenced { writer: String, job: String },
+    #[error("cannot commit the epoch: {0}")]
+    Commit(String),
+    #[error(transparent)]
+    Recovery(#[from] super::recovery::RecoveryError),
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +53,8 @@ pub struct RunOptions {
     pub trace_records: bool,
     /// Print a progress line per completed epoch (to stderr).
     pub progress: bool,
+    /// Records per second the sources may read, for crash tests.
+    pub max_rate: Option<f64>,
 }
 
 /// What a run did, summed over its epochs.
@@ -78,7 +87,7 @@ enum Target {
 
 /// Where the writer sends things: a Kafka producer, or memory.
 enum Backend {
-    Kafka { writer: KafkaWriter, dead_letter_topic: String },
+    Kafka(Box<Committer>),
     Memory { keep: bool },
 }
 
@@ -92,6 +101,9 @@ struct Launch {
     targets: HashMap<usize, Target>,
     backend: Backend,
     scripted: bool,
+    first_epoch: Epoch,
+    changelog_topics: HashMap<String, Arc<str>>,
+    restored: Arc<HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>>,
 }
 
 /// Runs a job against its broker and registry until it is stopped (or,
@@ -102,6 +114,18 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
+    let recovered = recovery::recover(&plan)?;
+    if recovered.committed > 0 || !recovered.replay.is_empty() {
+        eprintln!(
+            "resuming job {} after epoch {} (attempt {}): {} epochs to replay, state of {} keys restored",
+            job.name,
+            recovered.committed,
+            recovered.attempt,
+            recovered.replay.len(),
+            recovered.state.values().map(Vec::len).sum::<usize>()
+        );
+    }
+    let mut positions: BTreeMap<(u32, i32), i64> = BTreeMap::new();
 
     let mut readers: Vec<ReaderFactory> = Vec::new();
     let mut source_topics = Vec::new();
@@ -117,12 +141,21 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             .iter()
             .enumerate()
             .map(|(p, (low, high))| {
-                let start = match c.start_offset {
-                    StartOffset::Earliest => *low,
-                    StartOffset::Latest => *high,
+                let start = match (&recovered.start_offsets, c.start_offset) {
+                    (Some(committed), _) => committed.get(&(pos as u32, p as i32)).copied().unwrap_or(*low),
+                    (None, StartOffset::Earliest) => *low,
+                    (None, StartOffset::Latest) => *high,
                 };
                 (p as i32, start, Some(*high))
             })
+            .collect();
+        for (p, start, _) in &ranges {
+            positions.insert((pos as u32, *p), *start);
+        }
+        let replay: Vec<(u64, HashMap<i32, i64>)> = recovered
+            .replay
+            .iter()
+            .map(|(epoch, rs)| (*epoch, rs.iter().filter(|r| r.source == pos as u32).map(|r| (r.partition, r.end)).collect()))
             .collect();
         let brokers = job.brokers.clone();
         let topic = c.topic.clone();
@@ -132,7 +165,8 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         readers.push(Arc::new(move |index, peers| {
             let mine: Vec<_> = ranges.iter().filter(|(p, _, _)| *p as usize % peers == index).cloned().collect();
             let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
-                .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"));
+                .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"))
+                .with_replay(replay.clone());
             Box::new(reader) as Box<dyn SourceReader>
         }));
     }
@@ -167,9 +201,19 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
     }
     let dead_letter_topic = job.dead_letter_topic();
     kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, false)?;
-    let writer = KafkaWriter::new(&job.brokers, &format!("{}-w0", job.name), 0)
-        .map_err(|e| RunError::Client { what: "the sink writer".into(), reason: e.to_string() })?;
+    let mut changelog_topics = HashMap::new();
+    for node in &plan.nodes {
+        if matches!(node.kind, crate::plan::NodeKind::Aggregate(_)) {
+            let topic = job.changelog_topic(&node.name);
+            kafka_admin::ensure_topic(&job.brokers, &topic, 1, 1, true)?;
+            changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
+        }
+    }
+    let committer = Committer::open(job, &recovered, positions)?;
     let launch = Launch {
+        first_epoch: recovered.next_epoch,
+        changelog_topics,
+        restored: Arc::new(recovered.state),
         readers,
         registry,
         sink_schema_ids,
@@ -177,7 +221,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         source_topics,
         source_partitions,
         targets,
-        backend: Backend::Kafka { writer, dead_letter_topic },
+        backend: Backend::Kafka(Box::new(committer)),
         scripted: false,
     };
     execute(plan, opts, stop, launch)
@@ -242,8 +286,11 @@ pub fn run_in_memory(
         targets,
         backend: Backend::Memory { keep: keep_output },
         scripted,
+        first_epoch: 1,
+        changelog_topics: HashMap::new(),
+        restored: Arc::new(HashMap::new()),
     };
-    let opts = RunOptions { workers, until_caught_up: true, trace_records: false, progress: false };
+    let opts = RunOptions { workers, until_caught_up: true, trace_records: false, progress: false, max_rate: None };
     execute(plan, opts, Arc::new(AtomicBool::new(false)), launch)
 }
 
@@ -266,7 +313,11 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
         targets,
         backend,
         scripted,
+        first_epoch,
+        changelog_topics,
+        restored,
     } = launch;
+    let max_rate = opts.max_rate;
     let bounded = opts.until_caught_up;
     let writer_opts = opts.clone();
     let writer = std::thread::Builder::new()
@@ -294,6 +345,10 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
             source_partitions: source_partitions.clone(),
             bounded,
             scripted,
+            first_epoch,
+            max_rate,
+            changelog_topics: changelog_topics.clone(),
+            restored: restored.clone(),
         });
         let probe = ProbeHandle::<Epoch>::new();
         worker.dataflow::<Epoch, _, _>(|scope| dataflow::build(scope, &worker_plan, &readers, &ctx, &probe));
@@ -335,7 +390,7 @@ fn write_loop(
     workers: usize,
     rx: Receiver<WriterMsg>,
     mut targets: HashMap<usize, Target>,
-    backend: Backend,
+    mut backend: Backend,
     in_flight: Arc<AtomicI64>,
     start: Instant,
 ) -> Result<RunSummary, RunError> {
@@ -347,6 +402,8 @@ fn write_loop(
     let mut complete: Epoch = 0;
     let mut finished = 0;
     let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
+    // Output held until its epoch is complete and can commit.
+    let mut pending: BTreeMap<Epoch, EpochOutput> = BTreeMap::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut last_epoch_at = start;
@@ -356,8 +413,8 @@ fn write_loop(
         let msg = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                if let Backend::Kafka { writer, .. } = &backend {
-                    writer.poll();
+                if let Backend::Kafka(c) = &backend {
+                    c.poll();
                 }
                 let _ = out.flush();
                 continue;
@@ -370,11 +427,10 @@ fn write_loop(
                 let pos = sink_order.iter().position(|s| *s == sink).unwrap_or(0);
                 epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
                 match (targets.get_mut(&sink).unwrap(), &backend) {
-                    (Target::Kafka(topic), Backend::Kafka { writer, .. }) => {
-                        for r in &records {
-                            writer.send(topic, r, epoch);
-                        }
-                        writer.poll();
+                    (Target::Kafka(topic), Backend::Kafka(_)) => {
+                        pending.entry(epoch).or_default().records.push((Arc::from(topic.as_str()), records));
+                        // Counted out of flight when committed.
+                        continue;
                     }
                     (Target::Stdout, _) => {
                         for r in &records {
@@ -398,13 +454,14 @@ fn write_loop(
                 in_flight.fetch_sub(n as i64, Ordering::Relaxed);
             }
             WriterMsg::Dead { epoch, records } => match &backend {
-                Backend::Kafka { writer, dead_letter_topic } => {
-                    for d in &records {
-                        writer.send_dead(dead_letter_topic, d, epoch);
-                    }
-                }
+                Backend::Kafka(_) => pending.entry(epoch).or_default().dead.extend(records),
                 Backend::Memory { .. } => summary.dead_letters.extend(records),
             },
+            WriterMsg::Changelog { epoch, topic, records } => {
+                if let Backend::Kafka(_) = &backend {
+                    pending.entry(epoch).or_default().changelog.push((topic, records));
+                }
+            }
             WriterMsg::Trace(lines) => {
                 for l in lines {
                     let _ = writeln!(out, "{l}");
@@ -416,40 +473,66 @@ fn write_loop(
                 }
                 upto[worker] = u;
                 let now_complete = *upto.iter().min().unwrap();
-                if now_complete > complete {
-                    complete = now_complete;
-                    for (i, t) in targets.iter_mut() {
-                        if let Target::File(files) = t {
-                            let written = files.complete(complete).map_err(|e| RunError::Files {
-                                sink: sink_names[i].clone(),
-                                dir: String::new(),
-                                reason: e.to_string(),
-                            })?;
-                            summary.files.extend(written);
-                        }
-                    }
+                if now_complete <= complete {
+                    continue;
+                }
+                complete = now_complete;
+                let done_totals = {
                     let later = epochs.split_off(&complete);
-                    let done = std::mem::replace(&mut epochs, later);
-                    for (e, t) in done {
-                        let records_in: u64 = t.counts.inputs.iter().sum();
-                        let idle = records_in == 0 && t.out.iter().all(|n| *n == 0) && t.counts.dead == 0 && t.counts.filtered == 0;
-                        if idle {
-                            continue;
+                    std::mem::replace(&mut epochs, later)
+                };
+                let done_output = {
+                    let later = pending.split_off(&complete);
+                    std::mem::replace(&mut pending, later)
+                };
+                let mut done: BTreeMap<Epoch, (Option<EpochTotals>, EpochOutput)> = BTreeMap::new();
+                for (e, t) in done_totals {
+                    done.entry(e).or_insert_with(|| (None, EpochOutput::default())).0 = Some(t);
+                }
+                for (e, o) in done_output {
+                    done.entry(e).or_insert_with(|| (None, EpochOutput::default())).1 = o;
+                }
+                for (e, (totals, output)) in done {
+                    let sent = output.len() as i64;
+                    let read = totals.as_ref().map(|t| t.counts.ranges.clone()).unwrap_or_default();
+                    // Files of an epoch are in place before the epoch commits.
+                    let mut write_files = || -> Result<(), RunError> {
+                        for (i, t) in targets.iter_mut() {
+                            if let Target::File(files) = t {
+                                let written = files.complete(e + 1).map_err(|err| RunError::Files {
+                                    sink: sink_names[i].clone(),
+                                    dir: String::new(),
+                                    reason: err.to_string(),
+                                })?;
+                                summary.files.extend(written);
+                            }
                         }
-                        summary.epochs += 1;
-                        summary.records_in += records_in;
-                        summary.dead_lettered += t.counts.dead;
-                        summary.late += t.counts.late;
-                        summary.filtered += t.counts.filtered;
-                        for (pos, n) in t.out.iter().enumerate() {
-                            *summary.records_out.entry(sink_names[&sink_order[pos]].clone()).or_default() += n;
-                        }
-                        if opts.progress {
-                            let _ = out.flush();
-                            let elapsed = last_epoch_at.elapsed().as_secs_f64().max(interval_s);
-                            last_epoch_at = Instant::now();
-                            eprintln!("{}", progress_line(e, &t, records_in, elapsed, &source_names, &sink_order, &sink_names));
-                        }
+                        Ok(())
+                    };
+                    match &mut backend {
+                        Backend::Kafka(committer) => committer.commit(e, output, &read, write_files, &plan.job.name)?,
+                        Backend::Memory { .. } => write_files()?,
+                    }
+                    in_flight.fetch_sub(sent, Ordering::Relaxed);
+                    let Some(t) = totals else { continue };
+                    let records_in: u64 = t.counts.inputs.iter().sum();
+                    let idle = records_in == 0 && t.out.iter().all(|n| *n == 0) && t.counts.dead == 0 && t.counts.filtered == 0;
+                    if idle {
+                        continue;
+                    }
+                    summary.epochs += 1;
+                    summary.records_in += records_in;
+                    summary.dead_lettered += t.counts.dead;
+                    summary.late += t.counts.late;
+                    summary.filtered += t.counts.filtered;
+                    for (pos, n) in t.out.iter().enumerate() {
+                        *summary.records_out.entry(sink_names[&sink_order[pos]].clone()).or_default() += n;
+                    }
+                    if opts.progress {
+                        let _ = out.flush();
+                        let elapsed = last_epoch_at.elapsed().as_secs_f64().max(interval_s);
+                        last_epoch_at = Instant::now();
+                        eprintln!("{}", progress_line(e, &t, records_in, elapsed, &source_names, &sink_order, &sink_names));
                     }
                 }
             }
@@ -457,8 +540,8 @@ fn write_loop(
         }
     }
     let _ = out.flush();
-    if let Backend::Kafka { writer, .. } = &backend {
-        writer.flush(Duration::from_secs(60)).map_err(RunError::Delivery)?;
+    if let Backend::Kafka(c) = &backend {
+        c.flush()?;
     }
     for (_, n, _) in plan.sinks() {
         summary.records_out.entry(n.name.clone()).or_default();

@@ -1,5 +1,8 @@
 //! Launching workers, cutting and completing epochs, and the writer that
 //! sends each epoch's output.
 
+pub mod commit;
+pub mod fault;
 pub mod local;
+pub mod recovery;
 pub mod writer;

@@ -38,6 +38,8 @@ pub struct EpochCounts {
     /// Of the dead letters, those that came too late for their window.
     pub late: u64,
     pub filtered: u64,
+    /// Offsets read, per (source, partition): [first, one past the last).
+    pub ranges: BTreeMap<(u32, i32), (i64, i64)>,
 }
 
 impl EpochCounts {
@@ -51,6 +53,11 @@ impl EpochCounts {
         self.dead += other.dead;
         self.late += other.late;
         self.filtered += other.filtered;
+        for (k, (s, e)) in &other.ranges {
+            let r = self.ranges.entry(*k).or_insert((*s, *e));
+            r.0 = r.0.min(*s);
+            r.1 = r.1.max(*e);
+        }
     }
 }
 
@@ -63,6 +70,9 @@ pub enum WriterMsg {
     Progress { worker: usize, upto: u64, counts: BTreeMap<u64, EpochCounts> },
     /// Worker `worker` has no more work.
     Finished { worker: usize },
+    /// State that changed in an epoch: (key, value) for a transform's
+    /// changelog topic; no value deletes the key.
+    Changelog { epoch: u64, topic: Arc<str>, records: Vec<(Vec<u8>, Option<Vec<u8>>)> },
 }
 
 /// The line `--trace-records` prints for a record: the seed's format.

@@ -31,11 +31,39 @@ pub struct JobConfig {
     /// Where records that cannot be processed go; `<name>.dead-letters`
     /// when not set.
     pub dead_letter_topic: Option<String>,
+    #[serde(default)]
+    pub guarantee: Guarantee,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// One Kafka transaction per epoch: every sink holds each result once.
+    #[default]
+    ExactlyOnce,
+    /// No transactions: after a crash, the last epochs may be written again.
+    AtLeastOnce,
 }
 
 impl JobConfig {
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", self.name))
+    }
+
+    /// The single-partition topic that holds every epoch's boundaries.
+    pub fn epoch_log_topic(&self) -> String {
+        format!("{}.epochs", self.name)
+    }
+
+    /// The process's writer: its transactional id, and the consumer group
+    /// whose offset on the epoch log is its committed progress.
+    pub fn writer_id(&self) -> String {
+        format!("{}-w0", self.name)
+    }
+
+    /// The compacted topic holding the state of a stateful transform.
+    pub fn changelog_topic(&self, transform: &str) -> String {
+        format!("{}.{transform}.changelog", self.name)
     }
 }
 

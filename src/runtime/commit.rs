@@ -1,0 +1,187 @@
+//! The per-epoch commit: one Kafka transaction per epoch holding the
+//! epoch's output, dead letters and changelog records, and the writer's
+//! progress on the epoch log, committed only after the epoch's boundaries
+//! are durable in that log. At-least-once runs the same steps without the
+//! transaction.
+
+use super::fault;
+use super::local::RunError;
+use super::recovery::{EpochLog, LogRecord, PartitionRange, Recovered};
+use super::writer::{DeadLetter, OutRecord};
+use crate::connectors::kafka_admin::client_config;
+use crate::connectors::kafka_sink::KafkaWriter;
+use crate::spec::{Guarantee, JobConfig};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What one epoch sends, held until the epoch is complete.
+#[derive(Default)]
+pub struct EpochOutput {
+    pub records: Vec<(Arc<str>, Vec<OutRecord>)>,
+    pub dead: Vec<DeadLetter>,
+    pub changelog: Vec<(Arc<str>, Vec<(Vec<u8>, Option<Vec<u8>>)>)>,
+}
+
+impl EpochOutput {
+    pub fn len(&self) -> usize {
+        self.records.iter().map(|(_, r)| r.len()).sum::<usize>() + self.dead.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.dead.is_empty() && self.changelog.is_empty()
+    }
+}
+
+pub struct Committer {
+    writer: KafkaWriter,
+    log: EpochLog,
+    log_topic: String,
+    /// Gives the writer's group metadata for transactional offset commits,
+    /// and commits them itself at least once.
+    group: BaseConsumer,
+    group_metadata: ConsumerGroupMetadata,
+    guarantee: Guarantee,
+    dead_letter_topic: String,
+    attempt: u32,
+    writer_id: String,
+    /// Where every source partition stands: the end of the last epoch.
+    positions: BTreeMap<(u32, i32), i64>,
+    /// Epochs being replayed: their logged record's offset and boundaries.
+    replayed: HashMap<u64, (i64, Vec<PartitionRange>)>,
+}
+
+fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
+    let code = e.rdkafka_error_code();
+    if matches!(code, Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)) {
+        RunError::Fenced { writer: writer.into(), job: job.into() }
+    } else {
+        RunError::Commit(e.to_string())
+    }
+}
+
+impl Committer {
+    /// Opens the writer (fencing every earlier instance when exactly once)
+    /// and records this start in the epoch log.
+    pub fn open(
+        job: &JobConfig,
+        recovered: &Recovered,
+        positions: BTreeMap<(u32, i32), i64>,
+    ) -> Result<Self, RunError> {
+        let writer_id = job.writer_id();
+        let eos = job.guarantee == Guarantee::ExactlyOnce;
+        let writer = KafkaWriter::new(&job.brokers, &writer_id, recovered.attempt, eos).map_err(|e| fenced(&writer_id, &job.name, &e))?;
+        let log_topic = job.epoch_log_topic();
+        let log = EpochLog::open(&job.brokers, &log_topic)?;
+        log.append(&LogRecord::Start { attempt: recovered.attempt }, writer.headers_for(0))?;
+        let group: BaseConsumer = client_config(&job.brokers)
+            .set("group.id", &writer_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| RunError::Client { what: "the progress consumer".into(), reason: e.to_string() })?;
+        let group_metadata = group
+            .group_metadata()
+            .ok_or_else(|| RunError::Client { what: "the progress consumer".into(), reason: "no group metadata".into() })?;
+        let replayed = recovered
+            .replay
+            .iter()
+            .map(|(epoch, ranges)| (*epoch, (recovered.log_offsets[epoch], ranges.clone())))
+            .collect();
+        Ok(Committer {
+            writer,
+            log,
+            log_topic,
+            group,
+            group_metadata,
+            guarantee: job.guarantee,
+            dead_letter_topic: job.dead_letter_topic(),
+            attempt: recovered.attempt,
+            writer_id,
+            positions,
+            replayed,
+        })
+    }
+
+    pub fn poll(&self) {
+        self.writer.poll();
+    }
+
+    /// Commits `epoch`: its output, its boundaries (`read`: the offsets its
+    /// sources read, per partition), then progress. `before_commit` runs
+    /// once the output is sent and logged, before the commit (file sinks
+    /// write there, so a committed epoch's files always exist).
+    pub fn commit(
+        &mut self,
+        epoch: u64,
+        output: EpochOutput,
+        read: &BTreeMap<(u32, i32), (i64, i64)>,
+        before_commit: impl FnOnce() -> Result<(), RunError>,
+        job: &str,
+    ) -> Result<(), RunError> {
+        if output.is_empty() && read.is_empty() && !self.replayed.contains_key(&epoch) {
+            return before_commit();
+        }
+        let eos = self.guarantee == Guarantee::ExactlyOnce;
+        if eos {
+            self.writer.begin().map_err(|e| fenced(&self.writer_id, job, &e))?;
+        }
+        for (topic, records) in &output.records {
+            for r in records {
+                self.writer.send(topic, r, epoch);
+            }
+        }
+        for d in &output.dead {
+            self.writer.send_dead(&self.dead_letter_topic, d, epoch);
+        }
+        for (topic, records) in &output.changelog {
+            for (k, v) in records {
+                self.writer.send_changelog(topic, k, v.as_deref(), epoch);
+            }
+        }
+        fault::point("epoch_sent");
+        before_commit()?;
+
+        // The epoch's boundaries are durable before the epoch commits.
+        let log_offset = match self.replayed.remove(&epoch) {
+            Some((offset, ranges)) => {
+                for r in ranges {
+                    self.positions.insert((r.source, r.partition), r.end);
+                }
+                offset
+            }
+            None => {
+                let ranges: Vec<PartitionRange> = self
+                    .positions
+                    .iter_mut()
+                    .map(|((source, partition), pos)| {
+                        let start = *pos;
+                        let end = read.get(&(*source, *partition)).map_or(start, |r| r.1.max(start));
+                        *pos = end;
+                        PartitionRange { source: *source, partition: *partition, start, end }
+                    })
+                    .collect();
+                self.log.append(&LogRecord::Epoch { epoch, attempt: self.attempt, ranges }, self.writer.headers_for(epoch))?
+            }
+        };
+        fault::point("epoch_logged");
+
+        let mut progress = TopicPartitionList::new();
+        progress
+            .add_partition_offset(&self.log_topic, 0, Offset::Offset(log_offset + 1))
+            .map_err(|e| RunError::Commit(e.to_string()))?;
+        if eos {
+            self.writer.commit(&progress, &self.group_metadata).map_err(|e| fenced(&self.writer_id, job, &e))?;
+        } else {
+            self.writer.flush(Duration::from_secs(60)).map_err(RunError::Delivery)?;
+            self.group.commit(&progress, CommitMode::Sync).map_err(|e| RunError::Commit(e.to_string()))?;
+        }
+        fault::point("committed");
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), RunError> {
+        self.writer.flush(Duration::from_secs(60)).map_err(RunError::Delivery)
+    }
+}

@@ -1,0 +1,227 @@
+//! The epoch log and recovery.
+//!
+//! The epoch log (`<job>.epochs`, one partition, written without a
+//! transaction) holds a record per epoch with the offset range every source
+//! partition contributed to it, written before the epoch commits, and a
+//! record per start of the writer. The writer's progress is the offset of
+//! its consumer group `<job>-w0` on that log, committed inside each epoch's
+//! transaction: "everything up to the epoch whose record sits just below
+//! this offset is committed".
+//!
+//! On start, recovery reads the committed progress r, replays the epochs
+//! logged after r with their logged boundaries, and rebuilds each stateful
+//! transform's state from its changelog as of r.
+
+use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
+use crate::plan::{NodeKind, Plan};
+use crate::runtime::fault;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaAdminError),
+    #[error("epoch log {topic}: {reason}")]
+    Log { topic: String, reason: String },
+}
+
+/// The part of an epoch one source partition holds: offsets [start, end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRange {
+    pub source: u32,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogRecord {
+    /// A writer started; `attempt` grows with every start.
+    Start { attempt: u32 },
+    /// An epoch's boundaries, for every partition of every source.
+    Epoch { epoch: u64, attempt: u32, ranges: Vec<PartitionRange> },
+}
+
+/// What a starting job resumes from.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// This start's attempt number (stamped on every record it writes).
+    pub attempt: u32,
+    /// The last epoch the writer committed (0: none).
+    pub committed: u64,
+    /// The first epoch number free for new epochs.
+    pub next_epoch: u64,
+    /// Where each source partition resumes; None on a first start.
+    pub start_offsets: Option<HashMap<(u32, i32), i64>>,
+    /// Epochs logged after the committed one, to be cut again exactly so.
+    pub replay: Vec<(u64, Vec<PartitionRange>)>,
+    /// Offset of each logged epoch's record in the log.
+    pub log_offsets: HashMap<u64, i64>,
+    /// Per stateful transform, its state as of the committed epoch:
+    /// changelog key and value.
+    pub state: HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// Produces to the epoch log and waits for each record to be stored.
+pub struct EpochLog {
+    producer: BaseProducer<LastOffset>,
+    topic: String,
+}
+
+#[derive(Default)]
+struct LastOffset(Mutex<Option<Result<i64, String>>>);
+impl ClientContext for LastOffset {}
+impl ProducerContext for LastOffset {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        *self.0.lock().unwrap() = Some(match r {
+            Ok(m) => Ok(rdkafka::Message::offset(m)),
+            Err((e, _)) => Err(e.to_string()),
+        });
+    }
+}
+
+impl EpochLog {
+    pub fn open(brokers: &str, topic: &str) -> Result<Self, RecoveryError> {
+        let producer = client_config(brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .create_with_context(LastOffset::default())
+            .map_err(|e| RecoveryError::Log { topic: topic.into(), reason: e.to_string() })?;
+        Ok(EpochLog { producer, topic: topic.to_string() })
+    }
+
+    /// Appends a record and returns its offset once the broker has it.
+    pub fn append(&self, record: &LogRecord, headers: rdkafka::message::OwnedHeaders) -> Result<i64, RecoveryError> {
+        let err = |reason: String| RecoveryError::Log { topic: self.topic.clone(), reason };
+        let value = serde_json::to_vec(record).unwrap();
+        *self.producer.context().0.lock().unwrap() = None;
+        self.producer
+            .send(BaseRecord::<[u8], [u8]>::to(&self.topic).payload(&value).partition(0).headers(headers))
+            .map_err(|(e, _)| err(e.to_string()))?;
+        self.producer.flush(Duration::from_secs(30)).map_err(|e| err(e.to_string()))?;
+        match self.producer.context().0.lock().unwrap().take() {
+            Some(Ok(offset)) => Ok(offset),
+            Some(Err(e)) => Err(err(e)),
+            None => Err(err("no delivery report within 30 s".into())),
+        }
+    }
+}
+
+/// The offset the writer's group has committed on the epoch log, if any.
+pub fn committed_progress(brokers: &str, job: &crate::spec::JobConfig) -> Result<Option<i64>, RecoveryError> {
+    let log = job.epoch_log_topic();
+    let err = |reason: String| RecoveryError::Log { topic: log.clone(), reason };
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", job.writer_id())
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| err(e.to_string()))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&log, 0);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(15)).map_err(|e| err(format!("reading committed progress: {e}")))?;
+    Ok(committed.elements().first().and_then(|e| match e.offset() {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    }))
+}
+
+/// Reads the epoch log and the changelogs and says where to resume.
+pub fn recover(plan: &Plan) -> Result<Recovered, RecoveryError> {
+    let job = &plan.job;
+    let brokers = &job.brokers;
+    let log = job.epoch_log_topic();
+    kafka_admin::ensure_topic(brokers, &log, 1, 1, false)?;
+    let progress = committed_progress(brokers, job)?.unwrap_or(0);
+
+    let mut records: Vec<(i64, LogRecord)> = Vec::new();
+    kafka_admin::read_to_end(brokers, &log, |m| {
+        if let Some(r) = m.value.as_deref().and_then(|v| serde_json::from_slice::<LogRecord>(v).ok()) {
+            records.push((m.offset, r));
+        }
+    })?;
+    let mut out = Recovered::default();
+    let mut last_attempt = 0;
+    let mut committed_ranges: Option<&Vec<PartitionRange>> = None;
+    let mut max_epoch = 0;
+    let mut replay: BTreeMap<u64, Vec<PartitionRange>> = BTreeMap::new();
+    for (offset, r) in &records {
+        match r {
+            LogRecord::Start { attempt } => last_attempt = last_attempt.max(*attempt),
+            LogRecord::Epoch { epoch, attempt, ranges } => {
+                last_attempt = last_attempt.max(*attempt);
+                max_epoch = max_epoch.max(*epoch);
+                out.log_offsets.entry(*epoch).or_insert(*offset);
+                if *offset < progress {
+                    if *epoch >= out.committed {
+                        out.committed = *epoch;
+                        committed_ranges = Some(ranges);
+                    }
+                } else {
+                    // Logged, never committed: cut again exactly so. A
+                    // replay does not log an epoch twice, so the first
+                    // record of an epoch is the one.
+                    replay.entry(*epoch).or_insert_with(|| ranges.clone());
+                }
+            }
+        }
+    }
+    replay.retain(|e, _| *e > out.committed);
+    out.replay = replay.into_iter().collect();
+    out.attempt = last_attempt + 1;
+    out.next_epoch = max_epoch + 1;
+    out.start_offsets = committed_ranges.map(|ranges| ranges.iter().map(|r| ((r.source, r.partition), r.end)).collect());
+
+    // State as of the committed epoch, transform by transform.
+    for node in &plan.nodes {
+        if !matches!(node.kind, NodeKind::Aggregate(_)) {
+            continue;
+        }
+        let topic = job.changelog_topic(&node.name);
+        // For each epoch, the attempt whose copy counts: the last one that
+        // wrote it (an attempt only writes epochs after the committed one
+        // it started from, so later copies of an epoch replace aborted ones).
+        let mut entries: Vec<(u64, u32, i64, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut seen = 0usize;
+        kafka_admin::read_to_end(brokers, &topic, |m| {
+            seen += 1;
+            if seen == 2 {
+                fault::point("restore");
+            }
+            let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
+            let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
+            if let (Some(epoch), Some(attempt), Some(key)) = (epoch, attempt, m.key) {
+                if epoch <= out.committed {
+                    entries.push((epoch, attempt, m.offset, key, m.value.unwrap_or_default()));
+                }
+            }
+        })?;
+        let mut winner: HashMap<u64, u32> = HashMap::new();
+        for (epoch, attempt, ..) in &entries {
+            let w = winner.entry(*epoch).or_insert(*attempt);
+            *w = (*w).max(*attempt);
+        }
+        entries.retain(|(epoch, attempt, ..)| winner[epoch] == *attempt);
+        entries.sort_by_key(|(epoch, _, offset, ..)| (*epoch, *offset));
+        let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for (_, _, _, key, value) in entries {
+            if value.is_empty() {
+                latest.remove(&key);
+            } else {
+                latest.insert(key, value);
+            }
+        }
+        let mut state: Vec<(Vec<u8>, Vec<u8>)> = latest.into_iter().collect();
+        state.sort();
+        out.state.insert(node.name.clone(), state);
+    }
+    Ok(out)
+}
