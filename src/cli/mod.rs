@@ -4,6 +4,7 @@
 
 mod datagen;
 mod tail;
+mod verify;
 
 use crate::format::registry::server::Registry;
 use crate::plan::Plan;
@@ -59,6 +60,9 @@ enum Command {
     Datagen(datagen::DatagenArgs),
     /// Print the records of a topic as `key K value {JSON}`.
     Tail(tail::TailArgs),
+    /// Print what a job has committed, sink by sink, sorted: the output a
+    /// read_committed consumer sees, worked out from the job's progress.
+    Verify(verify::VerifyArgs),
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
@@ -122,5 +126,6 @@ pub fn main() -> Result<()> {
         }
         Command::Datagen(args) => datagen::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }

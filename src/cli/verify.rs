@@ -1,0 +1,181 @@
+//! `jobctl verify JOB`: what the job has committed, sink by sink, one line
+//! per record, sorted, as a `read_committed` consumer of a broker that hides
+//! aborted transactions would see it. It does not rely on the broker doing
+//! so (Tansu does not): a record counts when its `rill-epoch` is an epoch
+//! the writer committed (by the progress on the epoch log) and its
+//! `rill-attempt` is the last attempt that wrote that epoch.
+//!
+//! Sinks fed by a plain aggregate are upsert streams: for them only the
+//! latest value of each key is printed, as a compacted topic keeps it.
+//! Files print their rows with the window they belong to (not the epoch
+//! in the file name, which depends on how the input was cut).
+
+use crate::connectors::kafka_admin;
+use crate::format::registry::RegistryClient;
+use crate::format::{avro, csv, json, parquet};
+use crate::plan::{NodeKind, Plan, SinkPlan};
+use crate::runtime::recovery::{committed_progress, LogRecord};
+use crate::spec::{FileFormat, Format};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    job: PathBuf,
+}
+
+struct Committed {
+    epochs: HashSet<u64>,
+}
+
+fn committed(plan: &Plan) -> Result<Committed> {
+    let job = &plan.job;
+    let progress = committed_progress(&job.brokers, job)?.unwrap_or(0);
+    let mut epochs = HashSet::new();
+    kafka_admin::read_to_end(&job.brokers, &job.epoch_log_topic(), |m| {
+        if m.offset < progress {
+            if let Some(LogRecord::Epoch { epoch, .. }) = m.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()) {
+                epochs.insert(epoch);
+            }
+        }
+    })?;
+    Ok(Committed { epochs })
+}
+
+/// The committed records of a topic written by this job's writer, in the
+/// order they were written: (epoch, key, value).
+fn committed_records(plan: &Plan, topic: &str, c: &Committed) -> Result<Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)>> {
+    let writer = plan.job.writer_id();
+    let mut all = Vec::new();
+    kafka_admin::read_to_end(&plan.job.brokers, topic, |m| {
+        let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
+        let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
+        if let (Some(epoch), Some(attempt)) = (epoch, attempt) {
+            if m.header("rill-writer") == Some(writer.as_str()) && c.epochs.contains(&epoch) {
+                all.push((epoch, attempt, m.partition, m.offset, m.key, m.value));
+            }
+        }
+    })?;
+    let mut last: HashMap<u64, u32> = HashMap::new();
+    for (epoch, attempt, ..) in &all {
+        let a = last.entry(*epoch).or_insert(*attempt);
+        *a = (*a).max(*attempt);
+    }
+    all.retain(|(epoch, attempt, ..)| last[epoch] == *attempt);
+    all.sort_by_key(|(epoch, _, partition, offset, ..)| (*epoch, *partition, *offset));
+    Ok(all.into_iter().map(|(epoch, _, _, _, k, v)| (epoch, k, v)).collect())
+}
+
+pub fn lines(plan: &Plan) -> Result<Vec<String>> {
+    let c = committed(plan)?;
+    let registry = RegistryClient::new(&plan.job.registry_url);
+    let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, node, sink) in plan.sinks() {
+        let upsert = node
+            .inputs
+            .first()
+            .is_some_and(|p| matches!(&plan.nodes[p.node].kind, NodeKind::Aggregate(a) if a.window.is_none()));
+        match sink {
+            SinkPlan::Kafka { config, .. } => {
+                let text = |v: &[u8], decoders: &mut HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>>| -> String {
+                    if config.format == Format::Avro {
+                        if let Ok((id, body)) = avro::split_wire(v) {
+                            let d = decoders.entry(id).or_insert_with(|| {
+                                let schema = avro::parse_schema(&registry.schema_by_id(id).ok()?).ok()?;
+                                let rows = avro::row_schema(&schema).ok()?;
+                                Some((avro::Decoder::new(&schema, &schema, &rows).ok()?, rows))
+                            });
+                            if let Some((d, rows)) = d {
+                                if let Ok(row) = d.decode(body) {
+                                    return json::row_to_string(&row, rows, true);
+                                }
+                            }
+                        }
+                    }
+                    String::from_utf8_lossy(v).into_owned()
+                };
+                let records = committed_records(plan, &config.topic, &c)?;
+                let key_text = |k: &Option<Vec<u8>>| k.as_deref().map_or("null".to_string(), |k| String::from_utf8_lossy(k).into_owned());
+                if upsert {
+                    let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+                    for (_, k, v) in records {
+                        latest.insert(key_text(&k), v);
+                    }
+                    for (k, v) in latest {
+                        if let Some(v) = v {
+                            out.push(format!("{} key {k} value {}", node.name, text(&v, &mut decoders)));
+                        }
+                    }
+                } else {
+                    for (_, k, v) in records {
+                        let v = v.map_or("null".to_string(), |v| text(&v, &mut decoders));
+                        out.push(format!("{} key {} value {v}", node.name, key_text(&k)));
+                    }
+                }
+            }
+            SinkPlan::File { config, dir } => {
+                let schema = plan.input_schema(i);
+                let Ok(entries) = std::fs::read_dir(dir) else { continue };
+                for entry in entries {
+                    let path = entry?.path();
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    let rows: Vec<String> = match config.format {
+                        FileFormat::Parquet => parquet::read(&path, schema)
+                            .with_context(|| format!("reading {}", path.display()))?
+                            .iter()
+                            .map(|r| {
+                                let mut s = String::new();
+                                csv::write_row(r, &mut s);
+                                s
+                            })
+                            .collect(),
+                        FileFormat::Csv => {
+                            let bytes = std::fs::read(&path)?;
+                            let text = if name.ends_with(".gz") {
+                                use std::io::Read;
+                                let mut s = String::new();
+                                flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s)?;
+                                s
+                            } else {
+                                String::from_utf8_lossy(&bytes).into_owned()
+                            };
+                            text.lines().skip(1).map(str::to_string).collect()
+                        }
+                    };
+                    // The window part of the name, without the epoch.
+                    let window = name.rsplit_once("_e").map_or(name.as_str(), |(w, _)| w).to_string();
+                    for r in rows {
+                        out.push(format!("{} file {window} row {r}", node.name));
+                    }
+                }
+            }
+            SinkPlan::Stdout => {}
+        }
+    }
+    for (_, k, v) in committed_records(plan, &plan.job.dead_letter_topic(), &c)? {
+        let key = k.as_deref().map_or("null".to_string(), |k| String::from_utf8_lossy(k).into_owned());
+        out.push(format!("dead-letter key {key} value {}", v.as_deref().map_or("null".into(), |v| String::from_utf8_lossy(v).into_owned())));
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn run(args: VerifyArgs) -> Result<()> {
+    let plan = super::load_plan(&args.job)?;
+    kafka_admin::check_broker(&plan.job.brokers)?;
+    let lines = lines(&plan)?;
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for l in &lines {
+        writeln!(out, "{l}")?;
+    }
+    eprintln!("{}: {} committed records", plan.job.name, lines.len());
+    Ok(())
+}
