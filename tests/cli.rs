@@ -557,3 +557,89 @@ fn the_file_sink_writes_parquet_per_window() {
     let dead = read_topic(&t["turnstile-dead-letters"]).len() as i64;
     assert_eq!(reports + dead, 1500);
 }
+
+fn verify_lines(job: &Path) -> Vec<String> {
+    ok(&["verify", job.to_str().unwrap()]).lines().map(str::to_string).collect()
+}
+
+/// Runs `jobctl submit` with `RILL_FAIL_AT=point`, slowly, and checks that
+/// it died at that point rather than finishing.
+fn submit_failing_at(job: &Path, point: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet", "--max-records-per-second", "300"])
+        .env("RILL_FAIL_AT", point)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job should have aborted at {point}:\n{stderr}");
+    assert!(stderr.contains(&format!("aborting at `{}`", point.split(':').next().unwrap())), "{stderr}");
+}
+
+#[test]
+fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterrupted_run() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("faults");
+    let input = format!("{tag}-input");
+    // The aggregate keeps state, so restores are exercised too.
+    let (gen, _) = job_copy(dir.path(), "bank.toml", &["bank-transactions"], &format!("{tag}-gen"));
+    ok(&["datagen", "bank", "--job", gen.to_str().unwrap(), "--topic", &input, "--count", "900", "--quiet"]);
+    let job_for = |role: &str| {
+        let (path, _) = job_copy(dir.path(), "rejected.toml", &["AGGREGATED", "rejected-dead-letters"], &format!("{tag}-{role}"));
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"REJECTED\"", &format!("\"{input}\""));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let reference = job_for("reference");
+    ok(&["submit", reference.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    let want = verify_lines(&reference);
+    assert!(want.len() > 500, "one line per account: {}", want.len());
+
+    for point in rill::runtime::fault::POINTS {
+        let job = job_for(point);
+        if point == "restore" {
+            // Something to restore first.
+            submit_failing_at(&job, "committed:1");
+        }
+        submit_failing_at(&job, &format!("{point}:1"));
+        ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet", "--workers", "3"]);
+        assert_eq!(verify_lines(&job), want, "after an abort at `{point}`");
+    }
+}
+
+#[test]
+fn a_zombie_cannot_commit_once_its_replacement_has_started() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("zombie");
+    let (job, t) = job_copy(dir.path(), "bank.toml", &["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"], &tag);
+    let path = job.to_str().unwrap();
+    ok(&["datagen", "bank", "--job", path, "--count", "3000", "--quiet"]);
+    // The first instance reads slowly and never stops by itself.
+    let mut zombie = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", path, "--quiet", "--max-records-per-second", "200"])
+        .stderr(std::process::Stdio::piped())
+        .current_dir(root())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    // Its replacement fences it, then does the whole job.
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = zombie.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the fenced instance should stop");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(zombie.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("was fenced: another instance of job"), "{stderr}");
+    // Every transaction committed the whole input once.
+    let lines = verify_lines(&job);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("approved ") || l.starts_with("rejected ")).count(), 3000);
+    let _ = t;
+}

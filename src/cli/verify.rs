@@ -8,7 +8,8 @@
 //! Sinks fed by a plain aggregate are upsert streams: for them only the
 //! latest value of each key is printed, as a compacted topic keeps it.
 //! Files print their rows with the window they belong to (not the epoch
-//! in the file name, which depends on how the input was cut).
+//! in the file name, which depends on how the input was cut). Doubles are
+//! printed at 10 significant digits (see `comparable`).
 
 use crate::connectors::kafka_admin;
 use crate::format::registry::RegistryClient;
@@ -68,6 +69,20 @@ fn committed_records(plan: &Plan, topic: &str, c: &Committed) -> Result<Vec<(u64
     Ok(all.into_iter().map(|(epoch, _, _, _, k, v)| (epoch, k, v)).collect())
 }
 
+/// Doubles at 10 significant digits: a sum of doubles depends on the
+/// order its terms were added in, which depends on how the input was cut
+/// into epochs, so two correct runs can differ in the last bits.
+fn comparable(row: crate::record::Row) -> crate::record::Row {
+    row.into_iter()
+        .map(|v| match v {
+            crate::record::Value::Double(d) if d.is_finite() => {
+                crate::record::Value::Double(format!("{d:.9e}").parse().unwrap_or(d))
+            }
+            v => v,
+        })
+        .collect()
+}
+
 pub fn lines(plan: &Plan) -> Result<Vec<String>> {
     let c = committed(plan)?;
     let registry = RegistryClient::new(&plan.job.registry_url);
@@ -90,7 +105,7 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
                             });
                             if let Some((d, rows)) = d {
                                 if let Ok(row) = d.decode(body) {
-                                    return json::row_to_string(&row, rows, true);
+                                    return json::row_to_string(&comparable(row), rows, true);
                                 }
                             }
                         }

@@ -320,9 +320,16 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
     let max_rate = opts.max_rate;
     let bounded = opts.until_caught_up;
     let writer_opts = opts.clone();
+    let writer_stop = stop.clone();
     let writer = std::thread::Builder::new()
         .name("rill-writer".into())
-        .spawn(move || write_loop(&writer_plan, &writer_opts, workers, rx, targets, backend, writer_in_flight, start))
+        .spawn(move || {
+            let result = write_loop(&writer_plan, &writer_opts, workers, rx, targets, backend, writer_in_flight, start);
+            // A writer that stops (fenced, or failing to commit) stops the
+            // sources too, so the workers drain and the process exits.
+            writer_stop.store(true, Ordering::SeqCst);
+            result
+        })
         .expect("spawn writer thread");
 
     let worker_plan = plan.clone();
@@ -372,10 +379,11 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
     })
     .map_err(RunError::Workers)?;
     let results = guards.join();
+    let written = writer.join().map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
         return Err(RunError::Workers(e));
     }
-    writer.join().map_err(|_| RunError::Workers("the writer thread panicked".into()))?
+    written
 }
 
 struct EpochTotals {
