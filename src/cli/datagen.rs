@@ -26,6 +26,8 @@ pub enum Generator {
     Commercials,
     /// Any record schema, shaped by its fields' `arg.properties`.
     Avro,
+    /// Seed 001's card payments (JSON), a share of them malformed.
+    Cashback,
 }
 
 #[derive(Args)]
@@ -67,12 +69,17 @@ pub struct DatagenArgs {
     /// Avro and commercials: the field whose value becomes the record key.
     #[arg(long)]
     key_field: Option<String>,
+    /// Cashback: share of malformed payments (bad JSON, a missing or
+    /// mistyped field, a negative amount).
+    #[arg(long, default_value_t = 0.05)]
+    malformed_share: f64,
 }
 
 enum Source {
     Bank(BankGenerator),
     Turnstile(TurnstileGenerator),
     Avro(AvroDatagen),
+    Cashback(crate::connectors::datagen::PaymentGenerator),
 }
 
 impl Source {
@@ -87,6 +94,7 @@ impl Source {
                 (Some(k), r)
             }
             Source::Avro(g) => g.next_row(),
+            Source::Cashback(_) => unreachable!("payments are written as raw bytes"),
         }
     }
 }
@@ -111,6 +119,7 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         (None, Generator::Bank) => PathBuf::from("jobs/bank.toml"),
         (None, Generator::Turnstile) => PathBuf::from("jobs/turnstile.toml"),
         (None, Generator::Commercials) => PathBuf::from("jobs/commercials.toml"),
+        (None, Generator::Cashback) => PathBuf::from("jobs/cashback.toml"),
         (None, Generator::Avro) => bail!("`datagen avro` needs --job: the job whose first source says the topic and schema"),
     };
     if args.seed_records && args.generator != Generator::Bank {
@@ -153,6 +162,7 @@ pub fn run(args: DatagenArgs) -> Result<()> {
             TurnstileGenerator::new(&rows, args.seed, args.stations, args.devices_per_station, args.out_of_order_share, args.late_share)
                 .map_err(anyhow::Error::msg)?,
         ),
+        Generator::Cashback => Source::Cashback(crate::connectors::datagen::PaymentGenerator::new(args.seed, args.malformed_share)),
         Generator::Commercials | Generator::Avro => {
             let key = args.key_field.clone().or_else(|| (args.generator == Generator::Commercials).then(|| "brand".to_string()));
             Source::Avro(AvroDatagen::new(&source.reader_text, &rows, key.as_deref(), args.seed).map_err(anyhow::Error::msg)?)
@@ -225,8 +235,13 @@ pub fn run(args: DatagenArgs) -> Result<()> {
                 std::thread::sleep(wait);
             }
         }
-        let (key, row) = generator.next(base_time + i as i64);
-        send(0, key.as_deref().unwrap_or_default(), &encode(&row)?, None)?;
+        if let Source::Cashback(g) = &mut generator {
+            let (key, value) = g.next_payment(base_time + i as i64);
+            send(0, &key, &value, None)?;
+        } else {
+            let (key, row) = generator.next(base_time + i as i64);
+            send(0, key.as_deref().unwrap_or_default(), &encode(&row)?, None)?;
+        }
         if i % 1024 == 0 {
             producer.poll(Duration::ZERO);
             bar.set_position(i);

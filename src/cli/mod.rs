@@ -3,6 +3,7 @@
 //! do next.
 
 mod datagen;
+mod replay;
 mod tail;
 mod verify;
 
@@ -63,6 +64,8 @@ enum Command {
     /// Print what a job has committed, sink by sink, sorted: the output a
     /// read_committed consumer sees, worked out from the job's progress.
     Verify(verify::VerifyArgs),
+    /// Load a Postgres sink's fallback Parquet files into its table.
+    Replay(replay::ReplayArgs),
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
@@ -127,5 +130,6 @@ pub fn main() -> Result<()> {
         Command::Datagen(args) => datagen::run(args),
         Command::Tail(args) => tail::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }

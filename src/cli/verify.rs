@@ -171,6 +171,11 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
                 }
             }
             SinkPlan::Stdout => {}
+            SinkPlan::Postgres { config, .. } => {
+                for row in crate::connectors::postgres_sink::table_rows(&config.url, &config.table)? {
+                    out.push(format!("{} row {row}", node.name));
+                }
+            }
         }
     }
     for (_, k, v) in committed_records(plan, &plan.job.dead_letter_topic(), &c)? {

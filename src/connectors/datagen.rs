@@ -293,3 +293,38 @@ mod tests {
         }
     }
 }
+
+/// Card payments (seed 001) as JSON, keyed by customer. A share of them is
+/// malformed in one of the ways the seed's error table expects.
+pub struct PaymentGenerator {
+    rng: SmallRng,
+    malformed_share: f64,
+}
+
+pub const MERCHANTS: [&str; 5] = ["Amazon", "Zalando", "MediaMarkt", "Lidl", "Ikea"];
+
+impl PaymentGenerator {
+    pub fn new(seed: u64, malformed_share: f64) -> Self {
+        PaymentGenerator { rng: SmallRng::seed_from_u64(seed), malformed_share }
+    }
+
+    pub fn next_payment(&mut self, time: i64) -> (Vec<u8>, Vec<u8>) {
+        let customer = format!("C{:04}", self.rng.random_range(0..1000));
+        let merchant = MERCHANTS[self.rng.random_range(0..MERCHANTS.len())];
+        let amount = self.rng.random_range(100..50_000) as f64 / 100.0;
+        let good = format!(
+            r#"{{"customer":"{customer}","merchant":"{merchant}","amount":{amount:?},"currency":"EUR","timestamp":{time}}}"#
+        );
+        let value = if self.rng.random::<f64>() < self.malformed_share {
+            match self.rng.random_range(0..4) {
+                0 => good[..good.len() / 2].to_string(),
+                1 => format!(r#"{{"customer":"{customer}","merchant":"{merchant}","currency":"EUR","timestamp":{time}}}"#),
+                2 => good.replace(&format!("\"amount\":{amount:?}"), &format!("\"amount\":\"{amount}\"")),
+                _ => good.replace(&format!("\"amount\":{amount:?}"), &format!("\"amount\":-{amount:?}")),
+            }
+        } else {
+            good
+        };
+        (customer.into_bytes(), value.into_bytes())
+    }
+}

@@ -7,6 +7,7 @@ pub mod kafka_admin;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod memory;
+pub mod postgres_sink;
 
 use crate::record::RawRecord;
 

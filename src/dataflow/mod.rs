@@ -160,6 +160,10 @@ pub fn build<'s>(
                 streams.insert(Port { node: i, output: 0 }, out);
                 source_pos += 1;
             }
+            NodeKind::Validate(rules) => {
+                let out = input().validate(&node.id, rules.clone(), plan.input_schema(i).clone(), ctx.clone());
+                streams.insert(Port { node: i, output: 0 }, out);
+            }
             NodeKind::Filter(e) => {
                 let out = input().filter_rows(&node.id, e.clone(), plan.input_schema(i).clone(), ctx.clone());
                 streams.insert(Port { node: i, output: 0 }, out);
@@ -180,6 +184,8 @@ pub fn build<'s>(
                     streams.insert(Port { node: i, output: o }, s);
                 }
             }
+            // The dead-letter sink is fed by the writer, not the dataflow.
+            NodeKind::Sink(_) if node.inputs.is_empty() => {}
             NodeKind::Sink(sink) => {
                 let schema = plan.input_schema(i).clone();
                 input().write_sink(i, &node.name, sink, schema, ctx.clone()).probe_with(probe);
@@ -453,6 +459,7 @@ fn decode_batches(
 /// The stateless transforms, as small operators over streams of records.
 trait Transforms<'s> {
     fn filter_rows(self, name: &str, cond: Expr, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
+    fn validate(self, name: &str, rules: Vec<(String, Expr)>, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
     fn map_rows(self, name: &str, map: MapPlan, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
     fn route(
         self,
@@ -489,6 +496,31 @@ impl<'s> Transforms<'s> for Records<'s> {
                     });
                     let dropped = (before - data.len() - dead.len()) as u64;
                     ctx.count(epoch_of(&cap), |c| c.filtered += dropped);
+                    ctx.dead(epoch_of(&cap), std::mem::take(&mut dead));
+                    output.session(&cap).give_container(data);
+                });
+            }
+        })
+    }
+
+    fn validate(self, name: &str, rules: Vec<(String, Expr)>, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+        let node = name.to_string();
+        self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, name, move |_, _| {
+            let mut dead = Vec::new();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    data.retain(|r| {
+                        for (rule, cond) in &rules {
+                            let reason = match cond.test(&r.row) {
+                                Ok(true) => continue,
+                                Ok(false) => format!("rule `{rule}` failed"),
+                                Err(e) => format!("rule `{rule}`: {}", e.0),
+                            };
+                            dead.push(ctx.dead_row(&node, r, &schema, reason));
+                            return false;
+                        }
+                        true
+                    });
                     ctx.dead(epoch_of(&cap), std::mem::take(&mut dead));
                     output.session(&cap).give_container(data);
                 });
@@ -637,8 +669,13 @@ impl<'s> Transforms<'s> for Records<'s> {
                         let mut parquet_row = None;
                         let (key, value, window) = match &sink {
                             SinkPlan::Stdout => (r.key.clone(), Some(text.clone().into_bytes()), None),
-                            // Files are not upsert streams: a deletion has no line.
-                            SinkPlan::File { .. } if r.tombstone => continue,
+                            // Files and tables are not upsert streams here: a
+                            // deletion has no row.
+                            SinkPlan::File { .. } | SinkPlan::Postgres { .. } if r.tombstone => continue,
+                            SinkPlan::Postgres { .. } => {
+                                parquet_row = Some(r.row.clone());
+                                (r.key.clone(), None, None)
+                            }
                             SinkPlan::File { config, .. } => {
                                 let window = window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
                                     (Value::Int(s), Value::Int(e)) => Some((*s, *e)),

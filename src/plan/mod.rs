@@ -10,7 +10,7 @@ use crate::expr::{did_you_mean, Expr};
 use crate::format::avro;
 use crate::record::{Field, FieldType, RowSchema};
 use crate::spec::{
-    FileSinkConfig, Format, JobConfig, KafkaSinkConfig, Roll, KafkaSourceConfig, SinkConfig, SourceConfig, Spec, SpecError, SpecErrors,
+    FileSinkConfig, Format, JobConfig, KafkaSinkConfig, PostgresSinkConfig, Roll, KafkaSourceConfig, SinkConfig, SourceConfig, Spec, SpecError, SpecErrors,
     TransformConfig,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +50,7 @@ pub enum SinkPlan {
     Kafka { config: KafkaSinkConfig, key: Option<Expr> },
     Stdout,
     File { config: FileSinkConfig, dir: PathBuf },
+    Postgres { config: PostgresSinkConfig, fallback_dir: Option<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ pub enum NodeKind {
     /// Named conditions; output i is route i, the last output `_unmatched`.
     Route(Vec<(String, Expr)>),
     Aggregate(AggregatePlan),
+    /// Named rules; a record breaking one is dead-lettered.
+    Validate(Vec<(String, Expr)>),
     Sink(SinkPlan),
 }
 
@@ -82,6 +85,25 @@ pub struct Plan {
     pub job: JobConfig,
     /// Topological order: every node comes after its inputs.
     pub nodes: Vec<Node>,
+    /// The sink that receives dead letters, when `[job] dead_letter_sink`
+    /// names one.
+    pub dead_letter_sink: Option<usize>,
+}
+
+/// The rows a dead-letter sink receives.
+pub fn dead_letter_schema() -> RowSchema {
+    let mut raw = Field::new("raw_payload", FieldType::String);
+    raw.nullable = true;
+    RowSchema {
+        name: "rill.dead_letter".into(),
+        fields: vec![
+            raw,
+            Field::new("reason", FieldType::String),
+            Field::new("source_topic", FieldType::String),
+            Field::new("source_partition", FieldType::Int),
+            Field::new("source_offset", FieldType::Int),
+        ],
+    }
 }
 
 impl Plan {
@@ -99,10 +121,13 @@ impl Plan {
         })
     }
 
-    /// Schema of the rows arriving at node `i` (its first input's).
+    /// Schema of the rows arriving at node `i` (its first input's; for a
+    /// sink without inputs, the dead letters').
     pub fn input_schema(&self, i: usize) -> &RowSchema {
-        let p = self.nodes[i].inputs[0];
-        &self.nodes[p.node].outputs[p.output]
+        match self.nodes[i].inputs.first() {
+            Some(p) => &self.nodes[p.node].outputs[p.output],
+            None => &self.nodes[i].outputs[0],
+        }
     }
 
     /// Validates a parsed job file into a plan, or returns every error.
@@ -191,8 +216,13 @@ impl Builder<'_> {
             .map(|(n, t)| (Kind::Transform, n, t.inputs()))
             .chain(spec.sinks.iter().map(|(n, s)| (Kind::Sink, n, s.inputs())))
             .collect();
+        let dead_letter_sink = spec.job.dead_letter_sink.clone();
         for (kind, name, inputs) in with_inputs {
-            if inputs.is_empty() {
+            let is_dead_letter_sink = kind == Kind::Sink && dead_letter_sink.as_deref() == Some(name.as_str());
+            if is_dead_letter_sink && !inputs.is_empty() {
+                self.error(kind, name, Some("inputs"), "the dead-letter sink takes no `inputs`".into(), Some("it receives the job's dead letters; write `inputs = []`".into()));
+            }
+            if inputs.is_empty() && !is_dead_letter_sink {
                 self.error(kind, name, Some("inputs"), "`inputs` is empty".into(), Some("name at least one source or transform".into()));
             }
             let mut resolved = Vec::new();
@@ -285,6 +315,7 @@ impl Builder<'_> {
             let in_schema = match self.input_schema(kind, &name, &inputs, &nodes) {
                 Some(s) => Some(s),
                 None if kind == Kind::Source => None,
+                None if kind == Kind::Sink && spec.job.dead_letter_sink.as_deref() == Some(name.as_str()) => Some(dead_letter_schema()),
                 None => continue,
             };
             let node = match kind {
@@ -304,6 +335,19 @@ impl Builder<'_> {
                 });
             }
         }
+        let mut dead_letter_index = None;
+        if let Some(d) = &spec.job.dead_letter_sink {
+            match nodes.iter().position(|n| n.id == format!("sinks.{d}")) {
+                Some(i) => dead_letter_index = Some(i),
+                None if !spec.sinks.contains_key(d) => self.errors.push(SpecError {
+                    line: self.spec.locate().key("job", "", "dead_letter_sink"),
+                    component: Some("job".into()),
+                    message: format!("`dead_letter_sink` names `{d}`, which is not a sink"),
+                    hint: did_you_mean(d, spec.sinks.keys().map(String::as_str)).map(|m| format!("did you mean `{m}`?")),
+                }),
+                None => {}
+            }
+        }
         if spec.sinks.is_empty() {
             self.errors.push(SpecError {
                 line: self.spec.locate().table("job"),
@@ -312,7 +356,7 @@ impl Builder<'_> {
                 hint: Some("add a [sinks.NAME] with `inputs = [...]`".into()),
             });
         }
-        Plan { path: spec.path.clone(), job: spec.job.clone(), nodes }
+        Plan { path: spec.path.clone(), job: spec.job.clone(), nodes, dead_letter_sink: dead_letter_index }
     }
 
     fn input_schema(&mut self, kind: Kind, name: &str, inputs: &[Port], nodes: &[Node]) -> Option<RowSchema> {
@@ -411,6 +455,20 @@ impl Builder<'_> {
                 let outs = vec![schema; names.len()];
                 Some((NodeKind::Route(routes), outs, names))
             }
+            TransformConfig::Validate(c) => {
+                let mut rules = Vec::new();
+                let mut ok = true;
+                for (rule, cond) in &c.rules {
+                    match self.compile(k, name, &format!("rules.{rule}"), cond, &schema, true) {
+                        Some(e) => rules.push((rule.clone(), e)),
+                        None => ok = false,
+                    }
+                }
+                if c.rules.is_empty() {
+                    self.error(k, name, Some("rules"), "`rules` is empty".into(), Some("add rules such as rules.positive = \"amount >= 0.0\"".into()));
+                }
+                ok.then(|| (NodeKind::Validate(rules), vec![schema], vec![name.to_string()]))
+            }
             TransformConfig::Aggregate(c) => match aggregate::plan(name, c, &schema) {
                 Ok((plan, out)) => Some((NodeKind::Aggregate(plan), vec![out], vec![name.to_string()])),
                 Err(problems) => {
@@ -486,6 +544,19 @@ impl Builder<'_> {
                 Some((NodeKind::Sink(SinkPlan::Kafka { config: c.clone(), key }), vec![schema], vec![]))
             }
             SinkConfig::Stdout(_) => Some((NodeKind::Sink(SinkPlan::Stdout), vec![schema], vec![])),
+            SinkConfig::Postgres(c) => {
+                let valid = |s: &str| !s.is_empty() && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.');
+                if !valid(&c.table) {
+                    self.error(Kind::Sink, name, Some("table"), format!("`{}` is not a plain table name", c.table), Some("use letters, digits, `_`, and `schema.table`".into()));
+                    return None;
+                }
+                if let Some(f) = schema.fields.iter().find(|f| !valid(&f.name)) {
+                    self.error(Kind::Sink, name, None, format!("field `{}` cannot be a column name", f.name), Some("rename it with a `map`".into()));
+                    return None;
+                }
+                let fallback_dir = c.fallback_dir.as_ref().map(|d| self.spec.base_dir().join(d));
+                Some((NodeKind::Sink(SinkPlan::Postgres { config: c.clone(), fallback_dir }), vec![schema], vec![]))
+            }
             SinkConfig::File(c) => {
                 if c.roll == Roll::Window && (schema.index_of("window_start").is_none() || schema.index_of("window_end").is_none()) {
                     self.error(

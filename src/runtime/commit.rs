@@ -69,6 +69,7 @@ impl Committer {
         job: &JobConfig,
         recovered: &Recovered,
         positions: BTreeMap<(u32, i32), i64>,
+        dead_letter_topic: String,
     ) -> Result<Self, RunError> {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
@@ -96,7 +97,7 @@ impl Committer {
             group,
             group_metadata,
             guarantee: job.guarantee,
-            dead_letter_topic: job.dead_letter_topic(),
+            dead_letter_topic,
             attempt: recovered.attempt,
             writer_id,
             positions,

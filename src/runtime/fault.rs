@@ -13,6 +13,10 @@ use std::sync::OnceLock;
 
 pub const POINTS: [&str; 5] = ["source_read", "epoch_sent", "epoch_logged", "committed", "restore"];
 
+/// Points inside a Postgres sink's epoch transaction: rows and progress
+/// inserted, not committed; and committed, with the Kafka commit to come.
+pub const POSTGRES_POINTS: [&str; 2] = ["pg_before_commit", "pg_after_commit"];
+
 fn target() -> Option<&'static (String, u64)> {
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
     TARGET

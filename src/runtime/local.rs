@@ -6,6 +6,7 @@ use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
 use crate::connectors::kafka_admin::{self, KafkaAdminError};
 use crate::connectors::kafka_source::KafkaSource;
 use crate::connectors::file_sink::FileSink;
+use crate::connectors::postgres_sink::{PostgresError, PostgresSink, Written};
 use crate::connectors::memory::MemorySource;
 use crate::connectors::SourceReader;
 use crate::dataflow::{self, Epoch, ReaderFactory, WorkerContext};
@@ -44,6 +45,8 @@ pub enum RunError {
     Commit(String),
     #[error(transparent)]
     Recovery(#[from] super::recovery::RecoveryError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
 }
 
 #[derive(Debug, Clone)]
@@ -76,12 +79,18 @@ pub struct RunSummary {
     pub files: Vec<std::path::PathBuf>,
     /// Of the dead letters, those too late for their window.
     pub late: u64,
+    /// Rows written to Postgres tables, and rows written to fallback files
+    /// instead because Postgres was unreachable.
+    pub postgres_rows: u64,
+    pub fallback_rows: u64,
 }
 
 enum Target {
     Kafka(String),
     Stdout,
     File(FileSink),
+    /// A table, and the rows of epochs not yet complete.
+    Postgres(Box<PostgresSink>, BTreeMap<Epoch, Vec<crate::record::Row>>),
     Memory,
 }
 
@@ -189,6 +198,28 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             SinkPlan::Stdout => {
                 targets.insert(i, Target::Stdout);
             }
+            SinkPlan::Postgres { config, fallback_dir } => {
+                let mut pg = PostgresSink::new(
+                    &node.name,
+                    &config.url,
+                    &config.table,
+                    plan.input_schema(i).clone(),
+                    config.batch_rows,
+                    fallback_dir.clone(),
+                    &job.name,
+                    &job.writer_id(),
+                );
+                // A wrong table is reported now; a database that is down is
+                // fine when the sink has a fallback.
+                match pg.connect() {
+                    Ok(()) => {}
+                    Err(e @ PostgresError::Unreachable { .. }) if fallback_dir.is_some() => {
+                        eprintln!("sink {}: {e}; epochs go to {} until it is back", node.name, fallback_dir.as_ref().unwrap().display())
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                targets.insert(i, Target::Postgres(Box::new(pg), BTreeMap::new()));
+            }
             SinkPlan::File { config, dir } => {
                 let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone()).map_err(|e| RunError::Files {
                     sink: node.name.clone(),
@@ -199,7 +230,10 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             }
         }
     }
-    let dead_letter_topic = job.dead_letter_topic();
+    let dead_letter_topic = match plan.dead_letter_sink.map(|i| &plan.nodes[i].kind) {
+        Some(crate::plan::NodeKind::Sink(SinkPlan::Kafka { config, .. })) => config.topic.clone(),
+        _ => job.dead_letter_topic(),
+    };
     kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, false)?;
     let mut changelog_topics = HashMap::new();
     for node in &plan.nodes {
@@ -209,7 +243,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
-    let committer = Committer::open(job, &recovered, positions)?;
+    let committer = Committer::open(job, &recovered, positions, dead_letter_topic)?;
     let launch = Launch {
         first_epoch: recovered.next_epoch,
         changelog_topics,
@@ -446,6 +480,9 @@ fn write_loop(
                             let _ = out.write_all(b"\n");
                         }
                     }
+                    (Target::Postgres(_, rows), _) => {
+                        rows.entry(epoch).or_default().extend(records.into_iter().filter_map(|r| r.row));
+                    }
                     (Target::File(files), _) => {
                         for r in records {
                             match r.row {
@@ -461,9 +498,12 @@ fn write_loop(
                 }
                 in_flight.fetch_sub(n as i64, Ordering::Relaxed);
             }
-            WriterMsg::Dead { epoch, records } => match &backend {
-                Backend::Kafka(_) => pending.entry(epoch).or_default().dead.extend(records),
-                Backend::Memory { .. } => summary.dead_letters.extend(records),
+            WriterMsg::Dead { epoch, records } => match (&backend, plan.dead_letter_sink.and_then(|i| targets.get_mut(&i))) {
+                (Backend::Kafka(_), Some(Target::Postgres(_, rows))) => {
+                    rows.entry(epoch).or_default().extend(records.iter().map(dead_letter_row));
+                }
+                (Backend::Kafka(_), _) => pending.entry(epoch).or_default().dead.extend(records),
+                (Backend::Memory { .. }, _) => summary.dead_letters.extend(records),
             },
             WriterMsg::Changelog { epoch, topic, records } => {
                 if let Backend::Kafka(_) = &backend {
@@ -503,16 +543,37 @@ fn write_loop(
                 for (e, (totals, output)) in done {
                     let sent = output.len() as i64;
                     let read = totals.as_ref().map(|t| t.counts.ranges.clone()).unwrap_or_default();
-                    // Files of an epoch are in place before the epoch commits.
+                    // Files and table rows of an epoch are in place before the
+                    // epoch commits; both skip an epoch they already hold.
                     let mut write_files = || -> Result<(), RunError> {
                         for (i, t) in targets.iter_mut() {
-                            if let Target::File(files) = t {
-                                let written = files.complete(e + 1).map_err(|err| RunError::Files {
-                                    sink: sink_names[i].clone(),
-                                    dir: String::new(),
-                                    reason: err.to_string(),
-                                })?;
-                                summary.files.extend(written);
+                            match t {
+                                Target::File(files) => {
+                                    let written = files.complete(e + 1).map_err(|err| RunError::Files {
+                                        sink: sink_names[i].clone(),
+                                        dir: String::new(),
+                                        reason: err.to_string(),
+                                    })?;
+                                    summary.files.extend(written);
+                                }
+                                Target::Postgres(pg, rows) => {
+                                    let later = rows.split_off(&(e + 1));
+                                    for (epoch, rows) in std::mem::replace(rows, later) {
+                                        match pg.write_epoch(epoch, &rows)? {
+                                            Written::Rows(n) => summary.postgres_rows += n as u64,
+                                            Written::AlreadyThere => {}
+                                            Written::Fallback(path, n) => {
+                                                summary.fallback_rows += n as u64;
+                                                eprintln!(
+                                                    "epoch {epoch}: postgres unreachable, sink {}: {n} rows written to {}",
+                                                    sink_names[i],
+                                                    path.display()
+                                                );
+                                            }
+                                        }
+                                    }
+                                }
+                                _ => {}
                             }
                         }
                         Ok(())
@@ -558,6 +619,18 @@ fn write_loop(
     Ok(summary)
 }
 
+/// A dead letter as a row of the dead-letter sink's table.
+fn dead_letter_row(d: &DeadLetter) -> crate::record::Row {
+    use crate::record::Value;
+    vec![
+        d.value.as_deref().map_or(Value::Null, |v| Value::Str(String::from_utf8_lossy(v).as_ref().into())),
+        Value::Str(d.reason.as_str().into()),
+        Value::Str(d.topic.as_ref().into()),
+        Value::Int(d.partition as i64),
+        Value::Int(d.offset),
+    ]
+}
+
 fn progress_line(
     epoch: Epoch,
     t: &EpochTotals,
@@ -594,6 +667,10 @@ impl RunSummary {
             self.dead_lettered,
             self.filtered,
             if self.files.is_empty() { String::new() } else { format!(", {} files written", self.files.len()) }
-        )
+        ) + &if self.fallback_rows > 0 {
+            format!(", {} rows to postgres fallback files (load them with `jobctl replay`)", self.fallback_rows)
+        } else {
+            String::new()
+        }
     }
 }

@@ -33,6 +33,9 @@ pub struct JobConfig {
     pub dead_letter_topic: Option<String>,
     #[serde(default)]
     pub guarantee: Guarantee,
+    /// A sink (with `inputs = []`) that receives the dead letters instead of
+    /// `dead_letter_topic`, for example a Postgres error table.
+    pub dead_letter_sink: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -113,6 +116,7 @@ pub enum TransformConfig {
     Map(MapConfig),
     Route(RouteConfig),
     Aggregate(AggregateConfig),
+    Validate(ValidateConfig),
 }
 
 impl TransformConfig {
@@ -122,6 +126,7 @@ impl TransformConfig {
             TransformConfig::Map(c) => &c.inputs,
             TransformConfig::Route(c) => &c.inputs,
             TransformConfig::Aggregate(c) => &c.inputs,
+            TransformConfig::Validate(c) => &c.inputs,
         }
     }
 }
@@ -153,6 +158,15 @@ pub struct MapConfig {
 pub struct RouteConfig {
     pub inputs: Vec<String>,
     pub routes: BTreeMap<String, String>,
+}
+
+/// Passes records that satisfy every rule; a record breaking one goes to
+/// the dead letters with the rule's name as its reason.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    pub inputs: Vec<String>,
+    pub rules: indexmap::IndexMap<String, String>,
 }
 
 /// Groups records by `group_by` and keeps `aggregates` per group, as an
@@ -218,6 +232,7 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     Stdout(StdoutSinkConfig),
     File(FileSinkConfig),
+    Postgres(PostgresSinkConfig),
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -245,6 +260,30 @@ pub enum Roll {
     Epoch,
 }
 
+fn default_batch_rows() -> usize {
+    1000
+}
+
+/// A Postgres table: created from the rows' schema when missing, checked
+/// against it when present. Each epoch's rows and the epoch itself are
+/// written in one database transaction, so a replayed epoch is skipped.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// e.g. `postgresql://postgres@127.0.0.1:5432/postgres`
+    pub url: String,
+    pub table: String,
+    /// Rows per INSERT statement.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// When set, an epoch that cannot reach Postgres is written here as
+    /// Parquet (`jobctl replay` loads it later); when not, the sink waits
+    /// and retries until Postgres is back.
+    pub fallback_dir: Option<String>,
+}
+
 /// Files in a directory, written under a temporary name and renamed once
 /// complete, so a reader never sees half a file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -266,6 +305,7 @@ impl SinkConfig {
             SinkConfig::Kafka(c) => &c.inputs,
             SinkConfig::Stdout(c) => &c.inputs,
             SinkConfig::File(c) => &c.inputs,
+            SinkConfig::Postgres(c) => &c.inputs,
         }
     }
 }

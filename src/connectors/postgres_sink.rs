@@ -1,0 +1,297 @@
+//! Postgres sink. Each epoch's rows go in with one database transaction
+//! that also records `(job, sink, writer, epoch)` in `rill_sink_progress`;
+//! an epoch already recorded there is skipped, so a replayed epoch writes
+//! nothing twice. When Postgres cannot be reached, the sink either writes
+//! the epoch's rows to a Parquet file in its fallback directory (for
+//! `jobctl replay`) or, without one, waits and retries.
+//!
+//! It runs on the writer thread, with its own single-threaded tokio
+//! runtime for tokio-postgres; no timely worker waits on it.
+
+use crate::format::parquet;
+use crate::record::{FieldType, Row, RowSchema, Value};
+use crate::runtime::fault;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("cannot reach postgres at {url}: {reason}; start it (for example `pg_ctlcluster 15 main start`) or set the sink's `url`")]
+    Unreachable { url: String, reason: String },
+    #[error("table `{table}` does not match the rows of sink `{sink}`: {differences}; alter the table or drop it so the sink creates it")]
+    Mismatch { table: String, sink: String, differences: String },
+    #[error("postgres error in sink `{sink}`: {reason}")]
+    Sql { sink: String, reason: String },
+    #[error("cannot write the fallback file {path}: {reason}")]
+    Fallback { path: String, reason: String },
+}
+
+/// What became of an epoch's rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Rows(usize),
+    /// The epoch was already in the table (a replay).
+    AlreadyThere,
+    /// Postgres was down: the rows are in this Parquet file.
+    Fallback(PathBuf, usize),
+}
+
+pub struct PostgresSink {
+    name: String,
+    url: String,
+    table: String,
+    schema: RowSchema,
+    batch_rows: usize,
+    fallback_dir: Option<PathBuf>,
+    job: String,
+    writer: String,
+    rt: tokio::runtime::Runtime,
+    client: Option<Client>,
+    last_attempt: Option<Instant>,
+}
+
+const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_progress (
+    job TEXT NOT NULL, sink TEXT NOT NULL, writer TEXT NOT NULL, epoch BIGINT NOT NULL,
+    committed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, sink, writer, epoch))";
+
+fn sql_type(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::Bool => "boolean",
+        FieldType::Int => "bigint",
+        FieldType::Double => "double precision",
+        FieldType::String | FieldType::Null => "text",
+        FieldType::Bytes => "bytea",
+    }
+}
+
+fn param(v: &Value, ty: FieldType) -> Box<dyn ToSql + Sync + Send> {
+    match (v, ty) {
+        (Value::Null, FieldType::Bool) => Box::new(None::<bool>),
+        (Value::Null, FieldType::Int) => Box::new(None::<i64>),
+        (Value::Null, FieldType::Double) => Box::new(None::<f64>),
+        (Value::Null, FieldType::Bytes) => Box::new(None::<Vec<u8>>),
+        (Value::Null, _) => Box::new(None::<String>),
+        (Value::Bool(b), _) => Box::new(*b),
+        (Value::Int(i), FieldType::Double) => Box::new(*i as f64),
+        (Value::Int(i), _) => Box::new(*i),
+        (Value::Double(d), _) => Box::new(*d),
+        (Value::Str(s), _) => Box::new(s.to_string()),
+        (Value::Bytes(b), FieldType::String) => Box::new(String::from_utf8_lossy(b).into_owned()),
+        (Value::Bytes(b), _) => Box::new(b.to_vec()),
+    }
+}
+
+impl PostgresSink {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        url: &str,
+        table: &str,
+        schema: RowSchema,
+        batch_rows: usize,
+        fallback_dir: Option<PathBuf>,
+        job: &str,
+        writer: &str,
+    ) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        PostgresSink {
+            name: name.into(),
+            url: url.into(),
+            table: table.into(),
+            schema,
+            batch_rows: batch_rows.max(1),
+            fallback_dir,
+            job: job.into(),
+            writer: writer.into(),
+            rt,
+            client: None,
+            last_attempt: None,
+        }
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> PostgresError {
+        PostgresError::Unreachable { url: self.url.clone(), reason: e.to_string() }
+    }
+
+    fn sql(&self, e: impl std::fmt::Display) -> PostgresError {
+        PostgresError::Sql { sink: self.name.clone(), reason: e.to_string() }
+    }
+
+    /// Connects, and creates or checks the table and the progress table.
+    pub fn connect(&mut self) -> Result<(), PostgresError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.client = None;
+        self.last_attempt = Some(Instant::now());
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| self.unreachable(e))?;
+        config.connect_timeout(Duration::from_secs(3));
+        let (client, connection) = self.rt.block_on(config.connect(NoTls)).map_err(|e| self.unreachable(e))?;
+        self.rt.spawn(async move {
+            let _ = connection.await;
+        });
+        self.rt.block_on(client.batch_execute(PROGRESS_TABLE)).map_err(|e| self.sql(e))?;
+        self.check_table(&client)?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    fn check_table(&self, client: &Client) -> Result<(), PostgresError> {
+        let (schema_name, table) = match self.table.split_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => ("public".to_string(), self.table.clone()),
+        };
+        let rows = self
+            .rt
+            .block_on(client.query(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[&schema_name, &table],
+            ))
+            .map_err(|e| self.sql(e))?;
+        if rows.is_empty() {
+            let columns: Vec<String> = self
+                .schema
+                .fields
+                .iter()
+                .map(|f| format!("{} {}{}", f.name, sql_type(f.ty), if f.nullable { "" } else { " NOT NULL" }))
+                .collect();
+            let ddl = format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, columns.join(", "));
+            return self.rt.block_on(client.batch_execute(&ddl)).map_err(|e| self.sql(e));
+        }
+        let existing: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut differences = Vec::new();
+        for f in &self.schema.fields {
+            match existing.iter().find(|(n, _)| *n == f.name) {
+                None => differences.push(format!("column `{}` ({}) is missing", f.name, sql_type(f.ty))),
+                Some((_, ty)) if ty != sql_type(f.ty) => {
+                    differences.push(format!("column `{}` is {ty}, the sink writes {}", f.name, sql_type(f.ty)))
+                }
+                _ => {}
+            }
+        }
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(PostgresError::Mismatch { table: self.table.clone(), sink: self.name.clone(), differences: differences.join("; ") })
+        }
+    }
+
+    /// Writes one epoch's rows exactly once.
+    pub fn write_epoch(&mut self, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
+        loop {
+            match self.try_write(epoch, rows) {
+                Ok(w) => return Ok(w),
+                Err(PostgresError::Unreachable { reason, .. }) => {
+                    if let Some(dir) = self.fallback_dir.clone() {
+                        return self.fall_back(&dir, epoch, rows);
+                    }
+                    // No fallback: wait and retry, losing nothing.
+                    tracing::warn!("sink {}: postgres at {} is unreachable ({reason}); retrying", self.name, self.url);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn try_write(&mut self, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
+        // While down, try again at most every 2 s rather than per epoch.
+        if self.client.is_none() && self.fallback_dir.is_some() && self.last_attempt.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return Err(self.unreachable("still down"));
+        }
+        self.connect()?;
+        let result = insert(&self.rt, self.client.as_mut().unwrap(), &self.table, &self.schema, self.batch_rows, &self.job, &self.name, &self.writer, epoch, rows);
+        match result {
+            Err(e) if self.client.as_ref().is_none_or(|c| c.is_closed()) => {
+                self.client = None;
+                Err(self.unreachable(e))
+            }
+            Err(e) => Err(self.sql(e)),
+            Ok(w) => Ok(w),
+        }
+    }
+
+    fn fall_back(&self, dir: &Path, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
+        let name = format!("{}_{}_e{epoch:010}.parquet", self.name, self.writer);
+        let path = dir.join(&name);
+        let err = |reason: String| PostgresError::Fallback { path: path.display().to_string(), reason };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        if !path.exists() {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            parquet::write(&tmp, &self.schema, rows).map_err(|e| err(e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(Written::Fallback(path, rows.len()))
+    }
+}
+
+/// Inserts `rows` and records the epoch, in one transaction; does nothing
+/// when the epoch is already recorded.
+#[allow(clippy::too_many_arguments)]
+pub fn insert(
+    rt: &tokio::runtime::Runtime,
+    client: &mut Client,
+    table: &str,
+    schema: &RowSchema,
+    batch_rows: usize,
+    job: &str,
+    sink: &str,
+    writer: &str,
+    epoch: u64,
+    rows: &[Row],
+) -> Result<Written, tokio_postgres::Error> {
+    rt.block_on(async {
+        let tx = client.transaction().await?;
+        let epoch = epoch as i64;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
+                &[&job, &sink, &writer, &epoch],
+            )
+            .await?;
+        if done.is_some() {
+            tx.rollback().await?;
+            return Ok(Written::AlreadyThere);
+        }
+        let columns: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+        let width = columns.len();
+        for chunk in rows.chunks(batch_rows) {
+            let placeholders: Vec<String> = (0..chunk.len())
+                .map(|r| format!("({})", (1..=width).map(|c| format!("${}", r * width + c)).collect::<Vec<_>>().join(",")))
+                .collect();
+            let sql = format!("INSERT INTO {table} ({}) VALUES {}", columns.join(","), placeholders.join(","));
+            let params: Vec<Box<dyn ToSql + Sync + Send>> =
+                chunk.iter().flat_map(|row| row.iter().zip(&schema.fields).map(|(v, f)| param(v, f.ty))).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            tx.execute(sql.as_str(), &refs).await?;
+        }
+        tx.execute(
+            "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
+            &[&job, &sink, &writer, &epoch],
+        )
+        .await?;
+        fault::point("pg_before_commit");
+        tx.commit().await?;
+        fault::point("pg_after_commit");
+        Ok(Written::Rows(rows.len()))
+    })
+}
+
+/// Every row of `table` as a line of text (columns joined by `,`, doubles
+/// at 10 significant digits), for checking what a job wrote.
+pub fn table_rows(url: &str, table: &str) -> Result<Vec<String>, PostgresError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let unreachable = |e: tokio_postgres::Error| PostgresError::Unreachable { url: url.into(), reason: e.to_string() };
+    let (client, connection) = rt.block_on(tokio_postgres::connect(url, NoTls)).map_err(unreachable)?;
+    rt.spawn(async move {
+        let _ = connection.await;
+    });
+    // Text casts keep this independent of column types.
+    let rows = rt
+        .block_on(client.query(&format!("SELECT t::text FROM {table} t"), &[]))
+        .map_err(|e| PostgresError::Sql { sink: table.into(), reason: e.to_string() })?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
