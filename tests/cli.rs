@@ -643,3 +643,141 @@ fn a_zombie_cannot_commit_once_its_replacement_has_started() {
     assert_eq!(lines.iter().filter(|l| l.starts_with("approved ") || l.starts_with("rejected ")).count(), 3000);
     let _ = t;
 }
+
+/// Tests that use Postgres run one at a time: one of them stops it.
+static POSTGRES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const POSTGRES_URL: &str = "postgresql://postgres@127.0.0.1:5432/postgres";
+
+/// jobs/cashback.toml with its own topics, tables and fallback directory.
+fn cashback_job(dir: &Path, tag: &str) -> (PathBuf, String, String, String) {
+    let (path, _) = job_copy(dir, "cashback.toml", &[], tag);
+    let suffix: String = tag.chars().filter(|c| c.is_ascii_digit()).collect();
+    let (table, errors) = (format!("cashback_{suffix}"), format!("cashback_errors_{suffix}"));
+    let input = format!("{tag}-payments");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("topic = \"payments\"", &format!("topic = \"{input}\""))
+        .replace("topic = \"cashback\"", &format!("topic = \"{tag}-cashback\""))
+        .replace("table = \"cashback\"", &format!("table = \"{table}\""))
+        .replace("table = \"cashback_errors\"", &format!("table = \"{errors}\""));
+    std::fs::write(&path, text).unwrap();
+    (path, input, table, errors)
+}
+
+/// The cashback rule applied directly to the input: the timestamps of the
+/// eligible payments, and the number of malformed ones.
+fn cashback_expected(topic: &str) -> (Vec<i64>, usize) {
+    let mut eligible = Vec::new();
+    let mut malformed = 0;
+    for r in read_topic(topic) {
+        let Ok(j) = serde_json::from_slice::<serde_json::Value>(&r.value) else {
+            malformed += 1;
+            continue;
+        };
+        let (Some(merchant), Some(amount), Some(ts)) = (j["merchant"].as_str(), j["amount"].as_f64(), j["timestamp"].as_i64()) else {
+            malformed += 1;
+            continue;
+        };
+        if j["customer"].as_str().is_none() || j["currency"].as_str().is_none() || amount < 0.0 {
+            malformed += 1;
+        } else if amount > 100.0 && ["Amazon", "Zalando", "MediaMarkt"].contains(&merchant) {
+            eligible.push(ts);
+        }
+    }
+    eligible.sort();
+    (eligible, malformed)
+}
+
+/// The timestamps of the table's rows (the fifth column), sorted.
+fn table_timestamps(table: &str) -> Vec<i64> {
+    let mut ts: Vec<i64> = rill::connectors::postgres_sink::table_rows(POSTGRES_URL, table)
+        .unwrap()
+        .iter()
+        .map(|r| r.trim_matches(|c| c == '(' || c == ')').split(',').nth(4).unwrap().parse().unwrap())
+        .collect();
+    ts.sort();
+    ts
+}
+
+#[test]
+fn cashback_lands_once_in_table_and_topic_and_malformed_payments_in_the_error_table() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cashback");
+    let (job, input, table, errors) = cashback_job(dir.path(), &tag);
+    let path = job.to_str().unwrap();
+    ok(&["datagen", "cashback", "--job", path, "--count", "1200", "--malformed-share", "0.1", "--quiet"]);
+    ok(&["submit", path, "--until-caught-up", "--workers", "2"]);
+    let (eligible, malformed) = cashback_expected(&input);
+    assert!(eligible.len() > 300 && malformed > 60, "{} eligible, {malformed} malformed", eligible.len());
+    assert_eq!(table_timestamps(&table), eligible);
+    let lines = verify_lines(&job);
+    let topic: Vec<&String> = lines.iter().filter(|l| l.starts_with("cashback_topic ")).collect();
+    assert_eq!(topic.len(), eligible.len());
+    let error_rows = rill::connectors::postgres_sink::table_rows(POSTGRES_URL, &errors).unwrap();
+    assert_eq!(error_rows.len(), malformed);
+    let with_reason = |r: &&String| r.contains("decode: not a valid JSON record") || r.contains("rule `amount_not_negative` failed");
+    assert!(error_rows.iter().all(|r| with_reason(&r) && r.contains(&input)), "{error_rows:?}");
+    // Nothing else: the dead-letter topic is not used when a sink takes them.
+    assert!(!lines.iter().any(|l| l.starts_with("dead-letter ")));
+}
+
+fn postgres_cluster(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql").unwrap().next().unwrap().unwrap().file_name();
+    let out = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", version.to_str().unwrap(), "main", action, "-m", "fast"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_ctlcluster {action}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn postgres_down_mid_run_then_replay_loads_every_payment_once() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("pgdown");
+    let (job, input, table, _) = cashback_job(dir.path(), &tag);
+    let path = job.to_str().unwrap();
+    ok(&["datagen", "cashback", "--job", path, "--count", "900", "--malformed-share", "0", "--quiet"]);
+    let mut run = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", path, "--until-caught-up", "--quiet", "--max-records-per-second", "150"])
+        .stderr(std::process::Stdio::piped())
+        .current_dir(root())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    postgres_cluster("stop");
+    std::thread::sleep(Duration::from_secs(2));
+    postgres_cluster("start");
+    let status = run.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("postgres unreachable, sink cashback_table"), "some epochs went to the fallback:\n{stderr}");
+    let fallback = dir.path().join("out/cashback-fallback");
+    assert!(std::fs::read_dir(&fallback).unwrap().count() > 0);
+    ok(&["replay", fallback.to_str().unwrap(), "--job", path, "--sink", "cashback_table", "--quiet"]);
+    assert_eq!(std::fs::read_dir(&fallback).unwrap().count(), 0, "replayed files are removed");
+    let (eligible, _) = cashback_expected(&input);
+    assert_eq!(table_timestamps(&table), eligible);
+}
+
+#[test]
+fn kill_9_during_a_postgres_commit_loses_and_duplicates_nothing() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("pgkill");
+    let (job, input, table, _) = cashback_job(dir.path(), &tag);
+    ok(&["datagen", "cashback", "--job", job.to_str().unwrap(), "--count", "900", "--malformed-share", "0.05", "--quiet"]);
+    for point in rill::runtime::fault::POSTGRES_POINTS {
+        submit_failing_at(&job, &format!("{point}:2"));
+    }
+    ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    let (eligible, _) = cashback_expected(&input);
+    assert_eq!(table_timestamps(&table), eligible);
+    let lines = verify_lines(&job);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("cashback_topic ")).count(), eligible.len());
+}

@@ -111,8 +111,10 @@ impl Committer {
 
     /// Commits `epoch`: its output, its boundaries (`read`: the offsets its
     /// sources read, per partition), then progress. `before_commit` runs
-    /// once the output is sent and logged, before the commit (file sinks
-    /// write there, so a committed epoch's files always exist).
+    /// once the output is sent and the epoch logged, before the commit:
+    /// file and Postgres sinks write there, keyed by the epoch, so a
+    /// committed epoch's files and rows always exist and a replayed one is
+    /// recognised.
     pub fn commit(
         &mut self,
         epoch: u64,
@@ -142,9 +144,11 @@ impl Committer {
             }
         }
         fault::point("epoch_sent");
-        before_commit()?;
 
-        // The epoch's boundaries are durable before the epoch commits.
+        // The epoch's boundaries are durable before the epoch commits
+        // anywhere: a table or file that holds an epoch's rows must be able
+        // to recognise that epoch when it is replayed, so its number may
+        // never be reused for other input.
         let log_offset = match self.replayed.remove(&epoch) {
             Some((offset, ranges)) => {
                 for r in ranges {
@@ -167,6 +171,7 @@ impl Committer {
             }
         };
         fault::point("epoch_logged");
+        before_commit()?;
 
         let mut progress = TopicPartitionList::new();
         progress
