@@ -254,6 +254,15 @@ fn read_source<'s>(
             }
             // A few polls per activation, so a busy source still yields.
             for _ in 0..8 {
+                // A replay may have ended in the last poll: what is read live
+                // belongs to the clock's epoch, never to a replayed one, whose
+                // records are exactly those the epoch log gives.
+                if !ctx.scripted && !reader.replaying() {
+                    let now = ctx.epoch_now();
+                    if now > *c.time() {
+                        c.downgrade(&now);
+                    }
+                }
                 let polled = match reader.poll_scripted(&mut buf, budget) {
                     Some((epoch, Poll::Data)) => {
                         if epoch > *c.time() {
