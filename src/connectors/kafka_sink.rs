@@ -68,6 +68,13 @@ impl KafkaWriter {
         Ok(KafkaWriter { producer, writer: writer.to_string(), attempt: attempt.to_string() })
     }
 
+    /// The attempt stamped on records from now on (known once recovery has
+    /// read the epoch log, which happens after the writer has fenced its
+    /// predecessors).
+    pub fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt.to_string();
+    }
+
     pub fn begin(&self) -> Result<(), KafkaError> {
         self.producer.begin_transaction()
     }

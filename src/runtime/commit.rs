@@ -65,15 +65,24 @@ fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
 impl Committer {
     /// Opens the writer (fencing every earlier instance when exactly once)
     /// and records this start in the epoch log.
+    /// Starts the writer's producer. With exactly once this fences every
+    /// earlier instance of the job, so it must come before recovery reads
+    /// the committed progress: a fenced instance can commit nothing more.
+    pub fn fence(job: &JobConfig) -> Result<KafkaWriter, RunError> {
+        let writer_id = job.writer_id();
+        let eos = job.guarantee == Guarantee::ExactlyOnce;
+        KafkaWriter::new(&job.brokers, &writer_id, 0, eos).map_err(|e| fenced(&writer_id, &job.name, &e))
+    }
+
     pub fn open(
         job: &JobConfig,
+        mut writer: KafkaWriter,
         recovered: &Recovered,
         positions: BTreeMap<(u32, i32), i64>,
         dead_letter_topic: String,
     ) -> Result<Self, RunError> {
         let writer_id = job.writer_id();
-        let eos = job.guarantee == Guarantee::ExactlyOnce;
-        let writer = KafkaWriter::new(&job.brokers, &writer_id, recovered.attempt, eos).map_err(|e| fenced(&writer_id, &job.name, &e))?;
+        writer.set_attempt(recovered.attempt);
         let log_topic = job.epoch_log_topic();
         let log = EpochLog::open(&job.brokers, &log_topic)?;
         log.append(&LogRecord::Start { attempt: recovered.attempt }, writer.headers_for(0))?;

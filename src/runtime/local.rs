@@ -123,6 +123,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
+    let writer = Committer::fence(job)?;
     let recovered = recovery::recover(&plan)?;
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(
@@ -243,7 +244,7 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
-    let committer = Committer::open(job, &recovered, positions, dead_letter_topic)?;
+    let committer = Committer::open(job, writer, &recovered, positions, dead_letter_topic)?;
     let launch = Launch {
         first_epoch: recovered.next_epoch,
         changelog_topics,
