@@ -637,7 +637,12 @@ fn a_zombie_cannot_commit_once_its_replacement_has_started() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(zombie.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());
-    assert!(stderr.contains("was fenced: another instance of job"), "{stderr}");
+    // Kafka answers a fenced producer with an error; Tansu can leave its
+    // commit unanswered until the timeout. Either way it stops, uncommitted.
+    assert!(
+        stderr.contains("was fenced: another instance of job") || stderr.contains("may have started and fenced it"),
+        "{stderr}"
+    );
     // Every transaction committed the whole input once.
     let lines = verify_lines(&job);
     assert_eq!(lines.iter().filter(|l| l.starts_with("approved ") || l.starts_with("rejected ")).count(), 3000);

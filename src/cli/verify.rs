@@ -15,7 +15,7 @@ use crate::connectors::kafka_admin;
 use crate::format::registry::RegistryClient;
 use crate::format::{avro, csv, json, parquet};
 use crate::plan::{NodeKind, Plan, SinkPlan};
-use crate::runtime::recovery::{committed_progress, LogRecord};
+use crate::runtime::recovery::{committed_progress, read_log, LogRecord};
 use crate::spec::{FileFormat, Format};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -35,13 +35,11 @@ fn committed(plan: &Plan) -> Result<Committed> {
     let job = &plan.job;
     let progress = committed_progress(&job.brokers, job)?.unwrap_or(0);
     let mut epochs = HashSet::new();
-    kafka_admin::read_to_end(&job.brokers, &job.epoch_log_topic(), |m| {
-        if m.offset < progress {
-            if let Some(LogRecord::Epoch { epoch, .. }) = m.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()) {
-                epochs.insert(epoch);
-            }
+    for (offset, r) in read_log(&job.brokers, &job.epoch_log_topic())? {
+        if let (true, LogRecord::Epoch { epoch, .. }) = (offset < progress, r) {
+            epochs.insert(epoch);
         }
-    })?;
+    }
     Ok(Committed { epochs })
 }
 

@@ -57,6 +57,11 @@ fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
     let code = e.rdkafka_error_code();
     if matches!(code, Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)) {
         RunError::Fenced { writer: writer.into(), job: job.into() }
+    } else if matches!(code, Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut))
+        || e.to_string().contains("Timed out")
+    {
+        // Tansu can leave a fenced producer's commit unanswered.
+        RunError::CommitTimeout { writer: writer.into(), job: job.into() }
     } else {
         RunError::Commit(e.to_string())
     }
@@ -65,13 +70,19 @@ fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
 impl Committer {
     /// Opens the writer (fencing every earlier instance when exactly once)
     /// and records this start in the epoch log.
-    /// Starts the writer's producer. With exactly once this fences every
-    /// earlier instance of the job, so it must come before recovery reads
-    /// the committed progress: a fenced instance can commit nothing more.
-    pub fn fence(job: &JobConfig) -> Result<KafkaWriter, RunError> {
+    /// Starts the writer's producer and logs the start. With exactly once
+    /// this fences every earlier instance of the job; it comes before
+    /// recovery reads the committed progress and the log, so a fenced
+    /// instance can commit nothing more, and what it still appends to the
+    /// log lands after this start and is ignored. Returns the attempt.
+    pub fn fence(job: &JobConfig, plan: &crate::plan::Plan) -> Result<(KafkaWriter, u32), RunError> {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
-        KafkaWriter::new(&job.brokers, &writer_id, 0, eos).map_err(|e| fenced(&writer_id, &job.name, &e))
+        let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos).map_err(|e| fenced(&writer_id, &job.name, &e))?;
+        let attempt = super::recovery::next_attempt(plan)?;
+        let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
+        log.append(&LogRecord::Start { attempt }, writer.headers_for(0))?;
+        Ok((writer, attempt))
     }
 
     pub fn open(
@@ -85,7 +96,6 @@ impl Committer {
         writer.set_attempt(recovered.attempt);
         let log_topic = job.epoch_log_topic();
         let log = EpochLog::open(&job.brokers, &log_topic)?;
-        log.append(&LogRecord::Start { attempt: recovered.attempt }, writer.headers_for(0))?;
         let group: BaseConsumer = client_config(&job.brokers)
             .set("group.id", &writer_id)
             .set("enable.auto.commit", "false")

@@ -41,6 +41,8 @@ pub enum RunError {
     Files { sink: String, dir: String, reason: String },
     #[error("writer `{writer}` was fenced: another instance of job {job} has started, so this one stops without committing")]
     Fenced { writer: String, job: String },
+    #[error("writer `{writer}` could not commit within 30 s: another instance of job {job} may have started and fenced it, or the broker is not answering; this one stops without committing")]
+    CommitTimeout { writer: String, job: String },
     #[error("cannot commit the epoch: {0}")]
     Commit(String),
     #[error(transparent)]
@@ -83,6 +85,8 @@ pub struct RunSummary {
     /// instead because Postgres was unreachable.
     pub postgres_rows: u64,
     pub fallback_rows: u64,
+    /// Time spent in Postgres epoch transactions.
+    pub postgres_time: Duration,
 }
 
 enum Target {
@@ -123,8 +127,8 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
-    let writer = Committer::fence(job)?;
-    let recovered = recovery::recover(&plan)?;
+    let (writer, attempt) = Committer::fence(job, &plan)?;
+    let recovered = recovery::recover(&plan, attempt)?;
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(
             "resuming job {} after epoch {} (attempt {}): {} epochs to replay, state of {} keys restored",
@@ -560,7 +564,10 @@ fn write_loop(
                                 Target::Postgres(pg, rows) => {
                                     let later = rows.split_off(&(e + 1));
                                     for (epoch, rows) in std::mem::replace(rows, later) {
-                                        match pg.write_epoch(epoch, &rows)? {
+                                        let began = Instant::now();
+                                        let written = pg.write_epoch(epoch, &rows)?;
+                                        summary.postgres_time += began.elapsed();
+                                        match written {
                                             Written::Rows(n) => summary.postgres_rows += n as u64,
                                             Written::AlreadyThere => {}
                                             Written::Fallback(path, n) => {
@@ -668,7 +675,16 @@ impl RunSummary {
             self.dead_lettered,
             self.filtered,
             if self.files.is_empty() { String::new() } else { format!(", {} files written", self.files.len()) }
-        ) + &if self.fallback_rows > 0 {
+        ) + &if self.postgres_rows > 0 {
+            format!(
+                ", postgres {} rows in {:.2} s of epoch transactions ({:.0} rows/s)",
+                self.postgres_rows,
+                self.postgres_time.as_secs_f64(),
+                self.postgres_rows as f64 / self.postgres_time.as_secs_f64().max(1e-9)
+            )
+        } else {
+            String::new()
+        } + &if self.fallback_rows > 0 {
             format!(", {} rows to postgres fallback files (load them with `jobctl replay`)", self.fallback_rows)
         } else {
             String::new()

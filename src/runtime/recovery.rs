@@ -134,20 +134,52 @@ pub fn committed_progress(brokers: &str, job: &crate::spec::JobConfig) -> Result
     }))
 }
 
-/// Reads the epoch log and the changelogs and says where to resume.
-pub fn recover(plan: &Plan) -> Result<Recovered, RecoveryError> {
+/// The epoch log's records, in order, without those a fenced instance
+/// appended after a newer instance had started: a record of attempt a
+/// after the start record of an attempt above a cannot belong to a
+/// transaction that commits.
+pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
+    let mut records: Vec<(i64, LogRecord)> = Vec::new();
+    let mut newest_start = 0;
+    kafka_admin::read_to_end(brokers, log, |m| {
+        match m.value.as_deref().and_then(|v| serde_json::from_slice::<LogRecord>(v).ok()) {
+            Some(LogRecord::Start { attempt }) => {
+                newest_start = newest_start.max(attempt);
+                records.push((m.offset, LogRecord::Start { attempt }));
+            }
+            Some(LogRecord::Epoch { attempt, .. }) if attempt < newest_start => {}
+            Some(r) => records.push((m.offset, r)),
+            None => {}
+        }
+    })?;
+    Ok(records)
+}
+
+/// The attempt number of a starting writer: one above every attempt in
+/// the epoch log. Called after the writer has fenced its predecessors.
+pub fn next_attempt(plan: &Plan) -> Result<u32, RecoveryError> {
+    let job = &plan.job;
+    kafka_admin::ensure_topic(&job.brokers, &job.epoch_log_topic(), 1, 1, false)?;
+    let records = read_log(&job.brokers, &job.epoch_log_topic())?;
+    Ok(records
+        .iter()
+        .map(|(_, r)| match r {
+            LogRecord::Start { attempt } | LogRecord::Epoch { attempt, .. } => *attempt,
+        })
+        .max()
+        .unwrap_or(0)
+        + 1)
+}
+
+/// Reads the epoch log and the changelogs and says where to resume. The
+/// caller has fenced earlier instances and logged its start (`attempt`),
+/// so what a fenced instance appends from now on is ignored.
+pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     let job = &plan.job;
     let brokers = &job.brokers;
     let log = job.epoch_log_topic();
-    kafka_admin::ensure_topic(brokers, &log, 1, 1, false)?;
     let progress = committed_progress(brokers, job)?.unwrap_or(0);
-
-    let mut records: Vec<(i64, LogRecord)> = Vec::new();
-    kafka_admin::read_to_end(brokers, &log, |m| {
-        if let Some(r) = m.value.as_deref().and_then(|v| serde_json::from_slice::<LogRecord>(v).ok()) {
-            records.push((m.offset, r));
-        }
-    })?;
+    let records = read_log(brokers, &log)?;
     let mut out = Recovered::default();
     let mut last_attempt = 0;
     let mut committed_ranges: Option<&Vec<PartitionRange>> = None;
@@ -176,7 +208,7 @@ pub fn recover(plan: &Plan) -> Result<Recovered, RecoveryError> {
     }
     replay.retain(|e, _| *e > out.committed);
     out.replay = replay.into_iter().collect();
-    out.attempt = last_attempt + 1;
+    out.attempt = attempt.max(last_attempt);
     out.next_epoch = max_epoch + 1;
     out.start_offsets = committed_ranges.map(|ranges| ranges.iter().map(|r| ((r.source, r.partition), r.end)).collect());
 
