@@ -752,7 +752,13 @@ fn postgres_down_mid_run_then_replay_loads_every_payment_once() {
         .current_dir(root())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    // Stop Postgres once the job is writing to it: a sink without a
+    // fallback refuses to start without its database, by design.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rill::connectors::postgres_sink::table_rows(POSTGRES_URL, &table).map_or(true, |r| r.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the job wrote nothing to {table}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     postgres_cluster("stop");
     std::thread::sleep(Duration::from_secs(2));
     postgres_cluster("start");
