@@ -792,3 +792,33 @@ fn kill_9_during_a_postgres_commit_loses_and_duplicates_nothing() {
     let lines = verify_lines(&job);
     assert_eq!(lines.iter().filter(|l| l.starts_with("cashback_topic ")).count(), eligible.len());
 }
+
+#[test]
+fn any_sink_can_take_the_dead_letters_a_file_sink_here() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "deadfile");
+    let text = std::fs::read_to_string(&job.path).unwrap().replace(
+        "[sources.transactions]",
+        &format!(
+            "[sinks.rejects_lake]\ntype = \"file\"\ninputs = []\npath = \"{}\"\nformat = \"csv\"\ncompression = \"none\"\nroll = \"epoch\"\n\n[sources.transactions]",
+            dir.path().join("dead").display()
+        ),
+    );
+    let text = text.replacen("checkpoint_interval_ms = 1000", "checkpoint_interval_ms = 1000\ndead_letter_sink = \"rejects_lake\"", 1);
+    std::fs::write(&job.path, text).unwrap();
+    let path = job.path.to_str().unwrap();
+    ok(&["datagen", "bank", "--job", path, "--seed-records"]);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    producer.send(BaseRecord::to(&job.input).key("9").payload("not avro").partition(0)).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    ok(&["submit", path, "--until-caught-up"]);
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("dead")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "raw_payload,reason,source_topic,source_partition,source_offset");
+    assert_eq!(lines[1], format!("not avro,decode: magic byte 110 is not 0: not in the confluent avro wire format,{},0,3", job.input));
+    assert_eq!(lines.len(), 2);
+    assert_eq!(read_topic(&job.approved).len(), 5);
+}

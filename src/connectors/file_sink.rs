@@ -69,7 +69,15 @@ impl FileSink {
 
     pub fn push_row(&mut self, epoch: u64, window: Option<(i64, i64)>, row: Row) {
         let group = if self.roll == Roll::Window { window } else { None };
-        self.pending.entry(epoch).or_default().entry(group).or_default().rows.push(row);
+        let pending = self.pending.entry(epoch).or_default().entry(group).or_default();
+        if self.format == FileFormat::Csv {
+            let mut line = String::new();
+            csv::write_row(&row, &mut line);
+            pending.lines.extend_from_slice(line.as_bytes());
+            pending.lines.push(b'\n');
+        } else {
+            pending.rows.push(row);
+        }
     }
 
     fn file_name(&self, epoch: u64, window: Option<(i64, i64)>) -> String {

@@ -504,8 +504,20 @@ fn write_loop(
                 in_flight.fetch_sub(n as i64, Ordering::Relaxed);
             }
             WriterMsg::Dead { epoch, records } => match (&backend, plan.dead_letter_sink.and_then(|i| targets.get_mut(&i))) {
+                // A dead-letter sink gets them as rows of its own kind.
                 (Backend::Kafka(_), Some(Target::Postgres(_, rows))) => {
                     rows.entry(epoch).or_default().extend(records.iter().map(dead_letter_row));
+                }
+                (Backend::Kafka(_), Some(Target::File(files))) => {
+                    for d in &records {
+                        files.push_row(epoch, None, dead_letter_row(d));
+                    }
+                }
+                (Backend::Kafka(_), Some(Target::Stdout)) => {
+                    let schema = crate::plan::dead_letter_schema();
+                    for d in &records {
+                        let _ = writeln!(out, "{}", crate::format::json::row_to_string(&dead_letter_row(d), &schema, true));
+                    }
                 }
                 (Backend::Kafka(_), _) => pending.entry(epoch).or_default().dead.extend(records),
                 (Backend::Memory { .. }, _) => summary.dead_letters.extend(records),
