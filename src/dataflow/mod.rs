@@ -231,6 +231,8 @@ fn read_source<'s>(
                 cap = None;
                 return;
             }
+            // Epochs move on even while backpressure below stops reading:
+            // the held output is only sent when its epoch completes.
             if !ctx.scripted && !reader.replaying() {
                 let now = ctx.epoch_now();
                 if now > *c.time() {
