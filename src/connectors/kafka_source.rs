@@ -99,6 +99,20 @@ impl KafkaSource {
         }
     }
 
+    /// The next record the consumer has ready, if any; never waits.
+    fn next_record(&mut self) -> Option<RawRecord> {
+        loop {
+            match self.consumer.poll(Duration::ZERO)? {
+                Err(KafkaError::PartitionEOF(p)) => self.at_eof(p),
+                Err(e) => {
+                    tracing::warn!("kafka source: {e}");
+                    return None;
+                }
+                Ok(m) => return Some(self.to_raw(&m)),
+            }
+        }
+    }
+
     fn to_raw(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
         RawRecord {
             key: m.key().map(Arc::from),
@@ -140,21 +154,11 @@ impl SourceReader for KafkaSource {
             }
         }
         while out.len() < max {
-            match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Err(KafkaError::PartitionEOF(p))) => self.at_eof(p),
-                Some(Err(e)) => {
-                    tracing::warn!("kafka source: {e}");
-                    break;
-                }
-                Some(Ok(m)) => {
-                    let r = self.to_raw(&m);
-                    if fits(&r) {
-                        self.accept(r, out);
-                    } else {
-                        self.ahead.entry(r.origin.partition).or_default().push_back(r);
-                    }
-                }
+            let Some(r) = self.next_record() else { break };
+            if fits(&r) {
+                self.accept(r, out);
+            } else {
+                self.ahead.entry(r.origin.partition).or_default().push_back(r);
             }
         }
         let done = ends.iter().all(|(p, end)| self.partitions.iter().find(|x| x.0 == *p).is_none_or(|x| x.1 >= *end));
@@ -180,18 +184,8 @@ impl SourceReader for KafkaSource {
             }
         }
         while out.len() < max {
-            match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Err(KafkaError::PartitionEOF(p))) => self.at_eof(p),
-                Some(Err(e)) => {
-                    tracing::warn!("kafka source: {e}");
-                    break;
-                }
-                Some(Ok(m)) => {
-                    let r = self.to_raw(&m);
-                    self.accept(r, out);
-                }
-            }
+            let Some(r) = self.next_record() else { break };
+            self.accept(r, out);
         }
         if !out.is_empty() {
             Poll::Data

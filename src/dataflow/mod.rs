@@ -233,12 +233,7 @@ fn read_source<'s>(
             }
             // Epochs move on even while backpressure below stops reading:
             // the held output is only sent when its epoch completes.
-            if !ctx.scripted && !reader.replaying() {
-                let now = ctx.epoch_now();
-                if now > *c.time() {
-                    c.downgrade(&now);
-                }
-            }
+            follow_clock(&ctx, reader.as_ref(), c);
             let mut budget = POLL_BATCH;
             if let Some(rate) = ctx.max_rate {
                 let allowed = (rate / ctx.peers as f64 * ctx.start.elapsed().as_secs_f64()) as i64 - read_so_far;
@@ -259,12 +254,7 @@ fn read_source<'s>(
                 // A replay may have ended in the last poll: what is read live
                 // belongs to the clock's epoch, never to a replayed one, whose
                 // records are exactly those the epoch log gives.
-                if !ctx.scripted && !reader.replaying() {
-                    let now = ctx.epoch_now();
-                    if now > *c.time() {
-                        c.downgrade(&now);
-                    }
-                }
+                follow_clock(&ctx, reader.as_ref(), c);
                 let polled = match reader.poll_scripted(&mut buf, budget) {
                     Some((epoch, Poll::Data)) => {
                         if epoch > *c.time() {
@@ -310,6 +300,17 @@ fn read_source<'s>(
             activator.activate();
         }
     })
+}
+
+/// Moves a live source's epoch to the clock's; scripted and replaying
+/// sources say their epochs themselves.
+fn follow_clock(ctx: &WorkerContext, reader: &dyn SourceReader, cap: &mut timely::dataflow::operators::Capability<Epoch>) {
+    if !ctx.scripted && !reader.replaying() {
+        let now = ctx.epoch_now();
+        if now > *cap.time() {
+            cap.downgrade(&now);
+        }
+    }
 }
 
 /// Raw bytes to rows; what cannot be decoded goes to the dead letters.
