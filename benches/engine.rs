@@ -29,7 +29,11 @@ fn bank_input(plan: &Plan) -> (Vec<RawRecord>, String) {
                 key: Some(key.into()),
                 value: Some(value),
                 timestamp_ms: 0,
-                origin: Origin { source: 0, partition: (i % 4) as i32, offset: (i / 4) as i64 },
+                origin: Origin {
+                    source: 0,
+                    partition: (i % 4) as i32,
+                    offset: (i / 4) as i64,
+                },
             }
         })
         .collect();
@@ -48,7 +52,14 @@ fn bank_split(c: &mut Criterion) {
     for workers in [1usize, 2] {
         group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &w| {
             b.iter(|| {
-                let s = run_in_memory(plan.clone(), w, vec![MemoryInput::Records(records.clone())], vec![(1, schema.clone())], false).unwrap();
+                let s = run_in_memory(
+                    plan.clone(),
+                    w,
+                    vec![MemoryInput::Records(records.clone())],
+                    vec![(1, schema.clone())],
+                    false,
+                )
+                .unwrap();
                 assert_eq!(s.records_in, RECORDS as u64);
                 s
             })
@@ -62,7 +73,8 @@ fn bank_split(c: &mut Criterion) {
 fn rejected_aggregate(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bank = Plan::build(&Spec::load(&root.join("jobs/bank.toml")).unwrap()).unwrap();
-    let plan = Arc::new(Plan::build(&Spec::load(&root.join("jobs/rejected.toml")).unwrap()).unwrap());
+    let plan =
+        Arc::new(Plan::build(&Spec::load(&root.join("jobs/rejected.toml")).unwrap()).unwrap());
     let (records, schema) = bank_input(&bank);
     let records = Arc::new(records);
     let mut group = c.benchmark_group("rejected_aggregate");
@@ -70,7 +82,16 @@ fn rejected_aggregate(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS as u64));
     for workers in [1usize, 2] {
         group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &w| {
-            b.iter(|| run_in_memory(plan.clone(), w, vec![MemoryInput::Records(records.clone())], vec![(1, schema.clone())], false).unwrap())
+            b.iter(|| {
+                run_in_memory(
+                    plan.clone(),
+                    w,
+                    vec![MemoryInput::Records(records.clone())],
+                    vec![(1, schema.clone())],
+                    false,
+                )
+                .unwrap()
+            })
         });
     }
     group.finish();
@@ -82,15 +103,28 @@ fn turnstile_windows(c: &mut Criterion) {
     use rill::connectors::datagen::TurnstileGenerator;
     use rill::runtime::local::MemoryInput;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let plan = Arc::new(Plan::build(&Spec::load(&root.join("jobs/turnstile.toml")).unwrap()).unwrap());
+    let plan =
+        Arc::new(Plan::build(&Spec::load(&root.join("jobs/turnstile.toml")).unwrap()).unwrap());
     let rows = plan.sources().next().unwrap().1.outputs[0].clone();
     let mut generator = TurnstileGenerator::new(&rows, 3, 4, 2, 0.05, 0.0).unwrap();
     let input: Vec<(u64, RawRecord)> = (0..RECORDS)
         .map(|i| {
             let (key, row) = generator.next_event();
             let value = rill::format::json::row_to_string(&row, &rows, false).into_bytes();
-            let origin = Origin { source: 0, partition: (i % 2) as i32, offset: (i / 2) as i64 };
-            (1 + (i * 40 / RECORDS) as u64, RawRecord { key: Some(key.into()), value: Some(value), timestamp_ms: 0, origin })
+            let origin = Origin {
+                source: 0,
+                partition: (i % 2) as i32,
+                offset: (i / 2) as i64,
+            };
+            (
+                1 + (i * 40 / RECORDS) as u64,
+                RawRecord {
+                    key: Some(key.into()),
+                    value: Some(value),
+                    timestamp_ms: 0,
+                    origin,
+                },
+            )
         })
         .collect();
     let input = Arc::new(input);
@@ -101,7 +135,14 @@ fn turnstile_windows(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &w| {
             b.iter(|| {
                 // File sinks run in memory here: only the engine is measured.
-                run_in_memory(plan.clone(), w, vec![MemoryInput::Scripted(input.clone())], vec![], false).unwrap()
+                run_in_memory(
+                    plan.clone(),
+                    w,
+                    vec![MemoryInput::Scripted(input.clone())],
+                    vec![],
+                    false,
+                )
+                .unwrap()
             })
         });
     }

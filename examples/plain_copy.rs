@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (brokers, input, output) = (&args[1], &args[2], &args[3]);
-    let n = kafka_admin::partition_count(brokers, input).unwrap().expect("input topic exists");
+    let n = kafka_admin::partition_count(brokers, input)
+        .unwrap()
+        .expect("input topic exists");
     kafka_admin::ensure_topic(brokers, output, n, 1, false).unwrap();
     let ends = kafka_admin::end_offsets(brokers, input, n).unwrap();
     let start = Instant::now();
@@ -38,13 +40,16 @@ fn main() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
-        tpl.add_partition_offset(input, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(input, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut next: Vec<i64> = ends.iter().map(|(low, _)| *low).collect();
     let mut copied = 0u64;
     while next.iter().zip(&ends).any(|(n, (_, e))| n < e) {
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         let m = m.unwrap();
         next[m.partition() as usize] = m.offset() + 1;
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output).partition(m.partition());
@@ -67,5 +72,8 @@ fn main() {
         copied += 1;
     }
     producer.flush(Duration::from_secs(120)).unwrap();
-    println!("copied {copied} records in {:.3} s", start.elapsed().as_secs_f64());
+    println!(
+        "copied {copied} records in {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
 }

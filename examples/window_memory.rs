@@ -25,7 +25,10 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let events = *args.first().unwrap_or(&1_000_000);
     let keys = *args.get(1).unwrap_or(&1_000);
     let windows_per_key = *args.get(2).unwrap_or(&100);
@@ -70,7 +73,19 @@ format = "json"
             let key = i % keys;
             let t = (epoch as i64 - 1) * 1000 + (i % 1000) as i64;
             let value = format!(r#"{{"key":"k{key}","t":{t},"v":{}}}"#, i % 7);
-            (epoch, RawRecord { key: None, value: Some(value.into_bytes()), timestamp_ms: 0, origin: Origin { source: 0, partition: (i % 2) as i32, offset: (i / 2) as i64 } })
+            (
+                epoch,
+                RawRecord {
+                    key: None,
+                    value: Some(value.into_bytes()),
+                    timestamp_ms: 0,
+                    origin: Origin {
+                        source: 0,
+                        partition: (i % 2) as i32,
+                        offset: (i / 2) as i64,
+                    },
+                },
+            )
         })
         .collect();
     let before = rss_kib();
@@ -87,7 +102,14 @@ format = "json"
         })
     };
     let start = Instant::now();
-    let summary = run_in_memory(plan, 1, vec![MemoryInput::Scripted(Arc::new(input))], vec![], false).unwrap();
+    let summary = run_in_memory(
+        plan,
+        1,
+        vec![MemoryInput::Scripted(Arc::new(input))],
+        vec![],
+        false,
+    )
+    .unwrap();
     let elapsed = start.elapsed();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
@@ -100,9 +122,15 @@ format = "json"
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64()
     );
-    println!("rss before the run (input held in memory): {} MiB; peak during it: {} MiB", before / 1024, peak / 1024);
+    println!(
+        "rss before the run (input held in memory): {} MiB; peak during it: {} MiB",
+        before / 1024,
+        peak / 1024
+    );
     let n = samples.len().max(1);
-    let tenths: Vec<String> = (1..=10).map(|k| format!("{}", samples[(n * k / 10).min(n - 1)].1 / 1024)).collect();
+    let tenths: Vec<String> = (1..=10)
+        .map(|k| format!("{}", samples[(n * k / 10).min(n - 1)].1 / 1024))
+        .collect();
     println!("rss at each tenth of the run (MiB): {}", tenths.join(" "));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -8,9 +8,9 @@
 pub mod cli;
 pub mod connectors;
 pub mod dataflow;
-pub mod spec;
 pub mod expr;
 pub mod format;
 pub mod plan;
 pub mod record;
 pub mod runtime;
+pub mod spec;

@@ -92,7 +92,13 @@ impl AvroPrimitive {
 
 impl Field {
     pub fn new(name: impl Into<String>, ty: FieldType) -> Self {
-        Field { name: name.into(), ty, nullable: false, avro: AvroPrimitive::for_type(ty), symbols: None }
+        Field {
+            name: name.into(),
+            ty,
+            nullable: false,
+            avro: AvroPrimitive::for_type(ty),
+            symbols: None,
+        }
     }
 }
 
@@ -205,7 +211,19 @@ impl Value {
 pub type Row = Vec<Value>;
 
 /// Where a record came from, so a failure can name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Origin {
     /// Index of the source in the plan.
     pub source: u32,
@@ -214,7 +232,9 @@ pub struct Origin {
 }
 
 /// A record in flight: its Kafka key, its decoded row, its origin.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Record {
     pub key: Option<Arc<[u8]>>,
     pub row: Row,

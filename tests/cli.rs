@@ -19,7 +19,11 @@ fn root() -> PathBuf {
 }
 
 fn jobctl(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_jobctl")).args(args).current_dir(root()).output().expect("run jobctl");
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run jobctl");
     out
 }
 
@@ -31,7 +35,10 @@ fn ok(args: &[&str]) -> String {
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
@@ -77,18 +84,34 @@ fn bank_job(dir: &Path, tag: &str) -> BankJob {
 fn with_sinks(job: &BankJob, tag: &str) -> BankJob {
     let text = std::fs::read_to_string(&job.path).unwrap();
     let out = BankJob {
-        path: job.path.with_file_name(format!("{tag}-{}", job.path.file_name().unwrap().to_str().unwrap())),
+        path: job.path.with_file_name(format!(
+            "{tag}-{}",
+            job.path.file_name().unwrap().to_str().unwrap()
+        )),
         input: job.input.clone(),
         approved: format!("{}-{tag}", job.approved),
         rejected: format!("{}-{tag}", job.rejected),
         dead: job.dead.clone(),
     };
     // Another job name: a job resumes from its own committed progress.
-    let name_line = text.lines().find(|l| l.starts_with("name = ")).unwrap().to_string();
+    let name_line = text
+        .lines()
+        .find(|l| l.starts_with("name = "))
+        .unwrap()
+        .to_string();
     let text = text
-        .replace(&name_line, &format!("{}-{tag}\"", name_line.trim_end_matches('"')))
-        .replace(&format!("\"{}\"", job.approved), &format!("\"{}\"", out.approved))
-        .replace(&format!("\"{}\"", job.rejected), &format!("\"{}\"", out.rejected));
+        .replace(
+            &name_line,
+            &format!("{}-{tag}\"", name_line.trim_end_matches('"')),
+        )
+        .replace(
+            &format!("\"{}\"", job.approved),
+            &format!("\"{}\"", out.approved),
+        )
+        .replace(
+            &format!("\"{}\"", job.rejected),
+            &format!("\"{}\"", out.rejected),
+        );
     std::fs::write(&out.path, text).unwrap();
     out
 }
@@ -107,7 +130,10 @@ fn read_topic(topic: &str) -> Vec<Read> {
     let mut out = Vec::new();
     kafka_admin::read_to_end(BROKERS, topic, |m| {
         out.push(Read {
-            key: m.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: m
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             value: m.value.clone().unwrap_or_default(),
             headers: m.headers.iter().cloned().collect(),
             partition: m.partition,
@@ -132,7 +158,10 @@ fn decode_all(records: &[Read]) -> Vec<(String, String)> {
                 (avro::Decoder::new(&schema, &schema, &rows).unwrap(), rows)
             });
             let row = d.decode(body).unwrap();
-            (r.key.clone().unwrap_or_default(), json::row_to_string(&row, rows, true))
+            (
+                r.key.clone().unwrap_or_default(),
+                json::row_to_string(&row, rows, true),
+            )
         })
         .collect()
 }
@@ -149,12 +178,31 @@ fn the_seed_records_split_exactly_as_the_seed_shows() {
     let job = bank_job(dir.path(), "seed");
     let path = job.path.to_str().unwrap();
     let produced = ok(&["datagen", "bank", "--job", path, "--seed-records"]);
-    assert_eq!(produced.lines().filter(|l| l.starts_with("Record produced - offset - ")).count(), 6, "{produced}");
+    assert_eq!(
+        produced
+            .lines()
+            .filter(|l| l.starts_with("Record produced - offset - "))
+            .count(),
+        6,
+        "{produced}"
+    );
 
-    let trace = ok(&["submit", path, "--until-caught-up", "--trace-records", "--workers", "2"]);
+    let trace = ok(&[
+        "submit",
+        path,
+        "--until-caught-up",
+        "--trace-records",
+        "--workers",
+        "2",
+    ]);
 
     let approved = |id: u32, t: u64, w: f64, b: f64| {
-        (id.to_string(), format!(r#"{{"account_id": {id}, "time": {t}, "withdraw": {w:?}, "balance": {b:?}, "bank_transaction_state": "APPROVED"}}"#))
+        (
+            id.to_string(),
+            format!(
+                r#"{{"account_id": {id}, "time": {t}, "withdraw": {w:?}, "balance": {b:?}, "bank_transaction_state": "APPROVED"}}"#
+            ),
+        )
     };
     let expected_approved = vec![
         approved(1001, 1690543334146, 100.0, 900.0),
@@ -167,20 +215,41 @@ fn the_seed_records_split_exactly_as_the_seed_shows() {
         "1003".to_string(),
         r#"{"account_id": 1003, "time": 1690543354146, "withdraw": 300.0, "balance": 300.0, "bank_transaction_state": "REJECTED"}"#.to_string(),
     )];
-    assert_eq!(sorted(decode_all(&read_topic(&job.approved))), expected_approved);
-    assert_eq!(sorted(decode_all(&read_topic(&job.rejected))), expected_rejected);
+    assert_eq!(
+        sorted(decode_all(&read_topic(&job.approved))),
+        expected_approved
+    );
+    assert_eq!(
+        sorted(decode_all(&read_topic(&job.rejected))),
+        expected_rejected
+    );
 
     // The console shows what the seed's console showed.
     for (k, v) in &expected_approved {
-        assert!(trace.contains(&format!("Approved record - key {k} value {v}")), "missing approved {k} in:\n{trace}");
+        assert!(
+            trace.contains(&format!("Approved record - key {k} value {v}")),
+            "missing approved {k} in:\n{trace}"
+        );
     }
-    assert!(trace.contains(&format!("Rejected record - key 1003 value {}", expected_rejected[0].1)));
+    assert!(trace.contains(&format!(
+        "Rejected record - key 1003 value {}",
+        expected_rejected[0].1
+    )));
     assert!(trace.contains(r#"Incoming record - key 1003 value {"account_id": 1003, "time": 1690543354146, "withdraw": 300.0, "balance": 300.0, "bank_transaction_state": "CREATED"}"#));
-    assert_eq!(trace.lines().filter(|l| l.starts_with("Incoming record")).count(), 6);
+    assert_eq!(
+        trace
+            .lines()
+            .filter(|l| l.starts_with("Incoming record"))
+            .count(),
+        6
+    );
 
     // `jobctl tail` prints the same records.
     let tail = ok(&["tail", &job.rejected, "--until-caught-up"]);
-    assert_eq!(tail.trim(), format!("key 1003 value {}", expected_rejected[0].1));
+    assert_eq!(
+        tail.trim(),
+        format!("key 1003 value {}", expected_rejected[0].1)
+    );
 }
 
 /// The bank rule computed directly: (key, JSON) of every output record.
@@ -189,7 +258,10 @@ fn apply_rule(input: &[(String, String)]) -> (Vec<(String, String)>, Vec<(String
     let mut rejected = Vec::new();
     for (k, v) in input {
         let j: serde_json::Value = serde_json::from_str(v).unwrap();
-        let (w, b) = (j["withdraw"].as_f64().unwrap(), j["balance"].as_f64().unwrap());
+        let (w, b) = (
+            j["withdraw"].as_f64().unwrap(),
+            j["balance"].as_f64().unwrap(),
+        );
         let line = |balance: f64, state: &str| {
             format!(
                 r#"{{"account_id": {}, "time": {}, "withdraw": {w:?}, "balance": {balance:?}, "bank_transaction_state": "{state}"}}"#,
@@ -210,16 +282,37 @@ fn random_transactions_give_the_same_output_on_one_and_four_workers() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let job = bank_job(dir.path(), "random");
-    ok(&["datagen", "bank", "--job", job.path.to_str().unwrap(), "--count", "100000", "--quiet"]);
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        job.path.to_str().unwrap(),
+        "--count",
+        "100000",
+        "--quiet",
+    ]);
     let input = decode_all(&read_topic(&job.input));
     assert_eq!(input.len(), 100_000);
     let (want_approved, want_rejected) = apply_rule(&input);
-    assert!(want_rejected.len() > 10_000 && want_approved.len() > 10_000, "the generator should exercise both routes");
+    assert!(
+        want_rejected.len() > 10_000 && want_approved.len() > 10_000,
+        "the generator should exercise both routes"
+    );
 
     for workers in ["1", "4"] {
         let j = with_sinks(&job, &format!("w{workers}"));
-        let summary = jobctl(&["submit", j.path.to_str().unwrap(), "--until-caught-up", "--workers", workers]);
-        assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
+        let summary = jobctl(&[
+            "submit",
+            j.path.to_str().unwrap(),
+            "--until-caught-up",
+            "--workers",
+            workers,
+        ]);
+        assert!(
+            summary.status.success(),
+            "{}",
+            String::from_utf8_lossy(&summary.stderr)
+        );
         let stderr = String::from_utf8_lossy(&summary.stderr);
         assert!(
             stderr.contains(&format!(
@@ -229,8 +322,16 @@ fn random_transactions_give_the_same_output_on_one_and_four_workers() {
             )),
             "{stderr}"
         );
-        assert_eq!(sorted(decode_all(&read_topic(&j.approved))), want_approved, "approved with {workers} workers");
-        assert_eq!(sorted(decode_all(&read_topic(&j.rejected))), want_rejected, "rejected with {workers} workers");
+        assert_eq!(
+            sorted(decode_all(&read_topic(&j.approved))),
+            want_approved,
+            "approved with {workers} workers"
+        );
+        assert_eq!(
+            sorted(decode_all(&read_topic(&j.rejected))),
+            want_rejected,
+            "rejected with {workers} workers"
+        );
     }
 }
 
@@ -243,10 +344,20 @@ fn a_malformed_record_goes_to_the_dead_letters_and_the_rest_is_processed() {
     ok(&["datagen", "bank", "--job", path, "--seed-records"]);
     // Raw JSON where Avro is expected, and a truncated Avro record, both
     // on partition 1 after the seed records.
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
     let junk: [&[u8]; 2] = [br#"{"account_id": 1007}"#, &[0, 0, 0, 0, 1, 0x80]];
     for value in junk {
-        producer.send(BaseRecord::to(&job.input).key("1007").payload(value).partition(1)).unwrap();
+        producer
+            .send(
+                BaseRecord::to(&job.input)
+                    .key("1007")
+                    .payload(value)
+                    .partition(1),
+            )
+            .unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
     }
     ok(&["datagen", "bank", "--job", path, "--seed-records"]);
@@ -254,7 +365,10 @@ fn a_malformed_record_goes_to_the_dead_letters_and_the_rest_is_processed() {
     let out = jobctl(&["submit", path, "--until-caught-up", "--workers", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("14 records in, out approved 10, rejected 2, 2 dead-lettered, 0 filtered"), "{stderr}");
+    assert!(
+        stderr.contains("14 records in, out approved 10, rejected 2, 2 dead-lettered, 0 filtered"),
+        "{stderr}"
+    );
     assert_eq!(read_topic(&job.approved).len(), 10);
     assert_eq!(read_topic(&job.rejected).len(), 2);
 
@@ -263,17 +377,34 @@ fn a_malformed_record_goes_to_the_dead_letters_and_the_rest_is_processed() {
     dead.sort_by_key(|d| d.headers["rill-source-offset"].parse::<i64>().unwrap());
     assert_eq!(dead.len(), 2);
     for (d, value) in dead.iter().zip(junk) {
-        let original = input.iter().find(|r| r.value == value).expect("junk is in the input");
+        let original = input
+            .iter()
+            .find(|r| r.value == value)
+            .expect("junk is in the input");
         assert_eq!(d.value, value, "dead letters keep the raw bytes");
         assert_eq!(d.key.as_deref(), Some("1007"));
         assert_eq!(d.headers["rill-source-topic"], job.input);
-        assert_eq!(d.headers["rill-source-partition"], original.partition.to_string());
+        assert_eq!(
+            d.headers["rill-source-partition"],
+            original.partition.to_string()
+        );
         assert_eq!(d.headers["rill-source-offset"], original.offset.to_string());
         let _ = d.partition;
     }
-    assert_eq!(dead[0].headers["rill-error-reason"], "decode: magic byte 123 is not 0: not in the confluent avro wire format");
-    assert!(dead[1].headers["rill-error-reason"].starts_with("decode: schema id 1"), "{}", dead[1].headers["rill-error-reason"]);
-    assert!(dead[1].headers["rill-error-reason"].contains("truncated"), "{}", dead[1].headers["rill-error-reason"]);
+    assert_eq!(
+        dead[0].headers["rill-error-reason"],
+        "decode: magic byte 123 is not 0: not in the confluent avro wire format"
+    );
+    assert!(
+        dead[1].headers["rill-error-reason"].starts_with("decode: schema id 1"),
+        "{}",
+        dead[1].headers["rill-error-reason"]
+    );
+    assert!(
+        dead[1].headers["rill-error-reason"].contains("truncated"),
+        "{}",
+        dead[1].headers["rill-error-reason"]
+    );
 }
 
 const BAD_JOB: &str = r#"[job]
@@ -333,10 +464,22 @@ fn every_error_in_a_bad_job_file_is_reported_with_its_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = path.display();
     // The unknown field stops [job] from being read; fix it and the rest follows.
-    assert!(stderr.contains(&format!("{p}:line 3: job: unknown field `colour`")), "{stderr}");
-    assert!(stderr.contains("hint: expected one of `name`, `brokers`"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{p}:line 3: job: unknown field `colour`")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: expected one of `name`, `brokers`"),
+        "{stderr}"
+    );
 
-    std::fs::write(&path, BAD_JOB.replace("SCHEMA", schema.to_str().unwrap()).replace("colour = \"blue\"\n", "")).unwrap();
+    std::fs::write(
+        &path,
+        BAD_JOB
+            .replace("SCHEMA", schema.to_str().unwrap())
+            .replace("colour = \"blue\"\n", ""),
+    )
+    .unwrap();
     let out = jobctl(&["validate", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -355,20 +498,31 @@ fn every_error_in_a_bad_job_file_is_reported_with_its_line() {
 
 #[test]
 fn the_shipped_job_file_is_valid() {
-    assert_eq!(ok(&["validate", "jobs/bank.toml"]).trim(), "jobs/bank.toml: ok (1 sources, 3 transforms, 2 sinks)");
+    assert_eq!(
+        ok(&["validate", "jobs/bank.toml"]).trim(),
+        "jobs/bank.toml: ok (1 sources, 3 transforms, 2 sinks)"
+    );
 }
 
 #[test]
 fn submit_without_a_broker_says_where_it_looked_and_what_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let job = bank_job(dir.path(), "nobroker");
-    let text = std::fs::read_to_string(&job.path).unwrap().replace("127.0.0.1:9092", "127.0.0.1:1");
+    let text = std::fs::read_to_string(&job.path)
+        .unwrap()
+        .replace("127.0.0.1:9092", "127.0.0.1:1");
     std::fs::write(&job.path, text).unwrap();
     let out = jobctl(&["submit", job.path.to_str().unwrap(), "--until-caught-up"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach the kafka broker at 127.0.0.1:1"), "{stderr}");
-    assert!(stderr.contains("start one with `scripts/dev-up`"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the kafka broker at 127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("start one with `scripts/dev-up`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -398,11 +552,18 @@ fn the_registry_keeps_its_schemas_across_a_restart_and_checks_compatibility() {
 
     let (mut child, client) = start();
     let id1 = client.register("things-value", v1).unwrap();
-    assert_eq!(client.register("things-value", v1).unwrap(), id1, "registering again gives the same id");
+    assert_eq!(
+        client.register("things-value", v1).unwrap(),
+        id1,
+        "registering again gives the same id"
+    );
     let id2 = client.register("things-value", v2).unwrap();
     assert_ne!(id1, id2);
     assert!(!client.is_compatible("things-value", bad).unwrap());
-    let err = client.register("things-value", bad).unwrap_err().to_string();
+    let err = client
+        .register("things-value", bad)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("409") && err.contains("incompatible"), "{err}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -418,7 +579,12 @@ fn the_registry_keeps_its_schemas_across_a_restart_and_checks_compatibility() {
 }
 
 /// A shipped job file with every topic and path made unique to one test.
-fn job_copy(dir: &Path, job: &str, topics: &[&str], tag: &str) -> (PathBuf, HashMap<String, String>) {
+fn job_copy(
+    dir: &Path,
+    job: &str,
+    topics: &[&str],
+    tag: &str,
+) -> (PathBuf, HashMap<String, String>) {
     let mut text = std::fs::read_to_string(root().join("jobs").join(job)).unwrap();
     let mut names = HashMap::new();
     for t in topics {
@@ -426,9 +592,16 @@ fn job_copy(dir: &Path, job: &str, topics: &[&str], tag: &str) -> (PathBuf, Hash
         text = text.replace(&format!("\"{t}\""), &format!("\"{unique}\""));
         names.insert(t.to_string(), unique);
     }
-    let name_line = text.lines().find(|l| l.starts_with("name = ")).unwrap().to_string();
+    let name_line = text
+        .lines()
+        .find(|l| l.starts_with("name = "))
+        .unwrap()
+        .to_string();
     text = text
-        .replace(&name_line, &format!("name = \"{tag}-{}\"", job.trim_end_matches(".toml")))
+        .replace(
+            &name_line,
+            &format!("name = \"{tag}-{}\"", job.trim_end_matches(".toml")),
+        )
         .replace("../schemas/", &format!("{}/schemas/", root().display()))
         .replace("../out/", &format!("{}/out/", dir.display()));
     let path = dir.join(format!("{tag}-{job}"));
@@ -441,14 +614,52 @@ fn bank_rejected_and_analysis_chain_on_the_seed_records() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("chain");
-    let (bank, t) = job_copy(dir.path(), "bank.toml", &["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"], &tag);
-    let (rejected, _) = job_copy(dir.path(), "rejected.toml", &["REJECTED", "AGGREGATED", "rejected-dead-letters"], &tag);
-    let (analysis, a) = job_copy(dir.path(), "analysis.toml", &["AGGREGATED", "ANALYSIS", "analysis-dead-letters"], &tag);
-    ok(&["datagen", "bank", "--job", bank.to_str().unwrap(), "--seed-records"]);
+    let (bank, t) = job_copy(
+        dir.path(),
+        "bank.toml",
+        &[
+            "bank-transactions",
+            "APPROVED",
+            "REJECTED",
+            "bank-dead-letters",
+        ],
+        &tag,
+    );
+    let (rejected, _) = job_copy(
+        dir.path(),
+        "rejected.toml",
+        &["REJECTED", "AGGREGATED", "rejected-dead-letters"],
+        &tag,
+    );
+    let (analysis, a) = job_copy(
+        dir.path(),
+        "analysis.toml",
+        &["AGGREGATED", "ANALYSIS", "analysis-dead-letters"],
+        &tag,
+    );
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        bank.to_str().unwrap(),
+        "--seed-records",
+    ]);
     // Twice the seed, so account 1003 has two rejected withdrawals.
-    ok(&["datagen", "bank", "--job", bank.to_str().unwrap(), "--seed-records"]);
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        bank.to_str().unwrap(),
+        "--seed-records",
+    ]);
     for job in [&bank, &rejected, &analysis] {
-        ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--workers", "2"]);
+        ok(&[
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--workers",
+            "2",
+        ]);
     }
     let aggregated = format!("{tag}-AGGREGATED");
     let latest = |topic: &str| {
@@ -460,7 +671,10 @@ fn bank_rejected_and_analysis_chain_on_the_seed_records() {
     };
     let agg = latest(&aggregated);
     assert_eq!(agg.len(), 1, "{agg:?}");
-    assert_eq!(agg["1003"], r#"{"account_id": 1003, "total_rejected": 600.0, "rejected_count": 2}"#);
+    assert_eq!(
+        agg["1003"],
+        r#"{"account_id": 1003, "total_rejected": 600.0, "rejected_count": 2}"#
+    );
     let analysis_out = latest(&a["ANALYSIS"]);
     assert_eq!(
         analysis_out["1003"],
@@ -472,7 +686,9 @@ fn bank_rejected_and_analysis_chain_on_the_seed_records() {
 fn gunzip(path: &Path) -> String {
     use std::io::Read;
     let mut s = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut s).unwrap();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_string(&mut s)
+        .unwrap();
     s
 }
 
@@ -481,52 +697,101 @@ fn turnstile_writes_one_gzip_csv_per_closed_window_and_the_rows_add_up() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("turnstile");
-    let (job, t) = job_copy(dir.path(), "turnstile.toml", &["turnstile", "turnstile-station-counts", "turnstile-dead-letters"], &tag);
+    let (job, t) = job_copy(
+        dir.path(),
+        "turnstile.toml",
+        &[
+            "turnstile",
+            "turnstile-station-counts",
+            "turnstile-dead-letters",
+        ],
+        &tag,
+    );
     let path = job.to_str().unwrap();
-    ok(&["datagen", "turnstile", "--job", path, "--count", "4000", "--stations", "3", "--quiet"]);
+    ok(&[
+        "datagen",
+        "turnstile",
+        "--job",
+        path,
+        "--count",
+        "4000",
+        "--stations",
+        "3",
+        "--quiet",
+    ]);
     ok(&["submit", path, "--until-caught-up", "--workers", "2"]);
 
-    let input: Vec<serde_json::Value> =
-        read_topic(&t["turnstile"]).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    let input: Vec<serde_json::Value> = read_topic(&t["turnstile"])
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
     assert_eq!(input.len(), 4000);
-    let dead: Vec<serde_json::Value> =
-        read_topic(&t["turnstile-dead-letters"]).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
-    let sum = |rows: &[serde_json::Value], f: &str| rows.iter().map(|r| r[f].as_i64().unwrap()).sum::<i64>();
+    let dead: Vec<serde_json::Value> = read_topic(&t["turnstile-dead-letters"])
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    let sum = |rows: &[serde_json::Value], f: &str| {
+        rows.iter().map(|r| r[f].as_i64().unwrap()).sum::<i64>()
+    };
 
     let lake = dir.path().join("out/turnstile");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&lake).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&lake)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    assert!(files.iter().all(|f| f.to_str().unwrap().ends_with(".csv.gz")), "no temporary files are left: {files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_str().unwrap().ends_with(".csv.gz")),
+        "no temporary files are left: {files:?}"
+    );
     let mut windows = std::collections::BTreeSet::new();
     let (mut entries, mut exits, mut reports) = (0i64, 0i64, 0i64);
     for f in &files {
         let text = gunzip(f);
         let mut lines = text.lines();
-        assert_eq!(lines.next(), Some("station,window_start,window_end,entries,exits,reports"));
+        assert_eq!(
+            lines.next(),
+            Some("station,window_start,window_end,entries,exits,reports")
+        );
         let mut in_file = std::collections::BTreeSet::new();
         for line in lines {
             let cols: Vec<&str> = line.split(',').collect();
             in_file.insert((cols[1].to_string(), cols[2].to_string()));
-            assert_eq!(cols[2].parse::<i64>().unwrap() - cols[1].parse::<i64>().unwrap(), 300_000);
+            assert_eq!(
+                cols[2].parse::<i64>().unwrap() - cols[1].parse::<i64>().unwrap(),
+                300_000
+            );
             entries += cols[3].parse::<i64>().unwrap();
             exits += cols[4].parse::<i64>().unwrap();
             reports += cols[5].parse::<i64>().unwrap();
         }
         assert_eq!(in_file.len(), 1, "one window per file: {}", f.display());
-        assert!(windows.insert(in_file.into_iter().next().unwrap()), "one file per window");
+        assert!(
+            windows.insert(in_file.into_iter().next().unwrap()),
+            "one file per window"
+        );
     }
     // Every event is in a window row or, if late, in the dead letters.
     assert_eq!(reports + dead.len() as i64, 4000);
     assert_eq!(entries + sum(&dead, "entries"), sum(&input, "entries"));
     assert_eq!(exits + sum(&dead, "exits"), sum(&input, "exits"));
     // The topic carries the same windows.
-    let topic: Vec<serde_json::Value> =
-        read_topic(&t["turnstile-station-counts"]).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    let topic: Vec<serde_json::Value> = read_topic(&t["turnstile-station-counts"])
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
     assert_eq!(sum(&topic, "reports"), reports);
-    let topic_windows: std::collections::BTreeSet<(String, String)> =
-        topic.iter().map(|r| (r["window_start"].to_string(), r["window_end"].to_string())).collect();
+    let topic_windows: std::collections::BTreeSet<(String, String)> = topic
+        .iter()
+        .map(|r| (r["window_start"].to_string(), r["window_end"].to_string()))
+        .collect();
     assert_eq!(topic_windows, windows);
-    assert!(windows.len() >= 10, "4000 reports of 6 devices span many 5-minute windows");
+    assert!(
+        windows.len() >= 10,
+        "4000 reports of 6 devices span many 5-minute windows"
+    );
 }
 
 #[test]
@@ -534,23 +799,52 @@ fn the_file_sink_writes_parquet_per_window() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("parquet");
-    let (job, t) = job_copy(dir.path(), "turnstile.toml", &["turnstile", "turnstile-station-counts", "turnstile-dead-letters"], &tag);
-    let text = std::fs::read_to_string(&job).unwrap().replace("format = \"csv\"", "format = \"parquet\"");
+    let (job, t) = job_copy(
+        dir.path(),
+        "turnstile.toml",
+        &[
+            "turnstile",
+            "turnstile-station-counts",
+            "turnstile-dead-letters",
+        ],
+        &tag,
+    );
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("format = \"csv\"", "format = \"parquet\"");
     std::fs::write(&job, text).unwrap();
     let path = job.to_str().unwrap();
-    ok(&["datagen", "turnstile", "--job", path, "--count", "1500", "--stations", "2", "--quiet"]);
+    ok(&[
+        "datagen",
+        "turnstile",
+        "--job",
+        path,
+        "--count",
+        "1500",
+        "--stations",
+        "2",
+        "--quiet",
+    ]);
     ok(&["submit", path, "--until-caught-up"]);
     let plan = rill::cli::load_plan(&job).unwrap();
     let (i, _, _) = plan.sinks().find(|(_, n, _)| n.name == "lake").unwrap();
     let schema = plan.input_schema(i).clone();
     let lake = dir.path().join("out/turnstile");
-    let files: Vec<PathBuf> = std::fs::read_dir(&lake).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(files.len() >= 5 && files.iter().all(|f| f.extension().unwrap() == "parquet"), "{files:?}");
+    let files: Vec<PathBuf> = std::fs::read_dir(&lake)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        files.len() >= 5 && files.iter().all(|f| f.extension().unwrap() == "parquet"),
+        "{files:?}"
+    );
     let reports_at = schema.index_of("reports").unwrap();
     let mut reports = 0;
     for f in &files {
         for row in rill::format::parquet::read(f, &schema).unwrap() {
-            let rill::record::Value::Int(n) = row[reports_at] else { panic!("{row:?}") };
+            let rill::record::Value::Int(n) = row[reports_at] else {
+                panic!("{row:?}")
+            };
             reports += n;
         }
     }
@@ -559,21 +853,40 @@ fn the_file_sink_writes_parquet_per_window() {
 }
 
 fn verify_lines(job: &Path) -> Vec<String> {
-    ok(&["verify", job.to_str().unwrap()]).lines().map(str::to_string).collect()
+    ok(&["verify", job.to_str().unwrap()])
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs `jobctl submit` with `RILL_FAIL_AT=point`, slowly, and checks that
 /// it died at that point rather than finishing.
 fn submit_failing_at(job: &Path, point: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args(["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet", "--max-records-per-second", "300"])
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--quiet",
+            "--max-records-per-second",
+            "300",
+        ])
         .env("RILL_FAIL_AT", point)
         .current_dir(root())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the job should have aborted at {point}:\n{stderr}");
-    assert!(stderr.contains(&format!("aborting at `{}`", point.split(':').next().unwrap())), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "the job should have aborted at {point}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "aborting at `{}`",
+            point.split(':').next().unwrap()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -583,16 +896,43 @@ fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterru
     let tag = unique("faults");
     let input = format!("{tag}-input");
     // The aggregate keeps state, so restores are exercised too.
-    let (gen, _) = job_copy(dir.path(), "bank.toml", &["bank-transactions"], &format!("{tag}-gen"));
-    ok(&["datagen", "bank", "--job", gen.to_str().unwrap(), "--topic", &input, "--count", "900", "--quiet"]);
+    let (gen, _) = job_copy(
+        dir.path(),
+        "bank.toml",
+        &["bank-transactions"],
+        &format!("{tag}-gen"),
+    );
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        gen.to_str().unwrap(),
+        "--topic",
+        &input,
+        "--count",
+        "900",
+        "--quiet",
+    ]);
     let job_for = |role: &str| {
-        let (path, _) = job_copy(dir.path(), "rejected.toml", &["AGGREGATED", "rejected-dead-letters"], &format!("{tag}-{role}"));
-        let text = std::fs::read_to_string(&path).unwrap().replace("\"REJECTED\"", &format!("\"{input}\""));
+        let (path, _) = job_copy(
+            dir.path(),
+            "rejected.toml",
+            &["AGGREGATED", "rejected-dead-letters"],
+            &format!("{tag}-{role}"),
+        );
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"REJECTED\"", &format!("\"{input}\""));
         std::fs::write(&path, text).unwrap();
         path
     };
     let reference = job_for("reference");
-    ok(&["submit", reference.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    ok(&[
+        "submit",
+        reference.to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
     let want = verify_lines(&reference);
     assert!(want.len() > 500, "one line per account: {}", want.len());
 
@@ -603,7 +943,14 @@ fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterru
             submit_failing_at(&job, "committed:1");
         }
         submit_failing_at(&job, &format!("{point}:1"));
-        ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet", "--workers", "3"]);
+        ok(&[
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--quiet",
+            "--workers",
+            "3",
+        ]);
         assert_eq!(verify_lines(&job), want, "after an abort at `{point}`");
     }
 }
@@ -613,9 +960,21 @@ fn a_zombie_cannot_commit_once_its_replacement_has_started() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("zombie");
-    let (job, t) = job_copy(dir.path(), "bank.toml", &["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"], &tag);
+    let (job, t) = job_copy(
+        dir.path(),
+        "bank.toml",
+        &[
+            "bank-transactions",
+            "APPROVED",
+            "REJECTED",
+            "bank-dead-letters",
+        ],
+        &tag,
+    );
     let path = job.to_str().unwrap();
-    ok(&["datagen", "bank", "--job", path, "--count", "3000", "--quiet"]);
+    ok(&[
+        "datagen", "bank", "--job", path, "--count", "3000", "--quiet",
+    ]);
     // The first instance reads slowly and never stops by itself.
     let mut zombie = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .args(["submit", path, "--quiet", "--max-records-per-second", "200"])
@@ -631,7 +990,10 @@ fn a_zombie_cannot_commit_once_its_replacement_has_started() {
         if let Some(s) = zombie.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "the fenced instance should stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fenced instance should stop"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut stderr = String::new();
@@ -640,12 +1002,19 @@ fn a_zombie_cannot_commit_once_its_replacement_has_started() {
     // Kafka answers a fenced producer with an error; Tansu can leave its
     // commit unanswered until the timeout. Either way it stops, uncommitted.
     assert!(
-        stderr.contains("was fenced: another instance of job") || stderr.contains("may have started and fenced it"),
+        stderr.contains("was fenced: another instance of job")
+            || stderr.contains("may have started and fenced it"),
         "{stderr}"
     );
     // Every transaction committed the whole input once.
     let lines = verify_lines(&job);
-    assert_eq!(lines.iter().filter(|l| l.starts_with("approved ") || l.starts_with("rejected ")).count(), 3000);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
+            .count(),
+        3000
+    );
     let _ = t;
 }
 
@@ -657,14 +1026,23 @@ const POSTGRES_URL: &str = "postgresql://postgres@127.0.0.1:5432/postgres";
 fn cashback_job(dir: &Path, tag: &str) -> (PathBuf, String, String, String) {
     let (path, _) = job_copy(dir, "cashback.toml", &[], tag);
     let suffix: String = tag.chars().filter(|c| c.is_ascii_digit()).collect();
-    let (table, errors) = (format!("cashback_{suffix}"), format!("cashback_errors_{suffix}"));
+    let (table, errors) = (
+        format!("cashback_{suffix}"),
+        format!("cashback_errors_{suffix}"),
+    );
     let input = format!("{tag}-payments");
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("topic = \"payments\"", &format!("topic = \"{input}\""))
-        .replace("topic = \"cashback\"", &format!("topic = \"{tag}-cashback\""))
+        .replace(
+            "topic = \"cashback\"",
+            &format!("topic = \"{tag}-cashback\""),
+        )
         .replace("table = \"cashback\"", &format!("table = \"{table}\""))
-        .replace("table = \"cashback_errors\"", &format!("table = \"{errors}\""));
+        .replace(
+            "table = \"cashback_errors\"",
+            &format!("table = \"{errors}\""),
+        );
     std::fs::write(&path, text).unwrap();
     (path, input, table, errors)
 }
@@ -679,7 +1057,11 @@ fn cashback_expected(topic: &str) -> (Vec<i64>, usize) {
             malformed += 1;
             continue;
         };
-        let (Some(merchant), Some(amount), Some(ts)) = (j["merchant"].as_str(), j["amount"].as_f64(), j["timestamp"].as_i64()) else {
+        let (Some(merchant), Some(amount), Some(ts)) = (
+            j["merchant"].as_str(),
+            j["amount"].as_f64(),
+            j["timestamp"].as_i64(),
+        ) else {
             malformed += 1;
             continue;
         };
@@ -698,7 +1080,14 @@ fn table_timestamps(table: &str) -> Vec<i64> {
     let mut ts: Vec<i64> = rill::connectors::postgres_sink::table_rows(POSTGRES_URL, table)
         .unwrap()
         .iter()
-        .map(|r| r.trim_matches(|c| c == '(' || c == ')').split(',').nth(4).unwrap().parse().unwrap())
+        .map(|r| {
+            r.trim_matches(|c| c == '(' || c == ')')
+                .split(',')
+                .nth(4)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     ts.sort();
     ts
@@ -712,29 +1101,70 @@ fn cashback_lands_once_in_table_and_topic_and_malformed_payments_in_the_error_ta
     let tag = unique("cashback");
     let (job, input, table, errors) = cashback_job(dir.path(), &tag);
     let path = job.to_str().unwrap();
-    ok(&["datagen", "cashback", "--job", path, "--count", "1200", "--malformed-share", "0.1", "--quiet"]);
+    ok(&[
+        "datagen",
+        "cashback",
+        "--job",
+        path,
+        "--count",
+        "1200",
+        "--malformed-share",
+        "0.1",
+        "--quiet",
+    ]);
     ok(&["submit", path, "--until-caught-up", "--workers", "2"]);
     let (eligible, malformed) = cashback_expected(&input);
-    assert!(eligible.len() > 300 && malformed > 60, "{} eligible, {malformed} malformed", eligible.len());
+    assert!(
+        eligible.len() > 300 && malformed > 60,
+        "{} eligible, {malformed} malformed",
+        eligible.len()
+    );
     assert_eq!(table_timestamps(&table), eligible);
     let lines = verify_lines(&job);
-    let topic: Vec<&String> = lines.iter().filter(|l| l.starts_with("cashback_topic ")).collect();
+    let topic: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("cashback_topic "))
+        .collect();
     assert_eq!(topic.len(), eligible.len());
     let error_rows = rill::connectors::postgres_sink::table_rows(POSTGRES_URL, &errors).unwrap();
     assert_eq!(error_rows.len(), malformed);
-    let with_reason = |r: &&String| r.contains("decode: not a valid JSON record") || r.contains("rule `amount_not_negative` failed");
-    assert!(error_rows.iter().all(|r| with_reason(&r) && r.contains(&input)), "{error_rows:?}");
+    let with_reason = |r: &&String| {
+        r.contains("decode: not a valid JSON record")
+            || r.contains("rule `amount_not_negative` failed")
+    };
+    assert!(
+        error_rows
+            .iter()
+            .all(|r| with_reason(&r) && r.contains(&input)),
+        "{error_rows:?}"
+    );
     // Nothing else: the dead-letter topic is not used when a sink takes them.
     assert!(!lines.iter().any(|l| l.starts_with("dead-letter ")));
 }
 
 fn postgres_cluster(action: &str) {
-    let version = std::fs::read_dir("/etc/postgresql").unwrap().next().unwrap().unwrap().file_name();
+    let version = std::fs::read_dir("/etc/postgresql")
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
     let out = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", version.to_str().unwrap(), "main", action, "-m", "fast"])
+        .args([
+            "--skip-systemctl-redirect",
+            version.to_str().unwrap(),
+            "main",
+            action,
+            "-m",
+            "fast",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "pg_ctlcluster {action}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_ctlcluster {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -745,9 +1175,26 @@ fn postgres_down_mid_run_then_replay_loads_every_payment_once() {
     let tag = unique("pgdown");
     let (job, input, table, _) = cashback_job(dir.path(), &tag);
     let path = job.to_str().unwrap();
-    ok(&["datagen", "cashback", "--job", path, "--count", "900", "--malformed-share", "0", "--quiet"]);
+    ok(&[
+        "datagen",
+        "cashback",
+        "--job",
+        path,
+        "--count",
+        "900",
+        "--malformed-share",
+        "0",
+        "--quiet",
+    ]);
     let mut run = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args(["submit", path, "--until-caught-up", "--quiet", "--max-records-per-second", "150"])
+        .args([
+            "submit",
+            path,
+            "--until-caught-up",
+            "--quiet",
+            "--max-records-per-second",
+            "150",
+        ])
         .stderr(std::process::Stdio::piped())
         .current_dir(root())
         .spawn()
@@ -755,8 +1202,13 @@ fn postgres_down_mid_run_then_replay_loads_every_payment_once() {
     // Stop Postgres once the job is writing to it: a sink without a
     // fallback refuses to start without its database, by design.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while rill::connectors::postgres_sink::table_rows(POSTGRES_URL, &table).map_or(true, |r| r.is_empty()) {
-        assert!(std::time::Instant::now() < deadline, "the job wrote nothing to {table}");
+    while rill::connectors::postgres_sink::table_rows(POSTGRES_URL, &table)
+        .map_or(true, |r| r.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job wrote nothing to {table}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     postgres_cluster("stop");
@@ -766,11 +1218,26 @@ fn postgres_down_mid_run_then_replay_loads_every_payment_once() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("postgres unreachable, sink cashback_table"), "some epochs went to the fallback:\n{stderr}");
+    assert!(
+        stderr.contains("postgres unreachable, sink cashback_table"),
+        "some epochs went to the fallback:\n{stderr}"
+    );
     let fallback = dir.path().join("out/cashback-fallback");
     assert!(std::fs::read_dir(&fallback).unwrap().count() > 0);
-    ok(&["replay", fallback.to_str().unwrap(), "--job", path, "--sink", "cashback_table", "--quiet"]);
-    assert_eq!(std::fs::read_dir(&fallback).unwrap().count(), 0, "replayed files are removed");
+    ok(&[
+        "replay",
+        fallback.to_str().unwrap(),
+        "--job",
+        path,
+        "--sink",
+        "cashback_table",
+        "--quiet",
+    ]);
+    assert_eq!(
+        std::fs::read_dir(&fallback).unwrap().count(),
+        0,
+        "replayed files are removed"
+    );
     let (eligible, _) = cashback_expected(&input);
     assert_eq!(table_timestamps(&table), eligible);
 }
@@ -782,15 +1249,36 @@ fn kill_9_during_a_postgres_commit_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("pgkill");
     let (job, input, table, _) = cashback_job(dir.path(), &tag);
-    ok(&["datagen", "cashback", "--job", job.to_str().unwrap(), "--count", "900", "--malformed-share", "0.05", "--quiet"]);
+    ok(&[
+        "datagen",
+        "cashback",
+        "--job",
+        job.to_str().unwrap(),
+        "--count",
+        "900",
+        "--malformed-share",
+        "0.05",
+        "--quiet",
+    ]);
     for point in rill::runtime::fault::POSTGRES_POINTS {
         submit_failing_at(&job, &format!("{point}:2"));
     }
-    ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    ok(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
     let (eligible, _) = cashback_expected(&input);
     assert_eq!(table_timestamps(&table), eligible);
     let lines = verify_lines(&job);
-    assert_eq!(lines.iter().filter(|l| l.starts_with("cashback_topic ")).count(), eligible.len());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("cashback_topic "))
+            .count(),
+        eligible.len()
+    );
 }
 
 #[test]
@@ -805,19 +1293,39 @@ fn any_sink_can_take_the_dead_letters_a_file_sink_here() {
             dir.path().join("dead").display()
         ),
     );
-    let text = text.replacen("checkpoint_interval_ms = 1000", "checkpoint_interval_ms = 1000\ndead_letter_sink = \"rejects_lake\"", 1);
+    let text = text.replacen(
+        "checkpoint_interval_ms = 1000",
+        "checkpoint_interval_ms = 1000\ndead_letter_sink = \"rejects_lake\"",
+        1,
+    );
     std::fs::write(&job.path, text).unwrap();
     let path = job.path.to_str().unwrap();
     ok(&["datagen", "bank", "--job", path, "--seed-records"]);
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", BROKERS).create().unwrap();
-    producer.send(BaseRecord::to(&job.input).key("9").payload("not avro").partition(0)).unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to(&job.input)
+                .key("9")
+                .payload("not avro")
+                .partition(0),
+        )
+        .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
     ok(&["submit", path, "--until-caught-up"]);
-    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("dead")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("dead"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "raw_payload,reason,source_topic,source_partition,source_offset");
+    assert_eq!(
+        lines[0],
+        "raw_payload,reason,source_topic,source_partition,source_offset"
+    );
     assert_eq!(lines[1], format!("not avro,decode: magic byte 110 is not 0: not in the confluent avro wire format,{},0,3", job.input));
     assert_eq!(lines.len(), 2);
     assert_eq!(read_topic(&job.approved).len(), 5);

@@ -120,21 +120,38 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         (None, Generator::Turnstile) => PathBuf::from("jobs/turnstile.toml"),
         (None, Generator::Commercials) => PathBuf::from("jobs/commercials.toml"),
         (None, Generator::Cashback) => PathBuf::from("jobs/cashback.toml"),
-        (None, Generator::Avro) => bail!("`datagen avro` needs --job: the job whose first source says the topic and schema"),
+        (None, Generator::Avro) => bail!(
+            "`datagen avro` needs --job: the job whose first source says the topic and schema"
+        ),
     };
     if args.seed_records && args.generator != Generator::Bank {
         bail!("--seed-records is only for the bank generator");
     }
     let plan = super::load_plan(&job_path)?;
-    let Some((_, _, source)) = plan.sources().next() else { bail!("{} has no source to write input for", job_path.display()) };
-    let rows = match &plan.nodes.iter().find(|n| matches!(n.kind, NodeKind::Source(_))) {
+    let Some((_, _, source)) = plan.sources().next() else {
+        bail!("{} has no source to write input for", job_path.display())
+    };
+    let rows = match &plan
+        .nodes
+        .iter()
+        .find(|n| matches!(n.kind, NodeKind::Source(_)))
+    {
         Some(n) => n.outputs[0].clone(),
         None => unreachable!(),
     };
-    let topic = args.topic.clone().unwrap_or_else(|| source.config.topic.clone());
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| source.config.topic.clone());
     let brokers = plan.job.brokers.clone();
     kafka_admin::check_broker(&brokers)?;
-    kafka_admin::ensure_topic(&brokers, &topic, source.config.partitions, source.config.replication_factor, false)?;
+    kafka_admin::ensure_topic(
+        &brokers,
+        &topic,
+        source.config.partitions,
+        source.config.replication_factor,
+        false,
+    )?;
     let schema_id = match source.config.format {
         Format::Avro => Some(
             RegistryClient::new(&plan.job.registry_url)
@@ -157,15 +174,34 @@ pub fn run(args: DatagenArgs) -> Result<()> {
     };
     let bank = BankGenerator::new(&rows, args.seed);
     let mut generator = match args.generator {
-        Generator::Bank => Source::Bank(bank.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.clone_seeded(args.seed)),
-        Generator::Turnstile => Source::Turnstile(
-            TurnstileGenerator::new(&rows, args.seed, args.stations, args.devices_per_station, args.out_of_order_share, args.late_share)
-                .map_err(anyhow::Error::msg)?,
+        Generator::Bank => Source::Bank(
+            bank.as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .clone_seeded(args.seed),
         ),
-        Generator::Cashback => Source::Cashback(crate::connectors::datagen::PaymentGenerator::new(args.seed, args.malformed_share)),
+        Generator::Turnstile => Source::Turnstile(
+            TurnstileGenerator::new(
+                &rows,
+                args.seed,
+                args.stations,
+                args.devices_per_station,
+                args.out_of_order_share,
+                args.late_share,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        Generator::Cashback => Source::Cashback(crate::connectors::datagen::PaymentGenerator::new(
+            args.seed,
+            args.malformed_share,
+        )),
         Generator::Commercials | Generator::Avro => {
-            let key = args.key_field.clone().or_else(|| (args.generator == Generator::Commercials).then(|| "brand".to_string()));
-            Source::Avro(AvroDatagen::new(&source.reader_text, &rows, key.as_deref(), args.seed).map_err(anyhow::Error::msg)?)
+            let key = args.key_field.clone().or_else(|| {
+                (args.generator == Generator::Commercials).then(|| "brand".to_string())
+            });
+            Source::Avro(
+                AvroDatagen::new(&source.reader_text, &rows, key.as_deref(), args.seed)
+                    .map_err(anyhow::Error::msg)?,
+            )
         }
     };
     let producer: BaseProducer<Offsets> = client_config(&brokers)
@@ -185,7 +221,12 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         loop {
             match producer.send(rec) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     rec = r;
                     producer.poll(Duration::from_millis(5));
                 }
@@ -220,8 +261,10 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(args.count).with_style(
-            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} records, {per_sec}, eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} {bar:40} {pos}/{len} records, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         )
     };
     let start = Instant::now();
@@ -249,9 +292,20 @@ pub fn run(args: DatagenArgs) -> Result<()> {
     }
     producer.flush(Duration::from_secs(120))?;
     bar.finish_and_clear();
-    let failures: Vec<String> = producer.context().0.lock().unwrap().iter().filter_map(|x| x.2.clone()).collect();
+    let failures: Vec<String> = producer
+        .context()
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.2.clone())
+        .collect();
     if let Some(e) = failures.first() {
-        bail!("{} of {} records were not written (first error: {e})", failures.len(), args.count);
+        bail!(
+            "{} of {} records were not written (first error: {e})",
+            failures.len(),
+            args.count
+        );
     }
     eprintln!(
         "wrote {} records to {topic} in {:.1} s ({:.0} records/s)",

@@ -75,7 +75,10 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
 
 pub fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -90,9 +93,17 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Submit { job, workers, until_caught_up, trace_records, quiet, max_records_per_second } => {
+        Command::Submit {
+            job,
+            workers,
+            until_caught_up,
+            trace_records,
+            quiet,
+            max_records_per_second,
+        } => {
             let plan = Arc::new(load_plan(&job)?);
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if workers == 0 {
                 bail!("--workers must be at least 1");
             }
@@ -113,15 +124,30 @@ pub fn main() -> Result<()> {
                     if workers == 1 { "" } else { "s" },
                     plan.job.brokers,
                     plan.job.checkpoint_interval_ms,
-                    if until_caught_up { ", until caught up" } else { "" }
+                    if until_caught_up {
+                        ", until caught up"
+                    } else {
+                        ""
+                    }
                 );
             }
-            let opts = RunOptions { workers, until_caught_up, trace_records, progress: !quiet, max_rate: max_records_per_second };
-            let summary = local::run(plan.clone(), opts, stop).with_context(|| format!("job {} failed", plan.job.name))?;
+            let opts = RunOptions {
+                workers,
+                until_caught_up,
+                trace_records,
+                progress: !quiet,
+                max_rate: max_records_per_second,
+            };
+            let summary = local::run(plan.clone(), opts, stop)
+                .with_context(|| format!("job {} failed", plan.job.name))?;
             eprintln!("{}", summary.line(&plan.job.name));
             Ok(())
         }
-        Command::Registry { listen, brokers, topic } => {
+        Command::Registry {
+            listen,
+            brokers,
+            topic,
+        } => {
             let registry = Registry::open(&brokers, &topic)?;
             eprintln!("schema registry listening on http://{listen}, schemas kept in topic `{topic}` on {brokers}");
             registry.serve(&listen, 4)?;

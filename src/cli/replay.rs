@@ -29,32 +29,80 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let Some((i, _, sink)) = plan.sinks().find(|(_, n, _)| n.name == args.sink) else {
         bail!("{} has no sink `{}`", args.job.display(), args.sink);
     };
-    let SinkPlan::Postgres { config, .. } = sink else { bail!("sink `{}` is not a postgres sink", args.sink) };
+    let SinkPlan::Postgres { config, .. } = sink else {
+        bail!("sink `{}` is not a postgres sink", args.sink)
+    };
     let schema = plan.input_schema(i).clone();
     let mut files: Vec<(String, u64, PathBuf)> = Vec::new();
     let prefix = format!("{}_", args.sink);
-    for entry in std::fs::read_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))? {
+    for entry in
+        std::fs::read_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?
+    {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        let Some(rest) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".parquet")) else { continue };
-        let Some((writer, epoch)) = rest.rsplit_once("_e") else { continue };
-        let Ok(epoch) = epoch.parse::<u64>() else { continue };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let Some(rest) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".parquet"))
+        else {
+            continue;
+        };
+        let Some((writer, epoch)) = rest.rsplit_once("_e") else {
+            continue;
+        };
+        let Ok(epoch) = epoch.parse::<u64>() else {
+            continue;
+        };
         files.push((writer.to_string(), epoch, path));
     }
     files.sort();
-    let mut pg = PostgresSink::new(&args.sink, &config.url, &config.table, schema.clone(), config.batch_rows, None, &plan.job.name, "", );
+    let mut pg = PostgresSink::new(
+        &args.sink,
+        &config.url,
+        &config.table,
+        schema.clone(),
+        config.batch_rows,
+        None,
+        &plan.job.name,
+        "",
+    );
     pg.connect()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (mut client, connection) = rt.block_on(tokio_postgres::connect(&config.url, tokio_postgres::NoTls))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut client, connection) =
+        rt.block_on(tokio_postgres::connect(&config.url, tokio_postgres::NoTls))?;
     rt.spawn(async move {
         let _ = connection.await;
     });
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(files.len() as u64) };
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(files.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let (mut loaded, mut rows_in, mut skipped) = (0, 0usize, 0);
     for (writer, epoch, path) in &files {
-        let rows = parquet::read(path, &schema).with_context(|| format!("reading {}", path.display()))?;
-        match insert(&rt, &mut client, &config.table, &schema, config.batch_rows, &plan.job.name, &args.sink, writer, *epoch, &rows)? {
+        let rows =
+            parquet::read(path, &schema).with_context(|| format!("reading {}", path.display()))?;
+        match insert(
+            &rt,
+            &mut client,
+            &config.table,
+            &schema,
+            config.batch_rows,
+            &plan.job.name,
+            &args.sink,
+            writer,
+            *epoch,
+            &rows,
+        )? {
             Written::Rows(n) => {
                 loaded += 1;
                 rows_in += n;

@@ -47,7 +47,8 @@ pub fn run(args: TailArgs) -> Result<()> {
     }
     consumer.assign(&tpl)?;
     let registry = RegistryClient::new(&args.registry_url);
-    let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> = HashMap::new();
+    let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
+        HashMap::new();
     // Caught up at every partition's EOF: the end offset can point past
     // transaction commit markers, which never arrive as records.
     let mut at_end: Vec<bool> = marks.iter().map(|(low, high)| high <= low).collect();
@@ -61,7 +62,10 @@ pub fn run(args: TailArgs) -> Result<()> {
         let m = match consumer.poll(Duration::from_millis(200)) {
             None => {
                 if args.until_caught_up && last_data.elapsed() > Duration::from_secs(30) {
-                    bail!("no records for 30 s before reaching the end of {}", args.topic);
+                    bail!(
+                        "no records for 30 s before reaching the end of {}",
+                        args.topic
+                    );
                 }
                 continue;
             }
@@ -80,7 +84,12 @@ pub fn run(args: TailArgs) -> Result<()> {
         if args.headers {
             if let Some(h) = m.headers() {
                 for hdr in h.iter() {
-                    write!(out, " {}={}", hdr.key, String::from_utf8_lossy(hdr.value.unwrap_or_default()))?;
+                    write!(
+                        out,
+                        " {}={}",
+                        hdr.key,
+                        String::from_utf8_lossy(hdr.value.unwrap_or_default())
+                    )?;
                 }
             }
         }

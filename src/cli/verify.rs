@@ -45,7 +45,11 @@ fn committed(plan: &Plan) -> Result<Committed> {
 
 /// The committed records of a topic written by this job's writer, in the
 /// order they were written: (epoch, key, value).
-fn committed_records(plan: &Plan, topic: &str, c: &Committed) -> Result<Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)>> {
+fn committed_records(
+    plan: &Plan,
+    topic: &str,
+    c: &Committed,
+) -> Result<Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)>> {
     let writer = plan.job.writer_id();
     let mut all = Vec::new();
     kafka_admin::read_to_end(&plan.job.brokers, topic, |m| {
@@ -64,7 +68,10 @@ fn committed_records(plan: &Plan, topic: &str, c: &Committed) -> Result<Vec<(u64
     }
     all.retain(|(epoch, attempt, ..)| last[epoch] == *attempt);
     all.sort_by_key(|(epoch, _, partition, offset, ..)| (*epoch, *partition, *offset));
-    Ok(all.into_iter().map(|(epoch, _, _, _, k, v)| (epoch, k, v)).collect())
+    Ok(all
+        .into_iter()
+        .map(|(epoch, _, _, _, k, v)| (epoch, k, v))
+        .collect())
 }
 
 /// Doubles at 10 significant digits: a sum of doubles depends on the
@@ -84,20 +91,26 @@ fn comparable(row: crate::record::Row) -> crate::record::Row {
 pub fn lines(plan: &Plan) -> Result<Vec<String>> {
     let c = committed(plan)?;
     let registry = RegistryClient::new(&plan.job.registry_url);
-    let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> = HashMap::new();
+    let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
+        HashMap::new();
     let mut out = Vec::new();
     for (i, node, sink) in plan.sinks() {
-        let upsert = node
-            .inputs
-            .first()
-            .is_some_and(|p| matches!(&plan.nodes[p.node].kind, NodeKind::Aggregate(a) if a.window.is_none()));
+        let upsert = node.inputs.first().is_some_and(
+            |p| matches!(&plan.nodes[p.node].kind, NodeKind::Aggregate(a) if a.window.is_none()),
+        );
         match sink {
             SinkPlan::Kafka { config, .. } => {
-                let text = |v: &[u8], decoders: &mut HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>>| -> String {
+                let text = |v: &[u8],
+                            decoders: &mut HashMap<
+                    u32,
+                    Option<(avro::Decoder, crate::record::RowSchema)>,
+                >|
+                 -> String {
                     if config.format == Format::Avro {
                         if let Ok((id, body)) = avro::split_wire(v) {
                             let d = decoders.entry(id).or_insert_with(|| {
-                                let schema = avro::parse_schema(&registry.schema_by_id(id).ok()?).ok()?;
+                                let schema =
+                                    avro::parse_schema(&registry.schema_by_id(id).ok()?).ok()?;
                                 let rows = avro::row_schema(&schema).ok()?;
                                 Some((avro::Decoder::new(&schema, &schema, &rows).ok()?, rows))
                             });
@@ -111,7 +124,11 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
                     String::from_utf8_lossy(v).into_owned()
                 };
                 let records = committed_records(plan, &config.topic, &c)?;
-                let key_text = |k: &Option<Vec<u8>>| k.as_deref().map_or("null".to_string(), |k| String::from_utf8_lossy(k).into_owned());
+                let key_text = |k: &Option<Vec<u8>>| {
+                    k.as_deref().map_or("null".to_string(), |k| {
+                        String::from_utf8_lossy(k).into_owned()
+                    })
+                };
                 if upsert {
                     let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
                     for (_, k, v) in records {
@@ -119,7 +136,11 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
                     }
                     for (k, v) in latest {
                         if let Some(v) = v {
-                            out.push(format!("{} key {k} value {}", node.name, text(&v, &mut decoders)));
+                            out.push(format!(
+                                "{} key {k} value {}",
+                                node.name,
+                                text(&v, &mut decoders)
+                            ));
                         }
                     }
                 } else {
@@ -131,10 +152,16 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
             }
             SinkPlan::File { config, dir } => {
                 let schema = plan.input_schema(i);
-                let Ok(entries) = std::fs::read_dir(dir) else { continue };
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
                 for entry in entries {
                     let path = entry?.path();
-                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                    let name = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_string();
                     if name.starts_with('.') {
                         continue;
                     }
@@ -162,7 +189,10 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
                         }
                     };
                     // The window part of the name, without the epoch.
-                    let window = name.rsplit_once("_e").map_or(name.as_str(), |(w, _)| w).to_string();
+                    let window = name
+                        .rsplit_once("_e")
+                        .map_or(name.as_str(), |(w, _)| w)
+                        .to_string();
                     for r in rows {
                         out.push(format!("{} file {window} row {r}", node.name));
                     }
@@ -170,15 +200,22 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
             }
             SinkPlan::Stdout => {}
             SinkPlan::Postgres { config, .. } => {
-                for row in crate::connectors::postgres_sink::table_rows(&config.url, &config.table)? {
+                for row in crate::connectors::postgres_sink::table_rows(&config.url, &config.table)?
+                {
                     out.push(format!("{} row {row}", node.name));
                 }
             }
         }
     }
     for (_, k, v) in committed_records(plan, &plan.job.dead_letter_topic(), &c)? {
-        let key = k.as_deref().map_or("null".to_string(), |k| String::from_utf8_lossy(k).into_owned());
-        out.push(format!("dead-letter key {key} value {}", v.as_deref().map_or("null".into(), |v| String::from_utf8_lossy(v).into_owned())));
+        let key = k.as_deref().map_or("null".to_string(), |k| {
+            String::from_utf8_lossy(k).into_owned()
+        });
+        out.push(format!(
+            "dead-letter key {key} value {}",
+            v.as_deref()
+                .map_or("null".into(), |v| String::from_utf8_lossy(v).into_owned())
+        ));
     }
     out.sort();
     Ok(out)

@@ -24,17 +24,31 @@ pub struct BankGenerator {
 
 impl BankGenerator {
     pub fn new(schema: &RowSchema, seed: u64) -> Result<Self, String> {
-        let find = |n: &str| schema.index_of(n).ok_or_else(|| format!("the bank schema has no field `{n}`"));
+        let find = |n: &str| {
+            schema
+                .index_of(n)
+                .ok_or_else(|| format!("the bank schema has no field `{n}`"))
+        };
         Ok(BankGenerator {
             rng: SmallRng::seed_from_u64(seed),
             schema: schema.clone(),
-            idx: [find("account_id")?, find("time")?, find("withdraw")?, find("balance")?, find("bank_transaction_state")?],
+            idx: [
+                find("account_id")?,
+                find("time")?,
+                find("withdraw")?,
+                find("balance")?,
+                find("bank_transaction_state")?,
+            ],
         })
     }
 
     /// The same generator with a fresh random sequence.
     pub fn clone_seeded(&self, seed: u64) -> Self {
-        BankGenerator { rng: SmallRng::seed_from_u64(seed), schema: self.schema.clone(), idx: self.idx }
+        BankGenerator {
+            rng: SmallRng::seed_from_u64(seed),
+            schema: self.schema.clone(),
+            idx: self.idx,
+        }
     }
 
     pub fn row(&self, account: i64, time: i64, withdraw: f64, balance: f64) -> (Vec<u8>, Row) {
@@ -96,20 +110,51 @@ impl TurnstileGenerator {
         out_of_order_share: f64,
         late_share: f64,
     ) -> Result<Self, String> {
-        let find = |n: &str| schema.index_of(n).ok_or_else(|| format!("the turnstile schema has no field `{n}`"));
-        let names = ["station", "device", "entries", "exits", "entries_total", "exits_total", "event_time"];
+        let find = |n: &str| {
+            schema
+                .index_of(n)
+                .ok_or_else(|| format!("the turnstile schema has no field `{n}`"))
+        };
+        let names = [
+            "station",
+            "device",
+            "entries",
+            "exits",
+            "entries_total",
+            "exits_total",
+            "event_time",
+        ];
         let mut index = [0; 7];
         for (i, n) in names.iter().enumerate() {
             index[i] = find(n)?;
         }
-        const STATIONS: [&str; 8] =
-            ["59 ST", "42 ST-PORT AUTH", "TIMES SQ-42 ST", "GRD CNTRL-42 ST", "34 ST-HERALD SQ", "14 ST-UNION SQ", "FULTON ST", "CANAL ST"];
+        const STATIONS: [&str; 8] = [
+            "59 ST",
+            "42 ST-PORT AUTH",
+            "TIMES SQ-42 ST",
+            "GRD CNTRL-42 ST",
+            "34 ST-HERALD SQ",
+            "14 ST-UNION SQ",
+            "FULTON ST",
+            "CANAL ST",
+        ];
         let stations: Vec<String> = (0..stations.max(1))
-            .map(|i| if i < STATIONS.len() { STATIONS[i].to_string() } else { format!("STATION {i}") })
+            .map(|i| {
+                if i < STATIONS.len() {
+                    STATIONS[i].to_string()
+                } else {
+                    format!("STATION {i}")
+                }
+            })
             .collect();
         let mut rng = SmallRng::seed_from_u64(seed);
         let totals = (0..stations.len() * devices_per_station.max(1))
-            .map(|_| (rng.random_range(100_000..9_000_000), rng.random_range(100_000..9_000_000)))
+            .map(|_| {
+                (
+                    rng.random_range(100_000..9_000_000),
+                    rng.random_range(100_000..9_000_000),
+                )
+            })
             .collect();
         Ok(TurnstileGenerator {
             rng,
@@ -147,7 +192,14 @@ impl TurnstileGenerator {
         totals.1 += exits;
         let mut row = vec![Value::Null; self.width];
         row[self.index[0]] = Value::Str(station.as_str().into());
-        row[self.index[1]] = Value::Str(format!("R{:03}-{:02}", device / self.devices_per_station, device % self.devices_per_station).into());
+        row[self.index[1]] = Value::Str(
+            format!(
+                "R{:03}-{:02}",
+                device / self.devices_per_station,
+                device % self.devices_per_station
+            )
+            .into(),
+        );
         row[self.index[2]] = Value::Int(entries);
         row[self.index[3]] = Value::Int(exits);
         row[self.index[4]] = Value::Int(totals.0);
@@ -179,20 +231,35 @@ pub struct AvroDatagen {
 impl AvroDatagen {
     /// `text` is the schema JSON (with its `arg.properties`), `schema` the
     /// row schema it parses to.
-    pub fn new(text: &str, schema: &RowSchema, key_field: Option<&str>, seed: u64) -> Result<Self, String> {
-        let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
-        let fields = doc.get("fields").and_then(|f| f.as_array()).ok_or("schema has no fields")?;
+    pub fn new(
+        text: &str,
+        schema: &RowSchema,
+        key_field: Option<&str>,
+        seed: u64,
+    ) -> Result<Self, String> {
+        let doc: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
+        let fields = doc
+            .get("fields")
+            .and_then(|f| f.as_array())
+            .ok_or("schema has no fields")?;
         let mut rules = Vec::new();
         for f in &schema.fields {
-            let spec = fields.iter().find(|x| x.get("name").and_then(|n| n.as_str()) == Some(f.name.as_str()));
+            let spec = fields
+                .iter()
+                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some(f.name.as_str()));
             let props = spec
                 .and_then(|s| s.get("type"))
                 .and_then(|t| t.get("arg.properties"))
                 .or_else(|| spec.and_then(|s| s.get("arg.properties")));
             let rule = match props {
-                Some(p) if p.get("options").is_some() => {
-                    Rule::Options(p["options"].as_array().cloned().filter(|o| !o.is_empty()).ok_or(format!("`{}`: options must be a non-empty list", f.name))?)
-                }
+                Some(p) if p.get("options").is_some() => Rule::Options(
+                    p["options"]
+                        .as_array()
+                        .cloned()
+                        .filter(|o| !o.is_empty())
+                        .ok_or(format!("`{}`: options must be a non-empty list", f.name))?,
+                ),
                 Some(p) if p.get("range").is_some() => {
                     let r = &p["range"];
                     let min = r.get("min").and_then(|v| v.as_f64()).unwrap_or(0.0);
@@ -211,10 +278,20 @@ impl AvroDatagen {
             rules.push(rule);
         }
         let key = match key_field {
-            Some(k) => Some(schema.index_of(k).ok_or(format!("key field `{k}` is not in the schema"))?),
+            Some(k) => Some(
+                schema
+                    .index_of(k)
+                    .ok_or(format!("key field `{k}` is not in the schema"))?,
+            ),
             None => None,
         };
-        Ok(AvroDatagen { schema: schema.clone(), rules, rng: SmallRng::seed_from_u64(seed), n: 0, key })
+        Ok(AvroDatagen {
+            schema: schema.clone(),
+            rules,
+            rng: SmallRng::seed_from_u64(seed),
+            n: 0,
+            key,
+        })
     }
 
     pub fn next_row(&mut self) -> (Option<Vec<u8>>, Row) {
@@ -223,10 +300,15 @@ impl AvroDatagen {
         let mut row = Vec::with_capacity(self.rules.len());
         for (f, rule) in self.schema.fields.iter().zip(&self.rules) {
             let v = match rule {
-                Rule::Options(opts) => json_value(&opts[self.rng.random_range(0..opts.len())], f.ty),
+                Rule::Options(opts) => {
+                    json_value(&opts[self.rng.random_range(0..opts.len())], f.ty)
+                }
                 Rule::Range { min, max } => match f.ty {
                     // Confluent's generator draws from [min, max).
-                    FieldType::Int => Value::Int(self.rng.random_range(*min as i64..(*max as i64).max(*min as i64 + 1))),
+                    FieldType::Int => Value::Int(
+                        self.rng
+                            .random_range(*min as i64..(*max as i64).max(*min as i64 + 1)),
+                    ),
                     _ => Value::Double(self.rng.random_range(*min..max.max(min + f64::EPSILON))),
                 },
                 Rule::Iteration { start, step } => match f.ty {
@@ -239,10 +321,17 @@ impl AvroDatagen {
                     FieldType::Double => Value::Double(self.rng.random_range(0.0..1000.0)),
                     FieldType::Bool => Value::Bool(self.rng.random()),
                     FieldType::String => {
-                        let s: String = (0..8).map(|_| (b'a' + self.rng.random_range(0..26)) as char).collect();
+                        let s: String = (0..8)
+                            .map(|_| (b'a' + self.rng.random_range(0..26)) as char)
+                            .collect();
                         Value::Str(s.into())
                     }
-                    FieldType::Bytes => Value::Bytes((0..8).map(|_| self.rng.random()).collect::<Vec<u8>>().into()),
+                    FieldType::Bytes => Value::Bytes(
+                        (0..8)
+                            .map(|_| self.rng.random())
+                            .collect::<Vec<u8>>()
+                            .into(),
+                    ),
                     FieldType::Null => Value::Null,
                 },
             };
@@ -260,7 +349,9 @@ impl AvroDatagen {
 fn json_value(v: &serde_json::Value, ty: FieldType) -> Value {
     match (v, ty) {
         (serde_json::Value::Number(n), FieldType::Int) => Value::Int(n.as_i64().unwrap_or(0)),
-        (serde_json::Value::Number(n), FieldType::Double) => Value::Double(n.as_f64().unwrap_or(0.0)),
+        (serde_json::Value::Number(n), FieldType::Double) => {
+            Value::Double(n.as_f64().unwrap_or(0.0))
+        }
         (serde_json::Value::Bool(b), _) => Value::Bool(*b),
         (serde_json::Value::String(s), _) => Value::Str(s.as_str().into()),
         (other, _) => Value::Str(other.to_string().into()),
@@ -305,7 +396,10 @@ pub const MERCHANTS: [&str; 5] = ["Amazon", "Zalando", "MediaMarkt", "Lidl", "Ik
 
 impl PaymentGenerator {
     pub fn new(seed: u64, malformed_share: f64) -> Self {
-        PaymentGenerator { rng: SmallRng::seed_from_u64(seed), malformed_share }
+        PaymentGenerator {
+            rng: SmallRng::seed_from_u64(seed),
+            malformed_share,
+        }
     }
 
     pub fn next_payment(&mut self, time: i64) -> (Vec<u8>, Vec<u8>) {
@@ -318,9 +412,17 @@ impl PaymentGenerator {
         let value = if self.rng.random::<f64>() < self.malformed_share {
             match self.rng.random_range(0..4) {
                 0 => good[..good.len() / 2].to_string(),
-                1 => format!(r#"{{"customer":"{customer}","merchant":"{merchant}","currency":"EUR","timestamp":{time}}}"#),
-                2 => good.replace(&format!("\"amount\":{amount:?}"), &format!("\"amount\":\"{amount}\"")),
-                _ => good.replace(&format!("\"amount\":{amount:?}"), &format!("\"amount\":-{amount:?}")),
+                1 => format!(
+                    r#"{{"customer":"{customer}","merchant":"{merchant}","currency":"EUR","timestamp":{time}}}"#
+                ),
+                2 => good.replace(
+                    &format!("\"amount\":{amount:?}"),
+                    &format!("\"amount\":\"{amount}\""),
+                ),
+                _ => good.replace(
+                    &format!("\"amount\":{amount:?}"),
+                    &format!("\"amount\":-{amount:?}"),
+                ),
             }
         } else {
             good

@@ -43,11 +43,21 @@ pub fn compact_utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl FileSink {
-    pub fn new(name: &str, config: &FileSinkConfig, dir: &Path, schema: RowSchema) -> std::io::Result<Self> {
+    pub fn new(
+        name: &str,
+        config: &FileSinkConfig,
+        dir: &Path,
+        schema: RowSchema,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(FileSink {
             name: name.to_string(),
@@ -61,15 +71,34 @@ impl FileSink {
     }
 
     pub fn push(&mut self, epoch: u64, window: Option<(i64, i64)>, line: &[u8]) {
-        let group = if self.roll == Roll::Window { window } else { None };
-        let buf = &mut self.pending.entry(epoch).or_default().entry(group).or_default().lines;
+        let group = if self.roll == Roll::Window {
+            window
+        } else {
+            None
+        };
+        let buf = &mut self
+            .pending
+            .entry(epoch)
+            .or_default()
+            .entry(group)
+            .or_default()
+            .lines;
         buf.extend_from_slice(line);
         buf.push(b'\n');
     }
 
     pub fn push_row(&mut self, epoch: u64, window: Option<(i64, i64)>, row: Row) {
-        let group = if self.roll == Roll::Window { window } else { None };
-        let pending = self.pending.entry(epoch).or_default().entry(group).or_default();
+        let group = if self.roll == Roll::Window {
+            window
+        } else {
+            None
+        };
+        let pending = self
+            .pending
+            .entry(epoch)
+            .or_default()
+            .entry(group)
+            .or_default();
         if self.format == FileFormat::Csv {
             let mut line = String::new();
             csv::write_row(&row, &mut line);
@@ -87,7 +116,12 @@ impl FileSink {
             (FileFormat::Csv, Compression::None) => "csv",
         };
         match window {
-            Some((start, end)) => format!("{}_{}_{}_e{epoch}.{ext}", self.name, compact_utc(start), compact_utc(end)),
+            Some((start, end)) => format!(
+                "{}_{}_{}_e{epoch}.{ext}",
+                self.name,
+                compact_utc(start),
+                compact_utc(end)
+            ),
             None => format!("{}_e{epoch:010}.{ext}", self.name),
         }
     }
@@ -107,11 +141,14 @@ impl FileSink {
                 }
                 let tmp = self.dir.join(format!(".{name}.tmp"));
                 if self.format == FileFormat::Parquet {
-                    parquet::write(&tmp, &self.schema, &pending.rows).map_err(std::io::Error::other)?;
+                    parquet::write(&tmp, &self.schema, &pending.rows)
+                        .map_err(std::io::Error::other)?;
                 } else {
                     let file = std::fs::File::create(&tmp)?;
                     let mut w: Box<dyn Write> = match self.compression {
-                        Compression::Gzip => Box::new(GzEncoder::new(file, flate2::Compression::default())),
+                        Compression::Gzip => {
+                            Box::new(GzEncoder::new(file, flate2::Compression::default()))
+                        }
                         Compression::None => Box::new(file),
                     };
                     w.write_all(csv::header(&self.schema).as_bytes())?;

@@ -14,7 +14,11 @@ pub enum KafkaAdminError {
     #[error("cannot reach the kafka broker at {brokers} ({reason}); start one with `scripts/dev-up`, or set [job] brokers to a running broker")]
     Unreachable { brokers: String, reason: String },
     #[error("cannot create topic `{topic}` on {brokers}: {reason}")]
-    CreateTopic { topic: String, brokers: String, reason: String },
+    CreateTopic {
+        topic: String,
+        brokers: String,
+        reason: String,
+    },
     #[error("kafka error on {brokers}: {reason}")]
     Other { brokers: String, reason: String },
 }
@@ -30,23 +34,37 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 
 /// Asks the broker for its metadata, which proves it is there.
 pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .create()
-        .map_err(|e| KafkaAdminError::Unreachable { brokers: brokers.into(), reason: e.to_string() })?;
+    let consumer: BaseConsumer =
+        client_config(brokers)
+            .create()
+            .map_err(|e| KafkaAdminError::Unreachable {
+                brokers: brokers.into(),
+                reason: e.to_string(),
+            })?;
     consumer
         .fetch_metadata(None, Duration::from_secs(6))
         .map(|_| ())
-        .map_err(|e| KafkaAdminError::Unreachable { brokers: brokers.into(), reason: e.to_string() })
+        .map_err(|e| KafkaAdminError::Unreachable {
+            brokers: brokers.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// The number of partitions of `topic`, or None when it does not exist.
 pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaAdminError> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .create()
-        .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: e.to_string() })?;
+    let consumer: BaseConsumer =
+        client_config(brokers)
+            .create()
+            .map_err(|e| KafkaAdminError::Other {
+                brokers: brokers.into(),
+                reason: e.to_string(),
+            })?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| KafkaAdminError::Unreachable { brokers: brokers.into(), reason: e.to_string() })?;
+        .map_err(|e| KafkaAdminError::Unreachable {
+            brokers: brokers.into(),
+            reason: e.to_string(),
+        })?;
     Ok(md
         .topics()
         .iter()
@@ -65,18 +83,29 @@ pub fn ensure_topic(
     if let Some(n) = partition_count(brokers, topic)? {
         return Ok(n);
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
-        .create()
-        .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: e.to_string() })?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers)
+            .create()
+            .map_err(|e| KafkaAdminError::Other {
+                brokers: brokers.into(),
+                reason: e.to_string(),
+            })?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     if compacted {
         new = new.set("cleanup.policy", "compact");
     }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let results = rt
         .block_on(admin.create_topics([&new], &opts))
-        .map_err(|e| KafkaAdminError::CreateTopic { topic: topic.into(), brokers: brokers.into(), reason: e.to_string() })?;
+        .map_err(|e| KafkaAdminError::CreateTopic {
+            topic: topic.into(),
+            brokers: brokers.into(),
+            reason: e.to_string(),
+        })?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -100,15 +129,26 @@ pub fn ensure_topic(
 }
 
 /// Low and high watermarks of every partition of `topic`.
-pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .create()
-        .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: e.to_string() })?;
+pub fn watermarks(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
+    let consumer: BaseConsumer =
+        client_config(brokers)
+            .create()
+            .map_err(|e| KafkaAdminError::Other {
+                brokers: brokers.into(),
+                reason: e.to_string(),
+            })?;
     (0..partitions)
         .map(|p| {
             consumer
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_err(|e| KafkaAdminError::Other { brokers: brokers.into(), reason: format!("watermarks of {topic}/{p}: {e}") })
+                .map_err(|e| KafkaAdminError::Other {
+                    brokers: brokers.into(),
+                    reason: format!("watermarks of {topic}/{p}: {e}"),
+                })
         })
         .collect()
 }
@@ -121,12 +161,19 @@ pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i6
 /// record batch, so a batch of three records at 0..=2 reports 1. Reading
 /// from that answer minus one to the partition's EOF finds the real end;
 /// on Apache Kafka that read is one record long and changes nothing.
-pub fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
+pub fn end_offsets(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
     use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
     let marks = watermarks(brokers, topic, partitions)?;
-    let other = |reason: String| KafkaAdminError::Other { brokers: brokers.into(), reason };
+    let other = |reason: String| KafkaAdminError::Other {
+        brokers: brokers.into(),
+        reason,
+    };
     let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
         .set("group.id", "rill-end-offsets")
         .set("enable.auto.commit", "false")
@@ -151,7 +198,9 @@ pub fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<(i
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while at_eof.iter().filter(|x| **x).count() < open {
         if std::time::Instant::now() > deadline {
-            return Err(other(format!("finding the end offsets of {topic} took more than 60 s")));
+            return Err(other(format!(
+                "finding the end offsets of {topic} took more than 60 s"
+            )));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
@@ -191,19 +240,31 @@ pub struct Fetched {
 
 impl Fetched {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Every record of `topic`, from its start to the end it has now, in
 /// offset order per partition. Aborted transactional records are included
 /// where the broker delivers them; callers sort them out by headers.
-pub fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(Fetched)) -> Result<(), KafkaAdminError> {
+pub fn read_to_end(
+    brokers: &str,
+    topic: &str,
+    mut each: impl FnMut(Fetched),
+) -> Result<(), KafkaAdminError> {
     use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
-    let Some(n) = partition_count(brokers, topic)? else { return Ok(()) };
+    let Some(n) = partition_count(brokers, topic)? else {
+        return Ok(());
+    };
     let ends = end_offsets(brokers, topic, n)?;
-    let other = |reason: String| KafkaAdminError::Other { brokers: brokers.into(), reason };
+    let other = |reason: String| KafkaAdminError::Other {
+        brokers: brokers.into(),
+        reason,
+    };
     let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
         .set("group.id", "rill-reader")
         .set("enable.auto.commit", "false")
@@ -212,7 +273,8 @@ pub fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(Fetched)) ->
         .map_err(|e| other(e.to_string()))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| other(e.to_string()))?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| other(e.to_string()))?;
     }
     consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
     // A partition is read when its EOF comes: on a topic written in
@@ -222,7 +284,9 @@ pub fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(Fetched)) ->
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while at_end.iter().any(|d| !d) {
         if std::time::Instant::now() > deadline {
-            return Err(other(format!("reading {topic} to its end took more than 120 s")));
+            return Err(other(format!(
+                "reading {topic} to its end took more than 120 s"
+            )));
         }
         let m = match consumer.poll(Duration::from_millis(100)) {
             None => continue,
@@ -234,7 +298,16 @@ pub fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(Fetched)) ->
         };
         let headers = m
             .headers()
-            .map(|h| h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        (
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         each(Fetched {
             partition: m.partition(),

@@ -31,7 +31,10 @@ impl ProducerContext for Deliveries {
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+                self.first_error
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| e.to_string());
             }
         }
     }
@@ -50,7 +53,12 @@ pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 impl KafkaWriter {
     /// A producer for `writer`; with `transactional`, its transactional id is
     /// the writer's, and starting it fences every earlier instance.
-    pub fn new(brokers: &str, writer: &str, attempt: u32, transactional: bool) -> Result<Self, KafkaError> {
+    pub fn new(
+        brokers: &str,
+        writer: &str,
+        attempt: u32,
+        transactional: bool,
+    ) -> Result<Self, KafkaError> {
         let mut config = client_config(brokers);
         config
             .set("linger.ms", "5")
@@ -59,13 +67,20 @@ impl KafkaWriter {
             .set("queue.buffering.max.kbytes", "1048576")
             .set("enable.idempotence", "true");
         if transactional {
-            config.set("transactional.id", writer).set("transaction.timeout.ms", "60000");
+            config
+                .set("transactional.id", writer)
+                .set("transaction.timeout.ms", "60000");
         }
-        let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries::default())?;
+        let producer: BaseProducer<Deliveries> =
+            config.create_with_context(Deliveries::default())?;
         if transactional {
             producer.init_transactions(TXN_TIMEOUT)?;
         }
-        Ok(KafkaWriter { producer, writer: writer.to_string(), attempt: attempt.to_string() })
+        Ok(KafkaWriter {
+            producer,
+            writer: writer.to_string(),
+            attempt: attempt.to_string(),
+        })
     }
 
     /// The attempt stamped on records from now on (known once recovery has
@@ -80,8 +95,13 @@ impl KafkaWriter {
     }
 
     /// Commits the open transaction with the writer's progress in it.
-    pub fn commit(&self, progress: &rdkafka::TopicPartitionList, group: &rdkafka::consumer::ConsumerGroupMetadata) -> Result<(), KafkaError> {
-        self.producer.send_offsets_to_transaction(progress, group, TXN_TIMEOUT)?;
+    pub fn commit(
+        &self,
+        progress: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        self.producer
+            .send_offsets_to_transaction(progress, group, TXN_TIMEOUT)?;
         self.producer.commit_transaction(TXN_TIMEOUT)
     }
 
@@ -92,7 +112,8 @@ impl KafkaWriter {
     /// A changelog record: the state key and its value as of `epoch`; no
     /// value deletes the key.
     pub fn send_changelog(&self, topic: &str, key: &[u8], value: Option<&[u8]>, epoch: u64) {
-        let mut r: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).key(key).headers(self.headers(epoch));
+        let mut r: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(topic).key(key).headers(self.headers(epoch));
         if let Some(v) = value {
             r = r.payload(v);
         }
@@ -102,9 +123,18 @@ impl KafkaWriter {
     fn headers(&self, epoch: u64) -> OwnedHeaders {
         let e = epoch.to_string();
         OwnedHeaders::new_with_capacity(3)
-            .insert(Header { key: "rill-epoch", value: Some(e.as_bytes()) })
-            .insert(Header { key: "rill-writer", value: Some(self.writer.as_bytes()) })
-            .insert(Header { key: "rill-attempt", value: Some(self.attempt.as_bytes()) })
+            .insert(Header {
+                key: "rill-epoch",
+                value: Some(e.as_bytes()),
+            })
+            .insert(Header {
+                key: "rill-writer",
+                value: Some(self.writer.as_bytes()),
+            })
+            .insert(Header {
+                key: "rill-attempt",
+                value: Some(self.attempt.as_bytes()),
+            })
     }
 
     fn send_record(&self, mut record: BaseRecord<'_, [u8], [u8], ()>) {
@@ -117,8 +147,16 @@ impl KafkaWriter {
                     self.producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => {
-                    self.producer.context().failed.fetch_add(1, Ordering::Relaxed);
-                    self.producer.context().first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+                    self.producer
+                        .context()
+                        .failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.producer
+                        .context()
+                        .first_error
+                        .lock()
+                        .unwrap()
+                        .get_or_insert_with(|| e.to_string());
                     return;
                 }
             }
@@ -126,7 +164,8 @@ impl KafkaWriter {
     }
 
     pub fn send(&self, topic: &str, rec: &OutRecord, epoch: u64) {
-        let mut r: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(self.headers(epoch));
+        let mut r: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(topic).headers(self.headers(epoch));
         if let Some(v) = &rec.value {
             r = r.payload(&v[..]);
         }
@@ -146,10 +185,22 @@ impl KafkaWriter {
         let offset = dl.offset.to_string();
         let headers = self
             .headers(epoch)
-            .insert(Header { key: "rill-error-reason", value: Some(dl.reason.as_bytes()) })
-            .insert(Header { key: "rill-source-topic", value: Some(dl.topic.as_bytes()) })
-            .insert(Header { key: "rill-source-partition", value: Some(partition.as_bytes()) })
-            .insert(Header { key: "rill-source-offset", value: Some(offset.as_bytes()) });
+            .insert(Header {
+                key: "rill-error-reason",
+                value: Some(dl.reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "rill-source-topic",
+                value: Some(dl.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "rill-source-partition",
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: "rill-source-offset",
+                value: Some(offset.as_bytes()),
+            });
         let mut r: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(headers);
         if let Some(v) = &dl.value {
             r = r.payload(&v[..]);
@@ -166,12 +217,16 @@ impl KafkaWriter {
 
     /// Waits until everything sent so far is delivered or has failed.
     pub fn flush(&self, timeout: Duration) -> Result<(), String> {
-        self.producer.flush(timeout).map_err(|e| format!("flush: {e}"))?;
+        self.producer
+            .flush(timeout)
+            .map_err(|e| format!("flush: {e}"))?;
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
             let first = ctx.first_error.lock().unwrap().clone().unwrap_or_default();
-            return Err(format!("{failed} records could not be delivered (first error: {first})"));
+            return Err(format!(
+                "{failed} records could not be delivered (first error: {first})"
+            ));
         }
         Ok(())
     }

@@ -4,10 +4,10 @@
 //! path, so no rebalance can move a partition under a running epoch.
 
 use super::kafka_admin::{client_config, EofIsNotAnError};
-use rdkafka::error::KafkaError;
 use super::{Poll, SourceReader};
 use crate::record::{Origin, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
@@ -57,16 +57,30 @@ impl KafkaSource {
             partitions.push((p, start, end));
         }
         consumer.assign(&tpl)?;
-        Ok(KafkaSource { consumer, source, partitions, bounded, replay: VecDeque::new(), ahead: HashMap::new() })
+        Ok(KafkaSource {
+            consumer,
+            source,
+            partitions,
+            bounded,
+            replay: VecDeque::new(),
+            ahead: HashMap::new(),
+        })
     }
 
     /// Epochs to replay first: (epoch, end offset per partition), ascending.
     /// Epochs in which none of this reader's partitions had records are
     /// left out.
     pub fn with_replay(mut self, replay: Vec<(u64, HashMap<i32, i64>)>) -> Self {
-        let mut last: HashMap<i32, i64> = self.partitions.iter().map(|(p, next, _)| (*p, *next)).collect();
+        let mut last: HashMap<i32, i64> = self
+            .partitions
+            .iter()
+            .map(|(p, next, _)| (*p, *next))
+            .collect();
         for (epoch, ends) in replay {
-            let mine: HashMap<i32, i64> = ends.into_iter().filter(|(p, _)| last.contains_key(p)).collect();
+            let mine: HashMap<i32, i64> = ends
+                .into_iter()
+                .filter(|(p, _)| last.contains_key(p))
+                .collect();
             let grows = mine.iter().any(|(p, end)| *end > last[p]);
             for (p, end) in &mine {
                 last.insert(*p, *end);
@@ -82,7 +96,10 @@ impl KafkaSource {
         self.bounded
             && self.replay.is_empty()
             && self.ahead.values().all(VecDeque::is_empty)
-            && self.partitions.iter().all(|(_, next, end)| end.is_some_and(|e| *next >= e))
+            && self
+                .partitions
+                .iter()
+                .all(|(_, next, end)| end.is_some_and(|e| *next >= e))
     }
 
     /// A bounded reader at a partition's EOF has read everything that was
@@ -118,14 +135,24 @@ impl KafkaSource {
             key: m.key().map(Arc::from),
             value: m.payload().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-            origin: Origin { source: self.source, partition: m.partition(), offset: m.offset() },
+            origin: Origin {
+                source: self.source,
+                partition: m.partition(),
+                offset: m.offset(),
+            },
         }
     }
 
     /// Hands on `r` if it is the next record of its partition (and, when
     /// bounded, before the end).
     fn accept(&mut self, r: RawRecord, out: &mut Vec<RawRecord>) {
-        let Some(slot) = self.partitions.iter_mut().find(|x| x.0 == r.origin.partition) else { return };
+        let Some(slot) = self
+            .partitions
+            .iter_mut()
+            .find(|x| x.0 == r.origin.partition)
+        else {
+            return;
+        };
         if r.origin.offset < slot.1 {
             return;
         }
@@ -144,11 +171,18 @@ impl SourceReader for KafkaSource {
 
     fn poll_scripted(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Option<(u64, Poll)> {
         let (epoch, ends) = self.replay.front().cloned()?;
-        let fits = |r: &RawRecord| ends.get(&r.origin.partition).is_some_and(|end| r.origin.offset < *end);
+        let fits = |r: &RawRecord| {
+            ends.get(&r.origin.partition)
+                .is_some_and(|end| r.origin.offset < *end)
+        };
         // First what was read ahead, then the consumer.
         let parts: Vec<i32> = self.ahead.keys().copied().collect();
         for p in parts {
-            while let Some(r) = self.ahead.get_mut(&p).and_then(|q| q.front().filter(|r| fits(r)).cloned()) {
+            while let Some(r) = self
+                .ahead
+                .get_mut(&p)
+                .and_then(|q| q.front().filter(|r| fits(r)).cloned())
+            {
                 self.ahead.get_mut(&p).unwrap().pop_front();
                 self.accept(r, out);
             }
@@ -158,10 +192,18 @@ impl SourceReader for KafkaSource {
             if fits(&r) {
                 self.accept(r, out);
             } else {
-                self.ahead.entry(r.origin.partition).or_default().push_back(r);
+                self.ahead
+                    .entry(r.origin.partition)
+                    .or_default()
+                    .push_back(r);
             }
         }
-        let done = ends.iter().all(|(p, end)| self.partitions.iter().find(|x| x.0 == *p).is_none_or(|x| x.1 >= *end));
+        let done = ends.iter().all(|(p, end)| {
+            self.partitions
+                .iter()
+                .find(|x| x.0 == *p)
+                .is_none_or(|x| x.1 >= *end)
+        });
         if done {
             self.replay.pop_front();
         }

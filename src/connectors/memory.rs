@@ -20,7 +20,9 @@ impl MemorySource {
             .filter(|r| r.origin.partition as usize % peers == index)
             .map(|r| (None, r.clone()))
             .collect();
-        MemorySource { records: mine.into_iter().peekable() }
+        MemorySource {
+            records: mine.into_iter().peekable(),
+        }
     }
 
     /// Like `for_worker`, with the epoch of every record (ascending per
@@ -32,7 +34,9 @@ impl MemorySource {
             .map(|(e, r)| (Some(*e), r.clone()))
             .collect();
         mine.sort_by_key(|(e, _)| *e);
-        MemorySource { records: mine.into_iter().peekable() }
+        MemorySource {
+            records: mine.into_iter().peekable(),
+        }
     }
 }
 

@@ -105,7 +105,12 @@ mod tests {
             (b"a-little-bit-longer-string", -1486304829),
         ];
         for (input, expected) in cases {
-            assert_eq!(murmur2(input) as i32, expected, "{}", String::from_utf8_lossy(input));
+            assert_eq!(
+                murmur2(input) as i32,
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 }

@@ -21,7 +21,11 @@ pub enum PostgresError {
     #[error("cannot reach postgres at {url}: {reason}; start it (for example `pg_ctlcluster 15 main start`) or set the sink's `url`")]
     Unreachable { url: String, reason: String },
     #[error("table `{table}` does not match the rows of sink `{sink}`: {differences}; alter the table or drop it so the sink creates it")]
-    Mismatch { table: String, sink: String, differences: String },
+    Mismatch {
+        table: String,
+        sink: String,
+        differences: String,
+    },
     #[error("postgres error in sink `{sink}`: {reason}")]
     Sql { sink: String, reason: String },
     #[error("cannot write the fallback file {path}: {reason}")]
@@ -96,7 +100,10 @@ impl PostgresSink {
         job: &str,
         writer: &str,
     ) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         PostgresSink {
             name: name.into(),
             url: url.into(),
@@ -113,11 +120,17 @@ impl PostgresSink {
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> PostgresError {
-        PostgresError::Unreachable { url: self.url.clone(), reason: e.to_string() }
+        PostgresError::Unreachable {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
     }
 
     fn sql(&self, e: impl std::fmt::Display) -> PostgresError {
-        PostgresError::Sql { sink: self.name.clone(), reason: e.to_string() }
+        PostgresError::Sql {
+            sink: self.name.clone(),
+            reason: e.to_string(),
+        }
     }
 
     /// Connects, and creates or checks the table and the progress table.
@@ -127,13 +140,19 @@ impl PostgresSink {
         }
         self.client = None;
         self.last_attempt = Some(Instant::now());
-        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| self.unreachable(e))?;
+        let mut config: tokio_postgres::Config =
+            self.url.parse().map_err(|e| self.unreachable(e))?;
         config.connect_timeout(Duration::from_secs(3));
-        let (client, connection) = self.rt.block_on(config.connect(NoTls)).map_err(|e| self.unreachable(e))?;
+        let (client, connection) = self
+            .rt
+            .block_on(config.connect(NoTls))
+            .map_err(|e| self.unreachable(e))?;
         self.rt.spawn(async move {
             let _ = connection.await;
         });
-        self.rt.block_on(client.batch_execute(PROGRESS_TABLE)).map_err(|e| self.sql(e))?;
+        self.rt
+            .block_on(client.batch_execute(PROGRESS_TABLE))
+            .map_err(|e| self.sql(e))?;
         self.check_table(&client)?;
         self.client = Some(client);
         Ok(())
@@ -156,26 +175,50 @@ impl PostgresSink {
                 .schema
                 .fields
                 .iter()
-                .map(|f| format!("{} {}{}", f.name, sql_type(f.ty), if f.nullable { "" } else { " NOT NULL" }))
+                .map(|f| {
+                    format!(
+                        "{} {}{}",
+                        f.name,
+                        sql_type(f.ty),
+                        if f.nullable { "" } else { " NOT NULL" }
+                    )
+                })
                 .collect();
-            let ddl = format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, columns.join(", "));
-            return self.rt.block_on(client.batch_execute(&ddl)).map_err(|e| self.sql(e));
+            let ddl = format!(
+                "CREATE TABLE IF NOT EXISTS {} ({})",
+                self.table,
+                columns.join(", ")
+            );
+            return self
+                .rt
+                .block_on(client.batch_execute(&ddl))
+                .map_err(|e| self.sql(e));
         }
         let existing: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut differences = Vec::new();
         for f in &self.schema.fields {
             match existing.iter().find(|(n, _)| *n == f.name) {
-                None => differences.push(format!("column `{}` ({}) is missing", f.name, sql_type(f.ty))),
-                Some((_, ty)) if ty != sql_type(f.ty) => {
-                    differences.push(format!("column `{}` is {ty}, the sink writes {}", f.name, sql_type(f.ty)))
-                }
+                None => differences.push(format!(
+                    "column `{}` ({}) is missing",
+                    f.name,
+                    sql_type(f.ty)
+                )),
+                Some((_, ty)) if ty != sql_type(f.ty) => differences.push(format!(
+                    "column `{}` is {ty}, the sink writes {}",
+                    f.name,
+                    sql_type(f.ty)
+                )),
                 _ => {}
             }
         }
         if differences.is_empty() {
             Ok(())
         } else {
-            Err(PostgresError::Mismatch { table: self.table.clone(), sink: self.name.clone(), differences: differences.join("; ") })
+            Err(PostgresError::Mismatch {
+                table: self.table.clone(),
+                sink: self.name.clone(),
+                differences: differences.join("; "),
+            })
         }
     }
 
@@ -189,7 +232,11 @@ impl PostgresSink {
                         return self.fall_back(&dir, epoch, rows);
                     }
                     // No fallback: wait and retry, losing nothing.
-                    tracing::warn!("sink {}: postgres at {} is unreachable ({reason}); retrying", self.name, self.url);
+                    tracing::warn!(
+                        "sink {}: postgres at {} is unreachable ({reason}); retrying",
+                        self.name,
+                        self.url
+                    );
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 Err(e) => return Err(e),
@@ -199,11 +246,27 @@ impl PostgresSink {
 
     fn try_write(&mut self, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
         // While down, try again at most every 2 s rather than per epoch.
-        if self.client.is_none() && self.fallback_dir.is_some() && self.last_attempt.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+        if self.client.is_none()
+            && self.fallback_dir.is_some()
+            && self
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
             return Err(self.unreachable("still down"));
         }
         self.connect()?;
-        let result = insert(&self.rt, self.client.as_mut().unwrap(), &self.table, &self.schema, self.batch_rows, &self.job, &self.name, &self.writer, epoch, rows);
+        let result = insert(
+            &self.rt,
+            self.client.as_mut().unwrap(),
+            &self.table,
+            &self.schema,
+            self.batch_rows,
+            &self.job,
+            &self.name,
+            &self.writer,
+            epoch,
+            rows,
+        );
         match result {
             Err(e) if self.client.as_ref().is_none_or(|c| c.is_closed()) => {
                 self.client = None;
@@ -217,7 +280,10 @@ impl PostgresSink {
     fn fall_back(&self, dir: &Path, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
         let name = format!("{}_{}_e{epoch:010}.parquet", self.name, self.writer);
         let path = dir.join(&name);
-        let err = |reason: String| PostgresError::Fallback { path: path.display().to_string(), reason };
+        let err = |reason: String| PostgresError::Fallback {
+            path: path.display().to_string(),
+            reason,
+        };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         if !path.exists() {
             let tmp = dir.join(format!(".{name}.tmp"));
@@ -283,15 +349,26 @@ pub fn insert(
 /// Every row of `table` as a line of text (columns joined by `,`, doubles
 /// at 10 significant digits), for checking what a job wrote.
 pub fn table_rows(url: &str, table: &str) -> Result<Vec<String>, PostgresError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let unreachable = |e: tokio_postgres::Error| PostgresError::Unreachable { url: url.into(), reason: e.to_string() };
-    let (client, connection) = rt.block_on(tokio_postgres::connect(url, NoTls)).map_err(unreachable)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let unreachable = |e: tokio_postgres::Error| PostgresError::Unreachable {
+        url: url.into(),
+        reason: e.to_string(),
+    };
+    let (client, connection) = rt
+        .block_on(tokio_postgres::connect(url, NoTls))
+        .map_err(unreachable)?;
     rt.spawn(async move {
         let _ = connection.await;
     });
     // Text casts keep this independent of column types.
     let rows = rt
         .block_on(client.query(&format!("SELECT t::text FROM {table} t"), &[]))
-        .map_err(|e| PostgresError::Sql { sink: table.into(), reason: e.to_string() })?;
+        .map_err(|e| PostgresError::Sql {
+            sink: table.into(),
+            reason: e.to_string(),
+        })?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }

@@ -109,7 +109,9 @@ impl AggState {
             accs.push(match a.func {
                 AggFunc::Count if a.arg.is_none() => Acc::Count(1),
                 AggFunc::Count => Acc::Count(!null as i64),
-                AggFunc::Sum if a.ty == FieldType::Int => Acc::SumInt(if let Value::Int(i) = v { i } else { 0 }),
+                AggFunc::Sum if a.ty == FieldType::Int => {
+                    Acc::SumInt(if let Value::Int(i) = v { i } else { 0 })
+                }
                 AggFunc::Sum => Acc::SumDouble(Value::Double(f(&v))),
                 AggFunc::Avg => Acc::Avg(Value::Double(f(&v)), !null as i64),
                 AggFunc::Min => Acc::Min(v),
@@ -159,7 +161,10 @@ struct Held {
 
 impl Held {
     fn at(&self, epoch: Epoch) -> Capability<Epoch> {
-        self.cap.as_ref().expect("a capability is held until the input is done").delayed(&epoch)
+        self.cap
+            .as_ref()
+            .expect("a capability is held until the input is done")
+            .delayed(&epoch)
     }
     fn advance(&mut self, frontier: Option<Epoch>) {
         if let (Some(cap), Some(f)) = (self.cap.as_mut(), frontier) {
@@ -171,11 +176,23 @@ impl Held {
 }
 
 pub trait Aggregate<'s> {
-    fn aggregate(self, name: &str, plan: &AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
+    fn aggregate(
+        self,
+        name: &str,
+        plan: &AggregatePlan,
+        input: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s>;
 }
 
 impl<'s> Aggregate<'s> for Records<'s> {
-    fn aggregate(self, name: &str, plan: &AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+    fn aggregate(
+        self,
+        name: &str,
+        plan: &AggregatePlan,
+        input: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s> {
         match &plan.window {
             None => plain(self, name, plan.clone(), input, ctx),
             Some(w) => windowed(self, name, plan.clone(), w.clone(), input, ctx),
@@ -183,104 +200,144 @@ impl<'s> Aggregate<'s> for Records<'s> {
     }
 }
 
-fn plain<'s>(stream: Records<'s>, name: &str, plan: AggregatePlan, input: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+fn plain<'s>(
+    stream: Records<'s>,
+    name: &str,
+    plan: AggregatePlan,
+    input: RowSchema,
+    ctx: Rc<WorkerContext>,
+) -> Records<'s> {
     let node = name.to_string();
     let c = ctx.clone();
     let ctx = ctx.clone();
     let aggs = plan.aggs.clone();
     let group_by = plan.group_by.clone();
     let transform = name.to_string();
-    let states = stream.unary::<CapacityContainerBuilder<Vec<(Vec<Value>, Epoch, AggState)>>, _, _, _>(
-        Pipeline,
-        &format!("{name} fold"),
-        move |cap, _| {
-            let mut dead = Vec::new();
-            // Restored state goes in at epoch 0, before any epoch replays.
-            let mut restore = Some(cap);
-            move |records, out| {
-                if let Some(cap) = restore.take() {
-                    let mut session = out.session(&cap);
-                    for (k, v) in c.restored_for(&transform) {
-                        if let (Ok(key), Ok(state)) = (serde_json::from_slice::<Vec<Value>>(k), serde_json::from_slice::<AggState>(v)) {
-                            session.give((key, 0, state));
+    let states = stream
+        .unary::<CapacityContainerBuilder<Vec<(Vec<Value>, Epoch, AggState)>>, _, _, _>(
+            Pipeline,
+            &format!("{name} fold"),
+            move |cap, _| {
+                let mut dead = Vec::new();
+                // Restored state goes in at epoch 0, before any epoch replays.
+                let mut restore = Some(cap);
+                move |records, out| {
+                    if let Some(cap) = restore.take() {
+                        let mut session = out.session(&cap);
+                        for (k, v) in c.restored_for(&transform) {
+                            if let (Ok(key), Ok(state)) = (
+                                serde_json::from_slice::<Vec<Value>>(k),
+                                serde_json::from_slice::<AggState>(v),
+                            ) {
+                                session.give((key, 0, state));
+                            }
                         }
                     }
+                    records.for_each(|cap, data| {
+                        let epoch = epoch_of(&cap);
+                        let mut session = out.session(&cap);
+                        for r in data.drain(..) {
+                            match AggState::of(&aggs, &r.row) {
+                                Ok(state) => session.give((
+                                    group_by.iter().map(|&i| r.row[i].clone()).collect(),
+                                    epoch,
+                                    state,
+                                )),
+                                Err(e) => dead.push(c.dead_row(&node, &r, &input, e.0)),
+                            }
+                        }
+                        c.dead(epoch, std::mem::take(&mut dead));
+                    });
                 }
-                records.for_each(|cap, data| {
-                    let epoch = epoch_of(&cap);
-                    let mut session = out.session(&cap);
-                    for r in data.drain(..) {
-                        match AggState::of(&aggs, &r.row) {
-                            Ok(state) => session.give((group_by.iter().map(|&i| r.row[i].clone()).collect(), epoch, state)),
-                            Err(e) => dead.push(c.dead_row(&node, &r, &input, e.0)),
-                        }
-                    }
-                    c.dead(epoch, std::mem::take(&mut dead));
-                });
-            }
-        },
-    );
+            },
+        );
     let changes = states.as_collection().count_total();
     let having = plan.having.clone();
     let transform = name.to_string();
-    changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, &format!("{name} upsert"), move |_, _| {
-        let mut stash: BTreeMap<Epoch, (Capability<Epoch>, Vec<((Vec<Value>, AggState), isize)>)> = BTreeMap::new();
-        move |(input, frontier), out| {
-            input.for_each(|cap, data| {
-                let epoch = epoch_of(&cap);
-                let entry = stash.entry(epoch).or_insert_with(|| (cap.retain_least(0).unwrap(), Vec::new()));
-                entry.1.extend(data.drain(..).map(|(d, _, r)| (d, r)));
-            });
-            let ready: Vec<Epoch> = stash.keys().copied().filter(|e| !frontier.less_equal(e)).collect();
-            for epoch in ready {
-                let (cap, changes) = stash.remove(&epoch).unwrap();
-                if epoch == 0 {
-                    // Restored state: already published before the restart.
-                    continue;
-                }
-                // Per group: the state before this epoch and after it.
-                let mut per_key: BTreeMap<Vec<Value>, (Option<AggState>, Option<AggState>)> = BTreeMap::new();
-                for ((key, state), diff) in changes {
-                    let e = per_key.entry(key).or_default();
-                    if diff > 0 {
-                        e.1 = Some(state);
-                    } else {
-                        e.0 = Some(state);
-                    }
-                }
-                let row_of = |key: &Vec<Value>, state: &AggState| {
-                    let mut row = key.clone();
-                    state.finish(&mut row);
-                    row
-                };
-                let passes = |row: &Row| having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false));
-                let changelog = per_key
-                    .iter()
-                    .map(|(key, (_, new))| (serde_json::to_vec(key).unwrap(), new.as_ref().map(|s| serde_json::to_vec(s).unwrap())))
-                    .collect();
-                ctx.changelog(&transform, epoch, changelog);
-                let mut session = out.session(&cap);
-                for (key, (old, new)) in per_key {
-                    let old_row = old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
-                    let record = |row: Row, tombstone: bool| Record {
-                        key: Some(group_key(&key)),
-                        row,
-                        tombstone,
-                        timestamp_ms: 0,
-                        origin: Default::default(),
-                    };
-                    match new.map(|s| row_of(&key, &s)) {
-                        Some(row) if passes(&row) => session.give(record(row, false)),
-                        _ => {
-                            if let Some(row) = old_row {
-                                session.give(record(row, true));
+    changes
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(
+            Pipeline,
+            &format!("{name} upsert"),
+            move |_, _| {
+                let mut stash: BTreeMap<
+                    Epoch,
+                    (Capability<Epoch>, Vec<((Vec<Value>, AggState), isize)>),
+                > = BTreeMap::new();
+                move |(input, frontier), out| {
+                    input.for_each(|cap, data| {
+                        let epoch = epoch_of(&cap);
+                        let entry = stash
+                            .entry(epoch)
+                            .or_insert_with(|| (cap.retain_least(0).unwrap(), Vec::new()));
+                        entry.1.extend(data.drain(..).map(|(d, _, r)| (d, r)));
+                    });
+                    let ready: Vec<Epoch> = stash
+                        .keys()
+                        .copied()
+                        .filter(|e| !frontier.less_equal(e))
+                        .collect();
+                    for epoch in ready {
+                        let (cap, changes) = stash.remove(&epoch).unwrap();
+                        if epoch == 0 {
+                            // Restored state: already published before the restart.
+                            continue;
+                        }
+                        // Per group: the state before this epoch and after it.
+                        let mut per_key: BTreeMap<
+                            Vec<Value>,
+                            (Option<AggState>, Option<AggState>),
+                        > = BTreeMap::new();
+                        for ((key, state), diff) in changes {
+                            let e = per_key.entry(key).or_default();
+                            if diff > 0 {
+                                e.1 = Some(state);
+                            } else {
+                                e.0 = Some(state);
+                            }
+                        }
+                        let row_of = |key: &Vec<Value>, state: &AggState| {
+                            let mut row = key.clone();
+                            state.finish(&mut row);
+                            row
+                        };
+                        let passes = |row: &Row| {
+                            having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false))
+                        };
+                        let changelog = per_key
+                            .iter()
+                            .map(|(key, (_, new))| {
+                                (
+                                    serde_json::to_vec(key).unwrap(),
+                                    new.as_ref().map(|s| serde_json::to_vec(s).unwrap()),
+                                )
+                            })
+                            .collect();
+                        ctx.changelog(&transform, epoch, changelog);
+                        let mut session = out.session(&cap);
+                        for (key, (old, new)) in per_key {
+                            let old_row =
+                                old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
+                            let record = |row: Row, tombstone: bool| Record {
+                                key: Some(group_key(&key)),
+                                row,
+                                tombstone,
+                                timestamp_ms: 0,
+                                origin: Default::default(),
+                            };
+                            match new.map(|s| row_of(&key, &s)) {
+                                Some(row) if passes(&row) => session.give(record(row, false)),
+                                _ => {
+                                    if let Some(row) = old_row {
+                                        session.give(record(row, true));
+                                    }
+                                }
                             }
                         }
                     }
                 }
-            }
-        }
-    })
+            },
+        )
 }
 
 /// An event on its way to the window operator.
@@ -331,7 +388,12 @@ struct Partition {
 }
 
 /// The output record of one window of one group, unless `having` drops it.
-fn window_record(key: &[Value], start: i64, w: &Window, having: Option<&crate::expr::Expr>) -> Option<Record> {
+fn window_record(
+    key: &[Value],
+    start: i64,
+    w: &Window,
+    having: Option<&crate::expr::Expr>,
+) -> Option<Record> {
     let mut row = key.to_vec();
     row.push(Value::Int(start));
     row.push(Value::Int(w.end));
@@ -341,7 +403,13 @@ fn window_record(key: &[Value], start: i64, w: &Window, having: Option<&crate::e
     }
     let mut k = group_key(key).to_vec();
     k.extend_from_slice(format!("@{start}").as_bytes());
-    Some(Record { key: Some(k.into()), row, tombstone: false, timestamp_ms: w.end - 1, origin: Default::default() })
+    Some(Record {
+        key: Some(k.into()),
+        row,
+        tombstone: false,
+        timestamp_ms: w.end - 1,
+        origin: Default::default(),
+    })
 }
 
 fn windows_of(shape: WindowShape, t: i64, out: &mut Vec<(i64, i64)>) {
@@ -380,7 +448,10 @@ fn windowed<'s>(
     let in_schema = input.clone();
     // Fold each record into its own state and note event times per
     // partition, on the worker that reads the partition.
-    let mut builder = timely::dataflow::operators::generic::builder_rc::OperatorBuilder::new(format!("{name} events"), stream.scope());
+    let mut builder = timely::dataflow::operators::generic::builder_rc::OperatorBuilder::new(
+        format!("{name} events"),
+        stream.scope(),
+    );
     let mut records_in = builder.new_input(stream, Pipeline);
     let (mut items_out, items) = builder.new_output::<Vec<WindowMsg>>();
     let (mut seen_out, seen) = builder.new_output::<Vec<Seen>>();
@@ -402,7 +473,10 @@ fn windowed<'s>(
                             marks.extend(snap.partitions);
                             marks.push((WATERMARK, -1, snap.watermark, 0));
                         }
-                    } else if let (Ok((key, start)), Ok(w)) = (serde_json::from_slice::<(Vec<Value>, i64)>(k), serde_json::from_slice::<Window>(v)) {
+                    } else if let (Ok((key, start)), Ok(w)) = (
+                        serde_json::from_slice::<(Vec<Value>, i64)>(k),
+                        serde_json::from_slice::<Window>(v),
+                    ) {
                         windows.push(WindowMsg::Restore(key, start, w));
                     }
                 }
@@ -423,22 +497,37 @@ fn windowed<'s>(
                         TimeField::Field(i) => match r.row[i] {
                             Value::Int(t) => t,
                             _ => {
-                                dead.push(c.dead_row(&node, &r, &in_schema, "the event time is null".into()));
+                                dead.push(c.dead_row(
+                                    &node,
+                                    &r,
+                                    &in_schema,
+                                    "the event time is null".into(),
+                                ));
                                 continue;
                             }
                         },
                     };
                     match AggState::of(&aggs, &r.row) {
                         Ok(state) => {
-                            let m = maxima.entry((r.origin.source, r.origin.partition)).or_insert(t);
+                            let m = maxima
+                                .entry((r.origin.source, r.origin.partition))
+                                .or_insert(t);
                             *m = (*m).max(t);
-                            batch.push(WindowMsg::Event((group_by.iter().map(|&i| r.row[i].clone()).collect(), t, state, r)));
+                            batch.push(WindowMsg::Event((
+                                group_by.iter().map(|&i| r.row[i].clone()).collect(),
+                                t,
+                                state,
+                                r,
+                            )));
                         }
                         Err(e) => dead.push(c.dead_row(&node, &r, &in_schema, e.0)),
                     }
                 }
                 c.dead(epoch, std::mem::take(&mut dead));
-                let mut seen_batch: Vec<Seen> = maxima.into_iter().map(|((s, p), t)| (s, p, t, epoch)).collect();
+                let mut seen_batch: Vec<Seen> = maxima
+                    .into_iter()
+                    .map(|((s, p), t)| (s, p, t, epoch))
+                    .collect();
                 if !batch.is_empty() {
                     items_h.give(&cap, &mut batch);
                 }
@@ -450,9 +539,10 @@ fn windowed<'s>(
     });
 
     let node = name.to_string();
-    let idle_epochs = window
-        .idle_timeout_ms
-        .map(|ms| ms.div_ceil(ctx.checkpoint_interval.as_millis().max(1) as u64).max(1));
+    let idle_epochs = window.idle_timeout_ms.map(|ms| {
+        ms.div_ceil(ctx.checkpoint_interval.as_millis().max(1) as u64)
+            .max(1)
+    });
     let all_partitions: Vec<(u32, i32)> = ctx
         .source_partitions
         .iter()
@@ -480,17 +570,38 @@ fn windowed<'s>(
             // what is left there, after everything sent before.
             let mut last_epoch: Epoch = 0;
             move |(items_in, f1), (seen_in, f2), out| {
-                items_in.for_each(|cap, data| pending_items.entry(epoch_of(&cap)).or_default().append(data));
-                seen_in.for_each(|cap, data| pending_seen.entry(epoch_of(&cap)).or_default().append(data));
-                let frontier = [f1.frontier().first().copied(), f2.frontier().first().copied()].into_iter().flatten().min();
+                items_in.for_each(|cap, data| {
+                    pending_items
+                        .entry(epoch_of(&cap))
+                        .or_default()
+                        .append(data)
+                });
+                seen_in.for_each(|cap, data| {
+                    pending_seen.entry(epoch_of(&cap)).or_default().append(data)
+                });
+                let frontier = [
+                    f1.frontier().first().copied(),
+                    f2.frontier().first().copied(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 let done = |e: &Epoch| frontier.is_none_or(|f| *e < f);
-                let mut epochs: Vec<Epoch> = pending_items.keys().chain(pending_seen.keys()).copied().filter(done).collect();
+                let mut epochs: Vec<Epoch> = pending_items
+                    .keys()
+                    .chain(pending_seen.keys())
+                    .copied()
+                    .filter(done)
+                    .collect();
                 epochs.sort_unstable();
                 epochs.dedup();
                 // Every epoch that completes moves the watermark, even one
                 // without records here: idleness is counted in epochs.
                 if let Some(f) = frontier {
-                    if epochs.last().is_none_or(|l| *l < f - 1) && f > 0 && held.cap.as_ref().is_some_and(|c| *c.time() < f) {
+                    if epochs.last().is_none_or(|l| *l < f - 1)
+                        && f > 0
+                        && held.cap.as_ref().is_some_and(|c| *c.time() < f)
+                    {
                         epochs.push(f - 1);
                     }
                 }
@@ -502,7 +613,10 @@ fn windowed<'s>(
                             watermark = watermark.max(t);
                             continue;
                         }
-                        let part = partitions.entry((s, p)).or_insert(Partition { max_time: None, last_active: active });
+                        let part = partitions.entry((s, p)).or_insert(Partition {
+                            max_time: None,
+                            last_active: active,
+                        });
                         part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
                         part.last_active = part.last_active.max(active);
                     }
@@ -522,7 +636,9 @@ fn windowed<'s>(
                         // late too: it could touch a session already closed.
                         let late = match window.shape {
                             WindowShape::Session { .. } => t.saturating_add(lateness) <= watermark,
-                            _ => spans.iter().all(|(_, end)| end.saturating_add(lateness) <= watermark),
+                            _ => spans
+                                .iter()
+                                .all(|(_, end)| end.saturating_add(lateness) <= watermark),
                         };
                         if late {
                             dead.push(ctx.dead_row(&node, &rec, &input, "late".into()));
@@ -533,15 +649,25 @@ fn windowed<'s>(
                             WindowShape::Session { .. } => {
                                 let (mut start, mut end) = spans[0];
                                 let mut merged = st;
-                                let overlapping: Vec<i64> =
-                                    groups.range(..=end).filter(|(_, w)| w.end >= start).map(|(s, _)| *s).collect();
+                                let overlapping: Vec<i64> = groups
+                                    .range(..=end)
+                                    .filter(|(_, w)| w.end >= start)
+                                    .map(|(s, _)| *s)
+                                    .collect();
                                 for s in overlapping {
                                     let w = groups.remove(&s).unwrap();
                                     start = start.min(s);
                                     end = end.max(w.end);
                                     merged.plus_equals(&w.state);
                                 }
-                                groups.insert(start, Window { end, state: merged, fired: false });
+                                groups.insert(
+                                    start,
+                                    Window {
+                                        end,
+                                        state: merged,
+                                        fired: false,
+                                    },
+                                );
                                 changed.push((key.clone(), start));
                             }
                             _ => {
@@ -549,7 +675,14 @@ fn windowed<'s>(
                                     if end.saturating_add(lateness) <= watermark {
                                         continue;
                                     }
-                                    let w = groups.entry(start).or_insert_with(|| Window { end, state: AggState { rows: 0, accs: Vec::new() }, fired: false });
+                                    let w = groups.entry(start).or_insert_with(|| Window {
+                                        end,
+                                        state: AggState {
+                                            rows: 0,
+                                            accs: Vec::new(),
+                                        },
+                                        fired: false,
+                                    });
                                     w.state.plus_equals(&st);
                                     changed.push((key.clone(), start));
                                 }
@@ -565,8 +698,12 @@ fn windowed<'s>(
                     let mut held_back = false;
                     for p in &all_partitions {
                         let part = partitions.get(p);
-                        let idle = idle_epochs.is_some_and(|n| epoch.saturating_sub(part.map_or(0, |x| x.last_active)) >= n);
-                        let mark = part.and_then(|x| x.max_time).map(|t| t - window.max_out_of_orderness_ms);
+                        let idle = idle_epochs.is_some_and(|n| {
+                            epoch.saturating_sub(part.map_or(0, |x| x.last_active)) >= n
+                        });
+                        let mark = part
+                            .and_then(|x| x.max_time)
+                            .map(|t| t - window.max_out_of_orderness_ms);
                         if let Some(m) = mark {
                             highest = Some(highest.map_or(m, |h| h.max(m)));
                         }
@@ -597,7 +734,9 @@ fn windowed<'s>(
                     changed.sort();
                     changed.dedup();
                     for (key, start) in &changed {
-                        let Some(w) = state.get(key).and_then(|g| g.get(start)) else { continue };
+                        let Some(w) = state.get(key).and_then(|g| g.get(start)) else {
+                            continue;
+                        };
                         // Updates go out every epoch; a late update to a
                         // window already fired goes out too.
                         if plan.emit == Emit::Updates || w.fired {
@@ -636,16 +775,27 @@ fn windowed<'s>(
                         .iter()
                         .map(|(key, start)| {
                             let w = state.get(key).and_then(|g| g.get(start));
-                            (serde_json::to_vec(&(key, start)).unwrap(), w.map(|w| serde_json::to_vec(w).unwrap()))
+                            (
+                                serde_json::to_vec(&(key, start)).unwrap(),
+                                w.map(|w| serde_json::to_vec(w).unwrap()),
+                            )
                         })
                         .collect();
                     if ctx.index == 0 {
                         // Every worker holds the same watermark; one writes it.
-                        let mut parts: Vec<Seen> =
-                            partitions.iter().filter_map(|((s, p), x)| Some((*s, *p, x.max_time?, x.last_active))).collect();
+                        let mut parts: Vec<Seen> = partitions
+                            .iter()
+                            .filter_map(|((s, p), x)| Some((*s, *p, x.max_time?, x.last_active)))
+                            .collect();
                         parts.sort();
-                        let snap = WatermarkSnapshot { watermark, partitions: parts };
-                        log.push((WATERMARK_KEY.to_vec(), Some(serde_json::to_vec(&snap).unwrap())));
+                        let snap = WatermarkSnapshot {
+                            watermark,
+                            partitions: parts,
+                        };
+                        log.push((
+                            WATERMARK_KEY.to_vec(),
+                            Some(serde_json::to_vec(&snap).unwrap()),
+                        ));
                     }
                     ctx.changelog(&transform, epoch, log);
                 }
@@ -661,7 +811,8 @@ fn windowed<'s>(
                                 if w.fired && plan.emit == Emit::Final {
                                     continue;
                                 }
-                                if let Some(r) = window_record(key, *start, w, plan.having.as_ref()) {
+                                if let Some(r) = window_record(key, *start, w, plan.having.as_ref())
+                                {
                                     session.give(r);
                                 }
                             }
@@ -672,7 +823,7 @@ fn windowed<'s>(
                 } else {
                     held.advance(frontier);
                 }
-                }
+            }
         },
     )
 }
@@ -696,11 +847,35 @@ mod tests {
 
     #[test]
     fn states_add_up() {
-        let mut a = AggState { rows: 1, accs: vec![Acc::Count(1), Acc::SumDouble(Value::Double(2.0)), Acc::Min(Value::Int(5)), Acc::Avg(Value::Double(2.0), 1)] };
-        let b = AggState { rows: 1, accs: vec![Acc::Count(1), Acc::SumDouble(Value::Double(3.5)), Acc::Min(Value::Int(3)), Acc::Avg(Value::Double(4.0), 1)] };
+        let mut a = AggState {
+            rows: 1,
+            accs: vec![
+                Acc::Count(1),
+                Acc::SumDouble(Value::Double(2.0)),
+                Acc::Min(Value::Int(5)),
+                Acc::Avg(Value::Double(2.0), 1),
+            ],
+        };
+        let b = AggState {
+            rows: 1,
+            accs: vec![
+                Acc::Count(1),
+                Acc::SumDouble(Value::Double(3.5)),
+                Acc::Min(Value::Int(3)),
+                Acc::Avg(Value::Double(4.0), 1),
+            ],
+        };
         a.plus_equals(&b);
         let mut row = Vec::new();
         a.finish(&mut row);
-        assert_eq!(row, vec![Value::Int(2), Value::Double(5.5), Value::Int(3), Value::Double(3.0)]);
+        assert_eq!(
+            row,
+            vec![
+                Value::Int(2),
+                Value::Double(5.5),
+                Value::Int(3),
+                Value::Double(3.0)
+            ]
+        );
     }
 }

@@ -67,14 +67,27 @@ impl Agg {
         self.hi = self.hi.max(v);
     }
     fn new(v: i64) -> Self {
-        Agg { n: 1, total: v, lo: v, hi: v }
+        Agg {
+            n: 1,
+            total: v,
+            lo: v,
+            hi: v,
+        }
     }
 }
 
 type Row = (String, Option<(i64, i64)>, i64, i64, i64, i64, f64);
 
 fn row(key: &str, window: Option<(i64, i64)>, a: &Agg) -> Row {
-    (key.to_string(), window, a.n, a.total, a.lo, a.hi, a.total as f64 / a.n as f64)
+    (
+        key.to_string(),
+        window,
+        a.n,
+        a.total,
+        a.lo,
+        a.hi,
+        a.total as f64 / a.n as f64,
+    )
 }
 
 /// What the job must produce, computed straight from the events: which are
@@ -84,9 +97,15 @@ fn expected(events: &[Event], shape: Option<WindowShape>) -> (Vec<Row>, BTreeSet
     let Some(shape) = shape else {
         let mut per_key: BTreeMap<&str, Agg> = BTreeMap::new();
         for e in events {
-            per_key.entry(&e.key).and_modify(|a| a.add(e.v)).or_insert_with(|| Agg::new(e.v));
+            per_key
+                .entry(&e.key)
+                .and_modify(|a| a.add(e.v))
+                .or_insert_with(|| Agg::new(e.v));
         }
-        return (per_key.iter().map(|(k, a)| row(k, None, a)).collect(), BTreeSet::new());
+        return (
+            per_key.iter().map(|(k, a)| row(k, None, a)).collect(),
+            BTreeSet::new(),
+        );
     };
     let mut watermark = i64::MIN;
     let mut maxima: BTreeMap<i32, i64> = BTreeMap::new();
@@ -106,10 +125,16 @@ fn expected(events: &[Event], shape: Option<WindowShape>) -> (Vec<Row>, BTreeSet
                 continue;
             }
             match shape {
-                WindowShape::Session { .. } => session_events.entry(e.key.clone()).or_default().push((e.t, e.v)),
+                WindowShape::Session { .. } => session_events
+                    .entry(e.key.clone())
+                    .or_default()
+                    .push((e.t, e.v)),
                 _ => {
                     for &(s, end) in spans.iter().filter(|(_, end)| *end > watermark) {
-                        windows.entry((e.key.clone(), s, end)).and_modify(|a| a.add(e.v)).or_insert_with(|| Agg::new(e.v));
+                        windows
+                            .entry((e.key.clone(), s, end))
+                            .and_modify(|a| a.add(e.v))
+                            .or_insert_with(|| Agg::new(e.v));
                     }
                 }
             }
@@ -144,7 +169,13 @@ fn expected(events: &[Event], shape: Option<WindowShape>) -> (Vec<Row>, BTreeSet
             }
         }
     }
-    (windows.iter().map(|((k, s, e), a)| row(k, Some((*s, *e)), a)).collect(), late)
+    (
+        windows
+            .iter()
+            .map(|((k, s, e), a)| row(k, Some((*s, *e)), a))
+            .collect(),
+        late,
+    )
 }
 
 fn job(window: &str) -> Arc<Plan> {
@@ -186,7 +217,11 @@ format = "json"
     Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn run(plan: &Arc<Plan>, events: &[Event], workers: usize) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
+fn run(
+    plan: &Arc<Plan>,
+    events: &[Event],
+    workers: usize,
+) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
     let input: Vec<(u64, RawRecord)> = events
         .iter()
         .map(|e| {
@@ -197,12 +232,23 @@ fn run(plan: &Arc<Plan>, events: &[Event], workers: usize) -> (Vec<(u64, Row)>, 
                     key: None,
                     value: Some(value.into_bytes()),
                     timestamp_ms: 0,
-                    origin: Origin { source: 0, partition: e.partition, offset: e.offset },
+                    origin: Origin {
+                        source: 0,
+                        partition: e.partition,
+                        offset: e.offset,
+                    },
                 },
             )
         })
         .collect();
-    let summary = run_in_memory(plan.clone(), workers, vec![MemoryInput::Scripted(Arc::new(input))], vec![], true).unwrap();
+    let summary = run_in_memory(
+        plan.clone(),
+        workers,
+        vec![MemoryInput::Scripted(Arc::new(input))],
+        vec![],
+        true,
+    )
+    .unwrap();
     let rows = summary
         .output
         .get("out")
@@ -211,7 +257,9 @@ fn run(plan: &Arc<Plan>, events: &[Event], workers: usize) -> (Vec<(u64, Row)>, 
         .into_iter()
         .map(|(epoch, r)| {
             let j: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-            let window = j.get("window_start").map(|s| (s.as_i64().unwrap(), j["window_end"].as_i64().unwrap()));
+            let window = j
+                .get("window_start")
+                .map(|s| (s.as_i64().unwrap(), j["window_end"].as_i64().unwrap()));
             let row: Row = (
                 j["key"].as_str().unwrap().to_string(),
                 window,
@@ -247,11 +295,17 @@ fn check(window: &str, shape: Option<WindowShape>) {
         let evs = events(seed);
         let (want, want_late) = expected(&evs, shape);
         if shape.is_some() {
-            assert!(!want_late.is_empty(), "seed {seed} should produce late events");
+            assert!(
+                !want_late.is_empty(),
+                "seed {seed} should produce late events"
+            );
         }
         for workers in [1, 4] {
             let (rows, late) = run(&plan, &evs, workers);
-            assert_eq!(late, want_late, "late events, seed {seed}, {workers} workers, {window}");
+            assert_eq!(
+                late, want_late,
+                "late events, seed {seed}, {workers} workers, {window}"
+            );
             let got: Vec<Row> = if shape.is_some() {
                 rows.into_iter().map(|(_, r)| r).collect()
             } else {
@@ -259,12 +313,19 @@ fn check(window: &str, shape: Option<WindowShape>) {
                 let mut last: BTreeMap<String, (u64, Row)> = BTreeMap::new();
                 let mut per_epoch: BTreeSet<(u64, String)> = BTreeSet::new();
                 for (epoch, r) in rows {
-                    assert!(per_epoch.insert((epoch, r.0.clone())), "one record per key per epoch");
+                    assert!(
+                        per_epoch.insert((epoch, r.0.clone())),
+                        "one record per key per epoch"
+                    );
                     last.insert(r.0.clone(), (epoch, r));
                 }
                 last.into_values().map(|(_, r)| r).collect()
             };
-            assert_eq!(sorted(got), sorted(want.clone()), "seed {seed}, {workers} workers, {window}");
+            assert_eq!(
+                sorted(got),
+                sorted(want.clone()),
+                "seed {seed}, {workers} workers, {window}"
+            );
         }
     }
 }
@@ -308,14 +369,33 @@ fn idle_run(idle: &str, workers: usize) -> (u64, u64) {
     ));
     let mut evs = Vec::new();
     for (i, t) in [5, 20, 40].into_iter().enumerate() {
-        evs.push(Event { epoch: 1, partition: 1, offset: i as i64, key: "a".into(), t, v: 1 });
+        evs.push(Event {
+            epoch: 1,
+            partition: 1,
+            offset: i as i64,
+            key: "a".into(),
+            t,
+            v: 1,
+        });
     }
     for epoch in 1..=10u64 {
-        evs.push(Event { epoch, partition: 0, offset: epoch as i64, key: "a".into(), t: epoch as i64 * 100 + 10, v: 1 });
+        evs.push(Event {
+            epoch,
+            partition: 0,
+            offset: epoch as i64,
+            key: "a".into(),
+            t: epoch as i64 * 100 + 10,
+            v: 1,
+        });
     }
     let (rows, late) = run(&plan, &evs, workers);
     assert!(late.is_empty());
-    let at = |w| rows.iter().find(|(_, r)| r.1 == Some(w)).map(|(e, _)| *e).expect("every window is emitted");
+    let at = |w| {
+        rows.iter()
+            .find(|(_, r)| r.1 == Some(w))
+            .map(|(e, _)| *e)
+            .expect("every window is emitted")
+    };
     (at((100, 200)), at((1000, 1100)))
 }
 
@@ -323,7 +403,10 @@ fn idle_run(idle: &str, workers: usize) -> (u64, u64) {
 fn an_idle_partition_stops_holding_windows_back() {
     for workers in [1, 2] {
         let (window, end) = idle_run("idle_timeout_ms = 2000", workers);
-        assert!(window <= 4 && window < end, "with an idle timeout the window fires by epoch 4, not {window} (end {end})");
+        assert!(
+            window <= 4 && window < end,
+            "with an idle timeout the window fires by epoch 4, not {window} (end {end})"
+        );
         let (window, end) = idle_run("", workers);
         assert_eq!(window, end, "without one, only the end of the run fires it");
     }

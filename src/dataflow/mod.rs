@@ -7,13 +7,15 @@
 pub mod aggregate;
 
 use crate::connectors::{partition_for_key, Poll, SourceReader};
-use aggregate::Aggregate;
 use crate::expr::Expr;
 use crate::format::{avro, csv, json, registry::RegistryClient};
 use crate::plan::{MapPlan, MapTarget, NodeKind, Plan, Port, SinkPlan};
 use crate::record::{FieldType, RawRecord, Record, RowSchema, Value};
-use crate::runtime::writer::{capitalise, trace_line, DeadLetter, EpochCounts, OutRecord, WriterMsg};
+use crate::runtime::writer::{
+    capitalise, trace_line, DeadLetter, EpochCounts, OutRecord, WriterMsg,
+};
 use crate::spec::{FileFormat, Format};
+use aggregate::Aggregate;
 use crossbeam_channel::Sender;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -75,7 +77,9 @@ impl WorkerContext {
     /// Epochs are cut by wall-clock time since the job started, the same
     /// clock on every worker of the process.
     fn epoch_now(&self) -> Epoch {
-        self.first_epoch.max(1) + (self.start.elapsed().as_millis() / self.checkpoint_interval.as_millis().max(1)) as Epoch
+        self.first_epoch.max(1)
+            + (self.start.elapsed().as_millis() / self.checkpoint_interval.as_millis().max(1))
+                as Epoch
     }
 
     pub(crate) fn count(&self, epoch: Epoch, f: impl FnOnce(&mut EpochCounts)) {
@@ -91,20 +95,37 @@ impl WorkerContext {
         if self.trace {
             let lines = letters
                 .iter()
-                .map(|d| format!("Dead letter - {}/{}@{} reason {}", d.topic, d.partition, d.offset, d.reason))
+                .map(|d| {
+                    format!(
+                        "Dead letter - {}/{}@{} reason {}",
+                        d.topic, d.partition, d.offset, d.reason
+                    )
+                })
                 .collect();
             let _ = self.writer.send(WriterMsg::Trace(lines));
         }
-        let _ = self.writer.send(WriterMsg::Dead { epoch, records: letters });
+        let _ = self.writer.send(WriterMsg::Dead {
+            epoch,
+            records: letters,
+        });
     }
 
     /// Sends the state changes of `transform` in `epoch` to its changelog.
-    pub(crate) fn changelog(&self, transform: &str, epoch: Epoch, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    pub(crate) fn changelog(
+        &self,
+        transform: &str,
+        epoch: Epoch,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) {
         if records.is_empty() {
             return;
         }
         if let Some(topic) = self.changelog_topics.get(transform) {
-            let _ = self.writer.send(WriterMsg::Changelog { epoch, topic: topic.clone(), records });
+            let _ = self.writer.send(WriterMsg::Changelog {
+                epoch,
+                topic: topic.clone(),
+                records,
+            });
         }
     }
 
@@ -117,12 +138,22 @@ impl WorkerContext {
         }
     }
 
-    pub(crate) fn dead_row(&self, node: &str, rec: &Record, schema: &RowSchema, reason: String) -> DeadLetter {
+    pub(crate) fn dead_row(
+        &self,
+        node: &str,
+        rec: &Record,
+        schema: &RowSchema,
+        reason: String,
+    ) -> DeadLetter {
         DeadLetter {
             key: rec.key.clone(),
             value: Some(json::row_to_string(&rec.row, schema, false).into_bytes()),
             reason: format!("{node}: {reason}"),
-            topic: self.source_topics.get(rec.origin.source as usize).cloned().unwrap_or_else(|| "".into()),
+            topic: self
+                .source_topics
+                .get(rec.origin.source as usize)
+                .cloned()
+                .unwrap_or_else(|| "".into()),
             partition: rec.origin.partition,
             offset: rec.origin.offset,
         }
@@ -140,7 +171,11 @@ pub fn build<'s>(
     ctx: &Rc<WorkerContext>,
     probe: &ProbeHandle<Epoch>,
 ) {
-    let consumed: HashSet<Port> = plan.nodes.iter().flat_map(|n| n.inputs.iter().copied()).collect();
+    let consumed: HashSet<Port> = plan
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().copied())
+        .collect();
     let mut streams: HashMap<Port, Records<'s>> = HashMap::new();
     let mut source_pos = 0usize;
     for (i, node) in plan.nodes.iter().enumerate() {
@@ -156,30 +191,59 @@ pub fn build<'s>(
             NodeKind::Source(sp) => {
                 let reader = (readers[source_pos])(ctx.index, ctx.peers);
                 let raw = read_source(scope, &node.id, reader, source_pos, ctx.clone());
-                let out = raw.decode(&node.id, sp.config.format, &sp.reader, &node.outputs[0], ctx.clone());
+                let out = raw.decode(
+                    &node.id,
+                    sp.config.format,
+                    &sp.reader,
+                    &node.outputs[0],
+                    ctx.clone(),
+                );
                 streams.insert(Port { node: i, output: 0 }, out);
                 source_pos += 1;
             }
             NodeKind::Validate(rules) => {
-                let out = input().validate(&node.id, rules.clone(), plan.input_schema(i).clone(), ctx.clone());
+                let out = input().validate(
+                    &node.id,
+                    rules.clone(),
+                    plan.input_schema(i).clone(),
+                    ctx.clone(),
+                );
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Filter(e) => {
-                let out = input().filter_rows(&node.id, e.clone(), plan.input_schema(i).clone(), ctx.clone());
+                let out = input().filter_rows(
+                    &node.id,
+                    e.clone(),
+                    plan.input_schema(i).clone(),
+                    ctx.clone(),
+                );
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Aggregate(a) => {
-                let out = input().aggregate(&node.name, a, plan.input_schema(i).clone(), ctx.clone());
+                let out =
+                    input().aggregate(&node.name, a, plan.input_schema(i).clone(), ctx.clone());
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Map(m) => {
-                let out = input().map_rows(&node.id, m.clone(), plan.input_schema(i).clone(), ctx.clone());
+                let out = input().map_rows(
+                    &node.id,
+                    m.clone(),
+                    plan.input_schema(i).clone(),
+                    ctx.clone(),
+                );
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Route(routes) => {
-                let used: Vec<bool> =
-                    (0..=routes.len()).map(|o| consumed.contains(&Port { node: i, output: o })).collect();
-                let outs = input().route(&node.id, routes.clone(), used, plan.input_schema(i).clone(), ctx.clone());
+                let used: Vec<bool> = (0..=routes.len())
+                    .map(|o| consumed.contains(&Port { node: i, output: o }))
+                    .collect();
+                let outs = input().route(
+                    &node.id,
+                    routes.clone(),
+                    used,
+                    plan.input_schema(i).clone(),
+                    ctx.clone(),
+                );
                 for (o, s) in outs.into_iter().enumerate() {
                     streams.insert(Port { node: i, output: o }, s);
                 }
@@ -188,7 +252,9 @@ pub fn build<'s>(
             NodeKind::Sink(_) if node.inputs.is_empty() => {}
             NodeKind::Sink(sink) => {
                 let schema = plan.input_schema(i).clone();
-                input().write_sink(i, &node.name, sink, schema, ctx.clone()).probe_with(probe);
+                input()
+                    .write_sink(i, &node.name, sink, schema, ctx.clone())
+                    .probe_with(probe);
             }
         }
         // Outputs nobody reads are dropped; they still count, as filtered.
@@ -197,14 +263,18 @@ pub fn build<'s>(
             if !consumed.contains(&port) {
                 let s = streams.remove(&port).unwrap();
                 let c = ctx.clone();
-                s.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Unread", move |_, _| {
-                    move |input, _output| {
-                        input.for_each(|cap, data| {
-                            let n = data.len() as u64;
-                            c.count(epoch_of(&cap), |x| x.filtered += n);
-                        });
-                    }
-                })
+                s.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                    Pipeline,
+                    "Unread",
+                    move |_, _| {
+                        move |input, _output| {
+                            input.for_each(|cap, data| {
+                                let n = data.len() as u64;
+                                c.count(epoch_of(&cap), |x| x.filtered += n);
+                            });
+                        }
+                    },
+                )
                 .probe_with(probe);
             }
         }
@@ -236,7 +306,8 @@ fn read_source<'s>(
             follow_clock(&ctx, reader.as_ref(), c);
             let mut budget = POLL_BATCH;
             if let Some(rate) = ctx.max_rate {
-                let allowed = (rate / ctx.peers as f64 * ctx.start.elapsed().as_secs_f64()) as i64 - read_so_far;
+                let allowed = (rate / ctx.peers as f64 * ctx.start.elapsed().as_secs_f64()) as i64
+                    - read_so_far;
                 if allowed <= 0 {
                     activator.activate_after(Duration::from_millis(5));
                     return;
@@ -275,7 +346,10 @@ fn read_source<'s>(
                             }
                             x.inputs[source_pos] += n;
                             for r in &buf {
-                                let range = x.ranges.entry((r.origin.source, r.origin.partition)).or_insert((r.origin.offset, r.origin.offset + 1));
+                                let range = x
+                                    .ranges
+                                    .entry((r.origin.source, r.origin.partition))
+                                    .or_insert((r.origin.offset, r.origin.offset + 1));
                                 range.0 = range.0.min(r.origin.offset);
                                 range.1 = range.1.max(r.origin.offset + 1);
                             }
@@ -304,7 +378,11 @@ fn read_source<'s>(
 
 /// Moves a live source's epoch to the clock's; scripted and replaying
 /// sources say their epochs themselves.
-fn follow_clock(ctx: &WorkerContext, reader: &dyn SourceReader, cap: &mut timely::dataflow::operators::Capability<Epoch>) {
+fn follow_clock(
+    ctx: &WorkerContext,
+    reader: &dyn SourceReader,
+    cap: &mut timely::dataflow::operators::Capability<Epoch>,
+) {
     if !ctx.scripted && !reader.replaying() {
         let now = ctx.epoch_now();
         if now > *cap.time() {
@@ -325,7 +403,10 @@ trait Decode<'s> {
     ) -> Records<'s>;
 }
 
-type Pending = Vec<(timely::dataflow::operators::Capability<Epoch>, Vec<RawRecord>)>;
+type Pending = Vec<(
+    timely::dataflow::operators::Capability<Epoch>,
+    Vec<RawRecord>,
+)>;
 
 impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
     fn decode(
@@ -340,76 +421,107 @@ impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
         let rows = rows.clone();
         let node = name.to_string();
         let scope = self.scope();
-        self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, &format!("Decode {name}"), move |_, info| {
-            let activator = Arc::new(Mutex::new(scope.worker().sync_activator_for(info.address.to_vec())));
-            // Decoders by writer schema id; Err holds why an id cannot be read.
-            let mut decoders: HashMap<u32, Result<avro::Decoder, String>> = HashMap::new();
-            let fetched: Arc<Mutex<HashMap<u32, Result<Arc<str>, String>>>> = Default::default();
-            let mut fetching: HashSet<u32> = HashSet::new();
-            let mut pending: Pending = Vec::new();
-            let mut out: Vec<Record> = Vec::new();
-            let mut dead: Vec<DeadLetter> = Vec::new();
-            let mut trace: Vec<String> = Vec::new();
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    pending.push((cap.retain_least(0).expect("epochs are totally ordered"), std::mem::take(data)));
-                });
-                // Writer schemas not seen yet are fetched off the worker;
-                // their batches wait, in order, until the answer is in.
-                if format == Format::Avro {
-                    let mut ready = 0;
-                    'batches: for (_, batch) in pending.iter() {
-                        for r in batch {
-                            let Some(Ok((id, _))) = r.value.as_deref().map(avro::split_wire) else { continue };
-                            if decoders.contains_key(&id) {
-                                continue;
-                            }
-                            let registry = ctx.registry.as_ref();
-                            let answer = match registry.and_then(|c| c.cached(id)) {
-                                Some(text) => Some(Ok(text)),
-                                None => fetched.lock().unwrap().remove(&id),
-                            };
-                            match answer {
-                                Some(text) => {
-                                    let d = text.and_then(|t| {
-                                        let writer = avro::parse_schema(&t).map_err(|e| e.to_string())?;
-                                        avro::Decoder::new(&writer, &reader, &rows).map_err(|e| e.to_string())
-                                    });
-                                    decoders.insert(id, d.map_err(|e| format!("schema id {id}: {e}")));
+        self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(
+            Pipeline,
+            &format!("Decode {name}"),
+            move |_, info| {
+                let activator = Arc::new(Mutex::new(
+                    scope.worker().sync_activator_for(info.address.to_vec()),
+                ));
+                // Decoders by writer schema id; Err holds why an id cannot be read.
+                let mut decoders: HashMap<u32, Result<avro::Decoder, String>> = HashMap::new();
+                let fetched: Arc<Mutex<HashMap<u32, Result<Arc<str>, String>>>> =
+                    Default::default();
+                let mut fetching: HashSet<u32> = HashSet::new();
+                let mut pending: Pending = Vec::new();
+                let mut out: Vec<Record> = Vec::new();
+                let mut dead: Vec<DeadLetter> = Vec::new();
+                let mut trace: Vec<String> = Vec::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        pending.push((
+                            cap.retain_least(0).expect("epochs are totally ordered"),
+                            std::mem::take(data),
+                        ));
+                    });
+                    // Writer schemas not seen yet are fetched off the worker;
+                    // their batches wait, in order, until the answer is in.
+                    if format == Format::Avro {
+                        let mut ready = 0;
+                        'batches: for (_, batch) in pending.iter() {
+                            for r in batch {
+                                let Some(Ok((id, _))) = r.value.as_deref().map(avro::split_wire)
+                                else {
+                                    continue;
+                                };
+                                if decoders.contains_key(&id) {
+                                    continue;
                                 }
-                                None => {
-                                    if fetching.insert(id) {
-                                        let Some(client) = registry.cloned() else {
-                                            decoders.insert(id, Err(format!("schema id {id}: no registry configured")));
-                                            continue;
-                                        };
-                                        let fetched = fetched.clone();
-                                        let activator = activator.clone();
-                                        std::thread::spawn(move || {
-                                            let r = client.schema_by_id(id).map_err(|e| e.to_string());
-                                            fetched.lock().unwrap().insert(id, r);
-                                            let _ = activator.lock().unwrap().activate();
+                                let registry = ctx.registry.as_ref();
+                                let answer = match registry.and_then(|c| c.cached(id)) {
+                                    Some(text) => Some(Ok(text)),
+                                    None => fetched.lock().unwrap().remove(&id),
+                                };
+                                match answer {
+                                    Some(text) => {
+                                        let d = text.and_then(|t| {
+                                            let writer = avro::parse_schema(&t)
+                                                .map_err(|e| e.to_string())?;
+                                            avro::Decoder::new(&writer, &reader, &rows)
+                                                .map_err(|e| e.to_string())
                                         });
+                                        decoders.insert(
+                                            id,
+                                            d.map_err(|e| format!("schema id {id}: {e}")),
+                                        );
                                     }
-                                    break 'batches;
+                                    None => {
+                                        if fetching.insert(id) {
+                                            let Some(client) = registry.cloned() else {
+                                                decoders.insert(
+                                                    id,
+                                                    Err(format!(
+                                                        "schema id {id}: no registry configured"
+                                                    )),
+                                                );
+                                                continue;
+                                            };
+                                            let fetched = fetched.clone();
+                                            let activator = activator.clone();
+                                            std::thread::spawn(move || {
+                                                let r = client
+                                                    .schema_by_id(id)
+                                                    .map_err(|e| e.to_string());
+                                                fetched.lock().unwrap().insert(id, r);
+                                                let _ = activator.lock().unwrap().activate();
+                                            });
+                                        }
+                                        break 'batches;
+                                    }
                                 }
                             }
+                            ready += 1;
                         }
-                        ready += 1;
+                        if ready < pending.len() {
+                            // Decode what is ready; the rest waits for its schema.
+                            let rest = pending.split_off(ready);
+                            let now = std::mem::replace(&mut pending, rest);
+                            decode_batches(
+                                now, &mut out, &mut dead, &mut trace, &decoders, format, &rows,
+                                &ctx, output,
+                            );
+                            return;
+                        }
                     }
-                    if ready < pending.len() {
-                        // Decode what is ready; the rest waits for its schema.
-                        let rest = pending.split_off(ready);
-                        let now = std::mem::replace(&mut pending, rest);
-                        decode_batches(now, &mut out, &mut dead, &mut trace, &decoders, format, &rows, &ctx, output);
-                        return;
-                    }
+                    let now = std::mem::take(&mut pending);
+                    decode_batches(
+                        now, &mut out, &mut dead, &mut trace, &decoders, format, &rows, &ctx,
+                        output,
+                    );
+                    let _ = &node;
                 }
-                let now = std::mem::take(&mut pending);
-                decode_batches(now, &mut out, &mut dead, &mut trace, &decoders, format, &rows, &ctx, output);
-                let _ = &node;
-            }
-        })
+            },
+        )
     }
 }
 
@@ -423,35 +535,59 @@ fn decode_batches(
     format: Format,
     rows: &RowSchema,
     ctx: &WorkerContext,
-    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, Epoch, CapacityContainerBuilder<Vec<Record>>>,
+    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        Epoch,
+        CapacityContainerBuilder<Vec<Record>>,
+    >,
 ) {
     for (cap, batch) in batches {
         for raw in batch {
             let decoded = match &raw.value {
                 None => Err("record has no value (a tombstone)".to_string()),
                 Some(v) => match format {
-                    Format::Json => json::decode(v, rows).map_err(|e| format!("not a valid JSON record: {e}")),
-                    Format::Avro => avro::split_wire(v).map_err(|e| e.to_string()).and_then(|(id, body)| {
-                        match decoders.get(&id) {
-                            Some(Ok(d)) => d.decode(body).map_err(|e| format!("schema id {id}: {e}")),
-                            Some(Err(e)) => Err(e.clone()),
-                            None => Err(format!("schema id {id} is unknown")),
-                        }
-                    }),
+                    Format::Json => {
+                        json::decode(v, rows).map_err(|e| format!("not a valid JSON record: {e}"))
+                    }
+                    Format::Avro => {
+                        avro::split_wire(v)
+                            .map_err(|e| e.to_string())
+                            .and_then(|(id, body)| match decoders.get(&id) {
+                                Some(Ok(d)) => {
+                                    d.decode(body).map_err(|e| format!("schema id {id}: {e}"))
+                                }
+                                Some(Err(e)) => Err(e.clone()),
+                                None => Err(format!("schema id {id} is unknown")),
+                            })
+                    }
                 },
             };
             match decoded {
                 Ok(row) => {
                     if ctx.trace {
-                        trace.push(trace_line("Incoming", raw.key.as_deref(), &json::row_to_string(&row, rows, true)));
+                        trace.push(trace_line(
+                            "Incoming",
+                            raw.key.as_deref(),
+                            &json::row_to_string(&row, rows, true),
+                        ));
                     }
-                    out.push(Record { key: raw.key, row, tombstone: false, timestamp_ms: raw.timestamp_ms, origin: raw.origin });
+                    out.push(Record {
+                        key: raw.key,
+                        row,
+                        tombstone: false,
+                        timestamp_ms: raw.timestamp_ms,
+                        origin: raw.origin,
+                    });
                 }
                 Err(reason) => dead.push(DeadLetter {
                     key: raw.key,
                     value: raw.value,
                     reason: format!("decode: {reason}"),
-                    topic: ctx.source_topics.get(raw.origin.source as usize).cloned().unwrap_or_else(|| "".into()),
+                    topic: ctx
+                        .source_topics
+                        .get(raw.origin.source as usize)
+                        .cloned()
+                        .unwrap_or_else(|| "".into()),
                     partition: raw.origin.partition,
                     offset: raw.origin.offset,
                 }),
@@ -470,9 +606,27 @@ fn decode_batches(
 
 /// The stateless transforms, as small operators over streams of records.
 trait Transforms<'s> {
-    fn filter_rows(self, name: &str, cond: Expr, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
-    fn validate(self, name: &str, rules: Vec<(String, Expr)>, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
-    fn map_rows(self, name: &str, map: MapPlan, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s>;
+    fn filter_rows(
+        self,
+        name: &str,
+        cond: Expr,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s>;
+    fn validate(
+        self,
+        name: &str,
+        rules: Vec<(String, Expr)>,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s>;
+    fn map_rows(
+        self,
+        name: &str,
+        map: MapPlan,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s>;
     fn route(
         self,
         name: &str,
@@ -492,7 +646,13 @@ trait Transforms<'s> {
 }
 
 impl<'s> Transforms<'s> for Records<'s> {
-    fn filter_rows(self, name: &str, cond: Expr, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+    fn filter_rows(
+        self,
+        name: &str,
+        cond: Expr,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s> {
         let node = name.to_string();
         self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut dead = Vec::new();
@@ -515,7 +675,13 @@ impl<'s> Transforms<'s> for Records<'s> {
         })
     }
 
-    fn validate(self, name: &str, rules: Vec<(String, Expr)>, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+    fn validate(
+        self,
+        name: &str,
+        rules: Vec<(String, Expr)>,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s> {
         let node = name.to_string();
         self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut dead = Vec::new();
@@ -540,7 +706,13 @@ impl<'s> Transforms<'s> for Records<'s> {
         })
     }
 
-    fn map_rows(self, name: &str, map: MapPlan, schema: RowSchema, ctx: Rc<WorkerContext>) -> Records<'s> {
+    fn map_rows(
+        self,
+        name: &str,
+        map: MapPlan,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Records<'s> {
         let node = name.to_string();
         self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut dead = Vec::new();
@@ -552,7 +724,9 @@ impl<'s> Transforms<'s> for Records<'s> {
                         values.clear();
                         for (e, _, ty) in &map.computed {
                             match e.eval(&r.row) {
-                                Ok(Value::Int(i)) if *ty == FieldType::Double => values.push(Value::Double(i as f64)),
+                                Ok(Value::Int(i)) if *ty == FieldType::Double => {
+                                    values.push(Value::Double(i as f64))
+                                }
                                 Ok(v) => values.push(v),
                                 Err(err) => {
                                     dead.push(ctx.dead_row(&node, r, &schema, err.0));
@@ -659,7 +833,9 @@ impl<'s> Transforms<'s> for Records<'s> {
         let encoder = avro::Encoder::new(&schema);
         let schema_id = ctx.sink_schema_ids.get(&node).copied();
         let partitions = ctx.sink_partitions.get(&node).copied().unwrap_or(1).max(1);
-        let window_fields = schema.index_of("window_start").zip(schema.index_of("window_end"));
+        let window_fields = schema
+            .index_of("window_start")
+            .zip(schema.index_of("window_end"));
         self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut round_robin = ctx.index as i32;
             let mut dead = Vec::new();
@@ -680,19 +856,24 @@ impl<'s> Transforms<'s> for Records<'s> {
                         }
                         let mut parquet_row = None;
                         let (key, value, window) = match &sink {
-                            SinkPlan::Stdout => (r.key.clone(), Some(text.clone().into_bytes()), None),
+                            SinkPlan::Stdout => {
+                                (r.key.clone(), Some(text.clone().into_bytes()), None)
+                            }
                             // Files and tables are not upsert streams here: a
                             // deletion has no row.
-                            SinkPlan::File { .. } | SinkPlan::Postgres { .. } if r.tombstone => continue,
+                            SinkPlan::File { .. } | SinkPlan::Postgres { .. } if r.tombstone => {
+                                continue
+                            }
                             SinkPlan::Postgres { .. } => {
                                 parquet_row = Some(r.row.clone());
                                 (r.key.clone(), None, None)
                             }
                             SinkPlan::File { config, .. } => {
-                                let window = window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
-                                    (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
-                                    _ => None,
-                                });
+                                let window =
+                                    window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
+                                        (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
+                                        _ => None,
+                                    });
                                 if config.format == FileFormat::Parquet {
                                     parquet_row = Some(r.row.clone());
                                     (r.key.clone(), None, window)
@@ -715,7 +896,12 @@ impl<'s> Transforms<'s> for Records<'s> {
                                             Some(Arc::from(s.as_bytes()))
                                         }
                                         Err(e) => {
-                                            dead.push(ctx.dead_row(&node_id, &r, &schema, format!("key: {}", e.0)));
+                                            dead.push(ctx.dead_row(
+                                                &node_id,
+                                                &r,
+                                                &schema,
+                                                format!("key: {}", e.0),
+                                            ));
                                             continue;
                                         }
                                     },
@@ -731,9 +917,17 @@ impl<'s> Transforms<'s> for Records<'s> {
                                             value = s.into_bytes();
                                         }
                                         Format::Avro => {
-                                            avro::write_wire_header(&mut value, schema_id.unwrap_or(0));
+                                            avro::write_wire_header(
+                                                &mut value,
+                                                schema_id.unwrap_or(0),
+                                            );
                                             if let Err(e) = encoder.encode(&r.row, &mut value) {
-                                                dead.push(ctx.dead_row(&node_id, &r, &schema, e.to_string()));
+                                                dead.push(ctx.dead_row(
+                                                    &node_id,
+                                                    &r,
+                                                    &schema,
+                                                    e.to_string(),
+                                                ));
                                                 continue;
                                             }
                                         }
@@ -752,7 +946,13 @@ impl<'s> Transforms<'s> for Records<'s> {
                                 round_robin
                             }
                         });
-                        out.push(OutRecord { key, value, partition, window, row: parquet_row.take() });
+                        out.push(OutRecord {
+                            key,
+                            value,
+                            partition,
+                            window,
+                            row: parquet_row.take(),
+                        });
                     }
                     if !trace.is_empty() {
                         let _ = ctx.writer.send(WriterMsg::Trace(trace));
@@ -760,7 +960,11 @@ impl<'s> Transforms<'s> for Records<'s> {
                     ctx.dead(epoch, std::mem::take(&mut dead));
                     if !out.is_empty() {
                         ctx.in_flight.fetch_add(out.len() as i64, Ordering::Relaxed);
-                        let _ = ctx.writer.send(WriterMsg::Out { sink: node, epoch, records: out });
+                        let _ = ctx.writer.send(WriterMsg::Out {
+                            sink: node,
+                            epoch,
+                            records: out,
+                        });
                     }
                 });
             }

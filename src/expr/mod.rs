@@ -79,7 +79,10 @@ pub struct Expr {
 }
 
 fn t(ty: FieldType) -> Ty {
-    Ty { ty, nullable: false }
+    Ty {
+        ty,
+        nullable: false,
+    }
 }
 
 fn numeric(ty: FieldType) -> bool {
@@ -92,7 +95,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + (ca != *cb) as usize)
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -125,53 +132,90 @@ impl Checker<'_> {
         let pos = ast.pos;
         match &ast.kind {
             AstKind::Lit(l) => Ok(match l {
-                Lit::Null => (Node::Lit(Value::Null), Ty { ty: FieldType::Null, nullable: true }),
+                Lit::Null => (
+                    Node::Lit(Value::Null),
+                    Ty {
+                        ty: FieldType::Null,
+                        nullable: true,
+                    },
+                ),
                 Lit::Bool(b) => (Node::Lit(Value::Bool(*b)), t(FieldType::Bool)),
                 Lit::Int(i) => (Node::Lit(Value::Int(*i)), t(FieldType::Int)),
                 Lit::Double(d) => (Node::Lit(Value::Double(*d)), t(FieldType::Double)),
-                Lit::Str(s) => (Node::Lit(Value::Str(s.as_str().into())), t(FieldType::String)),
+                Lit::Str(s) => (
+                    Node::Lit(Value::Str(s.as_str().into())),
+                    t(FieldType::String),
+                ),
             }),
             AstKind::Ident(name) => match self.schema.index_of(name) {
                 Some(i) => {
                     let f = &self.schema.fields[i];
-                    Ok((Node::Field(i, name.as_str().into()), Ty { ty: f.ty, nullable: f.nullable }))
+                    Ok((
+                        Node::Field(i, name.as_str().into()),
+                        Ty {
+                            ty: f.ty,
+                            nullable: f.nullable,
+                        },
+                    ))
                 }
                 None => {
-                    let hint = match did_you_mean(name, self.schema.fields.iter().map(|f| f.name.as_str())) {
+                    let hint = match did_you_mean(
+                        name,
+                        self.schema.fields.iter().map(|f| f.name.as_str()),
+                    ) {
                         Some(n) => format!("did you mean `{n}`?"),
                         None => format!(
                             "the fields are {}",
-                            self.schema.fields.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ")
+                            self.schema
+                                .fields
+                                .iter()
+                                .map(|f| format!("`{}`", f.name))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     };
                     self.err::<()>(pos, format!("unknown field `{name}`; {hint}"))
                 }
             },
-            AstKind::List(_) => self.err::<()>(pos, "a list is only allowed on the right of `in`".into()),
+            AstKind::List(_) => {
+                self.err::<()>(pos, "a list is only allowed on the right of `in`".into())
+            }
             AstKind::Not(e) => {
                 let (n, ty) = self.check(e)?;
                 if ty.ty != FieldType::Bool {
-                    return self.err::<()>(pos, format!("`!` needs a bool, found {}", ty.ty.name()));
+                    return self
+                        .err::<()>(pos, format!("`!` needs a bool, found {}", ty.ty.name()));
                 }
                 Ok((Node::Not(Box::new(n)), t(FieldType::Bool)))
             }
             AstKind::Neg(e) => {
                 let (n, ty) = self.check(e)?;
                 if !numeric(ty.ty) {
-                    return self.err::<()>(pos, format!("`-` needs a number, found {}", ty.ty.name()));
+                    return self
+                        .err::<()>(pos, format!("`-` needs a number, found {}", ty.ty.name()));
                 }
                 Ok((Node::Neg(Box::new(n)), t(ty.ty)))
             }
             AstKind::Cond(c, a, b) => {
                 let (cn, ct) = self.check(c)?;
                 if ct.ty != FieldType::Bool {
-                    return self.err::<()>(c.pos, format!("the condition before `?` must be a bool, found {}", ct.ty.name()));
+                    return self.err::<()>(
+                        c.pos,
+                        format!(
+                            "the condition before `?` must be a bool, found {}",
+                            ct.ty.name()
+                        ),
+                    );
                 }
                 let (an, at) = self.check(a)?;
                 let (bn, bt) = self.check(b)?;
                 let ty = unify(at, bt).ok_or_else(|| ExprError {
                     pos: b.pos,
-                    message: format!("both branches of `? :` must have one type, found {} and {}", at.ty.name(), bt.ty.name()),
+                    message: format!(
+                        "both branches of `? :` must have one type, found {} and {}",
+                        at.ty.name(),
+                        bt.ty.name()
+                    ),
                 })?;
                 Ok((Node::Cond(Box::new(cn), Box::new(an), Box::new(bn)), ty))
             }
@@ -184,13 +228,23 @@ impl Checker<'_> {
         if op == BinOp::In {
             let (ln, lt) = self.check(l)?;
             let AstKind::List(items) = &r.kind else {
-                return self.err::<()>(r.pos, "`in` needs a list on its right, such as `['a', 'b']`".into());
+                return self.err::<()>(
+                    r.pos,
+                    "`in` needs a list on its right, such as `['a', 'b']`".into(),
+                );
             };
             let mut nodes = Vec::with_capacity(items.len());
             for item in items {
                 let (n, it) = self.check(item)?;
                 if unify(lt, it).is_none() {
-                    return self.err::<()>(item.pos, format!("list item is {}, but the value tested is {}", it.ty.name(), lt.ty.name()));
+                    return self.err::<()>(
+                        item.pos,
+                        format!(
+                            "list item is {}, but the value tested is {}",
+                            it.ty.name(),
+                            lt.ty.name()
+                        ),
+                    );
                 }
                 nodes.push(n);
             }
@@ -208,7 +262,14 @@ impl Checker<'_> {
                 if lt.ty != FieldType::Bool || rt.ty != FieldType::Bool {
                     return Err(mismatch("needs two bools"));
                 }
-                Ok((if op == BinOp::And { Node::And(ln, rn) } else { Node::Or(ln, rn) }, t(FieldType::Bool)))
+                Ok((
+                    if op == BinOp::And {
+                        Node::And(ln, rn)
+                    } else {
+                        Node::Or(ln, rn)
+                    },
+                    t(FieldType::Bool),
+                ))
             }
             BinOp::Eq | BinOp::Ne => {
                 if unify(lt, rt).is_none() {
@@ -217,7 +278,8 @@ impl Checker<'_> {
                 Ok((Node::Cmp(op, ln, rn), t(FieldType::Bool)))
             }
             BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-                let ok = (numeric(lt.ty) && numeric(rt.ty)) || (lt.ty == rt.ty && lt.ty == FieldType::String);
+                let ok = (numeric(lt.ty) && numeric(rt.ty))
+                    || (lt.ty == rt.ty && lt.ty == FieldType::String);
                 if !ok {
                     return Err(mismatch("compares two numbers or two strings"));
                 }
@@ -228,7 +290,11 @@ impl Checker<'_> {
             }
             BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => {
                 if !numeric(lt.ty) || !numeric(rt.ty) {
-                    return Err(mismatch(if op == BinOp::Add { "needs two numbers or two strings" } else { "needs two numbers" }));
+                    return Err(mismatch(if op == BinOp::Add {
+                        "needs two numbers or two strings"
+                    } else {
+                        "needs two numbers"
+                    }));
                 }
                 let double = lt.ty == FieldType::Double || rt.ty == FieldType::Double;
                 let a = match op {
@@ -238,13 +304,26 @@ impl Checker<'_> {
                     BinOp::Div => Arith::Div,
                     _ => Arith::Rem,
                 };
-                Ok((Node::Arith(a, double, ln, rn), t(if double { FieldType::Double } else { FieldType::Int })))
+                Ok((
+                    Node::Arith(a, double, ln, rn),
+                    t(if double {
+                        FieldType::Double
+                    } else {
+                        FieldType::Int
+                    }),
+                ))
             }
             BinOp::In => unreachable!(),
         }
     }
 
-    fn call(&self, name: &str, args: &[Ast], method: bool, pos: usize) -> Result<(Node, Ty), ExprError> {
+    fn call(
+        &self,
+        name: &str,
+        args: &[Ast],
+        method: bool,
+        pos: usize,
+    ) -> Result<(Node, Ty), ExprError> {
         let (func, arity, method_form) = match name {
             "size" => (Func::Size, 1, None),
             "int" => (Func::ToInt, 1, None),
@@ -257,17 +336,39 @@ impl Checker<'_> {
             "endsWith" => (Func::EndsWith, 2, Some(true)),
             "contains" => (Func::Contains, 2, Some(true)),
             _ => {
-                const ALL: [&str; 10] =
-                    ["size", "int", "double", "string", "abs", "lowerAscii", "upperAscii", "startsWith", "endsWith", "contains"];
-                let hint = did_you_mean(name, ALL.into_iter()).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+                const ALL: [&str; 10] = [
+                    "size",
+                    "int",
+                    "double",
+                    "string",
+                    "abs",
+                    "lowerAscii",
+                    "upperAscii",
+                    "startsWith",
+                    "endsWith",
+                    "contains",
+                ];
+                let hint = did_you_mean(name, ALL.into_iter())
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_default();
                 return self.err::<()>(pos, format!("unknown function `{name}`{hint}"));
             }
         };
         if method_form == Some(true) && !method {
-            return self.err::<()>(pos, format!("`{name}` is a method: write `value.{name}(...)`"));
+            return self.err::<()>(
+                pos,
+                format!("`{name}` is a method: write `value.{name}(...)`"),
+            );
         }
         if args.len() != arity {
-            return self.err::<()>(pos, format!("`{name}` takes {} argument(s), found {}", arity - method as usize, args.len() - method as usize));
+            return self.err::<()>(
+                pos,
+                format!(
+                    "`{name}` takes {} argument(s), found {}",
+                    arity - method as usize,
+                    args.len() - method as usize
+                ),
+            );
         }
         let mut nodes = Vec::new();
         let mut tys = Vec::new();
@@ -277,11 +378,16 @@ impl Checker<'_> {
             tys.push(ty);
         }
         let arg = tys[0].ty;
-        let bad = |want: &str| ExprError { pos, message: format!("`{name}` needs {want}, found {}", arg.name()) };
+        let bad = |want: &str| ExprError {
+            pos,
+            message: format!("`{name}` needs {want}, found {}", arg.name()),
+        };
         let out = match func {
             Func::Size if matches!(arg, FieldType::String | FieldType::Bytes) => FieldType::Int,
             Func::Size => return Err(bad("a string or bytes")),
-            Func::ToInt if numeric(arg) || arg == FieldType::String || arg == FieldType::Bool => FieldType::Int,
+            Func::ToInt if numeric(arg) || arg == FieldType::String || arg == FieldType::Bool => {
+                FieldType::Int
+            }
             Func::ToInt => return Err(bad("a number, string or bool")),
             Func::ToDouble if numeric(arg) || arg == FieldType::String => FieldType::Double,
             Func::ToDouble => return Err(bad("a number or string")),
@@ -304,9 +410,18 @@ fn unify(a: Ty, b: Ty) -> Option<Ty> {
     let nullable = a.nullable || b.nullable;
     match (a.ty, b.ty) {
         (x, y) if x == y => Some(Ty { ty: x, nullable }),
-        (FieldType::Null, y) => Some(Ty { ty: y, nullable: true }),
-        (x, FieldType::Null) => Some(Ty { ty: x, nullable: true }),
-        (x, y) if numeric(x) && numeric(y) => Some(Ty { ty: FieldType::Double, nullable }),
+        (FieldType::Null, y) => Some(Ty {
+            ty: y,
+            nullable: true,
+        }),
+        (x, FieldType::Null) => Some(Ty {
+            ty: x,
+            nullable: true,
+        }),
+        (x, y) if numeric(x) && numeric(y) => Some(Ty {
+            ty: FieldType::Double,
+            nullable,
+        }),
         _ => None,
     }
 }
@@ -314,16 +429,26 @@ fn unify(a: Ty, b: Ty) -> Option<Ty> {
 impl Expr {
     /// Parses and type-checks `src` against rows of `schema`.
     pub fn compile(src: &str, schema: &RowSchema) -> Result<Expr, ExprError> {
-        let ast = parse(src).map_err(|e| ExprError { pos: e.pos, message: e.message })?;
+        let ast = parse(src).map_err(|e| ExprError {
+            pos: e.pos,
+            message: e.message,
+        })?;
         let (node, ty) = Checker { schema }.check(&ast)?;
-        Ok(Expr { node, ty, source: src.to_string() })
+        Ok(Expr {
+            node,
+            ty,
+            source: src.to_string(),
+        })
     }
 
     /// Compiles a predicate: the expression must be a bool.
     pub fn predicate(src: &str, schema: &RowSchema) -> Result<Expr, ExprError> {
         let e = Expr::compile(src, schema)?;
         if e.ty.ty != FieldType::Bool {
-            return Err(ExprError { pos: 0, message: format!("a condition must be a bool, but this is {}", e.ty.ty.name()) });
+            return Err(ExprError {
+                pos: 0,
+                message: format!("a condition must be a bool, but this is {}", e.ty.ty.name()),
+            });
         }
         Ok(e)
     }
@@ -375,7 +500,10 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
             _ => return Err(null_error(e)),
         },
         Node::Neg(e) => match eval(e, row)? {
-            Value::Int(i) => Value::Int(i.checked_neg().ok_or_else(|| EvalError("integer overflow".into()))?),
+            Value::Int(i) => Value::Int(
+                i.checked_neg()
+                    .ok_or_else(|| EvalError("integer overflow".into()))?,
+            ),
             Value::Double(d) => Value::Double(-d),
             _ => return Err(null_error(e)),
         },
@@ -441,13 +569,19 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
                     Arith::Rem => x % y,
                 })
             } else {
-                let Value::Int(x) = x else { return Err(null_error(a)) };
-                let Value::Int(y) = y else { return Err(null_error(b)) };
+                let Value::Int(x) = x else {
+                    return Err(null_error(a));
+                };
+                let Value::Int(y) = y else {
+                    return Err(null_error(b));
+                };
                 let r = match op {
                     Arith::Add => x.checked_add(y),
                     Arith::Sub => x.checked_sub(y),
                     Arith::Mul => x.checked_mul(y),
-                    Arith::Div | Arith::Rem if y == 0 => return Err(EvalError("division by zero".into())),
+                    Arith::Div | Arith::Rem if y == 0 => {
+                        return Err(EvalError("division by zero".into()))
+                    }
                     Arith::Div => x.checked_div(y),
                     Arith::Rem => x.checked_rem(y),
                 };
@@ -480,12 +614,16 @@ fn call(f: Func, args: &[Node], row: &Row) -> Result<Value, EvalError> {
             Value::Int(d.trunc() as i64)
         }
         (Func::ToInt, Value::Bool(b)) => Value::Int(b as i64),
-        (Func::ToInt, Value::Str(s)) => {
-            Value::Int(s.trim().parse().map_err(|_| EvalError(format!("\"{s}\" is not an int")))?)
-        }
-        (Func::ToDouble, Value::Str(s)) => {
-            Value::Double(s.trim().parse().map_err(|_| EvalError(format!("\"{s}\" is not a number")))?)
-        }
+        (Func::ToInt, Value::Str(s)) => Value::Int(
+            s.trim()
+                .parse()
+                .map_err(|_| EvalError(format!("\"{s}\" is not an int")))?,
+        ),
+        (Func::ToDouble, Value::Str(s)) => Value::Double(
+            s.trim()
+                .parse()
+                .map_err(|_| EvalError(format!("\"{s}\" is not a number")))?,
+        ),
         (Func::ToDouble, v) => Value::Double(as_f64(&v).unwrap_or(0.0)),
         (Func::ToString, Value::Str(s)) => Value::Str(s),
         (Func::ToString, v) => {
@@ -497,7 +635,10 @@ fn call(f: Func, args: &[Node], row: &Row) -> Result<Value, EvalError> {
             }
             Value::Str(s.into())
         }
-        (Func::Abs, Value::Int(i)) => Value::Int(i.checked_abs().ok_or_else(|| EvalError("integer overflow".into()))?),
+        (Func::Abs, Value::Int(i)) => Value::Int(
+            i.checked_abs()
+                .ok_or_else(|| EvalError("integer overflow".into()))?,
+        ),
         (Func::Abs, Value::Double(d)) => Value::Double(d.abs()),
         (Func::Lower, Value::Str(s)) => Value::Str(s.to_ascii_lowercase().into()),
         (Func::Upper, Value::Str(s)) => Value::Str(s.to_ascii_uppercase().into()),
@@ -526,7 +667,12 @@ mod tests {
     }
 
     fn row(w: f64, b: f64) -> Row {
-        vec![Value::Int(1003), Value::Double(w), Value::Double(b), Value::Str("CREATED".into())]
+        vec![
+            Value::Int(1003),
+            Value::Double(w),
+            Value::Double(b),
+            Value::Str("CREATED".into()),
+        ]
     }
 
     #[test]
@@ -535,23 +681,35 @@ mod tests {
         assert!(approve.test(&row(100.0, 1000.0)).unwrap());
         assert!(!approve.test(&row(300.0, 300.0)).unwrap());
         let reduced = Expr::compile("balance - withdraw", &bank()).unwrap();
-        assert_eq!(reduced.eval(&row(100.0, 1000.0)).unwrap(), Value::Double(900.0));
+        assert_eq!(
+            reduced.eval(&row(100.0, 1000.0)).unwrap(),
+            Value::Double(900.0)
+        );
         assert_eq!(reduced.ty, t(FieldType::Double));
     }
 
     #[test]
     fn unknown_fields_suggest_the_closest_name() {
         let err = Expr::compile("withdraw < balanse", &bank()).unwrap_err();
-        assert_eq!(err.message, "unknown field `balanse`; did you mean `balance`?");
+        assert_eq!(
+            err.message,
+            "unknown field `balanse`; did you mean `balance`?"
+        );
         assert_eq!(err.pos, 11);
     }
 
     #[test]
     fn type_errors_name_both_sides() {
         let err = Expr::compile("bank_transaction_state < 3", &bank()).unwrap_err();
-        assert_eq!(err.message, "`<` compares two numbers or two strings, found string and int");
+        assert_eq!(
+            err.message,
+            "`<` compares two numbers or two strings, found string and int"
+        );
         let err = Expr::predicate("balance + 1", &bank()).unwrap_err();
-        assert_eq!(err.message, "a condition must be a bool, but this is double");
+        assert_eq!(
+            err.message,
+            "a condition must be a bool, but this is double"
+        );
     }
 
     #[test]
@@ -567,6 +725,9 @@ mod tests {
             &bank(),
         )
         .unwrap();
-        assert_eq!(e.eval(&row(1.0, 1.0)).unwrap(), Value::Str("1003-created".into()));
+        assert_eq!(
+            e.eval(&row(1.0, 1.0)).unwrap(),
+            Value::Str("1003-created".into())
+        );
     }
 }

@@ -67,7 +67,11 @@ pub enum AstKind {
     Bin(BinOp, Box<Ast>, Box<Ast>),
     Cond(Box<Ast>, Box<Ast>, Box<Ast>),
     /// `f(args)` or, with a receiver, `recv.f(args)` (the receiver is args[0]).
-    Call { name: String, args: Vec<Ast>, method: bool },
+    Call {
+        name: String,
+        args: Vec<Ast>,
+        method: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,8 +101,11 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             continue;
         }
         let start = i;
-        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.' || chars[i] == '_') {
+        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
+            while i < chars.len()
+                && (chars[i].is_ascii_digit() || chars[i] == '.' || chars[i] == '_')
+            {
                 i += 1;
             }
             if i < chars.len() && (chars[i] == 'e' || chars[i] == 'E') {
@@ -112,9 +119,15 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             }
             let text: String = chars[start..i].iter().filter(|c| **c != '_').collect();
             let tok = if text.contains(['.', 'e', 'E']) {
-                Tok::Double(text.parse().map_err(|_| ParseError { pos: start, message: format!("`{text}` is not a number") })?)
+                Tok::Double(text.parse().map_err(|_| ParseError {
+                    pos: start,
+                    message: format!("`{text}` is not a number"),
+                })?)
             } else {
-                Tok::Int(text.parse().map_err(|_| ParseError { pos: start, message: format!("`{text}` does not fit in a 64-bit int") })?)
+                Tok::Int(text.parse().map_err(|_| ParseError {
+                    pos: start,
+                    message: format!("`{text}` does not fit in a 64-bit int"),
+                })?)
             };
             out.push((start, tok));
             continue;
@@ -132,7 +145,12 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             let mut s = String::new();
             loop {
                 match chars.get(i) {
-                    None => return Err(ParseError { pos: start, message: "string is not closed".into() }),
+                    None => {
+                        return Err(ParseError {
+                            pos: start,
+                            message: "string is not closed".into(),
+                        })
+                    }
                     Some(&q) if q == quote => {
                         i += 1;
                         break;
@@ -157,7 +175,8 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             continue;
         }
         const SYMS: [&str; 21] = [
-            "&&", "||", "==", "!=", "<=", ">=", "<", ">", "!", "+", "-", "*", "/", "%", "(", ")", "[", "]", ",", ".", "?",
+            "&&", "||", "==", "!=", "<=", ">=", "<", ">", "!", "+", "-", "*", "/", "%", "(", ")",
+            "[", "]", ",", ".", "?",
         ];
         let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
         if let Some(sym) = SYMS.iter().find(|s| rest.starts_with(**s)) {
@@ -171,9 +190,15 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             continue;
         }
         if c == '=' {
-            return Err(ParseError { pos: start, message: "`=` is not an operator; compare with `==`".into() });
+            return Err(ParseError {
+                pos: start,
+                message: "`=` is not an operator; compare with `==`".into(),
+            });
         }
-        return Err(ParseError { pos: start, message: format!("unexpected character `{c}`") });
+        return Err(ParseError {
+            pos: start,
+            message: format!("unexpected character `{c}`"),
+        });
     }
     out.push((chars.len(), Tok::End));
     Ok(out)
@@ -222,7 +247,10 @@ impl Parser {
             Tok::Ident(s) => format!("`{s}`"),
             Tok::Sym(s) => format!("`{s}`"),
         };
-        ParseError { pos: self.pos(), message: format!("expected {wanted}, found {found}") }
+        ParseError {
+            pos: self.pos(),
+            message: format!("expected {wanted}, found {found}"),
+        }
     }
 
     fn expr(&mut self) -> Result<Ast, ParseError> {
@@ -231,7 +259,10 @@ impl Parser {
             let a = self.expr()?;
             self.expect(":")?;
             let b = self.expr()?;
-            return Ok(Ast { pos: cond.pos, kind: AstKind::Cond(Box::new(cond), Box::new(a), Box::new(b)) });
+            return Ok(Ast {
+                pos: cond.pos,
+                kind: AstKind::Cond(Box::new(cond), Box::new(a), Box::new(b)),
+            });
         }
         Ok(cond)
     }
@@ -264,7 +295,10 @@ impl Parser {
             }
             self.bump();
             let rhs = self.binary(prec)?;
-            lhs = Ast { pos: lhs.pos, kind: AstKind::Bin(op, Box::new(lhs), Box::new(rhs)) };
+            lhs = Ast {
+                pos: lhs.pos,
+                kind: AstKind::Bin(op, Box::new(lhs), Box::new(rhs)),
+            };
         }
         Ok(lhs)
     }
@@ -272,14 +306,26 @@ impl Parser {
     fn unary(&mut self) -> Result<Ast, ParseError> {
         let pos = self.pos();
         if self.eat("!") {
-            return Ok(Ast { pos, kind: AstKind::Not(Box::new(self.unary()?)) });
+            return Ok(Ast {
+                pos,
+                kind: AstKind::Not(Box::new(self.unary()?)),
+            });
         }
         if self.eat("-") {
             let inner = self.unary()?;
             return Ok(match inner.kind {
-                AstKind::Lit(Lit::Int(i)) => Ast { pos, kind: AstKind::Lit(Lit::Int(-i)) },
-                AstKind::Lit(Lit::Double(d)) => Ast { pos, kind: AstKind::Lit(Lit::Double(-d)) },
-                _ => Ast { pos, kind: AstKind::Neg(Box::new(inner)) },
+                AstKind::Lit(Lit::Int(i)) => Ast {
+                    pos,
+                    kind: AstKind::Lit(Lit::Int(-i)),
+                },
+                AstKind::Lit(Lit::Double(d)) => Ast {
+                    pos,
+                    kind: AstKind::Lit(Lit::Double(-d)),
+                },
+                _ => Ast {
+                    pos,
+                    kind: AstKind::Neg(Box::new(inner)),
+                },
             });
         }
         self.member()
@@ -291,7 +337,12 @@ impl Parser {
             let pos = self.pos();
             let name = match self.bump() {
                 (_, Tok::Ident(n)) => n,
-                _ => return Err(ParseError { pos, message: "expected a method name after `.`".into() }),
+                _ => {
+                    return Err(ParseError {
+                        pos,
+                        message: "expected a method name after `.`".into(),
+                    })
+                }
             };
             if !self.eat("(") {
                 return Err(ParseError {
@@ -301,7 +352,14 @@ impl Parser {
             }
             let mut args = vec![e];
             args.extend(self.args()?);
-            e = Ast { pos, kind: AstKind::Call { name, args, method: true } };
+            e = Ast {
+                pos,
+                kind: AstKind::Call {
+                    name,
+                    args,
+                    method: true,
+                },
+            };
         }
         Ok(e)
     }
@@ -341,7 +399,11 @@ impl Parser {
                     "true" => AstKind::Lit(Lit::Bool(true)),
                     "false" => AstKind::Lit(Lit::Bool(false)),
                     "null" => AstKind::Lit(Lit::Null),
-                    _ if self.eat("(") => AstKind::Call { name, args: self.args()?, method: false },
+                    _ if self.eat("(") => AstKind::Call {
+                        name,
+                        args: self.args()?,
+                        method: false,
+                    },
                     _ => AstKind::Ident(name),
                 }
             }
@@ -372,7 +434,10 @@ impl Parser {
 }
 
 pub fn parse(src: &str) -> Result<Ast, ParseError> {
-    let mut p = Parser { toks: lex(src)?, at: 0 };
+    let mut p = Parser {
+        toks: lex(src)?,
+        at: 0,
+    };
     let e = p.expr()?;
     if *p.peek() != Tok::End {
         return Err(p.unexpected("an operator or the end"));
@@ -387,10 +452,18 @@ mod tests {
     #[test]
     fn precedence_follows_cel() {
         let e = parse("a + b * 2 < c && !d || e").unwrap();
-        let AstKind::Bin(BinOp::Or, lhs, _) = e.kind else { panic!("{e:?}") };
-        let AstKind::Bin(BinOp::And, cmp, _) = lhs.kind else { panic!() };
-        let AstKind::Bin(BinOp::Lt, sum, _) = cmp.kind else { panic!() };
-        let AstKind::Bin(BinOp::Add, _, prod) = sum.kind else { panic!() };
+        let AstKind::Bin(BinOp::Or, lhs, _) = e.kind else {
+            panic!("{e:?}")
+        };
+        let AstKind::Bin(BinOp::And, cmp, _) = lhs.kind else {
+            panic!()
+        };
+        let AstKind::Bin(BinOp::Lt, sum, _) = cmp.kind else {
+            panic!()
+        };
+        let AstKind::Bin(BinOp::Add, _, prod) = sum.kind else {
+            panic!()
+        };
         assert!(matches!(prod.kind, AstKind::Bin(BinOp::Mul, _, _)));
     }
 
@@ -398,7 +471,10 @@ mod tests {
     fn reports_the_column_of_the_problem() {
         let err = parse("withdraw < ").unwrap_err();
         assert_eq!(err.pos, 11);
-        assert_eq!(parse("a = 1").unwrap_err().message, "`=` is not an operator; compare with `==`");
+        assert_eq!(
+            parse("a = 1").unwrap_err().message,
+            "`=` is not an operator; compare with `==`"
+        );
         assert!(parse("merchant in ['a', \"b\"] ? amount * 0.05 : 0.0").is_ok());
         assert!(parse("name.startsWith('x')").is_ok());
     }

@@ -75,7 +75,10 @@ fn wire_of(schema: &Schema, field: &str) -> Result<Wire, AvroError> {
 fn wire_field(schema: &Schema, field: &str) -> Result<WireField, AvroError> {
     match schema {
         Schema::Union(u) => Ok(WireField::Union(
-            u.variants().iter().map(|v| wire_of(v, field)).collect::<Result<_, _>>()?,
+            u.variants()
+                .iter()
+                .map(|v| wire_of(v, field))
+                .collect::<Result<_, _>>()?,
         )),
         other => Ok(WireField::Plain(wire_of(other, field)?)),
     }
@@ -130,9 +133,18 @@ pub fn row_schema(schema: &Schema) -> Result<RowSchema, AvroError> {
             Wire::Enum(s) => Some(s.clone()),
             _ => None,
         };
-        fields.push(Field { name: f.name.clone(), ty: avro.field_type(), nullable, avro, symbols });
+        fields.push(Field {
+            name: f.name.clone(),
+            ty: avro.field_type(),
+            nullable,
+            avro,
+            symbols,
+        });
     }
-    Ok(RowSchema { name: record.name.fullname(None), fields })
+    Ok(RowSchema {
+        name: record.name.fullname(None),
+        fields,
+    })
 }
 
 /// The Avro schema (JSON text) a sink registers for rows of this schema.
@@ -170,7 +182,11 @@ pub fn schema_json(rows: &RowSchema) -> String {
 #[derive(Debug, Clone)]
 enum Fill {
     /// Read the writer field into row slot `target` (None: skip it).
-    Read { wire: WireField, target: Option<usize>, want: FieldType },
+    Read {
+        wire: WireField,
+        target: Option<usize>,
+        want: FieldType,
+    },
 }
 
 /// Reads records written with one writer schema into rows of the job's
@@ -189,7 +205,10 @@ fn promotes(wire: &Wire, want: FieldType) -> bool {
         (Wire::Null, _)
             | (Wire::Boolean, FieldType::Bool)
             | (Wire::Int | Wire::Long, FieldType::Int)
-            | (Wire::Int | Wire::Long | Wire::Float | Wire::Double, FieldType::Double)
+            | (
+                Wire::Int | Wire::Long | Wire::Float | Wire::Double,
+                FieldType::Double
+            )
             | (Wire::String | Wire::Enum(_), FieldType::String)
             | (Wire::Bytes | Wire::Fixed(_), FieldType::Bytes)
             | (Wire::String, FieldType::Bytes)
@@ -220,7 +239,11 @@ impl Decoder {
             let wire = wire_field(&wf.schema, &wf.name)?;
             let target = rows.index_of(&wf.name).or_else(|| {
                 rrec.fields.iter().find_map(|rf| {
-                    rf.aliases.as_ref()?.iter().any(|a| a == &wf.name).then(|| rows.index_of(&rf.name))?
+                    rf.aliases
+                        .as_ref()?
+                        .iter()
+                        .any(|a| a == &wf.name)
+                        .then(|| rows.index_of(&rf.name))?
                 })
             });
             let want = match target {
@@ -228,8 +251,12 @@ impl Decoder {
                     seen[i] = true;
                     let field = &rows.fields[i];
                     let ok = match &wire {
-                        WireField::Plain(w) => promotes(w, field.ty) && (*w != Wire::Null || field.nullable),
-                        WireField::Union(bs) => bs.iter().all(|w| promotes(w, field.ty) && (*w != Wire::Null || field.nullable)),
+                        WireField::Plain(w) => {
+                            promotes(w, field.ty) && (*w != Wire::Null || field.nullable)
+                        }
+                        WireField::Union(bs) => bs
+                            .iter()
+                            .all(|w| promotes(w, field.ty) && (*w != Wire::Null || field.nullable)),
                     };
                     if !ok {
                         return Err(AvroError::Incompatible(format!(
@@ -262,7 +289,11 @@ impl Decoder {
                 }
             }
         }
-        Ok(Decoder { steps, width: rows.fields.len(), defaults })
+        Ok(Decoder {
+            steps,
+            width: rows.fields.len(),
+            defaults,
+        })
     }
 
     /// Decodes one Avro datum (without any wire-format header).
@@ -275,7 +306,9 @@ impl Decoder {
                     let b = read_long(&mut buf)?;
                     branches
                         .get(usize::try_from(b).unwrap_or(usize::MAX))
-                        .ok_or_else(|| AvroError::Invalid(format!("union branch {b} out of range")))?
+                        .ok_or_else(|| {
+                            AvroError::Invalid(format!("union branch {b} out of range"))
+                        })?
                 }
             };
             let v = read_wire(&mut buf, wire, *target)?;
@@ -287,7 +320,10 @@ impl Decoder {
             row[*i] = v.clone();
         }
         if !buf.is_empty() {
-            return Err(AvroError::Invalid(format!("{} bytes left after the record", buf.len())));
+            return Err(AvroError::Invalid(format!(
+                "{} bytes left after the record",
+                buf.len()
+            )));
         }
         Ok(row)
     }
@@ -297,7 +333,9 @@ fn promote(v: Value, want: FieldType) -> Value {
     match (v, want) {
         (Value::Int(i), FieldType::Double) => Value::Double(i as f64),
         (Value::Str(s), FieldType::Bytes) => Value::Bytes(s.as_bytes().into()),
-        (Value::Bytes(b), FieldType::String) => Value::Str(String::from_utf8_lossy(&b).as_ref().into()),
+        (Value::Bytes(b), FieldType::String) => {
+            Value::Str(String::from_utf8_lossy(&b).as_ref().into())
+        }
         (v, _) => v,
     }
 }
@@ -325,7 +363,8 @@ fn read_wire(buf: &mut &[u8], wire: &Wire, target: Option<usize>) -> Result<Valu
             if target.is_none() {
                 return Ok(Value::Null);
             }
-            let s = std::str::from_utf8(bytes).map_err(|_| AvroError::Invalid("string is not utf-8".into()))?;
+            let s = std::str::from_utf8(bytes)
+                .map_err(|_| AvroError::Invalid("string is not utf-8".into()))?;
             Value::Str(CompactString::from(s))
         }
         Wire::Bytes => {
@@ -394,7 +433,9 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(rows: &RowSchema) -> Self {
-        Encoder { fields: rows.fields.clone() }
+        Encoder {
+            fields: rows.fields.clone(),
+        }
     }
 
     pub fn encode(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), AvroError> {
@@ -411,15 +452,29 @@ impl Encoder {
                 (_, Value::Null) if f.avro == AvroPrimitive::Null => {}
                 (AvroPrimitive::Boolean, Value::Bool(b)) => out.push(*b as u8),
                 (AvroPrimitive::Int | AvroPrimitive::Long, Value::Int(i)) => write_long(out, *i),
-                (AvroPrimitive::Float, Value::Double(d)) => out.extend_from_slice(&(*d as f32).to_le_bytes()),
-                (AvroPrimitive::Float, Value::Int(i)) => out.extend_from_slice(&(*i as f32).to_le_bytes()),
-                (AvroPrimitive::Double, Value::Double(d)) => out.extend_from_slice(&d.to_le_bytes()),
-                (AvroPrimitive::Double, Value::Int(i)) => out.extend_from_slice(&(*i as f64).to_le_bytes()),
+                (AvroPrimitive::Float, Value::Double(d)) => {
+                    out.extend_from_slice(&(*d as f32).to_le_bytes())
+                }
+                (AvroPrimitive::Float, Value::Int(i)) => {
+                    out.extend_from_slice(&(*i as f32).to_le_bytes())
+                }
+                (AvroPrimitive::Double, Value::Double(d)) => {
+                    out.extend_from_slice(&d.to_le_bytes())
+                }
+                (AvroPrimitive::Double, Value::Int(i)) => {
+                    out.extend_from_slice(&(*i as f64).to_le_bytes())
+                }
                 (AvroPrimitive::String, Value::Str(s)) => match &f.symbols {
                     Some(symbols) => {
-                        let i = symbols.iter().position(|x| x == s.as_str()).ok_or_else(|| {
-                            AvroError::Invalid(format!("`{s}` is not a symbol of enum field `{}`", f.name))
-                        })?;
+                        let i = symbols
+                            .iter()
+                            .position(|x| x == s.as_str())
+                            .ok_or_else(|| {
+                                AvroError::Invalid(format!(
+                                    "`{s}` is not a symbol of enum field `{}`",
+                                    f.name
+                                ))
+                            })?;
                         write_long(out, i as i64);
                     }
                     None => {
@@ -485,7 +540,10 @@ mod tests {
         let rows = row_schema(&schema).unwrap();
         let mut buf = Vec::new();
         Encoder::new(&rows).encode(&bank_row(), &mut buf).unwrap();
-        let decoded = Decoder::new(&schema, &schema, &rows).unwrap().decode(&buf).unwrap();
+        let decoded = Decoder::new(&schema, &schema, &rows)
+            .unwrap()
+            .decode(&buf)
+            .unwrap();
         assert_eq!(decoded, bank_row());
     }
 
@@ -498,10 +556,16 @@ mod tests {
         let value = apache_avro::from_avro_datum(&schema, &mut &buf[..], None).unwrap();
         let expected = apache_avro::types::Value::Record(vec![
             ("account_id".into(), apache_avro::types::Value::Long(1001)),
-            ("time".into(), apache_avro::types::Value::Long(1690543334146)),
+            (
+                "time".into(),
+                apache_avro::types::Value::Long(1690543334146),
+            ),
             ("withdraw".into(), apache_avro::types::Value::Double(100.0)),
             ("balance".into(), apache_avro::types::Value::Double(1000.0)),
-            ("bank_transaction_state".into(), apache_avro::types::Value::String("CREATED".into())),
+            (
+                "bank_transaction_state".into(),
+                apache_avro::types::Value::String("CREATED".into()),
+            ),
         ]);
         assert_eq!(value, expected);
     }
@@ -515,7 +579,10 @@ mod tests {
         write_long(&mut buf, 7);
         write_long(&mut buf, 2);
         buf.extend_from_slice(b"hi");
-        let row = Decoder::new(&writer, &reader, &rows).unwrap().decode(&buf).unwrap();
+        let row = Decoder::new(&writer, &reader, &rows)
+            .unwrap()
+            .decode(&buf)
+            .unwrap();
         assert_eq!(row, vec![Value::Double(7.0), Value::Null]);
     }
 
@@ -524,9 +591,18 @@ mod tests {
         let schema = parse_schema(BANK).unwrap();
         let rows = row_schema(&schema).unwrap();
         let d = Decoder::new(&schema, &schema, &rows).unwrap();
-        assert_eq!(d.decode(&[2, 4]).unwrap_err(), AvroError::Truncated("double"));
-        assert_eq!(d.decode(&[0x80]).unwrap_err(), AvroError::Truncated("varint"));
-        assert!(split_wire(b"{\"json\":1}").unwrap_err().to_string().contains("magic byte"));
+        assert_eq!(
+            d.decode(&[2, 4]).unwrap_err(),
+            AvroError::Truncated("double")
+        );
+        assert_eq!(
+            d.decode(&[0x80]).unwrap_err(),
+            AvroError::Truncated("varint")
+        );
+        assert!(split_wire(b"{\"json\":1}")
+            .unwrap_err()
+            .to_string()
+            .contains("magic byte"));
     }
 
     #[test]

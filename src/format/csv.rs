@@ -53,7 +53,15 @@ mod tests {
     #[test]
     fn quotes_only_what_needs_it() {
         let mut s = String::new();
-        write_row(&vec![Value::Str("a,b".into()), Value::Int(3), Value::Null, Value::Str("say \"hi\"".into())], &mut s);
+        write_row(
+            &vec![
+                Value::Str("a,b".into()),
+                Value::Int(3),
+                Value::Null,
+                Value::Str("say \"hi\"".into()),
+            ],
+            &mut s,
+        );
         assert_eq!(s, r#""a,b",3,,"say ""hi""""#);
     }
 }

@@ -64,7 +64,9 @@ fn write_str(s: &str, out: &mut String) {
 /// a missing or mistyped field is an error that names it.
 pub fn decode(bytes: &[u8], schema: &RowSchema) -> Result<Row, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let row = RowSeed(schema).deserialize(&mut de).map_err(|e| e.to_string())?;
+    let row = RowSeed(schema)
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(row)
 }
@@ -146,7 +148,9 @@ impl<'de> Visitor<'de> for ScalarSeed {
         Ok(Value::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        i64::try_from(v).map(Value::Int).map_err(|_| E::custom(format!("{v} does not fit in a 64-bit int")))
+        i64::try_from(v)
+            .map(Value::Int)
+            .map_err(|_| E::custom(format!("{v} does not fit in a 64-bit int")))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Double(v))
@@ -161,7 +165,9 @@ impl<'de> Visitor<'de> for ScalarSeed {
         Ok(Value::Null)
     }
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
-        Err(de::Error::custom("nested objects are not supported in rows"))
+        Err(de::Error::custom(
+            "nested objects are not supported in rows",
+        ))
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
         Err(de::Error::custom("arrays are not supported in rows"))
@@ -178,15 +184,29 @@ mod tests {
         note.nullable = true;
         RowSchema {
             name: "T".into(),
-            fields: vec![Field::new("id", FieldType::Int), Field::new("amount", FieldType::Double), note],
+            fields: vec![
+                Field::new("id", FieldType::Int),
+                Field::new("amount", FieldType::Double),
+                note,
+            ],
         }
     }
 
     #[test]
     fn spaced_form_matches_the_seed_console() {
-        let row = vec![Value::Int(1001), Value::Double(900.0), Value::Str("APPROVED".into())];
-        assert_eq!(row_to_string(&row, &schema(), true), r#"{"id": 1001, "amount": 900.0, "note": "APPROVED"}"#);
-        assert_eq!(row_to_string(&row, &schema(), false), r#"{"id":1001,"amount":900.0,"note":"APPROVED"}"#);
+        let row = vec![
+            Value::Int(1001),
+            Value::Double(900.0),
+            Value::Str("APPROVED".into()),
+        ];
+        assert_eq!(
+            row_to_string(&row, &schema(), true),
+            r#"{"id": 1001, "amount": 900.0, "note": "APPROVED"}"#
+        );
+        assert_eq!(
+            row_to_string(&row, &schema(), false),
+            r#"{"id":1001,"amount":900.0,"note":"APPROVED"}"#
+        );
     }
 
     #[test]
@@ -197,8 +217,12 @@ mod tests {
 
     #[test]
     fn names_the_missing_or_mistyped_field() {
-        assert!(decode(br#"{"amount": 5}"#, &schema()).unwrap_err().contains("missing field `id`"));
-        assert!(decode(br#"{"id": "x", "amount": 1}"#, &schema()).unwrap_err().contains("field `id` should be int but is string"));
+        assert!(decode(br#"{"amount": 5}"#, &schema())
+            .unwrap_err()
+            .contains("missing field `id`"));
+        assert!(decode(br#"{"id": "x", "amount": 1}"#, &schema())
+            .unwrap_err()
+            .contains("field `id` should be int but is string"));
         assert!(decode(b"not json", &schema()).is_err());
     }
 }

@@ -17,7 +17,11 @@ pub type ParquetError = parquet::errors::ParquetError;
 fn message_type(schema: &RowSchema) -> String {
     let mut s = String::from("message row {\n");
     for f in &schema.fields {
-        let rep = if f.nullable || f.ty == FieldType::Null { "OPTIONAL" } else { "REQUIRED" };
+        let rep = if f.nullable || f.ty == FieldType::Null {
+            "OPTIONAL"
+        } else {
+            "REQUIRED"
+        };
         let ty = match f.ty {
             FieldType::Bool => "BOOLEAN",
             FieldType::Int => "INT64",
@@ -25,9 +29,23 @@ fn message_type(schema: &RowSchema) -> String {
             FieldType::String | FieldType::Null => "BYTE_ARRAY",
             FieldType::Bytes => "BYTE_ARRAY",
         };
-        let ann = if matches!(f.ty, FieldType::String | FieldType::Null) { " (UTF8)" } else { "" };
+        let ann = if matches!(f.ty, FieldType::String | FieldType::Null) {
+            " (UTF8)"
+        } else {
+            ""
+        };
         // Field names are quoted by nothing in this syntax; keep them simple.
-        let name: String = f.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+        let name: String = f
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         s.push_str(&format!("  {rep} {ty} {name}{ann};\n"));
     }
     s.push('}');
@@ -37,7 +55,11 @@ fn message_type(schema: &RowSchema) -> String {
 /// Writes `rows` of `schema` to a new Parquet file at `path`.
 pub fn write(path: &Path, schema: &RowSchema, rows: &[Row]) -> Result<(), ParquetError> {
     let pq_schema = Arc::new(parse_message_type(&message_type(schema))?);
-    let props = Arc::new(WriterProperties::builder().set_compression(Compression::UNCOMPRESSED).build());
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .build(),
+    );
     let file = std::fs::File::create(path)?;
     let mut writer = SerializedFileWriter::new(file, pq_schema, props)?;
     let mut group = writer.next_row_group()?;
@@ -46,11 +68,22 @@ pub fn write(path: &Path, schema: &RowSchema, rows: &[Row]) -> Result<(), Parque
         let f = &schema.fields[column];
         let optional = f.nullable || f.ty == FieldType::Null;
         let values = rows.iter().map(|r| &r[column]);
-        let defs: Vec<i16> = rows.iter().map(|r| !matches!(r[column], Value::Null) as i16).collect();
+        let defs: Vec<i16> = rows
+            .iter()
+            .map(|r| !matches!(r[column], Value::Null) as i16)
+            .collect();
         let defs = optional.then_some(&defs[..]);
         match f.ty {
             FieldType::Int => {
-                let v: Vec<i64> = values.filter_map(|v| if let Value::Int(i) = v { Some(*i) } else { None }).collect();
+                let v: Vec<i64> = values
+                    .filter_map(|v| {
+                        if let Value::Int(i) = v {
+                            Some(*i)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
                 col.typed::<Int64Type>().write_batch(&v, defs, None)?;
             }
             FieldType::Double => {
@@ -64,7 +97,15 @@ pub fn write(path: &Path, schema: &RowSchema, rows: &[Row]) -> Result<(), Parque
                 col.typed::<DoubleType>().write_batch(&v, defs, None)?;
             }
             FieldType::Bool => {
-                let v: Vec<bool> = values.filter_map(|v| if let Value::Bool(b) = v { Some(*b) } else { None }).collect();
+                let v: Vec<bool> = values
+                    .filter_map(|v| {
+                        if let Value::Bool(b) = v {
+                            Some(*b)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
                 col.typed::<BoolType>().write_batch(&v, defs, None)?;
             }
             FieldType::String | FieldType::Bytes | FieldType::Null => {
@@ -103,7 +144,9 @@ pub fn read(path: &Path, schema: &RowSchema) -> Result<Vec<Row>, ParquetError> {
                 PqField::Double(d) => Value::Double(*d),
                 PqField::Float(d) => Value::Double(*d as f64),
                 PqField::Str(s) => Value::Str(s.as_str().into()),
-                PqField::Bytes(b) if want == FieldType::String => Value::Str(String::from_utf8_lossy(b.data()).as_ref().into()),
+                PqField::Bytes(b) if want == FieldType::String => {
+                    Value::Str(String::from_utf8_lossy(b.data()).as_ref().into())
+                }
                 PqField::Bytes(b) => Value::Bytes(b.data().into()),
                 other => Value::Str(other.to_string().into()),
             });
@@ -124,11 +167,26 @@ mod tests {
         note.nullable = true;
         let schema = RowSchema {
             name: "T".into(),
-            fields: vec![Field::new("id", FieldType::Int), Field::new("amount", FieldType::Double), note, Field::new("ok", FieldType::Bool)],
+            fields: vec![
+                Field::new("id", FieldType::Int),
+                Field::new("amount", FieldType::Double),
+                note,
+                Field::new("ok", FieldType::Bool),
+            ],
         };
         let rows = vec![
-            vec![Value::Int(1), Value::Double(2.5), Value::Str("x".into()), Value::Bool(true)],
-            vec![Value::Int(2), Value::Double(-1.0), Value::Null, Value::Bool(false)],
+            vec![
+                Value::Int(1),
+                Value::Double(2.5),
+                Value::Str("x".into()),
+                Value::Bool(true),
+            ],
+            vec![
+                Value::Int(2),
+                Value::Double(-1.0),
+                Value::Null,
+                Value::Bool(false),
+            ],
         ];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");

@@ -66,7 +66,10 @@ impl AggregatePlan {
 pub type Problem = (String, String, Option<String>);
 
 fn sanitize(name: &str) -> String {
-    let mut s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let mut s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     if s.chars().next().is_none_or(|c| c.is_ascii_digit()) {
         s.insert(0, '_');
     }
@@ -75,10 +78,17 @@ fn sanitize(name: &str) -> String {
 
 /// Checks an aggregate against its input schema; returns its plan and
 /// output schema, or every problem found.
-pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(AggregatePlan, RowSchema), Vec<Problem>> {
+pub fn plan(
+    name: &str,
+    c: &AggregateConfig,
+    input: &RowSchema,
+) -> Result<(AggregatePlan, RowSchema), Vec<Problem>> {
     let mut problems: Vec<Problem> = Vec::new();
     let names = || input.fields.iter().map(|f| f.name.as_str());
-    let mut out = RowSchema { name: format!("rill.{}", sanitize(name)), fields: Vec::new() };
+    let mut out = RowSchema {
+        name: format!("rill.{}", sanitize(name)),
+        fields: Vec::new(),
+    };
     let mut group_by = Vec::new();
     for g in &c.group_by {
         match input.index_of(g) {
@@ -94,7 +104,11 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
         }
     }
     if c.group_by.is_empty() {
-        problems.push(("group_by".into(), "`group_by` is empty".into(), Some("name the fields that make a group".into())));
+        problems.push((
+            "group_by".into(),
+            "`group_by` is empty".into(),
+            Some("name the fields that make a group".into()),
+        ));
     }
 
     let window = c.window.as_ref().and_then(|w| {
@@ -105,14 +119,28 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
             match input.index_of(&w.time_field) {
                 Some(i) if input.fields[i].ty == FieldType::Int => Some(TimeField::Field(i)),
                 Some(i) => {
-                    problems.push((key("time_field"), format!("time field `{}` is {}, not an int of epoch milliseconds", w.time_field, input.fields[i].ty.name()), None));
+                    problems.push((
+                        key("time_field"),
+                        format!(
+                            "time field `{}` is {}, not an int of epoch milliseconds",
+                            w.time_field,
+                            input.fields[i].ty.name()
+                        ),
+                        None,
+                    ));
                     None
                 }
                 None => {
                     let hint = did_you_mean(&w.time_field, names())
                         .map(|m| format!("did you mean `{m}`?"))
-                        .unwrap_or_else(|| "use `_timestamp` for the kafka record's timestamp".into());
-                    problems.push((key("time_field"), format!("unknown time field `{}`", w.time_field), Some(hint)));
+                        .unwrap_or_else(|| {
+                            "use `_timestamp` for the kafka record's timestamp".into()
+                        });
+                    problems.push((
+                        key("time_field"),
+                        format!("unknown time field `{}`", w.time_field),
+                        Some(hint),
+                    ));
                     None
                 }
             }
@@ -125,17 +153,27 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
                 }
                 Some(v) => Some(v as i64),
                 None => {
-                    problems.push((key(k), format!("a {:?} window needs `{k}`", w.kind).to_lowercase(), None));
+                    problems.push((
+                        key(k),
+                        format!("a {:?} window needs `{k}`", w.kind).to_lowercase(),
+                        None,
+                    ));
                     None
                 }
             }
         };
         let shape = match w.kind {
-            WindowKind::Tumbling => need("size_ms", w.size_ms).map(|size| WindowShape::Tumbling { size }),
+            WindowKind::Tumbling => {
+                need("size_ms", w.size_ms).map(|size| WindowShape::Tumbling { size })
+            }
             WindowKind::Hopping => match (need("size_ms", w.size_ms), need("hop_ms", w.hop_ms)) {
                 (Some(size), Some(hop)) if hop <= size => Some(WindowShape::Hopping { size, hop }),
                 (Some(_), Some(_)) => {
-                    problems.push((key("hop_ms"), "`hop_ms` must not exceed `size_ms`".into(), None));
+                    problems.push((
+                        key("hop_ms"),
+                        "`hop_ms` must not exceed `size_ms`".into(),
+                        None,
+                    ));
                     None
                 }
                 _ => None,
@@ -157,9 +195,16 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
     for (agg, text) in &c.aggregates {
         let key = format!("aggregates.{agg}");
         let t = text.trim();
-        let parsed = t.find('(').filter(|_| t.ends_with(')')).map(|open| (t[..open].trim(), t[open + 1..t.len() - 1].trim()));
+        let parsed = t
+            .find('(')
+            .filter(|_| t.ends_with(')'))
+            .map(|open| (t[..open].trim(), t[open + 1..t.len() - 1].trim()));
         let Some((func_name, arg_text)) = parsed else {
-            problems.push((key, format!("`{t}` is not an aggregate call"), Some("write count(), sum(expr), avg(expr), min(expr) or max(expr)".into())));
+            problems.push((
+                key,
+                format!("`{t}` is not an aggregate call"),
+                Some("write count(), sum(expr), avg(expr), min(expr) or max(expr)".into()),
+            ));
             continue;
         };
         let func = match func_name.to_ascii_lowercase().as_str() {
@@ -169,7 +214,8 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
             "min" => AggFunc::Min,
             "max" => AggFunc::Max,
             other => {
-                let hint = did_you_mean(other, ["count", "sum", "avg", "min", "max"].into_iter()).map(|m| format!("did you mean `{m}`?"));
+                let hint = did_you_mean(other, ["count", "sum", "avg", "min", "max"].into_iter())
+                    .map(|m| format!("did you mean `{m}`?"));
                 problems.push((key, format!("unknown aggregate function `{other}`"), hint));
                 continue;
             }
@@ -184,7 +230,11 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
             match Expr::compile(arg_text, input) {
                 Ok(e) => Some(e),
                 Err(e) => {
-                    problems.push((key, format!("in `{arg_text}` at column {}: {}", e.pos + 1, e.message), None));
+                    problems.push((
+                        key,
+                        format!("in `{arg_text}` at column {}: {}", e.pos + 1, e.message),
+                        None,
+                    ));
                     continue;
                 }
             }
@@ -196,34 +246,74 @@ pub fn plan(name: &str, c: &AggregateConfig, input: &RowSchema) -> Result<(Aggre
             (AggFunc::Avg, Some(FieldType::Int | FieldType::Double)) => FieldType::Double,
             (AggFunc::Min | AggFunc::Max, Some(t)) if t != FieldType::Null => t,
             (_, t) => {
-                problems.push((key, format!("`{func_name}` cannot take {}", t.map_or("nothing", |t| t.name())), Some("sum and avg need numbers".into())));
+                problems.push((
+                    key,
+                    format!(
+                        "`{func_name}` cannot take {}",
+                        t.map_or("nothing", |t| t.name())
+                    ),
+                    Some("sum and avg need numbers".into()),
+                ));
                 continue;
             }
         };
         if out.index_of(agg).is_some() {
-            problems.push((key.clone(), format!("`{agg}` is already a field of the output"), None));
+            problems.push((
+                key.clone(),
+                format!("`{agg}` is already a field of the output"),
+                None,
+            ));
         }
         let mut f = Field::new(agg.clone(), ty);
         // Avg of no values, and min/max of only nulls, are null.
         f.nullable = matches!(func, AggFunc::Avg | AggFunc::Min | AggFunc::Max);
         out.fields.push(f);
-        aggs.push(AggSpec { name: agg.clone(), func, arg, ty });
+        aggs.push(AggSpec {
+            name: agg.clone(),
+            func,
+            arg,
+            ty,
+        });
     }
     if c.aggregates.is_empty() {
-        problems.push(("aggregates".into(), "`aggregates` is empty".into(), Some("add for example aggregates.n = \"count()\"".into())));
+        problems.push((
+            "aggregates".into(),
+            "`aggregates` is empty".into(),
+            Some("add for example aggregates.n = \"count()\"".into()),
+        ));
     }
-    let having = c.having.as_ref().and_then(|h| match Expr::predicate(h, &out) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            problems.push(("having".into(), format!("in `having` at column {}: {}", e.pos + 1, e.message), Some("`having` sees the output fields".into())));
-            None
-        }
-    });
+    let having = c
+        .having
+        .as_ref()
+        .and_then(|h| match Expr::predicate(h, &out) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                problems.push((
+                    "having".into(),
+                    format!("in `having` at column {}: {}", e.pos + 1, e.message),
+                    Some("`having` sees the output fields".into()),
+                ));
+                None
+            }
+        });
     if !problems.is_empty() {
         return Err(problems);
     }
     if c.window.is_some() && window.is_none() {
-        return Err(vec![("window".into(), "the window is not valid".into(), None)]);
+        return Err(vec![(
+            "window".into(),
+            "the window is not valid".into(),
+            None,
+        )]);
     }
-    Ok((AggregatePlan { group_by, aggs, having, window, emit: c.emit }, out))
+    Ok((
+        AggregatePlan {
+            group_by,
+            aggs,
+            having,
+            window,
+            emit: c.emit,
+        },
+        out,
+    ))
 }

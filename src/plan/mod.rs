@@ -10,8 +10,8 @@ use crate::expr::{did_you_mean, Expr};
 use crate::format::avro;
 use crate::record::{Field, FieldType, RowSchema};
 use crate::spec::{
-    FileSinkConfig, Format, JobConfig, KafkaSinkConfig, PostgresSinkConfig, Roll, KafkaSourceConfig, SinkConfig, SourceConfig, Spec, SpecError, SpecErrors,
-    TransformConfig,
+    FileSinkConfig, Format, JobConfig, KafkaSinkConfig, KafkaSourceConfig, PostgresSinkConfig,
+    Roll, SinkConfig, SourceConfig, Spec, SpecError, SpecErrors, TransformConfig,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -47,10 +47,19 @@ pub struct MapPlan {
 
 #[derive(Debug, Clone)]
 pub enum SinkPlan {
-    Kafka { config: KafkaSinkConfig, key: Option<Expr> },
+    Kafka {
+        config: KafkaSinkConfig,
+        key: Option<Expr>,
+    },
     Stdout,
-    File { config: FileSinkConfig, dir: PathBuf },
-    Postgres { config: PostgresSinkConfig, fallback_dir: Option<PathBuf> },
+    File {
+        config: FileSinkConfig,
+        dir: PathBuf,
+    },
+    Postgres {
+        config: PostgresSinkConfig,
+        fallback_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -108,17 +117,23 @@ pub fn dead_letter_schema() -> RowSchema {
 
 impl Plan {
     pub fn sources(&self) -> impl Iterator<Item = (usize, &Node, &SourcePlan)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.kind {
-            NodeKind::Source(s) => Some((i, n, s)),
-            _ => None,
-        })
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.kind {
+                NodeKind::Source(s) => Some((i, n, s)),
+                _ => None,
+            })
     }
 
     pub fn sinks(&self) -> impl Iterator<Item = (usize, &Node, &SinkPlan)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.kind {
-            NodeKind::Sink(s) => Some((i, n, s)),
-            _ => None,
-        })
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.kind {
+                NodeKind::Sink(s) => Some((i, n, s)),
+                _ => None,
+            })
     }
 
     /// Schema of the rows arriving at node `i` (its first input's; for a
@@ -132,7 +147,10 @@ impl Plan {
 
     /// Validates a parsed job file into a plan, or returns every error.
     pub fn build(spec: &Spec) -> Result<Plan, SpecErrors> {
-        let mut b = Builder { spec, errors: Vec::new() };
+        let mut b = Builder {
+            spec,
+            errors: Vec::new(),
+        };
         let plan = b.build();
         if b.errors.is_empty() {
             Ok(plan)
@@ -140,7 +158,10 @@ impl Plan {
             let mut errors = b.errors;
             errors.sort_by_key(|e| e.line);
             errors.dedup();
-            Err(SpecErrors { path: spec.path.clone(), errors })
+            Err(SpecErrors {
+                path: spec.path.clone(),
+                errors,
+            })
         }
     }
 }
@@ -168,13 +189,25 @@ impl Kind {
 }
 
 impl Builder<'_> {
-    fn error(&mut self, kind: Kind, name: &str, key: Option<&str>, message: String, hint: Option<String>) {
+    fn error(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        key: Option<&str>,
+        message: String,
+        hint: Option<String>,
+    ) {
         let loc = self.spec.locate();
         let line = match key {
             Some(k) => loc.key(kind.table(), name, k),
             None => loc.component(kind.table(), name),
         };
-        self.errors.push(SpecError { line, component: Some(format!("{}.{name}", kind.table())), message, hint });
+        self.errors.push(SpecError {
+            line,
+            component: Some(format!("{}.{name}", kind.table())),
+            message,
+            hint,
+        });
     }
 
     fn build(&mut self) -> Plan {
@@ -187,7 +220,16 @@ impl Builder<'_> {
         let mut seen_names: HashMap<&str, Kind> = HashMap::new();
         for (k, n) in &comps {
             if let Some(prev) = seen_names.insert(n.as_str(), *k) {
-                self.error(*k, n, None, format!("the name `{n}` is also used in [{}]", prev.table()), Some("component names must be unique across sources, transforms and sinks".into()));
+                self.error(
+                    *k,
+                    n,
+                    None,
+                    format!("the name `{n}` is also used in [{}]", prev.table()),
+                    Some(
+                        "component names must be unique across sources, transforms and sinks"
+                            .into(),
+                    ),
+                );
             }
         }
         let mut outputs: BTreeMap<String, (String, usize)> = BTreeMap::new();
@@ -218,30 +260,59 @@ impl Builder<'_> {
             .collect();
         let dead_letter_sink = spec.job.dead_letter_sink.clone();
         for (kind, name, inputs) in with_inputs {
-            let is_dead_letter_sink = kind == Kind::Sink && dead_letter_sink.as_deref() == Some(name.as_str());
+            let is_dead_letter_sink =
+                kind == Kind::Sink && dead_letter_sink.as_deref() == Some(name.as_str());
             if is_dead_letter_sink && !inputs.is_empty() {
-                self.error(kind, name, Some("inputs"), "the dead-letter sink takes no `inputs`".into(), Some("it receives the job's dead letters; write `inputs = []`".into()));
+                self.error(
+                    kind,
+                    name,
+                    Some("inputs"),
+                    "the dead-letter sink takes no `inputs`".into(),
+                    Some("it receives the job's dead letters; write `inputs = []`".into()),
+                );
             }
             if inputs.is_empty() && !is_dead_letter_sink {
-                self.error(kind, name, Some("inputs"), "`inputs` is empty".into(), Some("name at least one source or transform".into()));
+                self.error(
+                    kind,
+                    name,
+                    Some("inputs"),
+                    "`inputs` is empty".into(),
+                    Some("name at least one source or transform".into()),
+                );
             }
             let mut resolved = Vec::new();
             for input in inputs {
                 match outputs.get(input) {
                     Some(o) => resolved.push(o.clone()),
                     None => {
-                        let hint = if let Some(TransformConfig::Route(r)) = spec.transforms.get(input) {
-                            let mut names: Vec<String> = r.routes.keys().map(|k| format!("`{input}.{k}`")).collect();
-                            names.push(format!("`{input}._unmatched`"));
-                            Some(format!("`{input}` is a route; name one of its outputs: {}", names.join(", ")))
-                        } else if spec.sinks.contains_key(input) {
-                            Some(format!("`{input}` is a sink; sinks have no outputs"))
-                        } else {
-                            did_you_mean(input, outputs.keys().map(String::as_str))
-                                .map(|m| format!("did you mean `{m}`?"))
-                                .or_else(|| Some(format!("known outputs: {}", outputs.keys().cloned().collect::<Vec<_>>().join(", "))))
-                        };
-                        self.error(kind, name, Some("inputs"), format!("unknown input `{input}`"), hint);
+                        let hint =
+                            if let Some(TransformConfig::Route(r)) = spec.transforms.get(input) {
+                                let mut names: Vec<String> =
+                                    r.routes.keys().map(|k| format!("`{input}.{k}`")).collect();
+                                names.push(format!("`{input}._unmatched`"));
+                                Some(format!(
+                                    "`{input}` is a route; name one of its outputs: {}",
+                                    names.join(", ")
+                                ))
+                            } else if spec.sinks.contains_key(input) {
+                                Some(format!("`{input}` is a sink; sinks have no outputs"))
+                            } else {
+                                did_you_mean(input, outputs.keys().map(String::as_str))
+                                    .map(|m| format!("did you mean `{m}`?"))
+                                    .or_else(|| {
+                                        Some(format!(
+                                            "known outputs: {}",
+                                            outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                                        ))
+                                    })
+                            };
+                        self.error(
+                            kind,
+                            name,
+                            Some("inputs"),
+                            format!("unknown input `{input}`"),
+                            hint,
+                        );
                     }
                 }
             }
@@ -249,7 +320,11 @@ impl Builder<'_> {
         }
 
         // Topological order (sources first), reporting cycles.
-        let mut order: Vec<(Kind, String)> = spec.sources.keys().map(|n| (Kind::Source, n.clone())).collect();
+        let mut order: Vec<(Kind, String)> = spec
+            .sources
+            .keys()
+            .map(|n| (Kind::Source, n.clone()))
+            .collect();
         let mut state: HashMap<String, u8> = HashMap::new(); // 1 visiting, 2 done
         for n in spec.sources.keys() {
             state.insert(n.clone(), 2);
@@ -285,7 +360,14 @@ impl Builder<'_> {
         let mut cycles = Vec::new();
         let mut topo = Vec::new();
         for n in spec.transforms.keys().chain(spec.sinks.keys()) {
-            visit(n, &edges, &mut state, &mut Vec::new(), &mut topo, &mut cycles);
+            visit(
+                n,
+                &edges,
+                &mut state,
+                &mut Vec::new(),
+                &mut topo,
+                &mut cycles,
+            );
         }
         for cycle in cycles {
             let first = cycle[0].clone();
@@ -298,7 +380,11 @@ impl Builder<'_> {
             );
         }
         for n in topo {
-            let kind = if spec.transforms.contains_key(&n) { Kind::Transform } else { Kind::Sink };
+            let kind = if spec.transforms.contains_key(&n) {
+                Kind::Transform
+            } else {
+                Kind::Sink
+            };
             order.push((kind, n));
         }
 
@@ -310,12 +396,21 @@ impl Builder<'_> {
                 .get(&name)
                 .into_iter()
                 .flatten()
-                .filter_map(|(dep, port)| index.get(dep).map(|&node| Port { node, output: *port }))
+                .filter_map(|(dep, port)| {
+                    index.get(dep).map(|&node| Port {
+                        node,
+                        output: *port,
+                    })
+                })
                 .collect();
             let in_schema = match self.input_schema(kind, &name, &inputs, &nodes) {
                 Some(s) => Some(s),
                 None if kind == Kind::Source => None,
-                None if kind == Kind::Sink && spec.job.dead_letter_sink.as_deref() == Some(name.as_str()) => Some(dead_letter_schema()),
+                None if kind == Kind::Sink
+                    && spec.job.dead_letter_sink.as_deref() == Some(name.as_str()) =>
+                {
+                    Some(dead_letter_schema())
+                }
                 None => continue,
             };
             let node = match kind {
@@ -343,7 +438,8 @@ impl Builder<'_> {
                     line: self.spec.locate().key("job", "", "dead_letter_sink"),
                     component: Some("job".into()),
                     message: format!("`dead_letter_sink` names `{d}`, which is not a sink"),
-                    hint: did_you_mean(d, spec.sinks.keys().map(String::as_str)).map(|m| format!("did you mean `{m}`?")),
+                    hint: did_you_mean(d, spec.sinks.keys().map(String::as_str))
+                        .map(|m| format!("did you mean `{m}`?")),
                 }),
                 None => {}
             }
@@ -356,16 +452,31 @@ impl Builder<'_> {
                 hint: Some("add a [sinks.NAME] with `inputs = [...]`".into()),
             });
         }
-        Plan { path: spec.path.clone(), job: spec.job.clone(), nodes, dead_letter_sink: dead_letter_index }
+        Plan {
+            path: spec.path.clone(),
+            job: spec.job.clone(),
+            nodes,
+            dead_letter_sink: dead_letter_index,
+        }
     }
 
-    fn input_schema(&mut self, kind: Kind, name: &str, inputs: &[Port], nodes: &[Node]) -> Option<RowSchema> {
+    fn input_schema(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        inputs: &[Port],
+        nodes: &[Node],
+    ) -> Option<RowSchema> {
         let first = inputs.first()?;
         let schema = nodes[first.node].outputs[first.output].clone();
         for p in &inputs[1..] {
             let other = &nodes[p.node].outputs[p.output];
             let same = other.fields.len() == schema.fields.len()
-                && other.fields.iter().zip(&schema.fields).all(|(a, b)| a.name == b.name && a.ty == b.ty);
+                && other
+                    .fields
+                    .iter()
+                    .zip(&schema.fields)
+                    .all(|(a, b)| a.name == b.name && a.ty == b.ty);
             if !same {
                 self.error(
                     kind,
@@ -400,35 +511,73 @@ impl Builder<'_> {
         match parsed {
             Ok((schema, rows)) => {
                 if config.partitions < 1 {
-                    self.error(Kind::Source, name, Some("partitions"), "`partitions` must be at least 1".into(), None);
+                    self.error(
+                        Kind::Source,
+                        name,
+                        Some("partitions"),
+                        "`partitions` must be at least 1".into(),
+                        None,
+                    );
                 }
                 Some((
-                    NodeKind::Source(SourcePlan { config: config.clone(), reader: Arc::new(schema), reader_text: text }),
+                    NodeKind::Source(SourcePlan {
+                        config: config.clone(),
+                        reader: Arc::new(schema),
+                        reader_text: text,
+                    }),
                     vec![rows],
                     vec![name.to_string()],
                 ))
             }
             Err(e) => {
-                self.error(Kind::Source, name, Some("schema"), format!("schema file `{}`: {e}", path.display()), None);
+                self.error(
+                    Kind::Source,
+                    name,
+                    Some("schema"),
+                    format!("schema file `{}`: {e}", path.display()),
+                    None,
+                );
                 None
             }
         }
     }
 
-    fn compile(&mut self, kind: Kind, name: &str, key: &str, src: &str, schema: &RowSchema, predicate: bool) -> Option<Expr> {
-        let r = if predicate { Expr::predicate(src, schema) } else { Expr::compile(src, schema) };
+    fn compile(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+        src: &str,
+        schema: &RowSchema,
+        predicate: bool,
+    ) -> Option<Expr> {
+        let r = if predicate {
+            Expr::predicate(src, schema)
+        } else {
+            Expr::compile(src, schema)
+        };
         match r {
             Ok(e) => Some(e),
             Err(e) => {
                 // Lined up under the expression as the hint prints it.
                 let caret = format!("{src}\n        {}^", " ".repeat(e.pos));
-                self.error(kind, name, Some(key), format!("in `{key}` at column {}: {}", e.pos + 1, e.message), Some(caret));
+                self.error(
+                    kind,
+                    name,
+                    Some(key),
+                    format!("in `{key}` at column {}: {}", e.pos + 1, e.message),
+                    Some(caret),
+                );
                 None
             }
         }
     }
 
-    fn transform(&mut self, name: &str, schema: RowSchema) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
+    fn transform(
+        &mut self,
+        name: &str,
+        schema: RowSchema,
+    ) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
         let k = Kind::Transform;
         match &self.spec.transforms[name] {
             TransformConfig::Filter(c) => {
@@ -445,12 +594,19 @@ impl Builder<'_> {
                     }
                 }
                 if c.routes.is_empty() {
-                    self.error(k, name, Some("routes"), "`routes` is empty".into(), Some("add conditions such as routes.big = \"amount > 100\"".into()));
+                    self.error(
+                        k,
+                        name,
+                        Some("routes"),
+                        "`routes` is empty".into(),
+                        Some("add conditions such as routes.big = \"amount > 100\"".into()),
+                    );
                 }
                 if !ok {
                     return None;
                 }
-                let mut names: Vec<String> = routes.iter().map(|(r, _)| format!("{name}.{r}")).collect();
+                let mut names: Vec<String> =
+                    routes.iter().map(|(r, _)| format!("{name}.{r}")).collect();
                 names.push(format!("{name}._unmatched"));
                 let outs = vec![schema; names.len()];
                 Some((NodeKind::Route(routes), outs, names))
@@ -465,12 +621,26 @@ impl Builder<'_> {
                     }
                 }
                 if c.rules.is_empty() {
-                    self.error(k, name, Some("rules"), "`rules` is empty".into(), Some("add rules such as rules.positive = \"amount >= 0.0\"".into()));
+                    self.error(
+                        k,
+                        name,
+                        Some("rules"),
+                        "`rules` is empty".into(),
+                        Some("add rules such as rules.positive = \"amount >= 0.0\"".into()),
+                    );
                 }
-                ok.then(|| (NodeKind::Validate(rules), vec![schema], vec![name.to_string()]))
+                ok.then(|| {
+                    (
+                        NodeKind::Validate(rules),
+                        vec![schema],
+                        vec![name.to_string()],
+                    )
+                })
             }
             TransformConfig::Aggregate(c) => match aggregate::plan(name, c, &schema) {
-                Ok((plan, out)) => Some((NodeKind::Aggregate(plan), vec![out], vec![name.to_string()])),
+                Ok((plan, out)) => {
+                    Some((NodeKind::Aggregate(plan), vec![out], vec![name.to_string()]))
+                }
                 Err(problems) => {
                     for (key, message, hint) in problems {
                         self.error(k, name, Some(&key), message, hint);
@@ -483,14 +653,17 @@ impl Builder<'_> {
                 let mut computed = Vec::new();
                 let mut ok = true;
                 for (field, src) in &c.fields {
-                    let Some(e) = self.compile(k, name, &format!("fields.{field}"), src, &schema, false) else {
+                    let Some(e) =
+                        self.compile(k, name, &format!("fields.{field}"), src, &schema, false)
+                    else {
                         ok = false;
                         continue;
                     };
                     match out.index_of(field) {
                         Some(i) => {
                             let f = &mut out.fields[i];
-                            let keeps_type = f.ty == e.ty.ty || (f.ty == FieldType::Double && e.ty.ty == FieldType::Int);
+                            let keeps_type = f.ty == e.ty.ty
+                                || (f.ty == FieldType::Double && e.ty.ty == FieldType::Int);
                             if !keeps_type {
                                 *f = Field::new(field.clone(), e.ty.ty);
                             }
@@ -499,7 +672,11 @@ impl Builder<'_> {
                             computed.push((e, MapTarget::Replace(i), ty));
                         }
                         None => {
-                            let ty = if e.ty.ty == FieldType::Null { FieldType::String } else { e.ty.ty };
+                            let ty = if e.ty.ty == FieldType::Null {
+                                FieldType::String
+                            } else {
+                                e.ty.ty
+                            };
                             let mut f = Field::new(field.clone(), ty);
                             f.nullable = e.ty.nullable;
                             out.fields.push(f);
@@ -514,8 +691,16 @@ impl Builder<'_> {
                         match out.index_of(d) {
                             Some(i) => idx.retain(|&x| x != i),
                             None => {
-                                let hint = did_you_mean(d, out.fields.iter().map(|f| f.name.as_str())).map(|m| format!("did you mean `{m}`?"));
-                                self.error(k, name, Some("drop"), format!("cannot drop unknown field `{d}`"), hint);
+                                let hint =
+                                    did_you_mean(d, out.fields.iter().map(|f| f.name.as_str()))
+                                        .map(|m| format!("did you mean `{m}`?"));
+                                self.error(
+                                    k,
+                                    name,
+                                    Some("drop"),
+                                    format!("cannot drop unknown field `{d}`"),
+                                    hint,
+                                );
                                 ok = false;
                             }
                         }
@@ -526,50 +711,111 @@ impl Builder<'_> {
                 if !ok {
                     return None;
                 }
-                Some((NodeKind::Map(MapPlan { computed, keep }), vec![out], vec![name.to_string()]))
+                Some((
+                    NodeKind::Map(MapPlan { computed, keep }),
+                    vec![out],
+                    vec![name.to_string()],
+                ))
             }
         }
     }
 
-    fn sink(&mut self, name: &str, schema: RowSchema) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
+    fn sink(
+        &mut self,
+        name: &str,
+        schema: RowSchema,
+    ) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
         match &self.spec.sinks[name] {
             SinkConfig::Kafka(c) => {
                 let key = match &c.key {
-                    Some(src) => Some(self.compile(Kind::Sink, name, "key", src, &schema, false)?),
+                    Some(src) => {
+                        Some(self.compile(Kind::Sink, name, "key", src, &schema, false)?)
+                    }
                     None => None,
                 };
-                if c.format == Format::Avro && schema.fields.iter().any(|f| f.ty == FieldType::Null) {
-                    self.error(Kind::Sink, name, None, "a field is always null, which Avro cannot type".into(), None);
+                if c.format == Format::Avro && schema.fields.iter().any(|f| f.ty == FieldType::Null)
+                {
+                    self.error(
+                        Kind::Sink,
+                        name,
+                        None,
+                        "a field is always null, which Avro cannot type".into(),
+                        None,
+                    );
                 }
-                Some((NodeKind::Sink(SinkPlan::Kafka { config: c.clone(), key }), vec![schema], vec![]))
+                Some((
+                    NodeKind::Sink(SinkPlan::Kafka {
+                        config: c.clone(),
+                        key,
+                    }),
+                    vec![schema],
+                    vec![],
+                ))
             }
             SinkConfig::Stdout(_) => Some((NodeKind::Sink(SinkPlan::Stdout), vec![schema], vec![])),
             SinkConfig::Postgres(c) => {
-                let valid = |s: &str| !s.is_empty() && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.');
+                let valid = |s: &str| {
+                    !s.is_empty()
+                        && s.chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.')
+                };
                 if !valid(&c.table) {
-                    self.error(Kind::Sink, name, Some("table"), format!("`{}` is not a plain table name", c.table), Some("use letters, digits, `_`, and `schema.table`".into()));
+                    self.error(
+                        Kind::Sink,
+                        name,
+                        Some("table"),
+                        format!("`{}` is not a plain table name", c.table),
+                        Some("use letters, digits, `_`, and `schema.table`".into()),
+                    );
                     return None;
                 }
                 if let Some(f) = schema.fields.iter().find(|f| !valid(&f.name)) {
-                    self.error(Kind::Sink, name, None, format!("field `{}` cannot be a column name", f.name), Some("rename it with a `map`".into()));
+                    self.error(
+                        Kind::Sink,
+                        name,
+                        None,
+                        format!("field `{}` cannot be a column name", f.name),
+                        Some("rename it with a `map`".into()),
+                    );
                     return None;
                 }
-                let fallback_dir = c.fallback_dir.as_ref().map(|d| self.spec.base_dir().join(d));
-                Some((NodeKind::Sink(SinkPlan::Postgres { config: c.clone(), fallback_dir }), vec![schema], vec![]))
+                let fallback_dir = c
+                    .fallback_dir
+                    .as_ref()
+                    .map(|d| self.spec.base_dir().join(d));
+                Some((
+                    NodeKind::Sink(SinkPlan::Postgres {
+                        config: c.clone(),
+                        fallback_dir,
+                    }),
+                    vec![schema],
+                    vec![],
+                ))
             }
             SinkConfig::File(c) => {
-                if c.roll == Roll::Window && (schema.index_of("window_start").is_none() || schema.index_of("window_end").is_none()) {
+                if c.roll == Roll::Window
+                    && (schema.index_of("window_start").is_none()
+                        || schema.index_of("window_end").is_none())
+                {
                     self.error(
                         Kind::Sink,
                         name,
                         Some("roll"),
-                        "`roll = \"window\"` needs input with `window_start` and `window_end`".into(),
+                        "`roll = \"window\"` needs input with `window_start` and `window_end`"
+                            .into(),
                         Some("feed it from a windowed aggregate, or roll per epoch".into()),
                     );
                     return None;
                 }
                 let dir = self.spec.base_dir().join(&c.path);
-                Some((NodeKind::Sink(SinkPlan::File { config: c.clone(), dir }), vec![schema], vec![]))
+                Some((
+                    NodeKind::Sink(SinkPlan::File {
+                        config: c.clone(),
+                        dir,
+                    }),
+                    vec![schema],
+                    vec![],
+                ))
             }
         }
     }
@@ -610,13 +856,18 @@ mod tests {
             "{HEAD}\n[transforms.a]\ntype = \"filter\"\ninputs = [\"b\"]\ncondition = \"amount > 1\"\n\n[transforms.b]\ntype = \"filter\"\ninputs = [\"a\"]\ncondition = \"amount > 1\"\n\n[transforms.c]\ntype = \"filter\"\ninputs = [\"inptu\"]\ncondition = \"amount > 1\"\n\n[transforms.d]\ntype = \"filter\"\ninputs = [\"input\"]\ncondition = \"amuont > 1\"\n\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"d\"]\n"
         ))
         .unwrap_err();
-        let msgs: Vec<String> = err.errors.iter().map(|e| format!("{} {}", e.line, e.message)).collect();
+        let msgs: Vec<String> = err
+            .errors
+            .iter()
+            .map(|e| format!("{} {}", e.line, e.message))
+            .collect();
         assert_eq!(
             msgs,
             vec![
                 "12 inputs form a cycle: a -> b -> a".to_string(),
                 "22 unknown input `inptu`".to_string(),
-                "28 in `condition` at column 1: unknown field `amuont`; did you mean `amount`?".to_string(),
+                "28 in `condition` at column 1: unknown field `amuont`; did you mean `amount`?"
+                    .to_string(),
             ]
         );
         assert_eq!(err.errors[1].hint.as_deref(), Some("did you mean `input`?"));
@@ -624,9 +875,16 @@ mod tests {
 
     #[test]
     fn a_missing_schema_file_names_the_line_and_path() {
-        let text = format!("{}\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"input\"]\n", HEAD.replace("t.avsc", "missing.avsc"));
+        let text = format!(
+            "{}\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"input\"]\n",
+            HEAD.replace("t.avsc", "missing.avsc")
+        );
         let err = plan(&text).unwrap_err();
         assert_eq!(err.errors[0].line, 8);
-        assert!(err.errors[0].message.starts_with("cannot read schema file"), "{}", err.errors[0].message);
+        assert!(
+            err.errors[0].message.starts_with("cannot read schema file"),
+            "{}",
+            err.errors[0].message
+        );
     }
 }

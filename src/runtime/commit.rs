@@ -55,13 +55,28 @@ pub struct Committer {
 
 fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
     let code = e.rdkafka_error_code();
-    if matches!(code, Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)) {
-        RunError::Fenced { writer: writer.into(), job: job.into() }
-    } else if matches!(code, Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut))
-        || e.to_string().contains("Timed out")
+    if matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    ) {
+        RunError::Fenced {
+            writer: writer.into(),
+            job: job.into(),
+        }
+    } else if matches!(
+        code,
+        Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut)
+    ) || e.to_string().contains("Timed out")
     {
         // Tansu can leave a fenced producer's commit unanswered.
-        RunError::CommitTimeout { writer: writer.into(), job: job.into() }
+        RunError::CommitTimeout {
+            writer: writer.into(),
+            job: job.into(),
+        }
     } else {
         RunError::Commit(e.to_string())
     }
@@ -75,10 +90,14 @@ impl Committer {
     /// recovery reads the committed progress and the log, so a fenced
     /// instance can commit nothing more, and what it still appends to the
     /// log lands after this start and is ignored. Returns the attempt.
-    pub fn fence(job: &JobConfig, plan: &crate::plan::Plan) -> Result<(KafkaWriter, u32), RunError> {
+    pub fn fence(
+        job: &JobConfig,
+        plan: &crate::plan::Plan,
+    ) -> Result<(KafkaWriter, u32), RunError> {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
-        let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos).map_err(|e| fenced(&writer_id, &job.name, &e))?;
+        let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
+            .map_err(|e| fenced(&writer_id, &job.name, &e))?;
         let attempt = super::recovery::next_attempt(plan)?;
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
         log.append(&LogRecord::Start { attempt }, writer.headers_for(0))?;
@@ -100,10 +119,14 @@ impl Committer {
             .set("group.id", &writer_id)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|e| RunError::Client { what: "the progress consumer".into(), reason: e.to_string() })?;
-        let group_metadata = group
-            .group_metadata()
-            .ok_or_else(|| RunError::Client { what: "the progress consumer".into(), reason: "no group metadata".into() })?;
+            .map_err(|e| RunError::Client {
+                what: "the progress consumer".into(),
+                reason: e.to_string(),
+            })?;
+        let group_metadata = group.group_metadata().ok_or_else(|| RunError::Client {
+            what: "the progress consumer".into(),
+            reason: "no group metadata".into(),
+        })?;
         let replayed = recovered
             .replay
             .iter()
@@ -147,7 +170,9 @@ impl Committer {
         }
         let eos = self.guarantee == Guarantee::ExactlyOnce;
         if eos {
-            self.writer.begin().map_err(|e| fenced(&self.writer_id, job, &e))?;
+            self.writer
+                .begin()
+                .map_err(|e| fenced(&self.writer_id, job, &e))?;
         }
         for (topic, records) in &output.records {
             for r in records {
@@ -181,12 +206,26 @@ impl Committer {
                     .iter_mut()
                     .map(|((source, partition), pos)| {
                         let start = *pos;
-                        let end = read.get(&(*source, *partition)).map_or(start, |r| r.1.max(start));
+                        let end = read
+                            .get(&(*source, *partition))
+                            .map_or(start, |r| r.1.max(start));
                         *pos = end;
-                        PartitionRange { source: *source, partition: *partition, start, end }
+                        PartitionRange {
+                            source: *source,
+                            partition: *partition,
+                            start,
+                            end,
+                        }
                     })
                     .collect();
-                self.log.append(&LogRecord::Epoch { epoch, attempt: self.attempt, ranges }, self.writer.headers_for(epoch))?
+                self.log.append(
+                    &LogRecord::Epoch {
+                        epoch,
+                        attempt: self.attempt,
+                        ranges,
+                    },
+                    self.writer.headers_for(epoch),
+                )?
             }
         };
         fault::point("epoch_logged");
@@ -197,16 +236,24 @@ impl Committer {
             .add_partition_offset(&self.log_topic, 0, Offset::Offset(log_offset + 1))
             .map_err(|e| RunError::Commit(e.to_string()))?;
         if eos {
-            self.writer.commit(&progress, &self.group_metadata).map_err(|e| fenced(&self.writer_id, job, &e))?;
+            self.writer
+                .commit(&progress, &self.group_metadata)
+                .map_err(|e| fenced(&self.writer_id, job, &e))?;
         } else {
-            self.writer.flush(Duration::from_secs(60)).map_err(RunError::Delivery)?;
-            self.group.commit(&progress, CommitMode::Sync).map_err(|e| RunError::Commit(e.to_string()))?;
+            self.writer
+                .flush(Duration::from_secs(60))
+                .map_err(RunError::Delivery)?;
+            self.group
+                .commit(&progress, CommitMode::Sync)
+                .map_err(|e| RunError::Commit(e.to_string()))?;
         }
         fault::point("committed");
         Ok(())
     }
 
     pub fn flush(&self) -> Result<(), RunError> {
-        self.writer.flush(Duration::from_secs(60)).map_err(RunError::Delivery)
+        self.writer
+            .flush(Duration::from_secs(60))
+            .map_err(RunError::Delivery)
     }
 }

@@ -11,7 +11,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-pub const POINTS: [&str; 5] = ["source_read", "epoch_sent", "epoch_logged", "committed", "restore"];
+pub const POINTS: [&str; 5] = [
+    "source_read",
+    "epoch_sent",
+    "epoch_logged",
+    "committed",
+    "restore",
+];
 
 /// Points inside a Postgres sink's epoch transaction: rows and progress
 /// inserted, not committed; and committed, with the Kafka commit to come.

@@ -3,11 +3,11 @@
 use super::commit::{Committer, EpochOutput};
 use super::recovery;
 use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
+use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka_admin::{self, KafkaAdminError};
 use crate::connectors::kafka_source::KafkaSource;
-use crate::connectors::file_sink::FileSink;
-use crate::connectors::postgres_sink::{PostgresError, PostgresSink, Written};
 use crate::connectors::memory::MemorySource;
+use crate::connectors::postgres_sink::{PostgresError, PostgresSink, Written};
 use crate::connectors::SourceReader;
 use crate::dataflow::{self, Epoch, ReaderFactory, WorkerContext};
 use crate::format::avro;
@@ -38,7 +38,11 @@ pub enum RunError {
     #[error("sink output was not delivered: {0}")]
     Delivery(String),
     #[error("cannot write files for sink `{sink}` in {dir}: {reason}")]
-    Files { sink: String, dir: String, reason: String },
+    Files {
+        sink: String,
+        dir: String,
+        reason: String,
+    },
     #[error("writer `{writer}` was fenced: another instance of job {job} has started, so this one stops without committing")]
     Fenced { writer: String, job: String },
     #[error("writer `{writer}` could not commit within 30 s: another instance of job {job} may have started and fenced it, or the broker is not answering; this one stops without committing")]
@@ -121,7 +125,11 @@ struct Launch {
 
 /// Runs a job against its broker and registry until it is stopped (or,
 /// with `until_caught_up`, until it has read what was there at start).
-pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary, RunError> {
+pub fn run(
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<RunSummary, RunError> {
     let job = &plan.job;
     kafka_admin::check_broker(&job.brokers)?;
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
@@ -146,7 +154,13 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
     let mut source_partitions = Vec::new();
     for (pos, (_, _, sp)) in plan.sources().enumerate() {
         let c = &sp.config;
-        let n = kafka_admin::ensure_topic(&job.brokers, &c.topic, c.partitions, c.replication_factor, false)?;
+        let n = kafka_admin::ensure_topic(
+            &job.brokers,
+            &c.topic,
+            c.partitions,
+            c.replication_factor,
+            false,
+        )?;
         if let (Some(r), Format::Avro) = (&registry, c.format) {
             r.prefetch_subject(&format!("{}-value", c.topic))?;
         }
@@ -156,7 +170,10 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             .enumerate()
             .map(|(p, (low, high))| {
                 let start = match (&recovered.start_offsets, c.start_offset) {
-                    (Some(committed), _) => committed.get(&(pos as u32, p as i32)).copied().unwrap_or(*low),
+                    (Some(committed), _) => committed
+                        .get(&(pos as u32, p as i32))
+                        .copied()
+                        .unwrap_or(*low),
                     (None, StartOffset::Earliest) => *low,
                     (None, StartOffset::Latest) => *high,
                 };
@@ -169,7 +186,15 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         let replay: Vec<(u64, HashMap<i32, i64>)> = recovered
             .replay
             .iter()
-            .map(|(epoch, rs)| (*epoch, rs.iter().filter(|r| r.source == pos as u32).map(|r| (r.partition, r.end)).collect()))
+            .map(|(epoch, rs)| {
+                (
+                    *epoch,
+                    rs.iter()
+                        .filter(|r| r.source == pos as u32)
+                        .map(|r| (r.partition, r.end))
+                        .collect(),
+                )
+            })
             .collect();
         let brokers = job.brokers.clone();
         let topic = c.topic.clone();
@@ -177,7 +202,11 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
         source_topics.push(Arc::from(c.topic.as_str()));
         source_partitions.push(n);
         readers.push(Arc::new(move |index, peers| {
-            let mine: Vec<_> = ranges.iter().filter(|(p, _, _)| *p as usize % peers == index).cloned().collect();
+            let mine: Vec<_> = ranges
+                .iter()
+                .filter(|(p, _, _)| *p as usize % peers == index)
+                .cloned()
+                .collect();
             let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
                 .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"))
                 .with_replay(replay.clone());
@@ -191,11 +220,20 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
     for (i, node, sink) in plan.sinks() {
         match sink {
             SinkPlan::Kafka { config, .. } => {
-                let n = kafka_admin::ensure_topic(&job.brokers, &config.topic, config.partitions, config.replication_factor, false)?;
+                let n = kafka_admin::ensure_topic(
+                    &job.brokers,
+                    &config.topic,
+                    config.partitions,
+                    config.replication_factor,
+                    false,
+                )?;
                 sink_partitions.insert(i, n);
                 if config.format == Format::Avro {
                     let schema = avro::schema_json(plan.input_schema(i));
-                    let id = registry.as_ref().unwrap().register(&format!("{}-value", config.topic), &schema)?;
+                    let id = registry
+                        .as_ref()
+                        .unwrap()
+                        .register(&format!("{}-value", config.topic), &schema)?;
                     sink_schema_ids.insert(i, id);
                 }
                 targets.insert(i, Target::Kafka(config.topic.clone()));
@@ -203,7 +241,10 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
             SinkPlan::Stdout => {
                 targets.insert(i, Target::Stdout);
             }
-            SinkPlan::Postgres { config, fallback_dir } => {
+            SinkPlan::Postgres {
+                config,
+                fallback_dir,
+            } => {
                 let mut pg = PostgresSink::new(
                     &node.name,
                     &config.url,
@@ -219,18 +260,23 @@ pub fn run(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<R
                 match pg.connect() {
                     Ok(()) => {}
                     Err(e @ PostgresError::Unreachable { .. }) if fallback_dir.is_some() => {
-                        eprintln!("sink {}: {e}; epochs go to {} until it is back", node.name, fallback_dir.as_ref().unwrap().display())
+                        eprintln!(
+                            "sink {}: {e}; epochs go to {} until it is back",
+                            node.name,
+                            fallback_dir.as_ref().unwrap().display()
+                        )
                     }
                     Err(e) => return Err(e.into()),
                 }
                 targets.insert(i, Target::Postgres(Box::new(pg), BTreeMap::new()));
             }
             SinkPlan::File { config, dir } => {
-                let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone()).map_err(|e| RunError::Files {
-                    sink: node.name.clone(),
-                    dir: dir.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone())
+                    .map_err(|e| RunError::Files {
+                        sink: node.name.clone(),
+                        dir: dir.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 targets.insert(i, Target::File(sink));
             }
         }
@@ -288,7 +334,11 @@ pub fn run_in_memory(
         .iter()
         .map(|i| match i {
             MemoryInput::Records(r) => r.iter().map(|r| r.origin.partition + 1).max().unwrap_or(1),
-            MemoryInput::Scripted(r) => r.iter().map(|(_, r)| r.origin.partition + 1).max().unwrap_or(1),
+            MemoryInput::Scripted(r) => r
+                .iter()
+                .map(|(_, r)| r.origin.partition + 1)
+                .max()
+                .unwrap_or(1),
         })
         .collect();
     let readers: Vec<ReaderFactory> = inputs
@@ -314,7 +364,10 @@ pub fn run_in_memory(
         targets.insert(i, Target::Memory);
         sink_schema_ids.insert(i, 1);
     }
-    let source_topics = plan.sources().map(|(_, _, s)| Arc::from(s.config.topic.as_str())).collect();
+    let source_topics = plan
+        .sources()
+        .map(|(_, _, s)| Arc::from(s.config.topic.as_str()))
+        .collect();
     let launch = Launch {
         source_partitions: partitions,
         readers,
@@ -329,11 +382,22 @@ pub fn run_in_memory(
         changelog_topics: HashMap::new(),
         restored: Arc::new(HashMap::new()),
     };
-    let opts = RunOptions { workers, until_caught_up: true, trace_records: false, progress: false, max_rate: None };
+    let opts = RunOptions {
+        workers,
+        until_caught_up: true,
+        trace_records: false,
+        progress: false,
+        max_rate: None,
+    };
     execute(plan, opts, Arc::new(AtomicBool::new(false)), launch)
 }
 
-fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Launch) -> Result<RunSummary, RunError> {
+fn execute(
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+    launch: Launch,
+) -> Result<RunSummary, RunError> {
     let workers = opts.workers.max(1);
     let (tx, rx) = crossbeam_channel::unbounded::<WriterMsg>();
     let in_flight = Arc::new(AtomicI64::new(0));
@@ -363,7 +427,16 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
     let writer = std::thread::Builder::new()
         .name("rill-writer".into())
         .spawn(move || {
-            let result = write_loop(&writer_plan, &writer_opts, workers, rx, targets, backend, writer_in_flight, start);
+            let result = write_loop(
+                &writer_plan,
+                &writer_opts,
+                workers,
+                rx,
+                targets,
+                backend,
+                writer_in_flight,
+                start,
+            );
             // A writer that stops (fenced, or failing to commit) stops the
             // sources too, so the workers drain and the process exits.
             writer_stop.store(true, Ordering::SeqCst);
@@ -397,7 +470,9 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
             restored: restored.clone(),
         });
         let probe = ProbeHandle::<Epoch>::new();
-        worker.dataflow::<Epoch, _, _>(|scope| dataflow::build(scope, &worker_plan, &readers, &ctx, &probe));
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            dataflow::build(scope, &worker_plan, &readers, &ctx, &probe)
+        });
         let mut reported: Epoch = 0;
         loop {
             worker.step_or_park(Some(Duration::from_millis(20)));
@@ -407,7 +482,11 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
                 let mut counts = ctx.counts.borrow_mut();
                 let later = counts.split_off(&upto);
                 let done = std::mem::replace(&mut *counts, later);
-                let _ = ctx.writer.send(WriterMsg::Progress { worker: ctx.index, upto, counts: done });
+                let _ = ctx.writer.send(WriterMsg::Progress {
+                    worker: ctx.index,
+                    upto,
+                    counts: done,
+                });
                 reported = upto;
             }
             if frontier.is_none() {
@@ -418,7 +497,9 @@ fn execute(plan: Arc<Plan>, opts: RunOptions, stop: Arc<AtomicBool>, launch: Lau
     })
     .map_err(RunError::Workers)?;
     let results = guards.join();
-    let written = writer.join().map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
+    let written = writer
+        .join()
+        .map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
         return Err(RunError::Workers(e));
     }
@@ -441,7 +522,8 @@ fn write_loop(
     in_flight: Arc<AtomicI64>,
     start: Instant,
 ) -> Result<RunSummary, RunError> {
-    let sink_names: HashMap<usize, String> = plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect();
+    let sink_names: HashMap<usize, String> =
+        plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect();
     let sink_order: Vec<usize> = plan.sinks().map(|(i, _, _)| i).collect();
     let source_names: Vec<String> = plan.sources().map(|(_, n, _)| n.name.clone()).collect();
     let mut summary = RunSummary::default();
@@ -455,7 +537,10 @@ fn write_loop(
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut last_epoch_at = start;
     let interval_s = plan.job.checkpoint_interval_ms as f64 / 1000.0;
-    let new_totals = || EpochTotals { counts: EpochCounts::default(), out: vec![0; sink_order.len()] };
+    let new_totals = || EpochTotals {
+        counts: EpochCounts::default(),
+        out: vec![0; sink_order.len()],
+    };
     while finished < workers {
         let msg = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => m,
@@ -469,13 +554,21 @@ fn write_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         match msg {
-            WriterMsg::Out { sink, epoch, records } => {
+            WriterMsg::Out {
+                sink,
+                epoch,
+                records,
+            } => {
                 let n = records.len();
                 let pos = sink_order.iter().position(|s| *s == sink).unwrap_or(0);
                 epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
                 match (targets.get_mut(&sink).unwrap(), &backend) {
                     (Target::Kafka(topic), Backend::Kafka(_)) => {
-                        pending.entry(epoch).or_default().records.push((Arc::from(topic.as_str()), records));
+                        pending
+                            .entry(epoch)
+                            .or_default()
+                            .records
+                            .push((Arc::from(topic.as_str()), records));
                         // Counted out of flight when committed.
                         continue;
                     }
@@ -486,27 +579,42 @@ fn write_loop(
                         }
                     }
                     (Target::Postgres(_, rows), _) => {
-                        rows.entry(epoch).or_default().extend(records.into_iter().filter_map(|r| r.row));
+                        rows.entry(epoch)
+                            .or_default()
+                            .extend(records.into_iter().filter_map(|r| r.row));
                     }
                     (Target::File(files), _) => {
                         for r in records {
                             match r.row {
                                 Some(row) => files.push_row(epoch, r.window, row),
-                                None => files.push(epoch, r.window, r.value.as_deref().unwrap_or_default()),
+                                None => files.push(
+                                    epoch,
+                                    r.window,
+                                    r.value.as_deref().unwrap_or_default(),
+                                ),
                             }
                         }
                     }
                     (_, Backend::Memory { keep: true }) => {
-                        summary.output.entry(sink_names[&sink].clone()).or_default().extend(records.into_iter().map(|r| (epoch, r)));
+                        summary
+                            .output
+                            .entry(sink_names[&sink].clone())
+                            .or_default()
+                            .extend(records.into_iter().map(|r| (epoch, r)));
                     }
                     _ => {}
                 }
                 in_flight.fetch_sub(n as i64, Ordering::Relaxed);
             }
-            WriterMsg::Dead { epoch, records } => match (&backend, plan.dead_letter_sink.and_then(|i| targets.get_mut(&i))) {
+            WriterMsg::Dead { epoch, records } => match (
+                &backend,
+                plan.dead_letter_sink.and_then(|i| targets.get_mut(&i)),
+            ) {
                 // A dead-letter sink gets them as rows of its own kind.
                 (Backend::Kafka(_), Some(Target::Postgres(_, rows))) => {
-                    rows.entry(epoch).or_default().extend(records.iter().map(dead_letter_row));
+                    rows.entry(epoch)
+                        .or_default()
+                        .extend(records.iter().map(dead_letter_row));
                 }
                 (Backend::Kafka(_), Some(Target::File(files))) => {
                     for d in &records {
@@ -516,15 +624,27 @@ fn write_loop(
                 (Backend::Kafka(_), Some(Target::Stdout)) => {
                     let schema = crate::plan::dead_letter_schema();
                     for d in &records {
-                        let _ = writeln!(out, "{}", crate::format::json::row_to_string(&dead_letter_row(d), &schema, true));
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            crate::format::json::row_to_string(&dead_letter_row(d), &schema, true)
+                        );
                     }
                 }
                 (Backend::Kafka(_), _) => pending.entry(epoch).or_default().dead.extend(records),
                 (Backend::Memory { .. }, _) => summary.dead_letters.extend(records),
             },
-            WriterMsg::Changelog { epoch, topic, records } => {
+            WriterMsg::Changelog {
+                epoch,
+                topic,
+                records,
+            } => {
                 if let Backend::Kafka(_) = &backend {
-                    pending.entry(epoch).or_default().changelog.push((topic, records));
+                    pending
+                        .entry(epoch)
+                        .or_default()
+                        .changelog
+                        .push((topic, records));
                 }
             }
             WriterMsg::Trace(lines) => {
@@ -532,7 +652,11 @@ fn write_loop(
                     let _ = writeln!(out, "{l}");
                 }
             }
-            WriterMsg::Progress { worker, upto: u, counts } => {
+            WriterMsg::Progress {
+                worker,
+                upto: u,
+                counts,
+            } => {
                 for (e, c) in counts {
                     epochs.entry(e).or_insert_with(new_totals).counts.add(&c);
                 }
@@ -552,25 +676,33 @@ fn write_loop(
                 };
                 let mut done: BTreeMap<Epoch, (Option<EpochTotals>, EpochOutput)> = BTreeMap::new();
                 for (e, t) in done_totals {
-                    done.entry(e).or_insert_with(|| (None, EpochOutput::default())).0 = Some(t);
+                    done.entry(e)
+                        .or_insert_with(|| (None, EpochOutput::default()))
+                        .0 = Some(t);
                 }
                 for (e, o) in done_output {
-                    done.entry(e).or_insert_with(|| (None, EpochOutput::default())).1 = o;
+                    done.entry(e)
+                        .or_insert_with(|| (None, EpochOutput::default()))
+                        .1 = o;
                 }
                 for (e, (totals, output)) in done {
                     let sent = output.len() as i64;
-                    let read = totals.as_ref().map(|t| t.counts.ranges.clone()).unwrap_or_default();
+                    let read = totals
+                        .as_ref()
+                        .map(|t| t.counts.ranges.clone())
+                        .unwrap_or_default();
                     // Files and table rows of an epoch are in place before the
                     // epoch commits; both skip an epoch they already hold.
                     let mut write_files = || -> Result<(), RunError> {
                         for (i, t) in targets.iter_mut() {
                             match t {
                                 Target::File(files) => {
-                                    let written = files.complete(e + 1).map_err(|err| RunError::Files {
-                                        sink: sink_names[i].clone(),
-                                        dir: String::new(),
-                                        reason: err.to_string(),
-                                    })?;
+                                    let written =
+                                        files.complete(e + 1).map_err(|err| RunError::Files {
+                                            sink: sink_names[i].clone(),
+                                            dir: String::new(),
+                                            reason: err.to_string(),
+                                        })?;
                                     summary.files.extend(written);
                                 }
                                 Target::Postgres(pg, rows) => {
@@ -599,13 +731,18 @@ fn write_loop(
                         Ok(())
                     };
                     match &mut backend {
-                        Backend::Kafka(committer) => committer.commit(e, output, &read, write_files, &plan.job.name)?,
+                        Backend::Kafka(committer) => {
+                            committer.commit(e, output, &read, write_files, &plan.job.name)?
+                        }
                         Backend::Memory { .. } => write_files()?,
                     }
                     in_flight.fetch_sub(sent, Ordering::Relaxed);
                     let Some(t) = totals else { continue };
                     let records_in: u64 = t.counts.inputs.iter().sum();
-                    let idle = records_in == 0 && t.out.iter().all(|n| *n == 0) && t.counts.dead == 0 && t.counts.filtered == 0;
+                    let idle = records_in == 0
+                        && t.out.iter().all(|n| *n == 0)
+                        && t.counts.dead == 0
+                        && t.counts.filtered == 0;
                     if idle {
                         continue;
                     }
@@ -615,13 +752,27 @@ fn write_loop(
                     summary.late += t.counts.late;
                     summary.filtered += t.counts.filtered;
                     for (pos, n) in t.out.iter().enumerate() {
-                        *summary.records_out.entry(sink_names[&sink_order[pos]].clone()).or_default() += n;
+                        *summary
+                            .records_out
+                            .entry(sink_names[&sink_order[pos]].clone())
+                            .or_default() += n;
                     }
                     if opts.progress {
                         let _ = out.flush();
                         let elapsed = last_epoch_at.elapsed().as_secs_f64().max(interval_s);
                         last_epoch_at = Instant::now();
-                        eprintln!("{}", progress_line(e, &t, records_in, elapsed, &source_names, &sink_order, &sink_names));
+                        eprintln!(
+                            "{}",
+                            progress_line(
+                                e,
+                                &t,
+                                records_in,
+                                elapsed,
+                                &source_names,
+                                &sink_order,
+                                &sink_names
+                            )
+                        );
                     }
                 }
             }
@@ -643,7 +794,9 @@ fn write_loop(
 fn dead_letter_row(d: &DeadLetter) -> crate::record::Row {
     use crate::record::Value;
     vec![
-        d.value.as_deref().map_or(Value::Null, |v| Value::Str(String::from_utf8_lossy(v).as_ref().into())),
+        d.value.as_deref().map_or(Value::Null, |v| {
+            Value::Str(String::from_utf8_lossy(v).as_ref().into())
+        }),
         Value::Str(d.reason.as_str().into()),
         Value::Str(d.topic.as_ref().into()),
         Value::Int(d.partition as i64),
@@ -660,9 +813,16 @@ fn progress_line(
     sink_order: &[usize],
     sink_names: &HashMap<usize, String>,
 ) -> String {
-    let ins: Vec<String> =
-        sources.iter().enumerate().map(|(i, s)| format!("{s} {}", t.counts.inputs.get(i).copied().unwrap_or(0))).collect();
-    let outs: Vec<String> = sink_order.iter().zip(&t.out).map(|(s, n)| format!("{} {n}", sink_names[s])).collect();
+    let ins: Vec<String> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{s} {}", t.counts.inputs.get(i).copied().unwrap_or(0)))
+        .collect();
+    let outs: Vec<String> = sink_order
+        .iter()
+        .zip(&t.out)
+        .map(|(s, n)| format!("{} {n}", sink_names[s]))
+        .collect();
     format!(
         "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {}",
         ins.join(", "),
@@ -677,7 +837,11 @@ fn progress_line(
 impl RunSummary {
     /// The closing line `jobctl submit` prints.
     pub fn line(&self, job: &str) -> String {
-        let outs: Vec<String> = self.records_out.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let outs: Vec<String> = self
+            .records_out
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         format!(
             "job {job} stopped after {} epochs in {:.1} s: {} records in, out {}, {} dead-lettered, {} filtered{}",
             self.epochs,

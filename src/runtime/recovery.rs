@@ -46,7 +46,11 @@ pub enum LogRecord {
     /// A writer started; `attempt` grows with every start.
     Start { attempt: u32 },
     /// An epoch's boundaries, for every partition of every source.
-    Epoch { epoch: u64, attempt: u32, ranges: Vec<PartitionRange> },
+    Epoch {
+        epoch: u64,
+        attempt: u32,
+        ranges: Vec<PartitionRange>,
+    },
 }
 
 /// What a starting job resumes from.
@@ -95,19 +99,39 @@ impl EpochLog {
             .set("acks", "all")
             .set("linger.ms", "0")
             .create_with_context(LastOffset::default())
-            .map_err(|e| RecoveryError::Log { topic: topic.into(), reason: e.to_string() })?;
-        Ok(EpochLog { producer, topic: topic.to_string() })
+            .map_err(|e| RecoveryError::Log {
+                topic: topic.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(EpochLog {
+            producer,
+            topic: topic.to_string(),
+        })
     }
 
     /// Appends a record and returns its offset once the broker has it.
-    pub fn append(&self, record: &LogRecord, headers: rdkafka::message::OwnedHeaders) -> Result<i64, RecoveryError> {
-        let err = |reason: String| RecoveryError::Log { topic: self.topic.clone(), reason };
+    pub fn append(
+        &self,
+        record: &LogRecord,
+        headers: rdkafka::message::OwnedHeaders,
+    ) -> Result<i64, RecoveryError> {
+        let err = |reason: String| RecoveryError::Log {
+            topic: self.topic.clone(),
+            reason,
+        };
         let value = serde_json::to_vec(record).unwrap();
         *self.producer.context().0.lock().unwrap() = None;
         self.producer
-            .send(BaseRecord::<[u8], [u8]>::to(&self.topic).payload(&value).partition(0).headers(headers))
+            .send(
+                BaseRecord::<[u8], [u8]>::to(&self.topic)
+                    .payload(&value)
+                    .partition(0)
+                    .headers(headers),
+            )
             .map_err(|(e, _)| err(e.to_string()))?;
-        self.producer.flush(Duration::from_secs(30)).map_err(|e| err(e.to_string()))?;
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| err(e.to_string()))?;
         match self.producer.context().0.lock().unwrap().take() {
             Some(Ok(offset)) => Ok(offset),
             Some(Err(e)) => Err(err(e)),
@@ -117,9 +141,15 @@ impl EpochLog {
 }
 
 /// The offset the writer's group has committed on the epoch log, if any.
-pub fn committed_progress(brokers: &str, job: &crate::spec::JobConfig) -> Result<Option<i64>, RecoveryError> {
+pub fn committed_progress(
+    brokers: &str,
+    job: &crate::spec::JobConfig,
+) -> Result<Option<i64>, RecoveryError> {
     let log = job.epoch_log_topic();
-    let err = |reason: String| RecoveryError::Log { topic: log.clone(), reason };
+    let err = |reason: String| RecoveryError::Log {
+        topic: log.clone(),
+        reason,
+    };
     let consumer: BaseConsumer = client_config(brokers)
         .set("group.id", job.writer_id())
         .set("enable.auto.commit", "false")
@@ -127,7 +157,9 @@ pub fn committed_progress(brokers: &str, job: &crate::spec::JobConfig) -> Result
         .map_err(|e| err(e.to_string()))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&log, 0);
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(15)).map_err(|e| err(format!("reading committed progress: {e}")))?;
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(15))
+        .map_err(|e| err(format!("reading committed progress: {e}")))?;
     Ok(committed.elements().first().and_then(|e| match e.offset() {
         Offset::Offset(n) => Some(n),
         _ => None,
@@ -142,7 +174,11 @@ pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, Recov
     let mut records: Vec<(i64, LogRecord)> = Vec::new();
     let mut newest_start = 0;
     kafka_admin::read_to_end(brokers, log, |m| {
-        match m.value.as_deref().and_then(|v| serde_json::from_slice::<LogRecord>(v).ok()) {
+        match m
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<LogRecord>(v).ok())
+        {
             Some(LogRecord::Start { attempt }) => {
                 newest_start = newest_start.max(attempt);
                 records.push((m.offset, LogRecord::Start { attempt }));
@@ -188,7 +224,11 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     for (offset, r) in &records {
         match r {
             LogRecord::Start { attempt } => last_attempt = last_attempt.max(*attempt),
-            LogRecord::Epoch { epoch, attempt, ranges } => {
+            LogRecord::Epoch {
+                epoch,
+                attempt,
+                ranges,
+            } => {
                 last_attempt = last_attempt.max(*attempt);
                 max_epoch = max_epoch.max(*epoch);
                 out.log_offsets.entry(*epoch).or_insert(*offset);
@@ -210,7 +250,12 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     out.replay = replay.into_iter().collect();
     out.attempt = attempt.max(last_attempt);
     out.next_epoch = max_epoch + 1;
-    out.start_offsets = committed_ranges.map(|ranges| ranges.iter().map(|r| ((r.source, r.partition), r.end)).collect());
+    out.start_offsets = committed_ranges.map(|ranges| {
+        ranges
+            .iter()
+            .map(|r| ((r.source, r.partition), r.end))
+            .collect()
+    });
 
     // State as of the committed epoch, transform by transform.
     for node in &plan.nodes {

@@ -62,17 +62,34 @@ impl EpochCounts {
 }
 
 pub enum WriterMsg {
-    Out { sink: usize, epoch: u64, records: Vec<OutRecord> },
-    Dead { epoch: u64, records: Vec<DeadLetter> },
+    Out {
+        sink: usize,
+        epoch: u64,
+        records: Vec<OutRecord>,
+    },
+    Dead {
+        epoch: u64,
+        records: Vec<DeadLetter>,
+    },
     Trace(Vec<String>),
     /// Worker `worker` has finished every epoch below `upto`; `counts` are
     /// its counts for those epochs.
-    Progress { worker: usize, upto: u64, counts: BTreeMap<u64, EpochCounts> },
+    Progress {
+        worker: usize,
+        upto: u64,
+        counts: BTreeMap<u64, EpochCounts>,
+    },
     /// Worker `worker` has no more work.
-    Finished { worker: usize },
+    Finished {
+        worker: usize,
+    },
     /// State that changed in an epoch: (key, value) for a transform's
     /// changelog topic; no value deletes the key.
-    Changelog { epoch: u64, topic: Arc<str>, records: Vec<(Vec<u8>, Option<Vec<u8>>)> },
+    Changelog {
+        epoch: u64,
+        topic: Arc<str>,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
 }
 
 /// The line `--trace-records` prints for a record: the seed's format.

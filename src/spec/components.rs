@@ -50,7 +50,9 @@ pub enum Guarantee {
 
 impl JobConfig {
     pub fn dead_letter_topic(&self) -> String {
-        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dead-letters", self.name))
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dead-letters", self.name))
     }
 
     /// The single-partition topic that holds every epoch's boundaries.

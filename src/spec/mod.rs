@@ -46,7 +46,12 @@ pub struct SpecErrors {
 impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        writeln!(f, "{} has {n} error{}:", self.path.display(), if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{} has {n} error{}:",
+            self.path.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.errors {
             writeln!(f, "{}:{e}", self.path.display())?;
         }
@@ -83,8 +88,16 @@ pub struct Locator<'a> {
 
 fn header_path(line: &str) -> Option<Vec<String>> {
     let t = line.trim();
-    let inner = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")).or_else(|| t.strip_prefix('[').and_then(|r| r.split(']').next()))?;
-    Some(inner.split('.').map(|p| p.trim().trim_matches('"').trim_matches('\'').to_string()).collect())
+    let inner = t
+        .strip_prefix("[[")
+        .and_then(|r| r.strip_suffix("]]"))
+        .or_else(|| t.strip_prefix('[').and_then(|r| r.split(']').next()))?;
+    Some(
+        inner
+            .split('.')
+            .map(|p| p.trim().trim_matches('"').trim_matches('\'').to_string())
+            .collect(),
+    )
 }
 
 fn key_of(line: &str) -> Option<String> {
@@ -147,7 +160,10 @@ impl Locator<'_> {
             let mut full: Vec<String> = cur[owner.len()..].to_vec();
             full.extend(k.split('.').map(|s| s.trim().trim_matches('"').to_string()));
             let full = full.join(".");
-            if full == key || key.starts_with(&format!("{full}.")) || full.starts_with(&format!("{key}.")) {
+            if full == key
+                || key.starts_with(&format!("{full}."))
+                || full.starts_with(&format!("{key}."))
+            {
                 return i + 1;
             }
         }
@@ -172,7 +188,11 @@ fn component<T: DeserializeOwned>(
     locate: &Locator<'_>,
     errors: &mut Vec<SpecError>,
 ) -> Option<T> {
-    let label = if name.is_empty() { kind.to_string() } else { format!("{kind}.{name}") };
+    let label = if name.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{name}")
+    };
     let mut value = value;
     for _ in 0..32 {
         match T::deserialize(value.clone()) {
@@ -189,7 +209,10 @@ fn component<T: DeserializeOwned>(
                 };
                 let line = match &unknown {
                     Some(k) => locate.key(kind, name, k),
-                    None => match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                    None => match msg
+                        .strip_prefix("missing field `")
+                        .and_then(|r| r.split('`').next())
+                    {
                         Some(_) => {
                             if name.is_empty() {
                                 locate.table(kind)
@@ -200,7 +223,10 @@ fn component<T: DeserializeOwned>(
                         None => {
                             if msg.contains("variant") {
                                 locate.key(kind, name, "type")
-                            } else if let Some(k) = value.as_table().and_then(|t| t.keys().find(|k| msg.contains(&format!("`{k}`")))) {
+                            } else if let Some(k) = value
+                                .as_table()
+                                .and_then(|t| t.keys().find(|k| msg.contains(&format!("`{k}`"))))
+                            {
                                 locate.key(kind, name, k)
                             } else if name.is_empty() {
                                 locate.table(kind)
@@ -210,7 +236,12 @@ fn component<T: DeserializeOwned>(
                         }
                     },
                 };
-                errors.push(SpecError { line, component: Some(label.clone()), message, hint });
+                errors.push(SpecError {
+                    line,
+                    component: Some(label.clone()),
+                    message,
+                    hint,
+                });
                 match (unknown, value.as_table_mut()) {
                     (Some(k), Some(t)) => {
                         t.remove(&k);
@@ -239,7 +270,10 @@ impl Spec {
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Spec, SpecErrors> {
-        let fail = |errors: Vec<SpecError>| SpecErrors { path: path.to_path_buf(), errors };
+        let fail = |errors: Vec<SpecError>| SpecErrors {
+            path: path.to_path_buf(),
+            errors,
+        };
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
             Err(e) => {
@@ -275,17 +309,31 @@ impl Spec {
                     for (name, v) in items {
                         match key.as_str() {
                             "sources" => {
-                                if let Some(c) = component::<SourceConfig>(v, "sources", &name, &locate, &mut errors) {
+                                if let Some(c) = component::<SourceConfig>(
+                                    v,
+                                    "sources",
+                                    &name,
+                                    &locate,
+                                    &mut errors,
+                                ) {
                                     sources.insert(name, c);
                                 }
                             }
                             "transforms" => {
-                                if let Some(c) = component::<TransformConfig>(v, "transforms", &name, &locate, &mut errors) {
+                                if let Some(c) = component::<TransformConfig>(
+                                    v,
+                                    "transforms",
+                                    &name,
+                                    &locate,
+                                    &mut errors,
+                                ) {
                                     transforms.insert(name, c);
                                 }
                             }
                             _ => {
-                                if let Some(c) = component::<SinkConfig>(v, "sinks", &name, &locate, &mut errors) {
+                                if let Some(c) =
+                                    component::<SinkConfig>(v, "sinks", &name, &locate, &mut errors)
+                                {
                                     sinks.insert(name, c);
                                 }
                             }
@@ -294,11 +342,15 @@ impl Spec {
                 }
                 other => errors.push(SpecError {
                     line: locate.table(other).max(
-                        text.lines().position(|l| key_of(l).as_deref() == Some(other)).map_or(1, |i| i + 1),
+                        text.lines()
+                            .position(|l| key_of(l).as_deref() == Some(other))
+                            .map_or(1, |i| i + 1),
                     ),
                     component: None,
                     message: format!("unknown table `{other}`"),
-                    hint: Some("a job file has [job], [sources.*], [transforms.*] and [sinks.*]".into()),
+                    hint: Some(
+                        "a job file has [job], [sources.*], [transforms.*] and [sinks.*]".into(),
+                    ),
                 }),
             }
         }
@@ -314,7 +366,14 @@ impl Spec {
             errors.sort_by_key(|e| e.line);
             return Err(fail(errors));
         }
-        Ok(Spec { path: path.to_path_buf(), text, job: job.unwrap(), sources, transforms, sinks })
+        Ok(Spec {
+            path: path.to_path_buf(),
+            text,
+            job: job.unwrap(),
+            sources,
+            transforms,
+            sinks,
+        })
     }
 }
 
@@ -349,7 +408,9 @@ inputs = ["split.big"]
         let spec = Spec::parse(Path::new("t.toml"), GOOD.into()).unwrap();
         assert_eq!(spec.job.checkpoint_interval_ms, 1000);
         assert_eq!(spec.job.dead_letter_topic(), "t.dead-letters");
-        let TransformConfig::Route(r) = &spec.transforms["split"] else { panic!() };
+        let TransformConfig::Route(r) = &spec.transforms["split"] else {
+            panic!()
+        };
         assert_eq!(r.routes["big"], "amount > 10");
         assert_eq!(spec.locate().key("transforms", "split", "routes.big"), 16);
         assert_eq!(spec.locate().component("sinks", "out"), 18);
@@ -357,9 +418,18 @@ inputs = ["split.big"]
 
     #[test]
     fn collects_every_unknown_field_with_its_line() {
-        let text = GOOD.replace("topic = \"in\"", "topik = \"in\"\ncolour = 1").replace("inputs = [\"split.big\"]", "inputs = [\"split.big\"]\nextra = true");
+        let text = GOOD
+            .replace("topic = \"in\"", "topik = \"in\"\ncolour = 1")
+            .replace(
+                "inputs = [\"split.big\"]",
+                "inputs = [\"split.big\"]\nextra = true",
+            );
         let err = Spec::parse(Path::new("t.toml"), text).unwrap_err();
-        let lines: Vec<(usize, &str)> = err.errors.iter().map(|e| (e.line, e.message.as_str())).collect();
+        let lines: Vec<(usize, &str)> = err
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
         assert_eq!(
             lines,
             vec![
@@ -373,7 +443,11 @@ inputs = ["split.big"]
 
     #[test]
     fn syntax_errors_have_their_line() {
-        let err = Spec::parse(Path::new("t.toml"), "[job]\nname = \"x\"\nfoo = = 1\n".into()).unwrap_err();
+        let err = Spec::parse(
+            Path::new("t.toml"),
+            "[job]\nname = \"x\"\nfoo = = 1\n".into(),
+        )
+        .unwrap_err();
         assert_eq!(err.errors[0].line, 3);
     }
 }

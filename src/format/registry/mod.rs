@@ -15,7 +15,12 @@ pub enum RegistryError {
     #[error("cannot reach the schema registry at {url}: {reason}; start one with `scripts/dev-up` (or `jobctl registry`), or set [job] registry_url")]
     Unreachable { url: String, reason: String },
     #[error("schema registry at {url} answered {status} for {what}: {message}")]
-    Status { url: String, status: u16, what: String, message: String },
+    Status {
+        url: String,
+        status: u16,
+        what: String,
+        message: String,
+    },
     #[error("schema registry at {url} sent a response that is not understood: {0}", url = .1)]
     Body(String, String),
 }
@@ -43,33 +48,61 @@ impl RegistryClient {
             .timeout_connect(Duration::from_secs(3))
             .timeout(Duration::from_secs(15))
             .build();
-        RegistryClient { url: url.trim_end_matches('/').to_string(), agent, by_id: Default::default() }
+        RegistryClient {
+            url: url.trim_end_matches('/').to_string(),
+            agent,
+            by_id: Default::default(),
+        }
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, RegistryError> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, RegistryError> {
         let req = self
             .agent
             .request(method, &format!("{}{}", self.url, path))
-            .set("Accept", "application/vnd.schemaregistry.v1+json, application/json");
+            .set(
+                "Accept",
+                "application/vnd.schemaregistry.v1+json, application/json",
+            );
         let resp = match body {
-            Some(b) => req.set("Content-Type", "application/vnd.schemaregistry.v1+json").send_json(b),
+            Some(b) => req
+                .set("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .send_json(b),
             None => req.call(),
         };
         match resp {
-            Ok(r) => r.into_json().map_err(|e| RegistryError::Body(e.to_string(), self.url.clone())),
+            Ok(r) => r
+                .into_json()
+                .map_err(|e| RegistryError::Body(e.to_string(), self.url.clone())),
             Err(ureq::Error::Status(status, r)) => {
                 let text = r.into_string().unwrap_or_default();
                 let message = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()
-                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                    .and_then(|v| {
+                        v.get("message")
+                            .and_then(|m| m.as_str())
+                            .map(str::to_string)
+                    })
                     .unwrap_or(text);
-                Err(RegistryError::Status { url: self.url.clone(), status, what: format!("{method} {path}"), message })
+                Err(RegistryError::Status {
+                    url: self.url.clone(),
+                    status,
+                    what: format!("{method} {path}"),
+                    message,
+                })
             }
-            Err(e) => Err(RegistryError::Unreachable { url: self.url.clone(), reason: e.to_string() }),
+            Err(e) => Err(RegistryError::Unreachable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -82,7 +115,9 @@ impl RegistryClient {
         let schema: Arc<str> = v
             .get("schema")
             .and_then(|s| s.as_str())
-            .ok_or_else(|| RegistryError::Body("no `schema` in the answer".into(), self.url.clone()))?
+            .ok_or_else(|| {
+                RegistryError::Body("no `schema` in the answer".into(), self.url.clone())
+            })?
             .into();
         self.by_id.lock().unwrap().insert(id, schema.clone());
         Ok(schema)
@@ -95,16 +130,20 @@ impl RegistryClient {
             &format!("/subjects/{}/versions", encode(subject)),
             Some(serde_json::json!({ "schema": schema })),
         )?;
-        let id = v
-            .get("id")
-            .and_then(|i| i.as_u64())
-            .ok_or_else(|| RegistryError::Body("no `id` in the answer".into(), self.url.clone()))? as u32;
+        let id =
+            v.get("id").and_then(|i| i.as_u64()).ok_or_else(|| {
+                RegistryError::Body("no `id` in the answer".into(), self.url.clone())
+            })? as u32;
         self.by_id.lock().unwrap().insert(id, schema.into());
         Ok(id)
     }
 
     pub fn latest(&self, subject: &str) -> Result<Registered, RegistryError> {
-        let v = self.call("GET", &format!("/subjects/{}/versions/latest", encode(subject)), None)?;
+        let v = self.call(
+            "GET",
+            &format!("/subjects/{}/versions/latest", encode(subject)),
+            None,
+        )?;
         serde_json::from_value(v).map_err(|e| RegistryError::Body(e.to_string(), self.url.clone()))
     }
 
@@ -114,22 +153,35 @@ impl RegistryClient {
     }
 
     pub fn versions(&self, subject: &str) -> Result<Vec<i32>, RegistryError> {
-        let v = self.call("GET", &format!("/subjects/{}/versions", encode(subject)), None)?;
+        let v = self.call(
+            "GET",
+            &format!("/subjects/{}/versions", encode(subject)),
+            None,
+        )?;
         serde_json::from_value(v).map_err(|e| RegistryError::Body(e.to_string(), self.url.clone()))
     }
 
     pub fn version(&self, subject: &str, version: i32) -> Result<Registered, RegistryError> {
-        let v = self.call("GET", &format!("/subjects/{}/versions/{version}", encode(subject)), None)?;
+        let v = self.call(
+            "GET",
+            &format!("/subjects/{}/versions/{version}", encode(subject)),
+            None,
+        )?;
         serde_json::from_value(v).map_err(|e| RegistryError::Body(e.to_string(), self.url.clone()))
     }
 
     pub fn is_compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
         let v = self.call(
             "POST",
-            &format!("/compatibility/subjects/{}/versions/latest", encode(subject)),
+            &format!(
+                "/compatibility/subjects/{}/versions/latest",
+                encode(subject)
+            ),
             Some(serde_json::json!({ "schema": schema })),
         )?;
-        Ok(v.get("is_compatible").and_then(|b| b.as_bool()).unwrap_or(false))
+        Ok(v.get("is_compatible")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false))
     }
 
     /// Loads every version of a subject into the id cache, so that decoding
@@ -142,7 +194,10 @@ impl RegistryClient {
         };
         for v in &versions {
             let r = self.version(subject, *v)?;
-            self.by_id.lock().unwrap().insert(r.id, r.schema.as_str().into());
+            self.by_id
+                .lock()
+                .unwrap()
+                .insert(r.id, r.schema.as_str().into());
         }
         Ok(versions.len())
     }
@@ -161,7 +216,9 @@ fn encode(subject: &str) -> String {
     subject
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -38,7 +38,10 @@ impl State {
     fn apply(&mut self, key: &Json, value: Option<&Json>) {
         match key.get("keytype").and_then(Json::as_str) {
             Some("SCHEMA") => {
-                let Some(v) = value.and_then(|v| serde_json::from_value::<Version>(v.clone()).ok()) else { return };
+                let Some(v) = value.and_then(|v| serde_json::from_value::<Version>(v.clone()).ok())
+                else {
+                    return;
+                };
                 self.ids.entry(v.id).or_insert_with(|| v.schema.clone());
                 let versions = self.subjects.entry(v.subject.clone()).or_default();
                 versions.retain(|x| x.version != v.version);
@@ -46,7 +49,10 @@ impl State {
                 versions.sort_by_key(|x| x.version);
             }
             Some("CONFIG") => {
-                let level = value.and_then(|v| v.get("compatibilityLevel")).and_then(Json::as_str).map(str::to_string);
+                let level = value
+                    .and_then(|v| v.get("compatibilityLevel"))
+                    .and_then(Json::as_str)
+                    .map(str::to_string);
                 match key.get("subject").and_then(Json::as_str) {
                     Some(s) => match level {
                         Some(l) => {
@@ -72,7 +78,10 @@ impl State {
     }
 
     fn live(&self, subject: &str) -> Vec<&Version> {
-        self.subjects.get(subject).map(|v| v.iter().filter(|x| !x.deleted).collect()).unwrap_or_default()
+        self.subjects
+            .get(subject)
+            .map(|v| v.iter().filter(|x| !x.deleted).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -98,15 +107,21 @@ impl Registry {
     pub fn open(brokers: &str, topic: &str) -> Result<Arc<Self>, ServeError> {
         kafka_admin::check_broker(brokers)?;
         kafka_admin::ensure_topic(brokers, topic, 1, 1, true)?;
-        let load = |reason: String| ServeError::Load { topic: topic.into(), reason };
+        let load = |reason: String| ServeError::Load {
+            topic: topic.into(),
+            reason,
+        };
         let consumer: BaseConsumer = client_config(brokers)
             .set("enable.auto.commit", "false")
             .set("group.id", "rill-registry-loader")
             .create()
             .map_err(|e| load(e.to_string()))?;
-        let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).map_err(|e| load(e.to_string()))?;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .map_err(|e| load(e.to_string()))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(|e| load(e.to_string()))?;
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(|e| load(e.to_string()))?;
         consumer.assign(&tpl).map_err(|e| load(e.to_string()))?;
         let mut state = State::default();
         let mut next = 0;
@@ -119,7 +134,9 @@ impl Registry {
                 Some(Ok(m)) => {
                     next = m.offset() + 1;
                     let key = m.key().and_then(|k| serde_json::from_slice::<Json>(k).ok());
-                    let value = m.payload().and_then(|v| serde_json::from_slice::<Json>(v).ok());
+                    let value = m
+                        .payload()
+                        .and_then(|v| serde_json::from_slice::<Json>(v).ok());
                     if let Some(k) = key {
                         state.apply(&k, value.as_ref());
                     }
@@ -132,7 +149,11 @@ impl Registry {
             .set("linger.ms", "0")
             .create()
             .map_err(|e| load(e.to_string()))?;
-        Ok(Arc::new(Registry { state: Mutex::new(state), producer, topic: topic.to_string() }))
+        Ok(Arc::new(Registry {
+            state: Mutex::new(state),
+            producer,
+            topic: topic.to_string(),
+        }))
     }
 
     fn persist(&self, key: &Json, value: &Json) -> Result<(), String> {
@@ -141,13 +162,18 @@ impl Registry {
         self.producer
             .send(BaseRecord::to(&self.topic).key(&k).payload(&v).partition(0))
             .map_err(|(e, _)| e.to_string())?;
-        self.producer.flush(Duration::from_secs(10)).map_err(|e| e.to_string())
+        self.producer
+            .flush(Duration::from_secs(10))
+            .map_err(|e| e.to_string())
     }
 
     /// Serves requests until the process ends.
     pub fn serve(self: Arc<Self>, addr: &str, threads: usize) -> Result<(), ServeError> {
         let server = Arc::new(
-            tiny_http::Server::http(addr).map_err(|e| ServeError::Listen { addr: addr.into(), reason: e.to_string() })?,
+            tiny_http::Server::http(addr).map_err(|e| ServeError::Listen {
+                addr: addr.into(),
+                reason: e.to_string(),
+            })?,
         );
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
@@ -161,7 +187,9 @@ impl Registry {
                         let resp = tiny_http::Response::from_string(answer.to_string())
                             .with_status_code(status)
                             .with_header(
-                                "Content-Type: application/vnd.schemaregistry.v1+json".parse::<tiny_http::Header>().unwrap(),
+                                "Content-Type: application/vnd.schemaregistry.v1+json"
+                                    .parse::<tiny_http::Header>()
+                                    .unwrap(),
                             );
                         let _ = req.respond(resp);
                     }
@@ -177,24 +205,41 @@ impl Registry {
     /// Routes one request. Public so tests can drive it without a socket.
     pub fn handle(&self, method: &str, url: &str, body: &str) -> (u16, Json) {
         let path = url.split('?').next().unwrap_or("");
-        let parts: Vec<String> = path.trim_matches('/').split('/').map(super::decode_path).collect();
+        let parts: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(super::decode_path)
+            .collect();
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
         let schema_in_body = || -> Result<String, (u16, Json)> {
-            let v: Json = serde_json::from_str(body).map_err(|e| err(422, 42201, &format!("body is not json: {e}")))?;
-            let text = v.get("schema").and_then(Json::as_str).ok_or_else(|| err(422, 42201, "body has no `schema`"))?;
+            let v: Json = serde_json::from_str(body)
+                .map_err(|e| err(422, 42201, &format!("body is not json: {e}")))?;
+            let text = v
+                .get("schema")
+                .and_then(Json::as_str)
+                .ok_or_else(|| err(422, 42201, "body has no `schema`"))?;
             if let Some(t) = v.get("schemaType").and_then(Json::as_str) {
                 if t != "AVRO" {
-                    return Err(err(422, 42201, &format!("schema type {t} is not supported; only AVRO")));
+                    return Err(err(
+                        422,
+                        42201,
+                        &format!("schema type {t} is not supported; only AVRO"),
+                    ));
                 }
             }
-            Schema::parse_str(text).map_err(|e| err(422, 42201, &format!("invalid avro schema: {e}")))?;
+            Schema::parse_str(text)
+                .map_err(|e| err(422, 42201, &format!("invalid avro schema: {e}")))?;
             Ok(text.to_string())
         };
         let result = match (method, parts.as_slice()) {
             ("GET", [""]) => Ok(json!({})),
             ("GET", ["subjects"]) => {
                 let st = self.state.lock().unwrap();
-                Ok(json!(st.subjects.keys().filter(|s| !st.live(s).is_empty()).collect::<Vec<_>>()))
+                Ok(json!(st
+                    .subjects
+                    .keys()
+                    .filter(|s| !st.live(s).is_empty())
+                    .collect::<Vec<_>>()))
             }
             ("GET", ["schemas", "ids", id]) => {
                 let st = self.state.lock().unwrap();
@@ -219,10 +264,13 @@ impl Registry {
             ("GET", ["subjects", subject, "versions", version, "schema"]) => {
                 let st = self.state.lock().unwrap();
                 find_version(&st, subject, version).and_then(|v| {
-                    serde_json::from_str::<Json>(&v.schema).map_err(|e| err(500, 50001, &e.to_string()))
+                    serde_json::from_str::<Json>(&v.schema)
+                        .map_err(|e| err(500, 50001, &e.to_string()))
                 })
             }
-            ("POST", ["subjects", subject, "versions"]) => schema_in_body().and_then(|s| self.register(subject, &s)),
+            ("POST", ["subjects", subject, "versions"]) => {
+                schema_in_body().and_then(|s| self.register(subject, &s))
+            }
             ("POST", ["subjects", subject]) => schema_in_body().and_then(|s| {
                 let st = self.state.lock().unwrap();
                 let wanted = canonical(&s);
@@ -232,25 +280,31 @@ impl Registry {
                     .map(|v| version_json(v))
                     .ok_or_else(|| err(404, 40403, "Schema not found"))
             }),
-            ("POST", ["compatibility", "subjects", subject, "versions", version]) => schema_in_body().and_then(|s| {
-                let st = self.state.lock().unwrap();
-                let against: Vec<&Version> = if *version == "latest" {
-                    st.live(subject).into_iter().last().into_iter().collect()
-                } else {
-                    vec![find_version(&st, subject, version)?]
-                };
-                let problems = check(&st.level(subject), &s, &against);
-                Ok(json!({ "is_compatible": problems.is_empty(), "messages": problems }))
-            }),
+            ("POST", ["compatibility", "subjects", subject, "versions", version]) => {
+                schema_in_body().and_then(|s| {
+                    let st = self.state.lock().unwrap();
+                    let against: Vec<&Version> = if *version == "latest" {
+                        st.live(subject).into_iter().last().into_iter().collect()
+                    } else {
+                        vec![find_version(&st, subject, version)?]
+                    };
+                    let problems = check(&st.level(subject), &s, &against);
+                    Ok(json!({ "is_compatible": problems.is_empty(), "messages": problems }))
+                })
+            }
             ("GET", ["config"]) => {
                 let st = self.state.lock().unwrap();
-                Ok(json!({ "compatibilityLevel": st.global_level.clone().unwrap_or_else(|| "BACKWARD".into()) }))
+                Ok(
+                    json!({ "compatibilityLevel": st.global_level.clone().unwrap_or_else(|| "BACKWARD".into()) }),
+                )
             }
             ("GET", ["config", subject]) => {
                 let st = self.state.lock().unwrap();
                 Ok(json!({ "compatibilityLevel": st.level(subject) }))
             }
-            ("PUT", ["config"]) | ("PUT", ["config", _]) => self.set_level(parts.get(1).copied(), body),
+            ("PUT", ["config"]) | ("PUT", ["config", _]) => {
+                self.set_level(parts.get(1).copied(), body)
+            }
             _ => Err(err(404, 404, &format!("no such endpoint: {method} {path}"))),
         };
         match result {
@@ -267,14 +321,26 @@ impl Registry {
             .and_then(Json::as_str)
             .ok_or_else(|| err(422, 42203, "body has no `compatibility`"))?
             .to_uppercase();
-        const LEVELS: [&str; 7] =
-            ["NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"];
+        const LEVELS: [&str; 7] = [
+            "NONE",
+            "BACKWARD",
+            "BACKWARD_TRANSITIVE",
+            "FORWARD",
+            "FORWARD_TRANSITIVE",
+            "FULL",
+            "FULL_TRANSITIVE",
+        ];
         if !LEVELS.contains(&level.as_str()) {
-            return Err(err(422, 42203, &format!("unknown compatibility level {level}")));
+            return Err(err(
+                422,
+                42203,
+                &format!("unknown compatibility level {level}"),
+            ));
         }
         let key = json!({ "keytype": "CONFIG", "subject": subject, "magic": 0 });
         let value = json!({ "compatibilityLevel": level });
-        self.persist(&key, &value).map_err(|e| err(500, 50001, &e))?;
+        self.persist(&key, &value)
+            .map_err(|e| err(500, 50001, &e))?;
         self.state.lock().unwrap().apply(&key, Some(&value));
         Ok(json!({ "compatibility": level }))
     }
@@ -283,13 +349,20 @@ impl Registry {
         // One writer at a time, so ids and versions stay dense and unique.
         let mut st = self.state.lock().unwrap();
         let wanted = canonical(schema);
-        if let Some(v) = st.live(subject).into_iter().find(|v| canonical(&v.schema) == wanted) {
+        if let Some(v) = st
+            .live(subject)
+            .into_iter()
+            .find(|v| canonical(&v.schema) == wanted)
+        {
             return Ok(json!({ "id": v.id }));
         }
         let live = st.live(subject);
         let level = st.level(subject);
-        let against: Vec<&Version> =
-            if level.ends_with("_TRANSITIVE") { live } else { live.into_iter().last().into_iter().collect() };
+        let against: Vec<&Version> = if level.ends_with("_TRANSITIVE") {
+            live
+        } else {
+            live.into_iter().last().into_iter().collect()
+        };
         let problems = check(&level, schema, &against);
         if !problems.is_empty() {
             return Err(err(
@@ -304,17 +377,34 @@ impl Registry {
             .find(|(_, s)| canonical(s) == wanted)
             .map(|(id, _)| *id)
             .unwrap_or_else(|| st.ids.keys().last().map_or(1, |m| m + 1));
-        let version = st.subjects.get(subject).and_then(|v| v.iter().map(|x| x.version).max()).unwrap_or(0) + 1;
-        let record = Version { subject: subject.into(), version, id, schema: schema.into(), deleted: false };
-        let key = json!({ "keytype": "SCHEMA", "subject": subject, "version": version, "magic": 1 });
+        let version = st
+            .subjects
+            .get(subject)
+            .and_then(|v| v.iter().map(|x| x.version).max())
+            .unwrap_or(0)
+            + 1;
+        let record = Version {
+            subject: subject.into(),
+            version,
+            id,
+            schema: schema.into(),
+            deleted: false,
+        };
+        let key =
+            json!({ "keytype": "SCHEMA", "subject": subject, "version": version, "magic": 1 });
         let value = serde_json::to_value(&record).unwrap();
-        self.persist(&key, &value).map_err(|e| err(500, 50001, &format!("cannot store the schema: {e}")))?;
+        self.persist(&key, &value)
+            .map_err(|e| err(500, 50001, &format!("cannot store the schema: {e}")))?;
         st.apply(&key, Some(&value));
         Ok(json!({ "id": id }))
     }
 }
 
-fn find_version<'a>(st: &'a State, subject: &str, version: &str) -> Result<&'a Version, (u16, Json)> {
+fn find_version<'a>(
+    st: &'a State,
+    subject: &str,
+    version: &str,
+) -> Result<&'a Version, (u16, Json)> {
     let live = st.live(subject);
     if live.is_empty() {
         return Err(err(404, 40401, &format!("Subject '{subject}' not found.")));
@@ -322,7 +412,9 @@ fn find_version<'a>(st: &'a State, subject: &str, version: &str) -> Result<&'a V
     let found = if version == "latest" || version == "-1" {
         live.last().copied()
     } else {
-        let n: i32 = version.parse().map_err(|_| err(422, 42202, &format!("invalid version {version}")))?;
+        let n: i32 = version
+            .parse()
+            .map_err(|_| err(422, 42202, &format!("invalid version {version}")))?;
         live.into_iter().find(|v| v.version == n)
     };
     found.ok_or_else(|| err(404, 40402, &format!("Version {version} not found.")))
@@ -337,26 +429,38 @@ fn err(status: u16, code: u32, message: &str) -> (u16, Json) {
 }
 
 fn canonical(schema: &str) -> String {
-    Schema::parse_str(schema).map(|s| s.canonical_form()).unwrap_or_else(|_| schema.to_string())
+    Schema::parse_str(schema)
+        .map(|s| s.canonical_form())
+        .unwrap_or_else(|_| schema.to_string())
 }
 
 /// What keeps `schema` from being registered after `existing` at `level`;
 /// empty when nothing does.
 fn check(level: &str, schema: &str, existing: &[&Version]) -> Vec<String> {
-    let Ok(new) = Schema::parse_str(schema) else { return vec!["schema does not parse".into()] };
+    let Ok(new) = Schema::parse_str(schema) else {
+        return vec!["schema does not parse".into()];
+    };
     let backward = level.starts_with("BACKWARD") || level.starts_with("FULL");
     let forward = level.starts_with("FORWARD") || level.starts_with("FULL");
     let mut problems = Vec::new();
     for v in existing {
-        let Ok(old) = Schema::parse_str(&v.schema) else { continue };
+        let Ok(old) = Schema::parse_str(&v.schema) else {
+            continue;
+        };
         if backward {
             if let Err(e) = SchemaCompatibility::can_read(&old, &new) {
-                problems.push(format!("version {} cannot be read by the new schema: {e}", v.version));
+                problems.push(format!(
+                    "version {} cannot be read by the new schema: {e}",
+                    v.version
+                ));
             }
         }
         if forward {
             if let Err(e) = SchemaCompatibility::can_read(&new, &old) {
-                problems.push(format!("the new schema cannot be read by version {}: {e}", v.version));
+                problems.push(format!(
+                    "the new schema cannot be read by version {}: {e}",
+                    v.version
+                ));
             }
         }
     }
