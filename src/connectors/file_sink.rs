@@ -126,6 +126,11 @@ impl FileSink {
         }
     }
 
+    /// Whether `epoch` has anything to write.
+    pub fn holds(&self, epoch: u64) -> bool {
+        self.pending.contains_key(&epoch)
+    }
+
     /// Writes the files of every epoch before `upto`; returns their paths.
     pub fn complete(&mut self, upto: u64) -> std::io::Result<Vec<PathBuf>> {
         let later = self.pending.split_off(&upto);

@@ -568,7 +568,7 @@ fn windowed<'s>(
             let mut dead = Vec::new();
             // The latest epoch processed: the end of a bounded run fires
             // what is left there, after everything sent before.
-            let mut last_epoch: Epoch = 0;
+            let mut last_epoch: Epoch = ctx.resume_after;
             move |(items_in, f1), (seen_in, f2), out| {
                 items_in.for_each(|cap, data| {
                     pending_items
@@ -587,25 +587,29 @@ fn windowed<'s>(
                 .flatten()
                 .min();
                 let done = |e: &Epoch| frontier.is_none_or(|f| *e < f);
-                let mut epochs: Vec<Epoch> = pending_items
-                    .keys()
-                    .chain(pending_seen.keys())
-                    .copied()
-                    .filter(done)
-                    .collect();
-                epochs.sort_unstable();
-                epochs.dedup();
-                // Every epoch that completes moves the watermark, even one
-                // without records here: idleness is counted in epochs.
-                if let Some(f) = frontier {
-                    if epochs.last().is_none_or(|l| *l < f - 1)
-                        && f > 0
-                        && held.cap.as_ref().is_some_and(|c| *c.time() < f)
-                    {
-                        epochs.push(f - 1);
-                    }
-                }
-                for epoch in epochs {
+                // Epochs are processed one by one, in order: those with
+                // events or partition maxima, and those where a partition
+                // turns idle, since the watermark moves there too. Both
+                // follow from the input alone, so a replay fires every
+                // window in the epoch it fired in before. Epochs up to the
+                // one this start resumes after are never processed again.
+                loop {
+                    let next_data = pending_items
+                        .keys()
+                        .chain(pending_seen.keys())
+                        .copied()
+                        .filter(done)
+                        .min();
+                    let next_idle = frontier.zip(idle_epochs).and_then(|(f, n)| {
+                        all_partitions
+                            .iter()
+                            .map(|p| partitions.get(p).map_or(0, |x| x.last_active) + n)
+                            .filter(|t| *t > last_epoch && *t < f)
+                            .min()
+                    });
+                    let Some(epoch) = next_data.into_iter().chain(next_idle).min() else {
+                        break;
+                    };
                     last_epoch = last_epoch.max(epoch);
                     let lateness = window.allowed_lateness_ms;
                     for (s, p, t, active) in pending_seen.remove(&epoch).unwrap_or_default() {
@@ -800,23 +804,36 @@ fn windowed<'s>(
                     ctx.changelog(&transform, epoch, log);
                 }
                 if frontier.is_none() {
-                    // A bounded run ends: every window still open fires.
+                    // A bounded run ends: every window still open fires, in
+                    // an epoch of its own that the changelog records, so
+                    // the next run knows they fired and sends a later event
+                    // for one of them as an update, never the window again.
                     if ctx.bounded && held.cap.is_some() {
-                        let cap = held.at(last_epoch.max(*held.cap.as_ref().unwrap().time()));
+                        let time = *held.cap.as_ref().unwrap().time();
+                        let epoch = time.max(ctx.first_epoch).max(last_epoch + 1);
+                        let cap = held.at(epoch);
                         let mut session = out.session(&cap);
-                        let mut keys: Vec<&Vec<Value>> = state.keys().collect();
+                        let mut keys: Vec<Vec<Value>> = state.keys().cloned().collect();
                         keys.sort();
+                        let mut log = Vec::new();
                         for key in keys {
-                            for (start, w) in &state[key] {
-                                if w.fired && plan.emit == Emit::Final {
+                            for (start, w) in state.get_mut(&key).unwrap().iter_mut() {
+                                if w.fired {
                                     continue;
                                 }
-                                if let Some(r) = window_record(key, *start, w, plan.having.as_ref())
+                                w.fired = true;
+                                if let Some(r) =
+                                    window_record(&key, *start, w, plan.having.as_ref())
                                 {
                                     session.give(r);
                                 }
+                                log.push((
+                                    serde_json::to_vec(&(&key, start)).unwrap(),
+                                    Some(serde_json::to_vec(w).unwrap()),
+                                ));
                             }
                         }
+                        ctx.changelog(&transform, epoch, log);
                     }
                     state.clear();
                     held.cap = None;

@@ -65,6 +65,9 @@ pub struct WorkerContext {
     pub scripted: bool,
     /// The first epoch number the clock may use (after those in the log).
     pub first_epoch: Epoch,
+    /// The last epoch committed before this start: epochs up to it are
+    /// never processed again, only restored.
+    pub resume_after: Epoch,
     /// Records per second this worker's sources may read (crash tests).
     pub max_rate: Option<f64>,
     /// Changelog topic of each stateful transform, by name (none in memory).

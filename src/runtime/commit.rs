@@ -162,10 +162,12 @@ impl Committer {
         epoch: u64,
         output: EpochOutput,
         read: &BTreeMap<(u32, i32), (i64, i64)>,
+        external: bool,
         before_commit: impl FnOnce() -> Result<(), RunError>,
         job: &str,
     ) -> Result<(), RunError> {
-        if output.is_empty() && read.is_empty() && !self.replayed.contains_key(&epoch) {
+        if output.is_empty() && read.is_empty() && !external && !self.replayed.contains_key(&epoch)
+        {
             return before_commit();
         }
         let eos = self.guarantee == Guarantee::ExactlyOnce;

@@ -49,6 +49,8 @@ pub enum RunError {
     CommitTimeout { writer: String, job: String },
     #[error("cannot commit the epoch: {0}")]
     Commit(String),
+    #[error("output for epoch {epoch} arrived after epochs below {complete} were committed; this is a bug in rill, and the job stops without committing it")]
+    StaleEpoch { epoch: u64, complete: u64 },
     #[error(transparent)]
     Recovery(#[from] super::recovery::RecoveryError),
     #[error(transparent)]
@@ -119,6 +121,7 @@ struct Launch {
     backend: Backend,
     scripted: bool,
     first_epoch: Epoch,
+    resume_after: Epoch,
     changelog_topics: HashMap<String, Arc<str>>,
     restored: Arc<HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>>,
 }
@@ -297,6 +300,7 @@ pub fn run(
     let committer = Committer::open(job, writer, &recovered, positions, dead_letter_topic)?;
     let launch = Launch {
         first_epoch: recovered.next_epoch,
+        resume_after: recovered.committed,
         changelog_topics,
         restored: Arc::new(recovered.state),
         readers,
@@ -379,6 +383,7 @@ pub fn run_in_memory(
         backend: Backend::Memory { keep: keep_output },
         scripted,
         first_epoch: 1,
+        resume_after: 0,
         changelog_topics: HashMap::new(),
         restored: Arc::new(HashMap::new()),
     };
@@ -417,6 +422,7 @@ fn execute(
         backend,
         scripted,
         first_epoch,
+        resume_after,
         changelog_topics,
         restored,
     } = launch;
@@ -436,6 +442,7 @@ fn execute(
                 backend,
                 writer_in_flight,
                 start,
+                resume_after,
             );
             // A writer that stops (fenced, or failing to commit) stops the
             // sources too, so the workers drain and the process exits.
@@ -465,6 +472,7 @@ fn execute(
             bounded,
             scripted,
             first_epoch,
+            resume_after,
             max_rate,
             changelog_topics: changelog_topics.clone(),
             restored: restored.clone(),
@@ -521,6 +529,7 @@ fn write_loop(
     mut backend: Backend,
     in_flight: Arc<AtomicI64>,
     start: Instant,
+    resume_after: Epoch,
 ) -> Result<RunSummary, RunError> {
     let sink_names: HashMap<usize, String> =
         plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect();
@@ -528,7 +537,12 @@ fn write_loop(
     let source_names: Vec<String> = plan.sources().map(|(_, n, _)| n.name.clone()).collect();
     let mut summary = RunSummary::default();
     let mut upto = vec![0 as Epoch; workers];
-    let mut complete: Epoch = 0;
+    // Epochs up to the one this start resumes after are committed.
+    let mut complete: Epoch = if resume_after > 0 {
+        resume_after + 1
+    } else {
+        0
+    };
     let mut finished = 0;
     let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
     // Output held until its epoch is complete and can commit.
@@ -553,6 +567,19 @@ fn write_loop(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        // An epoch commits once: output for one already committed would
+        // be committed under its number a second time.
+        if let WriterMsg::Out { epoch, .. }
+        | WriterMsg::Dead { epoch, .. }
+        | WriterMsg::Changelog { epoch, .. } = &msg
+        {
+            if *epoch < complete {
+                return Err(RunError::StaleEpoch {
+                    epoch: *epoch,
+                    complete,
+                });
+            }
+        }
         match msg {
             WriterMsg::Out {
                 sink,
@@ -691,6 +718,13 @@ fn write_loop(
                         .as_ref()
                         .map(|t| t.counts.ranges.clone())
                         .unwrap_or_default();
+                    // Files and rows need the epoch logged even when
+                    // nothing else does, so its number is never reused.
+                    let external = targets.values().any(|t| match t {
+                        Target::File(files) => files.holds(e),
+                        Target::Postgres(_, rows) => rows.contains_key(&e),
+                        _ => false,
+                    });
                     // Files and table rows of an epoch are in place before the
                     // epoch commits; both skip an epoch they already hold.
                     let mut write_files = || -> Result<(), RunError> {
@@ -731,9 +765,14 @@ fn write_loop(
                         Ok(())
                     };
                     match &mut backend {
-                        Backend::Kafka(committer) => {
-                            committer.commit(e, output, &read, write_files, &plan.job.name)?
-                        }
+                        Backend::Kafka(committer) => committer.commit(
+                            e,
+                            output,
+                            &read,
+                            external,
+                            write_files,
+                            &plan.job.name,
+                        )?,
                         Backend::Memory { .. } => write_files()?,
                     }
                     in_flight.fetch_sub(sent, Ordering::Relaxed);

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod exactly_once;
+
 const BROKERS: &str = "127.0.0.1:9092";
 const REGISTRY: &str = "http://127.0.0.1:8081";
 
