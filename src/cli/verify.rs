@@ -15,6 +15,7 @@ use crate::connectors::kafka_admin;
 use crate::format::registry::RegistryClient;
 use crate::format::{avro, csv, json, parquet};
 use crate::plan::{NodeKind, Plan, SinkPlan};
+use crate::runtime::planner;
 use crate::runtime::recovery::{committed_progress, read_log, LogRecord};
 use crate::spec::{FileFormat, Format};
 use anyhow::{Context, Result};
@@ -35,9 +36,10 @@ fn committed(plan: &Plan) -> Result<Committed> {
     let job = &plan.job;
     let progress = committed_progress(&job.brokers, job)?.unwrap_or(0);
     let mut epochs = HashSet::new();
-    for (offset, r) in read_log(&job.brokers, &job.epoch_log_topic())? {
+    let records = read_log(&job.brokers, &job.epoch_log_topic())?;
+    for (offset, r) in planner::live(&records) {
         if let (true, LogRecord::Epoch { epoch, .. }) = (offset < progress, r) {
-            epochs.insert(epoch);
+            epochs.insert(*epoch);
         }
     }
     Ok(Committed { epochs })

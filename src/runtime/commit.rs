@@ -51,6 +51,10 @@ pub struct Committer {
     positions: BTreeMap<(u32, i32), i64>,
     /// Epochs being replayed: their logged record's offset and boundaries.
     replayed: HashMap<u64, (i64, Vec<PartitionRange>)>,
+    brokers: String,
+    /// The offset of this writer's latest record in the epoch log: records
+    /// after it and before the next are another instance's.
+    last_own: i64,
 }
 
 fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
@@ -83,31 +87,40 @@ fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
 }
 
 impl Committer {
-    /// Opens the writer (fencing every earlier instance when exactly once)
-    /// and records this start in the epoch log.
     /// Starts the writer's producer and logs the start. With exactly once
     /// this fences every earlier instance of the job; it comes before
     /// recovery reads the committed progress and the log, so a fenced
     /// instance can commit nothing more, and what it still appends to the
-    /// log lands after this start and is ignored. Returns the attempt.
+    /// log lands after this start and is ignored. The attempt is one past
+    /// the start record's offset, unique even for instances started at
+    /// once. Returns the writer, the attempt and the start record's offset.
     pub fn fence(
         job: &JobConfig,
-        plan: &crate::plan::Plan,
-    ) -> Result<(KafkaWriter, u32), RunError> {
+        _plan: &crate::plan::Plan,
+    ) -> Result<(KafkaWriter, u32, i64), RunError> {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
-        let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
+        let mut writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
             .map_err(|e| fenced(&writer_id, &job.name, &e))?;
-        let attempt = super::recovery::next_attempt(plan)?;
+        crate::connectors::kafka_admin::ensure_topic(
+            &job.brokers,
+            &job.epoch_log_topic(),
+            1,
+            1,
+            false,
+        )?;
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
-        log.append(&LogRecord::Start { attempt }, writer.headers_for(0))?;
-        Ok((writer, attempt))
+        let offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
+        let attempt = super::planner::attempt_at(offset);
+        writer.set_attempt(attempt);
+        Ok((writer, attempt, offset))
     }
 
     pub fn open(
         job: &JobConfig,
         mut writer: KafkaWriter,
         recovered: &Recovered,
+        start_offset: i64,
         positions: BTreeMap<(u32, i32), i64>,
         dead_letter_topic: String,
     ) -> Result<Self, RunError> {
@@ -144,6 +157,8 @@ impl Committer {
             writer_id,
             positions,
             replayed,
+            brokers: job.brokers.clone(),
+            last_own: start_offset,
         })
     }
 
@@ -195,12 +210,19 @@ impl Committer {
         // anywhere: a table or file that holds an epoch's rows must be able
         // to recognise that epoch when it is replayed, so its number may
         // never be reused for other input.
-        let log_offset = match self.replayed.remove(&epoch) {
+        let (log_offset, own) = match self.replayed.remove(&epoch) {
             Some((offset, ranges)) => {
                 for r in ranges {
                     self.positions.insert((r.source, r.partition), r.end);
                 }
-                offset
+                let own = self.log.append(
+                    &LogRecord::Replayed {
+                        epoch,
+                        attempt: self.attempt,
+                    },
+                    self.writer.headers_for(epoch),
+                )?;
+                (offset, own)
             }
             None => {
                 let ranges: Vec<PartitionRange> = self
@@ -220,16 +242,30 @@ impl Committer {
                         }
                     })
                     .collect();
-                self.log.append(
+                let offset = self.log.append(
                     &LogRecord::Epoch {
                         epoch,
                         attempt: self.attempt,
                         ranges,
                     },
                     self.writer.headers_for(epoch),
-                )?
+                )?;
+                (offset, offset)
             }
         };
+        // Files and rows are not transactional: before writing them, make
+        // sure no later instance started before this epoch's record. If
+        // one did, it may not know this epoch and may use its number.
+        if own != self.last_own + 1 {
+            let gap = self.log.read_range(&self.brokers, self.last_own + 1, own)?;
+            if super::planner::started_since(&gap, self.attempt).is_some() {
+                return Err(RunError::Fenced {
+                    writer: self.writer_id.clone(),
+                    job: job.into(),
+                });
+            }
+        }
+        self.last_own = own;
         fault::point("epoch_logged");
         before_commit()?;
 

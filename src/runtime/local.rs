@@ -138,7 +138,7 @@ pub fn run(
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
-    let (writer, attempt) = Committer::fence(job, &plan)?;
+    let (writer, attempt, start_offset) = Committer::fence(job, &plan)?;
     let recovered = recovery::recover(&plan, attempt)?;
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(
@@ -297,7 +297,14 @@ pub fn run(
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
-    let committer = Committer::open(job, writer, &recovered, positions, dead_letter_topic)?;
+    let committer = Committer::open(
+        job,
+        writer,
+        &recovered,
+        start_offset,
+        positions,
+        dead_letter_topic,
+    )?;
     let launch = Launch {
         first_epoch: recovered.next_epoch,
         resume_after: recovered.committed,

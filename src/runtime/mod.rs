@@ -4,5 +4,6 @@
 pub mod commit;
 pub mod fault;
 pub mod local;
+pub mod planner;
 pub mod recovery;
 pub mod writer;

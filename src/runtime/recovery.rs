@@ -14,12 +14,12 @@
 
 use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
 use crate::plan::{NodeKind, Plan};
-use crate::runtime::fault;
+use crate::runtime::{fault, planner};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub enum RecoveryError {
     Kafka(#[from] KafkaAdminError),
     #[error("epoch log {topic}: {reason}")]
     Log { topic: String, reason: String },
+    #[error("another instance of job {job} started after this one, so this one stops without committing")]
+    Superseded { job: String },
 }
 
 /// The part of an epoch one source partition holds: offsets [start, end).
@@ -43,14 +45,18 @@ pub struct PartitionRange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LogRecord {
-    /// A writer started; `attempt` grows with every start.
-    Start { attempt: u32 },
+    /// A writer started; its attempt is one past this record's offset.
+    Start {},
     /// An epoch's boundaries, for every partition of every source.
     Epoch {
         epoch: u64,
         attempt: u32,
         ranges: Vec<PartitionRange>,
     },
+    /// An attempt commits an epoch it replayed (logged before). It marks
+    /// the log so the writer can see whether a later instance started
+    /// before it writes the epoch's files and rows.
+    Replayed { epoch: u64, attempt: u32 },
 }
 
 /// What a starting job resumes from.
@@ -140,6 +146,53 @@ impl EpochLog {
     }
 }
 
+impl EpochLog {
+    /// The records at offsets [from, to), which the caller knows exist.
+    pub fn read_range(
+        &self,
+        brokers: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
+        use rdkafka::Message;
+        let err = |reason: String| RecoveryError::Log {
+            topic: self.topic.clone(),
+            reason,
+        };
+        let consumer: BaseConsumer = client_config(brokers)
+            .set("group.id", "rill-epoch-log")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| err(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(from))
+            .map_err(|e| err(e.to_string()))?;
+        consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut next = from;
+        while next < to {
+            if std::time::Instant::now() > deadline {
+                return Err(err(format!(
+                    "offsets {from}..{to} did not arrive within 30 s"
+                )));
+            }
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m.map_err(|e| err(e.to_string()))?;
+            next = m.offset() + 1;
+            if m.offset() >= to {
+                break;
+            }
+            if let Some(r) = m.payload().and_then(|v| serde_json::from_slice(v).ok()) {
+                out.push((m.offset(), r));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The offset the writer's group has committed on the epoch log, if any.
 pub fn committed_progress(
     brokers: &str,
@@ -166,45 +219,20 @@ pub fn committed_progress(
     }))
 }
 
-/// The epoch log's records, in order, without those a fenced instance
-/// appended after a newer instance had started: a record of attempt a
-/// after the start record of an attempt above a cannot belong to a
-/// transaction that commits.
+/// The epoch log's records, in order, with their offsets; see
+/// [`planner::live`] for those that count.
 pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
     let mut records: Vec<(i64, LogRecord)> = Vec::new();
-    let mut newest_start = 0;
     kafka_admin::read_to_end(brokers, log, |m| {
-        match m
+        if let Some(r) = m
             .value
             .as_deref()
             .and_then(|v| serde_json::from_slice::<LogRecord>(v).ok())
         {
-            Some(LogRecord::Start { attempt }) => {
-                newest_start = newest_start.max(attempt);
-                records.push((m.offset, LogRecord::Start { attempt }));
-            }
-            Some(LogRecord::Epoch { attempt, .. }) if attempt < newest_start => {}
-            Some(r) => records.push((m.offset, r)),
-            None => {}
+            records.push((m.offset, r));
         }
     })?;
     Ok(records)
-}
-
-/// The attempt number of a starting writer: one above every attempt in
-/// the epoch log. Called after the writer has fenced its predecessors.
-pub fn next_attempt(plan: &Plan) -> Result<u32, RecoveryError> {
-    let job = &plan.job;
-    kafka_admin::ensure_topic(&job.brokers, &job.epoch_log_topic(), 1, 1, false)?;
-    let records = read_log(&job.brokers, &job.epoch_log_topic())?;
-    Ok(records
-        .iter()
-        .map(|(_, r)| match r {
-            LogRecord::Start { attempt } | LogRecord::Epoch { attempt, .. } => *attempt,
-        })
-        .max()
-        .unwrap_or(0)
-        + 1)
 }
 
 /// Reads the epoch log and the changelogs and says where to resume. The
@@ -216,46 +244,21 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     let log = job.epoch_log_topic();
     let progress = committed_progress(brokers, job)?.unwrap_or(0);
     let records = read_log(brokers, &log)?;
-    let mut out = Recovered::default();
-    let mut last_attempt = 0;
-    let mut committed_ranges: Option<&Vec<PartitionRange>> = None;
-    let mut max_epoch = 0;
-    let mut replay: BTreeMap<u64, Vec<PartitionRange>> = BTreeMap::new();
-    for (offset, r) in &records {
-        match r {
-            LogRecord::Start { attempt } => last_attempt = last_attempt.max(*attempt),
-            LogRecord::Epoch {
-                epoch,
-                attempt,
-                ranges,
-            } => {
-                last_attempt = last_attempt.max(*attempt);
-                max_epoch = max_epoch.max(*epoch);
-                out.log_offsets.entry(*epoch).or_insert(*offset);
-                if *offset < progress {
-                    if *epoch >= out.committed {
-                        out.committed = *epoch;
-                        committed_ranges = Some(ranges);
-                    }
-                } else {
-                    // Logged, never committed: cut again exactly so. A
-                    // replay does not log an epoch twice, so the first
-                    // record of an epoch is the one.
-                    replay.entry(*epoch).or_insert_with(|| ranges.clone());
-                }
-            }
-        }
+    let resume = planner::resume(&records, progress);
+    if resume.last_attempt > attempt {
+        return Err(RecoveryError::Superseded {
+            job: job.name.clone(),
+        });
     }
-    replay.retain(|e, _| *e > out.committed);
-    out.replay = replay.into_iter().collect();
-    out.attempt = attempt.max(last_attempt);
-    out.next_epoch = max_epoch + 1;
-    out.start_offsets = committed_ranges.map(|ranges| {
-        ranges
-            .iter()
-            .map(|r| ((r.source, r.partition), r.end))
-            .collect()
-    });
+    let mut out = Recovered {
+        attempt,
+        committed: resume.committed,
+        next_epoch: resume.next_epoch,
+        start_offsets: resume.start_offsets,
+        replay: resume.replay,
+        log_offsets: resume.log_offsets,
+        state: HashMap::new(),
+    };
 
     // State as of the committed epoch, transform by transform.
     for node in &plan.nodes {

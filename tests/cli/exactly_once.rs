@@ -103,3 +103,73 @@ fn a_windowed_job_run_again_fires_no_window_twice_and_counts_every_event_once() 
         .sum();
     assert_eq!(lake_reports, reports);
 }
+
+#[test]
+fn a_fenced_instance_writes_no_file_after_its_replacement_has_started() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("fencedfiles");
+    let (job, _) = job_copy(
+        dir.path(),
+        "bank.toml",
+        &[
+            "bank-transactions",
+            "APPROVED",
+            "REJECTED",
+            "bank-dead-letters",
+        ],
+        &tag,
+    );
+    let lake = dir.path().join("approved-files");
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(&format!(
+        "\n[sinks.approved_files]\ntype = \"file\"\ninputs = [\"approve\"]\npath = \"{}\"\nformat = \"csv\"\ncompression = \"none\"\nroll = \"epoch\"\n",
+        lake.display()
+    ));
+    std::fs::write(&job, text).unwrap();
+    let path = job.to_str().unwrap();
+    ok(&[
+        "datagen", "bank", "--job", path, "--count", "3000", "--quiet",
+    ]);
+    let mut zombie = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", path, "--quiet", "--max-records-per-second", "300"])
+        .stderr(std::process::Stdio::piped())
+        .current_dir(root())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while zombie.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fenced instance should stop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(zombie.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("was fenced: another instance of job")
+            || stderr.contains("may have started and fenced it"),
+        "{stderr}"
+    );
+    // The files hold each approved transaction once: exactly the approved
+    // records the Kafka sink committed.
+    let mut from_files = Vec::new();
+    for entry in std::fs::read_dir(&lake).unwrap() {
+        let p = entry.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        from_files.extend(text.lines().skip(1).map(str::to_string));
+    }
+    let approved = verify_lines(&job)
+        .iter()
+        .filter(|l| l.starts_with("approved "))
+        .count();
+    let file_rows = verify_lines(&job)
+        .iter()
+        .filter(|l| l.starts_with("approved_files "))
+        .count();
+    assert_eq!(from_files.len(), file_rows);
+    assert_eq!(file_rows, approved, "files hold every approved record once");
+}

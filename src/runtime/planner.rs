@@ -1,0 +1,225 @@
+//! The recovery planner: from the epoch log and the writer's committed
+//! progress to where a starting job resumes. Pure: no I/O, so every order
+//! of starts, epochs and crashes can be enumerated in tests.
+//!
+//! The rules it applies:
+//! - A start's attempt is one past the offset of its start record, so two
+//!   instances started at once never share one, and attempts grow in log
+//!   order.
+//! - An epoch record of attempt `a` that sits after the start record of a
+//!   later attempt was written by a fenced instance: its transaction can
+//!   never commit, so the record is not part of the log.
+//! - Epochs whose record sits below the committed progress are committed;
+//!   the others are replayed with their logged boundaries, once each.
+//! - No epoch number is used twice, not even one a fenced instance logged.
+
+use super::recovery::{LogRecord, PartitionRange};
+use std::collections::{BTreeMap, HashMap};
+
+/// The attempt of the start whose record sits at `offset`.
+pub fn attempt_at(offset: i64) -> u32 {
+    u32::try_from(offset + 1).unwrap_or(u32::MAX)
+}
+
+/// The records that count: without those a fenced instance appended after
+/// a later instance had started.
+pub fn live(records: &[(i64, LogRecord)]) -> Vec<(i64, &LogRecord)> {
+    let mut newest_start = 0;
+    let mut out = Vec::with_capacity(records.len());
+    for (offset, r) in records {
+        match r {
+            LogRecord::Start {} => {
+                newest_start = attempt_at(*offset);
+                out.push((*offset, r));
+            }
+            LogRecord::Epoch { attempt, .. } | LogRecord::Replayed { attempt, .. }
+                if *attempt < newest_start => {}
+            _ => out.push((*offset, r)),
+        }
+    }
+    out
+}
+
+/// Whether records appended between two of a writer's own appends show
+/// that a later instance has started: then the writer is fenced and must
+/// not write files or rows for the epoch it just logged.
+pub fn started_since(gap: &[(i64, LogRecord)], attempt: u32) -> Option<u32> {
+    gap.iter().find_map(|(offset, r)| match r {
+        LogRecord::Start {} if attempt_at(*offset) > attempt => Some(attempt_at(*offset)),
+        _ => None,
+    })
+}
+
+/// Where a start resumes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Resume {
+    /// The last committed epoch (0: none).
+    pub committed: u64,
+    /// Where each source partition resumes; None when nothing committed.
+    pub start_offsets: Option<HashMap<(u32, i32), i64>>,
+    /// Epochs logged but not committed, to be cut again exactly so.
+    pub replay: Vec<(u64, Vec<PartitionRange>)>,
+    /// Offset of each replayed epoch's record, the progress it commits.
+    pub log_offsets: HashMap<u64, i64>,
+    /// The first epoch number free for new epochs.
+    pub next_epoch: u64,
+    /// The newest attempt in the log.
+    pub last_attempt: u32,
+}
+
+/// Plans a start from the whole log and the committed progress (the
+/// offset just past the last committed epoch's record; 0 for none).
+pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
+    let mut out = Resume::default();
+    let mut max_epoch = 0;
+    for (offset, r) in records {
+        match r {
+            LogRecord::Start {} => out.last_attempt = out.last_attempt.max(attempt_at(*offset)),
+            // A fenced instance's epoch numbers are not reused either: it
+            // may have written files or rows under them before it stopped.
+            LogRecord::Epoch { epoch, .. } | LogRecord::Replayed { epoch, .. } => {
+                max_epoch = max_epoch.max(*epoch)
+            }
+        }
+    }
+    out.next_epoch = max_epoch + 1;
+    let mut committed_ranges: Option<&Vec<PartitionRange>> = None;
+    let mut replay: BTreeMap<u64, (i64, Vec<PartitionRange>)> = BTreeMap::new();
+    for (offset, r) in live(records) {
+        let LogRecord::Epoch { epoch, ranges, .. } = r else {
+            continue;
+        };
+        if offset < progress {
+            if *epoch >= out.committed {
+                out.committed = *epoch;
+                committed_ranges = Some(ranges);
+            }
+        } else {
+            // A replay never logs an epoch again: the first record is it.
+            replay
+                .entry(*epoch)
+                .or_insert_with(|| (offset, ranges.clone()));
+        }
+    }
+    replay.retain(|e, _| *e > out.committed);
+    for (epoch, (offset, ranges)) in replay {
+        out.log_offsets.insert(epoch, offset);
+        out.replay.push((epoch, ranges));
+    }
+    out.start_offsets = committed_ranges.map(|ranges| {
+        ranges
+            .iter()
+            .map(|r| ((r.source, r.partition), r.end))
+            .collect()
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(epoch: u64, attempt: u32, start: i64, end: i64) -> LogRecord {
+        LogRecord::Epoch {
+            epoch,
+            attempt,
+            ranges: vec![PartitionRange {
+                source: 0,
+                partition: 0,
+                start,
+                end,
+            }],
+        }
+    }
+
+    fn log(records: Vec<LogRecord>) -> Vec<(i64, LogRecord)> {
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i as i64, r))
+            .collect()
+    }
+
+    #[test]
+    fn a_first_start_resumes_from_nothing() {
+        let r = resume(&log(vec![LogRecord::Start {}]), 0);
+        assert_eq!(r.committed, 0);
+        assert_eq!(r.start_offsets, None);
+        assert_eq!(r.next_epoch, 1);
+        assert_eq!(r.last_attempt, 1);
+    }
+
+    #[test]
+    fn epochs_after_the_progress_are_replayed_with_their_boundaries() {
+        let records = log(vec![
+            LogRecord::Start {},
+            epoch(1, 1, 0, 10),
+            epoch(2, 1, 10, 25),
+            epoch(3, 1, 25, 30),
+            LogRecord::Start {},
+        ]);
+        let r = resume(&records, 2);
+        assert_eq!(r.committed, 1);
+        assert_eq!(r.start_offsets, Some(HashMap::from([((0, 0), 10)])));
+        assert_eq!(
+            r.replay.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(r.log_offsets[&3], 3);
+        assert_eq!(r.next_epoch, 4);
+        assert_eq!(r.last_attempt, 5);
+    }
+
+    #[test]
+    fn a_fenced_instances_late_epoch_is_neither_replayed_nor_its_number_reused() {
+        // Attempt 1 starts, attempt 2 starts and fences it, then attempt 1
+        // still logs epoch 1 (and may write files for it).
+        let records = log(vec![
+            LogRecord::Start {},
+            LogRecord::Start {},
+            epoch(1, 1, 0, 10),
+        ]);
+        let r = resume(&records, 0);
+        assert!(r.replay.is_empty());
+        assert_eq!(r.next_epoch, 2);
+        assert_eq!(started_since(&records[1..2], 1), Some(2));
+        assert_eq!(started_since(&records[2..], 2), None);
+    }
+
+    /// Every interleaving of two instances' appends: the fenced one learns
+    /// it is fenced before writing files for any epoch the other does not
+    /// see, so whatever files it wrote belong to epochs the other replays.
+    #[test]
+    fn a_fenced_writer_notices_before_any_epoch_the_new_one_cannot_see() {
+        // Instance A (started at offset 0) appends epochs 1..=3; instance B
+        // starts at some point among them.
+        for b_at in 1..=4usize {
+            let mut records = vec![LogRecord::Start {}];
+            for e in 1..=3u64 {
+                records.push(epoch(e, 1, 0, 0));
+            }
+            records.insert(b_at, LogRecord::Start {});
+            let records = log(records);
+            let b_attempt = attempt_at(b_at as i64);
+            // A checks the gap before each of its epoch records.
+            let mut last_own = 0usize;
+            let mut a_writes = Vec::new();
+            for (i, (_, r)) in records.iter().enumerate() {
+                if let LogRecord::Epoch { epoch, .. } = r {
+                    if started_since(&records[last_own + 1..i], 1).is_some() {
+                        break;
+                    }
+                    a_writes.push(*epoch);
+                    last_own = i;
+                }
+            }
+            // B read the log right after its start: what it replays.
+            let seen = resume(&records[..=b_at], 0);
+            let replayed: Vec<u64> = seen.replay.iter().map(|(e, _)| *e).collect();
+            assert_eq!(a_writes, replayed, "B started at {b_at}");
+            // What B plans later never reuses A's numbers.
+            assert!(resume(&records, 0).next_epoch > 3);
+            assert!(b_attempt > 1);
+        }
+    }
+}
