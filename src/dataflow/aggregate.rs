@@ -265,12 +265,17 @@ fn plain<'s>(
                     (Capability<Epoch>, Vec<((Vec<Value>, AggState), isize)>),
                 > = BTreeMap::new();
                 move |(input, frontier), out| {
+                    // A change's epoch is its own time, not the time of the
+                    // message carrying it: count_total sends every change of
+                    // a batch at the batch's lowest time, so restored state
+                    // (epoch 0) and the first live epoch can share a message.
                     input.for_each(|cap, data| {
-                        let epoch = epoch_of(&cap);
-                        let entry = stash
-                            .entry(epoch)
-                            .or_insert_with(|| (cap.retain_least(0).unwrap(), Vec::new()));
-                        entry.1.extend(data.drain(..).map(|(d, _, r)| (d, r)));
+                        for (d, time, r) in data.drain(..) {
+                            let entry = stash
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
+                            entry.1.push((d, r));
+                        }
                     });
                     let ready: Vec<Epoch> = stash
                         .keys()

@@ -6,7 +6,7 @@ use super::windows_of;
 use crate::plan::aggregate::WindowShape;
 use crate::plan::Plan;
 use crate::record::{Origin, RawRecord};
-use crate::runtime::local::{run_in_memory, MemoryInput};
+use crate::runtime::local::{run_in_memory, run_in_memory_restarted, MemoryInput, Restart};
 use crate::spec::Spec;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -217,12 +217,8 @@ format = "json"
     Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn run(
-    plan: &Arc<Plan>,
-    events: &[Event],
-    workers: usize,
-) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
-    let input: Vec<(u64, RawRecord)> = events
+fn scripted(events: &[Event]) -> Vec<(u64, RawRecord)> {
+    events
         .iter()
         .map(|e| {
             let value = format!(r#"{{"key":"{}","t":{},"v":{}}}"#, e.key, e.t, e.v);
@@ -240,7 +236,15 @@ fn run(
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+fn run(
+    plan: &Arc<Plan>,
+    events: &[Event],
+    workers: usize,
+) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
+    let input = scripted(events);
     let summary = run_in_memory(
         plan.clone(),
         workers,
@@ -249,6 +253,12 @@ fn run(
         true,
     )
     .unwrap();
+    rows_and_late(summary)
+}
+
+fn rows_and_late(
+    summary: crate::runtime::local::RunSummary,
+) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
     let rows = summary
         .output
         .get("out")
@@ -410,4 +420,125 @@ fn an_idle_partition_stops_holding_windows_back() {
         let (window, end) = idle_run("", workers);
         assert_eq!(window, end, "without one, only the end of the run fires it");
     }
+}
+
+/// The job stopped after epoch `cut` and started again on another number
+/// of workers with the state its changelog holds: what the two runs send
+/// together, and the late events of both.
+fn run_with_restart(
+    plan: &Arc<Plan>,
+    events: &[Event],
+    cut: u64,
+    workers: (usize, usize),
+) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
+    let (before, after): (Vec<Event>, Vec<Event>) =
+        events.iter().cloned().partition(|e| e.epoch <= cut);
+    let first = run_in_memory(
+        plan.clone(),
+        workers.0,
+        vec![MemoryInput::Scripted(Arc::new(scripted(&before)))],
+        vec![],
+        true,
+    )
+    .unwrap();
+    // The state as of the last epoch the first run committed: the latest
+    // changelog value per key.
+    let mut changelog = first.changelog.clone();
+    let last = changelog.iter().map(|c| c.0).chain([cut]).max().unwrap();
+    changelog.sort_by_key(|c| c.0);
+    let mut state: BTreeMap<(String, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    for (_, transform, key, value) in changelog {
+        match value {
+            Some(v) => state.insert((transform, key), v),
+            None => state.remove(&(transform, key)),
+        };
+    }
+    let mut restored: std::collections::HashMap<String, Vec<(Vec<u8>, Vec<u8>)>> =
+        Default::default();
+    for ((transform, key), value) in state {
+        restored.entry(transform).or_default().push((key, value));
+    }
+    // The second run's epochs come after every epoch the first one used.
+    let shift = last - cut;
+    let after: Vec<Event> = after
+        .into_iter()
+        .map(|mut e| {
+            e.epoch += shift;
+            e
+        })
+        .collect();
+    let second = run_in_memory_restarted(
+        plan.clone(),
+        workers.1,
+        vec![MemoryInput::Scripted(Arc::new(scripted(&after)))],
+        vec![],
+        true,
+        Restart {
+            after: last,
+            state: restored,
+        },
+    )
+    .unwrap();
+    let (mut rows, mut late) = rows_and_late(first);
+    let (rows2, late2) = rows_and_late(second);
+    assert!(
+        rows2.iter().all(|(e, _)| *e > last),
+        "a restart sends nothing in an epoch already committed"
+    );
+    rows.extend(rows2);
+    late.extend(late2);
+    (rows, late)
+}
+
+/// The latest record per key and window: what an upsert consumer holds.
+fn latest(rows: Vec<(u64, Row)>) -> Vec<Row> {
+    let mut last: BTreeMap<(String, Option<(i64, i64)>), Row> = BTreeMap::new();
+    for (_, r) in rows {
+        last.insert((r.0.clone(), r.1), r);
+    }
+    last.into_values().collect()
+}
+
+/// Stopped and restarted after any epoch, on another number of workers,
+/// the job ends where an uninterrupted run ends: the same latest value per
+/// key (and window), the same late events. Restored state and the first
+/// epoch after it often reach an operator together, in one batch.
+fn check_restarts(window: &str) {
+    let plan = job(window);
+    for seed in 0..3 {
+        let evs = events(seed);
+        let (whole, whole_late) = run(&plan, &evs, 2);
+        let want = sorted(latest(whole));
+        for cut in 1..EPOCHS {
+            let (rows, late) = run_with_restart(&plan, &evs, cut, (2, 3));
+            assert_eq!(
+                late, whole_late,
+                "late events, seed {seed}, cut {cut}, {window}"
+            );
+            assert_eq!(
+                sorted(latest(rows)),
+                want,
+                "seed {seed}, restart after epoch {cut}, {window}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plain_aggregates_restarted_after_any_epoch_end_the_same() {
+    check_restarts("");
+}
+
+#[test]
+fn tumbling_windows_restarted_after_any_epoch_end_the_same() {
+    check_restarts(
+        "[transforms.agg.window]\ntype = \"tumbling\"\ntime_field = \"t\"\nsize_ms = 100\nmax_out_of_orderness_ms = 20",
+    );
+}
+
+#[test]
+fn hopping_windows_restarted_after_any_epoch_end_the_same() {
+    check_restarts(
+        "[transforms.agg.window]\ntype = \"hopping\"\ntime_field = \"t\"\nsize_ms = 100\nhop_ms = 25\nmax_out_of_orderness_ms = 20",
+    );
 }

@@ -83,6 +83,9 @@ pub struct RunSummary {
     pub output: BTreeMap<String, Vec<(Epoch, OutRecord)>>,
     /// In memory mode: the dead letters.
     pub dead_letters: Vec<DeadLetter>,
+    /// In memory mode: the state changes, as (epoch, transform, key,
+    /// value) in the order they were sent.
+    pub changelog: Vec<(Epoch, String, Vec<u8>, Option<Vec<u8>>)>,
     /// Files the file sinks wrote.
     pub files: Vec<std::path::PathBuf>,
     /// Of the dead letters, those too late for their window.
@@ -340,6 +343,37 @@ pub fn run_in_memory(
     writer_schema_ids: Vec<(u32, String)>,
     keep_output: bool,
 ) -> Result<RunSummary, RunError> {
+    run_in_memory_restarted(
+        plan,
+        workers,
+        inputs,
+        writer_schema_ids,
+        keep_output,
+        Restart::default(),
+    )
+}
+
+/// What a restarted in-memory run resumes from: the last epoch committed
+/// before it and the state as of that epoch, by transform (keys and values
+/// as the changelog holds them).
+#[derive(Default)]
+pub struct Restart {
+    pub after: Epoch,
+    pub state: HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// [`run_in_memory`] as a restart after `restart.after`: the scripted
+/// input should hold only later epochs. With `keep_output`, the summary
+/// holds the changelog, whose latest value per key is the next restart's
+/// state.
+pub fn run_in_memory_restarted(
+    plan: Arc<Plan>,
+    workers: usize,
+    inputs: Vec<MemoryInput>,
+    writer_schema_ids: Vec<(u32, String)>,
+    keep_output: bool,
+    restart: Restart,
+) -> Result<RunSummary, RunError> {
     let scripted = inputs.iter().any(|i| matches!(i, MemoryInput::Scripted(_)));
     let partitions: Vec<i32> = inputs
         .iter()
@@ -389,10 +423,15 @@ pub fn run_in_memory(
         targets,
         backend: Backend::Memory { keep: keep_output },
         scripted,
-        first_epoch: 1,
-        resume_after: 0,
-        changelog_topics: HashMap::new(),
-        restored: Arc::new(HashMap::new()),
+        first_epoch: restart.after + 1,
+        resume_after: restart.after,
+        changelog_topics: plan
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, crate::plan::NodeKind::Aggregate(_)))
+            .map(|n| (n.name.clone(), Arc::from(n.name.as_str())))
+            .collect(),
+        restored: Arc::new(restart.state),
     };
     let opts = RunOptions {
         workers,
@@ -672,15 +711,19 @@ fn write_loop(
                 epoch,
                 topic,
                 records,
-            } => {
-                if let Backend::Kafka(_) = &backend {
-                    pending
-                        .entry(epoch)
-                        .or_default()
-                        .changelog
-                        .push((topic, records));
-                }
-            }
+            } => match &backend {
+                Backend::Kafka(_) => pending
+                    .entry(epoch)
+                    .or_default()
+                    .changelog
+                    .push((topic, records)),
+                Backend::Memory { keep: true } => summary.changelog.extend(
+                    records
+                        .into_iter()
+                        .map(|(k, v)| (epoch, topic.to_string(), k, v)),
+                ),
+                Backend::Memory { keep: false } => {}
+            },
             WriterMsg::Trace(lines) => {
                 for l in lines {
                     let _ = writeln!(out, "{l}");
