@@ -53,6 +53,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         let Some((writer, epoch)) = rest.rsplit_once("_e") else {
             continue;
         };
+        // `<sink>_` is also the start of a sink named `<sink>_more`: the
+        // rest must be one of this job's writers exactly.
+        if !is_writer_of(writer, &plan.job.name) {
+            continue;
+        }
         let Ok(epoch) = epoch.parse::<u64>() else {
             continue;
         };
@@ -120,4 +125,28 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         files.len()
     );
     Ok(())
+}
+
+/// Whether `writer` is a writer id of `job`: `<job>-w<digits>`.
+fn is_writer_of(writer: &str, job: &str) -> bool {
+    writer
+        .strip_prefix(job)
+        .and_then(|w| w.strip_prefix("-w"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_writer_of;
+
+    #[test]
+    fn a_sink_s_files_are_told_from_those_of_a_sink_whose_name_extends_it() {
+        // Sink `a` of job `j` writes `a_j-w0_e…`; sink `a_b` writes
+        // `a_b_j-w0_e…`, whose rest after `a_` is `b_j-w0`.
+        assert!(is_writer_of("j-w0", "j"));
+        assert!(is_writer_of("j-w12", "j"));
+        assert!(!is_writer_of("b_j-w0", "j"));
+        assert!(!is_writer_of("j-w", "j"));
+        assert!(!is_writer_of("j-wx", "j"));
+    }
 }

@@ -149,21 +149,26 @@ impl FileSink {
                     parquet::write(&tmp, &self.schema, &pending.rows)
                         .map_err(std::io::Error::other)?;
                 } else {
-                    let file = std::fs::File::create(&tmp)?;
-                    let mut w: Box<dyn Write> = match self.compression {
+                    let mut file = std::fs::File::create(&tmp)?;
+                    let header = csv::header(&self.schema);
+                    match self.compression {
                         Compression::Gzip => {
-                            Box::new(GzEncoder::new(file, flate2::Compression::default()))
+                            let mut gz = GzEncoder::new(file, flate2::Compression::default());
+                            gz.write_all(header.as_bytes())?;
+                            gz.write_all(b"\n")?;
+                            gz.write_all(&pending.lines)?;
+                            // The trailer is part of the file: its errors count.
+                            gz.finish()?.flush()?;
                         }
-                        Compression::None => Box::new(file),
-                    };
-                    w.write_all(csv::header(&self.schema).as_bytes())?;
-                    w.write_all(b"\n")?;
-                    w.write_all(&pending.lines)?;
-                    w.flush()?;
-                    drop(w);
+                        Compression::None => {
+                            file.write_all(header.as_bytes())?;
+                            file.write_all(b"\n")?;
+                            file.write_all(&pending.lines)?;
+                            file.flush()?;
+                        }
+                    }
                 }
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
+                super::durable::publish(&tmp, &path)?;
                 written.push(path);
             }
         }

@@ -2,6 +2,7 @@
 //! own threads, helper threads or the main thread, never a timely worker.
 
 pub mod datagen;
+pub mod durable;
 pub mod file_sink;
 pub mod kafka_admin;
 pub mod kafka_sink;

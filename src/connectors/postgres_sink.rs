@@ -288,7 +288,7 @@ impl PostgresSink {
         if !path.exists() {
             let tmp = dir.join(format!(".{name}.tmp"));
             parquet::write(&tmp, &self.schema, rows).map_err(|e| err(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+            super::durable::publish(&tmp, &path).map_err(|e| err(e.to_string()))?;
         }
         Ok(Written::Fallback(path, rows.len()))
     }
