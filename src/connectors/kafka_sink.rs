@@ -231,6 +231,19 @@ impl KafkaWriter {
         Ok(())
     }
 
+    /// Records that failed since the last call: their count and the first
+    /// error. A transaction must not commit over a failed record.
+    pub fn take_failures(&self) -> Option<(u64, String)> {
+        let ctx = self.producer.context();
+        let failed = ctx.failed.swap(0, Ordering::Relaxed);
+        let first = ctx.first_error.lock().unwrap().take();
+        (failed > 0).then(|| (failed, first.unwrap_or_default()))
+    }
+
+    pub fn abort(&self) -> Result<(), KafkaError> {
+        self.producer.abort_transaction(TXN_TIMEOUT)
+    }
+
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }

@@ -10,12 +10,15 @@
 //! each worker measures the partitions it reads and broadcasts that per
 //! epoch, so every worker computes the same watermark at the same epoch.
 
+use super::state::{
+    group_key_bytes, value_bytes, window_key_bytes, AggState, Seen, StateEntry, WatermarkSnapshot,
+    Window, WATERMARK_KEY,
+};
 use super::{epoch_of, Epoch, Records, WorkerContext};
-use crate::expr::EvalError;
-use crate::plan::aggregate::{AggFunc, AggSpec, AggregatePlan, TimeField, WindowPlan, WindowShape};
-use crate::record::{FieldType, Record, Row, RowSchema, Value};
+use crate::plan::aggregate::{AggregatePlan, TimeField, WindowPlan, WindowShape};
+use crate::record::{Record, Row, RowSchema, Value};
 use crate::spec::Emit;
-use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
@@ -28,112 +31,6 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
-
-/// The running result of one group (or one window of one group).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AggState {
-    /// Records folded in; zero means the state is empty.
-    pub rows: i64,
-    pub accs: Vec<Acc>,
-}
-
-/// One aggregate's accumulator. Doubles are held as `Value::Double` for
-/// their total order.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Acc {
-    Count(i64),
-    SumInt(i64),
-    SumDouble(Value),
-    Avg(Value, i64),
-    Min(Value),
-    Max(Value),
-}
-
-fn f(v: &Value) -> f64 {
-    match v {
-        Value::Double(d) => *d,
-        Value::Int(i) => *i as f64,
-        _ => 0.0,
-    }
-}
-
-impl IsZero for AggState {
-    fn is_zero(&self) -> bool {
-        self.rows == 0
-    }
-}
-
-impl Semigroup for AggState {
-    fn plus_equals(&mut self, rhs: &Self) {
-        if self.accs.is_empty() {
-            self.accs = rhs.accs.clone();
-            self.rows += rhs.rows;
-            return;
-        }
-        self.rows += rhs.rows;
-        for (a, b) in self.accs.iter_mut().zip(&rhs.accs) {
-            match (a, b) {
-                (Acc::Count(x), Acc::Count(y)) => *x += y,
-                (Acc::SumInt(x), Acc::SumInt(y)) => *x = x.wrapping_add(*y),
-                (Acc::SumDouble(x), Acc::SumDouble(y)) => *x = Value::Double(f(x) + f(y)),
-                (Acc::Avg(s, n), Acc::Avg(t, m)) => {
-                    *s = Value::Double(f(s) + f(t));
-                    *n += m;
-                }
-                (Acc::Min(x), Acc::Min(y)) => {
-                    if matches!(x, Value::Null) || (!matches!(y, Value::Null) && y < x) {
-                        *x = y.clone();
-                    }
-                }
-                (Acc::Max(x), Acc::Max(y)) => {
-                    if matches!(x, Value::Null) || (!matches!(y, Value::Null) && y > x) {
-                        *x = y.clone();
-                    }
-                }
-                _ => unreachable!("accumulators of one aggregate line up"),
-            }
-        }
-    }
-}
-
-impl AggState {
-    /// The state of one record.
-    pub fn of(aggs: &[AggSpec], row: &Row) -> Result<AggState, EvalError> {
-        let mut accs = Vec::with_capacity(aggs.len());
-        for a in aggs {
-            let v = match &a.arg {
-                Some(e) => e.eval(row)?,
-                None => Value::Null,
-            };
-            let null = matches!(v, Value::Null);
-            accs.push(match a.func {
-                AggFunc::Count if a.arg.is_none() => Acc::Count(1),
-                AggFunc::Count => Acc::Count(!null as i64),
-                AggFunc::Sum if a.ty == FieldType::Int => {
-                    Acc::SumInt(if let Value::Int(i) = v { i } else { 0 })
-                }
-                AggFunc::Sum => Acc::SumDouble(Value::Double(f(&v))),
-                AggFunc::Avg => Acc::Avg(Value::Double(f(&v)), !null as i64),
-                AggFunc::Min => Acc::Min(v),
-                AggFunc::Max => Acc::Max(v),
-            });
-        }
-        Ok(AggState { rows: 1, accs })
-    }
-
-    /// The aggregates' values, in the order of the plan.
-    pub fn finish(&self, out: &mut Row) {
-        for acc in &self.accs {
-            out.push(match acc {
-                Acc::Count(n) | Acc::SumInt(n) => Value::Int(*n),
-                Acc::SumDouble(v) => Value::Double(f(v)),
-                Acc::Avg(_, 0) => Value::Null,
-                Acc::Avg(s, n) => Value::Double(f(s) / *n as f64),
-                Acc::Min(v) | Acc::Max(v) => v.clone(),
-            });
-        }
-    }
-}
 
 /// The Kafka key of a group: its values as text, joined by `|`.
 pub fn group_key(values: &[Value]) -> Arc<[u8]> {
@@ -224,12 +121,9 @@ fn plain<'s>(
                 move |records, out| {
                     if let Some(cap) = restore.take() {
                         let mut session = out.session(&cap);
-                        for (k, v) in c.restored_for(&transform) {
-                            if let (Ok(key), Ok(state)) = (
-                                serde_json::from_slice::<Vec<Value>>(k),
-                                serde_json::from_slice::<AggState>(v),
-                            ) {
-                                session.give((key, 0, state));
+                        for entry in c.restored_for(&transform) {
+                            if let StateEntry::Group(key, state) = entry {
+                                session.give((key.clone(), 0, state.clone()));
                             }
                         }
                     }
@@ -312,10 +206,7 @@ fn plain<'s>(
                         let changelog = per_key
                             .iter()
                             .map(|(key, (_, new))| {
-                                (
-                                    serde_json::to_vec(key).unwrap(),
-                                    new.as_ref().map(|s| serde_json::to_vec(s).unwrap()),
-                                )
+                                (group_key_bytes(key), new.as_ref().map(value_bytes))
                             })
                             .collect();
                         ctx.changelog(&transform, epoch, changelog);
@@ -365,27 +256,7 @@ impl WindowMsg {
     }
 }
 
-/// What a worker saw of one source partition: (source, partition, largest
-/// event time so far, the epoch it last had records). Source `u32::MAX`
-/// carries a restored watermark instead.
-type Seen = (u32, i32, i64, Epoch);
 const WATERMARK: u32 = u32::MAX;
-
-/// The changelog key of the watermark and partition table.
-const WATERMARK_KEY: &[u8] = b"\"__watermark__\"";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct WatermarkSnapshot {
-    watermark: i64,
-    partitions: Vec<Seen>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Window {
-    end: i64,
-    state: AggState,
-    fired: bool,
-}
 
 struct Partition {
     max_time: Option<i64>,
@@ -472,17 +343,16 @@ fn windowed<'s>(
             if let Some(caps) = restore.take() {
                 let mut windows = Vec::new();
                 let mut marks = Vec::new();
-                for (k, v) in c.restored_for(&transform) {
-                    if k.as_slice() == WATERMARK_KEY {
-                        if let Ok(snap) = serde_json::from_slice::<WatermarkSnapshot>(v) {
-                            marks.extend(snap.partitions);
+                for entry in c.restored_for(&transform) {
+                    match entry {
+                        StateEntry::Watermark(snap) => {
+                            marks.extend(snap.partitions.iter().copied());
                             marks.push((WATERMARK, -1, snap.watermark, 0));
                         }
-                    } else if let (Ok((key, start)), Ok(w)) = (
-                        serde_json::from_slice::<(Vec<Value>, i64)>(k),
-                        serde_json::from_slice::<Window>(v),
-                    ) {
-                        windows.push(WindowMsg::Restore(key, start, w));
+                        StateEntry::Window(key, start, w) => {
+                            windows.push(WindowMsg::Restore(key.clone(), *start, w.clone()))
+                        }
+                        StateEntry::Group(..) => {}
                     }
                 }
                 if !windows.is_empty() {
@@ -784,10 +654,7 @@ fn windowed<'s>(
                         .iter()
                         .map(|(key, start)| {
                             let w = state.get(key).and_then(|g| g.get(start));
-                            (
-                                serde_json::to_vec(&(key, start)).unwrap(),
-                                w.map(|w| serde_json::to_vec(w).unwrap()),
-                            )
+                            (window_key_bytes(key, *start), w.map(value_bytes))
                         })
                         .collect();
                     if ctx.index == 0 {
@@ -801,10 +668,7 @@ fn windowed<'s>(
                             watermark,
                             partitions: parts,
                         };
-                        log.push((
-                            WATERMARK_KEY.to_vec(),
-                            Some(serde_json::to_vec(&snap).unwrap()),
-                        ));
+                        log.push((WATERMARK_KEY.to_vec(), Some(value_bytes(&snap))));
                     }
                     ctx.changelog(&transform, epoch, log);
                 }
@@ -832,10 +696,7 @@ fn windowed<'s>(
                                 {
                                     session.give(r);
                                 }
-                                log.push((
-                                    serde_json::to_vec(&(&key, start)).unwrap(),
-                                    Some(serde_json::to_vec(w).unwrap()),
-                                ));
+                                log.push((window_key_bytes(&key, *start), Some(value_bytes(w))));
                             }
                         }
                         ctx.changelog(&transform, epoch, log);
@@ -856,6 +717,7 @@ mod property_tests;
 
 #[cfg(test)]
 mod tests {
+    use super::super::state::Acc;
     use super::*;
 
     #[test]

@@ -453,10 +453,10 @@ fn run_with_restart(
             None => state.remove(&(transform, key)),
         };
     }
-    let mut restored: std::collections::HashMap<String, Vec<(Vec<u8>, Vec<u8>)>> =
-        Default::default();
+    let mut restored: std::collections::HashMap<String, Vec<_>> = Default::default();
     for ((transform, key), value) in state {
-        restored.entry(transform).or_default().push((key, value));
+        let entry = crate::dataflow::state::decode(&key, &value).unwrap();
+        restored.entry(transform).or_default().push(entry);
     }
     // The second run's epochs come after every epoch the first one used.
     let shift = last - cut;

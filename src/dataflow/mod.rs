@@ -5,6 +5,7 @@
 //! writer thread through a channel.
 
 pub mod aggregate;
+pub mod state;
 
 use crate::connectors::{partition_for_key, Poll, SourceReader};
 use crate::expr::Expr;
@@ -73,7 +74,7 @@ pub struct WorkerContext {
     /// Changelog topic of each stateful transform, by name (none in memory).
     pub changelog_topics: HashMap<String, Arc<str>>,
     /// State read back from the changelogs, by transform name.
-    pub restored: Arc<HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>>,
+    pub restored: Arc<HashMap<String, Vec<state::StateEntry>>>,
 }
 
 impl WorkerContext {
@@ -134,7 +135,7 @@ impl WorkerContext {
 
     /// The state restored for `transform`, on worker 0 only: it enters the
     /// dataflow once and is routed to its key's worker like any record.
-    pub(crate) fn restored_for(&self, transform: &str) -> &[(Vec<u8>, Vec<u8>)] {
+    pub(crate) fn restored_for(&self, transform: &str) -> &[state::StateEntry] {
         match self.restored.get(transform) {
             Some(state) if self.index == 0 => state,
             _ => &[],

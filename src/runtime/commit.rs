@@ -267,6 +267,20 @@ impl Committer {
         }
         self.last_own = own;
         fault::point("epoch_logged");
+        // Pre-commit: everything the transaction holds is with the broker
+        // before files and rows are written.
+        if eos {
+            // A record refused when sent (over the broker's size limit, say)
+            // never reaches the transaction: committing would lose it.
+            let flushed = self.writer.flush(Duration::from_secs(60));
+            if let Some((n, first)) = self.writer.take_failures() {
+                let _ = self.writer.abort();
+                return Err(RunError::Delivery(format!(
+                "{n} records of epoch {epoch} could not be sent (first error: {first}); the epoch's transaction was aborted and nothing of it is committed"
+            )));
+            }
+            flushed.map_err(RunError::Delivery)?;
+        }
         before_commit()?;
 
         let mut progress = TopicPartitionList::new();

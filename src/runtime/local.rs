@@ -126,7 +126,7 @@ struct Launch {
     first_epoch: Epoch,
     resume_after: Epoch,
     changelog_topics: HashMap<String, Arc<str>>,
-    restored: Arc<HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>>,
+    restored: Arc<HashMap<String, Vec<crate::dataflow::state::StateEntry>>>,
 }
 
 /// Runs a job against its broker and registry until it is stopped (or,
@@ -354,12 +354,11 @@ pub fn run_in_memory(
 }
 
 /// What a restarted in-memory run resumes from: the last epoch committed
-/// before it and the state as of that epoch, by transform (keys and values
-/// as the changelog holds them).
+/// before it and the state as of that epoch, by transform.
 #[derive(Default)]
 pub struct Restart {
     pub after: Epoch,
-    pub state: HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    pub state: HashMap<String, Vec<crate::dataflow::state::StateEntry>>,
 }
 
 /// [`run_in_memory`] as a restart after `restart.after`: the scripted

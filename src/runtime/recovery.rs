@@ -13,6 +13,7 @@
 //! transform's state from its changelog as of r.
 
 use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
+use crate::dataflow::state::{self, StateEntry};
 use crate::plan::{NodeKind, Plan};
 use crate::runtime::{fault, planner};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -29,6 +30,12 @@ pub enum RecoveryError {
     Kafka(#[from] KafkaAdminError),
     #[error("epoch log {topic}: {reason}")]
     Log { topic: String, reason: String },
+    #[error("changelog {topic} at offset {offset}: {reason}; it was not written by this version of rill or is damaged, and the job does not start rather than lose state (to start the job from nothing, delete its changelog and epoch log topics)")]
+    Changelog {
+        topic: String,
+        offset: i64,
+        reason: String,
+    },
     #[error("another instance of job {job} started after this one, so this one stops without committing")]
     Superseded { job: String },
 }
@@ -74,9 +81,8 @@ pub struct Recovered {
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
     /// Offset of each logged epoch's record in the log.
     pub log_offsets: HashMap<u64, i64>,
-    /// Per stateful transform, its state as of the committed epoch:
-    /// changelog key and value.
-    pub state: HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Per stateful transform, its state as of the committed epoch.
+    pub state: HashMap<String, Vec<StateEntry>>,
 }
 
 /// Produces to the epoch log and waits for each record to be stored.
@@ -291,16 +297,26 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
         }
         entries.retain(|(epoch, attempt, ..)| winner[epoch] == *attempt);
         entries.sort_by_key(|(epoch, _, offset, ..)| (*epoch, *offset));
-        let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        for (_, _, _, key, value) in entries {
+        let mut latest: HashMap<Vec<u8>, (i64, Vec<u8>)> = HashMap::new();
+        for (_, _, offset, key, value) in entries {
             if value.is_empty() {
                 latest.remove(&key);
             } else {
-                latest.insert(key, value);
+                latest.insert(key, (offset, value));
             }
         }
-        let mut state: Vec<(Vec<u8>, Vec<u8>)> = latest.into_iter().collect();
-        state.sort();
+        let mut latest: Vec<(Vec<u8>, (i64, Vec<u8>))> = latest.into_iter().collect();
+        latest.sort();
+        let mut state = Vec::with_capacity(latest.len());
+        for (key, (offset, value)) in latest {
+            state.push(
+                state::decode(&key, &value).map_err(|e| RecoveryError::Changelog {
+                    topic: topic.clone(),
+                    offset,
+                    reason: e.to_string(),
+                })?,
+            );
+        }
         out.state.insert(node.name.clone(), state);
     }
     Ok(out)

@@ -173,3 +173,67 @@ fn a_fenced_instance_writes_no_file_after_its_replacement_has_started() {
     assert_eq!(from_files.len(), file_rows);
     assert_eq!(file_rows, approved, "files hold every approved record once");
 }
+
+#[test]
+fn a_changelog_record_that_does_not_decode_stops_the_start_and_says_where() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("badstate");
+    let (job, _) = job_copy(
+        dir.path(),
+        "rejected.toml",
+        &["REJECTED", "AGGREGATED", "rejected-dead-letters"],
+        &tag,
+    );
+    let path = job.to_str().unwrap();
+    let bank = bank_job(dir.path(), &format!("{tag}-bank"));
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        &format!("\"{tag}-REJECTED\""),
+        &format!("\"{}\"", bank.input),
+    );
+    std::fs::write(&job, text).unwrap();
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        bank.path.to_str().unwrap(),
+        "--count",
+        "200",
+        "--quiet",
+    ]);
+    ok(&["submit", path, "--until-caught-up"]);
+    // A record in the state's place that is not rill state: an old JSON
+    // encoding, tagged as committed in epoch 1.
+    let changelog = format!("{tag}-rejected.per_account.changelog");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: "rill-epoch",
+            value: Some("1"),
+        })
+        .insert(rdkafka::message::Header {
+            key: "rill-attempt",
+            value: Some("999999"),
+        });
+    producer
+        .send(
+            BaseRecord::to(&changelog)
+                .key("[1003]")
+                .payload(r#"{"rows":1,"accs":[]}"#)
+                .headers(headers),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let out = jobctl(&["submit", path, "--until-caught-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("changelog {changelog} at offset "))
+            && stderr.contains("value format 123 is not the one this rill writes (1)")
+            && stderr.contains("the job does not start rather than lose state"),
+        "{stderr}"
+    );
+}
