@@ -26,6 +26,10 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct VerifyArgs {
     job: PathBuf,
+    /// For upsert streams, print every committed update of each key, in
+    /// commit order (`key K update N value V`), not only the latest.
+    #[arg(long)]
+    updates: bool,
 }
 
 struct Committed {
@@ -91,6 +95,11 @@ fn comparable(row: crate::record::Row) -> crate::record::Row {
 }
 
 pub fn lines(plan: &Plan) -> Result<Vec<String>> {
+    lines_with(plan, false)
+}
+
+/// [`lines`], with every update of an upsert stream when `updates`.
+pub fn lines_with(plan: &Plan, updates: bool) -> Result<Vec<String>> {
     let c = committed(plan)?;
     let registry = RegistryClient::new(&plan.job.registry_url);
     let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
@@ -131,7 +140,16 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
                         String::from_utf8_lossy(k).into_owned()
                     })
                 };
-                if upsert {
+                if upsert && updates {
+                    let mut seq: HashMap<String, usize> = HashMap::new();
+                    for (_, k, v) in records {
+                        let k = key_text(&k);
+                        let n = seq.entry(k.clone()).or_default();
+                        *n += 1;
+                        let v = v.map_or("null".to_string(), |v| text(&v, &mut decoders));
+                        out.push(format!("{} key {k} update {n:06} value {v}", node.name));
+                    }
+                } else if upsert {
                     let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
                     for (_, k, v) in records {
                         latest.insert(key_text(&k), v);
@@ -226,7 +244,7 @@ pub fn lines(plan: &Plan) -> Result<Vec<String>> {
 pub fn run(args: VerifyArgs) -> Result<()> {
     let plan = super::load_plan(&args.job)?;
     kafka_admin::check_broker(&plan.job.brokers)?;
-    let lines = lines(&plan)?;
+    let lines = lines_with(&plan, args.updates)?;
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
