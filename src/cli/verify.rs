@@ -94,12 +94,9 @@ fn comparable(row: crate::record::Row) -> crate::record::Row {
         .collect()
 }
 
-pub fn lines(plan: &Plan) -> Result<Vec<String>> {
-    lines_with(plan, false)
-}
-
-/// [`lines`], with every update of an upsert stream when `updates`.
-pub fn lines_with(plan: &Plan, updates: bool) -> Result<Vec<String>> {
+/// What the job has committed, a line per record (per update of an upsert
+/// stream's key when `updates`), sorted.
+pub fn lines(plan: &Plan, updates: bool) -> Result<Vec<String>> {
     let c = committed(plan)?;
     let registry = RegistryClient::new(&plan.job.registry_url);
     let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
@@ -244,7 +241,7 @@ pub fn lines_with(plan: &Plan, updates: bool) -> Result<Vec<String>> {
 pub fn run(args: VerifyArgs) -> Result<()> {
     let plan = super::load_plan(&args.job)?;
     kafka_admin::check_broker(&plan.job.brokers)?;
-    let lines = lines_with(&plan, args.updates)?;
+    let lines = lines(&plan, args.updates)?;
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
