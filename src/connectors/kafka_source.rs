@@ -7,7 +7,7 @@ use super::kafka_admin::{client_config, EofIsNotAnError};
 use super::{Poll, SourceReader};
 use crate::record::{Origin, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +43,8 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
+            // An offset retention has deleted is an error, never a jump.
+            .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
             .set("queued.min.messages", "200000")
             .set("enable.partition.eof", bounded.to_string())
@@ -121,6 +123,11 @@ impl KafkaSource {
         loop {
             match self.consumer.poll(Duration::ZERO)? {
                 Err(KafkaError::PartitionEOF(p)) => self.at_eof(p),
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                    // Records deleted before they were read: stopping is the
+                    // only way not to lose them quietly.
+                    panic!("kafka source: {e}: records were deleted by retention before the job read them; raise the topic's retention.ms");
+                }
                 Err(e) => {
                     tracing::warn!("kafka source: {e}");
                     return None;

@@ -493,9 +493,7 @@ impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
                                             let fetched = fetched.clone();
                                             let activator = activator.clone();
                                             std::thread::spawn(move || {
-                                                let r = client
-                                                    .schema_by_id(id)
-                                                    .map_err(|e| e.to_string());
+                                                let r = fetch_schema(&client, id);
                                                 fetched.lock().unwrap().insert(id, r);
                                                 let _ = activator.lock().unwrap().activate();
                                             });
@@ -526,6 +524,32 @@ impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
                 }
             },
         )
+    }
+}
+
+/// A writer schema by id, off the worker. Only an answer that cannot
+/// change is final: while the registry is down or failing, the records
+/// wait (and the job with them) instead of going to the dead letters,
+/// which a replay would not repeat. (A second Ctrl-C quits a job that is
+/// stuck waiting.)
+fn fetch_schema(client: &RegistryClient, id: u32) -> Result<Arc<str>, String> {
+    let mut wait = Duration::from_millis(100);
+    let mut told = false;
+    loop {
+        match client.schema_by_id(id) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_transient() => {
+                if !told {
+                    eprintln!(
+                        "schema id {id}: {e}; records with this schema wait until it answers"
+                    );
+                    told = true;
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 

@@ -47,6 +47,13 @@ pub enum RunError {
     Fenced { writer: String, job: String },
     #[error("writer `{writer}` could not commit within 30 s: another instance of job {job} may have started and fenced it, or the broker is not answering; this one stops without committing")]
     CommitTimeout { writer: String, job: String },
+    #[error("topic {topic} partition {partition}: the job has yet to read from offset {from}, but the partition now starts at {low}: retention deleted records the job never read; rill does not skip them silently (raise the topic's retention.ms; to accept the loss, run the job under a new name)")]
+    OffsetsGone {
+        topic: String,
+        partition: i32,
+        from: i64,
+        low: i64,
+    },
     #[error("cannot commit the epoch: {0}")]
     Commit(String),
     #[error("output for epoch {epoch} arrived after epochs below {complete} were committed; this is a bug in rill, and the job stops without committing it")]
@@ -186,6 +193,22 @@ pub fn run(
                 (p as i32, start, Some(*high))
             })
             .collect();
+        // Offsets the job still has to read (from where it resumes, and
+        // the epochs it replays) must still be in the topic: skipping
+        // records that retention deleted would lose them without a word.
+        for (p, start, _) in &ranges {
+            let low = marks[*p as usize].0;
+            if let Some(first) =
+                super::planner::first_deleted(&recovered.replay, pos as u32, *p, *start, low)
+            {
+                return Err(RunError::OffsetsGone {
+                    topic: c.topic.clone(),
+                    partition: *p,
+                    from: first,
+                    low,
+                });
+            }
+        }
         for (p, start, _) in &ranges {
             positions.insert((pos as u32, *p), *start);
         }

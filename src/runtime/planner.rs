@@ -106,13 +106,44 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
         out.log_offsets.insert(epoch, offset);
         out.replay.push((epoch, ranges));
     }
-    out.start_offsets = committed_ranges.map(|ranges| {
-        ranges
-            .iter()
-            .map(|r| ((r.source, r.partition), r.end))
-            .collect()
-    });
+    out.start_offsets = match committed_ranges {
+        Some(ranges) => Some(
+            ranges
+                .iter()
+                .map(|r| ((r.source, r.partition), r.end))
+                .collect(),
+        ),
+        // Nothing committed, yet epochs logged: the first start resolved
+        // its start offsets (`latest` among them) and read from there; a
+        // restart starts there too, not at a later end of the topic.
+        None => out.replay.first().map(|(_, ranges)| {
+            ranges
+                .iter()
+                .map(|r| ((r.source, r.partition), r.start))
+                .collect()
+        }),
+    };
     out
+}
+
+/// The first offset of a source partition that the job has yet to read
+/// (from `start`, where it resumes, or in an epoch it replays) and that is
+/// below `low`, where the partition now starts: deleted unread.
+pub fn first_deleted(
+    replay: &[(u64, Vec<PartitionRange>)],
+    source: u32,
+    partition: i32,
+    start: i64,
+    low: i64,
+) -> Option<i64> {
+    replay
+        .iter()
+        .flat_map(|(_, ranges)| ranges)
+        .filter(|r| r.source == source && r.partition == partition && r.end > r.start)
+        .map(|r| r.start)
+        .chain([start])
+        .min()
+        .filter(|first| *first < low)
 }
 
 #[cfg(test)]
@@ -168,6 +199,41 @@ mod tests {
         assert_eq!(r.log_offsets[&3], 3);
         assert_eq!(r.next_epoch, 4);
         assert_eq!(r.last_attempt, 5);
+    }
+
+    #[test]
+    fn a_restart_before_the_first_commit_starts_where_the_first_start_did() {
+        // `start_offset = "latest"` resolved to 40 at the first start,
+        // which logged epoch 1 from there and crashed before committing.
+        let records = log(vec![
+            LogRecord::Start {},
+            epoch(1, 1, 40, 52),
+            LogRecord::Start {},
+        ]);
+        let r = resume(&records, 0);
+        assert_eq!(r.committed, 0);
+        assert_eq!(r.start_offsets, Some(HashMap::from([((0, 0), 40)])));
+        assert_eq!(r.replay.len(), 1);
+    }
+
+    #[test]
+    fn offsets_deleted_before_they_were_read_are_found() {
+        let replay = vec![(
+            4,
+            vec![PartitionRange {
+                source: 0,
+                partition: 1,
+                start: 10,
+                end: 20,
+            }],
+        )];
+        // Resuming at 20 with the partition starting at 15: epoch 4's
+        // 10..15 are gone.
+        assert_eq!(first_deleted(&replay, 0, 1, 20, 15), Some(10));
+        assert_eq!(first_deleted(&replay, 0, 1, 20, 10), None);
+        // Another partition, or an empty range, does not count.
+        assert_eq!(first_deleted(&replay, 0, 0, 20, 15), None);
+        assert_eq!(first_deleted(&[], 0, 1, 5, 6), Some(5));
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub enum RegistryError {
     Body(String, String),
 }
 
+impl RegistryError {
+    /// Whether asking again can give another answer. A schema the registry
+    /// says it does not have is gone for good; a registry that is down, busy
+    /// or failing may answer later, and a record must never be judged by
+    /// such a moment: its replay would be judged differently.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Unreachable { .. } => true,
+            RegistryError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            RegistryError::Body(..) => true,
+        }
+    }
+}
+
 /// A schema with its registry coordinates.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Registered {
