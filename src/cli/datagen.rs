@@ -150,7 +150,7 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         &topic,
         source.config.partitions,
         source.config.replication_factor,
-        false,
+        crate::connectors::kafka_admin::TopicKind::Data,
     )?;
     let schema_id = match source.config.format {
         Format::Avro => Some(

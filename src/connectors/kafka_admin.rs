@@ -21,6 +21,8 @@ pub enum KafkaAdminError {
     },
     #[error("kafka error on {brokers}: {reason}")]
     Other { brokers: String, reason: String },
+    #[error("topic `{topic}` holds what recovery reads and needs {wrong}; change it with `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config ...`, or let rill create it")]
+    Settings { topic: String, wrong: String },
 }
 
 pub fn client_config(brokers: &str) -> ClientConfig {
@@ -73,14 +75,42 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaA
 }
 
 /// Creates `topic` when it is missing; an existing topic is left as it is.
+/// What a topic is for, which decides the settings it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    /// Input, output, dead letters: the broker's defaults.
+    Data,
+    /// Latest value per key, kept for ever: state changelogs, schemas.
+    Compacted,
+    /// Every record kept for ever: the epoch log, which recovery reads
+    /// from its start.
+    Forever,
+}
+
+impl TopicKind {
+    /// The settings the kind needs, as `(name, value, why)`.
+    fn settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            TopicKind::Data => &[],
+            TopicKind::Compacted => &[("cleanup.policy", "compact")],
+            TopicKind::Forever => &[
+                ("cleanup.policy", "delete"),
+                ("retention.ms", "-1"),
+                ("retention.bytes", "-1"),
+            ],
+        }
+    }
+}
+
 pub fn ensure_topic(
     brokers: &str,
     topic: &str,
     partitions: i32,
     replication: i32,
-    compacted: bool,
+    kind: TopicKind,
 ) -> Result<i32, KafkaAdminError> {
     if let Some(n) = partition_count(brokers, topic)? {
+        check_settings(brokers, topic, kind)?;
         return Ok(n);
     }
     let admin: AdminClient<DefaultClientContext> =
@@ -91,8 +121,8 @@ pub fn ensure_topic(
                 reason: e.to_string(),
             })?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    if compacted {
-        new = new.set("cleanup.policy", "compact");
+    for (name, value) in kind.settings() {
+        new = new.set(name, value);
     }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -213,6 +243,48 @@ pub fn end_offsets(
         }
     }
     Ok(ends)
+}
+
+/// An existing topic that rill's recovery relies on must keep what
+/// recovery reads: a settings mismatch is an error that says how to fix
+/// it. A broker that cannot describe configs is taken at its word.
+fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), KafkaAdminError> {
+    use rdkafka::admin::{ConfigResource, OwnedResourceSpecifier, ResourceSpecifier};
+    if kind.settings().is_empty() {
+        return Ok(());
+    }
+    let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() else {
+        return Ok(());
+    };
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let described = rt.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts));
+    let Some(Ok(ConfigResource {
+        specifier: OwnedResourceSpecifier::Topic(_),
+        entries,
+        ..
+    })) = described.ok().and_then(|mut r| r.pop())
+    else {
+        return Ok(());
+    };
+    let wrong: Vec<String> = kind
+        .settings()
+        .iter()
+        .filter_map(|(name, want)| {
+            let have = entries.iter().find(|e| e.name == *name)?.value.clone()?;
+            (have != *want).then(|| format!("{name}={want} (it is {have})"))
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(KafkaAdminError::Settings {
+        topic: topic.into(),
+        wrong: wrong.join(", "),
+    })
 }
 
 /// Reaching the end of a partition is what bounded reads wait for, not a

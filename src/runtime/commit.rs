@@ -55,6 +55,8 @@ pub struct Committer {
     /// The offset of this writer's latest record in the epoch log: records
     /// after it and before the next are another instance's.
     last_own: i64,
+    /// The last epoch committed.
+    committed: u64,
 }
 
 fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
@@ -107,7 +109,7 @@ impl Committer {
             &job.epoch_log_topic(),
             1,
             1,
-            false,
+            crate::connectors::kafka_admin::TopicKind::Forever,
         )?;
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
         let offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
@@ -159,6 +161,7 @@ impl Committer {
             replayed,
             brokers: job.brokers.clone(),
             last_own: start_offset,
+            committed: recovered.committed,
         })
     }
 
@@ -219,6 +222,7 @@ impl Committer {
                     &LogRecord::Replayed {
                         epoch,
                         attempt: self.attempt,
+                        committed: self.committed,
                     },
                     self.writer.headers_for(epoch),
                 )?;
@@ -247,6 +251,7 @@ impl Committer {
                         epoch,
                         attempt: self.attempt,
                         ranges,
+                        committed: self.committed,
                     },
                     self.writer.headers_for(epoch),
                 )?;
@@ -299,6 +304,7 @@ impl Committer {
                 .commit(&progress, CommitMode::Sync)
                 .map_err(|e| RunError::Commit(e.to_string()))?;
         }
+        self.committed = epoch;
         fault::point("committed");
         Ok(())
     }

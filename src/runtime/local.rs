@@ -4,7 +4,7 @@ use super::commit::{Committer, EpochOutput};
 use super::recovery;
 use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
 use crate::connectors::file_sink::FileSink;
-use crate::connectors::kafka_admin::{self, KafkaAdminError};
+use crate::connectors::kafka_admin::{self, KafkaAdminError, TopicKind};
 use crate::connectors::kafka_source::KafkaSource;
 use crate::connectors::memory::MemorySource;
 use crate::connectors::postgres_sink::{PostgresError, PostgresSink, Written};
@@ -172,7 +172,7 @@ pub fn run(
             &c.topic,
             c.partitions,
             c.replication_factor,
-            false,
+            TopicKind::Data,
         )?;
         if let (Some(r), Format::Avro) = (&registry, c.format) {
             r.prefetch_subject(&format!("{}-value", c.topic))?;
@@ -254,7 +254,7 @@ pub fn run(
                     &config.topic,
                     config.partitions,
                     config.replication_factor,
-                    false,
+                    TopicKind::Data,
                 )?;
                 sink_partitions.insert(i, n);
                 if config.format == Format::Avro {
@@ -314,12 +314,12 @@ pub fn run(
         Some(crate::plan::NodeKind::Sink(SinkPlan::Kafka { config, .. })) => config.topic.clone(),
         _ => job.dead_letter_topic(),
     };
-    kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, false)?;
+    kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, TopicKind::Data)?;
     let mut changelog_topics = HashMap::new();
     for node in &plan.nodes {
         if matches!(node.kind, crate::plan::NodeKind::Aggregate(_)) {
             let topic = job.changelog_topic(&node.name);
-            kafka_admin::ensure_topic(&job.brokers, &topic, 1, 1, true)?;
+            kafka_admin::ensure_topic(&job.brokers, &topic, 1, 1, TopicKind::Compacted)?;
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }

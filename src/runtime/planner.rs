@@ -65,6 +65,9 @@ pub struct Resume {
     pub next_epoch: u64,
     /// The newest attempt in the log.
     pub last_attempt: u32,
+    /// With no committed progress: the highest epoch the log says was
+    /// committed. The progress has vanished from the broker.
+    pub progress_lost: Option<u64>,
 }
 
 /// Plans a start from the whole log and the committed progress (the
@@ -85,7 +88,21 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
     out.next_epoch = max_epoch + 1;
     let mut committed_ranges: Option<&Vec<PartitionRange>> = None;
     let mut replay: BTreeMap<u64, (i64, Vec<PartitionRange>)> = BTreeMap::new();
-    for (offset, r) in live(records) {
+    let live = live(records);
+    let claimed = live
+        .iter()
+        .filter_map(|(_, r)| match r {
+            LogRecord::Epoch { committed, .. } | LogRecord::Replayed { committed, .. } => {
+                Some(*committed)
+            }
+            LogRecord::Start {} => None,
+        })
+        .max()
+        .unwrap_or(0);
+    if progress == 0 && claimed > 0 {
+        out.progress_lost = Some(claimed);
+    }
+    for (offset, r) in live {
         let LogRecord::Epoch { epoch, ranges, .. } = r else {
             continue;
         };
@@ -154,6 +171,7 @@ mod tests {
         LogRecord::Epoch {
             epoch,
             attempt,
+            committed: 0,
             ranges: vec![PartitionRange {
                 source: 0,
                 partition: 0,
@@ -234,6 +252,19 @@ mod tests {
         // Another partition, or an empty range, does not count.
         assert_eq!(first_deleted(&replay, 0, 0, 20, 15), None);
         assert_eq!(first_deleted(&[], 0, 1, 5, 6), Some(5));
+    }
+
+    #[test]
+    fn progress_that_vanished_from_the_broker_is_noticed() {
+        let mut second = epoch(2, 1, 10, 20);
+        if let LogRecord::Epoch { committed, .. } = &mut second {
+            *committed = 1;
+        }
+        let records = log(vec![LogRecord::Start {}, epoch(1, 1, 0, 10), second]);
+        assert_eq!(resume(&records, 0).progress_lost, Some(1));
+        assert_eq!(resume(&records, 2).progress_lost, None);
+        // A job that crashed before its first commit has lost nothing.
+        assert_eq!(resume(&records[..2], 0).progress_lost, None);
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub enum RecoveryError {
         offset: i64,
         reason: String,
     },
+    #[error("job {job} has committed epochs up to at least {epoch} (its epoch log {log} says so), but the broker no longer has its progress (the offsets of group {group} on {log}): they expired (raise the broker's offsets.retention.minutes) or were deleted; rill does not start such a job from nothing (to do that on purpose, delete its epoch log and changelog topics)")]
+    ProgressLost {
+        job: String,
+        epoch: u64,
+        group: String,
+        log: String,
+    },
     #[error("another instance of job {job} started after this one, so this one stops without committing")]
     Superseded { job: String },
 }
@@ -55,15 +62,26 @@ pub enum LogRecord {
     /// A writer started; its attempt is one past this record's offset.
     Start {},
     /// An epoch's boundaries, for every partition of every source.
+    ///
+    /// `committed` is the last epoch the writer had committed when it
+    /// logged this one: should the committed progress ever vanish from
+    /// the broker, the log still says that there was some.
     Epoch {
         epoch: u64,
         attempt: u32,
         ranges: Vec<PartitionRange>,
+        #[serde(default)]
+        committed: u64,
     },
     /// An attempt commits an epoch it replayed (logged before). It marks
     /// the log so the writer can see whether a later instance started
     /// before it writes the epoch's files and rows.
-    Replayed { epoch: u64, attempt: u32 },
+    Replayed {
+        epoch: u64,
+        attempt: u32,
+        #[serde(default)]
+        committed: u64,
+    },
 }
 
 /// What a starting job resumes from.
@@ -251,6 +269,14 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     let progress = committed_progress(brokers, job)?.unwrap_or(0);
     let records = read_log(brokers, &log)?;
     let resume = planner::resume(&records, progress);
+    if let Some(epoch) = resume.progress_lost {
+        return Err(RecoveryError::ProgressLost {
+            job: job.name.clone(),
+            epoch,
+            group: job.writer_id(),
+            log: log.clone(),
+        });
+    }
     if resume.last_attempt > attempt {
         return Err(RecoveryError::Superseded {
             job: job.name.clone(),

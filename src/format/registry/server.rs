@@ -106,7 +106,7 @@ impl Registry {
     /// what it was before the restart.
     pub fn open(brokers: &str, topic: &str) -> Result<Arc<Self>, ServeError> {
         kafka_admin::check_broker(brokers)?;
-        kafka_admin::ensure_topic(brokers, topic, 1, 1, true)?;
+        kafka_admin::ensure_topic(brokers, topic, 1, 1, kafka_admin::TopicKind::Compacted)?;
         let load = |reason: String| ServeError::Load {
             topic: topic.into(),
             reason,
