@@ -237,3 +237,31 @@ fn a_changelog_record_that_does_not_decode_stops_the_start_and_says_where() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_epoch_log_that_would_expire_is_refused_with_how_to_fix_it() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "expiring");
+    let name = job.path.file_stem().unwrap().to_str().unwrap().to_string();
+    let log = format!("{name}.epochs");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(&log, 1, TopicReplication::Fixed(1)).set("retention.ms", "604800000");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .unwrap();
+    let out = jobctl(&["submit", job.path.to_str().unwrap(), "--until-caught-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "topic `{log}` holds what recovery reads and needs retention.ms=-1 (it is 604800000)"
+        )),
+        "{stderr}"
+    );
+}
