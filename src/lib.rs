@@ -9,6 +9,7 @@ pub mod cli;
 pub mod connectors;
 pub mod dataflow;
 pub mod expr;
+pub mod fault;
 pub mod format;
 pub mod plan;
 pub mod record;

@@ -203,9 +203,48 @@ impl Value {
         match self {
             Value::Str(s) => out.push_str(s),
             Value::Bytes(b) => out.push_str(&String::from_utf8_lossy(b)),
-            other => crate::format::json::write_value(other, out),
+            other => other.write_json(out),
         }
     }
+
+    /// The value as JSON text; doubles that JSON cannot hold (NaN and the
+    /// infinities) are null.
+    pub fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::Double(d) if d.is_finite() => {
+                let _ = write!(out, "{d:?}");
+            }
+            Value::Double(_) => out.push_str("null"),
+            Value::Str(s) => write_json_str(s, out),
+            Value::Bytes(b) => write_json_str(&String::from_utf8_lossy(b), out),
+        }
+    }
+}
+
+/// `s` as a JSON string, quoted and escaped.
+pub fn write_json_str(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 pub type Row = Vec<Value>;
@@ -272,4 +311,27 @@ impl fmt::Display for KeyDisplay<'_> {
             },
         }
     }
+}
+
+/// An encoded record bound for a sink. No value is a tombstone.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Vec<u8>>,
+    pub partition: Option<i32>,
+    /// For files rolled per window: the window's bounds.
+    pub window: Option<(i64, i64)>,
+    /// For Parquet files, which are written by column: the row itself.
+    pub row: Option<Row>,
+}
+
+/// A record the job could not process, with where it came from and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: Option<Arc<[u8]>>,
+    pub value: Option<Vec<u8>>,
+    pub reason: String,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
 }

@@ -7,7 +7,7 @@ mod replay;
 mod tail;
 mod verify;
 
-use crate::format::registry::server::Registry;
+use crate::connectors::registry_server::Registry;
 use crate::plan::Plan;
 use crate::runtime::local::{self, RunOptions};
 use crate::spec::Spec;

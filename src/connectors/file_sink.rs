@@ -126,6 +126,10 @@ impl FileSink {
         }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Whether `epoch` has anything to write.
     pub fn holds(&self, epoch: u64) -> bool {
         self.pending.contains_key(&epoch)

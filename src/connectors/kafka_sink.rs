@@ -4,7 +4,7 @@
 //! epoch and which start of the writer produced them.
 
 use super::kafka_admin::client_config;
-use crate::runtime::writer::{DeadLetter, OutRecord};
+use crate::record::{DeadLetter, OutRecord};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -17,7 +17,7 @@ use std::time::Duration;
 pub struct Deliveries {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
-    pub first_error: Mutex<Option<String>>,
+    pub first_error: Mutex<Option<KafkaError>>,
 }
 
 impl ClientContext for Deliveries {}
@@ -34,7 +34,7 @@ impl ProducerContext for Deliveries {
                 self.first_error
                     .lock()
                     .unwrap()
-                    .get_or_insert_with(|| e.to_string());
+                    .get_or_insert_with(|| e.clone());
             }
         }
     }
@@ -156,7 +156,7 @@ impl KafkaWriter {
                         .first_error
                         .lock()
                         .unwrap()
-                        .get_or_insert_with(|| e.to_string());
+                        .get_or_insert(e);
                     return;
                 }
             }
@@ -223,7 +223,12 @@ impl KafkaWriter {
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
-            let first = ctx.first_error.lock().unwrap().clone().unwrap_or_default();
+            let first = ctx
+                .first_error
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or(String::new(), ToString::to_string);
             return Err(format!(
                 "{failed} records could not be delivered (first error: {first})"
             ));
@@ -233,11 +238,21 @@ impl KafkaWriter {
 
     /// Records that failed since the last call: their count and the first
     /// error. A transaction must not commit over a failed record.
-    pub fn take_failures(&self) -> Option<(u64, String)> {
+    pub fn take_failures(&self) -> Option<(u64, KafkaError)> {
         let ctx = self.producer.context();
         let failed = ctx.failed.swap(0, Ordering::Relaxed);
-        let first = ctx.first_error.lock().unwrap().take();
-        (failed > 0).then(|| (failed, first.unwrap_or_default()))
+        let first = ctx.first_error.lock().unwrap().take()?;
+        (failed > 0).then_some((failed, first))
+    }
+
+    /// The error that ended the producer for good, if any (a newer
+    /// instance fenced it, say): once there is one, every record sent
+    /// afterwards fails as purged.
+    pub fn fatal_error(&self) -> Option<KafkaError> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, _)| KafkaError::MessageProduction(code))
     }
 
     pub fn abort(&self) -> Result<(), KafkaError> {

@@ -9,6 +9,7 @@ pub mod kafka_sink;
 pub mod kafka_source;
 pub mod memory;
 pub mod postgres_sink;
+pub mod registry_server;
 
 use crate::record::RawRecord;
 

@@ -8,9 +8,9 @@
 //! It runs on the writer thread, with its own single-threaded tokio
 //! runtime for tokio-postgres; no timely worker waits on it.
 
+use crate::fault;
 use crate::format::parquet;
 use crate::record::{FieldType, Row, RowSchema, Value};
-use crate::runtime::fault;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;

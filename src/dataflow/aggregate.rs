@@ -288,7 +288,7 @@ fn window_record(
     })
 }
 
-fn windows_of(shape: WindowShape, t: i64, out: &mut Vec<(i64, i64)>) {
+pub(crate) fn windows_of(shape: WindowShape, t: i64, out: &mut Vec<(i64, i64)>) {
     out.clear();
     match shape {
         WindowShape::Tumbling { size } => {
@@ -710,10 +710,6 @@ fn windowed<'s>(
         },
     )
 }
-
-#[cfg(test)]
-#[path = "aggregate_tests.rs"]
-mod property_tests;
 
 #[cfg(test)]
 mod tests {

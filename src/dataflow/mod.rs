@@ -5,19 +5,19 @@
 //! writer thread through a channel.
 
 pub mod aggregate;
+pub mod output;
 pub mod state;
 
 use crate::connectors::{partition_for_key, Poll, SourceReader};
 use crate::expr::Expr;
 use crate::format::{avro, csv, json, registry::RegistryClient};
 use crate::plan::{MapPlan, MapTarget, NodeKind, Plan, Port, SinkPlan};
+use crate::record::{DeadLetter, OutRecord};
 use crate::record::{FieldType, RawRecord, Record, RowSchema, Value};
-use crate::runtime::writer::{
-    capitalise, trace_line, DeadLetter, EpochCounts, OutRecord, WriterMsg,
-};
 use crate::spec::{FileFormat, Format};
 use aggregate::Aggregate;
 use crossbeam_channel::Sender;
+use output::{capitalise, trace_line, EpochCounts, WriterMsg};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -360,7 +360,7 @@ fn read_source<'s>(
                         });
                         output.session(&*c).give_container(&mut buf);
                         buf.clear();
-                        crate::runtime::fault::point("source_read");
+                        crate::fault::point("source_read");
                         if ctx.max_rate.is_some() {
                             break;
                         }

@@ -628,11 +628,7 @@ fn call(f: Func, args: &[Node], row: &Row) -> Result<Value, EvalError> {
         (Func::ToString, Value::Str(s)) => Value::Str(s),
         (Func::ToString, v) => {
             let mut s = String::new();
-            match &v {
-                Value::Str(x) => s.push_str(x),
-                Value::Bytes(b) => s.push_str(&String::from_utf8_lossy(b)),
-                other => crate::format::json::write_value(other, &mut s),
-            }
+            v.to_text(&mut s);
             Value::Str(s.into())
         }
         (Func::Abs, Value::Int(i)) => Value::Int(

@@ -3,7 +3,7 @@
 
 use crate::record::{FieldType, Row, RowSchema, Value};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 /// Writes a row as a JSON object. `spaced` gives the seeds' console form
 /// (`{"a": 1, "b": 2.0}`), otherwise compact JSON.
@@ -13,7 +13,7 @@ pub fn write_row(row: &Row, schema: &RowSchema, spaced: bool, out: &mut String) 
         if i > 0 {
             out.push_str(if spaced { ", " } else { "," });
         }
-        write_str(&f.name, out);
+        crate::record::write_json_str(&f.name, out);
         out.push_str(if spaced { ": " } else { ":" });
         write_value(v, out);
     }
@@ -27,37 +27,7 @@ pub fn row_to_string(row: &Row, schema: &RowSchema, spaced: bool) -> String {
 }
 
 pub fn write_value(v: &Value, out: &mut String) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
-        Value::Double(d) if d.is_finite() => {
-            let _ = write!(out, "{d:?}");
-        }
-        Value::Double(_) => out.push_str("null"),
-        Value::Str(s) => write_str(s, out),
-        Value::Bytes(b) => write_str(&String::from_utf8_lossy(b), out),
-    }
-}
-
-fn write_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    v.write_json(out)
 }
 
 /// Decodes one JSON object into a row of `schema`. Unknown keys are ignored;

@@ -4,15 +4,15 @@
 //! are durable in that log. At-least-once runs the same steps without the
 //! transaction.
 
-use super::fault;
-use super::local::RunError;
+use super::error::RunError;
 use super::recovery::{EpochLog, LogRecord, PartitionRange, Recovered};
-use super::writer::{DeadLetter, OutRecord};
 use crate::connectors::kafka_admin::client_config;
 use crate::connectors::kafka_sink::KafkaWriter;
+use crate::fault;
+use crate::record::{DeadLetter, OutRecord};
 use crate::spec::{Guarantee, JobConfig};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -59,35 +59,6 @@ pub struct Committer {
     committed: u64,
 }
 
-fn fenced(writer: &str, job: &str, e: &KafkaError) -> RunError {
-    let code = e.rdkafka_error_code();
-    if matches!(
-        code,
-        Some(
-            RDKafkaErrorCode::Fenced
-                | RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-        )
-    ) {
-        RunError::Fenced {
-            writer: writer.into(),
-            job: job.into(),
-        }
-    } else if matches!(
-        code,
-        Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut)
-    ) || e.to_string().contains("Timed out")
-    {
-        // Tansu can leave a fenced producer's commit unanswered.
-        RunError::CommitTimeout {
-            writer: writer.into(),
-            job: job.into(),
-        }
-    } else {
-        RunError::Commit(e.to_string())
-    }
-}
-
 impl Committer {
     /// Starts the writer's producer and logs the start. With exactly once
     /// this fences every earlier instance of the job; it comes before
@@ -103,7 +74,7 @@ impl Committer {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
         let mut writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
-            .map_err(|e| fenced(&writer_id, &job.name, &e))?;
+            .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;
         crate::connectors::kafka_admin::ensure_topic(
             &job.brokers,
             &job.epoch_log_topic(),
@@ -192,7 +163,7 @@ impl Committer {
         if eos {
             self.writer
                 .begin()
-                .map_err(|e| fenced(&self.writer_id, job, &e))?;
+                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
         }
         for (topic, records) in &output.records {
             for r in records {
@@ -280,9 +251,18 @@ impl Committer {
             let flushed = self.writer.flush(Duration::from_secs(60));
             if let Some((n, first)) = self.writer.take_failures() {
                 let _ = self.writer.abort();
+                // Records refused because a newer instance fenced this one
+                // (they fail as purged once the producer's error is fatal).
+                let cause = self.writer.fatal_error().unwrap_or_else(|| first.clone());
+                if let e @ (RunError::Fenced { .. } | RunError::CommitTimeout { .. }) =
+                    RunError::from_txn(&self.writer_id, job, cause)
+                {
+                    return Err(e);
+                }
                 return Err(RunError::Delivery(format!(
-                "{n} records of epoch {epoch} could not be sent (first error: {first}); the epoch's transaction was aborted and nothing of it is committed"
-            )));
+                    "{n} records of epoch {epoch} could not be sent (first error: {first}); \
+                     the epoch's transaction was aborted and nothing of it is committed"
+                )));
             }
             flushed.map_err(RunError::Delivery)?;
         }
@@ -291,18 +271,18 @@ impl Committer {
         let mut progress = TopicPartitionList::new();
         progress
             .add_partition_offset(&self.log_topic, 0, Offset::Offset(log_offset + 1))
-            .map_err(|e| RunError::Commit(e.to_string()))?;
+            .map_err(RunError::Commit)?;
         if eos {
             self.writer
                 .commit(&progress, &self.group_metadata)
-                .map_err(|e| fenced(&self.writer_id, job, &e))?;
+                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
         } else {
             self.writer
                 .flush(Duration::from_secs(60))
                 .map_err(RunError::Delivery)?;
             self.group
                 .commit(&progress, CommitMode::Sync)
-                .map_err(|e| RunError::Commit(e.to_string()))?;
+                .map_err(RunError::Commit)?;
         }
         self.committed = epoch;
         fault::point("committed");

@@ -1,19 +1,21 @@
 //! Local mode: one process, N timely worker threads, one writer thread.
 
 use super::commit::{Committer, EpochOutput};
+pub use super::error::RunError;
 use super::recovery;
-use super::writer::{DeadLetter, EpochCounts, OutRecord, WriterMsg};
 use crate::connectors::file_sink::FileSink;
-use crate::connectors::kafka_admin::{self, KafkaAdminError, TopicKind};
+use crate::connectors::kafka_admin::{self, TopicKind};
 use crate::connectors::kafka_source::KafkaSource;
 use crate::connectors::memory::MemorySource;
 use crate::connectors::postgres_sink::{PostgresError, PostgresSink, Written};
 use crate::connectors::SourceReader;
+use crate::dataflow::output::{EpochCounts, WriterMsg};
 use crate::dataflow::{self, Epoch, ReaderFactory, WorkerContext};
 use crate::format::avro;
-use crate::format::registry::{RegistryClient, RegistryError};
+use crate::format::registry::RegistryClient;
 use crate::plan::{Plan, SinkPlan};
 use crate::record::RawRecord;
+use crate::record::{DeadLetter, OutRecord};
 use crate::spec::{Format, StartOffset};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::cell::RefCell;
@@ -24,45 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::dataflow::ProbeHandle;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Kafka(#[from] KafkaAdminError),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error("cannot start a kafka client for {what}: {reason}")]
-    Client { what: String, reason: String },
-    #[error("timely workers failed: {0}")]
-    Workers(String),
-    #[error("sink output was not delivered: {0}")]
-    Delivery(String),
-    #[error("cannot write files for sink `{sink}` in {dir}: {reason}")]
-    Files {
-        sink: String,
-        dir: String,
-        reason: String,
-    },
-    #[error("writer `{writer}` was fenced: another instance of job {job} has started, so this one stops without committing")]
-    Fenced { writer: String, job: String },
-    #[error("writer `{writer}` could not commit within 30 s: another instance of job {job} may have started and fenced it, or the broker is not answering; this one stops without committing")]
-    CommitTimeout { writer: String, job: String },
-    #[error("topic {topic} partition {partition}: the job has yet to read from offset {from}, but the partition now starts at {low}: retention deleted records the job never read; rill does not skip them silently (raise the topic's retention.ms; to accept the loss, run the job under a new name)")]
-    OffsetsGone {
-        topic: String,
-        partition: i32,
-        from: i64,
-        low: i64,
-    },
-    #[error("cannot commit the epoch: {0}")]
-    Commit(String),
-    #[error("output for epoch {epoch} arrived after epochs below {complete} were committed; this is a bug in rill, and the job stops without committing it")]
-    StaleEpoch { epoch: u64, complete: u64 },
-    #[error(transparent)]
-    Recovery(#[from] super::recovery::RecoveryError),
-    #[error(transparent)]
-    Postgres(#[from] PostgresError),
-}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -304,7 +267,7 @@ pub fn run(
                     .map_err(|e| RunError::Files {
                         sink: node.name.clone(),
                         dir: dir.display().to_string(),
-                        reason: e.to_string(),
+                        source: e,
                     })?;
                 targets.insert(i, Target::File(sink));
             }
@@ -806,8 +769,8 @@ fn write_loop(
                                     let written =
                                         files.complete(e + 1).map_err(|err| RunError::Files {
                                             sink: sink_names[i].clone(),
-                                            dir: String::new(),
-                                            reason: err.to_string(),
+                                            dir: files.dir().display().to_string(),
+                                            source: err,
                                         })?;
                                     summary.files.extend(written);
                                 }

@@ -2,8 +2,10 @@
 //! sends each epoch's output.
 
 pub mod commit;
-pub mod fault;
+pub mod error;
 pub mod local;
 pub mod planner;
 pub mod recovery;
-pub mod writer;
+
+#[cfg(test)]
+mod engine_tests;

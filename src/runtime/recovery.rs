@@ -14,8 +14,9 @@
 
 use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
 use crate::dataflow::state::{self, StateEntry};
+use crate::fault;
 use crate::plan::{NodeKind, Plan};
-use crate::runtime::{fault, planner};
+use crate::runtime::planner;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};

@@ -947,7 +947,7 @@ fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterru
     let want = verify_lines(&reference);
     assert!(want.len() > 500, "one line per account: {}", want.len());
 
-    for point in rill::runtime::fault::POINTS {
+    for point in rill::fault::POINTS {
         let job = job_for(point);
         if point == "restore" {
             // Something to restore first.
@@ -1271,7 +1271,7 @@ fn kill_9_during_a_postgres_commit_loses_and_duplicates_nothing() {
         "0.05",
         "--quiet",
     ]);
-    for point in rill::runtime::fault::POSTGRES_POINTS {
+    for point in rill::fault::POSTGRES_POINTS {
         submit_failing_at(&job, &format!("{point}:2"));
     }
     ok(&[

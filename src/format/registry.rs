@@ -4,8 +4,6 @@
 //! The client blocks on HTTP, so it is only called from the main thread
 //! while planning or from helper threads, never from a timely worker.
 
-pub mod server;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! topic (Confluent's own record layout), so a restarted registry finds
 //! every subject, version and id again.
 
-use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
+use super::kafka_admin::{self, client_config, KafkaAdminError};
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -208,7 +208,7 @@ impl Registry {
         let parts: Vec<String> = path
             .trim_matches('/')
             .split('/')
-            .map(super::decode_path)
+            .map(crate::format::registry::decode_path)
             .collect();
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
         let schema_in_body = || -> Result<String, (u16, Json)> {

@@ -2,11 +2,11 @@
 //! late, through windows and plain aggregates on 1 and 4 workers, against
 //! a direct computation over the same events.
 
-use super::windows_of;
+use super::local::{run_in_memory, run_in_memory_restarted, MemoryInput, Restart};
+use crate::dataflow::aggregate::windows_of;
 use crate::plan::aggregate::WindowShape;
 use crate::plan::Plan;
 use crate::record::{Origin, RawRecord};
-use crate::runtime::local::{run_in_memory, run_in_memory_restarted, MemoryInput, Restart};
 use crate::spec::Spec;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -256,9 +256,7 @@ fn run(
     rows_and_late(summary)
 }
 
-fn rows_and_late(
-    summary: crate::runtime::local::RunSummary,
-) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
+fn rows_and_late(summary: super::local::RunSummary) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
     let rows = summary
         .output
         .get("out")

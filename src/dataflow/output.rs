@@ -1,33 +1,11 @@
-//! The process's one writer: every worker's output, dead letters and trace
-//! lines go through it, so an epoch's output leaves the process in one
-//! place. It runs on its own thread; workers only push to its channel.
+//! What the dataflow hands the process's writer: every worker's output,
+//! dead letters, changelog records, trace lines and progress go through
+//! one channel to one writer thread, so an epoch's output leaves the
+//! process in one place. Workers only push to the channel.
 
-use crate::record::KeyDisplay;
+use crate::record::{DeadLetter, KeyDisplay, OutRecord};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// An encoded record bound for a sink. No value is a tombstone.
-#[derive(Debug, Clone)]
-pub struct OutRecord {
-    pub key: Option<Arc<[u8]>>,
-    pub value: Option<Vec<u8>>,
-    pub partition: Option<i32>,
-    /// For files rolled per window: the window's bounds.
-    pub window: Option<(i64, i64)>,
-    /// For Parquet files, which are written by column: the row itself.
-    pub row: Option<crate::record::Row>,
-}
-
-/// A record the job could not process, with where it came from and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    pub key: Option<Arc<[u8]>>,
-    pub value: Option<Vec<u8>>,
-    pub reason: String,
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-}
 
 /// Counts one worker saw in one epoch.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,0 +1,94 @@
+//! Why a run stops. Each variant says what happened and what to do; the
+//! errors underneath are kept as sources, not flattened into text.
+
+use super::recovery::RecoveryError;
+use crate::connectors::kafka_admin::KafkaAdminError;
+use crate::connectors::postgres_sink::PostgresError;
+use crate::format::registry::RegistryError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaAdminError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot start a kafka client for {what}: {reason}")]
+    Client { what: String, reason: String },
+    #[error("timely workers failed: {0}")]
+    Workers(String),
+    #[error("sink output was not delivered: {0}")]
+    Delivery(String),
+    #[error("cannot write files for sink `{sink}` in {dir}: {source}")]
+    Files {
+        sink: String,
+        dir: String,
+        source: std::io::Error,
+    },
+    #[error("writer `{writer}` was fenced: another instance of job {job} has started, so this one stops without committing")]
+    Fenced { writer: String, job: String },
+    #[error("writer `{writer}` could not commit within 30 s: another instance of job {job} may have started and fenced it, or the broker is not answering; this one stops without committing")]
+    CommitTimeout { writer: String, job: String },
+    #[error("topic {topic} partition {partition}: the job has yet to read from offset {from}, but the partition now starts at {low}: retention deleted records the job never read; rill does not skip them silently (raise the topic's retention.ms; to accept the loss, run the job under a new name)")]
+    OffsetsGone {
+        topic: String,
+        partition: i32,
+        from: i64,
+        low: i64,
+    },
+    #[error("cannot commit the epoch: {0}")]
+    Commit(#[source] KafkaError),
+    #[error("output for epoch {epoch} arrived after epochs below {complete} were committed; this is a bug in rill, and the job stops without committing it")]
+    StaleEpoch { epoch: u64, complete: u64 },
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+}
+
+impl RunError {
+    /// A transactional call of `writer` failed: fenced by a newer instance,
+    /// timed out (a fenced producer's commit can go unanswered on some
+    /// brokers), or another failure. Told apart by error code only.
+    pub fn from_txn(writer: &str, job: &str, e: KafkaError) -> RunError {
+        match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch,
+            ) => RunError::Fenced {
+                writer: writer.into(),
+                job: job.into(),
+            },
+            Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
+                RunError::CommitTimeout {
+                    writer: writer.into(),
+                    job: job.into(),
+                }
+            }
+            _ => RunError::Commit(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_errors_are_told_apart_by_their_code() {
+        let txn = KafkaError::MessageProduction;
+        assert!(matches!(
+            RunError::from_txn("j-w0", "j", txn(RDKafkaErrorCode::ProducerFenced)),
+            RunError::Fenced { .. }
+        ));
+        assert!(matches!(
+            RunError::from_txn("j-w0", "j", txn(RDKafkaErrorCode::OperationTimedOut)),
+            RunError::CommitTimeout { .. }
+        ));
+        assert!(matches!(
+            RunError::from_txn("j-w0", "j", txn(RDKafkaErrorCode::BrokerNotAvailable)),
+            RunError::Commit(_)
+        ));
+    }
+}
