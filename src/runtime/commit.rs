@@ -4,6 +4,7 @@
 //! are durable in that log. At-least-once runs the same steps without the
 //! transaction.
 
+use super::coordinator::{steps, EpochWork, Step};
 use super::error::RunError;
 use super::recovery::{EpochLog, LogRecord, PartitionRange, Recovered};
 use crate::connectors::kafka_admin::client_config;
@@ -152,15 +153,45 @@ impl Committer {
         output: EpochOutput,
         read: &BTreeMap<(u32, i32), (i64, i64)>,
         external: bool,
-        before_commit: impl FnOnce() -> Result<(), RunError>,
+        write_external: impl FnOnce() -> Result<(), RunError>,
         job: &str,
     ) -> Result<(), RunError> {
-        if output.is_empty() && read.is_empty() && !external && !self.replayed.contains_key(&epoch)
-        {
-            return before_commit();
-        }
+        let work = EpochWork {
+            kafka: !output.is_empty(),
+            external,
+            read: !read.is_empty(),
+            replayed: self.replayed.contains_key(&epoch),
+        };
         let eos = self.guarantee == Guarantee::ExactlyOnce;
-        if eos {
+        let mut write_external = Some(write_external);
+        let (mut log_offset, mut own) = (0, 0);
+        for step in steps(work, false) {
+            match step {
+                Step::Send => self.send(epoch, &output, job)?,
+                Step::Log => (log_offset, own) = self.log_epoch(epoch, read)?,
+                Step::CheckFenced => {
+                    self.check_fenced(own, job)?;
+                    fault::point("epoch_logged");
+                }
+                Step::PreCommit if eos => self.pre_commit(epoch, job)?,
+                Step::PreCommit | Step::AwaitDecision => {}
+                Step::WriteExternal => {
+                    if let Some(write) = write_external.take() {
+                        write()?;
+                    }
+                }
+                Step::Commit => {
+                    self.commit_progress(log_offset, job)?;
+                    self.committed = epoch;
+                    fault::point("committed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, epoch: u64, output: &EpochOutput, job: &str) -> Result<(), RunError> {
+        if self.guarantee == Guarantee::ExactlyOnce {
             self.writer
                 .begin()
                 .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
@@ -179,59 +210,63 @@ impl Committer {
             }
         }
         fault::point("epoch_sent");
+        Ok(())
+    }
 
-        // The epoch's boundaries are durable before the epoch commits
-        // anywhere: a table or file that holds an epoch's rows must be able
-        // to recognise that epoch when it is replayed, so its number may
-        // never be reused for other input.
-        let (log_offset, own) = match self.replayed.remove(&epoch) {
-            Some((offset, ranges)) => {
-                for r in ranges {
-                    self.positions.insert((r.source, r.partition), r.end);
+    /// Appends the epoch's boundaries, or for a replayed epoch a marker;
+    /// returns the offset its progress commits and the offset appended.
+    fn log_epoch(
+        &mut self,
+        epoch: u64,
+        read: &BTreeMap<(u32, i32), (i64, i64)>,
+    ) -> Result<(i64, i64), RunError> {
+        if let Some((offset, ranges)) = self.replayed.remove(&epoch) {
+            for r in ranges {
+                self.positions.insert((r.source, r.partition), r.end);
+            }
+            let own = self.log.append(
+                &LogRecord::Replayed {
+                    epoch,
+                    attempt: self.attempt,
+                    committed: self.committed,
+                },
+                self.writer.headers_for(epoch),
+            )?;
+            return Ok((offset, own));
+        }
+        let ranges: Vec<PartitionRange> = self
+            .positions
+            .iter_mut()
+            .map(|((source, partition), pos)| {
+                let start = *pos;
+                let end = read
+                    .get(&(*source, *partition))
+                    .map_or(start, |r| r.1.max(start));
+                *pos = end;
+                PartitionRange {
+                    source: *source,
+                    partition: *partition,
+                    start,
+                    end,
                 }
-                let own = self.log.append(
-                    &LogRecord::Replayed {
-                        epoch,
-                        attempt: self.attempt,
-                        committed: self.committed,
-                    },
-                    self.writer.headers_for(epoch),
-                )?;
-                (offset, own)
-            }
-            None => {
-                let ranges: Vec<PartitionRange> = self
-                    .positions
-                    .iter_mut()
-                    .map(|((source, partition), pos)| {
-                        let start = *pos;
-                        let end = read
-                            .get(&(*source, *partition))
-                            .map_or(start, |r| r.1.max(start));
-                        *pos = end;
-                        PartitionRange {
-                            source: *source,
-                            partition: *partition,
-                            start,
-                            end,
-                        }
-                    })
-                    .collect();
-                let offset = self.log.append(
-                    &LogRecord::Epoch {
-                        epoch,
-                        attempt: self.attempt,
-                        ranges,
-                        committed: self.committed,
-                    },
-                    self.writer.headers_for(epoch),
-                )?;
-                (offset, offset)
-            }
-        };
-        // Files and rows are not transactional: before writing them, make
-        // sure no later instance started before this epoch's record. If
-        // one did, it may not know this epoch and may use its number.
+            })
+            .collect();
+        let offset = self.log.append(
+            &LogRecord::Epoch {
+                epoch,
+                attempt: self.attempt,
+                ranges,
+                committed: self.committed,
+            },
+            self.writer.headers_for(epoch),
+        )?;
+        Ok((offset, offset))
+    }
+
+    /// Files and rows are not transactional: before writing them, make
+    /// sure no later instance started before this epoch's record. If one
+    /// did, it may not know this epoch and may use its number.
+    fn check_fenced(&mut self, own: i64, job: &str) -> Result<(), RunError> {
         if own != self.last_own + 1 {
             let gap = self.log.read_range(&self.brokers, self.last_own + 1, own)?;
             if super::planner::started_since(&gap, self.attempt).is_some() {
@@ -242,51 +277,52 @@ impl Committer {
             }
         }
         self.last_own = own;
-        fault::point("epoch_logged");
-        // Pre-commit: everything the transaction holds is with the broker
-        // before files and rows are written.
-        if eos {
-            // A record refused when sent (over the broker's size limit, say)
-            // never reaches the transaction: committing would lose it.
-            let flushed = self.writer.flush(Duration::from_secs(60));
-            if let Some((n, first)) = self.writer.take_failures() {
-                let _ = self.writer.abort();
-                // Records refused because a newer instance fenced this one
-                // (they fail as purged once the producer's error is fatal).
-                let cause = self.writer.fatal_error().unwrap_or_else(|| first.clone());
-                if let e @ (RunError::Fenced { .. } | RunError::CommitTimeout { .. }) =
-                    RunError::from_txn(&self.writer_id, job, cause)
-                {
-                    return Err(e);
-                }
-                return Err(RunError::Delivery(format!(
-                    "{n} records of epoch {epoch} could not be sent (first error: {first}); \
-                     the epoch's transaction was aborted and nothing of it is committed"
-                )));
-            }
-            flushed.map_err(RunError::Delivery)?;
-        }
-        before_commit()?;
+        Ok(())
+    }
 
+    /// Everything the transaction holds is with the broker before files
+    /// and rows are written. A record refused when sent (over the broker's
+    /// size limit, say) never reaches the transaction: committing would
+    /// lose it, so the epoch is aborted.
+    fn pre_commit(&mut self, epoch: u64, job: &str) -> Result<(), RunError> {
+        let flushed = self.writer.flush(Duration::from_secs(60));
+        if let Some((n, first)) = self.writer.take_failures() {
+            let _ = self.writer.abort();
+            // Records refused because a newer instance fenced this one
+            // (they fail as purged once the producer's error is fatal).
+            let cause = self.writer.fatal_error().unwrap_or_else(|| first.clone());
+            if let e @ (RunError::Fenced { .. } | RunError::CommitTimeout { .. }) =
+                RunError::from_txn(&self.writer_id, job, cause)
+            {
+                return Err(e);
+            }
+            return Err(RunError::Delivery(format!(
+                "{n} records of epoch {epoch} could not be sent (first error: {first}); \
+                 the epoch's transaction was aborted and nothing of it is committed"
+            )));
+        }
+        flushed.map_err(RunError::Delivery)
+    }
+
+    /// Commits the transaction with the writer's progress in it: the log
+    /// offset just past the epoch's record.
+    fn commit_progress(&mut self, log_offset: i64, job: &str) -> Result<(), RunError> {
         let mut progress = TopicPartitionList::new();
         progress
             .add_partition_offset(&self.log_topic, 0, Offset::Offset(log_offset + 1))
             .map_err(RunError::Commit)?;
-        if eos {
+        if self.guarantee == Guarantee::ExactlyOnce {
             self.writer
                 .commit(&progress, &self.group_metadata)
-                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
+                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))
         } else {
             self.writer
                 .flush(Duration::from_secs(60))
                 .map_err(RunError::Delivery)?;
             self.group
                 .commit(&progress, CommitMode::Sync)
-                .map_err(RunError::Commit)?;
+                .map_err(RunError::Commit)
         }
-        self.committed = epoch;
-        fault::point("committed");
-        Ok(())
     }
 
     pub fn flush(&self) -> Result<(), RunError> {

@@ -1,6 +1,7 @@
 //! Local mode: one process, N timely worker threads, one writer thread.
 
 use super::commit::{Committer, EpochOutput};
+use super::coordinator::Completion;
 pub use super::error::RunError;
 use super::recovery;
 use crate::connectors::file_sink::FileSink;
@@ -567,13 +568,7 @@ fn write_loop(
     let sink_order: Vec<usize> = plan.sinks().map(|(i, _, _)| i).collect();
     let source_names: Vec<String> = plan.sources().map(|(_, n, _)| n.name.clone()).collect();
     let mut summary = RunSummary::default();
-    let mut upto = vec![0 as Epoch; workers];
-    // Epochs up to the one this start resumes after are committed.
-    let mut complete: Epoch = if resume_after > 0 {
-        resume_after + 1
-    } else {
-        0
-    };
+    let mut completion = Completion::new(workers, resume_after);
     let mut finished = 0;
     let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
     // Output held until its epoch is complete and can commit.
@@ -604,10 +599,10 @@ fn write_loop(
         | WriterMsg::Dead { epoch, .. }
         | WriterMsg::Changelog { epoch, .. } = &msg
         {
-            if *epoch < complete {
+            if completion.is_stale(*epoch) {
                 return Err(RunError::StaleEpoch {
                     epoch: *epoch,
-                    complete,
+                    complete: completion.complete(),
                 });
             }
         }
@@ -722,12 +717,10 @@ fn write_loop(
                 for (e, c) in counts {
                     epochs.entry(e).or_insert_with(new_totals).counts.add(&c);
                 }
-                upto[worker] = u;
-                let now_complete = *upto.iter().min().unwrap();
-                if now_complete <= complete {
+                if completion.report(worker, u).is_empty() {
                     continue;
                 }
-                complete = now_complete;
+                let complete = completion.complete();
                 let done_totals = {
                     let later = epochs.split_off(&complete);
                     std::mem::replace(&mut epochs, later)

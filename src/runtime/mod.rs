@@ -2,6 +2,7 @@
 //! sends each epoch's output.
 
 pub mod commit;
+pub mod coordinator;
 pub mod error;
 pub mod local;
 pub mod planner;
