@@ -3,7 +3,9 @@
 //! renamed when complete, and its name carries the epoch that wrote it, so
 //! a reader never sees half a file and a replayed epoch finds its file.
 
+use super::sink::{Committed, EpochSink, SinkError};
 use crate::format::{csv, parquet};
+use crate::record::OutRecord;
 use crate::record::{Row, RowSchema};
 use crate::spec::{Compression, FileFormat, FileSinkConfig, Roll};
 use flate2::write::GzEncoder;
@@ -20,6 +22,9 @@ pub struct FileSink {
     roll: Roll,
     /// What epochs not yet complete hold, by window (None when per epoch).
     pending: BTreeMap<u64, BTreeMap<Option<(i64, i64)>, Pending>>,
+    /// Files written under their temporary name, by epoch: (temporary,
+    /// final) paths.
+    prepared: BTreeMap<u64, Vec<(PathBuf, PathBuf)>>,
 }
 
 #[derive(Default)]
@@ -67,6 +72,7 @@ impl FileSink {
             compression: config.compression,
             roll: config.roll,
             pending: BTreeMap::new(),
+            prepared: BTreeMap::new(),
         })
     }
 
@@ -130,22 +136,17 @@ impl FileSink {
         &self.dir
     }
 
-    /// Whether `epoch` has anything to write.
-    pub fn holds(&self, epoch: u64) -> bool {
-        self.pending.contains_key(&epoch)
-    }
-
-    /// Writes the files of every epoch before `upto`; returns their paths.
-    pub fn complete(&mut self, upto: u64) -> std::io::Result<Vec<PathBuf>> {
-        let later = self.pending.split_off(&upto);
+    /// Writes the files of every epoch up to `epoch` under a temporary
+    /// name, flushed to disk; a file already there under its final name
+    /// (an earlier run of the same epoch) is not written again.
+    fn write_temporary(&mut self, epoch: u64) -> std::io::Result<()> {
+        let later = self.pending.split_off(&(epoch + 1));
         let done = std::mem::replace(&mut self.pending, later);
-        let mut written = Vec::new();
         for (epoch, groups) in done {
             for (window, pending) in groups {
                 let name = self.file_name(epoch, window);
                 let path = self.dir.join(&name);
                 if path.exists() {
-                    // Written by an earlier run of the same epoch.
                     continue;
                 }
                 let tmp = self.dir.join(format!(".{name}.tmp"));
@@ -172,17 +173,119 @@ impl FileSink {
                         }
                     }
                 }
-                super::durable::publish(&tmp, &path)?;
-                written.push(path);
+                std::fs::File::open(&tmp)?.sync_all()?;
+                self.prepared.entry(epoch).or_default().push((tmp, path));
             }
         }
-        Ok(written)
+        Ok(())
+    }
+
+    fn error(&self, source: std::io::Error) -> SinkError {
+        SinkError::Files {
+            sink: self.name.clone(),
+            dir: self.dir.display().to_string(),
+            source,
+        }
+    }
+
+    fn stage_record(&mut self, epoch: u64, r: OutRecord) {
+        match r.row {
+            Some(row) => self.push_row(epoch, r.window, row),
+            None => self.push(epoch, r.window, r.value.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+impl EpochSink for FileSink {
+    fn stage(&mut self, epoch: u64, records: Vec<OutRecord>) {
+        for r in records {
+            self.stage_record(epoch, r);
+        }
+    }
+
+    fn holds(&self, epoch: u64) -> bool {
+        self.pending.contains_key(&epoch)
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<(), SinkError> {
+        self.write_temporary(epoch).map_err(|e| self.error(e))
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<Committed, SinkError> {
+        let later = self.prepared.split_off(&(epoch + 1));
+        let done = std::mem::replace(&mut self.prepared, later);
+        let mut committed = Committed::default();
+        for (tmp, path) in done.into_values().flatten() {
+            super::durable::publish(&tmp, &path).map_err(|e| self.error(e))?;
+            committed.files.push(path);
+        }
+        Ok(committed)
+    }
+
+    fn abort(&mut self, epoch: u64) {
+        self.pending.remove(&epoch);
+        for (tmp, _) in self.prepared.remove(&epoch).unwrap_or_default() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+
+    fn contains(&mut self, epoch: u64) -> Result<bool, SinkError> {
+        let marks = [format!("_e{epoch}."), format!("_e{epoch:010}.")];
+        let prefix = format!("{}_", self.name);
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| self.error(e))?;
+        for entry in entries {
+            let name = entry.map_err(|e| self.error(e))?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && marks.iter().any(|m| name.contains(m.as_str())) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epoch_is_visible_only_once_committed_and_a_replay_writes_nothing_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = crate::record::RowSchema {
+            name: "x".into(),
+            fields: Vec::new(),
+        };
+        let config: FileSinkConfig = toml::from_str(
+            "inputs = [\"x\"]\npath = \"x\"\nformat = \"csv\"\ncompression = \"none\"\nroll = \"epoch\"",
+        )
+        .unwrap();
+        let mut sink = FileSink::new("lake", &config, dir.path(), schema).unwrap();
+        let line = |v: &str| OutRecord {
+            key: None,
+            value: Some(v.as_bytes().to_vec()),
+            partition: None,
+            window: None,
+            row: None,
+        };
+        sink.stage(3, vec![line("a"), line("b")]);
+        assert!(sink.holds(3) && !sink.holds(4));
+        sink.pre_commit(3).unwrap();
+        assert!(!sink.contains(3).unwrap(), "pre-committed is not visible");
+        let c = sink.commit(3).unwrap();
+        assert_eq!(c.files.len(), 1);
+        assert!(sink.contains(3).unwrap());
+        let text = std::fs::read_to_string(&c.files[0]).unwrap();
+        assert_eq!(text.lines().skip(1).collect::<Vec<_>>(), ["a", "b"]);
+        // A replay of epoch 3 finds it there and leaves it alone.
+        sink.stage(3, vec![line("a"), line("b")]);
+        sink.pre_commit(3).unwrap();
+        assert!(sink.commit(3).unwrap().files.is_empty());
+        // An aborted epoch leaves nothing behind.
+        sink.stage(4, vec![line("c")]);
+        sink.pre_commit(4).unwrap();
+        sink.abort(4);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn utc_names() {

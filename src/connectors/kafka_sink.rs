@@ -4,13 +4,14 @@
 //! epoch and which start of the writer produced them.
 
 use super::kafka_admin::client_config;
+use super::sink::{Committed, EpochSink, SinkError};
 use crate::record::{DeadLetter, OutRecord};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Default)]
@@ -261,5 +262,54 @@ impl KafkaWriter {
 
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+}
+
+/// A sink whose store is a Kafka topic: its records of an epoch go into
+/// the writer's transaction, which is their pre-commit and commit.
+pub struct KafkaTopicSink {
+    topic: Arc<str>,
+    staged: std::collections::BTreeMap<u64, Vec<OutRecord>>,
+}
+
+impl KafkaTopicSink {
+    pub fn new(topic: &str) -> Self {
+        KafkaTopicSink {
+            topic: Arc::from(topic),
+            staged: Default::default(),
+        }
+    }
+}
+
+impl EpochSink for KafkaTopicSink {
+    fn stage(&mut self, epoch: u64, records: Vec<OutRecord>) {
+        self.staged.entry(epoch).or_default().extend(records);
+    }
+
+    fn holds(&self, _epoch: u64) -> bool {
+        false
+    }
+
+    fn transactional(&mut self, epoch: u64) -> Option<(Arc<str>, Vec<OutRecord>)> {
+        let records = self.staged.remove(&epoch)?;
+        Some((self.topic.clone(), records))
+    }
+
+    fn pre_commit(&mut self, _epoch: u64) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn commit(&mut self, _epoch: u64) -> Result<Committed, SinkError> {
+        Ok(Committed::default())
+    }
+
+    fn abort(&mut self, epoch: u64) {
+        self.staged.remove(&epoch);
+    }
+
+    /// Whether a transaction holds an epoch is the writer's progress,
+    /// which recovery reads; the topic itself is not asked.
+    fn contains(&mut self, _epoch: u64) -> Result<bool, SinkError> {
+        Ok(false)
     }
 }

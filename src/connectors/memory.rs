@@ -69,3 +69,57 @@ impl SourceReader for MemorySource {
         }
     }
 }
+
+/// In-memory sink: keeps each committed epoch's records (or, for
+/// benchmarks, only drops them).
+pub struct MemorySink {
+    keep: bool,
+    staged: std::collections::BTreeMap<u64, Vec<crate::record::OutRecord>>,
+    pub committed: Vec<(u64, crate::record::OutRecord)>,
+}
+
+impl MemorySink {
+    pub fn new(keep: bool) -> Self {
+        MemorySink {
+            keep,
+            staged: Default::default(),
+            committed: Vec::new(),
+        }
+    }
+}
+
+impl super::sink::EpochSink for MemorySink {
+    fn stage(&mut self, epoch: u64, records: Vec<crate::record::OutRecord>) {
+        if self.keep {
+            self.staged.entry(epoch).or_default().extend(records);
+        }
+    }
+
+    fn holds(&self, epoch: u64) -> bool {
+        self.staged.contains_key(&epoch)
+    }
+
+    fn pre_commit(&mut self, _epoch: u64) -> Result<(), super::sink::SinkError> {
+        Ok(())
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<super::sink::Committed, super::sink::SinkError> {
+        let later = self.staged.split_off(&(epoch + 1));
+        for (e, records) in std::mem::replace(&mut self.staged, later) {
+            self.committed.extend(records.into_iter().map(|r| (e, r)));
+        }
+        Ok(Default::default())
+    }
+
+    fn abort(&mut self, epoch: u64) {
+        self.staged.remove(&epoch);
+    }
+
+    fn contains(&mut self, epoch: u64) -> Result<bool, super::sink::SinkError> {
+        Ok(self.committed.iter().any(|(e, _)| *e == epoch))
+    }
+
+    fn kept(&mut self) -> Vec<(u64, crate::record::OutRecord)> {
+        std::mem::take(&mut self.committed)
+    }
+}

@@ -10,6 +10,8 @@ pub mod kafka_source;
 pub mod memory;
 pub mod postgres_sink;
 pub mod registry_server;
+pub mod sink;
+pub mod stdout_sink;
 
 use crate::record::RawRecord;
 

@@ -8,9 +8,12 @@
 //! It runs on the writer thread, with its own single-threaded tokio
 //! runtime for tokio-postgres; no timely worker waits on it.
 
+use super::sink::{Committed, EpochSink, SinkError};
 use crate::fault;
 use crate::format::parquet;
+use crate::record::OutRecord;
 use crate::record::{FieldType, Row, RowSchema, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
@@ -54,6 +57,8 @@ pub struct PostgresSink {
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
     last_attempt: Option<Instant>,
+    /// Rows of epochs not yet committed.
+    staged: BTreeMap<u64, Vec<Row>>,
 }
 
 const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_progress (
@@ -116,6 +121,7 @@ impl PostgresSink {
             rt,
             client: None,
             last_attempt: None,
+            staged: BTreeMap::new(),
         }
     }
 
@@ -291,6 +297,63 @@ impl PostgresSink {
             super::durable::publish(&tmp, &path).map_err(|e| err(e.to_string()))?;
         }
         Ok(Written::Fallback(path, rows.len()))
+    }
+}
+
+/// A table's epoch commits in one database transaction with the epoch
+/// recorded, so its pre-commit only holds the rows.
+impl EpochSink for PostgresSink {
+    fn stage(&mut self, epoch: u64, records: Vec<OutRecord>) {
+        self.staged
+            .entry(epoch)
+            .or_default()
+            .extend(records.into_iter().filter_map(|r| r.row));
+    }
+
+    fn holds(&self, epoch: u64) -> bool {
+        self.staged.contains_key(&epoch)
+    }
+
+    fn pre_commit(&mut self, _epoch: u64) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<Committed, SinkError> {
+        let later = self.staged.split_off(&(epoch + 1));
+        let mut committed = Committed::default();
+        for (epoch, rows) in std::mem::replace(&mut self.staged, later) {
+            let began = Instant::now();
+            let written = self.write_epoch(epoch, &rows)?;
+            committed.time += began.elapsed();
+            match written {
+                Written::Rows(n) => committed.rows += n as u64,
+                Written::AlreadyThere => {}
+                Written::Fallback(path, n) => committed.fallback = Some((path, n as u64)),
+            }
+        }
+        Ok(committed)
+    }
+
+    fn abort(&mut self, epoch: u64) {
+        self.staged.remove(&epoch);
+    }
+
+    fn contains(&mut self, epoch: u64) -> Result<bool, SinkError> {
+        self.connect()?;
+        let (job, sink, writer) = (&self.job, &self.name, &self.writer);
+        let client = self.client.as_mut().unwrap();
+        let epoch = epoch as i64;
+        let found = self
+            .rt
+            .block_on(client.query_opt(
+                "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
+                &[job, sink, writer, &epoch],
+            ))
+            .map_err(|e| PostgresError::Sql {
+                sink: sink.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(found.is_some())
     }
 }
 

@@ -19,12 +19,8 @@ pub enum RunError {
     Workers(String),
     #[error("sink output was not delivered: {0}")]
     Delivery(String),
-    #[error("cannot write files for sink `{sink}` in {dir}: {source}")]
-    Files {
-        sink: String,
-        dir: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Sink(#[from] crate::connectors::sink::SinkError),
     #[error("writer `{writer}` was fenced: another instance of job {job} has started, so this one stops without committing")]
     Fenced { writer: String, job: String },
     #[error("writer `{writer}` could not commit within 30 s: another instance of job {job} may have started and fenced it, or the broker is not answering; this one stops without committing")]

@@ -6,9 +6,12 @@ pub use super::error::RunError;
 use super::recovery;
 use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka_admin::{self, TopicKind};
+use crate::connectors::kafka_sink::KafkaTopicSink;
 use crate::connectors::kafka_source::KafkaSource;
-use crate::connectors::memory::MemorySource;
-use crate::connectors::postgres_sink::{PostgresError, PostgresSink, Written};
+use crate::connectors::memory::{MemorySink, MemorySource};
+use crate::connectors::postgres_sink::{PostgresError, PostgresSink};
+use crate::connectors::sink::{EpochSink, SinkError};
+use crate::connectors::stdout_sink::StdoutSink;
 use crate::connectors::SourceReader;
 use crate::dataflow::output::{EpochCounts, WriterMsg};
 use crate::dataflow::{self, Epoch, ReaderFactory, WorkerContext};
@@ -69,14 +72,8 @@ pub struct RunSummary {
     pub postgres_time: Duration,
 }
 
-enum Target {
-    Kafka(String),
-    Stdout,
-    File(FileSink),
-    /// A table, and the rows of epochs not yet complete.
-    Postgres(Box<PostgresSink>, BTreeMap<Epoch, Vec<crate::record::Row>>),
-    Memory,
-}
+/// Every sink of the job, by node, each speaking the epoch-sink protocol.
+type Sinks = HashMap<usize, Box<dyn EpochSink>>;
 
 /// Where the writer sends things: a Kafka producer, or memory.
 enum Backend {
@@ -91,7 +88,7 @@ struct Launch {
     sink_partitions: HashMap<usize, i32>,
     source_topics: Vec<Arc<str>>,
     source_partitions: Vec<i32>,
-    targets: HashMap<usize, Target>,
+    targets: Sinks,
     backend: Backend,
     scripted: bool,
     first_epoch: Epoch,
@@ -209,7 +206,7 @@ pub fn run(
 
     let mut sink_schema_ids = HashMap::new();
     let mut sink_partitions = HashMap::new();
-    let mut targets = HashMap::new();
+    let mut targets: Sinks = HashMap::new();
     for (i, node, sink) in plan.sinks() {
         match sink {
             SinkPlan::Kafka { config, .. } => {
@@ -229,10 +226,10 @@ pub fn run(
                         .register(&format!("{}-value", config.topic), &schema)?;
                     sink_schema_ids.insert(i, id);
                 }
-                targets.insert(i, Target::Kafka(config.topic.clone()));
+                targets.insert(i, Box::new(KafkaTopicSink::new(&config.topic)));
             }
             SinkPlan::Stdout => {
-                targets.insert(i, Target::Stdout);
+                targets.insert(i, Box::new(StdoutSink::default()));
             }
             SinkPlan::Postgres {
                 config,
@@ -261,16 +258,16 @@ pub fn run(
                     }
                     Err(e) => return Err(e.into()),
                 }
-                targets.insert(i, Target::Postgres(Box::new(pg), BTreeMap::new()));
+                targets.insert(i, Box::new(pg));
             }
             SinkPlan::File { config, dir } => {
                 let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone())
-                    .map_err(|e| RunError::Files {
+                    .map_err(|e| SinkError::Files {
                         sink: node.name.clone(),
                         dir: dir.display().to_string(),
                         source: e,
                     })?;
-                targets.insert(i, Target::File(sink));
+                targets.insert(i, Box::new(sink));
             }
         }
     }
@@ -389,10 +386,10 @@ pub fn run_in_memory_restarted(
     for (id, schema) in writer_schema_ids {
         registry.seed(id, &schema);
     }
-    let mut targets = HashMap::new();
+    let mut targets: Sinks = HashMap::new();
     let mut sink_schema_ids = HashMap::new();
     for (i, _, _) in plan.sinks() {
-        targets.insert(i, Target::Memory);
+        targets.insert(i, Box::new(MemorySink::new(keep_output)));
         sink_schema_ids.insert(i, 1);
     }
     let source_topics = plan
@@ -557,7 +554,7 @@ fn write_loop(
     opts: &RunOptions,
     workers: usize,
     rx: Receiver<WriterMsg>,
-    mut targets: HashMap<usize, Target>,
+    mut targets: Sinks,
     mut backend: Backend,
     in_flight: Arc<AtomicI64>,
     start: Instant,
@@ -569,6 +566,15 @@ fn write_loop(
     let source_names: Vec<String> = plan.sources().map(|(_, n, _)| n.name.clone()).collect();
     let mut summary = RunSummary::default();
     let mut completion = Completion::new(workers, resume_after);
+    // Records staged per epoch, out of flight once the epoch commits.
+    let mut staged: BTreeMap<Epoch, i64> = BTreeMap::new();
+    // The dead-letter sink, unless dead letters go to a Kafka topic.
+    let dead_letter_sink = plan.dead_letter_sink.filter(|i| {
+        !matches!(
+            plan.nodes[*i].kind,
+            crate::plan::NodeKind::Sink(SinkPlan::Kafka { .. })
+        )
+    });
     let mut finished = 0;
     let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
     // Output held until its epoch is complete and can commit.
@@ -615,77 +621,17 @@ fn write_loop(
                 let n = records.len();
                 let pos = sink_order.iter().position(|s| *s == sink).unwrap_or(0);
                 epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
-                match (targets.get_mut(&sink).unwrap(), &backend) {
-                    (Target::Kafka(topic), Backend::Kafka(_)) => {
-                        pending
-                            .entry(epoch)
-                            .or_default()
-                            .records
-                            .push((Arc::from(topic.as_str()), records));
-                        // Counted out of flight when committed.
-                        continue;
-                    }
-                    (Target::Stdout, _) => {
-                        for r in &records {
-                            let _ = out.write_all(r.value.as_deref().unwrap_or(b"null"));
-                            let _ = out.write_all(b"\n");
-                        }
-                    }
-                    (Target::Postgres(_, rows), _) => {
-                        rows.entry(epoch)
-                            .or_default()
-                            .extend(records.into_iter().filter_map(|r| r.row));
-                    }
-                    (Target::File(files), _) => {
-                        for r in records {
-                            match r.row {
-                                Some(row) => files.push_row(epoch, r.window, row),
-                                None => files.push(
-                                    epoch,
-                                    r.window,
-                                    r.value.as_deref().unwrap_or_default(),
-                                ),
-                            }
-                        }
-                    }
-                    (_, Backend::Memory { keep: true }) => {
-                        summary
-                            .output
-                            .entry(sink_names[&sink].clone())
-                            .or_default()
-                            .extend(records.into_iter().map(|r| (epoch, r)));
-                    }
-                    _ => {}
-                }
-                in_flight.fetch_sub(n as i64, Ordering::Relaxed);
+                targets.get_mut(&sink).unwrap().stage(epoch, records);
+                *staged.entry(epoch).or_default() += n as i64;
             }
-            WriterMsg::Dead { epoch, records } => match (
-                &backend,
-                plan.dead_letter_sink.and_then(|i| targets.get_mut(&i)),
-            ) {
-                // A dead-letter sink gets them as rows of its own kind.
-                (Backend::Kafka(_), Some(Target::Postgres(_, rows))) => {
-                    rows.entry(epoch)
-                        .or_default()
-                        .extend(records.iter().map(dead_letter_row));
-                }
-                (Backend::Kafka(_), Some(Target::File(files))) => {
-                    for d in &records {
-                        files.push_row(epoch, None, dead_letter_row(d));
-                    }
-                }
-                (Backend::Kafka(_), Some(Target::Stdout)) => {
-                    let schema = crate::plan::dead_letter_schema();
-                    for d in &records {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            crate::format::json::row_to_string(&dead_letter_row(d), &schema, true)
-                        );
-                    }
-                }
-                (Backend::Kafka(_), _) => pending.entry(epoch).or_default().dead.extend(records),
+            WriterMsg::Dead { epoch, records } => match (&backend, dead_letter_sink) {
                 (Backend::Memory { .. }, _) => summary.dead_letters.extend(records),
+                // A dead-letter sink outside Kafka gets them as rows.
+                (Backend::Kafka(_), Some(i)) => targets
+                    .get_mut(&i)
+                    .unwrap()
+                    .stage(epoch, records.iter().map(dead_letter_record).collect()),
+                (Backend::Kafka(_), None) => pending.entry(epoch).or_default().dead.extend(records),
             },
             WriterMsg::Changelog {
                 epoch,
@@ -740,54 +686,36 @@ fn write_loop(
                         .or_insert_with(|| (None, EpochOutput::default()))
                         .1 = o;
                 }
-                for (e, (totals, output)) in done {
-                    let sent = output.len() as i64;
+                for (e, (totals, mut output)) in done {
                     let read = totals
                         .as_ref()
                         .map(|t| t.counts.ranges.clone())
                         .unwrap_or_default();
+                    for i in &sink_order {
+                        if let Some(records) = targets.get_mut(i).unwrap().transactional(e) {
+                            output.records.push(records);
+                        }
+                    }
                     // Files and rows need the epoch logged even when
                     // nothing else does, so its number is never reused.
-                    let external = targets.values().any(|t| match t {
-                        Target::File(files) => files.holds(e),
-                        Target::Postgres(_, rows) => rows.contains_key(&e),
-                        _ => false,
-                    });
-                    // Files and table rows of an epoch are in place before the
-                    // epoch commits; both skip an epoch they already hold.
+                    let external = targets.values().any(|t| t.holds(e));
+                    let _ = out.flush();
                     let mut write_files = || -> Result<(), RunError> {
-                        for (i, t) in targets.iter_mut() {
-                            match t {
-                                Target::File(files) => {
-                                    let written =
-                                        files.complete(e + 1).map_err(|err| RunError::Files {
-                                            sink: sink_names[i].clone(),
-                                            dir: files.dir().display().to_string(),
-                                            source: err,
-                                        })?;
-                                    summary.files.extend(written);
-                                }
-                                Target::Postgres(pg, rows) => {
-                                    let later = rows.split_off(&(e + 1));
-                                    for (epoch, rows) in std::mem::replace(rows, later) {
-                                        let began = Instant::now();
-                                        let written = pg.write_epoch(epoch, &rows)?;
-                                        summary.postgres_time += began.elapsed();
-                                        match written {
-                                            Written::Rows(n) => summary.postgres_rows += n as u64,
-                                            Written::AlreadyThere => {}
-                                            Written::Fallback(path, n) => {
-                                                summary.fallback_rows += n as u64;
-                                                eprintln!(
-                                                    "epoch {epoch}: postgres unreachable, sink {}: {n} rows written to {}",
-                                                    sink_names[i],
-                                                    path.display()
-                                                );
-                                            }
-                                        }
-                                    }
-                                }
-                                _ => {}
+                        for i in &sink_order {
+                            targets.get_mut(i).unwrap().pre_commit(e)?;
+                        }
+                        for i in &sink_order {
+                            let c = targets.get_mut(i).unwrap().commit(e)?;
+                            summary.files.extend(c.files);
+                            summary.postgres_rows += c.rows;
+                            summary.postgres_time += c.time;
+                            if let Some((path, n)) = c.fallback {
+                                summary.fallback_rows += n;
+                                eprintln!(
+                                    "epoch {e}: postgres unreachable, sink {}: {n} rows written to {}",
+                                    sink_names[i],
+                                    path.display()
+                                );
                             }
                         }
                         Ok(())
@@ -803,6 +731,8 @@ fn write_loop(
                         )?,
                         Backend::Memory { .. } => write_files()?,
                     }
+                    let sent = staged.split_off(&(e + 1));
+                    let sent: i64 = std::mem::replace(&mut staged, sent).into_values().sum();
                     in_flight.fetch_sub(sent, Ordering::Relaxed);
                     let Some(t) = totals else { continue };
                     let records_in: u64 = t.counts.inputs.iter().sum();
@@ -850,11 +780,33 @@ fn write_loop(
     if let Backend::Kafka(c) = &backend {
         c.flush()?;
     }
-    for (_, n, _) in plan.sinks() {
+    for (i, n, _) in plan.sinks() {
         summary.records_out.entry(n.name.clone()).or_default();
+        let kept = targets.get_mut(&i).unwrap().kept();
+        if !kept.is_empty() {
+            summary
+                .output
+                .entry(n.name.clone())
+                .or_default()
+                .extend(kept);
+        }
     }
     summary.elapsed = start.elapsed();
     Ok(summary)
+}
+
+/// A dead letter as a record of a dead-letter sink outside Kafka: a row
+/// for tables and files, its JSON text for the console.
+fn dead_letter_record(d: &DeadLetter) -> OutRecord {
+    let row = dead_letter_row(d);
+    let text = crate::format::json::row_to_string(&row, &crate::plan::dead_letter_schema(), true);
+    OutRecord {
+        key: d.key.clone(),
+        value: Some(text.into_bytes()),
+        partition: None,
+        window: None,
+        row: Some(row),
+    }
 }
 
 /// A dead letter as a row of the dead-letter sink's table.
