@@ -7,6 +7,11 @@ pub mod error;
 pub mod local;
 pub mod planner;
 pub mod recovery;
+mod report;
+mod workers;
+mod writer;
+
+pub use error::RunError;
 
 #[cfg(test)]
 mod engine_tests;

@@ -1,0 +1,71 @@
+//! What a run prints: a progress line per committed epoch, and the
+//! summary at its end.
+
+use super::local::RunSummary;
+use super::writer::EpochTotals;
+use crate::dataflow::Epoch;
+use std::collections::HashMap;
+
+pub(super) fn progress_line(
+    epoch: Epoch,
+    t: &EpochTotals,
+    records_in: u64,
+    seconds: f64,
+    sources: &[String],
+    sink_order: &[usize],
+    sink_names: &HashMap<usize, String>,
+) -> String {
+    let ins: Vec<String> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{s} {}", t.counts.inputs.get(i).copied().unwrap_or(0)))
+        .collect();
+    let outs: Vec<String> = sink_order
+        .iter()
+        .zip(&t.out)
+        .map(|(s, n)| format!("{} {n}", sink_names[s]))
+        .collect();
+    format!(
+        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {}",
+        ins.join(", "),
+        records_in as f64 / seconds,
+        outs.join(", "),
+        t.counts.dead,
+        t.counts.late,
+        t.counts.filtered
+    )
+}
+
+impl RunSummary {
+    /// The closing line `jobctl submit` prints.
+    pub fn line(&self, job: &str) -> String {
+        let outs: Vec<String> = self
+            .records_out
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        format!(
+            "job {job} stopped after {} epochs in {:.1} s: {} records in, out {}, {} dead-lettered, {} filtered{}",
+            self.epochs,
+            self.elapsed.as_secs_f64(),
+            self.records_in,
+            outs.join(", "),
+            self.dead_lettered,
+            self.filtered,
+            if self.files.is_empty() { String::new() } else { format!(", {} files written", self.files.len()) }
+        ) + &if self.postgres_rows > 0 {
+            format!(
+                ", postgres {} rows in {:.2} s of epoch transactions ({:.0} rows/s)",
+                self.postgres_rows,
+                self.postgres_time.as_secs_f64(),
+                self.postgres_rows as f64 / self.postgres_time.as_secs_f64().max(1e-9)
+            )
+        } else {
+            String::new()
+        } + &if self.fallback_rows > 0 {
+            format!(", {} rows to postgres fallback files (load them with `jobctl replay`)", self.fallback_rows)
+        } else {
+            String::new()
+        }
+    }
+}

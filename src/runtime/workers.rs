@@ -1,0 +1,136 @@
+//! The timely workers of one process, beside its writer thread: each
+//! worker builds the dataflow, steps it, and reports to the writer the
+//! epochs it has finished and what it counted in them.
+
+use super::local::{Launch, RunOptions, RunSummary};
+use super::writer::write_loop;
+use super::RunError;
+use crate::dataflow::output::WriterMsg;
+use crate::dataflow::{self, Epoch, WorkerContext};
+use crate::plan::Plan;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timely::dataflow::ProbeHandle;
+
+/// Runs the dataflow on `opts.workers` timely worker threads beside the
+/// writer thread, until the sources are done or `stop` is set.
+pub(super) fn execute(
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+    launch: Launch,
+) -> Result<RunSummary, RunError> {
+    let workers = opts.workers.max(1);
+    let (tx, rx) = crossbeam_channel::unbounded::<WriterMsg>();
+    let in_flight = Arc::new(AtomicI64::new(0));
+    let start = Instant::now();
+    let interval = Duration::from_millis(plan.job.checkpoint_interval_ms.max(1));
+
+    let writer_plan = plan.clone();
+    let writer_in_flight = in_flight.clone();
+    let Launch {
+        readers,
+        registry,
+        sink_schema_ids,
+        sink_partitions,
+        source_topics,
+        source_partitions,
+        targets,
+        backend,
+        scripted,
+        first_epoch,
+        resume_after,
+        changelog_topics,
+        restored,
+    } = launch;
+    let max_rate = opts.max_rate;
+    let bounded = opts.until_caught_up;
+    let writer_opts = opts.clone();
+    let writer_stop = stop.clone();
+    let writer = std::thread::Builder::new()
+        .name("rill-writer".into())
+        .spawn(move || {
+            let result = write_loop(
+                &writer_plan,
+                &writer_opts,
+                workers,
+                rx,
+                targets,
+                backend,
+                writer_in_flight,
+                start,
+                resume_after,
+            );
+            // A writer that stops (fenced, or failing to commit) stops the
+            // sources too, so the workers drain and the process exits.
+            writer_stop.store(true, Ordering::SeqCst);
+            result
+        })
+        .expect("spawn writer thread");
+
+    let worker_plan = plan.clone();
+    let trace = opts.trace_records;
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let ctx = Rc::new(WorkerContext {
+            index: worker.index(),
+            peers: worker.peers(),
+            writer: tx.clone(),
+            counts: Rc::new(RefCell::new(BTreeMap::new())),
+            trace,
+            start,
+            checkpoint_interval: interval,
+            stop: stop.clone(),
+            in_flight: in_flight.clone(),
+            registry: registry.clone(),
+            sink_schema_ids: sink_schema_ids.clone(),
+            sink_partitions: sink_partitions.clone(),
+            source_topics: source_topics.clone(),
+            source_partitions: source_partitions.clone(),
+            bounded,
+            scripted,
+            first_epoch,
+            resume_after,
+            max_rate,
+            changelog_topics: changelog_topics.clone(),
+            restored: restored.clone(),
+        });
+        let probe = ProbeHandle::<Epoch>::new();
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            dataflow::build(scope, &worker_plan, &readers, &ctx, &probe)
+        });
+        let mut reported: Epoch = 0;
+        loop {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            let upto = frontier.unwrap_or(Epoch::MAX);
+            if upto > reported {
+                let mut counts = ctx.counts.borrow_mut();
+                let later = counts.split_off(&upto);
+                let done = std::mem::replace(&mut *counts, later);
+                let _ = ctx.writer.send(WriterMsg::Progress {
+                    worker: ctx.index,
+                    upto,
+                    counts: done,
+                });
+                reported = upto;
+            }
+            if frontier.is_none() {
+                break;
+            }
+        }
+        let _ = ctx.writer.send(WriterMsg::Finished { worker: ctx.index });
+    })
+    .map_err(RunError::Workers)?;
+    let results = guards.join();
+    let written = writer
+        .join()
+        .map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(RunError::Workers(e));
+    }
+    written
+}
