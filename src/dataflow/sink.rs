@@ -1,0 +1,183 @@
+//! Sink encoding: rows to the bytes (or rows) a sink stores, partitioned
+//! by key as the Java client would, handed to the writer with their epoch.
+
+use super::output::{capitalise, trace_line, WriterMsg};
+use super::{epoch_of, Epoch, Records, WorkerContext};
+use crate::connectors::partition_for_key;
+use crate::format::{avro, csv, json};
+use crate::plan::SinkPlan;
+use crate::record::OutRecord;
+use crate::record::{RowSchema, Value};
+use crate::spec::{FileFormat, Format};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
+
+pub(crate) trait WriteSink<'s> {
+    fn write_sink(
+        self,
+        node: usize,
+        name: &str,
+        sink: &SinkPlan,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Stream<'s, Epoch, Vec<()>>;
+}
+
+impl<'s> WriteSink<'s> for Records<'s> {
+    fn write_sink(
+        self,
+        node: usize,
+        name: &str,
+        sink: &SinkPlan,
+        schema: RowSchema,
+        ctx: Rc<WorkerContext>,
+    ) -> Stream<'s, Epoch, Vec<()>> {
+        let sink = sink.clone();
+        let label = capitalise(name);
+        let node_id = format!("sinks.{name}");
+        let encoder = avro::Encoder::new(&schema);
+        let schema_id = ctx.sink_schema_ids.get(&node).copied();
+        let partitions = ctx.sink_partitions.get(&node).copied().unwrap_or(1).max(1);
+        let window_fields = schema
+            .index_of("window_start")
+            .zip(schema.index_of("window_end"));
+        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, _| {
+            let mut round_robin = ctx.index as i32;
+            let mut dead = Vec::new();
+            let mut text = String::new();
+            move |input, _output| {
+                input.for_each(|cap, data| {
+                    let epoch = epoch_of(&cap);
+                    let mut out = Vec::with_capacity(data.len());
+                    let mut trace = Vec::new();
+                    for r in data.drain(..) {
+                        text.clear();
+                        if ctx.trace || matches!(sink, SinkPlan::Stdout) {
+                            json::write_row(&r.row, &schema, true, &mut text);
+                        }
+                        if r.tombstone {
+                            text.clear();
+                            text.push_str("null");
+                        }
+                        let mut parquet_row = None;
+                        let (key, value, window) = match &sink {
+                            SinkPlan::Stdout => {
+                                (r.key.clone(), Some(text.clone().into_bytes()), None)
+                            }
+                            // Files and tables are not upsert streams here: a
+                            // deletion has no row.
+                            SinkPlan::File { .. } | SinkPlan::Postgres { .. } if r.tombstone => {
+                                continue
+                            }
+                            SinkPlan::Postgres { .. } => {
+                                parquet_row = Some(r.row.clone());
+                                (r.key.clone(), None, None)
+                            }
+                            SinkPlan::File { config, .. } => {
+                                let window =
+                                    window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
+                                        (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
+                                        _ => None,
+                                    });
+                                if config.format == FileFormat::Parquet {
+                                    parquet_row = Some(r.row.clone());
+                                    (r.key.clone(), None, window)
+                                } else {
+                                    let mut line = String::with_capacity(96);
+                                    csv::write_row(&r.row, &mut line);
+                                    (r.key.clone(), Some(line.into_bytes()), window)
+                                }
+                            }
+                            SinkPlan::Kafka { config, key } => {
+                                let key = match key {
+                                    None => r.key.clone(),
+                                    Some(e) => match e.eval(&r.row) {
+                                        Ok(Value::Null) => None,
+                                        Ok(Value::Str(s)) => Some(Arc::from(s.as_bytes())),
+                                        Ok(Value::Bytes(b)) => Some(b),
+                                        Ok(v) => {
+                                            let mut s = String::new();
+                                            json::write_value(&v, &mut s);
+                                            Some(Arc::from(s.as_bytes()))
+                                        }
+                                        Err(e) => {
+                                            dead.push(ctx.dead_row(
+                                                &node_id,
+                                                &r,
+                                                &schema,
+                                                format!("key: {}", e.0),
+                                            ));
+                                            continue;
+                                        }
+                                    },
+                                };
+                                if r.tombstone {
+                                    (key, None, None)
+                                } else {
+                                    let mut value = Vec::with_capacity(64);
+                                    match config.format {
+                                        Format::Json => {
+                                            let mut s = String::with_capacity(128);
+                                            json::write_row(&r.row, &schema, false, &mut s);
+                                            value = s.into_bytes();
+                                        }
+                                        Format::Avro => {
+                                            avro::write_wire_header(
+                                                &mut value,
+                                                schema_id.unwrap_or(0),
+                                            );
+                                            if let Err(e) = encoder.encode(&r.row, &mut value) {
+                                                dead.push(ctx.dead_row(
+                                                    &node_id,
+                                                    &r,
+                                                    &schema,
+                                                    e.to_string(),
+                                                ));
+                                                continue;
+                                            }
+                                        }
+                                    }
+                                    (key, Some(value), None)
+                                }
+                            }
+                        };
+                        if ctx.trace {
+                            trace.push(trace_line(&label, key.as_deref(), &text));
+                        }
+                        let partition = Some(match &key {
+                            Some(k) => partition_for_key(k, partitions),
+                            None => {
+                                round_robin = (round_robin + 1) % partitions;
+                                round_robin
+                            }
+                        });
+                        out.push(OutRecord {
+                            key,
+                            value,
+                            partition,
+                            window,
+                            row: parquet_row.take(),
+                        });
+                    }
+                    if !trace.is_empty() {
+                        let _ = ctx.writer.send(WriterMsg::Trace(trace));
+                    }
+                    ctx.dead(epoch, std::mem::take(&mut dead));
+                    if !out.is_empty() {
+                        ctx.in_flight.fetch_add(out.len() as i64, Ordering::Relaxed);
+                        let _ = ctx.writer.send(WriterMsg::Out {
+                            sink: node,
+                            epoch,
+                            records: out,
+                        });
+                    }
+                });
+            }
+        })
+    }
+}

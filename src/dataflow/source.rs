@@ -1,0 +1,125 @@
+//! Sources: each polls its reader without blocking and stamps what it
+//! reads with the epoch of the clock (or, replaying, the logged epoch).
+
+use super::{Epoch, WorkerContext, MAX_IN_FLIGHT};
+use crate::connectors::{Poll, SourceReader};
+use crate::record::RawRecord;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+/// Records a source hands on per poll at most.
+const POLL_BATCH: usize = 2048;
+
+/// Polls a source without blocking and stamps what it reads with the
+/// current epoch.
+pub(super) fn read_source<'s>(
+    scope: Scope<'s, Epoch>,
+    name: &str,
+    mut reader: Box<dyn SourceReader>,
+    source_pos: usize,
+    ctx: Rc<WorkerContext>,
+) -> Stream<'s, Epoch, Vec<RawRecord>> {
+    source::<_, CapacityContainerBuilder<Vec<RawRecord>>, _, _>(scope, name, move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_BATCH);
+        let mut read_so_far: i64 = 0;
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            if ctx.stop.load(Ordering::Relaxed) {
+                cap = None;
+                return;
+            }
+            // Epochs move on even while backpressure below stops reading:
+            // the held output is only sent when its epoch completes.
+            follow_clock(&ctx, reader.as_ref(), c);
+            let mut budget = POLL_BATCH;
+            if let Some(rate) = ctx.max_rate {
+                let allowed = (rate / ctx.peers as f64 * ctx.start.elapsed().as_secs_f64()) as i64
+                    - read_so_far;
+                if allowed <= 0 {
+                    activator.activate_after(Duration::from_millis(5));
+                    return;
+                }
+                budget = budget.min(allowed as usize);
+            }
+            // A replayed epoch is read whole: it cannot complete otherwise,
+            // and it was no bigger when it was first read.
+            if !reader.replaying() && ctx.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+                activator.activate_after(Duration::from_millis(2));
+                return;
+            }
+            // A few polls per activation, so a busy source still yields.
+            for _ in 0..8 {
+                // A replay may have ended in the last poll: what is read live
+                // belongs to the clock's epoch, never to a replayed one, whose
+                // records are exactly those the epoch log gives.
+                follow_clock(&ctx, reader.as_ref(), c);
+                let polled = match reader.poll_scripted(&mut buf, budget) {
+                    Some((epoch, Poll::Data)) => {
+                        if epoch > *c.time() {
+                            c.downgrade(&epoch);
+                        }
+                        Poll::Data
+                    }
+                    Some((_, p)) => p,
+                    None => reader.poll(&mut buf, budget),
+                };
+                match polled {
+                    Poll::Data => {
+                        let n = buf.len() as u64;
+                        read_so_far += n as i64;
+                        ctx.count(*c.time(), |x| {
+                            if x.inputs.len() <= source_pos {
+                                x.inputs.resize(source_pos + 1, 0);
+                            }
+                            x.inputs[source_pos] += n;
+                            for r in &buf {
+                                let range = x
+                                    .ranges
+                                    .entry((r.origin.source, r.origin.partition))
+                                    .or_insert((r.origin.offset, r.origin.offset + 1));
+                                range.0 = range.0.min(r.origin.offset);
+                                range.1 = range.1.max(r.origin.offset + 1);
+                            }
+                        });
+                        output.session(&*c).give_container(&mut buf);
+                        buf.clear();
+                        crate::fault::point("source_read");
+                        if ctx.max_rate.is_some() {
+                            break;
+                        }
+                    }
+                    Poll::Idle => {
+                        activator.activate_after(Duration::from_millis(2));
+                        return;
+                    }
+                    Poll::Done => {
+                        cap = None;
+                        return;
+                    }
+                }
+            }
+            activator.activate();
+        }
+    })
+}
+
+/// Moves a live source's epoch to the clock's; scripted and replaying
+/// sources say their epochs themselves.
+fn follow_clock(
+    ctx: &WorkerContext,
+    reader: &dyn SourceReader,
+    cap: &mut timely::dataflow::operators::Capability<Epoch>,
+) {
+    if !ctx.scripted && !reader.replaying() {
+        let now = ctx.epoch_now();
+        if now > *cap.time() {
+            cap.downgrade(&now);
+        }
+    }
+}
