@@ -11,6 +11,7 @@ mod sink;
 mod source;
 pub mod state;
 mod transforms;
+pub(crate) mod window;
 
 use crate::connectors::SourceReader;
 use crate::format::{json, registry::RegistryClient};

@@ -217,6 +217,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn states_add_up() {
+        let mut a = AggState {
+            rows: 1,
+            accs: vec![
+                Acc::Count(1),
+                Acc::SumDouble(Value::Double(2.0)),
+                Acc::Min(Value::Int(5)),
+                Acc::Avg(Value::Double(2.0), 1),
+            ],
+        };
+        let b = AggState {
+            rows: 1,
+            accs: vec![
+                Acc::Count(1),
+                Acc::SumDouble(Value::Double(3.5)),
+                Acc::Min(Value::Int(3)),
+                Acc::Avg(Value::Double(4.0), 1),
+            ],
+        };
+        a.plus_equals(&b);
+        let mut row = Vec::new();
+        a.finish(&mut row);
+        assert_eq!(
+            row,
+            vec![
+                Value::Int(2),
+                Value::Double(5.5),
+                Value::Int(3),
+                Value::Double(3.0)
+            ]
+        );
+    }
+
+    #[test]
     fn doubles_keep_their_bits_nan_and_infinity_included() {
         for d in [
             f64::NAN,

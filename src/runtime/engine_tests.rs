@@ -3,7 +3,7 @@
 //! a direct computation over the same events.
 
 use super::local::{run_in_memory, run_in_memory_restarted, MemoryInput, Restart};
-use crate::dataflow::aggregate::windows_of;
+use crate::dataflow::window::windows_of;
 use crate::plan::aggregate::WindowShape;
 use crate::plan::Plan;
 use crate::record::{Origin, RawRecord};
