@@ -1,0 +1,241 @@
+//! Sources and transforms in the plan: schemas resolved, expressions
+//! compiled against their input.
+
+use super::graph::{Builder, Kind};
+use super::*;
+use crate::expr::{did_you_mean, Expr};
+use crate::format::avro;
+use crate::record::{Field, FieldType, RowSchema};
+use crate::spec::{SourceConfig, TransformConfig};
+use std::sync::Arc;
+
+impl Builder<'_> {
+    pub(super) fn source(&mut self, name: &str) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
+        let SourceConfig::Kafka(config) = &self.spec.sources[name];
+        let path = self.spec.base_dir().join(&config.schema);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(
+                    Kind::Source,
+                    name,
+                    Some("schema"),
+                    format!("cannot read schema file `{}`: {e}", path.display()),
+                    Some("schema paths are relative to the job file's directory".into()),
+                );
+                return None;
+            }
+        };
+        let parsed = avro::parse_schema(&text).and_then(|s| avro::row_schema(&s).map(|r| (s, r)));
+        match parsed {
+            Ok((schema, rows)) => {
+                if config.partitions < 1 {
+                    self.error(
+                        Kind::Source,
+                        name,
+                        Some("partitions"),
+                        "`partitions` must be at least 1".into(),
+                        None,
+                    );
+                }
+                Some((
+                    NodeKind::Source(SourcePlan {
+                        config: config.clone(),
+                        reader: Arc::new(schema),
+                        reader_text: text,
+                    }),
+                    vec![rows],
+                    vec![name.to_string()],
+                ))
+            }
+            Err(e) => {
+                self.error(
+                    Kind::Source,
+                    name,
+                    Some("schema"),
+                    format!("schema file `{}`: {e}", path.display()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn compile(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+        src: &str,
+        schema: &RowSchema,
+        predicate: bool,
+    ) -> Option<Expr> {
+        let r = if predicate {
+            Expr::predicate(src, schema)
+        } else {
+            Expr::compile(src, schema)
+        };
+        match r {
+            Ok(e) => Some(e),
+            Err(e) => {
+                // Lined up under the expression as the hint prints it.
+                let caret = format!("{src}\n        {}^", " ".repeat(e.pos));
+                self.error(
+                    kind,
+                    name,
+                    Some(key),
+                    format!("in `{key}` at column {}: {}", e.pos + 1, e.message),
+                    Some(caret),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn transform(
+        &mut self,
+        name: &str,
+        schema: RowSchema,
+    ) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
+        let k = Kind::Transform;
+        match &self.spec.transforms[name] {
+            TransformConfig::Filter(c) => {
+                let e = self.compile(k, name, "condition", &c.condition, &schema, true)?;
+                Some((NodeKind::Filter(e), vec![schema], vec![name.to_string()]))
+            }
+            TransformConfig::Route(c) => {
+                let mut routes = Vec::new();
+                let mut ok = true;
+                for (route, cond) in &c.routes {
+                    match self.compile(k, name, &format!("routes.{route}"), cond, &schema, true) {
+                        Some(e) => routes.push((route.clone(), e)),
+                        None => ok = false,
+                    }
+                }
+                if c.routes.is_empty() {
+                    self.error(
+                        k,
+                        name,
+                        Some("routes"),
+                        "`routes` is empty".into(),
+                        Some("add conditions such as routes.big = \"amount > 100\"".into()),
+                    );
+                }
+                if !ok {
+                    return None;
+                }
+                let mut names: Vec<String> =
+                    routes.iter().map(|(r, _)| format!("{name}.{r}")).collect();
+                names.push(format!("{name}._unmatched"));
+                let outs = vec![schema; names.len()];
+                Some((NodeKind::Route(routes), outs, names))
+            }
+            TransformConfig::Validate(c) => {
+                let mut rules = Vec::new();
+                let mut ok = true;
+                for (rule, cond) in &c.rules {
+                    match self.compile(k, name, &format!("rules.{rule}"), cond, &schema, true) {
+                        Some(e) => rules.push((rule.clone(), e)),
+                        None => ok = false,
+                    }
+                }
+                if c.rules.is_empty() {
+                    self.error(
+                        k,
+                        name,
+                        Some("rules"),
+                        "`rules` is empty".into(),
+                        Some("add rules such as rules.positive = \"amount >= 0.0\"".into()),
+                    );
+                }
+                ok.then(|| {
+                    (
+                        NodeKind::Validate(rules),
+                        vec![schema],
+                        vec![name.to_string()],
+                    )
+                })
+            }
+            TransformConfig::Aggregate(c) => match aggregate::plan(name, c, &schema) {
+                Ok((plan, out)) => {
+                    Some((NodeKind::Aggregate(plan), vec![out], vec![name.to_string()]))
+                }
+                Err(problems) => {
+                    for (key, message, hint) in problems {
+                        self.error(k, name, Some(&key), message, hint);
+                    }
+                    None
+                }
+            },
+            TransformConfig::Map(c) => {
+                let mut out = schema.clone();
+                let mut computed = Vec::new();
+                let mut ok = true;
+                for (field, src) in &c.fields {
+                    let Some(e) =
+                        self.compile(k, name, &format!("fields.{field}"), src, &schema, false)
+                    else {
+                        ok = false;
+                        continue;
+                    };
+                    match out.index_of(field) {
+                        Some(i) => {
+                            let f = &mut out.fields[i];
+                            let keeps_type = f.ty == e.ty.ty
+                                || (f.ty == FieldType::Double && e.ty.ty == FieldType::Int);
+                            if !keeps_type {
+                                *f = Field::new(field.clone(), e.ty.ty);
+                            }
+                            f.nullable |= e.ty.nullable;
+                            let ty = f.ty;
+                            computed.push((e, MapTarget::Replace(i), ty));
+                        }
+                        None => {
+                            let ty = if e.ty.ty == FieldType::Null {
+                                FieldType::String
+                            } else {
+                                e.ty.ty
+                            };
+                            let mut f = Field::new(field.clone(), ty);
+                            f.nullable = e.ty.nullable;
+                            out.fields.push(f);
+                            computed.push((e, MapTarget::Append, ty));
+                        }
+                    }
+                }
+                let mut keep = None;
+                if !c.drop.is_empty() {
+                    let mut idx: Vec<usize> = (0..out.fields.len()).collect();
+                    for d in &c.drop {
+                        match out.index_of(d) {
+                            Some(i) => idx.retain(|&x| x != i),
+                            None => {
+                                let hint =
+                                    did_you_mean(d, out.fields.iter().map(|f| f.name.as_str()))
+                                        .map(|m| format!("did you mean `{m}`?"));
+                                self.error(
+                                    k,
+                                    name,
+                                    Some("drop"),
+                                    format!("cannot drop unknown field `{d}`"),
+                                    hint,
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    out.fields = idx.iter().map(|&i| out.fields[i].clone()).collect();
+                    keep = Some(idx);
+                }
+                if !ok {
+                    return None;
+                }
+                Some((
+                    NodeKind::Map(MapPlan { computed, keep }),
+                    vec![out],
+                    vec![name.to_string()],
+                ))
+            }
+        }
+    }
+}
