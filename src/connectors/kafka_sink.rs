@@ -112,13 +112,19 @@ impl KafkaWriter {
 
     /// A changelog record: the state key and its value as of `epoch`; no
     /// value deletes the key.
-    pub fn send_changelog(&self, topic: &str, key: &[u8], value: Option<&[u8]>, epoch: u64) {
+    pub fn send_changelog(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        epoch: u64,
+    ) -> Result<(), KafkaError> {
         let mut r: BaseRecord<'_, [u8], [u8], ()> =
             BaseRecord::to(topic).key(key).headers(self.headers(epoch));
         if let Some(v) = value {
             r = r.payload(v);
         }
-        self.send_record(r);
+        self.send_record(r)
     }
 
     fn headers(&self, epoch: u64) -> OwnedHeaders {
@@ -138,33 +144,30 @@ impl KafkaWriter {
             })
     }
 
-    fn send_record(&self, mut record: BaseRecord<'_, [u8], [u8], ()>) {
+    /// Hands a record to the producer, waiting (on this writer thread,
+    /// never a worker) while its queue is full. An error is the producer
+    /// refusing this record at once, before any broker saw it.
+    fn send_record(&self, mut record: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), KafkaError> {
         loop {
             match self.producer.send(record) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    // Only this writer thread waits here, never a worker.
                     self.producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => {
-                    self.producer
-                        .context()
-                        .failed
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.producer
-                        .context()
-                        .first_error
-                        .lock()
-                        .unwrap()
-                        .get_or_insert(e);
-                    return;
-                }
+                Err((e, _)) => return Err(e),
             }
         }
     }
 
-    pub fn send(&self, topic: &str, rec: &OutRecord, epoch: u64) {
+    /// Counts a record that could not be sent: the epoch must not commit.
+    pub fn note_failure(&self, e: KafkaError) {
+        let ctx = self.producer.context();
+        ctx.failed.fetch_add(1, Ordering::Relaxed);
+        ctx.first_error.lock().unwrap().get_or_insert(e);
+    }
+
+    pub fn send(&self, topic: &str, rec: &OutRecord, epoch: u64) -> Result<(), KafkaError> {
         let mut r: BaseRecord<'_, [u8], [u8], ()> =
             BaseRecord::to(topic).headers(self.headers(epoch));
         if let Some(v) = &rec.value {
@@ -176,12 +179,12 @@ impl KafkaWriter {
         if let Some(p) = rec.partition {
             r = r.partition(p);
         }
-        self.send_record(r);
+        self.send_record(r)
     }
 
     /// Dead letters keep the original bytes as their value; the reason and
     /// the origin travel in headers, as Kafka Connect's dead-letter queues do.
-    pub fn send_dead(&self, topic: &str, dl: &DeadLetter, epoch: u64) {
+    pub fn send_dead(&self, topic: &str, dl: &DeadLetter, epoch: u64) -> Result<(), KafkaError> {
         let partition = dl.partition.to_string();
         let offset = dl.offset.to_string();
         let headers = self
@@ -209,7 +212,7 @@ impl KafkaWriter {
         if let Some(k) = &dl.key {
             r = r.key(&k[..]);
         }
-        self.send_record(r);
+        self.send_record(r)
     }
 
     pub fn poll(&self) {
@@ -312,4 +315,19 @@ impl EpochSink for KafkaTopicSink {
     fn contains(&mut self, _epoch: u64) -> Result<bool, SinkError> {
         Ok(false)
     }
+}
+
+/// Whether the producer refused a record for what the record is (too large,
+/// say), so that sending it again would fail the same way.
+pub fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::BadMessage
+        )
+    )
 }

@@ -8,11 +8,12 @@ use super::coordinator::{steps, EpochWork, Step};
 use super::error::RunError;
 use super::recovery::{EpochLog, LogRecord, PartitionRange, Recovered};
 use crate::connectors::kafka_admin::client_config;
-use crate::connectors::kafka_sink::KafkaWriter;
+use crate::connectors::kafka_sink::{refused_for_good, KafkaWriter};
 use crate::fault;
 use crate::record::{DeadLetter, OutRecord};
 use crate::spec::{Guarantee, JobConfig};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
 
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -58,7 +59,16 @@ pub struct Committer {
     last_own: i64,
     /// The last epoch committed.
     committed: u64,
+    /// Output records the producer refused and that went to the dead
+    /// letters instead.
+    pub refused: u64,
+    /// The epoch last appended to the log and the offset its progress
+    /// commits, for a retry to cut it again as logged.
+    logged: Option<(u64, i64)>,
 }
+
+/// Attempts of an epoch after an abortable error, before the job stops.
+const RETRIES: u32 = 3;
 
 impl Committer {
     /// Starts the writer's producer and logs the start. With exactly once
@@ -134,6 +144,8 @@ impl Committer {
             brokers: job.brokers.clone(),
             last_own: start_offset,
             committed: recovered.committed,
+            refused: 0,
+            logged: None,
         })
     }
 
@@ -156,25 +168,74 @@ impl Committer {
         write_external: impl FnOnce() -> Result<(), RunError>,
         job: &str,
     ) -> Result<(), RunError> {
-        let work = EpochWork {
+        let mut work = EpochWork {
             kafka: !output.is_empty(),
             external,
             read: !read.is_empty(),
             replayed: self.replayed.contains_key(&epoch),
         };
-        let eos = self.guarantee == Guarantee::ExactlyOnce;
         let mut write_external = Some(write_external);
+        let mut tries = 0;
+        loop {
+            match self.try_commit(epoch, &output, read, work, &mut write_external, job) {
+                Err(e) if tries < RETRIES && self.abortable(&e) => {
+                    tries += 1;
+                    let _ = self.writer.abort();
+                    eprintln!("epoch {epoch}: {e}; aborted, trying again ({tries} of {RETRIES})");
+                    std::thread::sleep(Duration::from_millis(200 << tries));
+                    // The epoch is in the log: it is cut again as logged.
+                    if let Some((e, offset)) = self.logged.take() {
+                        if e == epoch {
+                            self.replayed.insert(epoch, (offset, Vec::new()));
+                            work.replayed = true;
+                        }
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Whether an error leaves the writer able to abort the epoch's
+    /// transaction and try it again: a record the broker refused, or a
+    /// transaction error that asks for an abort. Fencing is never such an
+    /// error.
+    fn abortable(&self, e: &RunError) -> bool {
+        self.guarantee == Guarantee::ExactlyOnce
+            && self.writer.fatal_error().is_none()
+            && match e {
+                RunError::Delivery(_) => true,
+                RunError::Commit(KafkaError::Transaction(t)) => t.txn_requires_abort(),
+                _ => false,
+            }
+    }
+
+    fn try_commit(
+        &mut self,
+        epoch: u64,
+        output: &EpochOutput,
+        read: &BTreeMap<(u32, i32), (i64, i64)>,
+        work: EpochWork,
+        write_external: &mut Option<impl FnOnce() -> Result<(), RunError>>,
+        job: &str,
+    ) -> Result<(), RunError> {
+        let eos = self.guarantee == Guarantee::ExactlyOnce;
         let (mut log_offset, mut own) = (0, 0);
         for step in steps(work, false) {
             match step {
-                Step::Send => self.send(epoch, &output, job)?,
-                Step::Log => (log_offset, own) = self.log_epoch(epoch, read)?,
+                Step::Send => self.send(epoch, output, job)?,
+                Step::Log => {
+                    (log_offset, own) = self.log_epoch(epoch, read)?;
+                    self.logged = Some((epoch, log_offset));
+                }
                 Step::CheckFenced => {
                     self.check_fenced(own, job)?;
                     fault::point("epoch_logged");
                 }
                 Step::PreCommit if eos => self.pre_commit(epoch, job)?,
                 Step::PreCommit | Step::AwaitDecision => {}
+                // Files and rows skip an epoch they hold, so a retry after
+                // they were written has nothing to write again.
                 Step::WriteExternal => {
                     if let Some(write) = write_external.take() {
                         write()?;
@@ -198,15 +259,41 @@ impl Committer {
         }
         for (topic, records) in &output.records {
             for r in records {
-                self.writer.send(topic, r, epoch);
+                match self.writer.send(topic, r, epoch) {
+                    Ok(()) => {}
+                    // A record the producer refuses for what it is would be
+                    // refused on every replay: it becomes a dead letter, in
+                    // the same transaction, instead of stopping the job.
+                    Err(e) if refused_for_good(&e) => {
+                        let bytes = r.value.as_ref().map_or(0, Vec::len);
+                        let dead = DeadLetter {
+                            key: r.key.clone(),
+                            value: None,
+                            reason: format!("sink topic {topic}: {e} (a value of {bytes} bytes)"),
+                            topic: topic.clone(),
+                            partition: -1,
+                            offset: -1,
+                        };
+                        self.refused += 1;
+                        if let Err(e) = self.writer.send_dead(&self.dead_letter_topic, &dead, epoch)
+                        {
+                            self.writer.note_failure(e);
+                        }
+                    }
+                    Err(e) => self.writer.note_failure(e),
+                }
             }
         }
         for d in &output.dead {
-            self.writer.send_dead(&self.dead_letter_topic, d, epoch);
+            if let Err(e) = self.writer.send_dead(&self.dead_letter_topic, d, epoch) {
+                self.writer.note_failure(e);
+            }
         }
         for (topic, records) in &output.changelog {
             for (k, v) in records {
-                self.writer.send_changelog(topic, k, v.as_deref(), epoch);
+                if let Err(e) = self.writer.send_changelog(topic, k, v.as_deref(), epoch) {
+                    self.writer.note_failure(e);
+                }
             }
         }
         fault::point("epoch_sent");

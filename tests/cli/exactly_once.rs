@@ -265,3 +265,80 @@ fn an_epoch_log_that_would_expire_is_refused_with_how_to_fix_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_record_the_producer_refuses_goes_to_the_dead_letters_and_the_epoch_commits() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("toolarge");
+    std::fs::write(
+        dir.path().join("line.avsc"),
+        r#"{"type":"record","name":"Line","fields":[{"name":"id","type":"long"},{"name":"s","type":"string"}]}"#,
+    )
+    .unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"[job]
+name = "{name}"
+dead_letter_topic = "{name}-dead"
+
+[sources.lines]
+type = "kafka"
+topic = "{name}-in"
+format = "json"
+schema = "line.avsc"
+
+[transforms.tripled]
+type = "map"
+inputs = ["lines"]
+fields.s = "s + s + s"
+
+[sinks.out]
+type = "kafka"
+inputs = ["tripled"]
+topic = "{name}-out"
+format = "json"
+"#
+        ),
+    )
+    .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    // Three lines; the second, tripled, is over the producer's 1 MB limit.
+    for (id, len) in [(1, 10), (2, 400_000), (3, 20)] {
+        let value = format!(r#"{{"id":{id},"s":"{}"}}"#, "x".repeat(len));
+        producer
+            .send(
+                BaseRecord::<str, str>::to(&format!("{name}-in"))
+                    .key("k")
+                    .payload(&value),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let out = jobctl(&["submit", job.to_str().unwrap(), "--until-caught-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let ids: Vec<i64> = verify_lines(&job)
+        .iter()
+        .filter_map(|l| l.strip_prefix("out key k value "))
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(v).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 3]);
+    let dead = read_topic(&format!("{name}-dead"));
+    assert_eq!(dead.len(), 1);
+    let reason = &dead[0].headers["rill-error-reason"];
+    assert!(
+        reason.starts_with(&format!("sink topic {name}-out: "))
+            && reason.contains("(a value of 1200"),
+        "{reason}"
+    );
+}
