@@ -342,3 +342,133 @@ format = "json"
         "{reason}"
     );
 }
+
+/// A registry on a port of its own, keeping its schemas in `topic`.
+fn private_registry(port: u16, topic: &str) -> std::process::Child {
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["registry", "--listen", &listen, "--topic", topic])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = RegistryClient::new(&format!("http://{listen}"));
+    for _ in 0..100 {
+        if client.subjects().is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("registry did not start on {listen}");
+}
+
+#[test]
+fn records_wait_while_the_registry_is_down_and_none_go_to_the_dead_letters() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("regdown");
+    let port = 19000 + (std::process::id() % 1000) as u16;
+    let schemas = format!("_schemas-{name}");
+    let v1 = r#"{"type":"record","name":"Line","fields":[{"name":"id","type":{"type":"long","arg.properties":{"iteration":{"start":1,"step":1}}}}]}"#;
+    let v2 = r#"{"type":"record","name":"Line","fields":[{"name":"id","type":{"type":"long","arg.properties":{"iteration":{"start":100,"step":1}}}},{"name":"note","type":"string","default":""}]}"#;
+    std::fs::write(dir.path().join("v1.avsc"), v1).unwrap();
+    std::fs::write(dir.path().join("v2.avsc"), v2).unwrap();
+    let job_at = |file: &str, schema: &str, registry_port: u16| {
+        let path = dir.path().join(file);
+        std::fs::write(
+            &path,
+            format!(
+                r#"[job]
+name = "{name}"
+registry_url = "http://127.0.0.1:{registry_port}"
+dead_letter_topic = "{name}-dead"
+
+[sources.lines]
+type = "kafka"
+topic = "{name}-in"
+format = "avro"
+schema = "{schema}"
+
+[sinks.out]
+type = "kafka"
+inputs = ["lines"]
+topic = "{name}-out"
+format = "json"
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let job = job_at("job.toml", "v1.avsc", port);
+    let mut registry = private_registry(port, &schemas);
+    ok(&[
+        "datagen",
+        "avro",
+        "--job",
+        job.to_str().unwrap(),
+        "--count",
+        "5",
+        "--quiet",
+    ]);
+    let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", job.to_str().unwrap(), "--workers", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    // The registry goes down; records of a schema the job has not seen
+    // arrive through another registry on the same topic.
+    registry.kill().unwrap();
+    registry.wait().unwrap();
+    let other = port + 1000;
+    let mut second = private_registry(other, &schemas);
+    let writer = job_at("writer.toml", "v2.avsc", other);
+    ok(&[
+        "datagen",
+        "avro",
+        "--job",
+        writer.to_str().unwrap(),
+        "--count",
+        "5",
+        "--quiet",
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    // The registry comes back: the waiting records are decoded.
+    let mut registry = private_registry(port, &schemas);
+    std::thread::sleep(Duration::from_secs(4));
+    // Ctrl-C: the open epoch finishes and the job stops.
+    Command::new("kill")
+        .args(["-INT", &running.id().to_string()])
+        .status()
+        .unwrap();
+    let status = running.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(running.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    for child in [&mut registry, &mut second] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("records with this schema wait until it answers"),
+        "{stderr}"
+    );
+    let mut ids: Vec<i64> = verify_lines(&job)
+        .iter()
+        .filter_map(|l| l.strip_prefix("out key "))
+        .filter_map(|l| l.split_once(" value "))
+        .map(|(_, v)| {
+            serde_json::from_str::<serde_json::Value>(v).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 100, 101, 102, 103, 104]);
+    assert!(
+        verify_lines(&job)
+            .iter()
+            .all(|l| !l.starts_with("dead-letter")),
+        "nothing is dead-lettered"
+    );
+}
