@@ -19,7 +19,7 @@ fn main() {
     let n = kafka_admin::partition_count(brokers, input)
         .unwrap()
         .expect("input topic exists");
-    kafka_admin::ensure_topic(brokers, output, n, 1, false).unwrap();
+    kafka_admin::ensure_topic(brokers, output, n, 1, kafka_admin::TopicKind::Data).unwrap();
     let ends = kafka_admin::end_offsets(brokers, input, n).unwrap();
     let start = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
