@@ -251,6 +251,29 @@ impl Committer {
         Ok(())
     }
 
+    /// On a first start, logs where each source partition begins, so a
+    /// restart before the first commit begins at the same offsets.
+    pub fn log_begin(&mut self, job: &str) -> Result<(), RunError> {
+        let ranges = self
+            .positions
+            .iter()
+            .map(|((source, partition), pos)| PartitionRange {
+                source: *source,
+                partition: *partition,
+                start: *pos,
+                end: *pos,
+            })
+            .collect();
+        let own = self.log.append(
+            &LogRecord::Begin {
+                attempt: self.attempt,
+                ranges,
+            },
+            self.writer.headers_for(0),
+        )?;
+        self.check_fenced(own, job)
+    }
+
     fn send(&mut self, epoch: u64, output: &EpochOutput, job: &str) -> Result<(), RunError> {
         if self.guarantee == Guarantee::ExactlyOnce {
             self.writer

@@ -277,7 +277,7 @@ pub fn run(
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
-    let committer = Committer::open(
+    let mut committer = Committer::open(
         job,
         writer,
         &recovered,
@@ -285,6 +285,9 @@ pub fn run(
         positions,
         dead_letter_topic,
     )?;
+    if recovered.start_offsets.is_none() {
+        committer.log_begin(&job.name)?;
+    }
     let launch = Launch {
         first_epoch: recovered.next_epoch,
         resume_after: recovered.committed,

@@ -32,7 +32,9 @@ pub fn live(records: &[(i64, LogRecord)]) -> Vec<(i64, &LogRecord)> {
                 newest_start = attempt_at(*offset);
                 out.push((*offset, r));
             }
-            LogRecord::Epoch { attempt, .. } | LogRecord::Replayed { attempt, .. }
+            LogRecord::Epoch { attempt, .. }
+            | LogRecord::Replayed { attempt, .. }
+            | LogRecord::Begin { attempt, .. }
                 if *attempt < newest_start => {}
             _ => out.push((*offset, r)),
         }
@@ -83,6 +85,7 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
             LogRecord::Epoch { epoch, .. } | LogRecord::Replayed { epoch, .. } => {
                 max_epoch = max_epoch.max(*epoch)
             }
+            LogRecord::Begin { .. } => {}
         }
     }
     out.next_epoch = max_epoch + 1;
@@ -95,14 +98,19 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
             LogRecord::Epoch { committed, .. } | LogRecord::Replayed { committed, .. } => {
                 Some(*committed)
             }
-            LogRecord::Start {} => None,
+            LogRecord::Start {} | LogRecord::Begin { .. } => None,
         })
         .max()
         .unwrap_or(0);
     if progress == 0 && claimed > 0 {
         out.progress_lost = Some(claimed);
     }
-    for (offset, r) in live {
+    let begin = live.iter().find_map(|(_, r)| match r {
+        LogRecord::Begin { ranges, .. } => Some(ranges),
+        _ => None,
+    });
+    for (offset, r) in &live {
+        let (offset, r) = (*offset, *r);
         let LogRecord::Epoch { epoch, ranges, .. } = r else {
             continue;
         };
@@ -133,12 +141,17 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
         // Nothing committed, yet epochs logged: the first start resolved
         // its start offsets (`latest` among them) and read from there; a
         // restart starts there too, not at a later end of the topic.
-        None => out.replay.first().map(|(_, ranges)| {
-            ranges
-                .iter()
-                .map(|r| ((r.source, r.partition), r.start))
-                .collect()
-        }),
+        None => out
+            .replay
+            .first()
+            .map(|(_, ranges)| ranges)
+            .or(begin)
+            .map(|ranges| {
+                ranges
+                    .iter()
+                    .map(|r| ((r.source, r.partition), r.start))
+                    .collect()
+            }),
     };
     out
 }
@@ -265,6 +278,24 @@ mod tests {
         assert_eq!(resume(&records, 2).progress_lost, None);
         // A job that crashed before its first commit has lost nothing.
         assert_eq!(resume(&records[..2], 0).progress_lost, None);
+    }
+
+    #[test]
+    fn a_restart_before_the_first_epoch_was_logged_begins_where_the_first_start_did() {
+        let begin = LogRecord::Begin {
+            attempt: 1,
+            ranges: vec![PartitionRange {
+                source: 0,
+                partition: 0,
+                start: 40,
+                end: 40,
+            }],
+        };
+        let records = log(vec![LogRecord::Start {}, begin, LogRecord::Start {}]);
+        let r = resume(&records, 0);
+        assert_eq!(r.start_offsets, Some(HashMap::from([((0, 0), 40)])));
+        assert!(r.replay.is_empty());
+        assert_eq!(r.next_epoch, 1);
     }
 
     #[test]

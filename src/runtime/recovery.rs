@@ -83,6 +83,13 @@ pub enum LogRecord {
         #[serde(default)]
         committed: u64,
     },
+    /// A first start resolved where its sources begin (`latest` is where
+    /// the topic ends at that moment): `start` of each range. A restart
+    /// before anything committed begins there too, not at a later end.
+    Begin {
+        attempt: u32,
+        ranges: Vec<PartitionRange>,
+    },
 }
 
 /// What a starting job resumes from.

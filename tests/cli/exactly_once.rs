@@ -472,3 +472,31 @@ format = "json"
         "nothing is dead-lettered"
     );
 }
+
+#[test]
+fn a_job_that_starts_at_latest_reads_what_arrived_after_its_first_start() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "latest");
+    let path = job.path.to_str().unwrap();
+    ok(&["datagen", "bank", "--job", path, "--count", "30", "--quiet"]);
+    let text = std::fs::read_to_string(&job.path).unwrap().replace(
+        "format = \"avro\"\nschema = ",
+        "format = \"avro\"\nstart_offset = \"latest\"\nschema = ",
+    );
+    assert!(text.contains("start_offset = \"latest\""));
+    std::fs::write(&job.path, text).unwrap();
+    // The first start begins at the end: it reads none of the 30, commits
+    // nothing, and stops.
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    // What arrives next belongs to the job: a restart must read it.
+    ok(&[
+        "datagen", "bank", "--job", path, "--count", "20", "--quiet", "--seed", "3",
+    ]);
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let committed = verify_lines(&job.path)
+        .iter()
+        .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
+        .count();
+    assert_eq!(committed, 20);
+}
