@@ -3,7 +3,8 @@
 //! aborted transactions would see it. It does not rely on the broker doing
 //! so (Tansu does not): a record counts when its `rill-epoch` is an epoch
 //! the writer committed (by the progress on the epoch log) and its
-//! `rill-attempt` is the last attempt that wrote that epoch.
+//! `rill-attempt` is that of the copy that committed (the epoch log's last
+//! live record of the epoch; see `planner::committed_copies`).
 //!
 //! Sinks fed by a plain aggregate are upsert streams: for them only the
 //! latest value of each key is printed, as a compacted topic keeps it.
@@ -16,11 +17,11 @@ use crate::format::registry::RegistryClient;
 use crate::format::{avro, csv, json, parquet};
 use crate::plan::{NodeKind, Plan, SinkPlan};
 use crate::runtime::planner;
-use crate::runtime::recovery::{committed_progress, read_log, LogRecord};
+use crate::runtime::recovery::{committed_progress, read_log};
 use crate::spec::{FileFormat, Format};
 use anyhow::{Context, Result};
 use clap::Args;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -32,21 +33,18 @@ pub struct VerifyArgs {
     updates: bool,
 }
 
+/// Each committed epoch and the attempt whose copy of it counts.
 struct Committed {
-    epochs: HashSet<u64>,
+    copies: BTreeMap<u64, u32>,
 }
 
 fn committed(plan: &Plan) -> Result<Committed> {
     let job = &plan.job;
     let progress = committed_progress(&job.brokers, job)?.unwrap_or(0);
-    let mut epochs = HashSet::new();
     let records = read_log(&job.brokers, &job.epoch_log_topic())?;
-    for (offset, r) in planner::live(&records) {
-        if let (true, LogRecord::Epoch { epoch, .. }) = (offset < progress, r) {
-            epochs.insert(*epoch);
-        }
-    }
-    Ok(Committed { epochs })
+    Ok(Committed {
+        copies: planner::committed_copies(&records, progress),
+    })
 }
 
 /// The committed records of a topic written by this job's writer, in the
@@ -62,21 +60,17 @@ fn committed_records(
         let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
         let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
         if let (Some(epoch), Some(attempt)) = (epoch, attempt) {
-            if m.header("rill-writer") == Some(writer.as_str()) && c.epochs.contains(&epoch) {
-                all.push((epoch, attempt, m.partition, m.offset, m.key, m.value));
+            if m.header("rill-writer") == Some(writer.as_str())
+                && c.copies.get(&epoch) == Some(&attempt)
+            {
+                all.push((epoch, m.partition, m.offset, m.key, m.value));
             }
         }
     })?;
-    let mut last: HashMap<u64, u32> = HashMap::new();
-    for (epoch, attempt, ..) in &all {
-        let a = last.entry(*epoch).or_insert(*attempt);
-        *a = (*a).max(*attempt);
-    }
-    all.retain(|(epoch, attempt, ..)| last[epoch] == *attempt);
-    all.sort_by_key(|(epoch, _, partition, offset, ..)| (*epoch, *partition, *offset));
+    all.sort_by_key(|(epoch, partition, offset, ..)| (*epoch, *partition, *offset));
     Ok(all
         .into_iter()
-        .map(|(epoch, _, _, _, k, v)| (epoch, k, v))
+        .map(|(epoch, _, _, k, v)| (epoch, k, v))
         .collect())
 }
 

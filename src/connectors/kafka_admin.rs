@@ -249,13 +249,35 @@ pub fn end_offsets(
 /// recovery reads: a settings mismatch is an error that says how to fix
 /// it. A broker that cannot describe configs is taken at its word.
 fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), KafkaAdminError> {
-    use rdkafka::admin::{ConfigResource, OwnedResourceSpecifier, ResourceSpecifier};
     if kind.settings().is_empty() {
         return Ok(());
     }
-    let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() else {
+    let Some(entries) = topic_settings(brokers, topic) else {
         return Ok(());
     };
+    let wrong: Vec<String> = kind
+        .settings()
+        .iter()
+        .filter_map(|(name, want)| {
+            let have = entries.iter().find(|(n, _)| n == name)?.1.clone()?;
+            (have != *want).then(|| format!("{name}={want} (it is {have})"))
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(KafkaAdminError::Settings {
+        topic: topic.into(),
+        wrong: wrong.join(", "),
+    })
+}
+
+/// A topic's settings as the broker describes them; None when it cannot.
+fn topic_settings(brokers: &str, topic: &str) -> Option<Vec<(String, Option<String>)>> {
+    use rdkafka::admin::{ConfigResource, OwnedResourceSpecifier, ResourceSpecifier};
+    let admin = client_config(brokers)
+        .create::<AdminClient<DefaultClientContext>>()
+        .ok()?;
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -268,22 +290,18 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
         ..
     })) = described.ok().and_then(|mut r| r.pop())
     else {
-        return Ok(());
+        return None;
     };
-    let wrong: Vec<String> = kind
-        .settings()
-        .iter()
-        .filter_map(|(name, want)| {
-            let have = entries.iter().find(|e| e.name == *name)?.value.clone()?;
-            (have != *want).then(|| format!("{name}={want} (it is {have})"))
+    Some(entries.into_iter().map(|e| (e.name, e.value)).collect())
+}
+
+/// Whether the broker keeps only the latest record per key of `topic`: it
+/// then refuses records without a key, on every attempt.
+pub fn is_compacted(brokers: &str, topic: &str) -> bool {
+    topic_settings(brokers, topic).is_some_and(|entries| {
+        entries.iter().any(|(name, value)| {
+            name == "cleanup.policy" && value.as_deref().is_some_and(|v| v.contains("compact"))
         })
-        .collect();
-    if wrong.is_empty() {
-        return Ok(());
-    }
-    Err(KafkaAdminError::Settings {
-        topic: topic.into(),
-        wrong: wrong.join(", "),
     })
 }
 
@@ -340,6 +358,9 @@ pub fn read_to_end(
     let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
         .set("group.id", "rill-reader")
         .set("enable.auto.commit", "false")
+        // Callers pick the committed copies by their headers; a committed
+        // read would stop at the first open transaction and miss the rest.
+        .set("isolation.level", "read_uncommitted")
         .set("enable.partition.eof", "true")
         .create_with_context(EofIsNotAnError)
         .map_err(|e| other(e.to_string()))?;

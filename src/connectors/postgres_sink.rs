@@ -59,6 +59,8 @@ pub struct PostgresSink {
     last_attempt: Option<Instant>,
     /// Rows of epochs not yet committed.
     staged: BTreeMap<u64, Vec<Row>>,
+    /// Columns of an existing table declared NOT NULL.
+    not_null_columns: Vec<String>,
 }
 
 const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_progress (
@@ -122,6 +124,7 @@ impl PostgresSink {
             client: None,
             last_attempt: None,
             staged: BTreeMap::new(),
+            not_null_columns: Vec::new(),
         }
     }
 
@@ -159,12 +162,24 @@ impl PostgresSink {
         self.rt
             .block_on(client.batch_execute(PROGRESS_TABLE))
             .map_err(|e| self.sql(e))?;
-        self.check_table(&client)?;
+        self.not_null_columns = self.check_table(&client)?;
         self.client = Some(client);
         Ok(())
     }
 
-    fn check_table(&self, client: &Client) -> Result<(), PostgresError> {
+    /// Per field of the rows: whether its column refuses NULL, because the
+    /// sink declared it so or an existing table does.
+    pub fn not_null(&self) -> Vec<bool> {
+        self.schema
+            .fields
+            .iter()
+            .map(|f| !f.nullable || self.not_null_columns.contains(&f.name))
+            .collect()
+    }
+
+    /// Creates the table, or checks an existing one against the rows and
+    /// returns its NOT NULL columns.
+    fn check_table(&self, client: &Client) -> Result<Vec<String>, PostgresError> {
         let (schema_name, table) = match self.table.split_once('.') {
             Some((s, t)) => (s.to_string(), t.to_string()),
             None => ("public".to_string(), self.table.clone()),
@@ -172,7 +187,7 @@ impl PostgresSink {
         let rows = self
             .rt
             .block_on(client.query(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
                 &[&schema_name, &table],
             ))
             .map_err(|e| self.sql(e))?;
@@ -198,9 +213,15 @@ impl PostgresSink {
             return self
                 .rt
                 .block_on(client.batch_execute(&ddl))
+                .map(|_| Vec::new())
                 .map_err(|e| self.sql(e));
         }
         let existing: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let not_null = rows
+            .iter()
+            .filter(|r| r.get::<_, String>(2) == "NO")
+            .map(|r| r.get(0))
+            .collect();
         let mut differences = Vec::new();
         for f in &self.schema.fields {
             match existing.iter().find(|(n, _)| *n == f.name) {
@@ -218,7 +239,7 @@ impl PostgresSink {
             }
         }
         if differences.is_empty() {
-            Ok(())
+            Ok(not_null)
         } else {
             Err(PostgresError::Mismatch {
                 table: self.table.clone(),

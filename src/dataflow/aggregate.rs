@@ -6,7 +6,7 @@
 //!
 //! Windowed aggregates are in `window.rs`.
 
-use super::state::{group_key_bytes, value_bytes, AggState, StateEntry};
+use super::state::{change_bytes, group_key_bytes, AggState, StateEntry};
 use super::{epoch_of, Epoch, Records, WorkerContext};
 use crate::plan::aggregate::AggregatePlan;
 use crate::record::{Record, Row, RowSchema, Value};
@@ -192,10 +192,13 @@ fn plain<'s>(
                         let passes = |row: &Row| {
                             having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false))
                         };
+                        // Each change carries the state before the epoch too,
+                        // so a key can be rolled back one epoch.
                         let changelog = per_key
                             .iter()
-                            .map(|(key, (_, new))| {
-                                (group_key_bytes(key), new.as_ref().map(value_bytes))
+                            .map(|(key, (old, new))| {
+                                let value = change_bytes(new.as_ref(), old.as_ref());
+                                (group_key_bytes(key), Some(value))
                             })
                             .collect();
                         ctx.changelog(&transform, epoch, changelog);

@@ -8,6 +8,7 @@ pub mod aggregate;
 mod decode;
 pub mod output;
 mod sink;
+pub use sink::SinkLimits;
 mod source;
 pub mod state;
 mod transforms;
@@ -60,6 +61,8 @@ pub struct WorkerContext {
     pub sink_schema_ids: HashMap<usize, u32>,
     /// Per sink node: the partitions of its topic.
     pub sink_partitions: HashMap<usize, i32>,
+    /// Per sink node: what its store refuses on every attempt.
+    pub sink_limits: HashMap<usize, sink::SinkLimits>,
     /// The topic of each source, by position among the plan's sources.
     pub source_topics: Vec<Arc<str>>,
     /// The number of partitions of each source, by position.

@@ -17,6 +17,53 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
+/// What a sink's store refuses on every attempt, known before a record is
+/// sent. Such a record goes to the dead letters with the reason instead of
+/// failing its epoch again and again.
+#[derive(Clone, Debug, Default)]
+pub struct SinkLimits {
+    /// A compacted Kafka topic: the broker refuses records without a key.
+    pub key_required: bool,
+    /// Per field of the sink's rows: its table column is NOT NULL.
+    pub not_null: Vec<bool>,
+    /// Text columns cannot hold a NUL byte (Postgres).
+    pub text_without_nul: bool,
+}
+
+impl SinkLimits {
+    /// Why the store refuses this row, if it does.
+    fn refuses_row(&self, row: &[Value], schema: &RowSchema) -> Option<String> {
+        for (i, (v, f)) in row.iter().zip(&schema.fields).enumerate() {
+            match v {
+                Value::Null if self.not_null.get(i) == Some(&true) => {
+                    return Some(format!(
+                        "column `{}` is NOT NULL and the record has no value for it",
+                        f.name
+                    ))
+                }
+                Value::Str(s) if self.text_without_nul && s.contains('\0') => {
+                    return Some(format!(
+                        "column `{}`: postgres text cannot hold a NUL byte",
+                        f.name
+                    ))
+                }
+                Value::Bytes(b)
+                    if self.text_without_nul
+                        && f.ty == crate::record::FieldType::String
+                        && b.contains(&0) =>
+                {
+                    return Some(format!(
+                        "column `{}`: postgres text cannot hold a NUL byte",
+                        f.name
+                    ))
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 pub(crate) trait WriteSink<'s> {
     fn write_sink(
         self,
@@ -43,6 +90,7 @@ impl<'s> WriteSink<'s> for Records<'s> {
         let encoder = avro::Encoder::new(&schema);
         let schema_id = ctx.sink_schema_ids.get(&node).copied();
         let partitions = ctx.sink_partitions.get(&node).copied().unwrap_or(1).max(1);
+        let limits = ctx.sink_limits.get(&node).cloned().unwrap_or_default();
         let window_fields = schema
             .index_of("window_start")
             .zip(schema.index_of("window_end"));
@@ -75,6 +123,10 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                 continue
                             }
                             SinkPlan::Postgres { .. } => {
+                                if let Some(reason) = limits.refuses_row(&r.row, &schema) {
+                                    dead.push(ctx.dead_row(&node_id, &r, &schema, reason));
+                                    continue;
+                                }
                                 parquet_row = Some(r.row.clone());
                                 (r.key.clone(), None, None)
                             }
@@ -116,6 +168,18 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                         }
                                     },
                                 };
+                                if key.is_none() && limits.key_required {
+                                    dead.push(ctx.dead_row(
+                                        &node_id,
+                                        &r,
+                                        &schema,
+                                        format!(
+                                            "the record has no key, and topic {} is compacted: the broker refuses records without a key",
+                                            config.topic
+                                        ),
+                                    ));
+                                    continue;
+                                }
                                 if r.tombstone {
                                     (key, None, None)
                                 } else {
@@ -179,5 +243,50 @@ impl<'s> WriteSink<'s> for Records<'s> {
                 });
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Field, FieldType};
+
+    fn schema() -> RowSchema {
+        RowSchema {
+            name: "Row".into(),
+            fields: vec![
+                Field::new("id", FieldType::Int),
+                Field::new("name", FieldType::String),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_table_refuses_null_in_a_not_null_column_and_nul_in_text() {
+        let limits = SinkLimits {
+            not_null: vec![true, false],
+            text_without_nul: true,
+            ..Default::default()
+        };
+        let s = schema();
+        assert_eq!(
+            limits.refuses_row(&[Value::Null, Value::Str("a".into())], &s),
+            Some("column `id` is NOT NULL and the record has no value for it".into())
+        );
+        assert_eq!(
+            limits.refuses_row(&[Value::Int(1), Value::Str("a\0b".into())], &s),
+            Some("column `name`: postgres text cannot hold a NUL byte".into())
+        );
+        assert_eq!(
+            limits.refuses_row(&[Value::Int(1), Value::Bytes(Arc::from(&b"a\0"[..]))], &s),
+            Some("column `name`: postgres text cannot hold a NUL byte".into())
+        );
+        assert_eq!(limits.refuses_row(&[Value::Int(1), Value::Null], &s), None);
+        // Files take both.
+        let files = SinkLimits::default();
+        assert_eq!(
+            files.refuses_row(&[Value::Null, Value::Str("a\0b".into())], &s),
+            None
+        );
     }
 }

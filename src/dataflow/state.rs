@@ -1,9 +1,13 @@
 //! Aggregate state and its changelog encoding. A changelog record's key
 //! says what it holds (a group, a window of a group, or the watermark) in
-//! its first byte; its value is a format version byte and the state in
-//! postcard. Doubles keep their exact bits (NaN and infinities included),
-//! and a record that does not decode stops the start with an error: state
-//! is never dropped quietly.
+//! its first byte; its value is a format version byte and, in postcard,
+//! the state after the epoch that wrote it and the state before that epoch
+//! (the before-image, so a key can be rolled back one epoch when writers
+//! committed different epochs). A key the epoch deleted has a value with
+//! no state after it; a tombstone (no value) drops a key that was already
+//! gone the epoch before. Doubles keep their exact bits (NaN and
+//! infinities included), and a record that does not decode stops the start
+//! with an error: state is never dropped quietly.
 
 use super::Epoch;
 use crate::expr::EvalError;
@@ -141,7 +145,7 @@ const WINDOW: u8 = 1;
 const WATERMARK: u8 = 2;
 /// The version of the value encoding; a change to the state types that
 /// postcard cannot read back must bump it.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// The changelog key of the watermark and partition table.
 pub const WATERMARK_KEY: &[u8] = &[WATERMARK];
@@ -172,8 +176,18 @@ pub fn window_key_bytes(key: &[Value], start: i64) -> Vec<u8> {
     tagged(WINDOW, &(key, start))
 }
 
-pub fn value_bytes<T: Serialize>(t: &T) -> Vec<u8> {
-    tagged(VERSION, t)
+/// A changelog value: the state after the epoch and before it.
+pub fn change_bytes<T: Serialize>(after: Option<&T>, before: Option<&T>) -> Vec<u8> {
+    tagged(VERSION, &(after, before))
+}
+
+/// What one changelog record says of its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The key's state after the epoch; None: the epoch deleted it.
+    pub after: Option<StateEntry>,
+    /// The key's state before the epoch; None: it had none.
+    pub before: Option<StateEntry>,
 }
 
 fn exact<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, CodecError> {
@@ -188,7 +202,7 @@ fn exact<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Codec
 }
 
 /// Decodes one changelog record, strictly.
-pub fn decode(key: &[u8], value: &[u8]) -> Result<StateEntry, CodecError> {
+pub fn decode(key: &[u8], value: &[u8]) -> Result<Change, CodecError> {
     let body = match value.split_first() {
         Some((&VERSION, body)) => body,
         Some((v, _)) => {
@@ -198,16 +212,29 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<StateEntry, CodecError> {
         }
         None => return Err(CodecError("empty value".into())),
     };
+    fn both<'a, T: Deserialize<'a>>(
+        body: &'a [u8],
+        what: &str,
+        entry: impl Fn(T) -> StateEntry,
+    ) -> Result<Change, CodecError> {
+        let (after, before): (Option<T>, Option<T>) = exact(body, what)?;
+        Ok(Change {
+            after: after.map(&entry),
+            before: before.map(&entry),
+        })
+    }
     match key.split_first() {
-        Some((&GROUP, k)) => Ok(StateEntry::Group(
-            exact(k, "group key")?,
-            exact(body, "group state")?,
-        )),
+        Some((&GROUP, k)) => {
+            let key: Vec<Value> = exact(k, "group key")?;
+            both(body, "group state", |s| StateEntry::Group(key.clone(), s))
+        }
         Some((&WINDOW, k)) => {
             let (key, start): (Vec<Value>, i64) = exact(k, "window key")?;
-            Ok(StateEntry::Window(key, start, exact(body, "window")?))
+            both(body, "window", |w| {
+                StateEntry::Window(key.clone(), start, w)
+            })
         }
-        Some((&WATERMARK, [])) => Ok(StateEntry::Watermark(exact(body, "watermark")?)),
+        Some((&WATERMARK, [])) => both(body, "watermark", StateEntry::Watermark),
         _ => Err(CodecError("the key is not one rill writes".into())),
     }
 }
@@ -268,7 +295,10 @@ mod tests {
                     Acc::Avg(Value::Double(d), 2),
                 ],
             };
-            let got = decode(&group_key_bytes(&key), &value_bytes(&state)).unwrap();
+            let got = decode(&group_key_bytes(&key), &change_bytes(Some(&state), None))
+                .unwrap()
+                .after
+                .unwrap();
             let StateEntry::Group(k, s) = got else {
                 panic!("{got:?}")
             };
@@ -292,32 +322,57 @@ mod tests {
             fired: true,
         };
         let key = vec![Value::Int(7)];
+        let open = Window {
+            fired: false,
+            ..w.clone()
+        };
         assert_eq!(
-            decode(&window_key_bytes(&key, 0), &value_bytes(&w)).unwrap(),
-            StateEntry::Window(key, 0, w)
+            decode(
+                &window_key_bytes(&key, 0),
+                &change_bytes(Some(&w), Some(&open))
+            )
+            .unwrap(),
+            Change {
+                after: Some(StateEntry::Window(key.clone(), 0, w.clone())),
+                before: Some(StateEntry::Window(key.clone(), 0, open)),
+            }
+        );
+        // Deleted by the epoch: a value with the state before and none after.
+        assert_eq!(
+            decode(&window_key_bytes(&key, 0), &change_bytes(None, Some(&w))).unwrap(),
+            Change {
+                after: None,
+                before: Some(StateEntry::Window(key, 0, w)),
+            }
         );
         let snap = WatermarkSnapshot {
             watermark: -5,
             partitions: vec![(0, 1, 10, 4)],
         };
         assert_eq!(
-            decode(WATERMARK_KEY, &value_bytes(&snap)).unwrap(),
-            StateEntry::Watermark(snap)
+            decode(WATERMARK_KEY, &change_bytes(Some(&snap), None)).unwrap(),
+            Change {
+                after: Some(StateEntry::Watermark(snap)),
+                before: None,
+            }
         );
     }
 
     #[test]
     fn a_record_that_is_not_rill_state_is_an_error_that_says_why() {
-        let state = value_bytes(&AggState {
-            rows: 1,
-            accs: vec![Acc::Count(1)],
-        });
+        let state = change_bytes(
+            Some(&AggState {
+                rows: 1,
+                accs: vec![Acc::Count(1)],
+            }),
+            None,
+        );
         let key = group_key_bytes(&[Value::Int(1)]);
         // Old JSON changelogs, another version, trailing bytes, a bad key.
         let json = decode(br#"[1]"#, br#"{"rows":1}"#).unwrap_err();
         assert_eq!(
             json.to_string(),
-            "value format 123 is not the one this rill writes (1)"
+            "value format 123 is not the one this rill writes (2)"
         );
         let mut long = state.clone();
         long.push(0);

@@ -7,7 +7,7 @@
 
 use super::aggregate::{group_key, hash_of, Held};
 use super::state::{
-    value_bytes, window_key_bytes, AggState, Seen, StateEntry, WatermarkSnapshot, Window,
+    change_bytes, window_key_bytes, AggState, Seen, StateEntry, WatermarkSnapshot, Window,
     WATERMARK_KEY,
 };
 use super::{epoch_of, Epoch, Records, WorkerContext};
@@ -73,6 +73,30 @@ fn window_record(
         timestamp_ms: w.end - 1,
         origin: Default::default(),
     })
+}
+
+/// The watermark and what it was computed from, as the changelog keeps it.
+fn snapshot(partitions: &HashMap<(u32, i32), Partition>, watermark: i64) -> WatermarkSnapshot {
+    let mut parts: Vec<Seen> = partitions
+        .iter()
+        .filter_map(|((s, p), x)| Some((*s, *p, x.max_time?, x.last_active)))
+        .collect();
+    parts.sort();
+    WatermarkSnapshot {
+        watermark,
+        partitions: parts,
+    }
+}
+
+/// Tombstones for windows deleted in an earlier epoch, unless this epoch
+/// logs them anew: the key was already gone before this epoch, so the
+/// tombstone's missing before-image is right.
+fn drop_keys(log: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>, to_drop: &mut Vec<Vec<u8>>) {
+    for k in to_drop.drain(..) {
+        if !log.iter().any(|(logged, _)| *logged == k) {
+            log.push((k, None));
+        }
+    }
 }
 
 pub(crate) fn windows_of(shape: WindowShape, t: i64, out: &mut Vec<(i64, i64)>) {
@@ -231,6 +255,11 @@ pub(super) fn windowed<'s>(
             // The latest epoch processed: the end of a bounded run fires
             // what is left there, after everything sent before.
             let mut last_epoch: Epoch = ctx.resume_after;
+            // The watermark as last logged, the before-image of the next.
+            let mut last_snap: Option<WatermarkSnapshot> = None;
+            // Windows an epoch deleted: their record keeps the state before
+            // it; a later epoch drops the key with a tombstone.
+            let mut to_drop: Vec<Vec<u8>> = Vec::new();
             move |(items_in, f1), (seen_in, f2), out| {
                 items_in.for_each(|cap, data| {
                     pending_items
@@ -288,6 +317,8 @@ pub(super) fn windowed<'s>(
                     }
                     let mut changed: Vec<(Vec<Value>, i64)> = Vec::new();
                     let mut freed: Vec<(Vec<Value>, i64)> = Vec::new();
+                    // Each changed window's state before this epoch.
+                    let mut before: HashMap<(Vec<Value>, i64), Option<Window>> = HashMap::new();
                     for msg in pending_items.remove(&epoch).unwrap_or_default() {
                         let (key, t, st, rec) = match msg {
                             WindowMsg::Event(item) => item,
@@ -320,8 +351,16 @@ pub(super) fn windowed<'s>(
                                     .filter(|(_, w)| w.end >= start)
                                     .map(|(s, _)| *s)
                                     .collect();
+                                before
+                                    .entry((key.clone(), start))
+                                    .or_insert_with(|| groups.get(&start).cloned());
                                 for s in overlapping {
                                     let w = groups.remove(&s).unwrap();
+                                    before
+                                        .entry((key.clone(), s))
+                                        .or_insert_with(|| Some(w.clone()));
+                                    // Merged away: its record must go too.
+                                    changed.push((key.clone(), s));
                                     start = start.min(s);
                                     end = end.max(w.end);
                                     merged.plus_equals(&w.state);
@@ -341,6 +380,9 @@ pub(super) fn windowed<'s>(
                                     if end.saturating_add(lateness) <= watermark {
                                         continue;
                                     }
+                                    before
+                                        .entry((key.clone(), start))
+                                        .or_insert_with(|| groups.get(&start).cloned());
                                     let w = groups.entry(start).or_insert_with(|| Window {
                                         end,
                                         state: AggState {
@@ -387,6 +429,7 @@ pub(super) fn windowed<'s>(
                     }
                     if epoch == 0 {
                         // Restored state: nothing fires that had not fired.
+                        last_snap = Some(snapshot(&partitions, watermark));
                         continue;
                     }
 
@@ -412,7 +455,14 @@ pub(super) fn windowed<'s>(
                     let mut empty = Vec::new();
                     for (key, groups) in state.iter_mut() {
                         groups.retain(|start, w| {
-                            if w.end <= watermark && !w.fired {
+                            let fires = w.end <= watermark && !w.fired;
+                            let open = w.end.saturating_add(lateness) > watermark;
+                            if fires || !open {
+                                before
+                                    .entry((key.clone(), *start))
+                                    .or_insert_with(|| Some(w.clone()));
+                            }
+                            if fires {
                                 if plan.emit == Emit::Final {
                                     emit(key, *start, w);
                                 }
@@ -420,7 +470,6 @@ pub(super) fn windowed<'s>(
                                 changed.push((key.clone(), *start));
                             }
                             // Closed for good: free the state.
-                            let open = w.end.saturating_add(lateness) > watermark;
                             if !open {
                                 freed.push((key.clone(), *start));
                             }
@@ -437,25 +486,31 @@ pub(super) fn windowed<'s>(
                     changed.extend(freed);
                     changed.sort();
                     changed.dedup();
-                    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = changed
-                        .iter()
-                        .map(|(key, start)| {
-                            let w = state.get(key).and_then(|g| g.get(start));
-                            (window_key_bytes(key, *start), w.map(value_bytes))
-                        })
-                        .collect();
+                    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+                    let mut dropped = Vec::new();
+                    for (key, start) in &changed {
+                        let after = state.get(key).and_then(|g| g.get(start));
+                        let was = before.get(&(key.clone(), *start)).cloned().flatten();
+                        let k = window_key_bytes(key, *start);
+                        match (after, &was) {
+                            (None, None) => log.push((k, None)),
+                            (None, Some(_)) => {
+                                dropped.push(k.clone());
+                                log.push((k, Some(change_bytes(None, was.as_ref()))));
+                            }
+                            (Some(w), _) => {
+                                log.push((k, Some(change_bytes(Some(w), was.as_ref()))))
+                            }
+                        }
+                    }
+                    drop_keys(&mut log, &mut to_drop);
+                    to_drop = dropped;
                     if ctx.index == 0 {
                         // Every worker holds the same watermark; one writes it.
-                        let mut parts: Vec<Seen> = partitions
-                            .iter()
-                            .filter_map(|((s, p), x)| Some((*s, *p, x.max_time?, x.last_active)))
-                            .collect();
-                        parts.sort();
-                        let snap = WatermarkSnapshot {
-                            watermark,
-                            partitions: parts,
-                        };
-                        log.push((WATERMARK_KEY.to_vec(), Some(value_bytes(&snap))));
+                        let snap = snapshot(&partitions, watermark);
+                        let value = change_bytes(Some(&snap), last_snap.as_ref());
+                        log.push((WATERMARK_KEY.to_vec(), Some(value)));
+                        last_snap = Some(snap);
                     }
                     ctx.changelog(&transform, epoch, log);
                 }
@@ -477,15 +532,18 @@ pub(super) fn windowed<'s>(
                                 if w.fired {
                                     continue;
                                 }
+                                let was = w.clone();
                                 w.fired = true;
                                 if let Some(r) =
                                     window_record(&key, *start, w, plan.having.as_ref())
                                 {
                                     session.give(r);
                                 }
-                                log.push((window_key_bytes(&key, *start), Some(value_bytes(w))));
+                                let value = change_bytes(Some(&*w), Some(&was));
+                                log.push((window_key_bytes(&key, *start), Some(value)));
                             }
                         }
+                        drop_keys(&mut log, &mut to_drop);
                         ctx.changelog(&transform, epoch, log);
                     }
                     state.clear();

@@ -79,6 +79,7 @@ pub(super) struct Launch {
     pub(super) registry: Option<RegistryClient>,
     pub(super) sink_schema_ids: HashMap<usize, u32>,
     pub(super) sink_partitions: HashMap<usize, i32>,
+    pub(super) sink_limits: HashMap<usize, crate::dataflow::SinkLimits>,
     pub(super) source_topics: Vec<Arc<str>>,
     pub(super) source_partitions: Vec<i32>,
     pub(super) targets: Sinks,
@@ -90,6 +91,10 @@ pub(super) struct Launch {
     pub(super) restored: Arc<HashMap<String, Vec<crate::dataflow::state::StateEntry>>>,
 }
 
+/// Starts again, at most this often, an instance fenced by one that
+/// started at the same moment but lost the race to the newest start.
+const RACE_RESTARTS: u32 = 3;
+
 /// Runs a job against its broker and registry until it is stopped (or,
 /// with `until_caught_up`, until it has read what was there at start).
 pub fn run(
@@ -97,12 +102,48 @@ pub fn run(
     opts: RunOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, RunError> {
+    let mut restarts = 0;
+    loop {
+        let mut attempt = 0;
+        let result = run_attempt(plan.clone(), opts.clone(), stop.clone(), &mut attempt);
+        // Fencing and the start record are two steps: of two instances
+        // started at once, one may hold the newest start while the other
+        // fenced it last. The newest start is the one to carry on; the
+        // other stops when it reads that start. The pause lets an instance
+        // that fenced this one log its start first: fencing and logging
+        // the start take it milliseconds.
+        let newest_start_is_ours = || -> Result<bool, RunError> {
+            std::thread::sleep(Duration::from_secs(3));
+            let log = plan.job.epoch_log_topic();
+            Ok(recovery::newest_attempt(&plan.job.brokers, &log)? == attempt)
+        };
+        match result {
+            Err(e @ (RunError::Fenced { .. } | RunError::CommitTimeout { .. }))
+                if restarts < RACE_RESTARTS && attempt > 0 && newest_start_is_ours()? =>
+            {
+                restarts += 1;
+                eprintln!(
+                    "{e}\nyet no instance started after this one: one that started at the same moment fenced it, and stops on reading this one's start; starting again ({restarts} of {RACE_RESTARTS})"
+                );
+            }
+            r => return r,
+        }
+    }
+}
+
+fn run_attempt(
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+    attempt_out: &mut u32,
+) -> Result<RunSummary, RunError> {
     let job = &plan.job;
     kafka_admin::check_broker(&job.brokers)?;
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
     let (writer, attempt, start_offset) = Committer::fence(job, &plan)?;
+    *attempt_out = attempt;
     let recovered = recovery::recover(&plan, attempt)?;
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(
@@ -199,6 +240,7 @@ pub fn run(
 
     let mut sink_schema_ids = HashMap::new();
     let mut sink_partitions = HashMap::new();
+    let mut sink_limits = HashMap::new();
     let mut targets: Sinks = HashMap::new();
     for (i, node, sink) in plan.sinks() {
         match sink {
@@ -211,6 +253,13 @@ pub fn run(
                     TopicKind::Data,
                 )?;
                 sink_partitions.insert(i, n);
+                sink_limits.insert(
+                    i,
+                    crate::dataflow::SinkLimits {
+                        key_required: kafka_admin::is_compacted(&job.brokers, &config.topic),
+                        ..Default::default()
+                    },
+                );
                 if config.format == Format::Avro {
                     let schema = avro::schema_json(plan.input_schema(i));
                     let id = registry
@@ -251,6 +300,14 @@ pub fn run(
                     }
                     Err(e) => return Err(e.into()),
                 }
+                sink_limits.insert(
+                    i,
+                    crate::dataflow::SinkLimits {
+                        not_null: pg.not_null(),
+                        text_without_nul: true,
+                        ..Default::default()
+                    },
+                );
                 targets.insert(i, Box::new(pg));
             }
             SinkPlan::File { config, dir } => {
@@ -297,6 +354,7 @@ pub fn run(
         registry,
         sink_schema_ids,
         sink_partitions,
+        sink_limits,
         source_topics,
         source_partitions,
         targets,
@@ -398,6 +456,7 @@ pub fn run_in_memory_restarted(
         registry: Some(registry),
         sink_schema_ids,
         sink_partitions: HashMap::new(),
+        sink_limits: HashMap::new(),
         source_topics,
         targets,
         backend: Backend::Memory { keep: keep_output },

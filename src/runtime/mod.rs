@@ -8,6 +8,7 @@ pub mod local;
 pub mod planner;
 pub mod recovery;
 mod report;
+mod restore;
 mod workers;
 mod writer;
 

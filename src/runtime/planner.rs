@@ -156,6 +156,34 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
     out
 }
 
+/// For each committed epoch, the attempt whose copy of its output and
+/// changelog counts: the last live record of the epoch, its first logging
+/// or a replay. An epoch is committed when its record sits below the
+/// progress; it is never logged again after that, so the last copy is the
+/// one that committed. Copies of other attempts were aborted, or written by
+/// a fenced instance; a broker that delivers aborted records shows them.
+pub fn committed_copies(records: &[(i64, LogRecord)], progress: i64) -> BTreeMap<u64, u32> {
+    let live = live(records);
+    let committed: std::collections::HashSet<u64> = live
+        .iter()
+        .filter_map(|(offset, r)| match r {
+            LogRecord::Epoch { epoch, .. } if *offset < progress => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for (_, r) in live {
+        if let LogRecord::Epoch { epoch, attempt, .. }
+        | LogRecord::Replayed { epoch, attempt, .. } = r
+        {
+            if committed.contains(epoch) {
+                out.insert(*epoch, *attempt);
+            }
+        }
+    }
+    out
+}
+
 /// The first offset of a source partition that the job has yet to read
 /// (from `start`, where it resumes, or in an epoch it replays) and that is
 /// below `low`, where the partition now starts: deleted unread.
@@ -200,6 +228,30 @@ mod tests {
             .enumerate()
             .map(|(i, r)| (i as i64, r))
             .collect()
+    }
+
+    #[test]
+    fn the_copy_that_counts_is_the_last_live_one_of_a_committed_epoch() {
+        let records = log(vec![
+            LogRecord::Start {}, // attempt 1
+            epoch(1, 1, 0, 10),  // committed by 1
+            epoch(2, 1, 10, 20), // logged, not committed
+            LogRecord::Start {}, // attempt 4 fences 1
+            epoch(3, 1, 20, 30), // 1 logged it late: fenced
+            LogRecord::Replayed {
+                epoch: 2,
+                attempt: 4,
+                committed: 1,
+            },
+            epoch(4, 4, 20, 30),
+        ]);
+        // Progress past epoch 2's record (offset 2): 1 and 2 committed.
+        let copies = committed_copies(&records, 3);
+        assert_eq!(copies, BTreeMap::from([(1, 1), (2, 4)]));
+        // Epoch 3 never committed, whatever the progress says later: a
+        // fenced instance's changelog for it must not be restored.
+        let copies = committed_copies(&records, 7);
+        assert_eq!(copies, BTreeMap::from([(1, 1), (2, 4), (4, 4)]));
     }
 
     #[test]

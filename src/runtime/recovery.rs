@@ -13,10 +13,10 @@
 //! transform's state from its changelog as of r.
 
 use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
-use crate::dataflow::state::{self, StateEntry};
+use crate::dataflow::state::StateEntry;
 use crate::fault;
 use crate::plan::{NodeKind, Plan};
-use crate::runtime::planner;
+use crate::runtime::{planner, restore};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -267,6 +267,11 @@ pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, Recov
     Ok(records)
 }
 
+/// The attempt of the newest start in the epoch log.
+pub fn newest_attempt(brokers: &str, log: &str) -> Result<u32, RecoveryError> {
+    Ok(planner::resume(&read_log(brokers, log)?, 0).last_attempt)
+}
+
 /// Reads the epoch log and the changelogs and says where to resume. The
 /// caller has fenced earlier instances and logged its start (`attempt`),
 /// so what a fenced instance appends from now on is ignored.
@@ -277,6 +282,7 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     let progress = committed_progress(brokers, job)?.unwrap_or(0);
     let records = read_log(brokers, &log)?;
     let resume = planner::resume(&records, progress);
+    let copies = planner::committed_copies(&records, progress);
     if let Some(epoch) = resume.progress_lost {
         return Err(RecoveryError::ProgressLost {
             job: job.name.clone(),
@@ -306,10 +312,9 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
             continue;
         }
         let topic = job.changelog_topic(&node.name);
-        // For each epoch, the attempt whose copy counts: the last one that
-        // wrote it (an attempt only writes epochs after the committed one
-        // it started from, so later copies of an epoch replace aborted ones).
-        let mut entries: Vec<(u64, u32, i64, Vec<u8>, Vec<u8>)> = Vec::new();
+        // Only the copy of a committed epoch that committed counts: the
+        // broker may deliver aborted copies and a fenced instance's records.
+        let mut entries: Vec<restore::Logged> = Vec::new();
         let mut seen = 0usize;
         kafka_admin::read_to_end(brokers, &topic, |m| {
             seen += 1;
@@ -319,38 +324,18 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
             let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
             let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
             if let (Some(epoch), Some(attempt), Some(key)) = (epoch, attempt, m.key) {
-                if epoch <= out.committed {
-                    entries.push((epoch, attempt, m.offset, key, m.value.unwrap_or_default()));
+                if copies.get(&epoch) == Some(&attempt) {
+                    entries.push((epoch, m.offset, key, m.value));
                 }
             }
         })?;
-        let mut winner: HashMap<u64, u32> = HashMap::new();
-        for (epoch, attempt, ..) in &entries {
-            let w = winner.entry(*epoch).or_insert(*attempt);
-            *w = (*w).max(*attempt);
-        }
-        entries.retain(|(epoch, attempt, ..)| winner[epoch] == *attempt);
-        entries.sort_by_key(|(epoch, _, offset, ..)| (*epoch, *offset));
-        let mut latest: HashMap<Vec<u8>, (i64, Vec<u8>)> = HashMap::new();
-        for (_, _, offset, key, value) in entries {
-            if value.is_empty() {
-                latest.remove(&key);
-            } else {
-                latest.insert(key, (offset, value));
-            }
-        }
-        let mut latest: Vec<(Vec<u8>, (i64, Vec<u8>))> = latest.into_iter().collect();
-        latest.sort();
-        let mut state = Vec::with_capacity(latest.len());
-        for (key, (offset, value)) in latest {
-            state.push(
-                state::decode(&key, &value).map_err(|e| RecoveryError::Changelog {
-                    topic: topic.clone(),
-                    offset,
-                    reason: e.to_string(),
-                })?,
-            );
-        }
+        entries.sort_by_key(|(epoch, offset, ..)| (*epoch, *offset));
+        let state =
+            restore::state_as_of(entries, out.committed).map_err(|e| RecoveryError::Changelog {
+                topic: topic.clone(),
+                offset: e.offset,
+                reason: e.error.to_string(),
+            })?;
         out.state.insert(node.name.clone(), state);
     }
     Ok(out)

@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 mod exactly_once;
+mod refused;
 
 const BROKERS: &str = "127.0.0.1:9092";
 const REGISTRY: &str = "http://127.0.0.1:8081";
