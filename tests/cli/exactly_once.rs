@@ -203,8 +203,18 @@ fn a_changelog_record_that_does_not_decode_stops_the_start_and_says_where() {
     ]);
     ok(&["submit", path, "--until-caught-up"]);
     // A record in the state's place that is not rill state: an old JSON
-    // encoding, tagged as committed in epoch 1.
+    // encoding, tagged as the copy of epoch 1 that committed.
     let changelog = format!("{tag}-rejected.per_account.changelog");
+    let attempt = read_log(BROKERS, &format!("{tag}-rejected.epochs"))
+        .unwrap()
+        .into_iter()
+        .find_map(|(_, r)| match r {
+            LogRecord::Epoch {
+                epoch: 1, attempt, ..
+            } => Some(attempt.to_string()),
+            _ => None,
+        })
+        .expect("epoch 1 is logged");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .create()
@@ -216,7 +226,7 @@ fn a_changelog_record_that_does_not_decode_stops_the_start_and_says_where() {
         })
         .insert(rdkafka::message::Header {
             key: "rill-attempt",
-            value: Some("999999"),
+            value: Some(&attempt),
         });
     producer
         .send(
@@ -232,7 +242,7 @@ fn a_changelog_record_that_does_not_decode_stops_the_start_and_says_where() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("changelog {changelog} at offset "))
-            && stderr.contains("value format 123 is not the one this rill writes (1)")
+            && stderr.contains("value format 123 is not the one this rill writes (2)")
             && stderr.contains("the job does not start rather than lose state"),
         "{stderr}"
     );
