@@ -43,7 +43,7 @@ fn committed(plan: &Plan) -> Result<Committed> {
     let progress = committed_progress(&job.brokers, job)?.unwrap_or(0);
     let records = read_log(&job.brokers, &job.epoch_log_topic())?;
     Ok(Committed {
-        copies: planner::committed_copies(&records, progress),
+        copies: planner::committed_copies(&records, progress, 0),
     })
 }
 

@@ -339,6 +339,7 @@ impl Committer {
                     epoch,
                     attempt: self.attempt,
                     committed: self.committed,
+                    skipped: Vec::new(),
                 },
                 self.writer.headers_for(epoch),
             )?;

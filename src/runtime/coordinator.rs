@@ -271,6 +271,7 @@ mod tests {
                                     epoch,
                                     attempt,
                                     committed,
+                                    skipped: Vec::new(),
                                 })
                             }
                             None => {

@@ -12,6 +12,10 @@
 //! - Epochs whose record sits below the committed progress are committed;
 //!   the others are replayed with their logged boundaries, once each.
 //! - No epoch number is used twice, not even one a fenced instance logged.
+//! - With several writers (one per process of a cluster, committing in
+//!   lockstep), the job resumes after the lowest epoch any writer has
+//!   committed; a writer replays the epochs after it but skips sending
+//!   those it had already committed.
 
 use super::recovery::{LogRecord, PartitionRange};
 use std::collections::{BTreeMap, HashMap};
@@ -55,8 +59,14 @@ pub fn started_since(gap: &[(i64, LogRecord)], attempt: u32) -> Option<u32> {
 /// Where a start resumes.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Resume {
-    /// The last committed epoch (0: none).
+    /// The last epoch every writer has committed (0: none): the job
+    /// resumes after it.
     pub committed: u64,
+    /// The last epoch each writer has committed.
+    pub writer_committed: Vec<u64>,
+    /// Per replayed epoch, the writers that had committed it already: they
+    /// cut it again for their state but send nothing of it.
+    pub skip: BTreeMap<u64, Vec<u32>>,
     /// Where each source partition resumes; None when nothing committed.
     pub start_offsets: Option<HashMap<(u32, i32), i64>>,
     /// Epochs logged but not committed, to be cut again exactly so.
@@ -72,9 +82,15 @@ pub struct Resume {
     pub progress_lost: Option<u64>,
 }
 
-/// Plans a start from the whole log and the committed progress (the
-/// offset just past the last committed epoch's record; 0 for none).
+/// Plans a start of a single writer from the whole log and its committed
+/// progress (the offset just past the last committed epoch's record; 0
+/// for none).
 pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
+    resume_writers(records, &[progress])
+}
+
+/// Plans a start from the whole log and each writer's committed progress.
+pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume {
     let mut out = Resume::default();
     let mut max_epoch = 0;
     for (offset, r) in records {
@@ -89,8 +105,6 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
         }
     }
     out.next_epoch = max_epoch + 1;
-    let mut committed_ranges: Option<&Vec<PartitionRange>> = None;
-    let mut replay: BTreeMap<u64, (i64, Vec<PartitionRange>)> = BTreeMap::new();
     let live = live(records);
     let claimed = live
         .iter()
@@ -102,67 +116,72 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
         })
         .max()
         .unwrap_or(0);
-    if progress == 0 && claimed > 0 {
+    if progress.iter().all(|p| *p == 0) && claimed > 0 {
         out.progress_lost = Some(claimed);
     }
     let begin = live.iter().find_map(|(_, r)| match r {
         LogRecord::Begin { ranges, .. } => Some(ranges),
         _ => None,
     });
+    // Each epoch's first live record: its boundaries (a replay never logs
+    // an epoch again, it appends a marker).
+    let mut first: BTreeMap<u64, (i64, &Vec<PartitionRange>)> = BTreeMap::new();
+    out.writer_committed = vec![0; progress.len()];
     for (offset, r) in &live {
-        let (offset, r) = (*offset, *r);
         let LogRecord::Epoch { epoch, ranges, .. } = r else {
             continue;
         };
-        if offset < progress {
-            if *epoch >= out.committed {
-                out.committed = *epoch;
-                committed_ranges = Some(ranges);
+        first.entry(*epoch).or_insert((*offset, ranges));
+        for (w, p) in progress.iter().enumerate() {
+            if *offset < *p {
+                out.writer_committed[w] = out.writer_committed[w].max(*epoch);
             }
-        } else {
-            // A replay never logs an epoch again: the first record is it.
-            replay
-                .entry(*epoch)
-                .or_insert_with(|| (offset, ranges.clone()));
         }
     }
-    replay.retain(|e, _| *e > out.committed);
-    for (epoch, (offset, ranges)) in replay {
-        out.log_offsets.insert(epoch, offset);
-        out.replay.push((epoch, ranges));
+    out.committed = out.writer_committed.iter().copied().min().unwrap_or(0);
+    for (epoch, (offset, ranges)) in first.range(out.committed + 1..) {
+        out.log_offsets.insert(*epoch, *offset);
+        out.replay.push((*epoch, (*ranges).clone()));
+        let done: Vec<u32> = (0..progress.len() as u32)
+            .filter(|w| out.writer_committed[*w as usize] >= *epoch)
+            .collect();
+        if !done.is_empty() {
+            out.skip.insert(*epoch, done);
+        }
     }
-    out.start_offsets = match committed_ranges {
-        Some(ranges) => Some(
-            ranges
-                .iter()
-                .map(|r| ((r.source, r.partition), r.end))
-                .collect(),
-        ),
+    let ranges_of = |ranges: &Vec<PartitionRange>, end: bool| -> HashMap<(u32, i32), i64> {
+        ranges
+            .iter()
+            .map(|r| ((r.source, r.partition), if end { r.end } else { r.start }))
+            .collect()
+    };
+    out.start_offsets = match first.get(&out.committed) {
+        Some((_, ranges)) if out.committed > 0 => Some(ranges_of(ranges, true)),
         // Nothing committed, yet epochs logged: the first start resolved
         // its start offsets (`latest` among them) and read from there; a
         // restart starts there too, not at a later end of the topic.
-        None => out
+        _ => out
             .replay
             .first()
             .map(|(_, ranges)| ranges)
             .or(begin)
-            .map(|ranges| {
-                ranges
-                    .iter()
-                    .map(|r| ((r.source, r.partition), r.start))
-                    .collect()
-            }),
+            .map(|ranges| ranges_of(ranges, false)),
     };
     out
 }
 
-/// For each committed epoch, the attempt whose copy of its output and
-/// changelog counts: the last live record of the epoch, its first logging
-/// or a replay. An epoch is committed when its record sits below the
-/// progress; it is never logged again after that, so the last copy is the
-/// one that committed. Copies of other attempts were aborted, or written by
-/// a fenced instance; a broker that delivers aborted records shows them.
-pub fn committed_copies(records: &[(i64, LogRecord)], progress: i64) -> BTreeMap<u64, u32> {
+/// For each epoch `writer` has committed, the attempt whose copy of its
+/// output and changelog counts: the last live record of the epoch, its
+/// first logging or a replay, that the writer did not skip. An epoch is
+/// committed when its record sits below the writer's progress; the writer
+/// does not send it again after that, so that copy is the one that
+/// committed. Copies of other attempts were aborted, or written by a
+/// fenced instance; a broker that delivers aborted records shows them.
+pub fn committed_copies(
+    records: &[(i64, LogRecord)],
+    progress: i64,
+    writer: u32,
+) -> BTreeMap<u64, u32> {
     let live = live(records);
     let committed: std::collections::HashSet<u64> = live
         .iter()
@@ -173,12 +192,19 @@ pub fn committed_copies(records: &[(i64, LogRecord)], progress: i64) -> BTreeMap
         .collect();
     let mut out = BTreeMap::new();
     for (_, r) in live {
-        if let LogRecord::Epoch { epoch, attempt, .. }
-        | LogRecord::Replayed { epoch, attempt, .. } = r
-        {
-            if committed.contains(epoch) {
+        match r {
+            LogRecord::Epoch { epoch, attempt, .. } if committed.contains(epoch) => {
                 out.insert(*epoch, *attempt);
             }
+            LogRecord::Replayed {
+                epoch,
+                attempt,
+                skipped,
+                ..
+            } if committed.contains(epoch) && !skipped.contains(&writer) => {
+                out.insert(*epoch, *attempt);
+            }
+            _ => {}
         }
     }
     out
@@ -242,15 +268,16 @@ mod tests {
                 epoch: 2,
                 attempt: 4,
                 committed: 1,
+                skipped: vec![],
             },
             epoch(4, 4, 20, 30),
         ]);
         // Progress past epoch 2's record (offset 2): 1 and 2 committed.
-        let copies = committed_copies(&records, 3);
+        let copies = committed_copies(&records, 3, 0);
         assert_eq!(copies, BTreeMap::from([(1, 1), (2, 4)]));
         // Epoch 3 never committed, whatever the progress says later: a
         // fenced instance's changelog for it must not be restored.
-        let copies = committed_copies(&records, 7);
+        let copies = committed_copies(&records, 7, 0);
         assert_eq!(copies, BTreeMap::from([(1, 1), (2, 4), (4, 4)]));
     }
 
@@ -400,6 +427,133 @@ mod tests {
             // What B plans later never reuses A's numbers.
             assert!(resume(&records, 0).next_epoch > 3);
             assert!(b_attempt > 1);
+        }
+    }
+
+    /// Two or three writers commit in lockstep, each epoch once the
+    /// decision is logged, in any order among themselves; the whole job
+    /// crashes after any step, again and again, and restarts from the
+    /// planner's answer. Every writer's share of every decided epoch is
+    /// committed exactly once, and the copy the planner picks for each
+    /// writer and epoch is the one that writer committed.
+    #[test]
+    fn writers_in_lockstep_commit_every_epoch_once_across_random_crashes() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        for seed in 0..300u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let writers = rng.random_range(2..=3usize);
+            let mut records: Vec<(i64, LogRecord)> = Vec::new();
+            let mut append = |records: &mut Vec<(i64, LogRecord)>, r: LogRecord| {
+                let offset = records.len() as i64;
+                records.push((offset, r));
+                offset
+            };
+            let mut progress = vec![0i64; writers];
+            // (writer, epoch) -> the attempts whose copy it committed.
+            let mut committed: BTreeMap<(usize, u64), Vec<u32>> = BTreeMap::new();
+            let mut offset_end = 0i64;
+            for _restart in 0..6 {
+                let start = append(&mut records, LogRecord::Start {});
+                let attempt = attempt_at(start);
+                let plan = resume_writers(&records, &progress);
+                assert_eq!(
+                    plan.committed,
+                    plan.writer_committed.iter().copied().min().unwrap()
+                );
+                // The replayed epochs, then new ones, each with a budget of
+                // steps before the crash.
+                let mut work: Vec<(u64, Option<i64>)> = plan
+                    .replay
+                    .iter()
+                    .map(|(e, _)| (*e, Some(plan.log_offsets[e])))
+                    .collect();
+                let new = rng.random_range(0..4u64);
+                work.extend((0..new).map(|i| (plan.next_epoch + i, None)));
+                let mut budget = rng.random_range(0..12usize);
+                'run: for (epoch, logged) in work {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                    let skipped = plan.skip.get(&epoch).cloned().unwrap_or_default();
+                    let decision = match logged {
+                        Some(offset) => {
+                            append(
+                                &mut records,
+                                LogRecord::Replayed {
+                                    epoch,
+                                    attempt,
+                                    committed: plan.committed,
+                                    skipped: skipped.clone(),
+                                },
+                            );
+                            offset
+                        }
+                        None => {
+                            offset_end += 10;
+                            append(
+                                &mut records,
+                                LogRecord::Epoch {
+                                    epoch,
+                                    attempt,
+                                    committed: plan.committed,
+                                    ranges: vec![PartitionRange {
+                                        source: 0,
+                                        partition: 0,
+                                        start: offset_end - 10,
+                                        end: offset_end,
+                                    }],
+                                },
+                            )
+                        }
+                    };
+                    let mut order: Vec<usize> = (0..writers).collect();
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, rng.random_range(0..=i));
+                    }
+                    for w in order {
+                        if budget == 0 {
+                            break 'run;
+                        }
+                        budget -= 1;
+                        if !skipped.contains(&(w as u32)) {
+                            committed.entry((w, epoch)).or_default().push(attempt);
+                        }
+                        progress[w] = progress[w].max(decision + 1);
+                    }
+                }
+            }
+            let plan = resume_writers(&records, &progress);
+            for w in 0..writers {
+                for e in 1..=plan.writer_committed[w] {
+                    let copies = committed.get(&(w, e)).cloned().unwrap_or_default();
+                    assert_eq!(
+                        copies.len(),
+                        1,
+                        "seed {seed}: writer {w} epoch {e}: {copies:?}"
+                    );
+                    let picked = committed_copies(&records, progress[w], w as u32);
+                    assert_eq!(
+                        picked.get(&e),
+                        Some(&copies[0]),
+                        "seed {seed}: writer {w} epoch {e}"
+                    );
+                }
+                // Nothing is committed twice, even among epochs still due.
+                for ((cw, e), copies) in &committed {
+                    assert!(
+                        copies.len() <= 1,
+                        "seed {seed}: writer {cw} epoch {e}: {copies:?}"
+                    );
+                }
+            }
+            // Lockstep: writers end at most one epoch apart.
+            let (lo, hi) = (
+                plan.writer_committed.iter().min().unwrap(),
+                plan.writer_committed.iter().max().unwrap(),
+            );
+            assert!(hi - lo <= 1, "seed {seed}: {:?}", plan.writer_committed);
         }
     }
 }

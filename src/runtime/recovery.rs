@@ -82,6 +82,9 @@ pub enum LogRecord {
         attempt: u32,
         #[serde(default)]
         committed: u64,
+        /// Writers that had committed the epoch already and skip it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<u32>,
     },
     /// A first start resolved where its sources begin (`latest` is where
     /// the topic ends at that moment): `start` of each range. A restart
@@ -282,7 +285,7 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
     let progress = committed_progress(brokers, job)?.unwrap_or(0);
     let records = read_log(brokers, &log)?;
     let resume = planner::resume(&records, progress);
-    let copies = planner::committed_copies(&records, progress);
+    let copies = planner::committed_copies(&records, progress, 0);
     if let Some(epoch) = resume.progress_lost {
         return Err(RecoveryError::ProgressLost {
             job: job.name.clone(),
