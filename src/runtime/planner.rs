@@ -444,7 +444,7 @@ mod tests {
             let mut rng = SmallRng::seed_from_u64(seed);
             let writers = rng.random_range(2..=3usize);
             let mut records: Vec<(i64, LogRecord)> = Vec::new();
-            let mut append = |records: &mut Vec<(i64, LogRecord)>, r: LogRecord| {
+            let append = |records: &mut Vec<(i64, LogRecord)>, r: LogRecord| {
                 let offset = records.len() as i64;
                 records.push((offset, r));
                 offset
