@@ -182,12 +182,14 @@ impl SourceReader for KafkaSource {
             ends.get(&r.origin.partition)
                 .is_some_and(|end| r.origin.offset < *end)
         };
-        // First what was read ahead, then the consumer.
+        // First what was read ahead, then the consumer; never more than
+        // `max`, which a rate limit sets too.
         let parts: Vec<i32> = self.ahead.keys().copied().collect();
         for p in parts {
             while let Some(r) = self
                 .ahead
                 .get_mut(&p)
+                .filter(|_| out.len() < max)
                 .and_then(|q| q.front().filter(|r| fits(r)).cloned())
             {
                 self.ahead.get_mut(&p).unwrap().pop_front();
@@ -224,11 +226,16 @@ impl SourceReader for KafkaSource {
         if self.finished() {
             return Poll::Done;
         }
-        // Records read ahead during a replay come first.
+        // Records read ahead during a replay come first, up to `max`.
         let parts: Vec<i32> = self.ahead.keys().copied().collect();
         for p in parts {
-            let queued: Vec<RawRecord> = self.ahead.remove(&p).unwrap_or_default().into();
-            for r in queued {
+            let queue = self.ahead.get_mut(&p).unwrap();
+            let n = queue.len().min(max.saturating_sub(out.len()));
+            let taken: Vec<RawRecord> = queue.drain(..n).collect();
+            if queue.is_empty() {
+                self.ahead.remove(&p);
+            }
+            for r in taken {
                 self.accept(r, out);
             }
         }
