@@ -7,6 +7,10 @@
 //! `epoch_logged` (the epoch log has the epoch, the commit has not
 //! happened), `committed` (the epoch is committed, the next not begun),
 //! `restore` (in the middle of reading a changelog back).
+//!
+//! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, to force
+//! an interleaving with another process: `fenced` (the writer has fenced
+//! earlier instances, its start is not yet logged).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -45,6 +49,20 @@ pub fn point(name: &str) {
         if want == name && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             eprintln!("fault injection: aborting at `{name}` (RILL_FAIL_AT)");
             std::process::abort();
+        }
+    }
+}
+
+/// Waits `MS` milliseconds if `RILL_PAUSE_AT=point:MS` names this point.
+pub fn pause(name: &str) {
+    let Ok(v) = std::env::var("RILL_PAUSE_AT") else {
+        return;
+    };
+    if let Some((want, ms)) = v.split_once(':') {
+        if want == name {
+            let ms = ms.parse().unwrap_or(0);
+            eprintln!("fault injection: pausing {ms} ms at `{name}` (RILL_PAUSE_AT)");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }
 }

@@ -94,6 +94,7 @@ impl Committer {
             crate::connectors::kafka_admin::TopicKind::Forever,
         )?;
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
+        crate::fault::pause("fenced");
         let offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
         let attempt = super::planner::attempt_at(offset);
         writer.set_attempt(attempt);

@@ -20,7 +20,7 @@ use crate::record::RawRecord;
 use crate::record::{DeadLetter, OutRecord};
 use crate::spec::{Format, StartOffset};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,7 +105,24 @@ pub fn run(
     let mut restarts = 0;
     loop {
         let mut attempt = 0;
-        let result = run_attempt(plan.clone(), opts.clone(), stop.clone(), &mut attempt);
+        // An attempt has a stop flag of its own, which its writer sets when
+        // it fails; Ctrl-C (`stop`) is passed on to it.
+        let attempt_stop = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicBool::new(false));
+        let forward = {
+            let (user, inner, ended) = (stop.clone(), attempt_stop.clone(), ended.clone());
+            std::thread::spawn(move || {
+                while !ended.load(Ordering::SeqCst) {
+                    if user.load(Ordering::SeqCst) {
+                        inner.store(true, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let result = run_attempt(plan.clone(), opts.clone(), attempt_stop, &mut attempt);
+        ended.store(true, Ordering::SeqCst);
+        let _ = forward.join();
         // Fencing and the start record are two steps: of two instances
         // started at once, one may hold the newest start while the other
         // fenced it last. The newest start is the one to carry on; the
@@ -119,7 +136,10 @@ pub fn run(
         };
         match result {
             Err(e @ (RunError::Fenced { .. } | RunError::CommitTimeout { .. }))
-                if restarts < RACE_RESTARTS && attempt > 0 && newest_start_is_ours()? =>
+                if restarts < RACE_RESTARTS
+                    && attempt > 0
+                    && !stop.load(Ordering::SeqCst)
+                    && newest_start_is_ours()? =>
             {
                 restarts += 1;
                 eprintln!(

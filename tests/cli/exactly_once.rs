@@ -510,3 +510,65 @@ fn a_job_that_starts_at_latest_reads_what_arrived_after_its_first_start() {
         .count();
     assert_eq!(committed, 20);
 }
+
+#[test]
+fn of_two_instances_started_at_once_the_one_with_the_newest_start_carries_on() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "race");
+    let path = job.path.to_str().unwrap();
+    ok(&[
+        "datagen", "bank", "--job", path, "--count", "400", "--quiet",
+    ]);
+    let submit = |pause: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_jobctl"));
+        c.args([
+            "submit",
+            path,
+            "--until-caught-up",
+            "--max-records-per-second",
+            "100",
+        ])
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped());
+        if let Some(p) = pause {
+            c.env("RILL_PAUSE_AT", p);
+        }
+        c.spawn().unwrap()
+    };
+    // A fences first but logs its start seconds later; B fences A in the
+    // meantime and logs its start first. So A holds the newest start and B
+    // the writer: B must stop when it reads A's start, and A, fenced, must
+    // start again rather than stop too.
+    let mut a = submit(Some("fenced:4000"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a_err = a.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(a_err)) {
+            let line = line.unwrap();
+            if line.contains("pausing") {
+                let _ = tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the first instance reaches its pause");
+    let b = submit(None);
+    let b_out = b.wait_with_output().unwrap();
+    let a_status = a.wait().unwrap();
+    let a_text = reader.join().unwrap();
+    let b_text = String::from_utf8_lossy(&b_out.stderr);
+    assert!(a_status.success(), "{a_text}");
+    assert!(a_text.contains("starting again (1 of 3)"), "{a_text}");
+    assert!(!b_out.status.success(), "{b_text}");
+    assert!(b_text.contains("another instance of job"), "{b_text}");
+    let committed = verify_lines(&job.path)
+        .iter()
+        .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
+        .count();
+    assert_eq!(committed, 400);
+}
