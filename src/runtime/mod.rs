@@ -1,6 +1,7 @@
 //! Launching workers, cutting and completing epochs, and the writer that
 //! sends each epoch's output.
 
+pub mod cluster;
 pub mod commit;
 pub mod coordinator;
 pub mod error;

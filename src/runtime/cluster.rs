@@ -1,0 +1,452 @@
+//! How the processes of a cluster find each other before timely's own
+//! communication takes over. As in timely, process i listens on the i-th
+//! address and connects to every lower one; unlike timely, which retries
+//! forever and checks nothing, every connection has a deadline and starts
+//! with a handshake: the same binary, job file and worker count (a
+//! fingerprint), and the same generation (a number each start of the whole
+//! cluster changes), so a peer from another build or a process left over
+//! from an earlier run is named instead of joining. The connected sockets
+//! then carry timely's exchange and progress traffic unchanged.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+use timely::communication::Hooks;
+
+const MAGIC: &[u8; 8] = b"rill-cl1";
+
+/// What every process of one cluster must share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Hash of the binary, the job file and the worker count.
+    pub fingerprint: u64,
+    /// Changes with every start of the whole cluster.
+    pub generation: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ClusterError {
+    #[error("process {process} is out of range: the hostfile lists {count} addresses (processes 0 to {last})", last = count.saturating_sub(1))]
+    OutOfRange { process: usize, count: usize },
+    #[error(
+        "a cluster needs at least two addresses in its hostfile, one per process; it lists {count}"
+    )]
+    TooFewAddresses { count: usize },
+    #[error("address `{address}` of process {process} is not host:port: {reason}")]
+    BadAddress {
+        process: usize,
+        address: String,
+        reason: String,
+    },
+    #[error("process {process} cannot listen on {address}: {reason}; another program holds the port: stop it, or give this process another port in the hostfile")]
+    PortTaken {
+        process: usize,
+        address: String,
+        reason: String,
+    },
+    #[error("process {peer} at {address} did not answer within {timeout_ms} ms: start every process of the cluster (or raise --connect-timeout-ms)")]
+    NoAnswer {
+        peer: usize,
+        address: String,
+        timeout_ms: u128,
+    },
+    #[error("process {peer} at {address} runs another binary, job file or worker count than process {me}: start every process with the same jobctl, job file and --workers")]
+    Mismatch {
+        me: usize,
+        peer: usize,
+        address: String,
+    },
+    #[error("process {peer} at {address} is left over from an earlier run of the cluster (generation {theirs}, this run is {ours}): stop it, then start it again with the others")]
+    PeerStale {
+        peer: usize,
+        address: String,
+        theirs: u64,
+        ours: u64,
+    },
+    #[error("this process is left over from an earlier run of the cluster (generation {ours}; process {peer} at {address} runs generation {theirs}): stop it and start it with the others")]
+    SelfStale {
+        peer: usize,
+        address: String,
+        theirs: u64,
+        ours: u64,
+    },
+    #[error("process {peer} at {address} answered with something other than a rill cluster handshake: {reason}")]
+    Handshake {
+        peer: usize,
+        address: String,
+        reason: String,
+    },
+}
+
+/// One process's hello: magic, index, generation, fingerprint.
+fn hello(me: usize, id: Identity) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..8].copy_from_slice(MAGIC);
+    out[8..16].copy_from_slice(&(me as u64).to_be_bytes());
+    out[16..24].copy_from_slice(&id.generation.to_be_bytes());
+    out[24..].copy_from_slice(&id.fingerprint.to_be_bytes());
+    out
+}
+
+/// Reads a peer's hello: (index, identity).
+fn read_hello(stream: &mut TcpStream) -> Result<(usize, Identity), String> {
+    let mut buf = [0u8; 32];
+    stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    if &buf[..8] != MAGIC {
+        return Err("unexpected bytes".into());
+    }
+    let word = |i: usize| u64::from_be_bytes(buf[i..i + 8].try_into().unwrap());
+    Ok((
+        word(8) as usize,
+        Identity {
+            generation: word(16),
+            fingerprint: word(24),
+        },
+    ))
+}
+
+/// How a peer's identity compares with ours: Ok, or the error to report.
+fn judge(
+    me: usize,
+    peer: usize,
+    address: &str,
+    ours: Identity,
+    theirs: Identity,
+) -> Result<(), ClusterError> {
+    let address = address.to_string();
+    if theirs.fingerprint != ours.fingerprint {
+        return Err(ClusterError::Mismatch { me, peer, address });
+    }
+    match theirs.generation.cmp(&ours.generation) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(ClusterError::PeerStale {
+            peer,
+            address,
+            theirs: theirs.generation,
+            ours: ours.generation,
+        }),
+        std::cmp::Ordering::Greater => Err(ClusterError::SelfStale {
+            peer,
+            address,
+            theirs: theirs.generation,
+            ours: ours.generation,
+        }),
+    }
+}
+
+fn resolve(process: usize, address: &str) -> Result<SocketAddr, ClusterError> {
+    let bad = |reason: String| ClusterError::BadAddress {
+        process,
+        address: address.into(),
+        reason,
+    };
+    address
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("it resolves to no address".into()))
+}
+
+/// Connects process `me` to every other process of `addresses`, each
+/// after a handshake, within `timeout`. The result has one socket per
+/// process, none at `me`, as timely's networking expects.
+pub fn connect(
+    addresses: &[String],
+    me: usize,
+    id: Identity,
+    timeout: Duration,
+) -> Result<Vec<Option<TcpStream>>, ClusterError> {
+    if addresses.len() < 2 {
+        return Err(ClusterError::TooFewAddresses {
+            count: addresses.len(),
+        });
+    }
+    if me >= addresses.len() {
+        return Err(ClusterError::OutOfRange {
+            process: me,
+            count: addresses.len(),
+        });
+    }
+    let resolved: Vec<SocketAddr> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| resolve(i, a))
+        .collect::<Result<_, _>>()?;
+    let listener = TcpListener::bind(resolved[me]).map_err(|e| ClusterError::PortTaken {
+        process: me,
+        address: addresses[me].clone(),
+        reason: e.to_string(),
+    })?;
+    let deadline = Instant::now() + timeout;
+    let mut sockets: Vec<Option<TcpStream>> = (0..addresses.len()).map(|_| None).collect();
+    // Lower processes: connect, retrying until the deadline. A stale peer
+    // may still hold the address; the right one may yet come.
+    for peer in 0..me {
+        let mut last_refusal = None;
+        let stream = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(last_refusal.unwrap_or(ClusterError::NoAnswer {
+                    peer,
+                    address: addresses[peer].clone(),
+                    timeout_ms: timeout.as_millis(),
+                }));
+            }
+            let Ok(mut stream) = TcpStream::connect_timeout(&resolved[peer], left) else {
+                std::thread::sleep(Duration::from_millis(50).min(left));
+                continue;
+            };
+            let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let _ = stream.write_all(&hello(me, id));
+            match read_hello(&mut stream) {
+                Ok((index, theirs)) if index == peer => {
+                    match judge(me, peer, &addresses[peer], id, theirs) {
+                        Ok(()) => break stream,
+                        Err(e @ ClusterError::PeerStale { .. }) => last_refusal = Some(e),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((index, _)) => {
+                    return Err(ClusterError::Handshake {
+                        peer,
+                        address: addresses[peer].clone(),
+                        reason: format!(
+                            "it says it is process {index}: check the hostfile's order"
+                        ),
+                    })
+                }
+                // Closed by a peer that refused us: try again.
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        sockets[peer] = Some(stream);
+    }
+    // Higher processes connect to us.
+    listener
+        .set_nonblocking(true)
+        .expect("a listening socket can be made non-blocking");
+    let mut refused: Vec<Option<ClusterError>> = (0..addresses.len()).map(|_| None).collect();
+    while sockets
+        .iter()
+        .enumerate()
+        .any(|(i, s)| i > me && s.is_none())
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let peer = (me + 1..addresses.len())
+                .find(|i| sockets[*i].is_none())
+                .unwrap();
+            return Err(refused[peer].take().unwrap_or(ClusterError::NoAnswer {
+                peer,
+                address: addresses[peer].clone(),
+                timeout_ms: timeout.as_millis(),
+            }));
+        }
+        let mut stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let Ok((peer, theirs)) = read_hello(&mut stream) else {
+            continue;
+        };
+        // Answer first, so a refused peer learns why on its side too.
+        let _ = stream.write_all(&hello(me, id));
+        if peer <= me || peer >= addresses.len() {
+            continue;
+        }
+        match judge(me, peer, &addresses[peer], id, theirs) {
+            Ok(()) => sockets[peer] = Some(stream),
+            Err(e @ ClusterError::PeerStale { .. }) => refused[peer] = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    for s in sockets.iter().flatten() {
+        let _ = s.set_read_timeout(None);
+        let _ = s.set_nodelay(true);
+    }
+    Ok(sockets)
+}
+
+/// Runs `func` on `threads` worker threads of this process, joined with the
+/// other processes over `sockets` (from [`connect`]) into one timely
+/// computation.
+pub fn execute<T, F>(
+    sockets: Vec<Option<TcpStream>>,
+    me: usize,
+    threads: usize,
+    func: F,
+) -> Result<timely::communication::WorkerGuards<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(&mut timely::worker::Worker) -> T + Send + Sync + 'static,
+{
+    let hooks = Hooks::default();
+    let local =
+        ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
+    let (builders, guard) = initialize_networking_from_sockets(local, sockets, me, threads, hooks)
+        .map_err(|e| format!("cannot start the cluster's communication: {e}"))?;
+    let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+    timely::execute::execute_from(
+        builders,
+        Box::new(guard),
+        timely::WorkerConfig::default(),
+        func,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::{Exchange, Inspect, ToStream};
+
+    fn free_addresses(n: usize) -> Vec<String> {
+        let held: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect()
+    }
+
+    const ID: Identity = Identity {
+        fingerprint: 7,
+        generation: 1,
+    };
+
+    fn start(
+        addresses: &[String],
+        me: usize,
+        id: Identity,
+        timeout_ms: u64,
+    ) -> std::thread::JoinHandle<Result<Vec<Option<TcpStream>>, ClusterError>> {
+        let addresses = addresses.to_vec();
+        std::thread::spawn(move || connect(&addresses, me, id, Duration::from_millis(timeout_ms)))
+    }
+
+    #[test]
+    fn two_processes_form_one_timely_computation() {
+        let addresses = free_addresses(2);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let procs: Vec<_> = (0..2)
+            .map(|me| {
+                let (addresses, seen) = (addresses.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let sockets = connect(&addresses, me, ID, Duration::from_secs(10)).unwrap();
+                    let guards = execute(sockets, me, 1, move |worker| {
+                        let index = worker.index();
+                        let seen = seen.clone();
+                        worker.dataflow::<u64, _, _>(|scope| {
+                            (0..10u64)
+                                .map(move |x| x * 2 + index as u64)
+                                .to_stream(scope)
+                                .container::<Vec<_>>()
+                                .exchange(|x| *x)
+                                .inspect(move |x| seen.lock().unwrap().push((index, *x)));
+                        });
+                    })
+                    .unwrap();
+                    drop(guards);
+                })
+            })
+            .collect();
+        for p in procs {
+            p.join().unwrap();
+        }
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        // Every record of both processes, each on the worker its value picks.
+        assert_eq!(seen.len(), 20);
+        assert!(seen.iter().all(|(w, x)| *x as usize % 2 == *w));
+    }
+
+    #[test]
+    fn a_peer_that_never_starts_is_named_after_the_timeout() {
+        let addresses = free_addresses(2);
+        let err = start(&addresses, 0, ID, 300).join().unwrap().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("process 1 at {} did not answer within 300 ms: start every process of the cluster (or raise --connect-timeout-ms)", addresses[1])
+        );
+        let err = start(&addresses, 1, ID, 300).join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, ClusterError::NoAnswer { peer: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn another_binary_or_job_file_is_refused_on_both_sides() {
+        let addresses = free_addresses(2);
+        let other = Identity {
+            fingerprint: 8,
+            ..ID
+        };
+        let a = start(&addresses, 0, ID, 3000);
+        let b = start(&addresses, 1, other, 3000);
+        for (r, me, peer) in [(a.join().unwrap(), 0, 1), (b.join().unwrap(), 1, 0)] {
+            let err = r.unwrap_err();
+            assert_eq!(
+                err,
+                ClusterError::Mismatch {
+                    me,
+                    peer,
+                    address: addresses[peer].clone()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_process_of_an_earlier_run_is_told_so_and_the_right_one_still_joins() {
+        let addresses = free_addresses(2);
+        let new = Identity {
+            generation: 2,
+            ..ID
+        };
+        let zero = start(&addresses, 0, new, 5000);
+        // A process 1 of generation 1 comes first and is turned away.
+        let stale = start(&addresses, 1, ID, 5000).join().unwrap().unwrap_err();
+        assert_eq!(
+            stale.to_string(),
+            format!("this process is left over from an earlier run of the cluster (generation 1; process 0 at {} runs generation 2): stop it and start it with the others", addresses[0])
+        );
+        let one = start(&addresses, 1, new, 5000);
+        assert!(zero.join().unwrap().is_ok());
+        assert!(one.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_port_in_use_and_a_bad_hostfile_say_what_to_do() {
+        let addresses = free_addresses(2);
+        let _holder = TcpListener::bind(&addresses[0]).unwrap();
+        let err = connect(&addresses, 0, ID, Duration::from_millis(100)).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "process 0 cannot listen on {}: ",
+                addresses[0]
+            )) && err.to_string().ends_with("another program holds the port: stop it, or give this process another port in the hostfile"),
+            "{err}"
+        );
+        assert_eq!(
+            connect(&addresses, 2, ID, Duration::from_millis(100))
+                .unwrap_err()
+                .to_string(),
+            "process 2 is out of range: the hostfile lists 2 addresses (processes 0 to 1)"
+        );
+        assert_eq!(
+            connect(&addresses[..1], 0, ID, Duration::from_millis(100))
+                .unwrap_err()
+                .to_string(),
+            "a cluster needs at least two addresses in its hostfile, one per process; it lists 1"
+        );
+    }
+}
