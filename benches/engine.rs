@@ -7,7 +7,7 @@ use rill::connectors::datagen::BankGenerator;
 use rill::format::avro;
 use rill::plan::Plan;
 use rill::record::{Origin, RawRecord};
-use rill::runtime::local::{run_in_memory, MemoryInput};
+use rill::runtime::memory::{run_in_memory, MemoryInput};
 use rill::spec::Spec;
 use std::path::Path;
 use std::sync::Arc;
@@ -101,7 +101,7 @@ fn rejected_aggregate(c: &mut Criterion) {
 /// turnstile events (JSON), 4 stations x 2 devices, cut into 40 epochs.
 fn turnstile_windows(c: &mut Criterion) {
     use rill::connectors::datagen::TurnstileGenerator;
-    use rill::runtime::local::MemoryInput;
+    use rill::runtime::memory::MemoryInput;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let plan =
         Arc::new(Plan::build(&Spec::load(&root.join("jobs/turnstile.toml")).unwrap()).unwrap());

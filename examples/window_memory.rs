@@ -8,7 +8,7 @@
 
 use rill::plan::Plan;
 use rill::record::{Origin, RawRecord};
-use rill::runtime::local::{run_in_memory, MemoryInput};
+use rill::runtime::memory::{run_in_memory, MemoryInput};
 use rill::spec::Spec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! late, through windows and plain aggregates on 1 and 4 workers, against
 //! a direct computation over the same events.
 
-use super::local::{run_in_memory, run_in_memory_restarted, MemoryInput, Restart};
+use super::memory::{run_in_memory, run_in_memory_restarted, MemoryInput, Restart};
 use crate::dataflow::window::windows_of;
 use crate::plan::aggregate::WindowShape;
 use crate::plan::Plan;
@@ -614,4 +614,75 @@ fn window_state_rolls_back_one_epoch_through_before_images() {
     check_rollback(
         "[transforms.agg.window]\ntype = \"session\"\ntime_field = \"t\"\ngap_ms = 60\nmax_out_of_orderness_ms = 20",
     );
+}
+
+/// Runs `plan` over `events` as a cluster of `processes` processes of one
+/// worker each (threads here, joined over TCP as separate processes are):
+/// what all of them send together, and the late events.
+fn run_in_cluster(
+    plan: &Arc<Plan>,
+    events: &[Event],
+    processes: usize,
+) -> (Vec<(u64, Row)>, BTreeSet<(i32, i64)>) {
+    use super::cluster::{connect, Identity};
+    let addresses: Vec<String> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let id = Identity {
+        fingerprint: 1,
+        generation: 1,
+    };
+    let input = Arc::new(scripted(events));
+    let handles: Vec<_> = (0..processes)
+        .map(|p| {
+            let (plan, addresses, input) = (plan.clone(), addresses.clone(), input.clone());
+            std::thread::spawn(move || {
+                let sockets = connect(&addresses, p, id, std::time::Duration::from_secs(20)).unwrap();
+                super::memory::run_in_memory_in_cluster(
+                    plan,
+                    1,
+                    vec![MemoryInput::Scripted(input)],
+                    vec![],
+                    true,
+                    sockets,
+                    p,
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    let (mut rows, mut late) = (Vec::new(), BTreeSet::new());
+    for h in handles {
+        let (r, l) = rows_and_late(h.join().unwrap());
+        rows.extend(r);
+        late.extend(l);
+    }
+    (rows, late)
+}
+
+/// Two processes of one worker send what one process of two workers
+/// sends: the same records in the same epochs, the same late events.
+#[test]
+fn a_cluster_of_two_processes_computes_what_one_process_does() {
+    let by_epoch = |rows: Vec<(u64, Row)>| {
+        let mut rows = rows;
+        rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        rows
+    };
+    for window in [
+        "",
+        "[transforms.agg.window]\ntype = \"tumbling\"\ntime_field = \"t\"\nsize_ms = 100\nmax_out_of_orderness_ms = 20",
+    ] {
+        let plan = job(window);
+        for seed in 0..2 {
+            let evs = events(seed);
+            let (one, one_late) = run(&plan, &evs, 2);
+            let (two, two_late) = run_in_cluster(&plan, &evs, 2);
+            assert_eq!(two_late, one_late, "seed {seed}, {window}");
+            assert_eq!(by_epoch(two), by_epoch(one), "seed {seed}, {window}");
+        }
+    }
 }

@@ -7,7 +7,6 @@ use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka_admin::{self, TopicKind};
 use crate::connectors::kafka_sink::KafkaTopicSink;
 use crate::connectors::kafka_source::KafkaSource;
-use crate::connectors::memory::{MemorySink, MemorySource};
 use crate::connectors::postgres_sink::{PostgresError, PostgresSink};
 use crate::connectors::sink::{EpochSink, SinkError};
 use crate::connectors::stdout_sink::StdoutSink;
@@ -16,7 +15,6 @@ use crate::dataflow::{Epoch, ReaderFactory};
 use crate::format::avro;
 use crate::format::registry::RegistryClient;
 use crate::plan::{Plan, SinkPlan};
-use crate::record::RawRecord;
 use crate::record::{DeadLetter, OutRecord};
 use crate::spec::{Format, StartOffset};
 use std::collections::{BTreeMap, HashMap};
@@ -89,6 +87,9 @@ pub(super) struct Launch {
     pub(super) resume_after: Epoch,
     pub(super) changelog_topics: HashMap<String, Arc<str>>,
     pub(super) restored: Arc<HashMap<String, Vec<crate::dataflow::state::StateEntry>>>,
+    /// This process's sockets to the other processes of its cluster, and
+    /// its index; none for a process of its own.
+    pub(super) cluster: Option<(Vec<Option<std::net::TcpStream>>, usize)>,
 }
 
 /// Starts again, at most this often, an instance fenced by one that
@@ -370,6 +371,7 @@ fn run_attempt(
         resume_after: recovered.committed,
         changelog_topics,
         restored: Arc::new(recovered.state),
+        cluster: None,
         readers,
         registry,
         sink_schema_ids,
@@ -382,121 +384,4 @@ fn run_attempt(
         scripted: false,
     };
     super::workers::execute(plan, opts, stop, launch)
-}
-
-/// Input for [`run_in_memory`]: per source, its records, each optionally
-/// with the epoch it is read in.
-pub enum MemoryInput {
-    Records(Arc<Vec<RawRecord>>),
-    Scripted(Arc<Vec<(u64, RawRecord)>>),
-}
-
-/// Runs a job's engine on records held in memory, with sinks that keep
-/// what they receive (`keep_output`) or only count it. For benchmarks and
-/// engine tests: no broker, no registry.
-pub fn run_in_memory(
-    plan: Arc<Plan>,
-    workers: usize,
-    inputs: Vec<MemoryInput>,
-    writer_schema_ids: Vec<(u32, String)>,
-    keep_output: bool,
-) -> Result<RunSummary, RunError> {
-    run_in_memory_restarted(
-        plan,
-        workers,
-        inputs,
-        writer_schema_ids,
-        keep_output,
-        Restart::default(),
-    )
-}
-
-/// What a restarted in-memory run resumes from: the last epoch committed
-/// before it and the state as of that epoch, by transform.
-#[derive(Default)]
-pub struct Restart {
-    pub after: Epoch,
-    pub state: HashMap<String, Vec<crate::dataflow::state::StateEntry>>,
-}
-
-/// [`run_in_memory`] as a restart after `restart.after`: the scripted
-/// input should hold only later epochs. With `keep_output`, the summary
-/// holds the changelog, whose latest value per key is the next restart's
-/// state.
-pub fn run_in_memory_restarted(
-    plan: Arc<Plan>,
-    workers: usize,
-    inputs: Vec<MemoryInput>,
-    writer_schema_ids: Vec<(u32, String)>,
-    keep_output: bool,
-    restart: Restart,
-) -> Result<RunSummary, RunError> {
-    let scripted = inputs.iter().any(|i| matches!(i, MemoryInput::Scripted(_)));
-    let partitions: Vec<i32> = inputs
-        .iter()
-        .map(|i| match i {
-            MemoryInput::Records(r) => r.iter().map(|r| r.origin.partition + 1).max().unwrap_or(1),
-            MemoryInput::Scripted(r) => r
-                .iter()
-                .map(|(_, r)| r.origin.partition + 1)
-                .max()
-                .unwrap_or(1),
-        })
-        .collect();
-    let readers: Vec<ReaderFactory> = inputs
-        .into_iter()
-        .map(|input| match input {
-            MemoryInput::Records(records) => Arc::new(move |index, peers| {
-                Box::new(MemorySource::for_worker(&records, index, peers)) as Box<dyn SourceReader>
-            }) as ReaderFactory,
-            MemoryInput::Scripted(records) => Arc::new(move |index, peers| {
-                Box::new(MemorySource::scripted(&records, index, peers)) as Box<dyn SourceReader>
-            }) as ReaderFactory,
-        })
-        .collect();
-    // A registry client whose cache already holds the writer schemas; it is
-    // never asked over the network.
-    let registry = RegistryClient::new("http://127.0.0.1:1");
-    for (id, schema) in writer_schema_ids {
-        registry.seed(id, &schema);
-    }
-    let mut targets: Sinks = HashMap::new();
-    let mut sink_schema_ids = HashMap::new();
-    for (i, _, _) in plan.sinks() {
-        targets.insert(i, Box::new(MemorySink::new(keep_output)));
-        sink_schema_ids.insert(i, 1);
-    }
-    let source_topics = plan
-        .sources()
-        .map(|(_, _, s)| Arc::from(s.config.topic.as_str()))
-        .collect();
-    let launch = Launch {
-        source_partitions: partitions,
-        readers,
-        registry: Some(registry),
-        sink_schema_ids,
-        sink_partitions: HashMap::new(),
-        sink_limits: HashMap::new(),
-        source_topics,
-        targets,
-        backend: Backend::Memory { keep: keep_output },
-        scripted,
-        first_epoch: restart.after + 1,
-        resume_after: restart.after,
-        changelog_topics: plan
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.kind, crate::plan::NodeKind::Aggregate(_)))
-            .map(|n| (n.name.clone(), Arc::from(n.name.as_str())))
-            .collect(),
-        restored: Arc::new(restart.state),
-    };
-    let opts = RunOptions {
-        workers,
-        until_caught_up: true,
-        trace_records: false,
-        progress: false,
-        max_rate: None,
-    };
-    super::workers::execute(plan, opts, Arc::new(AtomicBool::new(false)), launch)
 }

@@ -6,6 +6,7 @@ pub mod commit;
 pub mod coordinator;
 pub mod error;
 pub mod local;
+pub mod memory;
 pub mod planner;
 pub mod recovery;
 mod report;

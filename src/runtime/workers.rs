@@ -47,6 +47,7 @@ pub(super) fn execute(
         resume_after,
         changelog_topics,
         restored,
+        cluster,
     } = launch;
     let max_rate = opts.max_rate;
     let bounded = opts.until_caught_up;
@@ -75,7 +76,7 @@ pub(super) fn execute(
 
     let worker_plan = plan.clone();
     let trace = opts.trace_records;
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let body = move |worker: &mut timely::worker::Worker| {
         let ctx = Rc::new(WorkerContext {
             index: worker.index(),
             peers: worker.peers(),
@@ -113,8 +114,10 @@ pub(super) fn execute(
                 let mut counts = ctx.counts.borrow_mut();
                 let later = counts.split_off(&upto);
                 let done = std::mem::replace(&mut *counts, later);
+                // The writer counts this process's workers: timely numbers
+                // a cluster's workers process by process.
                 let _ = ctx.writer.send(WriterMsg::Progress {
-                    worker: ctx.index,
+                    worker: ctx.index % workers,
                     upto,
                     counts: done,
                 });
@@ -125,7 +128,11 @@ pub(super) fn execute(
             }
         }
         let _ = ctx.writer.send(WriterMsg::Finished { worker: ctx.index });
-    })
+    };
+    let guards = match cluster {
+        None => timely::execute(timely::Config::process(workers), body),
+        Some((sockets, process)) => super::cluster::execute(sockets, process, workers, body),
+    }
     .map_err(RunError::Workers)?;
     let results = guards.join();
     let written = writer
