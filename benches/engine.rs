@@ -149,5 +149,71 @@ fn turnstile_windows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bank_split, rejected_aggregate, turnstile_windows);
+/// One process of two workers against two processes of one worker (threads
+/// here, each with its own timely communication over TCP on loopback, as
+/// separate processes have), on the bank split (no exchange between
+/// workers) and the rejected aggregate (records exchanged by account).
+fn cluster(c: &mut Criterion) {
+    use rill::runtime::cluster::{connect, Identity};
+    use rill::runtime::memory::run_in_memory_in_cluster;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bank = Arc::new(Plan::build(&Spec::load(&root.join("jobs/bank.toml")).unwrap()).unwrap());
+    let rejected =
+        Arc::new(Plan::build(&Spec::load(&root.join("jobs/rejected.toml")).unwrap()).unwrap());
+    let (records, schema) = bank_input(&bank);
+    let records = Arc::new(records);
+    let mut group = c.benchmark_group("cluster");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    for (name, plan) in [("bank_split", bank), ("rejected_aggregate", rejected)] {
+        group.bench_function(BenchmarkId::new(name, "1 process x 2 workers"), |b| {
+            b.iter(|| {
+                let input = vec![MemoryInput::Records(records.clone())];
+                run_in_memory(plan.clone(), 2, input, vec![(1, schema.clone())], false).unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::new(name, "2 processes x 1 worker"), |b| {
+            b.iter(|| {
+                let listeners: Vec<_> = (0..2)
+                    .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                    .collect();
+                let addresses: Vec<String> = listeners
+                    .iter()
+                    .map(|l| l.local_addr().unwrap().to_string())
+                    .collect();
+                drop(listeners);
+                let id = Identity {
+                    fingerprint: 1,
+                    generation: 1,
+                };
+                let handles: Vec<_> = (0..2)
+                    .map(|p| {
+                        let (plan, addresses) = (plan.clone(), addresses.clone());
+                        let (records, schema) = (records.clone(), schema.clone());
+                        std::thread::spawn(move || {
+                            let timeout = std::time::Duration::from_secs(20);
+                            let sockets = connect(&addresses, p, id, timeout).unwrap();
+                            let input = vec![MemoryInput::Records(records)];
+                            let schemas = vec![(1, schema)];
+                            run_in_memory_in_cluster(plan, 1, input, schemas, false, sockets, p)
+                                .unwrap()
+                                .records_in
+                        })
+                    })
+                    .collect();
+                let read: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+                assert_eq!(read, RECORDS as u64);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bank_split,
+    rejected_aggregate,
+    turnstile_windows,
+    cluster
+);
 criterion_main!(benches);

@@ -640,7 +640,8 @@ fn run_in_cluster(
         .map(|p| {
             let (plan, addresses, input) = (plan.clone(), addresses.clone(), input.clone());
             std::thread::spawn(move || {
-                let sockets = connect(&addresses, p, id, std::time::Duration::from_secs(20)).unwrap();
+                let sockets =
+                    connect(&addresses, p, id, std::time::Duration::from_secs(20)).unwrap();
                 super::memory::run_in_memory_in_cluster(
                     plan,
                     1,
