@@ -80,6 +80,27 @@ pub enum ClusterError {
     },
 }
 
+/// The fingerprint of this process in a cluster running `job` (the job
+/// file's text) on `workers` threads per process: a hash of the running
+/// binary, the job file and the worker count. Processes that differ in
+/// any of them would cut or route records differently.
+pub fn fingerprint(job: &[u8], workers: usize) -> std::io::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut binary = std::fs::File::open(std::env::current_exe()?)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = binary.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf[..n].hash(&mut h);
+    }
+    job.hash(&mut h);
+    workers.hash(&mut h);
+    Ok(h.finish())
+}
+
 /// One process's hello: magic, index, generation, fingerprint.
 fn hello(me: usize, id: Identity) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -330,6 +351,14 @@ mod tests {
     ) -> std::thread::JoinHandle<Result<Vec<Option<TcpStream>>, ClusterError>> {
         let addresses = addresses.to_vec();
         std::thread::spawn(move || connect(&addresses, me, id, Duration::from_millis(timeout_ms)))
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_job_file_and_the_worker_count() {
+        let a = fingerprint(b"[job]\nname = \"a\"", 2).unwrap();
+        assert_eq!(a, fingerprint(b"[job]\nname = \"a\"", 2).unwrap());
+        assert_ne!(a, fingerprint(b"[job]\nname = \"b\"", 2).unwrap());
+        assert_ne!(a, fingerprint(b"[job]\nname = \"a\"", 3).unwrap());
     }
 
     #[test]
