@@ -8,9 +8,10 @@
 //! happened), `committed` (the epoch is committed, the next not begun),
 //! `restore` (in the middle of reading a changelog back).
 //!
-//! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, to force
-//! an interleaving with another process: `fenced` (the writer has fenced
-//! earlier instances, its start is not yet logged).
+//! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, the first
+//! time, to force an interleaving with another process: `fenced` (the
+//! writer has fenced earlier instances, its start is not yet logged) or
+//! `epoch_logged`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -53,14 +54,31 @@ pub fn point(name: &str) {
     }
 }
 
-/// Waits `MS` milliseconds if `RILL_PAUSE_AT=point:MS` names this point.
+/// Waits the first time the process reaches the point `RILL_PAUSE_AT`
+/// names: `point:MS` for that many milliseconds, `point:file:PATH` until
+/// the file exists (at most two minutes), so a test can order two
+/// processes' steps exactly.
 pub fn pause(name: &str) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let Ok(v) = std::env::var("RILL_PAUSE_AT") else {
         return;
     };
-    if let Some((want, ms)) = v.split_once(':') {
-        if want == name {
-            let ms = ms.parse().unwrap_or(0);
+    let Some((want, how)) = v.split_once(':') else {
+        return;
+    };
+    if want != name || PAUSED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    match how.strip_prefix("file:") {
+        Some(path) => {
+            eprintln!("fault injection: pausing at `{name}` until {path} exists (RILL_PAUSE_AT)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !std::path::Path::new(path).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        None => {
+            let ms = how.parse().unwrap_or(0);
             eprintln!("fault injection: pausing {ms} ms at `{name}` (RILL_PAUSE_AT)");
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }

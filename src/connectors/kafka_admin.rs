@@ -34,6 +34,18 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     c
 }
 
+/// A consumer that reads a topic to its end once (recovery, end offsets,
+/// `verify`): the broker answers a fetch at the end of a partition at
+/// once instead of holding it for librdkafka's default 500 ms, which a
+/// start would otherwise wait out again and again.
+pub fn bounded_reader_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut c = client_config(brokers);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    c
+}
+
 /// Asks the broker for its metadata, which proves it is there.
 pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
     let consumer: BaseConsumer =
@@ -61,6 +73,15 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaA
                 brokers: brokers.into(),
                 reason: e.to_string(),
             })?;
+    partitions_of(&consumer, brokers, topic)
+}
+
+/// The number of partitions of `topic` as `consumer` learns it.
+fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    brokers: &str,
+    topic: &str,
+) -> Result<Option<i32>, KafkaAdminError> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| KafkaAdminError::Unreachable {
@@ -204,12 +225,11 @@ pub fn end_offsets(
         brokers: brokers.into(),
         reason,
     };
-    let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
-        .set("group.id", "rill-end-offsets")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create_with_context(EofIsNotAnError)
-        .map_err(|e| other(e.to_string()))?;
+    let consumer: BaseConsumer<EofIsNotAnError> =
+        bounded_reader_config(brokers, "rill-end-offsets")
+            .set("enable.partition.eof", "true")
+            .create_with_context(EofIsNotAnError)
+            .map_err(|e| other(e.to_string()))?;
     let mut ends: Vec<(i64, i64)> = marks.clone();
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
@@ -347,33 +367,34 @@ pub fn read_to_end(
 ) -> Result<(), KafkaAdminError> {
     use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
-    let Some(n) = partition_count(brokers, topic)? else {
-        return Ok(());
-    };
-    let ends = end_offsets(brokers, topic, n)?;
     let other = |reason: String| KafkaAdminError::Other {
         brokers: brokers.into(),
         reason,
     };
-    let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
-        .set("group.id", "rill-reader")
-        .set("enable.auto.commit", "false")
+    // One client learns the partitions and reads them: a start reads
+    // several topics this way, and every client costs a connection and a
+    // metadata round trip.
+    let consumer: BaseConsumer<EofIsNotAnError> = bounded_reader_config(brokers, "rill-reader")
         // Callers pick the committed copies by their headers; a committed
         // read would stop at the first open transaction and miss the rest.
         .set("isolation.level", "read_uncommitted")
         .set("enable.partition.eof", "true")
         .create_with_context(EofIsNotAnError)
         .map_err(|e| other(e.to_string()))?;
+    let Some(n) = partitions_of(&consumer, brokers, topic)? else {
+        return Ok(());
+    };
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|e| other(e.to_string()))?;
     }
     consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
-    // A partition is read when its EOF comes: on a topic written in
-    // transactions the last offsets are commit markers, which a consumer
-    // never receives, so counting offsets up to the end would never stop.
-    let mut at_end: Vec<bool> = ends.iter().map(|(low, end)| end <= low).collect();
+    // A partition is read when its EOF comes (an empty one too): on a
+    // topic written in transactions the last offsets are commit markers,
+    // which a consumer never receives, so counting offsets up to the end
+    // would never stop.
+    let mut at_end: Vec<bool> = vec![false; n as usize];
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while at_end.iter().any(|d| !d) {
         if std::time::Instant::now() > deadline {

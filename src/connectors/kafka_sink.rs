@@ -259,6 +259,22 @@ impl KafkaWriter {
             .map(|(code, _)| KafkaError::MessageProduction(code))
     }
 
+    /// Asks the transaction coordinator whether this writer still holds
+    /// its transactional id, without committing anything: a transaction
+    /// with offsets in it, aborted. Fails when a newer producer fenced it.
+    pub fn still_holds_its_id(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        let sent = self
+            .producer
+            .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT);
+        let aborted = self.producer.abort_transaction(TXN_TIMEOUT);
+        sent.and(aborted)
+    }
+
     pub fn abort(&self) -> Result<(), KafkaError> {
         self.producer.abort_transaction(TXN_TIMEOUT)
     }

@@ -84,6 +84,9 @@ impl Committer {
     ) -> Result<(KafkaWriter, u32, i64), RunError> {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
+        // The log's idempotent producer gets its id from the broker in the
+        // background, while the writer's transactions are initialised.
+        let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
         let mut writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
             .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;
         crate::connectors::kafka_admin::ensure_topic(
@@ -93,12 +96,40 @@ impl Committer {
             1,
             crate::connectors::kafka_admin::TopicKind::Forever,
         )?;
-        let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
         crate::fault::pause("fenced");
         let offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
         let attempt = super::planner::attempt_at(offset);
         writer.set_attempt(attempt);
         Ok((writer, attempt, offset))
+    }
+
+    /// Of two instances started at once, the one that fenced first may log
+    /// its start last, after the other has fenced it and begun to commit.
+    /// Recovery must not read the progress while another instance can
+    /// still commit: the writer asks whether it still holds its id, so
+    /// that every later commit is that of an instance started after it.
+    pub fn check_not_fenced(job: &JobConfig, writer: &KafkaWriter) -> Result<(), RunError> {
+        if job.guarantee != Guarantee::ExactlyOnce {
+            return Ok(());
+        }
+        let writer_id = job.writer_id();
+        let group: BaseConsumer = client_config(&job.brokers)
+            .set("group.id", &writer_id)
+            .create()
+            .map_err(|e| RunError::Client {
+                what: "the progress consumer".into(),
+                reason: e.to_string(),
+            })?;
+        let metadata = group.group_metadata().ok_or_else(|| RunError::Client {
+            what: "the progress consumer".into(),
+            reason: "no group metadata".into(),
+        })?;
+        let mut none = TopicPartitionList::new();
+        none.add_partition_offset(&job.epoch_log_topic(), 0, Offset::Offset(0))
+            .map_err(RunError::Commit)?;
+        writer
+            .still_holds_its_id(&none, &metadata)
+            .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))
     }
 
     pub fn open(
@@ -232,6 +263,7 @@ impl Committer {
                 Step::CheckFenced => {
                     self.check_fenced(own, job)?;
                     fault::point("epoch_logged");
+                    fault::pause("epoch_logged");
                 }
                 Step::PreCommit if eos => self.pre_commit(epoch, job)?,
                 Step::PreCommit | Step::AwaitDecision => {}

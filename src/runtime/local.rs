@@ -165,6 +165,7 @@ fn run_attempt(
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
     let (writer, attempt, start_offset) = Committer::fence(job, &plan)?;
     *attempt_out = attempt;
+    Committer::check_not_fenced(job, &writer)?;
     let recovered = recovery::recover(&plan, attempt)?;
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(

@@ -194,9 +194,7 @@ impl EpochLog {
             topic: self.topic.clone(),
             reason,
         };
-        let consumer: BaseConsumer = client_config(brokers)
-            .set("group.id", "rill-epoch-log")
-            .set("enable.auto.commit", "false")
+        let consumer: BaseConsumer = kafka_admin::bounded_reader_config(brokers, "rill-epoch-log")
             .create()
             .map_err(|e| err(e.to_string()))?;
         let mut tpl = TopicPartitionList::new();

@@ -511,6 +511,92 @@ fn a_job_that_starts_at_latest_reads_what_arrived_after_its_first_start() {
     assert_eq!(committed, 20);
 }
 
+/// Starts `jobctl submit JOB` with `RILL_PAUSE_AT=pause`; its stderr lines
+/// arrive on the returned channel, and all of it when the thread ends.
+fn submit_watched(
+    path: &str,
+    pause: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            path,
+            "--until-caught-up",
+            "--max-records-per-second",
+            "100",
+        ])
+        .env("RILL_PAUSE_AT", pause)
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let line = line.unwrap();
+            let _ = tx.send(line.clone());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    (child, rx, reader)
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, part: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(part) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no line with `{part}` within 90 s"),
+        }
+    }
+}
+
+#[test]
+fn an_instance_that_fenced_first_but_started_last_reads_no_stale_progress() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "stale");
+    let path = job.path.to_str().unwrap();
+    ok(&[
+        "datagen", "bank", "--job", path, "--count", "400", "--quiet",
+    ]);
+    let (go_a, go_b) = (dir.path().join("go-a"), dir.path().join("go-b"));
+    // A fences first and waits before logging its start. B fences A, logs
+    // its first epoch and waits before committing it. A logs its start and
+    // plans its recovery; only then does B commit. A must not plan from
+    // the progress it read before B's commit.
+    let (a, a_lines, a_text) = submit_watched(path, &format!("fenced:file:{}", go_a.display()));
+    wait_for_line(&a_lines, "pausing");
+    let (b, b_lines, b_text) =
+        submit_watched(path, &format!("epoch_logged:file:{}", go_b.display()));
+    wait_for_line(&b_lines, "pausing");
+    std::fs::write(&go_a, "").unwrap();
+    wait_for_line(&a_lines, "resuming job");
+    std::fs::write(&go_b, "").unwrap();
+    let (a_out, b_out) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (a_text, b_text) = (a_text.join().unwrap(), b_text.join().unwrap());
+    assert!(
+        a_out.status.success() || b_out.status.success(),
+        "one carries on\nfirst:\n{a_text}\nsecond:\n{b_text}"
+    );
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let committed = verify_lines(&job.path)
+        .iter()
+        .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
+        .count();
+    assert_eq!(committed, 400, "first:\n{a_text}\nsecond:\n{b_text}");
+}
+
 #[test]
 fn of_two_instances_started_at_once_the_one_with_the_newest_start_carries_on() {
     require_services();
@@ -518,51 +604,21 @@ fn of_two_instances_started_at_once_the_one_with_the_newest_start_carries_on() {
     let job = bank_job(dir.path(), "race");
     let path = job.path.to_str().unwrap();
     ok(&[
-        "datagen", "bank", "--job", path, "--count", "400", "--quiet",
+        "datagen", "bank", "--job", path, "--count", "1000", "--quiet",
     ]);
-    let submit = |pause: Option<&str>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_jobctl"));
-        c.args([
-            "submit",
-            path,
-            "--until-caught-up",
-            "--max-records-per-second",
-            "100",
-        ])
-        .current_dir(root())
-        .stderr(std::process::Stdio::piped());
-        if let Some(p) = pause {
-            c.env("RILL_PAUSE_AT", p);
-        }
-        c.spawn().unwrap()
-    };
-    // A fences first but logs its start seconds later; B fences A in the
-    // meantime and logs its start first. So A holds the newest start and B
+    // A fences first but logs its start after B has fenced it, logged its
+    // own start and committed an epoch. So A holds the newest start and B
     // the writer: B must stop when it reads A's start, and A, fenced, must
     // start again rather than stop too.
-    let mut a = submit(Some("fenced:4000"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let a_err = a.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(a_err)) {
-            let line = line.unwrap();
-            if line.contains("pausing") {
-                let _ = tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the first instance reaches its pause");
-    let b = submit(None);
-    let b_out = b.wait_with_output().unwrap();
-    let a_status = a.wait().unwrap();
-    let a_text = reader.join().unwrap();
-    let b_text = String::from_utf8_lossy(&b_out.stderr);
-    assert!(a_status.success(), "{a_text}");
+    let go = dir.path().join("go");
+    let (a, a_lines, a_text) = submit_watched(path, &format!("fenced:file:{}", go.display()));
+    wait_for_line(&a_lines, "pausing");
+    let (b, b_lines, b_text) = submit_watched(path, "none:0");
+    wait_for_line(&b_lines, "epoch ");
+    std::fs::write(&go, "").unwrap();
+    let (a_out, b_out) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (a_text, b_text) = (a_text.join().unwrap(), b_text.join().unwrap());
+    assert!(a_out.status.success(), "{a_text}");
     assert!(a_text.contains("starting again (1 of 3)"), "{a_text}");
     assert!(!b_out.status.success(), "{b_text}");
     assert!(b_text.contains("another instance of job"), "{b_text}");
@@ -570,5 +626,5 @@ fn of_two_instances_started_at_once_the_one_with_the_newest_start_carries_on() {
         .iter()
         .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
         .count();
-    assert_eq!(committed, 400);
+    assert_eq!(committed, 1000, "first:\n{a_text}\nsecond:\n{b_text}");
 }
