@@ -504,11 +504,16 @@ fn a_job_that_starts_at_latest_reads_what_arrived_after_its_first_start() {
         "datagen", "bank", "--job", path, "--count", "20", "--quiet", "--seed", "3",
     ]);
     ok(&["submit", path, "--until-caught-up", "--quiet"]);
-    let committed = verify_lines(&job.path)
+    let committed = bank_committed(&job.path);
+    assert_eq!(committed, 20);
+}
+
+/// How many records a bank job has committed to its two topics.
+fn bank_committed(job: &Path) -> usize {
+    verify_lines(job)
         .iter()
         .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
-        .count();
-    assert_eq!(committed, 20);
+        .count()
 }
 
 /// Starts `jobctl submit JOB` with `RILL_PAUSE_AT=pause`; its stderr lines
@@ -590,10 +595,7 @@ fn an_instance_that_fenced_first_but_started_last_reads_no_stale_progress() {
         "one carries on\nfirst:\n{a_text}\nsecond:\n{b_text}"
     );
     ok(&["submit", path, "--until-caught-up", "--quiet"]);
-    let committed = verify_lines(&job.path)
-        .iter()
-        .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
-        .count();
+    let committed = bank_committed(&job.path);
     assert_eq!(committed, 400, "first:\n{a_text}\nsecond:\n{b_text}");
 }
 
@@ -622,9 +624,6 @@ fn of_two_instances_started_at_once_the_one_with_the_newest_start_carries_on() {
     assert!(a_text.contains("starting again (1 of 3)"), "{a_text}");
     assert!(!b_out.status.success(), "{b_text}");
     assert!(b_text.contains("another instance of job"), "{b_text}");
-    let committed = verify_lines(&job.path)
-        .iter()
-        .filter(|l| l.starts_with("approved ") || l.starts_with("rejected "))
-        .count();
+    let committed = bank_committed(&job.path);
     assert_eq!(committed, 1000, "first:\n{a_text}\nsecond:\n{b_text}");
 }
