@@ -74,6 +74,7 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
 }
 
 pub fn main() -> Result<()> {
+    let started = std::time::Instant::now();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
@@ -140,7 +141,7 @@ pub fn main() -> Result<()> {
             };
             let summary = local::run(plan.clone(), opts, stop)
                 .with_context(|| format!("job {} failed", plan.job.name))?;
-            eprintln!("{}", summary.line(&plan.job.name));
+            eprintln!("{}", summary.line(&plan.job.name, started.elapsed()));
             Ok(())
         }
         Command::Registry {

@@ -190,7 +190,7 @@ fn the_seed_records_split_exactly_as_the_seed_shows() {
         "{produced}"
     );
 
-    let trace = ok(&[
+    let out = jobctl(&[
         "submit",
         path,
         "--until-caught-up",
@@ -198,6 +198,28 @@ fn the_seed_records_split_exactly_as_the_seed_shows() {
         "--workers",
         "2",
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let trace = String::from_utf8(out.stdout).unwrap();
+    // The summary gives the whole run's time, from the process start, and
+    // the processing time within it.
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains(" stopped after "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let (head, tail) = summary.split_once(" s processing): ").unwrap();
+    assert_eq!(
+        tail,
+        "6 records in, out approved 5, rejected 1, 0 dead-lettered, 0 filtered"
+    );
+    let (whole, processing) = head
+        .rsplit_once(" in ")
+        .unwrap()
+        .1
+        .split_once(" s (")
+        .unwrap();
+    let (whole, processing): (f64, f64) = (whole.parse().unwrap(), processing.parse().unwrap());
+    assert!(whole >= processing, "{summary}");
 
     let approved = |id: u32, t: u64, w: f64, b: f64| {
         (
