@@ -7,6 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +273,7 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
     if kind.settings().is_empty() {
         return Ok(());
     }
-    let Some(entries) = topic_settings(brokers, topic) else {
+    let Some(entries) = topics_settings(brokers, &[topic]).remove(topic) else {
         return Ok(());
     };
     let wrong: Vec<String> = kind
@@ -292,37 +293,54 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
     })
 }
 
-/// A topic's settings as the broker describes them; None when it cannot.
-fn topic_settings(brokers: &str, topic: &str) -> Option<Vec<(String, Option<String>)>> {
+/// The settings of each of `topics` that the broker describes, in one
+/// request; a topic it cannot describe (or does not have) is left out.
+fn topics_settings(
+    brokers: &str,
+    topics: &[&str],
+) -> HashMap<String, Vec<(String, Option<String>)>> {
     use rdkafka::admin::{ConfigResource, OwnedResourceSpecifier, ResourceSpecifier};
-    let admin = client_config(brokers)
-        .create::<AdminClient<DefaultClientContext>>()
-        .ok()?;
+    let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() else {
+        return HashMap::new();
+    };
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let described = rt.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts));
-    let Some(Ok(ConfigResource {
-        specifier: OwnedResourceSpecifier::Topic(_),
-        entries,
-        ..
-    })) = described.ok().and_then(|mut r| r.pop())
-    else {
-        return None;
-    };
-    Some(entries.into_iter().map(|e| (e.name, e.value)).collect())
+    let resources: Vec<ResourceSpecifier> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let described = rt
+        .block_on(admin.describe_configs(&resources, &opts))
+        .unwrap_or_default();
+    described
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(ConfigResource {
+                specifier: OwnedResourceSpecifier::Topic(topic),
+                entries,
+                ..
+            }) => Some((
+                topic,
+                entries.into_iter().map(|e| (e.name, e.value)).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
-/// Whether the broker keeps only the latest record per key of `topic`: it
-/// then refuses records without a key, on every attempt.
-pub fn is_compacted(brokers: &str, topic: &str) -> bool {
-    topic_settings(brokers, topic).is_some_and(|entries| {
-        entries.iter().any(|(name, value)| {
-            name == "cleanup.policy" && value.as_deref().is_some_and(|v| v.contains("compact"))
+/// Which of `topics` the broker keeps only the latest record per key of:
+/// it refuses records without a key there, on every attempt.
+pub fn compacted_topics(brokers: &str, topics: &[&str]) -> HashSet<String> {
+    topics_settings(brokers, topics)
+        .into_iter()
+        .filter(|(_, entries)| {
+            entries.iter().any(|(name, value)| {
+                name == "cleanup.policy" && value.as_deref().is_some_and(|v| v.contains("compact"))
+            })
         })
-    })
+        .map(|(topic, _)| topic)
+        .collect()
 }
 
 /// Reaching the end of a partition is what bounded reads wait for, not a

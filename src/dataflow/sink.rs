@@ -33,34 +33,32 @@ pub struct SinkLimits {
 impl SinkLimits {
     /// Why the store refuses this row, if it does.
     fn refuses_row(&self, row: &[Value], schema: &RowSchema) -> Option<String> {
-        for (i, (v, f)) in row.iter().zip(&schema.fields).enumerate() {
-            match v {
-                Value::Null if self.not_null.get(i) == Some(&true) => {
-                    return Some(format!(
+        row.iter()
+            .zip(&schema.fields)
+            .enumerate()
+            .find_map(|(i, (v, f))| {
+                let nul = self.text_without_nul
+                    && match v {
+                        Value::Str(s) => s.contains('\0'),
+                        Value::Bytes(b) => {
+                            f.ty == crate::record::FieldType::String && b.contains(&0)
+                        }
+                        _ => false,
+                    };
+                if nul {
+                    Some(format!(
+                        "column `{}`: postgres text cannot hold a NUL byte",
+                        f.name
+                    ))
+                } else if matches!(v, Value::Null) && self.not_null.get(i) == Some(&true) {
+                    Some(format!(
                         "column `{}` is NOT NULL and the record has no value for it",
                         f.name
                     ))
+                } else {
+                    None
                 }
-                Value::Str(s) if self.text_without_nul && s.contains('\0') => {
-                    return Some(format!(
-                        "column `{}`: postgres text cannot hold a NUL byte",
-                        f.name
-                    ))
-                }
-                Value::Bytes(b)
-                    if self.text_without_nul
-                        && f.ty == crate::record::FieldType::String
-                        && b.contains(&0) =>
-                {
-                    return Some(format!(
-                        "column `{}`: postgres text cannot hold a NUL byte",
-                        f.name
-                    ))
-                }
-                _ => {}
-            }
-        }
-        None
+            })
     }
 }
 

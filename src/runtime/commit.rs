@@ -67,6 +67,17 @@ pub struct Committer {
     logged: Option<(u64, i64)>,
 }
 
+/// A started writer, its log and progress group: what [`Committer::fence`]
+/// sets up once and the rest of the start uses.
+pub struct Fenced {
+    writer: KafkaWriter,
+    log: EpochLog,
+    group: BaseConsumer,
+    group_metadata: ConsumerGroupMetadata,
+    pub attempt: u32,
+    start_offset: i64,
+}
+
 /// Attempts of an epoch after an abortable error, before the job stops.
 const RETRIES: u32 = 3;
 
@@ -77,11 +88,8 @@ impl Committer {
     /// instance can commit nothing more, and what it still appends to the
     /// log lands after this start and is ignored. The attempt is one past
     /// the start record's offset, unique even for instances started at
-    /// once. Returns the writer, the attempt and the start record's offset.
-    pub fn fence(
-        job: &JobConfig,
-        _plan: &crate::plan::Plan,
-    ) -> Result<(KafkaWriter, u32, i64), RunError> {
+    /// once.
+    pub fn fence(job: &JobConfig) -> Result<Fenced, RunError> {
         let writer_id = job.writer_id();
         let eos = job.guarantee == Guarantee::ExactlyOnce;
         // The log's idempotent producer gets its id from the broker in the
@@ -97,53 +105,9 @@ impl Committer {
             crate::connectors::kafka_admin::TopicKind::Forever,
         )?;
         crate::fault::pause("fenced");
-        let offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
-        let attempt = super::planner::attempt_at(offset);
+        let start_offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
+        let attempt = super::planner::attempt_at(start_offset);
         writer.set_attempt(attempt);
-        Ok((writer, attempt, offset))
-    }
-
-    /// Of two instances started at once, the one that fenced first may log
-    /// its start last, after the other has fenced it and begun to commit.
-    /// Recovery must not read the progress while another instance can
-    /// still commit: the writer asks whether it still holds its id, so
-    /// that every later commit is that of an instance started after it.
-    pub fn check_not_fenced(job: &JobConfig, writer: &KafkaWriter) -> Result<(), RunError> {
-        if job.guarantee != Guarantee::ExactlyOnce {
-            return Ok(());
-        }
-        let writer_id = job.writer_id();
-        let group: BaseConsumer = client_config(&job.brokers)
-            .set("group.id", &writer_id)
-            .create()
-            .map_err(|e| RunError::Client {
-                what: "the progress consumer".into(),
-                reason: e.to_string(),
-            })?;
-        let metadata = group.group_metadata().ok_or_else(|| RunError::Client {
-            what: "the progress consumer".into(),
-            reason: "no group metadata".into(),
-        })?;
-        let mut none = TopicPartitionList::new();
-        none.add_partition_offset(&job.epoch_log_topic(), 0, Offset::Offset(0))
-            .map_err(RunError::Commit)?;
-        writer
-            .still_holds_its_id(&none, &metadata)
-            .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))
-    }
-
-    pub fn open(
-        job: &JobConfig,
-        mut writer: KafkaWriter,
-        recovered: &Recovered,
-        start_offset: i64,
-        positions: BTreeMap<(u32, i32), i64>,
-        dead_letter_topic: String,
-    ) -> Result<Self, RunError> {
-        let writer_id = job.writer_id();
-        writer.set_attempt(recovered.attempt);
-        let log_topic = job.epoch_log_topic();
-        let log = EpochLog::open(&job.brokers, &log_topic)?;
         let group: BaseConsumer = client_config(&job.brokers)
             .set("group.id", &writer_id)
             .set("enable.auto.commit", "false")
@@ -156,6 +120,50 @@ impl Committer {
             what: "the progress consumer".into(),
             reason: "no group metadata".into(),
         })?;
+        Ok(Fenced {
+            writer,
+            log,
+            group,
+            group_metadata,
+            attempt,
+            start_offset,
+        })
+    }
+
+    /// Of two instances started at once, the one that fenced first may log
+    /// its start last, after the other has fenced it and begun to commit.
+    /// Recovery must not read the progress while another instance can
+    /// still commit: the writer asks whether it still holds its id, so
+    /// that every later commit is that of an instance started after it.
+    pub fn check_not_fenced(job: &JobConfig, fenced: &Fenced) -> Result<(), RunError> {
+        if job.guarantee != Guarantee::ExactlyOnce {
+            return Ok(());
+        }
+        let mut none = TopicPartitionList::new();
+        none.add_partition_offset(&job.epoch_log_topic(), 0, Offset::Offset(0))
+            .map_err(RunError::Commit)?;
+        fenced
+            .writer
+            .still_holds_its_id(&none, &fenced.group_metadata)
+            .map_err(|e| RunError::from_txn(&job.writer_id(), &job.name, e))
+    }
+
+    pub fn open(
+        job: &JobConfig,
+        fenced: Fenced,
+        recovered: &Recovered,
+        positions: BTreeMap<(u32, i32), i64>,
+        dead_letter_topic: String,
+    ) -> Result<Self, RunError> {
+        let Fenced {
+            mut writer,
+            log,
+            group,
+            group_metadata,
+            start_offset,
+            ..
+        } = fenced;
+        writer.set_attempt(recovered.attempt);
         let replayed = recovered
             .replay
             .iter()
@@ -164,13 +172,13 @@ impl Committer {
         Ok(Committer {
             writer,
             log,
-            log_topic,
+            log_topic: job.epoch_log_topic(),
             group,
             group_metadata,
             guarantee: job.guarantee,
             dead_letter_topic,
             attempt: recovered.attempt,
-            writer_id,
+            writer_id: job.writer_id(),
             positions,
             replayed,
             brokers: job.brokers.clone(),

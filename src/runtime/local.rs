@@ -163,10 +163,10 @@ fn run_attempt(
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
     let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
-    let (writer, attempt, start_offset) = Committer::fence(job, &plan)?;
-    *attempt_out = attempt;
-    Committer::check_not_fenced(job, &writer)?;
-    let recovered = recovery::recover(&plan, attempt)?;
+    let fenced = Committer::fence(job)?;
+    *attempt_out = fenced.attempt;
+    Committer::check_not_fenced(job, &fenced)?;
+    let recovered = recovery::recover(&plan, fenced.attempt)?;
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(
             "resuming job {} after epoch {} (attempt {}): {} epochs to replay, state of {} keys restored",
@@ -263,6 +263,15 @@ fn run_attempt(
     let mut sink_schema_ids = HashMap::new();
     let mut sink_partitions = HashMap::new();
     let mut sink_limits = HashMap::new();
+    // One request for every Kafka sink's topic settings.
+    let sink_topics: Vec<&str> = plan
+        .sinks()
+        .filter_map(|(_, _, s)| match s {
+            SinkPlan::Kafka { config, .. } => Some(config.topic.as_str()),
+            _ => None,
+        })
+        .collect();
+    let compacted = kafka_admin::compacted_topics(&job.brokers, &sink_topics);
     let mut targets: Sinks = HashMap::new();
     for (i, node, sink) in plan.sinks() {
         match sink {
@@ -278,7 +287,7 @@ fn run_attempt(
                 sink_limits.insert(
                     i,
                     crate::dataflow::SinkLimits {
-                        key_required: kafka_admin::is_compacted(&job.brokers, &config.topic),
+                        key_required: compacted.contains(&config.topic),
                         ..Default::default()
                     },
                 );
@@ -356,14 +365,7 @@ fn run_attempt(
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
-    let mut committer = Committer::open(
-        job,
-        writer,
-        &recovered,
-        start_offset,
-        positions,
-        dead_letter_topic,
-    )?;
+    let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
     if recovered.start_offsets.is_none() {
         committer.log_begin(&job.name)?;
     }

@@ -127,7 +127,9 @@ pub(super) fn execute(
                 break;
             }
         }
-        let _ = ctx.writer.send(WriterMsg::Finished { worker: ctx.index });
+        let _ = ctx.writer.send(WriterMsg::Finished {
+            worker: ctx.index % workers,
+        });
     };
     let guards = match cluster {
         None => timely::execute(timely::Config::process(workers), body),
