@@ -192,7 +192,7 @@ fn cluster(c: &mut Criterion) {
                         let (records, schema) = (records.clone(), schema.clone());
                         std::thread::spawn(move || {
                             let timeout = std::time::Duration::from_secs(20);
-                            let sockets = connect(&addresses, p, id, timeout).unwrap();
+                            let sockets = connect(&addresses, p, id, timeout).unwrap().timely;
                             let input = vec![MemoryInput::Records(records)];
                             let schemas = vec![(1, schema)];
                             run_in_memory_in_cluster(plan, 1, input, schemas, false, sockets, p)

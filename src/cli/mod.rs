@@ -3,19 +3,18 @@
 //! do next.
 
 mod datagen;
+mod launch;
 mod replay;
+mod submit;
 mod tail;
 mod verify;
 
 use crate::connectors::registry_server::Registry;
 use crate::plan::Plan;
-use crate::runtime::local::{self, RunOptions};
 use crate::spec::Spec;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "jobctl", version, about = "Run rill dataflow jobs over Kafka")]
@@ -26,25 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a job file, then run it in the foreground.
-    Submit {
-        job: PathBuf,
-        /// Worker threads (default: the machine's cores).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Stop once every partition reaches the end offset it had at start.
-        #[arg(long)]
-        until_caught_up: bool,
-        /// Print every record in and out, as the seed pipelines do.
-        #[arg(long)]
-        trace_records: bool,
-        /// Do not print a progress line per epoch.
-        #[arg(long)]
-        quiet: bool,
-        /// Read at most this many records per second (for crash tests).
-        #[arg(long, hide = true)]
-        max_records_per_second: Option<f64>,
-    },
+    /// Validate a job file, then run it in the foreground: in this
+    /// process, on a local cluster of processes (--processes), or as one
+    /// process of a cluster across machines (--hostfile, --process).
+    Submit(submit::SubmitArgs),
     /// Check a job file and print every error in it.
     Validate { job: PathBuf },
     /// Serve the Confluent Schema Registry API, with its data in Kafka.
@@ -94,56 +78,7 @@ pub fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Submit {
-            job,
-            workers,
-            until_caught_up,
-            trace_records,
-            quiet,
-            max_records_per_second,
-        } => {
-            let plan = Arc::new(load_plan(&job)?);
-            let workers = workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            if workers == 0 {
-                bail!("--workers must be at least 1");
-            }
-            let stop = Arc::new(AtomicBool::new(false));
-            let s = stop.clone();
-            // The first Ctrl-C stops the sources and lets the open epoch
-            // finish; a second one exits at once.
-            let _ = ctrlc::set_handler(move || {
-                if s.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("stopping: finishing the open epoch (Ctrl-C again to quit now)");
-            });
-            if !quiet {
-                eprintln!(
-                    "job {} on {workers} worker{}: brokers {}, epochs every {} ms{}",
-                    plan.job.name,
-                    if workers == 1 { "" } else { "s" },
-                    plan.job.brokers,
-                    plan.job.checkpoint_interval_ms,
-                    if until_caught_up {
-                        ", until caught up"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            let opts = RunOptions {
-                workers,
-                until_caught_up,
-                trace_records,
-                progress: !quiet,
-                max_rate: max_records_per_second,
-            };
-            let summary = local::run(plan.clone(), opts, stop)
-                .with_context(|| format!("job {} failed", plan.job.name))?;
-            eprintln!("{}", summary.line(&plan.job.name, started.elapsed()));
-            Ok(())
-        }
+        Command::Submit(args) => submit::run(args, started),
         Command::Registry {
             listen,
             brokers,

@@ -16,8 +16,7 @@ use crate::connectors::kafka_admin;
 use crate::format::registry::RegistryClient;
 use crate::format::{avro, csv, json, parquet};
 use crate::plan::{NodeKind, Plan, SinkPlan};
-use crate::runtime::planner;
-use crate::runtime::recovery::{committed_progress, read_log};
+use crate::runtime::recovery::CommittedView;
 use crate::spec::{FileFormat, Format};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -33,36 +32,25 @@ pub struct VerifyArgs {
     updates: bool,
 }
 
-/// Each committed epoch and the attempt whose copy of it counts.
-struct Committed {
-    copies: BTreeMap<u64, u32>,
+fn committed(plan: &Plan) -> Result<CommittedView> {
+    Ok(CommittedView::read(&plan.job)?)
 }
 
-fn committed(plan: &Plan) -> Result<Committed> {
-    let job = &plan.job;
-    let progress = committed_progress(&job.brokers, job)?.unwrap_or(0);
-    let records = read_log(&job.brokers, &job.epoch_log_topic())?;
-    Ok(Committed {
-        copies: planner::committed_copies(&records, progress, 0),
-    })
-}
-
-/// The committed records of a topic written by this job's writer, in the
-/// order they were written: (epoch, key, value).
+/// The committed records of a topic written by this job's writers, in
+/// the order they were written: (epoch, key, value).
 fn committed_records(
     plan: &Plan,
     topic: &str,
-    c: &Committed,
+    c: &CommittedView,
 ) -> Result<Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)>> {
-    let writer = plan.job.writer_id();
+    let ours = |w: &str| w.rsplit_once("-w").is_some_and(|(job, _)| job == plan.job.name);
     let mut all = Vec::new();
     kafka_admin::read_to_end(&plan.job.brokers, topic, |m| {
         let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
         let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
         if let (Some(epoch), Some(attempt)) = (epoch, attempt) {
-            if m.header("rill-writer") == Some(writer.as_str())
-                && c.copies.get(&epoch) == Some(&attempt)
-            {
+            let writer = m.header("rill-writer");
+            if writer.is_some_and(ours) && c.counts(writer, epoch, attempt) {
                 all.push((epoch, m.partition, m.offset, m.key, m.value));
             }
         }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 pub struct FileSink {
     name: String,
+    /// `-w<i>` for process i > 0 of a cluster, none otherwise.
+    writer: String,
     dir: PathBuf,
     schema: RowSchema,
     format: FileFormat,
@@ -62,10 +64,18 @@ impl FileSink {
         config: &FileSinkConfig,
         dir: &Path,
         schema: RowSchema,
+        writer: u32,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(FileSink {
             name: name.to_string(),
+            // The processes of a cluster each write their share of an
+            // epoch; process 0's files keep a single process's names.
+            writer: if writer == 0 {
+                String::new()
+            } else {
+                format!("-w{writer}")
+            },
             dir: dir.to_path_buf(),
             schema,
             format: config.format,
@@ -123,12 +133,13 @@ impl FileSink {
         };
         match window {
             Some((start, end)) => format!(
-                "{}_{}_{}_e{epoch}.{ext}",
+                "{}_{}_{}_e{epoch}{}.{ext}",
                 self.name,
                 compact_utc(start),
-                compact_utc(end)
+                compact_utc(end),
+                self.writer
             ),
-            None => format!("{}_e{epoch:010}.{ext}", self.name),
+            None => format!("{}_e{epoch:010}{}.{ext}", self.name, self.writer),
         }
     }
 
@@ -259,7 +270,7 @@ mod tests {
             "inputs = [\"x\"]\npath = \"x\"\nformat = \"csv\"\ncompression = \"none\"\nroll = \"epoch\"",
         )
         .unwrap();
-        let mut sink = FileSink::new("lake", &config, dir.path(), schema).unwrap();
+        let mut sink = FileSink::new("lake", &config, dir.path(), schema, 0).unwrap();
         let line = |v: &str| OutRecord {
             key: None,
             value: Some(v.as_bytes().to_vec()),

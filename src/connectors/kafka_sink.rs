@@ -41,6 +41,25 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// The headers every record rill writes carries: its epoch, the writer
+/// and the writer's attempt.
+pub fn record_headers(epoch: u64, writer: &str, attempt: &str) -> OwnedHeaders {
+    let e = epoch.to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "rill-epoch",
+            value: Some(e.as_bytes()),
+        })
+        .insert(Header {
+            key: "rill-writer",
+            value: Some(writer.as_bytes()),
+        })
+        .insert(Header {
+            key: "rill-attempt",
+            value: Some(attempt.as_bytes()),
+        })
+}
+
 pub struct KafkaWriter {
     producer: BaseProducer<Deliveries>,
     writer: String,
@@ -128,20 +147,7 @@ impl KafkaWriter {
     }
 
     fn headers(&self, epoch: u64) -> OwnedHeaders {
-        let e = epoch.to_string();
-        OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "rill-epoch",
-                value: Some(e.as_bytes()),
-            })
-            .insert(Header {
-                key: "rill-writer",
-                value: Some(self.writer.as_bytes()),
-            })
-            .insert(Header {
-                key: "rill-attempt",
-                value: Some(self.attempt.as_bytes()),
-            })
+        record_headers(epoch, &self.writer, &self.attempt)
     }
 
     /// Hands a record to the producer, waiting (on this writer thread,

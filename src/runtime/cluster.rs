@@ -15,7 +15,21 @@ use timely::communication::allocator::zero_copy::initialize::initialize_networki
 use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::communication::Hooks;
 
+/// The first bytes of a connection: one carrying timely's traffic, or the
+/// control connection every process keeps with process 0 (the epoch
+/// decisions, stop requests and heartbeats of `runtime/control.rs`).
 const MAGIC: &[u8; 8] = b"rill-cl1";
+const CONTROL_MAGIC: &[u8; 8] = b"rill-ct1";
+
+/// The connections of one process of a cluster.
+#[derive(Debug)]
+pub struct Connected {
+    /// One socket per process, none at this one: timely's exchange and
+    /// progress traffic.
+    pub timely: Vec<Option<TcpStream>>,
+    /// Process 0 holds one per other process; the others one, to process 0.
+    pub control: Vec<Option<TcpStream>>,
+}
 
 /// What every process of one cluster must share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,24 +116,27 @@ pub fn fingerprint(job: &[u8], workers: usize) -> std::io::Result<u64> {
 }
 
 /// One process's hello: magic, index, generation, fingerprint.
-fn hello(me: usize, id: Identity) -> [u8; 32] {
+fn hello(me: usize, id: Identity, control: bool) -> [u8; 32] {
     let mut out = [0u8; 32];
-    out[..8].copy_from_slice(MAGIC);
+    out[..8].copy_from_slice(if control { CONTROL_MAGIC } else { MAGIC });
     out[8..16].copy_from_slice(&(me as u64).to_be_bytes());
     out[16..24].copy_from_slice(&id.generation.to_be_bytes());
     out[24..].copy_from_slice(&id.fingerprint.to_be_bytes());
     out
 }
 
-/// Reads a peer's hello: (index, identity).
-fn read_hello(stream: &mut TcpStream) -> Result<(usize, Identity), String> {
+/// Reads a peer's hello: (control, index, identity).
+fn read_hello(stream: &mut TcpStream) -> Result<(bool, usize, Identity), String> {
     let mut buf = [0u8; 32];
     stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
-    if &buf[..8] != MAGIC {
-        return Err("unexpected bytes".into());
-    }
+    let control = match &buf[..8] {
+        m if m == MAGIC => false,
+        m if m == CONTROL_MAGIC => true,
+        _ => return Err("unexpected bytes".into()),
+    };
     let word = |i: usize| u64::from_be_bytes(buf[i..i + 8].try_into().unwrap());
     Ok((
+        control,
         word(8) as usize,
         Identity {
             generation: word(16),
@@ -171,14 +188,14 @@ fn resolve(process: usize, address: &str) -> Result<SocketAddr, ClusterError> {
 }
 
 /// Connects process `me` to every other process of `addresses`, each
-/// after a handshake, within `timeout`. The result has one socket per
-/// process, none at `me`, as timely's networking expects.
+/// after a handshake, within `timeout`: timely's sockets, and the control
+/// connections to process 0.
 pub fn connect(
     addresses: &[String],
     me: usize,
     id: Identity,
     timeout: Duration,
-) -> Result<Vec<Option<TcpStream>>, ClusterError> {
+) -> Result<Connected, ClusterError> {
     if addresses.len() < 2 {
         return Err(ClusterError::TooFewAddresses {
             count: addresses.len(),
@@ -201,12 +218,14 @@ pub fn connect(
         reason: e.to_string(),
     })?;
     let deadline = Instant::now() + timeout;
-    let mut sockets: Vec<Option<TcpStream>> = (0..addresses.len()).map(|_| None).collect();
+    let n = addresses.len();
+    let mut sockets: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    let mut control: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
     // Lower processes: connect, retrying until the deadline. A stale peer
     // may still hold the address; the right one may yet come.
-    for peer in 0..me {
+    let dial = |peer: usize, kind: bool| -> Result<TcpStream, ClusterError> {
         let mut last_refusal = None;
-        let stream = loop {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(last_refusal.unwrap_or(ClusterError::NoAnswer {
@@ -220,16 +239,16 @@ pub fn connect(
                 continue;
             };
             let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            let _ = stream.write_all(&hello(me, id));
+            let _ = stream.write_all(&hello(me, id, kind));
             match read_hello(&mut stream) {
-                Ok((index, theirs)) if index == peer => {
+                Ok((_, index, theirs)) if index == peer => {
                     match judge(me, peer, &addresses[peer], id, theirs) {
-                        Ok(()) => break stream,
+                        Ok(()) => return Ok(stream),
                         Err(e @ ClusterError::PeerStale { .. }) => last_refusal = Some(e),
                         Err(e) => return Err(e),
                     }
                 }
-                Ok((index, _)) => {
+                Ok((_, index, _)) => {
                     return Err(ClusterError::Handshake {
                         peer,
                         address: addresses[peer].clone(),
@@ -241,24 +260,26 @@ pub fn connect(
                 // Closed by a peer that refused us: try again.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-        };
-        sockets[peer] = Some(stream);
+        }
+    };
+    for peer in 0..me {
+        sockets[peer] = Some(dial(peer, false)?);
+        if peer == 0 {
+            control[0] = Some(dial(0, true)?);
+        }
     }
-    // Higher processes connect to us.
+    // Higher processes connect to us; process 0 takes their control
+    // connections too.
     listener
         .set_nonblocking(true)
         .expect("a listening socket can be made non-blocking");
-    let mut refused: Vec<Option<ClusterError>> = (0..addresses.len()).map(|_| None).collect();
-    while sockets
-        .iter()
-        .enumerate()
-        .any(|(i, s)| i > me && s.is_none())
-    {
+    let mut refused: Vec<Option<ClusterError>> = (0..n).map(|_| None).collect();
+    let missing = |sockets: &[Option<TcpStream>], control: &[Option<TcpStream>]| {
+        (me + 1..n).find(|i| sockets[*i].is_none() || (me == 0 && control[*i].is_none()))
+    };
+    while let Some(peer) = missing(&sockets, &control) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let peer = (me + 1..addresses.len())
-                .find(|i| sockets[*i].is_none())
-                .unwrap();
             return Err(refused[peer].take().unwrap_or(ClusterError::NoAnswer {
                 peer,
                 address: addresses[peer].clone(),
@@ -275,25 +296,29 @@ pub fn connect(
         };
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        let Ok((peer, theirs)) = read_hello(&mut stream) else {
+        let Ok((kind, peer, theirs)) = read_hello(&mut stream) else {
             continue;
         };
         // Answer first, so a refused peer learns why on its side too.
-        let _ = stream.write_all(&hello(me, id));
-        if peer <= me || peer >= addresses.len() {
+        let _ = stream.write_all(&hello(me, id, kind));
+        if peer <= me || peer >= n || (kind && me != 0) {
             continue;
         }
         match judge(me, peer, &addresses[peer], id, theirs) {
+            Ok(()) if kind => control[peer] = Some(stream),
             Ok(()) => sockets[peer] = Some(stream),
             Err(e @ ClusterError::PeerStale { .. }) => refused[peer] = Some(e),
             Err(e) => return Err(e),
         }
     }
-    for s in sockets.iter().flatten() {
+    for s in sockets.iter().chain(&control).flatten() {
         let _ = s.set_read_timeout(None);
         let _ = s.set_nodelay(true);
     }
-    Ok(sockets)
+    Ok(Connected {
+        timely: sockets,
+        control,
+    })
 }
 
 /// Runs `func` on `threads` worker threads of this process, joined with the
@@ -348,7 +373,7 @@ mod tests {
         me: usize,
         id: Identity,
         timeout_ms: u64,
-    ) -> std::thread::JoinHandle<Result<Vec<Option<TcpStream>>, ClusterError>> {
+    ) -> std::thread::JoinHandle<Result<Connected, ClusterError>> {
         let addresses = addresses.to_vec();
         std::thread::spawn(move || connect(&addresses, me, id, Duration::from_millis(timeout_ms)))
     }
@@ -369,8 +394,10 @@ mod tests {
             .map(|me| {
                 let (addresses, seen) = (addresses.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    let sockets = connect(&addresses, me, ID, Duration::from_secs(10)).unwrap();
-                    let guards = execute(sockets, me, 1, move |worker| {
+                    let connected =
+                        connect(&addresses, me, ID, Duration::from_secs(10)).unwrap();
+                    assert_eq!(connected.control.iter().flatten().count(), 1);
+                    let guards = execute(connected.timely, me, 1, move |worker| {
                         let index = worker.index();
                         let seen = seen.clone();
                         worker.dataflow::<u64, _, _>(|scope| {

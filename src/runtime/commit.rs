@@ -6,7 +6,9 @@
 
 use super::coordinator::{steps, EpochWork, Step};
 use super::error::RunError;
-use super::recovery::{EpochLog, LogRecord, PartitionRange, Recovered};
+use super::boundaries::Boundaries;
+use super::member::Member;
+use super::recovery::{EpochLog, LogRecord, Recovered};
 use crate::connectors::kafka_admin::client_config;
 use crate::connectors::kafka_sink::{refused_for_good, KafkaWriter};
 use crate::fault;
@@ -16,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadat
 use rdkafka::error::KafkaError;
 
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ impl EpochOutput {
 
 pub struct Committer {
     writer: KafkaWriter,
-    log: EpochLog,
+    role: Role,
     log_topic: String,
     /// Gives the writer's group metadata for transactional offset commits,
     /// and commits them itself at least once.
@@ -47,18 +49,7 @@ pub struct Committer {
     group_metadata: ConsumerGroupMetadata,
     guarantee: Guarantee,
     dead_letter_topic: String,
-    attempt: u32,
     writer_id: String,
-    /// Where every source partition stands: the end of the last epoch.
-    positions: BTreeMap<(u32, i32), i64>,
-    /// Epochs being replayed: their logged record's offset and boundaries.
-    replayed: HashMap<u64, (i64, Vec<PartitionRange>)>,
-    brokers: String,
-    /// The offset of this writer's latest record in the epoch log: records
-    /// after it and before the next are another instance's.
-    last_own: i64,
-    /// The last epoch committed.
-    committed: u64,
     /// Output records the producer refused and that went to the dead
     /// letters instead.
     pub refused: u64,
@@ -67,15 +58,32 @@ pub struct Committer {
     logged: Option<(u64, i64)>,
 }
 
+/// Who fixes an epoch's boundaries in the log: a process of its own does
+/// it itself; a cluster's writer waits for process 0's decision.
+pub enum Role {
+    Alone(Boundaries),
+    Member(Member),
+}
+
 /// A started writer, its log and progress group: what [`Committer::fence`]
 /// sets up once and the rest of the start uses.
 pub struct Fenced {
     writer: KafkaWriter,
-    log: EpochLog,
+    pub log: EpochLog,
     group: BaseConsumer,
     group_metadata: ConsumerGroupMetadata,
     pub attempt: u32,
-    start_offset: i64,
+    pub start_offset: i64,
+    pub writer_id: String,
+}
+
+impl Fenced {
+    /// The start's record sits at `offset`: its attempt is one past it.
+    pub fn set_start(&mut self, offset: i64) {
+        self.start_offset = offset;
+        self.attempt = super::planner::attempt_at(offset);
+        self.writer.set_attempt(self.attempt);
+    }
 }
 
 /// Attempts of an epoch after an abortable error, before the job stops.
@@ -90,12 +98,26 @@ impl Committer {
     /// the start record's offset, unique even for instances started at
     /// once.
     pub fn fence(job: &JobConfig) -> Result<Fenced, RunError> {
-        let writer_id = job.writer_id();
+        let mut fenced = Self::fence_writer(job, 0)?;
+        crate::fault::pause("fenced");
+        let start_offset = fenced
+            .log
+            .append(&LogRecord::start(), fenced.writer.headers_for(0))?;
+        fenced.set_start(start_offset);
+        Ok(fenced)
+    }
+
+    /// Starts the producer of writer `process` (fencing its earlier
+    /// instances with exactly once) and its progress group, without
+    /// logging a start: a cluster logs one start, from process 0, once
+    /// every writer is fenced.
+    pub fn fence_writer(job: &JobConfig, process: u32) -> Result<Fenced, RunError> {
+        let writer_id = job.writer_id_of(process);
         let eos = job.guarantee == Guarantee::ExactlyOnce;
         // The log's idempotent producer gets its id from the broker in the
         // background, while the writer's transactions are initialised.
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
-        let mut writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
+        let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
             .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;
         crate::connectors::kafka_admin::ensure_topic(
             &job.brokers,
@@ -104,10 +126,6 @@ impl Committer {
             1,
             crate::connectors::kafka_admin::TopicKind::Forever,
         )?;
-        crate::fault::pause("fenced");
-        let start_offset = log.append(&LogRecord::Start {}, writer.headers_for(0))?;
-        let attempt = super::planner::attempt_at(start_offset);
-        writer.set_attempt(attempt);
         let group: BaseConsumer = client_config(&job.brokers)
             .set("group.id", &writer_id)
             .set("enable.auto.commit", "false")
@@ -125,9 +143,22 @@ impl Committer {
             log,
             group,
             group_metadata,
-            attempt,
-            start_offset,
+            attempt: 0,
+            start_offset: -1,
+            writer_id,
         })
+    }
+
+    /// Fences writer `process` of an earlier, larger cluster: a process
+    /// of it that still runs can commit nothing more.
+    pub fn fence_retired(job: &JobConfig, process: u32) -> Result<(), RunError> {
+        if job.guarantee != Guarantee::ExactlyOnce {
+            return Ok(());
+        }
+        let writer_id = job.writer_id_of(process);
+        KafkaWriter::new(&job.brokers, &writer_id, 0, true)
+            .map(drop)
+            .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))
     }
 
     /// Of two instances started at once, the one that fenced first may log
@@ -145,15 +176,19 @@ impl Committer {
         fenced
             .writer
             .still_holds_its_id(&none, &fenced.group_metadata)
-            .map_err(|e| RunError::from_txn(&job.writer_id(), &job.name, e))
+            .map_err(|e| RunError::from_txn(&fenced.writer_id, &job.name, e))
     }
 
+    /// The committer of a started writer. `member`: the cluster process
+    /// this writer belongs to, whose epochs process 0 decides; none for a
+    /// process of its own, which appends its boundaries itself.
     pub fn open(
         job: &JobConfig,
         fenced: Fenced,
         recovered: &Recovered,
         positions: BTreeMap<(u32, i32), i64>,
         dead_letter_topic: String,
+        member: Option<Member>,
     ) -> Result<Self, RunError> {
         let Fenced {
             mut writer,
@@ -161,32 +196,53 @@ impl Committer {
             group,
             group_metadata,
             start_offset,
+            writer_id,
             ..
         } = fenced;
         writer.set_attempt(recovered.attempt);
-        let replayed = recovered
-            .replay
-            .iter()
-            .map(|(epoch, ranges)| (*epoch, (recovered.log_offsets[epoch], ranges.clone())))
-            .collect();
+        let role = match member {
+            Some(m) => Role::Member(m),
+            None => Role::Alone(Boundaries::new(
+                log,
+                &job.brokers,
+                &writer_id,
+                start_offset,
+                recovered,
+                positions,
+            )),
+        };
         Ok(Committer {
             writer,
-            log,
+            role,
             log_topic: job.epoch_log_topic(),
             group,
             group_metadata,
             guarantee: job.guarantee,
             dead_letter_topic,
-            attempt: recovered.attempt,
-            writer_id: job.writer_id(),
-            positions,
-            replayed,
-            brokers: job.brokers.clone(),
-            last_own: start_offset,
-            committed: recovered.committed,
+            writer_id,
             refused: 0,
             logged: None,
         })
+    }
+
+    /// The cluster process this writer belongs to, if it does.
+    pub fn member(&mut self) -> Option<&mut Member> {
+        match &mut self.role {
+            Role::Member(m) => Some(m),
+            Role::Alone(_) => None,
+        }
+    }
+
+    /// A writer joining a cluster grown by a process starts where the
+    /// others stand: its progress just past the committed epoch's record,
+    /// so that a restart counts it as having committed that epoch.
+    pub fn join_at(&mut self, log_offset: i64, job: &str) -> Result<(), RunError> {
+        if self.guarantee == Guarantee::ExactlyOnce {
+            self.writer
+                .begin()
+                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
+        }
+        self.commit_progress(log_offset, job)
     }
 
     pub fn poll(&self) {
@@ -205,16 +261,23 @@ impl Committer {
         output: EpochOutput,
         read: &BTreeMap<(u32, i32), (i64, i64)>,
         external: bool,
+        report: &super::control::EpochReport,
         write_external: impl FnOnce() -> Result<(), RunError>,
         job: &str,
     ) -> Result<(), RunError> {
+        let mut write_external = Some(write_external);
+        if let Role::Member(_) = self.role {
+            return self.commit_in_cluster(epoch, &output, read, report, &mut write_external, job);
+        }
+        let Role::Alone(bounds) = &self.role else {
+            unreachable!()
+        };
         let mut work = EpochWork {
             kafka: !output.is_empty(),
             external,
             read: !read.is_empty(),
-            replayed: self.replayed.contains_key(&epoch),
+            replayed: bounds.is_replayed(epoch),
         };
-        let mut write_external = Some(write_external);
         let mut tries = 0;
         loop {
             match self.try_commit(epoch, &output, read, work, &mut write_external, job) {
@@ -224,9 +287,11 @@ impl Committer {
                     eprintln!("epoch {epoch}: {e}; aborted, trying again ({tries} of {RETRIES})");
                     std::thread::sleep(Duration::from_millis(200 << tries));
                     // The epoch is in the log: it is cut again as logged.
-                    if let Some((e, offset)) = self.logged.take() {
+                    if let (Some((e, offset)), Role::Alone(bounds)) =
+                        (self.logged.take(), &mut self.role)
+                    {
                         if e == epoch {
-                            self.replayed.insert(epoch, (offset, Vec::new()));
+                            bounds.logged_again(epoch, offset);
                             work.replayed = true;
                         }
                     }
@@ -265,11 +330,11 @@ impl Committer {
             match step {
                 Step::Send => self.send(epoch, output, job)?,
                 Step::Log => {
-                    (log_offset, own) = self.log_epoch(epoch, read)?;
+                    (log_offset, own) = self.bounds().log_epoch(epoch, read, Vec::new())?;
                     self.logged = Some((epoch, log_offset));
                 }
                 Step::CheckFenced => {
-                    self.check_fenced(own, job)?;
+                    self.bounds().check_fenced(own, job)?;
                     fault::point("epoch_logged");
                     fault::pause("epoch_logged");
                 }
@@ -284,7 +349,7 @@ impl Committer {
                 }
                 Step::Commit => {
                     self.commit_progress(log_offset, job)?;
-                    self.committed = epoch;
+                    self.bounds().committed = epoch;
                     fault::point("committed");
                 }
             }
@@ -292,27 +357,55 @@ impl Committer {
         Ok(())
     }
 
-    /// On a first start, logs where each source partition begins, so a
-    /// restart before the first commit begins at the same offsets.
+    fn bounds(&mut self) -> &mut Boundaries {
+        match &mut self.role {
+            Role::Alone(b) => b,
+            Role::Member(_) => unreachable!("a cluster's writer appends no boundaries"),
+        }
+    }
+
+    /// On a first start, logs where each source partition begins.
     pub fn log_begin(&mut self, job: &str) -> Result<(), RunError> {
-        let ranges = self
-            .positions
-            .iter()
-            .map(|((source, partition), pos)| PartitionRange {
-                source: *source,
-                partition: *partition,
-                start: *pos,
-                end: *pos,
-            })
-            .collect();
-        let own = self.log.append(
-            &LogRecord::Begin {
-                attempt: self.attempt,
-                ranges,
-            },
-            self.writer.headers_for(0),
-        )?;
-        self.check_fenced(own, job)
+        self.bounds().log_begin(job)
+    }
+
+    /// Commits `epoch` in lockstep with the cluster's other writers: its
+    /// share is sent and flushed, process 0 decides, then files, rows and
+    /// the transaction commit. A writer that committed a replayed epoch
+    /// before sends nothing of it and commits nothing, yet takes part.
+    fn commit_in_cluster(
+        &mut self,
+        epoch: u64,
+        output: &EpochOutput,
+        read: &BTreeMap<(u32, i32), (i64, i64)>,
+        report: &super::control::EpochReport,
+        write_external: &mut Option<impl FnOnce() -> Result<(), RunError>>,
+        job: &str,
+    ) -> Result<(), RunError> {
+        let skips = self.member().is_some_and(|m| m.skips(epoch));
+        if !skips {
+            self.send(epoch, output, job)?;
+            if self.guarantee == Guarantee::ExactlyOnce {
+                self.pre_commit(epoch, job)?;
+            }
+        }
+        let member = self.member().expect("a cluster's writer");
+        member.send(&super::control::ToLeader::Prepared {
+            epoch,
+            read: read.iter().map(|((s, p), (a, b))| (*s, *p, *a, *b)).collect(),
+            report: report.clone(),
+        })?;
+        let log_offset = member.await_decision(epoch)?;
+        fault::point("decided");
+        if skips {
+            return Ok(());
+        }
+        if let Some(write) = write_external.take() {
+            write()?;
+        }
+        self.commit_progress(log_offset, job)?;
+        fault::point("committed");
+        Ok(())
     }
 
     fn send(&mut self, epoch: u64, output: &EpochOutput, job: &str) -> Result<(), RunError> {
@@ -361,74 +454,6 @@ impl Committer {
             }
         }
         fault::point("epoch_sent");
-        Ok(())
-    }
-
-    /// Appends the epoch's boundaries, or for a replayed epoch a marker;
-    /// returns the offset its progress commits and the offset appended.
-    fn log_epoch(
-        &mut self,
-        epoch: u64,
-        read: &BTreeMap<(u32, i32), (i64, i64)>,
-    ) -> Result<(i64, i64), RunError> {
-        if let Some((offset, ranges)) = self.replayed.remove(&epoch) {
-            for r in ranges {
-                self.positions.insert((r.source, r.partition), r.end);
-            }
-            let own = self.log.append(
-                &LogRecord::Replayed {
-                    epoch,
-                    attempt: self.attempt,
-                    committed: self.committed,
-                    skipped: Vec::new(),
-                },
-                self.writer.headers_for(epoch),
-            )?;
-            return Ok((offset, own));
-        }
-        let ranges: Vec<PartitionRange> = self
-            .positions
-            .iter_mut()
-            .map(|((source, partition), pos)| {
-                let start = *pos;
-                let end = read
-                    .get(&(*source, *partition))
-                    .map_or(start, |r| r.1.max(start));
-                *pos = end;
-                PartitionRange {
-                    source: *source,
-                    partition: *partition,
-                    start,
-                    end,
-                }
-            })
-            .collect();
-        let offset = self.log.append(
-            &LogRecord::Epoch {
-                epoch,
-                attempt: self.attempt,
-                ranges,
-                committed: self.committed,
-            },
-            self.writer.headers_for(epoch),
-        )?;
-        Ok((offset, offset))
-    }
-
-    /// Files and rows are not transactional: before writing them, make
-    /// sure no later instance started before this epoch's record. If one
-    /// did, it may not know this epoch and may use its number.
-    fn check_fenced(&mut self, own: i64, job: &str) -> Result<(), RunError> {
-        if own != self.last_own + 1 {
-            let gap = self.log.read_range(&self.brokers, self.last_own + 1, own)?;
-            if super::planner::started_since(&gap, self.attempt).is_some() {
-                return Err(RunError::Fenced {
-                    writer: self.writer_id.clone(),
-                    job: job.into(),
-                });
-            }
-        }
-        self.last_own = own;
         Ok(())
     }
 

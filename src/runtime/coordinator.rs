@@ -215,7 +215,7 @@ mod tests {
         crash_after: usize,
     ) -> bool {
         let mut taken = 0;
-        let start = world.append(LogRecord::Start {});
+        let start = world.append(LogRecord::start());
         let attempt = attempt_at(start);
         let resume = planner::resume(&world.log, world.progress);
         let mut committed = resume.committed;

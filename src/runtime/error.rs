@@ -40,9 +40,33 @@ pub enum RunError {
     Recovery(#[from] RecoveryError),
     #[error(transparent)]
     Postgres(#[from] PostgresError),
+    #[error("the cluster stopped: {reason}; nothing after the last decided epoch is committed")]
+    ClusterStopped { reason: String },
+    #[error(transparent)]
+    Cluster(#[from] super::cluster::ClusterError),
 }
 
 impl RunError {
+    /// Whether starting the job again may succeed: a lost process, a
+    /// broker or database that failed for a moment, a worker that
+    /// panicked. Not a job file or table that is wrong, nor a newer
+    /// instance that took over.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            // A broker that is not there at start is said at once.
+            RunError::Kafka(_)
+            | RunError::Fenced { .. }
+            | RunError::OffsetsGone { .. }
+            | RunError::StaleEpoch { .. }
+            | RunError::Registry(_)
+            | RunError::Sink(_) => false,
+            RunError::Recovery(e) => matches!(e, RecoveryError::Kafka(_) | RecoveryError::Log { .. }),
+            RunError::Cluster(e) => matches!(e, super::cluster::ClusterError::NoAnswer { .. }),
+            RunError::Postgres(e) => matches!(e, PostgresError::Unreachable { .. }),
+            _ => true,
+        }
+    }
+
     /// A transactional call of `writer` failed: fenced by a newer instance,
     /// timed out (a fenced producer's commit can go unanswered on some
     /// brokers), or another failure. Told apart by error code only.

@@ -160,13 +160,37 @@ fn run_attempt(
 ) -> Result<RunSummary, RunError> {
     let job = &plan.job;
     kafka_admin::check_broker(&job.brokers)?;
-    let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
-        || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
-    let registry = needs_registry.then(|| RegistryClient::new(&job.registry_url));
+    let registry = registry_for(&plan);
+    // Writers of an earlier, larger cluster are fenced before any
+    // progress is read, like this process's own.
+    let retired = recovery::writers_in_log(job)?;
+    for w in 1..retired {
+        Committer::fence_retired(job, w)?;
+    }
     let fenced = Committer::fence(job)?;
     *attempt_out = fenced.attempt;
     Committer::check_not_fenced(job, &fenced)?;
-    let recovered = recovery::recover(&plan, fenced.attempt)?;
+    let mut recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32))?;
+    say_resuming(job, &recovered);
+    let (mut launch, positions, dead_letter_topic) =
+        wire(&plan, &opts, &mut recovered, registry, 0, None)?;
+    let mut committer =
+        Committer::open(job, fenced, &recovered, positions, dead_letter_topic, None)?;
+    if recovered.start_offsets.is_none() {
+        committer.log_begin(&job.name)?;
+    }
+    launch.backend = Backend::Kafka(Box::new(committer));
+    super::workers::execute(plan, opts, stop, launch)
+}
+
+/// The registry client, when a source or sink speaks Avro.
+pub(super) fn registry_for(plan: &Plan) -> Option<RegistryClient> {
+    let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
+        || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
+    needs_registry.then(|| RegistryClient::new(&plan.job.registry_url))
+}
+
+pub(super) fn say_resuming(job: &crate::spec::JobConfig, recovered: &recovery::Recovered) {
     if recovered.committed > 0 || !recovered.replay.is_empty() {
         eprintln!(
             "resuming job {} after epoch {} (attempt {}): {} epochs to replay, state of {} keys restored",
@@ -177,6 +201,22 @@ fn run_attempt(
             recovered.state.values().map(Vec::len).sum::<usize>()
         );
     }
+}
+
+/// Readers, sinks and topics for a start that resumes as `recovered`
+/// says, on process `process` (0 alone): the launch without its backend,
+/// where every source partition stands, and the dead-letter topic.
+/// `schema_ids`: the sinks' schema ids another process registered.
+#[allow(clippy::type_complexity)]
+pub(super) fn wire(
+    plan: &Plan,
+    opts: &RunOptions,
+    recovered: &mut recovery::Recovered,
+    registry: Option<RegistryClient>,
+    process: u32,
+    schema_ids: Option<HashMap<usize, u32>>,
+) -> Result<(Launch, BTreeMap<(u32, i32), i64>, String), RunError> {
+    let job = &plan.job;
     let mut positions: BTreeMap<(u32, i32), i64> = BTreeMap::new();
 
     let mut readers: Vec<ReaderFactory> = Vec::new();
@@ -291,7 +331,9 @@ fn run_attempt(
                         ..Default::default()
                     },
                 );
-                if config.format == Format::Avro {
+                if let Some(id) = schema_ids.as_ref().and_then(|ids| ids.get(&i)) {
+                    sink_schema_ids.insert(i, *id);
+                } else if config.format == Format::Avro {
                     let schema = avro::schema_json(plan.input_schema(i));
                     let id = registry
                         .as_ref()
@@ -316,7 +358,7 @@ fn run_attempt(
                     config.batch_rows,
                     fallback_dir.clone(),
                     &job.name,
-                    &job.writer_id(),
+                    &job.writer_id_of(process),
                 );
                 // A wrong table is reported now; a database that is down is
                 // fine when the sink has a fallback.
@@ -342,7 +384,7 @@ fn run_attempt(
                 targets.insert(i, Box::new(pg));
             }
             SinkPlan::File { config, dir } => {
-                let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone())
+                let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone(), process)
                     .map_err(|e| SinkError::Files {
                         sink: node.name.clone(),
                         dir: dir.display().to_string(),
@@ -365,15 +407,11 @@ fn run_attempt(
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
-    let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
-    if recovered.start_offsets.is_none() {
-        committer.log_begin(&job.name)?;
-    }
     let launch = Launch {
         first_epoch: recovered.next_epoch,
         resume_after: recovered.committed,
         changelog_topics,
-        restored: Arc::new(recovered.state),
+        restored: Arc::new(std::mem::take(&mut recovered.state)),
         cluster: None,
         readers,
         registry,
@@ -383,8 +421,8 @@ fn run_attempt(
         source_topics,
         source_partitions,
         targets,
-        backend: Backend::Kafka(Box::new(committer)),
+        backend: Backend::Memory { keep: false },
         scripted: false,
     };
-    super::workers::execute(plan, opts, stop, launch)
+    Ok((launch, positions, dead_letter_topic))
 }

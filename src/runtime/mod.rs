@@ -1,11 +1,16 @@
 //! Launching workers, cutting and completing epochs, and the writer that
 //! sends each epoch's output.
 
+mod boundaries;
 pub mod cluster;
+pub mod cluster_job;
+pub mod control;
 pub mod commit;
 pub mod coordinator;
 pub mod error;
 pub mod local;
+mod leader;
+mod member;
 pub mod memory;
 pub mod planner;
 pub mod recovery;

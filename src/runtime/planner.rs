@@ -32,7 +32,7 @@ pub fn live(records: &[(i64, LogRecord)]) -> Vec<(i64, &LogRecord)> {
     let mut out = Vec::with_capacity(records.len());
     for (offset, r) in records {
         match r {
-            LogRecord::Start {} => {
+            LogRecord::Start { .. } => {
                 newest_start = attempt_at(*offset);
                 out.push((*offset, r));
             }
@@ -51,7 +51,7 @@ pub fn live(records: &[(i64, LogRecord)]) -> Vec<(i64, &LogRecord)> {
 /// not write files or rows for the epoch it just logged.
 pub fn started_since(gap: &[(i64, LogRecord)], attempt: u32) -> Option<u32> {
     gap.iter().find_map(|(offset, r)| match r {
-        LogRecord::Start {} if attempt_at(*offset) > attempt => Some(attempt_at(*offset)),
+        LogRecord::Start { .. } if attempt_at(*offset) > attempt => Some(attempt_at(*offset)),
         _ => None,
     })
 }
@@ -73,6 +73,9 @@ pub struct Resume {
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
     /// Offset of each replayed epoch's record, the progress it commits.
     pub log_offsets: HashMap<u64, i64>,
+    /// Offset of the committed epoch's record: a writer joining the job
+    /// (a cluster grown by a process) commits its progress just past it.
+    pub committed_offset: Option<i64>,
     /// The first epoch number free for new epochs.
     pub next_epoch: u64,
     /// The newest attempt in the log.
@@ -95,7 +98,7 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
     let mut max_epoch = 0;
     for (offset, r) in records {
         match r {
-            LogRecord::Start {} => out.last_attempt = out.last_attempt.max(attempt_at(*offset)),
+            LogRecord::Start { .. } => out.last_attempt = out.last_attempt.max(attempt_at(*offset)),
             // A fenced instance's epoch numbers are not reused either: it
             // may have written files or rows under them before it stopped.
             LogRecord::Epoch { epoch, .. } | LogRecord::Replayed { epoch, .. } => {
@@ -112,7 +115,7 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
             LogRecord::Epoch { committed, .. } | LogRecord::Replayed { committed, .. } => {
                 Some(*committed)
             }
-            LogRecord::Start {} | LogRecord::Begin { .. } => None,
+            LogRecord::Start { .. } | LogRecord::Begin { .. } => None,
         })
         .max()
         .unwrap_or(0);
@@ -139,6 +142,10 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
         }
     }
     out.committed = out.writer_committed.iter().copied().min().unwrap_or(0);
+    out.committed_offset = first
+        .get(&out.committed)
+        .filter(|_| out.committed > 0)
+        .map(|(offset, _)| *offset);
     for (epoch, (offset, ranges)) in first.range(out.committed + 1..) {
         out.log_offsets.insert(*epoch, *offset);
         out.replay.push((*epoch, (*ranges).clone()));
@@ -168,6 +175,24 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
             .map(|ranges| ranges_of(ranges, false)),
     };
     out
+}
+
+/// The shape (processes, workers per process) of the start that logged
+/// the newest live epoch: its writers are the ones whose progress counts.
+/// None when no epoch is logged.
+pub fn decided_by(records: &[(i64, LogRecord)]) -> Option<(u32, u32)> {
+    let live = live(records);
+    let attempt = live.iter().rev().find_map(|(_, r)| match r {
+        LogRecord::Epoch { attempt, .. } | LogRecord::Replayed { attempt, .. } => Some(*attempt),
+        _ => None,
+    })?;
+    live.iter().find_map(|(offset, r)| match r {
+        LogRecord::Start { processes, workers } if attempt_at(*offset) == attempt => {
+            Some(((*processes).max(1), *workers))
+        }
+        _ => None,
+    })
+    .or(Some((1, 0)))
 }
 
 /// For each epoch `writer` has committed, the attempt whose copy of its
@@ -259,10 +284,10 @@ mod tests {
     #[test]
     fn the_copy_that_counts_is_the_last_live_one_of_a_committed_epoch() {
         let records = log(vec![
-            LogRecord::Start {}, // attempt 1
+            LogRecord::start(), // attempt 1
             epoch(1, 1, 0, 10),  // committed by 1
             epoch(2, 1, 10, 20), // logged, not committed
-            LogRecord::Start {}, // attempt 4 fences 1
+            LogRecord::start(), // attempt 4 fences 1
             epoch(3, 1, 20, 30), // 1 logged it late: fenced
             LogRecord::Replayed {
                 epoch: 2,
@@ -282,8 +307,33 @@ mod tests {
     }
 
     #[test]
+    fn the_writers_that_count_are_those_of_the_start_that_logged_the_newest_epoch() {
+        let cluster = |processes| LogRecord::Start {
+            processes,
+            workers: 2,
+        };
+        let mut records = log(vec![
+            cluster(3),         // attempt 1
+            epoch(1, 1, 0, 10), // logged by three processes
+            cluster(2),         // attempt 3: started, logged nothing
+        ]);
+        assert_eq!(decided_by(&records), Some((3, 2)));
+        records.push((3, epoch(2, 3, 10, 20)));
+        assert_eq!(decided_by(&records), Some((2, 2)));
+        assert_eq!(decided_by(&log(vec![LogRecord::start()])), None);
+        // A log written before starts recorded their shape: one process.
+        let old: Vec<(i64, LogRecord)> = serde_json::from_str(
+            r#"[[0, {"kind":"start"}], [1, {"kind":"epoch","epoch":1,"attempt":1,"ranges":[]}]]"#,
+        )
+        .unwrap();
+        assert_eq!(decided_by(&old), Some((1, 0)));
+        let r = resume_writers(&records, &[4, 4]);
+        assert_eq!((r.committed, r.committed_offset), (2, Some(3)));
+    }
+
+    #[test]
     fn a_first_start_resumes_from_nothing() {
-        let r = resume(&log(vec![LogRecord::Start {}]), 0);
+        let r = resume(&log(vec![LogRecord::start()]), 0);
         assert_eq!(r.committed, 0);
         assert_eq!(r.start_offsets, None);
         assert_eq!(r.next_epoch, 1);
@@ -293,11 +343,11 @@ mod tests {
     #[test]
     fn epochs_after_the_progress_are_replayed_with_their_boundaries() {
         let records = log(vec![
-            LogRecord::Start {},
+            LogRecord::start(),
             epoch(1, 1, 0, 10),
             epoch(2, 1, 10, 25),
             epoch(3, 1, 25, 30),
-            LogRecord::Start {},
+            LogRecord::start(),
         ]);
         let r = resume(&records, 2);
         assert_eq!(r.committed, 1);
@@ -316,9 +366,9 @@ mod tests {
         // `start_offset = "latest"` resolved to 40 at the first start,
         // which logged epoch 1 from there and crashed before committing.
         let records = log(vec![
-            LogRecord::Start {},
+            LogRecord::start(),
             epoch(1, 1, 40, 52),
-            LogRecord::Start {},
+            LogRecord::start(),
         ]);
         let r = resume(&records, 0);
         assert_eq!(r.committed, 0);
@@ -352,7 +402,7 @@ mod tests {
         if let LogRecord::Epoch { committed, .. } = &mut second {
             *committed = 1;
         }
-        let records = log(vec![LogRecord::Start {}, epoch(1, 1, 0, 10), second]);
+        let records = log(vec![LogRecord::start(), epoch(1, 1, 0, 10), second]);
         assert_eq!(resume(&records, 0).progress_lost, Some(1));
         assert_eq!(resume(&records, 2).progress_lost, None);
         // A job that crashed before its first commit has lost nothing.
@@ -370,7 +420,7 @@ mod tests {
                 end: 40,
             }],
         };
-        let records = log(vec![LogRecord::Start {}, begin, LogRecord::Start {}]);
+        let records = log(vec![LogRecord::start(), begin, LogRecord::start()]);
         let r = resume(&records, 0);
         assert_eq!(r.start_offsets, Some(HashMap::from([((0, 0), 40)])));
         assert!(r.replay.is_empty());
@@ -382,8 +432,8 @@ mod tests {
         // Attempt 1 starts, attempt 2 starts and fences it, then attempt 1
         // still logs epoch 1 (and may write files for it).
         let records = log(vec![
-            LogRecord::Start {},
-            LogRecord::Start {},
+            LogRecord::start(),
+            LogRecord::start(),
             epoch(1, 1, 0, 10),
         ]);
         let r = resume(&records, 0);
@@ -401,11 +451,11 @@ mod tests {
         // Instance A (started at offset 0) appends epochs 1..=3; instance B
         // starts at some point among them.
         for b_at in 1..=4usize {
-            let mut records = vec![LogRecord::Start {}];
+            let mut records = vec![LogRecord::start()];
             for e in 1..=3u64 {
                 records.push(epoch(e, 1, 0, 0));
             }
-            records.insert(b_at, LogRecord::Start {});
+            records.insert(b_at, LogRecord::start());
             let records = log(records);
             let b_attempt = attempt_at(b_at as i64);
             // A checks the gap before each of its epoch records.
@@ -454,7 +504,7 @@ mod tests {
             let mut committed: BTreeMap<(usize, u64), Vec<u32>> = BTreeMap::new();
             let mut offset_end = 0i64;
             for _restart in 0..6 {
-                let start = append(&mut records, LogRecord::Start {});
+                let start = append(&mut records, LogRecord::start());
                 let attempt = attempt_at(start);
                 let plan = resume_writers(&records, &progress);
                 assert_eq!(

@@ -46,6 +46,14 @@ pub enum RecoveryError {
     },
     #[error("another instance of job {job} started after this one, so this one stops without committing")]
     Superseded { job: String },
+    #[error("job {job} stopped in the middle of epoch {epoch}: writers {done:?} committed it and the others did not; it is finished on the shape that cut it, {processes} processes of {workers} workers (records go to workers by their number): start the job so once, then at the new size")]
+    InDoubt {
+        job: String,
+        epoch: u64,
+        done: Vec<u32>,
+        processes: u32,
+        workers: u32,
+    },
 }
 
 /// The part of an epoch one source partition holds: offsets [start, end).
@@ -60,8 +68,17 @@ pub struct PartitionRange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LogRecord {
-    /// A writer started; its attempt is one past this record's offset.
-    Start {},
+    /// A start of the job; its attempt is one past this record's offset.
+    /// A cluster logs one start for all its processes, with its shape:
+    /// an epoch it decided and not every writer committed is finished on
+    /// that shape (records route to workers by their number).
+    Start {
+        #[serde(default = "one")]
+        processes: u32,
+        /// Worker threads per process (0: not recorded).
+        #[serde(default)]
+        workers: u32,
+    },
     /// An epoch's boundaries, for every partition of every source.
     ///
     /// `committed` is the last epoch the writer had committed when it
@@ -95,6 +112,20 @@ pub enum LogRecord {
     },
 }
 
+fn one() -> u32 {
+    1
+}
+
+impl LogRecord {
+    /// The start of a single process, its worker count unrecorded.
+    pub fn start() -> LogRecord {
+        LogRecord::Start {
+            processes: 1,
+            workers: 0,
+        }
+    }
+}
+
 /// What a starting job resumes from.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -110,6 +141,13 @@ pub struct Recovered {
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
     /// Offset of each logged epoch's record in the log.
     pub log_offsets: HashMap<u64, i64>,
+    /// Per replayed epoch, the writers that committed it already.
+    pub skip: std::collections::BTreeMap<u64, Vec<u32>>,
+    /// Offset of the committed epoch's record in the log.
+    pub committed_offset: Option<i64>,
+    /// The writers whose progress counted: those of the start that logged
+    /// the newest epoch. Writers past them join at the committed epoch.
+    pub writers_before: u32,
     /// Per stateful transform, its state as of the committed epoch.
     pub state: HashMap<String, Vec<StateEntry>>,
 }
@@ -226,10 +264,12 @@ impl EpochLog {
     }
 }
 
-/// The offset the writer's group has committed on the epoch log, if any.
+/// The offset writer `writer`'s group has committed on the epoch log, if
+/// any.
 pub fn committed_progress(
     brokers: &str,
     job: &crate::spec::JobConfig,
+    writer: u32,
 ) -> Result<Option<i64>, RecoveryError> {
     let log = job.epoch_log_topic();
     let err = |reason: String| RecoveryError::Log {
@@ -237,7 +277,7 @@ pub fn committed_progress(
         reason,
     };
     let consumer: BaseConsumer = client_config(brokers)
-        .set("group.id", job.writer_id())
+        .set("group.id", job.writer_id_of(writer))
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| err(e.to_string()))?;
@@ -250,6 +290,56 @@ pub fn committed_progress(
         Offset::Offset(n) => Some(n),
         _ => None,
     }))
+}
+
+/// The writer index a record's `rill-writer` header names (`<job>-w<i>`);
+/// records without one were written by a single process, writer 0.
+pub fn writer_index(header: Option<&str>) -> u32 {
+    header
+        .and_then(|w| w.rsplit_once("-w"))
+        .and_then(|(_, i)| i.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The epoch log and what every writer that counts has committed: the
+/// writers of the start that logged the newest epoch (a cluster has one
+/// per process; the progress of writers it retired is history).
+pub struct CommittedView {
+    pub records: Vec<(i64, LogRecord)>,
+    pub progress: Vec<i64>,
+    /// Per writer, the attempt whose copy of each committed epoch counts.
+    pub copies: Vec<std::collections::BTreeMap<u64, u32>>,
+    /// Processes and workers per process of the start that logged the
+    /// newest epoch.
+    pub decided_by: Option<(u32, u32)>,
+}
+
+impl CommittedView {
+    pub fn read(job: &crate::spec::JobConfig) -> Result<Self, RecoveryError> {
+        let records = read_log(&job.brokers, &job.epoch_log_topic())?;
+        let decided_by = planner::decided_by(&records);
+        let writers = decided_by.map_or(1, |(p, _)| p);
+        let progress = (0..writers)
+            .map(|w| Ok(committed_progress(&job.brokers, job, w)?.unwrap_or(0)))
+            .collect::<Result<Vec<i64>, RecoveryError>>()?;
+        let copies = (0..writers)
+            .map(|w| planner::committed_copies(&records, progress[w as usize], w))
+            .collect();
+        Ok(CommittedView {
+            records,
+            progress,
+            copies,
+            decided_by,
+        })
+    }
+
+    /// Whether a record of `epoch`, written by `attempt` of the writer its
+    /// `rill-writer` header names, is part of the committed output.
+    pub fn counts(&self, writer: Option<&str>, epoch: u64, attempt: u32) -> bool {
+        self.copies
+            .get(writer_index(writer) as usize)
+            .is_some_and(|c| c.get(&epoch) == Some(&attempt))
+    }
 }
 
 /// The epoch log's records, in order, with their offsets; see
@@ -268,6 +358,13 @@ pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, Recov
     Ok(records)
 }
 
+/// How many writers the job's newest logged epoch had (one per process of
+/// the cluster that logged it; 1 for a new job).
+pub fn writers_in_log(job: &crate::spec::JobConfig) -> Result<u32, RecoveryError> {
+    let records = read_log(&job.brokers, &job.epoch_log_topic())?;
+    Ok(planner::decided_by(&records).map_or(1, |(p, _)| p))
+}
+
 /// The attempt of the newest start in the epoch log.
 pub fn newest_attempt(brokers: &str, log: &str) -> Result<u32, RecoveryError> {
     Ok(planner::resume(&read_log(brokers, log)?, 0).last_attempt)
@@ -275,15 +372,16 @@ pub fn newest_attempt(brokers: &str, log: &str) -> Result<u32, RecoveryError> {
 
 /// Reads the epoch log and the changelogs and says where to resume. The
 /// caller has fenced earlier instances and logged its start (`attempt`),
-/// so what a fenced instance appends from now on is ignored.
-pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
+/// so what a fenced instance appends from now on is ignored. `shape` is
+/// this start's processes and workers per process: an epoch some writers
+/// committed and others did not is finished on the shape that decided it.
+pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered, RecoveryError> {
     let job = &plan.job;
     let brokers = &job.brokers;
     let log = job.epoch_log_topic();
-    let progress = committed_progress(brokers, job)?.unwrap_or(0);
-    let records = read_log(brokers, &log)?;
-    let resume = planner::resume(&records, progress);
-    let copies = planner::committed_copies(&records, progress, 0);
+    let view = CommittedView::read(job)?;
+    let records = &view.records;
+    let resume = planner::resume_writers(records, &view.progress);
     if let Some(epoch) = resume.progress_lost {
         return Err(RecoveryError::ProgressLost {
             job: job.name.clone(),
@@ -297,6 +395,18 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
             job: job.name.clone(),
         });
     }
+    if let (Some((epoch, done)), Some(decided)) = (resume.skip.iter().next(), view.decided_by) {
+        let same = decided.0 == shape.0 && (decided.1 == 0 || decided.1 == shape.1);
+        if !same {
+            return Err(RecoveryError::InDoubt {
+                job: job.name.clone(),
+                epoch: *epoch,
+                done: done.clone(),
+                processes: decided.0,
+                workers: decided.1,
+            });
+        }
+    }
     let mut out = Recovered {
         attempt,
         committed: resume.committed,
@@ -304,6 +414,9 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
         start_offsets: resume.start_offsets,
         replay: resume.replay,
         log_offsets: resume.log_offsets,
+        skip: resume.skip,
+        committed_offset: resume.committed_offset,
+        writers_before: view.progress.len() as u32,
         state: HashMap::new(),
     };
 
@@ -324,8 +437,10 @@ pub fn recover(plan: &Plan, attempt: u32) -> Result<Recovered, RecoveryError> {
             }
             let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
             let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
-            if let (Some(epoch), Some(attempt), Some(key)) = (epoch, attempt, m.key) {
-                if copies.get(&epoch) == Some(&attempt) {
+            let counts = matches!((epoch, attempt),
+                (Some(e), Some(a)) if view.counts(m.header("rill-writer"), e, a));
+            if let (Some(epoch), Some(key)) = (epoch, m.key) {
+                if counts {
                     entries.push((epoch, m.offset, key, m.value));
                 }
             }

@@ -131,15 +131,22 @@ pub(super) fn execute(
             worker: ctx.index % workers,
         });
     };
+    let in_cluster = cluster.is_some();
     let guards = match cluster {
         None => timely::execute(timely::Config::process(workers), body),
         Some((sockets, process)) => super::cluster::execute(sockets, process, workers, body),
     }
     .map_err(RunError::Workers)?;
-    let results = guards.join();
     let written = writer
         .join()
         .map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
+    if in_cluster && written.is_err() {
+        // Timely is fail-stop: with a peer gone, its workers may wait for
+        // it forever. The process exits without them.
+        std::mem::forget(guards);
+        return written;
+    }
+    let results = guards.join();
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
         return Err(RunError::Workers(e));
     }

@@ -4,6 +4,7 @@
 //! the coordinator gives.
 
 use super::commit::EpochOutput;
+use super::control::{EpochReport, Share, ToLeader};
 use super::coordinator::Completion;
 use super::local::{Backend, RunOptions, RunSummary, Sinks};
 use super::report::progress_line;
@@ -24,26 +25,56 @@ pub(super) struct EpochTotals {
     pub(super) out: Vec<u64>,
 }
 
+/// An epoch the workers have finished: its counts and its output.
+type Finished = (Option<EpochTotals>, EpochOutput);
+
+/// The writer thread's state between messages.
+struct Writer<'p> {
+    plan: &'p Plan,
+    opts: &'p RunOptions,
+    sink_names: HashMap<usize, String>,
+    sink_order: Vec<usize>,
+    source_names: Vec<String>,
+    summary: RunSummary,
+    targets: Sinks,
+    backend: Backend,
+    in_flight: Arc<AtomicI64>,
+    /// Records staged per epoch, out of flight once the epoch commits.
+    staged: BTreeMap<Epoch, i64>,
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    last_epoch_at: Instant,
+    /// In a cluster: finished epochs waiting for the leader to name them.
+    held: BTreeMap<Epoch, Finished>,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_loop(
     plan: &Plan,
     opts: &RunOptions,
     workers: usize,
     rx: Receiver<WriterMsg>,
-    mut targets: Sinks,
-    mut backend: Backend,
+    targets: Sinks,
+    backend: Backend,
     in_flight: Arc<AtomicI64>,
     start: Instant,
     resume_after: Epoch,
 ) -> Result<RunSummary, RunError> {
-    let sink_names: HashMap<usize, String> =
-        plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect();
-    let sink_order: Vec<usize> = plan.sinks().map(|(i, _, _)| i).collect();
-    let source_names: Vec<String> = plan.sources().map(|(_, n, _)| n.name.clone()).collect();
-    let mut summary = RunSummary::default();
+    let mut w = Writer {
+        plan,
+        opts,
+        sink_names: plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect(),
+        sink_order: plan.sinks().map(|(i, _, _)| i).collect(),
+        source_names: plan.sources().map(|(_, n, _)| n.name.clone()).collect(),
+        summary: RunSummary::default(),
+        targets,
+        backend,
+        in_flight,
+        staged: BTreeMap::new(),
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        last_epoch_at: start,
+        held: BTreeMap::new(),
+    };
     let mut completion = Completion::new(workers, resume_after);
-    // Records staged per epoch, out of flight once the epoch commits.
-    let mut staged: BTreeMap<Epoch, i64> = BTreeMap::new();
     // The dead-letter sink, unless dead letters go to a Kafka topic.
     let dead_letter_sink = plan.dead_letter_sink.filter(|i| {
         !matches!(
@@ -51,29 +82,57 @@ pub(super) fn write_loop(
             crate::plan::NodeKind::Sink(SinkPlan::Kafka { .. })
         )
     });
+    let cluster = w.member().is_some();
     let mut finished = 0;
+    let mut workers_gone = false;
+    let mut share_sent = false;
     let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
     // Output held until its epoch is complete and can commit.
     let mut pending: BTreeMap<Epoch, EpochOutput> = BTreeMap::new();
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut last_epoch_at = start;
-    let interval_s = plan.job.checkpoint_interval_ms as f64 / 1000.0;
+    let sinks = w.sink_order.len();
     let new_totals = || EpochTotals {
         counts: EpochCounts::default(),
-        out: vec![0; sink_order.len()],
+        out: vec![0; sinks],
     };
-    while finished < workers {
+    loop {
+        if cluster {
+            w.member().unwrap().poll()?;
+            while let Some(e) = w.member().unwrap().next_epoch() {
+                let (totals, output) = w.held.remove(&e).unwrap_or_default();
+                w.commit_epoch(e, totals, output)?;
+            }
+            // Every epoch of this process committed: its share of the
+            // summary goes to the leader, which ends the run for all.
+            let all_done = (finished >= workers || workers_gone)
+                && completion.complete() == Epoch::MAX
+                && w.held.is_empty();
+            if all_done && !share_sent {
+                share_sent = true;
+                let share = w.share();
+                w.member().unwrap().send(&ToLeader::Finished { share })?;
+            }
+            if w.member().unwrap().is_done() {
+                break;
+            }
+        } else if finished >= workers || workers_gone {
+            break;
+        }
         let msg = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                if let Backend::Kafka(c) = &backend {
+                if let Backend::Kafka(c) = &w.backend {
                     c.poll();
                 }
-                let _ = out.flush();
+                let _ = w.out.flush();
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                workers_gone = true;
+                if cluster {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                continue;
+            }
         };
         // An epoch commits once: output for one already committed would
         // be committed under its number a second time.
@@ -95,15 +154,16 @@ pub(super) fn write_loop(
                 records,
             } => {
                 let n = records.len();
-                let pos = sink_order.iter().position(|s| *s == sink).unwrap_or(0);
+                let pos = w.sink_order.iter().position(|s| *s == sink).unwrap_or(0);
                 epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
-                targets.get_mut(&sink).unwrap().stage(epoch, records);
-                *staged.entry(epoch).or_default() += n as i64;
+                w.targets.get_mut(&sink).unwrap().stage(epoch, records);
+                *w.staged.entry(epoch).or_default() += n as i64;
             }
-            WriterMsg::Dead { epoch, records } => match (&backend, dead_letter_sink) {
-                (Backend::Memory { .. }, _) => summary.dead_letters.extend(records),
+            WriterMsg::Dead { epoch, records } => match (&w.backend, dead_letter_sink) {
+                (Backend::Memory { .. }, _) => w.summary.dead_letters.extend(records),
                 // A dead-letter sink outside Kafka gets them as rows.
-                (Backend::Kafka(_), Some(i)) => targets
+                (Backend::Kafka(_), Some(i)) => w
+                    .targets
                     .get_mut(&i)
                     .unwrap()
                     .stage(epoch, records.iter().map(dead_letter_record).collect()),
@@ -113,13 +173,13 @@ pub(super) fn write_loop(
                 epoch,
                 topic,
                 records,
-            } => match &backend {
+            } => match &w.backend {
                 Backend::Kafka(_) => pending
                     .entry(epoch)
                     .or_default()
                     .changelog
                     .push((topic, records)),
-                Backend::Memory { keep: true } => summary.changelog.extend(
+                Backend::Memory { keep: true } => w.summary.changelog.extend(
                     records
                         .into_iter()
                         .map(|(k, v)| (epoch, topic.to_string(), k, v)),
@@ -128,7 +188,7 @@ pub(super) fn write_loop(
             },
             WriterMsg::Trace(lines) => {
                 for l in lines {
-                    let _ = writeln!(out, "{l}");
+                    let _ = writeln!(w.out, "{l}");
                 }
             }
             WriterMsg::Progress {
@@ -151,124 +211,196 @@ pub(super) fn write_loop(
                     let later = pending.split_off(&complete);
                     std::mem::replace(&mut pending, later)
                 };
-                let mut done: BTreeMap<Epoch, (Option<EpochTotals>, EpochOutput)> = BTreeMap::new();
+                let mut done: BTreeMap<Epoch, Finished> = BTreeMap::new();
                 for (e, t) in done_totals {
-                    done.entry(e)
-                        .or_insert_with(|| (None, EpochOutput::default()))
-                        .0 = Some(t);
+                    done.entry(e).or_default().0 = Some(t);
                 }
                 for (e, o) in done_output {
-                    done.entry(e)
-                        .or_insert_with(|| (None, EpochOutput::default()))
-                        .1 = o;
+                    done.entry(e).or_default().1 = o;
                 }
-                for (e, (totals, mut output)) in done {
-                    let read = totals
-                        .as_ref()
-                        .map(|t| t.counts.ranges.clone())
-                        .unwrap_or_default();
-                    for i in &sink_order {
-                        if let Some(records) = targets.get_mut(i).unwrap().transactional(e) {
-                            output.records.push(records);
-                        }
-                    }
-                    // Files and rows need the epoch logged even when
-                    // nothing else does, so its number is never reused.
-                    let external = targets.values().any(|t| t.holds(e));
-                    let _ = out.flush();
-                    let mut write_files = || -> Result<(), RunError> {
-                        for i in &sink_order {
-                            targets.get_mut(i).unwrap().pre_commit(e)?;
-                        }
-                        for i in &sink_order {
-                            let c = targets.get_mut(i).unwrap().commit(e)?;
-                            summary.files.extend(c.files);
-                            summary.postgres_rows += c.rows;
-                            summary.postgres_time += c.time;
-                            if let Some((path, n)) = c.fallback {
-                                summary.fallback_rows += n;
-                                eprintln!(
-                                    "epoch {e}: postgres unreachable, sink {}: {n} rows written to {}",
-                                    sink_names[i],
-                                    path.display()
-                                );
-                            }
-                        }
-                        Ok(())
-                    };
-                    match &mut backend {
-                        Backend::Kafka(committer) => committer.commit(
-                            e,
-                            output,
-                            &read,
-                            external,
-                            write_files,
-                            &plan.job.name,
-                        )?,
-                        Backend::Memory { .. } => write_files()?,
-                    }
-                    let sent = staged.split_off(&(e + 1));
-                    let sent: i64 = std::mem::replace(&mut staged, sent).into_values().sum();
-                    in_flight.fetch_sub(sent, Ordering::Relaxed);
-                    let Some(t) = totals else { continue };
-                    let records_in: u64 = t.counts.inputs.iter().sum();
-                    let idle = records_in == 0
-                        && t.out.iter().all(|n| *n == 0)
-                        && t.counts.dead == 0
-                        && t.counts.filtered == 0;
-                    if idle {
-                        continue;
-                    }
-                    summary.epochs += 1;
-                    summary.records_in += records_in;
-                    summary.dead_lettered += t.counts.dead;
-                    summary.late += t.counts.late;
-                    summary.filtered += t.counts.filtered;
-                    for (pos, n) in t.out.iter().enumerate() {
-                        *summary
-                            .records_out
-                            .entry(sink_names[&sink_order[pos]].clone())
-                            .or_default() += n;
-                    }
-                    if opts.progress {
-                        let _ = out.flush();
-                        let elapsed = last_epoch_at.elapsed().as_secs_f64().max(interval_s);
-                        last_epoch_at = Instant::now();
-                        eprintln!(
-                            "{}",
-                            progress_line(
-                                e,
-                                &t,
-                                records_in,
-                                elapsed,
-                                &source_names,
-                                &sink_order,
-                                &sink_names
-                            )
-                        );
-                    }
+                if cluster {
+                    // The leader names the epochs to commit: those that
+                    // hold something in any process.
+                    let active = done.keys().copied().collect();
+                    w.held.extend(done);
+                    w.member().unwrap().send(&ToLeader::Frontier {
+                        upto: complete,
+                        active,
+                    })?;
+                    continue;
+                }
+                for (e, (totals, output)) in done {
+                    w.commit_epoch(e, totals, output)?;
                 }
             }
             WriterMsg::Finished { .. } => finished += 1,
         }
     }
-    let _ = out.flush();
-    if let Backend::Kafka(c) = &backend {
-        c.flush()?;
-    }
-    for (i, n, _) in plan.sinks() {
-        summary.records_out.entry(n.name.clone()).or_default();
-        let kept = targets.get_mut(&i).unwrap().kept();
-        if !kept.is_empty() {
-            summary
-                .output
-                .entry(n.name.clone())
-                .or_default()
-                .extend(kept);
+    w.finish(start)
+}
+
+impl Writer<'_> {
+    fn member(&mut self) -> Option<&mut crate::runtime::member::Member> {
+        match &mut self.backend {
+            Backend::Kafka(c) => c.member(),
+            Backend::Memory { .. } => None,
         }
     }
-    summary.elapsed = start.elapsed();
-    Ok(summary)
+
+    /// What this process did beyond its epochs' counts.
+    fn share(&self) -> Share {
+        Share {
+            files: self.summary.files.clone(),
+            postgres_rows: self.summary.postgres_rows,
+            fallback_rows: self.summary.fallback_rows,
+            postgres_ms: self.summary.postgres_time.as_millis() as u64,
+        }
+    }
+
+    /// Commits one complete epoch through the epoch-sink protocol and
+    /// counts it.
+    fn commit_epoch(
+        &mut self,
+        e: Epoch,
+        totals: Option<EpochTotals>,
+        mut output: EpochOutput,
+    ) -> Result<(), RunError> {
+        let read = totals
+            .as_ref()
+            .map(|t| t.counts.ranges.clone())
+            .unwrap_or_default();
+        for i in &self.sink_order {
+            if let Some(records) = self.targets.get_mut(i).unwrap().transactional(e) {
+                output.records.push(records);
+            }
+        }
+        // Files and rows need the epoch logged even when nothing else
+        // does, so its number is never reused.
+        let external = self.targets.values().any(|t| t.holds(e));
+        let _ = self.out.flush();
+        let report = totals.as_ref().map(EpochTotals::report).unwrap_or_default();
+        let Writer {
+            targets,
+            summary,
+            sink_order,
+            sink_names,
+            backend,
+            plan,
+            ..
+        } = self;
+        let mut write_files = || -> Result<(), RunError> {
+            for i in sink_order.iter() {
+                targets.get_mut(i).unwrap().pre_commit(e)?;
+            }
+            for i in sink_order.iter() {
+                let c = targets.get_mut(i).unwrap().commit(e)?;
+                summary.files.extend(c.files);
+                summary.postgres_rows += c.rows;
+                summary.postgres_time += c.time;
+                if let Some((path, n)) = c.fallback {
+                    summary.fallback_rows += n;
+                    eprintln!(
+                        "epoch {e}: postgres unreachable, sink {}: {n} rows written to {}",
+                        sink_names[i],
+                        path.display()
+                    );
+                }
+            }
+            Ok(())
+        };
+        let cluster = match backend {
+            Backend::Kafka(committer) => {
+                committer.commit(e, output, &read, external, &report, write_files, &plan.job.name)?;
+                committer.member().is_some()
+            }
+            Backend::Memory { .. } => {
+                write_files()?;
+                false
+            }
+        };
+        let sent = self.staged.split_off(&(e + 1));
+        let sent: i64 = std::mem::replace(&mut self.staged, sent)
+            .into_values()
+            .sum();
+        self.in_flight.fetch_sub(sent, Ordering::Relaxed);
+        let Some(t) = totals else { return Ok(()) };
+        let records_in: u64 = t.counts.inputs.iter().sum();
+        if t.is_idle() {
+            return Ok(());
+        }
+        self.summary.epochs += 1;
+        self.summary.records_in += records_in;
+        self.summary.dead_lettered += t.counts.dead;
+        self.summary.late += t.counts.late;
+        self.summary.filtered += t.counts.filtered;
+        for (pos, n) in t.out.iter().enumerate() {
+            *self
+                .summary
+                .records_out
+                .entry(self.sink_names[&self.sink_order[pos]].clone())
+                .or_default() += n;
+        }
+        // A cluster's leader prints one line for all its processes.
+        if self.opts.progress && !cluster {
+            let _ = self.out.flush();
+            let interval_s = self.plan.job.checkpoint_interval_ms as f64 / 1000.0;
+            let elapsed = self.last_epoch_at.elapsed().as_secs_f64().max(interval_s);
+            self.last_epoch_at = Instant::now();
+            eprintln!(
+                "{}",
+                progress_line(
+                    e,
+                    &t,
+                    records_in,
+                    elapsed,
+                    &self.source_names,
+                    &self.sink_order,
+                    &self.sink_names
+                )
+            );
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, start: Instant) -> Result<RunSummary, RunError> {
+        let _ = self.out.flush();
+        if let Backend::Kafka(c) = &self.backend {
+            c.flush()?;
+        }
+        for (i, n, _) in self.plan.sinks() {
+            self.summary.records_out.entry(n.name.clone()).or_default();
+            let kept = self.targets.get_mut(&i).unwrap().kept();
+            if !kept.is_empty() {
+                self.summary
+                    .output
+                    .entry(n.name.clone())
+                    .or_default()
+                    .extend(kept);
+            }
+        }
+        self.summary.elapsed = start.elapsed();
+        Ok(self.summary)
+    }
+}
+
+impl EpochTotals {
+    /// Nothing read, written, dead-lettered or filtered.
+    pub(super) fn is_idle(&self) -> bool {
+        self.counts.inputs.iter().all(|n| *n == 0)
+            && self.out.iter().all(|n| *n == 0)
+            && self.counts.dead == 0
+            && self.counts.filtered == 0
+    }
+
+    pub(super) fn report(&self) -> EpochReport {
+        EpochReport {
+            inputs: self.counts.inputs.clone(),
+            out: self.out.clone(),
+            dead: self.counts.dead,
+            late: self.counts.late,
+            filtered: self.counts.filtered,
+        }
+    }
 }
 
 /// A dead letter as a record of a dead-letter sink outside Kafka: a row

@@ -63,7 +63,12 @@ impl JobConfig {
     /// The process's writer: its transactional id, and the consumer group
     /// whose offset on the epoch log is its committed progress.
     pub fn writer_id(&self) -> String {
-        format!("{}-w0", self.name)
+        self.writer_id_of(0)
+    }
+
+    /// The writer of process `process` of a cluster (process 0 alone).
+    pub fn writer_id_of(&self, process: u32) -> String {
+        format!("{}-w{process}", self.name)
     }
 
     /// The compacted topic holding the state of a stateful transform.

@@ -1,0 +1,194 @@
+//! `jobctl submit --processes N`: a cluster of N local processes. The
+//! launcher picks N free ports on 127.0.0.1, writes them to a hostfile and
+//! starts `jobctl submit --hostfile F --process i` N times. Process 0
+//! prints the progress lines and the summary for the whole cluster; what
+//! the others print is prefixed with their index. When a process fails,
+//! the others stop within seconds (their watchdog), and the launcher
+//! starts the whole cluster again, as Flink restarts a job from its last
+//! checkpoint.
+
+use super::submit::{backoff, SubmitArgs};
+use crate::plan::Plan;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the other processes get to stop by themselves after one
+/// failed, before the launcher kills them.
+const GRACE: Duration = Duration::from_secs(10);
+
+pub fn run(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Result<()> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let children: Arc<Mutex<Vec<u32>>> = Arc::default();
+    {
+        let (stopping, children) = (stopping.clone(), children.clone());
+        // Ctrl-C in a terminal reaches every process of the group; a
+        // signal sent to the launcher alone is passed on.
+        let _ = ctrlc::set_handler(move || {
+            if stopping.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            for pid in children.lock().unwrap().iter() {
+                let _ = Command::new("kill")
+                    .args(["-INT", &pid.to_string()])
+                    .status();
+            }
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("rill-{}-{}", plan.job.name, std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let hostfile = dir.join("hostfile");
+    let mut restarts = 0;
+    loop {
+        let addresses = free_addresses(n)?;
+        std::fs::write(&hostfile, addresses.join("\n") + "\n")
+            .with_context(|| format!("cannot write {}", hostfile.display()))?;
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut procs = Vec::new();
+        for i in 0..n {
+            let child = spawn(args, &hostfile, i, workers, generation, restarts > 0)?;
+            children.lock().unwrap().push(child.id());
+            procs.push(child);
+        }
+        let failure = supervise(procs);
+        children.lock().unwrap().clear();
+        let Some((process, reason)) = failure else {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(());
+        };
+        if stopping.load(Ordering::SeqCst) || restarts >= args.restart_attempts {
+            let _ = std::fs::remove_dir_all(&dir);
+            bail!(
+                "job {} failed: process {process} {reason}{}",
+                plan.job.name,
+                if restarts > 0 {
+                    format!(" (after {restarts} restarts of the cluster)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        restarts += 1;
+        let wait = backoff(restarts);
+        eprintln!(
+            "cluster of job {}: process {process} {reason}; starting all {n} processes again in {} s (restart {restarts} of {})",
+            plan.job.name,
+            wait.as_secs(),
+            args.restart_attempts
+        );
+        std::thread::sleep(wait);
+    }
+}
+
+fn free_addresses(n: usize) -> Result<Vec<String>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free ports on 127.0.0.1")?;
+    Ok(held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<std::io::Result<_>>()?)
+}
+
+fn spawn(
+    args: &SubmitArgs,
+    hostfile: &std::path::Path,
+    i: usize,
+    workers: usize,
+    generation: u64,
+    restarted: bool,
+) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the jobctl binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("submit")
+        .arg(&args.job)
+        .arg("--hostfile")
+        .arg(hostfile)
+        .args(["--process", &i.to_string()])
+        .args(["--workers", &workers.to_string()])
+        .args(["--generation", &generation.to_string()])
+        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()]);
+    if args.until_caught_up {
+        cmd.arg("--until-caught-up");
+    }
+    if args.trace_records {
+        cmd.arg("--trace-records");
+    }
+    // Process 0 speaks for the cluster; the others only when they fail.
+    // After a restart the start line is not repeated.
+    if args.quiet || i > 0 || restarted {
+        cmd.arg("--quiet");
+    }
+    if let Some(r) = args.max_records_per_second {
+        cmd.args(["--max-records-per-second", &r.to_string()]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start a process of the cluster")?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let quiet_progress = args.quiet && restarted;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if i == 0 {
+                if !(quiet_progress && line.starts_with("epoch ")) {
+                    eprintln!("{line}");
+                }
+            } else {
+                eprintln!("process {i}: {line}");
+            }
+        }
+    });
+    Ok(child)
+}
+
+/// Waits for every process; on the first that fails, gives the others
+/// [`GRACE`] to stop, then kills them. The failed process and why.
+fn supervise(mut procs: Vec<Child>) -> Option<(usize, String)> {
+    let mut failed: Option<(usize, String)> = None;
+    let mut failed_at: Option<Instant> = None;
+    let mut running: Vec<bool> = vec![true; procs.len()];
+    while running.iter().any(|r| *r) {
+        // Of processes that failed in the same round, one killed by a
+        // signal is the cause; the others stopped because they lost it.
+        let mut now_failed: Vec<(usize, Option<i32>)> = Vec::new();
+        for (i, p) in procs.iter_mut().enumerate() {
+            if !running[i] {
+                continue;
+            }
+            if let Ok(Some(status)) = p.try_wait() {
+                running[i] = false;
+                if !status.success() {
+                    now_failed.push((i, status.code()));
+                }
+            }
+        }
+        now_failed.sort_by_key(|(i, code)| (code.is_some(), *i));
+        if let (None, Some((i, code))) = (&failed, now_failed.first()) {
+            let why = match code {
+                Some(c) => format!("exited with status {c}"),
+                None => "was killed by a signal".to_string(),
+            };
+            failed = Some((*i, why));
+            failed_at = Some(Instant::now());
+        }
+        if failed_at.is_some_and(|t| t.elapsed() > GRACE) {
+            for (i, p) in procs.iter_mut().enumerate() {
+                if running[i] {
+                    let _ = p.kill();
+                    let _ = p.wait();
+                    running[i] = false;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    failed
+}

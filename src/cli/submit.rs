@@ -1,0 +1,211 @@
+//! `jobctl submit`: run a job in this process, on a local cluster of
+//! processes, or as one process of a cluster across machines.
+
+use super::load_plan;
+use crate::runtime::cluster::{fingerprint, Identity};
+use crate::runtime::cluster_job::{run_process, Place};
+use crate::runtime::local::{self, RunOptions, RunSummary};
+use crate::runtime::RunError;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Clone)]
+pub struct SubmitArgs {
+    pub job: PathBuf,
+    /// Worker threads per process (default: the machine's cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Run on a local cluster of this many processes (127.0.0.1, ports
+    /// picked at start), restarted as a whole when one fails.
+    #[arg(long, conflicts_with_all = ["hostfile", "process"])]
+    pub processes: Option<usize>,
+    /// Run one process of a cluster: a file with one host:port per line,
+    /// in process order (with --process).
+    #[arg(long, requires = "process")]
+    pub hostfile: Option<PathBuf>,
+    /// This process's index in the hostfile, from 0 (with --hostfile).
+    #[arg(long, requires = "hostfile")]
+    pub process: Option<usize>,
+    /// How long a process waits for the others to answer at start.
+    #[arg(long, default_value_t = 30_000)]
+    pub connect_timeout_ms: u64,
+    /// Start the job again this many times after a failure that may pass
+    /// (a lost process, a broker that went away), waiting 1 s, 2 s, 4 s...
+    /// With --hostfile a failed process exits instead, for its supervisor
+    /// to start again.
+    #[arg(long, default_value_t = 3)]
+    pub restart_attempts: u32,
+    /// Stop once every partition reaches the end offset it had at start.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Print every record in and out, as the seed pipelines do.
+    #[arg(long)]
+    pub trace_records: bool,
+    /// Do not print a progress line per epoch.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Read at most this many records per second (for crash tests).
+    #[arg(long, hide = true)]
+    pub max_records_per_second: Option<f64>,
+    /// The run of the cluster this process belongs to; every process of
+    /// one run has the same (the local launcher sets it).
+    #[arg(long, hide = true)]
+    pub generation: Option<u64>,
+}
+
+pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
+    let plan = Arc::new(load_plan(&args.job)?);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    match args.processes {
+        Some(0) => bail!("--processes must be at least 1"),
+        Some(n) if n > 1 => return super::launch::run(&args, &plan, n, workers),
+        _ => {}
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    // The first Ctrl-C stops the sources and lets the open epoch finish; a
+    // second one exits at once.
+    let _ = ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping: finishing the open epoch (Ctrl-C again to quit now)");
+    });
+    let opts = RunOptions {
+        workers,
+        until_caught_up: args.until_caught_up,
+        trace_records: args.trace_records,
+        progress: !args.quiet,
+        max_rate: args.max_records_per_second,
+    };
+    let name = plan.job.name.clone();
+    if let (Some(hostfile), Some(process)) = (&args.hostfile, args.process) {
+        let place = place(&args, &plan, hostfile, process, workers)?;
+        if !args.quiet {
+            say_starting(&plan, &args, place.addresses.len(), workers);
+        }
+        let summary = run_process(plan.clone(), opts, stop, place)
+            .with_context(|| format!("job {name} failed (process {process})"))?;
+        if process == 0 {
+            eprintln!("{}", summary.line(&name, started.elapsed()));
+        } else if !args.quiet {
+            eprintln!(
+                "process {process}: {}",
+                summary.line(&name, started.elapsed())
+            );
+        }
+        return Ok(());
+    }
+    if !args.quiet {
+        say_starting(&plan, &args, 1, workers);
+    }
+    let summary = run_restarting(&args, &plan, opts, stop)
+        .with_context(|| format!("job {name} failed"))?;
+    eprintln!("{}", summary.line(&name, started.elapsed()));
+    Ok(())
+}
+
+fn say_starting(plan: &crate::plan::Plan, args: &SubmitArgs, processes: usize, workers: usize) {
+    let threads = format!("{workers} worker{}", if workers == 1 { "" } else { "s" });
+    eprintln!(
+        "job {} on {}: brokers {}, epochs every {} ms{}",
+        plan.job.name,
+        if processes > 1 {
+            format!("{processes} processes of {threads}")
+        } else {
+            threads
+        },
+        plan.job.brokers,
+        plan.job.checkpoint_interval_ms,
+        if args.until_caught_up {
+            ", until caught up"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The wait before restart `n` (from 1): 1 s, 2 s, 4 s... at most 30 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+/// A single process, started again after a failure that may pass.
+fn run_restarting(
+    args: &SubmitArgs,
+    plan: &Arc<crate::plan::Plan>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<RunSummary, RunError> {
+    let mut restarts = 0;
+    loop {
+        match local::run(plan.clone(), opts.clone(), stop.clone()) {
+            Err(e)
+                if e.is_transient()
+                    && restarts < args.restart_attempts
+                    && !stop.load(Ordering::SeqCst) =>
+            {
+                restarts += 1;
+                let wait = backoff(restarts);
+                eprintln!(
+                    "job {} failed: {e}\nstarting it again in {} s (restart {restarts} of {})",
+                    plan.job.name,
+                    wait.as_secs(),
+                    args.restart_attempts
+                );
+                std::thread::sleep(wait);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// This process's place in the cluster the hostfile lists.
+fn place(
+    args: &SubmitArgs,
+    plan: &crate::plan::Plan,
+    hostfile: &PathBuf,
+    process: usize,
+    workers: usize,
+) -> Result<Place> {
+    let text = std::fs::read_to_string(hostfile)
+        .with_context(|| format!("cannot read hostfile {}", hostfile.display()))?;
+    let addresses: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let job_text = std::fs::read(&args.job)
+        .with_context(|| format!("cannot read {}", args.job.display()))?;
+    let fingerprint = fingerprint(&job_text, workers).context("cannot read this binary")?;
+    // Unless the launcher gave one, a run of the cluster is told by the
+    // newest start in the job's epoch log: a process left over from an
+    // earlier run read an older one.
+    let generation = match args.generation {
+        Some(g) => g,
+        None => crate::runtime::recovery::newest_attempt(
+            &plan.job.brokers,
+            &plan.job.epoch_log_topic(),
+        )
+        .unwrap_or(0) as u64,
+    };
+    Ok(Place {
+        addresses,
+        process,
+        identity: Identity {
+            fingerprint,
+            generation,
+        },
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+    })
+}

@@ -1,0 +1,334 @@
+//! One process of a cluster running a job against Kafka. The processes
+//! connect (with a handshake), each fences its own writer, and process 0,
+//! once every writer is fenced, logs the start, recovers, does the
+//! job-wide chores (topics, schemas) and sends every process where to
+//! resume. Then each runs its workers and writer, and process 0's leader
+//! decides the epochs (see `leader.rs`).
+
+use super::cluster::{self, Connected, Identity};
+use super::commit::Committer;
+use super::control::{self, Event, Link, StartPlan, ToLeader, ToMember};
+use super::error::RunError;
+use super::leader::Leader;
+use super::local::{registry_for, say_resuming, wire, Backend, RunOptions, RunSummary};
+use super::member::Member;
+use super::recovery::{self, LogRecord, Recovered};
+use crate::connectors::kafka_admin;
+use crate::plan::Plan;
+use crossbeam_channel::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where this process stands in its cluster.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub addresses: Vec<String>,
+    pub process: usize,
+    pub identity: Identity,
+    pub connect_timeout: Duration,
+}
+
+/// Runs process `place.process` of the job's cluster until the job stops.
+/// Process 0 returns the summary of the whole cluster; the others their
+/// own share.
+pub fn run_process(
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    stop: Arc<AtomicBool>,
+    place: Place,
+) -> Result<RunSummary, RunError> {
+    let job = &plan.job;
+    let me = place.process;
+    let n = place.addresses.len();
+    let Connected { timely, control } = cluster::connect(
+        &place.addresses,
+        me,
+        place.identity,
+        place.connect_timeout,
+    )?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let shape = (n as u32, opts.workers as u32);
+    let result = if me == 0 {
+        lead(&plan, &opts, &stop, &place, control, timely, &closed, shape)
+    } else {
+        follow(&plan, &opts, &stop, &place, control, timely, &closed, shape)
+    };
+    closed.store(true, Ordering::SeqCst);
+    if let Err(e) = &result {
+        tracing::debug!("process {me} of job {} stops: {e}", job.name);
+    }
+    result
+}
+
+/// Process 0: the leader's side.
+#[allow(clippy::too_many_arguments)]
+fn lead(
+    plan: &Arc<Plan>,
+    opts: &RunOptions,
+    stop: &Arc<AtomicBool>,
+    place: &Place,
+    mut control: Vec<Option<std::net::TcpStream>>,
+    timely: Vec<Option<std::net::TcpStream>>,
+    closed: &Arc<AtomicBool>,
+    shape: (u32, u32),
+) -> Result<RunSummary, RunError> {
+    let job = &plan.job;
+    let n = place.addresses.len();
+    // Every process's messages arrive on one channel, tagged with its index;
+    // process 0's own writer speaks through channels.
+    let (merged_tx, merged) = crossbeam_channel::unbounded::<(usize, Event<ToLeader>)>();
+    let (up, member_rx, down, local_rx) = control::local_pair();
+    let mut links: Vec<Link<ToMember>> = vec![down];
+    forward(0, local_rx, merged_tx.clone());
+    for (i, stream) in control.iter_mut().enumerate().skip(1) {
+        let stream = stream.take().expect("a control connection per process");
+        let peer = format!("process {i} at {}", place.addresses[i]);
+        let (link, rx) = control::over_tcp::<ToMember, ToLeader>(stream, peer, closed.clone());
+        links.push(link);
+        forward(i, rx, merged_tx.clone());
+    }
+    let abort = |links: &[Link<ToMember>], e: &RunError| {
+        for l in links {
+            l.send(&ToMember::Abort {
+                reason: format!("process 0 could not start the job: {e}"),
+            });
+        }
+    };
+    let started = (|| -> Result<_, RunError> {
+        kafka_admin::check_broker(&job.brokers)?;
+        let registry = registry_for(plan);
+        // The writers of an earlier, larger cluster and of this one are
+        // fenced before the start is logged and any progress read.
+        let retired = recovery::writers_in_log(job)?;
+        for w in n as u32..retired {
+            Committer::fence_retired(job, w)?;
+        }
+        let mut fenced = Committer::fence_writer(job, 0)?;
+        Committer::check_not_fenced(job, &fenced)?;
+        let mut waiting = n - 1;
+        while waiting > 0 {
+            match merged.recv_timeout(Duration::from_secs(120)) {
+                Ok((_, Event::Msg(ToLeader::Fenced))) => waiting -= 1,
+                Ok((_, Event::Msg(_))) => {}
+                Ok((i, Event::Lost(reason))) => {
+                    return Err(RunError::ClusterStopped {
+                        reason: format!("process {i} was lost while starting: {reason}"),
+                    })
+                }
+                Err(_) => {
+                    return Err(RunError::ClusterStopped {
+                        reason: "the other processes did not start their writers within 120 s"
+                            .into(),
+                    })
+                }
+            }
+        }
+        crate::fault::pause("fenced");
+        let start = LogRecord::Start {
+            processes: shape.0,
+            workers: shape.1,
+        };
+        let offset = fenced.log.append(&start, Default::default())?;
+        fenced.set_start(offset);
+        let mut recovered = recovery::recover(plan, fenced.attempt, shape)?;
+        say_resuming(job, &recovered);
+        let start_plan = start_plan(&recovered);
+        let (launch, positions, dead_letter_topic) =
+            wire(plan, opts, &mut recovered, registry, 0, None)?;
+        Ok((fenced, recovered, start_plan, launch, positions, dead_letter_topic))
+    })();
+    let (fenced, recovered, mut start_plan, mut launch, positions, dead_letter_topic) =
+        match started {
+            Ok(s) => s,
+            Err(e) => {
+                abort(&links, &e);
+                return Err(e);
+            }
+        };
+    start_plan.sink_schema_ids = launch.sink_schema_ids.iter().map(|(k, v)| (*k, *v)).collect();
+    for l in &links[1..] {
+        l.send(&ToMember::Start(Box::new(start_plan.clone())));
+    }
+    // The leader appends the decisions with a producer of its own.
+    let log = recovery::EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
+    let mut bounds = super::boundaries::Boundaries::new(
+        log,
+        &job.brokers,
+        &job.writer_id_of(0),
+        fenced.start_offset,
+        &recovered,
+        positions.clone(),
+    );
+    if recovered.start_offsets.is_none() {
+        if let Err(e) = bounds.log_begin(&job.name) {
+            abort(&links, &e);
+            return Err(e);
+        }
+    }
+    let member = Member::new(0, up, member_rx, recovered.skip.clone(), stop.clone());
+    let committer = Committer::open(
+        job,
+        fenced,
+        &recovered,
+        positions,
+        dead_letter_topic,
+        Some(member),
+    )?;
+    let leader = Leader::new(
+        bounds,
+        links,
+        merged,
+        recovered.replay.iter().map(|(e, _)| *e),
+        recovered.skip.clone(),
+        opts.progress,
+    );
+    let leader_plan = plan.clone();
+    let leader = std::thread::Builder::new()
+        .name("rill-leader".into())
+        .spawn(move || leader.run(&leader_plan))
+        .expect("spawn leader thread");
+    launch.backend = Backend::Kafka(Box::new(committer));
+    launch.cluster = Some((timely, 0));
+    let ours = super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch);
+    if let Err(e) = &ours {
+        // The leader learns that process 0's writer stopped, and tells
+        // the others.
+        let _ = merged_tx.send((0, Event::Lost(format!("its writer stopped: {e}"))));
+    }
+    drop(merged_tx);
+    let all = leader
+        .join()
+        .map_err(|_| RunError::Workers("the leader thread panicked".into()))?;
+    match (ours, all) {
+        (Err(e), _) if !matches!(e, RunError::ClusterStopped { .. }) => Err(e),
+        // The leader's reason (a lost process, say) explains the writer's.
+        (_, Err(e)) | (Err(e), _) => Err(e),
+        (Ok(_), Ok(all)) => Ok(all),
+    }
+}
+
+/// Processes 1 and up.
+#[allow(clippy::too_many_arguments)]
+fn follow(
+    plan: &Arc<Plan>,
+    opts: &RunOptions,
+    stop: &Arc<AtomicBool>,
+    place: &Place,
+    mut control: Vec<Option<std::net::TcpStream>>,
+    timely: Vec<Option<std::net::TcpStream>>,
+    closed: &Arc<AtomicBool>,
+    shape: (u32, u32),
+) -> Result<RunSummary, RunError> {
+    let job = &plan.job;
+    let me = place.process;
+    let stream = control[0].take().expect("a control connection to process 0");
+    let peer = format!("process 0 at {}", place.addresses[0]);
+    let (up, rx) = control::over_tcp::<ToLeader, ToMember>(stream, peer, closed.clone());
+    kafka_admin::check_broker(&job.brokers)?;
+    let registry = registry_for(plan);
+    let fenced = Committer::fence_writer(job, me as u32)?;
+    Committer::check_not_fenced(job, &fenced)?;
+    if !up.send(&ToLeader::Fenced) {
+        return Err(RunError::ClusterStopped {
+            reason: "process 0 went away while the cluster started".into(),
+        });
+    }
+    let start_plan = loop {
+        match rx.recv() {
+            Ok(Event::Msg(ToMember::Start(p))) => break *p,
+            Ok(Event::Msg(ToMember::Abort { reason })) => {
+                return Err(RunError::ClusterStopped { reason })
+            }
+            Ok(Event::Msg(_)) => {}
+            Ok(Event::Lost(reason)) => return Err(RunError::ClusterStopped { reason }),
+            Err(_) => {
+                return Err(RunError::ClusterStopped {
+                    reason: "process 0 went away while the cluster started".into(),
+                })
+            }
+        }
+    };
+    let mut recovered = recovered_from(&start_plan);
+    let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
+    let (mut launch, positions, dead_letter_topic) = wire(
+        plan,
+        opts,
+        &mut recovered,
+        registry,
+        me as u32,
+        Some(schema_ids),
+    )?;
+    let mut fenced = fenced;
+    fenced.set_start(recovered.attempt as i64 - 1);
+    let member = Member::new(me as u32, up, rx, recovered.skip.clone(), stop.clone());
+    let mut committer = Committer::open(
+        job,
+        fenced,
+        &recovered,
+        positions,
+        dead_letter_topic,
+        Some(member),
+    )?;
+    if me as u32 >= recovered.writers_before {
+        if let Some(offset) = recovered.committed_offset {
+            committer.join_at(offset, &job.name)?;
+        }
+    }
+    let _ = shape;
+    launch.backend = Backend::Kafka(Box::new(committer));
+    launch.cluster = Some((timely, me));
+    super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch)
+}
+
+/// Passes a link's events on to the leader's channel, tagged.
+fn forward<M: Send + 'static>(
+    from: usize,
+    rx: Receiver<Event<M>>,
+    to: crossbeam_channel::Sender<(usize, Event<M>)>,
+) {
+    std::thread::spawn(move || {
+        for e in rx {
+            if to.send((from, e)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn start_plan(r: &Recovered) -> StartPlan {
+    StartPlan {
+        attempt: r.attempt,
+        committed: r.committed,
+        next_epoch: r.next_epoch,
+        start_offsets: r
+            .start_offsets
+            .as_ref()
+            .map(|m| m.iter().map(|((s, p), o)| (*s, *p, *o)).collect()),
+        replay: r.replay.clone(),
+        log_offsets: r.log_offsets.iter().map(|(e, o)| (*e, *o)).collect(),
+        skip: r.skip.clone(),
+        committed_offset: r.committed_offset,
+        writers_before: r.writers_before,
+        sink_schema_ids: Vec::new(),
+    }
+}
+
+fn recovered_from(p: &StartPlan) -> Recovered {
+    Recovered {
+        attempt: p.attempt,
+        committed: p.committed,
+        next_epoch: p.next_epoch,
+        start_offsets: p
+            .start_offsets
+            .as_ref()
+            .map(|v| v.iter().map(|(s, q, o)| ((*s, *q), *o)).collect()),
+        replay: p.replay.clone(),
+        log_offsets: p.log_offsets.iter().copied().collect(),
+        skip: p.skip.clone(),
+        committed_offset: p.committed_offset,
+        writers_before: p.writers_before,
+        // State enters at worker 0, on process 0.
+        state: Default::default(),
+    }
+}
