@@ -8,6 +8,12 @@
 //! happened), `committed` (the epoch is committed, the next not begun),
 //! `restore` (in the middle of reading a changelog back).
 //!
+//! In a cluster, `decision_logged` (process 0 has logged an epoch's
+//! decision, no writer knows it yet) and `decided` (a writer knows the
+//! decision and has not committed: kill one there while the others
+//! commit, and the epoch is in doubt). `RILL_FAIL_PROCESS=i` limits the
+//! fault to process i of the cluster.
+//!
 //! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, the first
 //! time, to force an interleaving with another process: `fenced` (the
 //! writer has fenced earlier instances, its start is not yet logged) or
@@ -23,6 +29,30 @@ pub const POINTS: [&str; 5] = [
     "committed",
     "restore",
 ];
+
+/// The points a cluster passes.
+pub const CLUSTER_POINTS: [&str; 6] = [
+    "source_read",
+    "epoch_sent",
+    "decision_logged",
+    "decided",
+    "committed",
+    "restore",
+];
+
+static PROCESS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// This process is process `i` of a cluster.
+pub fn set_process(i: usize) {
+    PROCESS.store(i as u64, Ordering::SeqCst);
+}
+
+fn this_process_is_targeted() -> bool {
+    match std::env::var("RILL_FAIL_PROCESS") {
+        Ok(p) => p.parse::<u64>().ok() == Some(PROCESS.load(Ordering::SeqCst)),
+        Err(_) => true,
+    }
+}
 
 /// Points inside a Postgres sink's epoch transaction: rows and progress
 /// inserted, not committed; and committed, with the Kafka commit to come.
@@ -47,7 +77,10 @@ fn target() -> Option<&'static (String, u64)> {
 pub fn point(name: &str) {
     static SEEN: AtomicU64 = AtomicU64::new(0);
     if let Some((want, n)) = target() {
-        if want == name && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+        if want == name
+            && this_process_is_targeted()
+            && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
             eprintln!("fault injection: aborting at `{name}` (RILL_FAIL_AT)");
             std::process::abort();
         }

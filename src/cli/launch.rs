@@ -128,6 +128,11 @@ fn spawn(
     if let Some(r) = args.max_records_per_second {
         cmd.args(["--max-records-per-second", &r.to_string()]);
     }
+    // A fault injected for a test strikes the first run of the cluster,
+    // not the one that recovers from it.
+    if restarted {
+        cmd.env_remove("RILL_FAIL_AT").env_remove("RILL_PAUSE_AT");
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::piped())

@@ -108,8 +108,8 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     if !args.quiet {
         say_starting(&plan, &args, 1, workers);
     }
-    let summary = run_restarting(&args, &plan, opts, stop)
-        .with_context(|| format!("job {name} failed"))?;
+    let summary =
+        run_restarting(&args, &plan, opts, stop).with_context(|| format!("job {name} failed"))?;
     eprintln!("{}", summary.line(&name, started.elapsed()));
     Ok(())
 }
@@ -185,19 +185,18 @@ fn place(
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .collect();
-    let job_text = std::fs::read(&args.job)
-        .with_context(|| format!("cannot read {}", args.job.display()))?;
+    let job_text =
+        std::fs::read(&args.job).with_context(|| format!("cannot read {}", args.job.display()))?;
     let fingerprint = fingerprint(&job_text, workers).context("cannot read this binary")?;
     // Unless the launcher gave one, a run of the cluster is told by the
     // newest start in the job's epoch log: a process left over from an
     // earlier run read an older one.
     let generation = match args.generation {
         Some(g) => g,
-        None => crate::runtime::recovery::newest_attempt(
-            &plan.job.brokers,
-            &plan.job.epoch_log_topic(),
-        )
-        .unwrap_or(0) as u64,
+        None => {
+            crate::runtime::recovery::newest_attempt(&plan.job.brokers, &plan.job.epoch_log_topic())
+                .unwrap_or(0) as u64
+        }
     };
     Ok(Place {
         addresses,

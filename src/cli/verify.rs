@@ -43,7 +43,10 @@ fn committed_records(
     topic: &str,
     c: &CommittedView,
 ) -> Result<Vec<(u64, Option<Vec<u8>>, Option<Vec<u8>>)>> {
-    let ours = |w: &str| w.rsplit_once("-w").is_some_and(|(job, _)| job == plan.job.name);
+    let ours = |w: &str| {
+        w.rsplit_once("-w")
+            .is_some_and(|(job, _)| job == plan.job.name)
+    };
     let mut all = Vec::new();
     kafka_admin::read_to_end(&plan.job.brokers, topic, |m| {
         let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());

@@ -394,8 +394,7 @@ mod tests {
             .map(|me| {
                 let (addresses, seen) = (addresses.clone(), seen.clone());
                 std::thread::spawn(move || {
-                    let connected =
-                        connect(&addresses, me, ID, Duration::from_secs(10)).unwrap();
+                    let connected = connect(&addresses, me, ID, Duration::from_secs(10)).unwrap();
                     assert_eq!(connected.control.iter().flatten().count(), 1);
                     let guards = execute(connected.timely, me, 1, move |worker| {
                         let index = worker.index();

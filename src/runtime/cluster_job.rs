@@ -41,12 +41,10 @@ pub fn run_process(
     let job = &plan.job;
     let me = place.process;
     let n = place.addresses.len();
-    let Connected { timely, control } = cluster::connect(
-        &place.addresses,
-        me,
-        place.identity,
-        place.connect_timeout,
-    )?;
+    crate::fault::set_process(me);
+    quiet_lost_peer_panics();
+    let Connected { timely, control } =
+        cluster::connect(&place.addresses, me, place.identity, place.connect_timeout)?;
     let closed = Arc::new(AtomicBool::new(false));
     let shape = (n as u32, opts.workers as u32);
     let result = if me == 0 {
@@ -136,7 +134,14 @@ fn lead(
         let start_plan = start_plan(&recovered);
         let (launch, positions, dead_letter_topic) =
             wire(plan, opts, &mut recovered, registry, 0, None)?;
-        Ok((fenced, recovered, start_plan, launch, positions, dead_letter_topic))
+        Ok((
+            fenced,
+            recovered,
+            start_plan,
+            launch,
+            positions,
+            dead_letter_topic,
+        ))
     })();
     let (fenced, recovered, mut start_plan, mut launch, positions, dead_letter_topic) =
         match started {
@@ -146,7 +151,11 @@ fn lead(
                 return Err(e);
             }
         };
-    start_plan.sink_schema_ids = launch.sink_schema_ids.iter().map(|(k, v)| (*k, *v)).collect();
+    start_plan.sink_schema_ids = launch
+        .sink_schema_ids
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
     for l in &links[1..] {
         l.send(&ToMember::Start(Box::new(start_plan.clone())));
     }
@@ -222,7 +231,9 @@ fn follow(
 ) -> Result<RunSummary, RunError> {
     let job = &plan.job;
     let me = place.process;
-    let stream = control[0].take().expect("a control connection to process 0");
+    let stream = control[0]
+        .take()
+        .expect("a control connection to process 0");
     let peer = format!("process 0 at {}", place.addresses[0]);
     let (up, rx) = control::over_tcp::<ToLeader, ToMember>(stream, peer, closed.clone());
     kafka_admin::check_broker(&job.brokers)?;
@@ -279,6 +290,25 @@ fn follow(
     launch.backend = Backend::Kafka(Box::new(committer));
     launch.cluster = Some((timely, me));
     super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch)
+}
+
+/// When a peer dies, timely's network threads panic, and its workers
+/// after them; the control connection already says which process was
+/// lost, so those panics print nothing.
+fn quiet_lost_peer_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("timely communication error") || msg.contains("MergeQueue poisoned") {
+            return;
+        }
+        default(info)
+    }));
 }
 
 /// Passes a link's events on to the leader's channel, tagged.

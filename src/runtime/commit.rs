@@ -4,9 +4,9 @@
 //! are durable in that log. At-least-once runs the same steps without the
 //! transaction.
 
+use super::boundaries::Boundaries;
 use super::coordinator::{steps, EpochWork, Step};
 use super::error::RunError;
-use super::boundaries::Boundaries;
 use super::member::Member;
 use super::recovery::{EpochLog, LogRecord, Recovered};
 use crate::connectors::kafka_admin::client_config;
@@ -392,7 +392,10 @@ impl Committer {
         let member = self.member().expect("a cluster's writer");
         member.send(&super::control::ToLeader::Prepared {
             epoch,
-            read: read.iter().map(|((s, p), (a, b))| (*s, *p, *a, *b)).collect(),
+            read: read
+                .iter()
+                .map(|((s, p), (a, b))| (*s, *p, *a, *b))
+                .collect(),
             report: report.clone(),
         })?;
         let log_offset = member.await_decision(epoch)?;

@@ -28,7 +28,10 @@ pub enum ToLeader {
     Fenced,
     /// Every epoch below `upto` is complete; of those since the last
     /// report, `active` hold something of this process.
-    Frontier { upto: u64, active: Vec<u64> },
+    Frontier {
+        upto: u64,
+        active: Vec<u64>,
+    },
     /// The writer's share of `epoch` is sent and flushed.
     Prepared {
         epoch: u64,
@@ -38,7 +41,9 @@ pub enum ToLeader {
     /// Ctrl-C here: the whole cluster stops after its open epoch.
     Stop,
     /// The writer has committed its last epoch.
-    Finished { share: Share },
+    Finished {
+        share: Share,
+    },
     Heartbeat,
 }
 
@@ -49,10 +54,15 @@ pub enum ToMember {
     /// Commit these epochs, in order, each in lockstep.
     Epochs(Vec<u64>),
     /// `epoch` is decided: commit with the progress just past `log_offset`.
-    Decided { epoch: u64, log_offset: i64 },
+    Decided {
+        epoch: u64,
+        log_offset: i64,
+    },
     Stop,
     /// The cluster stops: a process was lost or fenced.
-    Abort { reason: String },
+    Abort {
+        reason: String,
+    },
     /// Every writer has finished.
     Done,
     Heartbeat,

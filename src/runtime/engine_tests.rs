@@ -640,10 +640,9 @@ fn run_in_cluster(
         .map(|p| {
             let (plan, addresses, input) = (plan.clone(), addresses.clone(), input.clone());
             std::thread::spawn(move || {
-                let sockets =
-                    connect(&addresses, p, id, std::time::Duration::from_secs(20))
-                        .unwrap()
-                        .timely;
+                let sockets = connect(&addresses, p, id, std::time::Duration::from_secs(20))
+                    .unwrap()
+                    .timely;
                 super::memory::run_in_memory_in_cluster(
                     plan,
                     1,

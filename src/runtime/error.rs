@@ -60,7 +60,9 @@ impl RunError {
             | RunError::StaleEpoch { .. }
             | RunError::Registry(_)
             | RunError::Sink(_) => false,
-            RunError::Recovery(e) => matches!(e, RecoveryError::Kafka(_) | RecoveryError::Log { .. }),
+            RunError::Recovery(e) => {
+                matches!(e, RecoveryError::Kafka(_) | RecoveryError::Log { .. })
+            }
             RunError::Cluster(e) => matches!(e, super::cluster::ClusterError::NoAnswer { .. }),
             RunError::Postgres(e) => matches!(e, PostgresError::Unreachable { .. }),
             _ => true,

@@ -384,12 +384,18 @@ pub(super) fn wire(
                 targets.insert(i, Box::new(pg));
             }
             SinkPlan::File { config, dir } => {
-                let sink = FileSink::new(&node.name, config, dir, plan.input_schema(i).clone(), process)
-                    .map_err(|e| SinkError::Files {
-                        sink: node.name.clone(),
-                        dir: dir.display().to_string(),
-                        source: e,
-                    })?;
+                let sink = FileSink::new(
+                    &node.name,
+                    config,
+                    dir,
+                    plan.input_schema(i).clone(),
+                    process,
+                )
+                .map_err(|e| SinkError::Files {
+                    sink: node.name.clone(),
+                    dir: dir.display().to_string(),
+                    source: e,
+                })?;
                 targets.insert(i, Box::new(sink));
             }
         }

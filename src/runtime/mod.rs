@@ -4,12 +4,12 @@
 mod boundaries;
 pub mod cluster;
 pub mod cluster_job;
-pub mod control;
 pub mod commit;
+pub mod control;
 pub mod coordinator;
 pub mod error;
-pub mod local;
 mod leader;
+pub mod local;
 mod member;
 pub mod memory;
 pub mod planner;

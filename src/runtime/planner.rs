@@ -186,13 +186,14 @@ pub fn decided_by(records: &[(i64, LogRecord)]) -> Option<(u32, u32)> {
         LogRecord::Epoch { attempt, .. } | LogRecord::Replayed { attempt, .. } => Some(*attempt),
         _ => None,
     })?;
-    live.iter().find_map(|(offset, r)| match r {
-        LogRecord::Start { processes, workers } if attempt_at(*offset) == attempt => {
-            Some(((*processes).max(1), *workers))
-        }
-        _ => None,
-    })
-    .or(Some((1, 0)))
+    live.iter()
+        .find_map(|(offset, r)| match r {
+            LogRecord::Start { processes, workers } if attempt_at(*offset) == attempt => {
+                Some(((*processes).max(1), *workers))
+            }
+            _ => None,
+        })
+        .or(Some((1, 0)))
 }
 
 /// For each epoch `writer` has committed, the attempt whose copy of its
@@ -284,10 +285,10 @@ mod tests {
     #[test]
     fn the_copy_that_counts_is_the_last_live_one_of_a_committed_epoch() {
         let records = log(vec![
-            LogRecord::start(), // attempt 1
+            LogRecord::start(),  // attempt 1
             epoch(1, 1, 0, 10),  // committed by 1
             epoch(2, 1, 10, 20), // logged, not committed
-            LogRecord::start(), // attempt 4 fences 1
+            LogRecord::start(),  // attempt 4 fences 1
             epoch(3, 1, 20, 30), // 1 logged it late: fenced
             LogRecord::Replayed {
                 epoch: 2,

@@ -310,7 +310,15 @@ impl Writer<'_> {
         };
         let cluster = match backend {
             Backend::Kafka(committer) => {
-                committer.commit(e, output, &read, external, &report, write_files, &plan.job.name)?;
+                committer.commit(
+                    e,
+                    output,
+                    &read,
+                    external,
+                    &report,
+                    write_files,
+                    &plan.job.name,
+                )?;
                 committer.member().is_some()
             }
             Backend::Memory { .. } => {

@@ -1,0 +1,335 @@
+//! A job on a cluster of processes: what it commits, across restarts at
+//! other sizes and a process lost between two writers' commits, and what
+//! it says when its processes cannot form a cluster.
+
+use super::*;
+use rill::runtime::recovery::{read_log, LogRecord};
+
+/// Writes `count` bank transactions to `topic` (random, from one seed).
+fn bank_input(dir: &Path, topic: &str, count: usize, tag: &str) {
+    let (gen, _) = job_copy(dir, "bank.toml", &["bank-transactions"], tag);
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        gen.to_str().unwrap(),
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--quiet",
+    ]);
+}
+
+/// A copy of a shipped job reading `input`, with outputs of its own.
+fn reading(
+    dir: &Path,
+    job: &str,
+    source: &str,
+    outputs: &[&str],
+    input: &str,
+    tag: &str,
+) -> PathBuf {
+    let out = dir.join(tag);
+    std::fs::create_dir_all(&out).unwrap();
+    let (path, _) = job_copy(&out, job, outputs, tag);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&format!("\"{source}\""), &format!("\"{input}\""));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn submit(job: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["submit", job.to_str().unwrap(), "--until-caught-up"];
+    args.extend(extra);
+    let out = jobctl(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "jobctl {args:?} failed:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn bank_rejected_and_turnstile_on_two_processes_commit_what_one_process_of_two_workers_commits() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-same");
+    let bank_in = format!("{tag}-bank-in");
+    bank_input(dir.path(), &bank_in, 3000, &format!("{tag}-gen"));
+    let turnstile_in = format!("{tag}-turnstile-in");
+    let (gen, _) = job_copy(
+        dir.path(),
+        "turnstile.toml",
+        &["turnstile"],
+        &format!("{tag}-tgen"),
+    );
+    ok(&[
+        "datagen",
+        "turnstile",
+        "--job",
+        gen.to_str().unwrap(),
+        "--topic",
+        &turnstile_in,
+        "--count",
+        "2000",
+        "--quiet",
+    ]);
+    let jobs: [(&str, &str, &[&str], &str); 3] = [
+        (
+            "bank.toml",
+            "bank-transactions",
+            &["APPROVED", "REJECTED", "bank-dead-letters"],
+            bank_in.as_str(),
+        ),
+        (
+            "rejected.toml",
+            "REJECTED",
+            &["AGGREGATED", "rejected-dead-letters"],
+            bank_in.as_str(),
+        ),
+        (
+            "turnstile.toml",
+            "turnstile",
+            &["turnstile-station-counts", "turnstile-dead-letters"],
+            turnstile_in.as_str(),
+        ),
+    ];
+    for (job, source, outputs, input) in jobs {
+        let one = reading(
+            dir.path(),
+            job,
+            source,
+            outputs,
+            input,
+            &format!("{tag}-one-{job}"),
+        );
+        submit(&one, &["--workers", "2", "--quiet"]);
+        let two = reading(
+            dir.path(),
+            job,
+            source,
+            outputs,
+            input,
+            &format!("{tag}-two-{job}"),
+        );
+        let stderr = submit(&two, &["--processes", "2", "--workers", "1"]);
+        assert!(
+            stderr.contains("on 2 processes of 1 worker"),
+            "the start line names the cluster:\n{stderr}"
+        );
+        let summary = stderr.lines().last().unwrap();
+        assert!(
+            summary.starts_with("job ") && summary.contains(" stopped after "),
+            "{stderr}"
+        );
+        let want = verify_lines(&one);
+        assert!(want.len() > 20, "{job}: {}", want.len());
+        assert_eq!(verify_lines(&two), want, "{job} on two processes");
+    }
+}
+
+#[test]
+fn a_job_stopped_on_two_processes_restarted_on_three_then_one_ends_as_an_uninterrupted_run() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-resize");
+    let input = format!("{tag}-in");
+    let outputs: &[&str] = &["AGGREGATED", "rejected-dead-letters"];
+    let reference = reading(
+        dir.path(),
+        "rejected.toml",
+        "REJECTED",
+        outputs,
+        &input,
+        &format!("{tag}-ref"),
+    );
+    let resized = reading(
+        dir.path(),
+        "rejected.toml",
+        "REJECTED",
+        outputs,
+        &input,
+        &format!("{tag}-resized"),
+    );
+    for (batch, shape) in [
+        ["--processes", "2"],
+        ["--processes", "3"],
+        ["--workers", "2"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        bank_input(dir.path(), &input, 600, &format!("{tag}-gen{batch}"));
+        let stderr = submit(&resized, &[shape[0], shape[1], "--quiet"]);
+        if batch > 0 {
+            assert!(stderr.contains("resuming job"), "{stderr}");
+        }
+    }
+    submit(&reference, &["--quiet"]);
+    let want = verify_lines(&reference);
+    assert!(want.len() > 300, "one line per account: {}", want.len());
+    assert_eq!(verify_lines(&resized), want);
+}
+
+#[test]
+fn an_epoch_one_writer_committed_and_the_other_did_not_is_committed_once_after_the_restart() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-doubt");
+    let input = format!("{tag}-in");
+    bank_input(dir.path(), &input, 1200, &format!("{tag}-gen"));
+    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
+    let reference = reading(
+        dir.path(),
+        "bank.toml",
+        "bank-transactions",
+        outputs,
+        &input,
+        &format!("{tag}-ref"),
+    );
+    submit(&reference, &["--quiet"]);
+    let job = reading(
+        dir.path(),
+        "bank.toml",
+        "bank-transactions",
+        outputs,
+        &input,
+        &format!("{tag}-job"),
+    );
+    // Process 1 dies once it knows epoch 2 is decided, before it commits;
+    // process 0 commits. The launcher starts both again.
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "400",
+        ])
+        .env("RILL_FAIL_AT", "decided:2")
+        .env("RILL_FAIL_PROCESS", "1")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("process 1: fault injection: aborting at `decided`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cluster of job ") && stderr.contains("process 1 was killed by a signal; starting all 2 processes again in 1 s (restart 1 of 3)"),
+        "{stderr}"
+    );
+    // The restart cut the epoch again; writer 0 had committed it and
+    // sent nothing of it a second time.
+    let name = job.file_stem().unwrap().to_str().unwrap();
+    let log = read_log(BROKERS, &format!("{name}.epochs")).unwrap();
+    let skipped: Vec<(u64, Vec<u32>)> = log
+        .iter()
+        .filter_map(|(_, r)| match r {
+            LogRecord::Replayed { epoch, skipped, .. } if !skipped.is_empty() => {
+                Some((*epoch, skipped.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(skipped, vec![(2, vec![0])], "{log:?}");
+    assert_eq!(verify_lines(&job), verify_lines(&reference));
+}
+
+#[test]
+fn processes_that_cannot_form_a_cluster_say_why() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-errors");
+    let job = reading(
+        dir.path(),
+        "bank.toml",
+        "bank-transactions",
+        &["APPROVED", "REJECTED", "bank-dead-letters"],
+        &format!("{tag}-in"),
+        &tag,
+    );
+    let other = reading(
+        dir.path(),
+        "rejected.toml",
+        "REJECTED",
+        &["AGGREGATED"],
+        &format!("{tag}-in"),
+        &format!("{tag}-other"),
+    );
+    let ports: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addresses: Vec<String> = ports
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    drop(ports);
+    let hostfile = dir.path().join("hostfile");
+    std::fs::write(&hostfile, addresses.join("\n")).unwrap();
+    let start = |job: &Path, process: &str, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobctl"));
+        cmd.args([
+            "submit",
+            job.to_str().unwrap(),
+            "--hostfile",
+            hostfile.to_str().unwrap(),
+            "--process",
+            process,
+            "--workers",
+            "1",
+            "--quiet",
+            "--connect-timeout-ms",
+            "3000",
+        ])
+        .args(extra)
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let error_of = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or(&stderr)
+            .to_string()
+    };
+
+    // A peer that never starts.
+    let alone = error_of(start(&job, "0", &[]));
+    assert_eq!(
+        alone,
+        format!("error: job {tag}-bank failed (process 0): process 1 at {} did not answer within 3000 ms: start every process of the cluster (or raise --connect-timeout-ms)", addresses[1])
+    );
+    // Another job file.
+    let a = start(&job, "0", &[]);
+    let b = start(&other, "1", &[]);
+    assert_eq!(
+        error_of(a),
+        format!("error: job {tag}-bank failed (process 0): process 1 at {} runs another binary, job file or worker count than process 0: start every process with the same jobctl, job file and --workers", addresses[1])
+    );
+    assert!(error_of(b).ends_with(&format!("process 0 at {} runs another binary, job file or worker count than process 1: start every process with the same jobctl, job file and --workers", addresses[0])));
+    // A process left over from an earlier run of the cluster.
+    let a = start(&job, "0", &["--generation", "2"]);
+    let stale = start(&job, "1", &["--generation", "1"]);
+    assert_eq!(
+        error_of(stale),
+        format!("error: job {tag}-bank failed (process 1): this process is left over from an earlier run of the cluster (generation 1; process 0 at {} runs generation 2): stop it and start it with the others", addresses[0])
+    );
+    assert!(
+        error_of(a).ends_with(&format!("process 1 at {} is left over from an earlier run of the cluster (generation 1, this run is 2): stop it, then start it again with the others", addresses[1])),
+    );
+    // A short hostfile and an index out of range.
+    let err = error_of(start(&job, "2", &[]));
+    assert_eq!(err, format!("error: job {tag}-bank failed (process 2): process 2 is out of range: the hostfile lists 2 addresses (processes 0 to 1)"));
+}
