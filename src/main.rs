@@ -1,6 +1,6 @@
 fn main() {
     if let Err(e) = rill::cli::main() {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(rill::cli::exit_status(&e));
     }
 }

@@ -20,7 +20,61 @@ use std::time::{Duration, Instant};
 /// failed, before the launcher kills them.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// The exit status of a process that found an epoch in doubt that its
+/// cluster's shape cannot finish.
+pub const IN_DOUBT_EXIT: i32 = 3;
+
 pub fn run(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Result<()> {
+    match run_cluster(args, plan, n, workers)? {
+        Ended::InDoubt => {
+            finish_in_doubt(args, plan, (n, workers))?;
+            match run_cluster(args, plan, n, workers)? {
+                Ended::Done => Ok(()),
+                Ended::InDoubt => bail!("job {}: an epoch is still in doubt after finishing it on its shape", plan.job.name),
+            }
+        }
+        Ended::Done => Ok(()),
+    }
+}
+
+/// How a run of the cluster ended, when it did not fail.
+enum Ended {
+    Done,
+    /// Process 0 found an epoch in doubt from a cluster of another shape.
+    InDoubt,
+}
+
+/// An epoch that some writers committed and others did not is finished
+/// on the shape that decided it (records go to workers by their number):
+/// if the job last ran at another size, it first runs at that size until
+/// it has caught up, then at the new one. Called once a start has fenced
+/// the writers: before that, a commit may still be landing.
+pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) -> Result<()> {
+    let Some((epoch, processes, workers)) = crate::runtime::recovery::in_doubt(&plan.job)? else {
+        return Ok(());
+    };
+    let (processes, workers) = (processes as usize, workers.max(1) as usize);
+    if (processes, workers) == shape {
+        return Ok(());
+    }
+    eprintln!(
+        "job {} stopped in the middle of epoch {epoch} on {processes} processes of {workers} workers: finishing on that shape, until caught up, before running on {} processes of {} workers",
+        plan.job.name, shape.0, shape.1
+    );
+    let mut catch_up = args.clone();
+    catch_up.until_caught_up = true;
+    catch_up.quiet = true;
+    catch_up.restart_attempts = 0;
+    catch_up.max_records_per_second = None;
+    match run_cluster(&catch_up, plan, processes, workers)
+        .with_context(|| format!("cannot finish epoch {epoch} of job {}", plan.job.name))?
+    {
+        Ended::Done => Ok(()),
+        Ended::InDoubt => bail!("cannot finish epoch {epoch} of job {}: it is in doubt on its own shape", plan.job.name),
+    }
+}
+
+fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Result<Ended> {
     let stopping = Arc::new(AtomicBool::new(false));
     let children: Arc<Mutex<Vec<u32>>> = Arc::default();
     {
@@ -55,11 +109,18 @@ pub fn run(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Result<(
             children.lock().unwrap().push(child.id());
             procs.push(child);
         }
-        let failure = supervise(procs);
+        let (failure, zero) = supervise(procs);
         children.lock().unwrap().clear();
-        let Some((process, reason)) = failure else {
+        let Some((process, code)) = failure else {
             let _ = std::fs::remove_dir_all(&dir);
-            return Ok(());
+            return Ok(Ended::Done);
+        };
+        if zero == Some(IN_DOUBT_EXIT) {
+            return Ok(Ended::InDoubt);
+        }
+        let reason = match code {
+            Some(c) => format!("exited with status {c}"),
+            None => "was killed by a signal".to_string(),
         };
         if stopping.load(Ordering::SeqCst) || restarts >= args.restart_attempts {
             let _ = std::fs::remove_dir_all(&dir);
@@ -155,9 +216,11 @@ fn spawn(
 }
 
 /// Waits for every process; on the first that fails, gives the others
-/// [`GRACE`] to stop, then kills them. The failed process and why.
-fn supervise(mut procs: Vec<Child>) -> Option<(usize, String)> {
-    let mut failed: Option<(usize, String)> = None;
+/// [`GRACE`] to stop, then kills them. The failed process and its exit
+/// status (none when a signal killed it), and process 0's.
+fn supervise(mut procs: Vec<Child>) -> (Option<(usize, Option<i32>)>, Option<i32>) {
+    let mut failed: Option<(usize, Option<i32>)> = None;
+    let mut zero = None;
     let mut failed_at: Option<Instant> = None;
     let mut running: Vec<bool> = vec![true; procs.len()];
     while running.iter().any(|r| *r) {
@@ -170,18 +233,17 @@ fn supervise(mut procs: Vec<Child>) -> Option<(usize, String)> {
             }
             if let Ok(Some(status)) = p.try_wait() {
                 running[i] = false;
+                if i == 0 {
+                    zero = status.code();
+                }
                 if !status.success() {
                     now_failed.push((i, status.code()));
                 }
             }
         }
         now_failed.sort_by_key(|(i, code)| (code.is_some(), *i));
-        if let (None, Some((i, code))) = (&failed, now_failed.first()) {
-            let why = match code {
-                Some(c) => format!("exited with status {c}"),
-                None => "was killed by a signal".to_string(),
-            };
-            failed = Some((*i, why));
+        if let (None, Some(first)) = (&failed, now_failed.first()) {
+            failed = Some(*first);
             failed_at = Some(Instant::now());
         }
         if failed_at.is_some_and(|t| t.elapsed() > GRACE) {
@@ -195,5 +257,5 @@ fn supervise(mut procs: Vec<Child>) -> Option<(usize, String)> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    failed
+    (failed, zero)
 }

@@ -52,6 +52,24 @@ enum Command {
     Replay(replay::ReplayArgs),
 }
 
+/// The exit status for an error: 1, or for an epoch in doubt that this
+/// cluster's shape cannot finish, the status the launcher acts on.
+pub fn exit_status(e: &anyhow::Error) -> i32 {
+    use crate::runtime::recovery::RecoveryError;
+    use crate::runtime::RunError;
+    let in_doubt = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<RunError>(),
+            Some(RunError::Recovery(RecoveryError::InDoubt { .. }))
+        ) || matches!(c.downcast_ref::<RecoveryError>(), Some(RecoveryError::InDoubt { .. }))
+    });
+    if in_doubt {
+        launch::IN_DOUBT_EXIT
+    } else {
+        1
+    }
+}
+
 pub fn load_plan(path: &Path) -> Result<Plan> {
     let spec = Spec::load(path).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
     Plan::build(&spec).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))

@@ -50,6 +50,7 @@ pub struct Committer {
     guarantee: Guarantee,
     dead_letter_topic: String,
     writer_id: String,
+    commits_topic: String,
     /// Output records the producer refused and that went to the dead
     /// letters instead.
     pub refused: u64,
@@ -220,6 +221,7 @@ impl Committer {
             guarantee: job.guarantee,
             dead_letter_topic,
             writer_id,
+            commits_topic: job.commits_topic(),
             refused: 0,
             logged: None,
         })
@@ -241,8 +243,22 @@ impl Committer {
             self.writer
                 .begin()
                 .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
+            self.mark(0);
         }
         self.commit_progress(log_offset, job)
+    }
+
+    /// A transaction that holds no record gets one, so its offsets stick.
+    fn mark(&self, epoch: u64) {
+        let value = epoch.to_string();
+        if let Err(e) = self.writer.send_changelog(
+            &self.commits_topic,
+            self.writer_id.as_bytes(),
+            Some(value.as_bytes()),
+            epoch,
+        ) {
+            self.writer.note_failure(e);
+        }
     }
 
     pub fn poll(&self) {
@@ -455,6 +471,10 @@ impl Committer {
                     self.writer.note_failure(e);
                 }
             }
+        }
+        let records = output.len() + output.changelog.iter().map(|(_, r)| r.len()).sum::<usize>();
+        if records == 0 && self.guarantee == Guarantee::ExactlyOnce {
+            self.mark(epoch);
         }
         fault::point("epoch_sent");
         Ok(())

@@ -405,6 +405,13 @@ pub(super) fn wire(
         _ => job.dead_letter_topic(),
     };
     kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, TopicKind::Data)?;
+    kafka_admin::ensure_topic(
+        &job.brokers,
+        &job.commits_topic(),
+        1,
+        1,
+        TopicKind::Compacted,
+    )?;
     let mut changelog_topics = HashMap::new();
     for node in &plan.nodes {
         if matches!(node.kind, crate::plan::NodeKind::Aggregate(_)) {

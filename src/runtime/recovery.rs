@@ -365,6 +365,18 @@ pub fn writers_in_log(job: &crate::spec::JobConfig) -> Result<u32, RecoveryError
     Ok(planner::decided_by(&records).map_or(1, |(p, _)| p))
 }
 
+/// An epoch some writers of a cluster committed and others did not, and
+/// the shape of the cluster that decided it: (epoch, processes, workers).
+/// It is finished on that shape before the job runs at another size.
+pub fn in_doubt(job: &crate::spec::JobConfig) -> Result<Option<(u64, u32, u32)>, RecoveryError> {
+    let view = CommittedView::read(job)?;
+    let resume = planner::resume_writers(&view.records, &view.progress);
+    Ok(match (resume.skip.keys().next(), view.decided_by) {
+        (Some(epoch), Some((processes, workers))) => Some((*epoch, processes, workers)),
+        _ => None,
+    })
+}
+
 /// The attempt of the newest start in the epoch log.
 pub fn newest_attempt(brokers: &str, log: &str) -> Result<u32, RecoveryError> {
     Ok(planner::resume(&read_log(brokers, log)?, 0).last_attempt)

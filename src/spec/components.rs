@@ -71,6 +71,13 @@ impl JobConfig {
         format!("{}-w{process}", self.name)
     }
 
+    /// A compacted topic where a writer's transaction that holds no other
+    /// record puts a marker (key: the writer): on Tansu, a transaction
+    /// with offsets and no record may lose its offsets.
+    pub fn commits_topic(&self) -> String {
+        format!("{}.commits", self.name)
+    }
+
     /// The compacted topic holding the state of a stateful transform.
     pub fn changelog_topic(&self, transform: &str) -> String {
         format!("{}.{transform}.changelog", self.name)

@@ -333,3 +333,94 @@ fn processes_that_cannot_form_a_cluster_say_why() {
     let err = error_of(start(&job, "2", &[]));
     assert_eq!(err, format!("error: job {tag}-bank failed (process 2): process 2 is out of range: the hostfile lists 2 addresses (processes 0 to 1)"));
 }
+
+#[test]
+fn a_process_that_reads_nothing_still_commits_its_progress() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-idle");
+    let input = format!("{tag}-in");
+    bank_input(dir.path(), &input, 500, &format!("{tag}-gen"));
+    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
+    let job = reading(
+        dir.path(),
+        "bank.toml",
+        "bank-transactions",
+        outputs,
+        &input,
+        &tag,
+    );
+    // Two partitions, four workers: process 1's workers read none of them,
+    // so its transactions hold no output.
+    let shape = ["--processes", "2", "--workers", "2"];
+    submit(&job, &shape);
+    let again = submit(&job, &shape);
+    assert!(again.contains(": 0 epochs to replay"), "{again}");
+    assert!(
+        again.lines().last().unwrap().contains(": 0 records in"),
+        "{again}"
+    );
+}
+
+#[test]
+fn an_epoch_in_doubt_is_finished_on_its_shape_before_the_job_runs_at_another_size() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-doubt-resize");
+    let input = format!("{tag}-in");
+    bank_input(dir.path(), &input, 1200, &format!("{tag}-gen"));
+    let outputs: &[&str] = &["AGGREGATED", "rejected-dead-letters"];
+    let reference = reading(
+        dir.path(),
+        "rejected.toml",
+        "REJECTED",
+        outputs,
+        &input,
+        &format!("{tag}-ref"),
+    );
+    submit(&reference, &["--quiet"]);
+    let job = reading(
+        dir.path(),
+        "rejected.toml",
+        "REJECTED",
+        outputs,
+        &input,
+        &format!("{tag}-job"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "400",
+            "--restart-attempts",
+            "0",
+        ])
+        .env("RILL_FAIL_AT", "decided:2")
+        .env("RILL_FAIL_PROCESS", "1")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("process 1 was killed by a signal"),
+        "{stderr}"
+    );
+    // At another size, the epoch is finished on two processes first.
+    let stderr = submit(&job, &["--processes", "3", "--workers", "1"]);
+    assert!(
+        stderr.contains("stopped in the middle of epoch 2 on 2 processes of 1 workers: finishing on that shape, until caught up, before running on 3 processes of 1 workers"),
+        "{stderr}"
+    );
+    assert_eq!(verify_lines(&job), verify_lines(&reference));
+    // One process of its own has nothing left to finish.
+    let stderr = submit(&job, &["--workers", "2"]);
+    assert!(!stderr.contains("finishing on that shape"), "{stderr}");
+    assert_eq!(verify_lines(&job), verify_lines(&reference));
+}
