@@ -72,6 +72,8 @@ impl Member {
 
     fn handle(&mut self, m: Event<ToMember>) -> Result<Option<(u64, i64)>, RunError> {
         match m {
+            // Process 0 exits once every writer has finished.
+            Event::Lost(_) if self.done => Ok(None),
             Event::Lost(reason) => Err(RunError::ClusterStopped { reason }),
             Event::Msg(ToMember::Abort { reason }) => Err(RunError::ClusterStopped { reason }),
             Event::Msg(ToMember::Epochs(list)) => {

@@ -358,11 +358,15 @@ pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, Recov
     Ok(records)
 }
 
-/// How many writers the job's newest logged epoch had (one per process of
-/// the cluster that logged it; 1 for a new job).
+/// How many writers the job has ever had: the most processes any start
+/// in its log had (1 for a new job). Every one of them is fenced at a
+/// start, used now or not: a writer of a larger cluster killed with a
+/// transaction open would otherwise hold it open, and on Tansu a
+/// transaction open on a partition holds back the commits of every
+/// other writer's transaction on that partition.
 pub fn writers_in_log(job: &crate::spec::JobConfig) -> Result<u32, RecoveryError> {
     let records = read_log(&job.brokers, &job.epoch_log_topic())?;
-    Ok(planner::decided_by(&records).map_or(1, |(p, _)| p))
+    Ok(planner::writers_ever(&records))
 }
 
 /// An epoch some writers of a cluster committed and others did not, and
