@@ -8,11 +8,10 @@
 //! happened), `committed` (the epoch is committed, the next not begun),
 //! `restore` (in the middle of reading a changelog back).
 //!
-//! In a cluster, `decision_logged` (process 0 has logged an epoch's
-//! decision, no writer knows it yet) and `decided` (a writer knows the
-//! decision and has not committed: kill one there while the others
-//! commit, and the epoch is in doubt). `RILL_FAIL_PROCESS=i` limits the
-//! fault to process i of the cluster.
+//! In a cluster, `decided` (a process other than 0 knows the epoch is
+//! logged and has not written its files and rows; process 0 waits to
+//! commit). `RILL_FAIL_PROCESS=i` limits the fault to process i of the
+//! cluster.
 //!
 //! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, the first
 //! time, to force an interleaving with another process: `fenced` (the
@@ -34,7 +33,7 @@ pub const POINTS: [&str; 5] = [
 pub const CLUSTER_POINTS: [&str; 6] = [
     "source_read",
     "epoch_sent",
-    "decision_logged",
+    "epoch_logged",
     "decided",
     "committed",
     "restore",

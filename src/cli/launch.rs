@@ -30,7 +30,10 @@ pub fn run(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Result<(
             finish_in_doubt(args, plan, (n, workers))?;
             match run_cluster(args, plan, n, workers)? {
                 Ended::Done => Ok(()),
-                Ended::InDoubt => bail!("job {}: an epoch is still in doubt after finishing it on its shape", plan.job.name),
+                Ended::InDoubt => bail!(
+                    "job {}: an epoch is still in doubt after finishing it on its shape",
+                    plan.job.name
+                ),
             }
         }
         Ended::Done => Ok(()),
@@ -50,27 +53,45 @@ enum Ended {
 /// it has caught up, then at the new one. Called once a start has fenced
 /// the writers: before that, a commit may still be landing.
 pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) -> Result<()> {
-    let Some((epoch, processes, workers)) = crate::runtime::recovery::in_doubt(&plan.job)? else {
+    let now = (shape.0 as u32, shape.1 as u32);
+    let Some((epoch, processes, workers)) = crate::runtime::recovery::in_doubt(plan, now)? else {
         return Ok(());
     };
     let (processes, workers) = (processes as usize, workers.max(1) as usize);
-    if (processes, workers) == shape {
-        return Ok(());
-    }
     eprintln!(
-        "job {} stopped in the middle of epoch {epoch} on {processes} processes of {workers} workers: finishing on that shape, until caught up, before running on {} processes of {} workers",
-        plan.job.name, shape.0, shape.1
+        "job {} stopped in the middle of epoch {epoch} on {processes} process{} of {workers} workers: finishing on that shape, until caught up, before running on {} process{} of {} workers",
+        plan.job.name,
+        if processes == 1 { "" } else { "es" },
+        shape.0,
+        if shape.0 == 1 { "" } else { "es" },
+        shape.1
     );
     let mut catch_up = args.clone();
     catch_up.until_caught_up = true;
     catch_up.quiet = true;
     catch_up.restart_attempts = 0;
     catch_up.max_records_per_second = None;
+    if processes == 1 {
+        let status = Command::new(std::env::current_exe()?)
+            .arg("submit")
+            .arg(&args.job)
+            .args(["--until-caught-up", "--quiet", "--restart-attempts", "0"])
+            .args(["--workers", &workers.to_string()])
+            .status()
+            .context("cannot start the job's process")?;
+        if !status.success() {
+            bail!("cannot finish epoch {epoch} of job {}", plan.job.name);
+        }
+        return Ok(());
+    }
     match run_cluster(&catch_up, plan, processes, workers)
         .with_context(|| format!("cannot finish epoch {epoch} of job {}", plan.job.name))?
     {
         Ended::Done => Ok(()),
-        Ended::InDoubt => bail!("cannot finish epoch {epoch} of job {}: it is in doubt on its own shape", plan.job.name),
+        Ended::InDoubt => bail!(
+            "cannot finish epoch {epoch} of job {}: it is in doubt on its own shape",
+            plan.job.name
+        ),
     }
 }
 

@@ -61,7 +61,10 @@ pub fn exit_status(e: &anyhow::Error) -> i32 {
         matches!(
             c.downcast_ref::<RunError>(),
             Some(RunError::Recovery(RecoveryError::InDoubt { .. }))
-        ) || matches!(c.downcast_ref::<RecoveryError>(), Some(RecoveryError::InDoubt { .. }))
+        ) || matches!(
+            c.downcast_ref::<RecoveryError>(),
+            Some(RecoveryError::InDoubt { .. })
+        )
     });
     if in_doubt {
         launch::IN_DOUBT_EXIT

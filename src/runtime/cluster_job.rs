@@ -1,9 +1,15 @@
 //! One process of a cluster running a job against Kafka. The processes
-//! connect (with a handshake), each fences its own writer, and process 0,
-//! once every writer is fenced, logs the start, recovers, does the
-//! job-wide chores (topics, schemas) and sends every process where to
-//! resume. Then each runs its workers and writer, and process 0's leader
-//! decides the epochs (see `leader.rs`).
+//! connect (with a handshake); process 0 fences the job's writer, logs the
+//! start, recovers, does the job-wide chores (topics, schemas) and sends
+//! every process where to resume. Then each runs its workers and writer.
+//! Process 0's writer is the job's one Kafka writer: each epoch, the
+//! others hand it their share of the output and it sends everything in
+//! one transaction, logs the epoch, lets every process write its files
+//! and rows, and commits. On Tansu, transactions of several producers
+//! open on one partition hold back each other's commits (they resolve
+//! together), and a producer killed with one open holds back the others
+//! until it is fenced; one writer keeps every partition to one
+//! transaction at a time, as a single process has it.
 
 use super::cluster::{self, Connected, Identity};
 use super::commit::Committer;
@@ -11,7 +17,7 @@ use super::control::{self, Event, Link, StartPlan, ToLeader, ToMember};
 use super::error::RunError;
 use super::leader::Leader;
 use super::local::{registry_for, say_resuming, wire, Backend, RunOptions, RunSummary};
-use super::member::Member;
+use super::member::{Member, Peers};
 use super::recovery::{self, LogRecord, Recovered};
 use crate::connectors::kafka_admin;
 use crate::plan::Plan;
@@ -50,7 +56,7 @@ pub fn run_process(
     let result = if me == 0 {
         lead(&plan, &opts, &stop, &place, control, timely, &closed, shape)
     } else {
-        follow(&plan, &opts, &stop, &place, control, timely, &closed, shape)
+        follow(&plan, &opts, &stop, &place, control, timely, &closed)
     };
     closed.store(true, Ordering::SeqCst);
     if let Err(e) = &result {
@@ -59,7 +65,7 @@ pub fn run_process(
     result
 }
 
-/// Process 0: the leader's side.
+/// Process 0: its writer is the job's one Kafka writer.
 #[allow(clippy::too_many_arguments)]
 fn lead(
     plan: &Arc<Plan>,
@@ -72,7 +78,6 @@ fn lead(
     shape: (u32, u32),
 ) -> Result<RunSummary, RunError> {
     let job = &plan.job;
-    let n = place.addresses.len();
     // Every process's messages arrive on one channel, tagged with its index;
     // process 0's own writer speaks through channels.
     let (merged_tx, merged) = crossbeam_channel::unbounded::<(usize, Event<ToLeader>)>();
@@ -96,32 +101,7 @@ fn lead(
     let started = (|| -> Result<_, RunError> {
         kafka_admin::check_broker(&job.brokers)?;
         let registry = registry_for(plan);
-        // The writers of an earlier, larger cluster and of this one are
-        // fenced before the start is logged and any progress read.
-        let retired = recovery::writers_in_log(job)?;
-        for w in n as u32..retired {
-            Committer::fence_retired(job, w)?;
-        }
         let mut fenced = Committer::fence_writer(job, 0)?;
-        Committer::check_not_fenced(job, &fenced)?;
-        let mut waiting = n - 1;
-        while waiting > 0 {
-            match merged.recv_timeout(Duration::from_secs(120)) {
-                Ok((_, Event::Msg(ToLeader::Fenced))) => waiting -= 1,
-                Ok((_, Event::Msg(_))) => {}
-                Ok((i, Event::Lost(reason))) => {
-                    return Err(RunError::ClusterStopped {
-                        reason: format!("process {i} was lost while starting: {reason}"),
-                    })
-                }
-                Err(_) => {
-                    return Err(RunError::ClusterStopped {
-                        reason: "the other processes did not start their writers within 120 s"
-                            .into(),
-                    })
-                }
-            }
-        }
         crate::fault::pause("fenced");
         let start = LogRecord::Start {
             processes: shape.0,
@@ -129,28 +109,25 @@ fn lead(
         };
         let offset = fenced.log.append(&start, Default::default())?;
         fenced.set_start(offset);
+        Committer::check_not_fenced(job, &fenced)?;
         let mut recovered = recovery::recover(plan, fenced.attempt, shape)?;
         say_resuming(job, &recovered);
         let start_plan = start_plan(&recovered);
         let (launch, positions, dead_letter_topic) =
             wire(plan, opts, &mut recovered, registry, 0, None)?;
-        Ok((
-            fenced,
-            recovered,
-            start_plan,
-            launch,
-            positions,
-            dead_letter_topic,
-        ))
+        let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
+        if recovered.start_offsets.is_none() {
+            committer.log_begin(&job.name)?;
+        }
+        Ok((committer, recovered, start_plan, launch))
     })();
-    let (fenced, recovered, mut start_plan, mut launch, positions, dead_letter_topic) =
-        match started {
-            Ok(s) => s,
-            Err(e) => {
-                abort(&links, &e);
-                return Err(e);
-            }
-        };
+    let (committer, recovered, mut start_plan, mut launch) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            abort(&links, &e);
+            return Err(e);
+        }
+    };
     start_plan.sink_schema_ids = launch
         .sink_schema_ids
         .iter()
@@ -159,45 +136,20 @@ fn lead(
     for l in &links[1..] {
         l.send(&ToMember::Start(Box::new(start_plan.clone())));
     }
-    // The leader appends the decisions with a producer of its own.
-    let log = recovery::EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
-    let mut bounds = super::boundaries::Boundaries::new(
-        log,
-        &job.brokers,
-        &job.writer_id_of(0),
-        fenced.start_offset,
-        &recovered,
-        positions.clone(),
-    );
-    if recovered.start_offsets.is_none() {
-        if let Err(e) = bounds.log_begin(&job.name) {
-            abort(&links, &e);
-            return Err(e);
-        }
-    }
-    let member = Member::new(0, up, member_rx, recovered.skip.clone(), stop.clone());
-    let committer = Committer::open(
-        job,
-        fenced,
-        &recovered,
-        positions,
-        dead_letter_topic,
-        Some(member),
-    )?;
+    let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
+    let peers = Peers::new(peers_rx, links[1..].to_vec());
+    let member = Member::new(up, member_rx, stop.clone());
     let leader = Leader::new(
-        bounds,
         links,
         merged,
+        peers_tx,
         recovered.replay.iter().map(|(e, _)| *e),
-        recovered.skip.clone(),
-        opts.progress,
     );
-    let leader_plan = plan.clone();
     let leader = std::thread::Builder::new()
         .name("rill-leader".into())
-        .spawn(move || leader.run(&leader_plan))
+        .spawn(move || leader.run())
         .expect("spawn leader thread");
-    launch.backend = Backend::Kafka(Box::new(committer));
+    launch.backend = Backend::Lead(Box::new(committer), member, peers);
     launch.cluster = Some((timely, 0));
     let ours = super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch);
     if let Err(e) = &ours {
@@ -206,18 +158,32 @@ fn lead(
         let _ = merged_tx.send((0, Event::Lost(format!("its writer stopped: {e}"))));
     }
     drop(merged_tx);
-    let all = leader
+    let shares = leader
         .join()
         .map_err(|_| RunError::Workers("the leader thread panicked".into()))?;
-    match (ours, all) {
+    match (ours, shares) {
         (Err(e), _) if !matches!(e, RunError::ClusterStopped { .. }) => Err(e),
         // The leader's reason (a lost process, say) explains the writer's.
         (_, Err(e)) | (Err(e), _) => Err(e),
-        (Ok(_), Ok(all)) => Ok(all),
+        (Ok(mut summary), Ok(shares)) => {
+            // Process 0 counted every epoch; the others' files and rows
+            // are theirs to tell.
+            summary.files.clear();
+            summary.postgres_rows = 0;
+            summary.fallback_rows = 0;
+            summary.postgres_time = Duration::ZERO;
+            for s in shares {
+                summary.files.extend(s.files);
+                summary.postgres_rows += s.postgres_rows;
+                summary.fallback_rows += s.fallback_rows;
+                summary.postgres_time += Duration::from_millis(s.postgres_ms);
+            }
+            Ok(summary)
+        }
     }
 }
 
-/// Processes 1 and up.
+/// Processes 1 and up: they write no Kafka transaction of their own.
 #[allow(clippy::too_many_arguments)]
 fn follow(
     plan: &Arc<Plan>,
@@ -227,24 +193,14 @@ fn follow(
     mut control: Vec<Option<std::net::TcpStream>>,
     timely: Vec<Option<std::net::TcpStream>>,
     closed: &Arc<AtomicBool>,
-    shape: (u32, u32),
 ) -> Result<RunSummary, RunError> {
-    let job = &plan.job;
     let me = place.process;
     let stream = control[0]
         .take()
         .expect("a control connection to process 0");
     let peer = format!("process 0 at {}", place.addresses[0]);
     let (up, rx) = control::over_tcp::<ToLeader, ToMember>(stream, peer, closed.clone());
-    kafka_admin::check_broker(&job.brokers)?;
     let registry = registry_for(plan);
-    let fenced = Committer::fence_writer(job, me as u32)?;
-    Committer::check_not_fenced(job, &fenced)?;
-    if !up.send(&ToLeader::Fenced) {
-        return Err(RunError::ClusterStopped {
-            reason: "process 0 went away while the cluster started".into(),
-        });
-    }
     let start_plan = loop {
         match rx.recv() {
             Ok(Event::Msg(ToMember::Start(p))) => break *p,
@@ -262,7 +218,7 @@ fn follow(
     };
     let mut recovered = recovered_from(&start_plan);
     let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
-    let (mut launch, positions, dead_letter_topic) = wire(
+    let (mut launch, _, _) = wire(
         plan,
         opts,
         &mut recovered,
@@ -270,24 +226,8 @@ fn follow(
         me as u32,
         Some(schema_ids),
     )?;
-    let mut fenced = fenced;
-    fenced.set_start(recovered.attempt as i64 - 1);
-    let member = Member::new(me as u32, up, rx, recovered.skip.clone(), stop.clone());
-    let mut committer = Committer::open(
-        job,
-        fenced,
-        &recovered,
-        positions,
-        dead_letter_topic,
-        Some(member),
-    )?;
-    if me as u32 >= recovered.writers_before {
-        if let Some(offset) = recovered.committed_offset {
-            committer.join_at(offset, &job.name)?;
-        }
-    }
-    let _ = shape;
-    launch.backend = Backend::Kafka(Box::new(committer));
+    let member = Member::new(up, rx, stop.clone());
+    launch.backend = Backend::Follow(member);
     launch.cluster = Some((timely, me));
     super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch)
 }
@@ -336,10 +276,6 @@ fn start_plan(r: &Recovered) -> StartPlan {
             .as_ref()
             .map(|m| m.iter().map(|((s, p), o)| (*s, *p, *o)).collect()),
         replay: r.replay.clone(),
-        log_offsets: r.log_offsets.iter().map(|(e, o)| (*e, *o)).collect(),
-        skip: r.skip.clone(),
-        committed_offset: r.committed_offset,
-        writers_before: r.writers_before,
         sink_schema_ids: Vec::new(),
     }
 }
@@ -354,10 +290,7 @@ fn recovered_from(p: &StartPlan) -> Recovered {
             .as_ref()
             .map(|v| v.iter().map(|(s, q, o)| ((*s, *q), *o)).collect()),
         replay: p.replay.clone(),
-        log_offsets: p.log_offsets.iter().copied().collect(),
-        skip: p.skip.clone(),
-        committed_offset: p.committed_offset,
-        writers_before: p.writers_before,
+        log_offsets: Default::default(),
         // State enters at worker 0, on process 0.
         state: Default::default(),
     }

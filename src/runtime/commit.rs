@@ -7,7 +7,6 @@
 use super::boundaries::Boundaries;
 use super::coordinator::{steps, EpochWork, Step};
 use super::error::RunError;
-use super::member::Member;
 use super::recovery::{EpochLog, LogRecord, Recovered};
 use crate::connectors::kafka_admin::client_config;
 use crate::connectors::kafka_sink::{refused_for_good, KafkaWriter};
@@ -41,7 +40,7 @@ impl EpochOutput {
 
 pub struct Committer {
     writer: KafkaWriter,
-    role: Role,
+    bounds: Boundaries,
     log_topic: String,
     /// Gives the writer's group metadata for transactional offset commits,
     /// and commits them itself at least once.
@@ -57,13 +56,6 @@ pub struct Committer {
     /// The epoch last appended to the log and the offset its progress
     /// commits, for a retry to cut it again as logged.
     logged: Option<(u64, i64)>,
-}
-
-/// Who fixes an epoch's boundaries in the log: a process of its own does
-/// it itself; a cluster's writer waits for process 0's decision.
-pub enum Role {
-    Alone(Boundaries),
-    Member(Member),
 }
 
 /// A started writer, its log and progress group: what [`Committer::fence`]
@@ -150,18 +142,6 @@ impl Committer {
         })
     }
 
-    /// Fences writer `process` of an earlier, larger cluster: a process
-    /// of it that still runs can commit nothing more.
-    pub fn fence_retired(job: &JobConfig, process: u32) -> Result<(), RunError> {
-        if job.guarantee != Guarantee::ExactlyOnce {
-            return Ok(());
-        }
-        let writer_id = job.writer_id_of(process);
-        KafkaWriter::new(&job.brokers, &writer_id, 0, true)
-            .map(drop)
-            .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))
-    }
-
     /// Of two instances started at once, the one that fenced first may log
     /// its start last, after the other has fenced it and begun to commit.
     /// Recovery must not read the progress while another instance can
@@ -180,16 +160,12 @@ impl Committer {
             .map_err(|e| RunError::from_txn(&fenced.writer_id, &job.name, e))
     }
 
-    /// The committer of a started writer. `member`: the cluster process
-    /// this writer belongs to, whose epochs process 0 decides; none for a
-    /// process of its own, which appends its boundaries itself.
     pub fn open(
         job: &JobConfig,
         fenced: Fenced,
         recovered: &Recovered,
         positions: BTreeMap<(u32, i32), i64>,
         dead_letter_topic: String,
-        member: Option<Member>,
     ) -> Result<Self, RunError> {
         let Fenced {
             mut writer,
@@ -201,20 +177,17 @@ impl Committer {
             ..
         } = fenced;
         writer.set_attempt(recovered.attempt);
-        let role = match member {
-            Some(m) => Role::Member(m),
-            None => Role::Alone(Boundaries::new(
-                log,
-                &job.brokers,
-                &writer_id,
-                start_offset,
-                recovered,
-                positions,
-            )),
-        };
+        let bounds = Boundaries::new(
+            log,
+            &job.brokers,
+            &writer_id,
+            start_offset,
+            recovered,
+            positions,
+        );
         Ok(Committer {
             writer,
-            role,
+            bounds,
             log_topic: job.epoch_log_topic(),
             group,
             group_metadata,
@@ -225,27 +198,6 @@ impl Committer {
             refused: 0,
             logged: None,
         })
-    }
-
-    /// The cluster process this writer belongs to, if it does.
-    pub fn member(&mut self) -> Option<&mut Member> {
-        match &mut self.role {
-            Role::Member(m) => Some(m),
-            Role::Alone(_) => None,
-        }
-    }
-
-    /// A writer joining a cluster grown by a process starts where the
-    /// others stand: its progress just past the committed epoch's record,
-    /// so that a restart counts it as having committed that epoch.
-    pub fn join_at(&mut self, log_offset: i64, job: &str) -> Result<(), RunError> {
-        if self.guarantee == Guarantee::ExactlyOnce {
-            self.writer
-                .begin()
-                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
-            self.mark(0);
-        }
-        self.commit_progress(log_offset, job)
     }
 
     /// A transaction that holds no record gets one, so its offsets stick.
@@ -277,22 +229,15 @@ impl Committer {
         output: EpochOutput,
         read: &BTreeMap<(u32, i32), (i64, i64)>,
         external: bool,
-        report: &super::control::EpochReport,
         write_external: impl FnOnce() -> Result<(), RunError>,
         job: &str,
     ) -> Result<(), RunError> {
         let mut write_external = Some(write_external);
-        if let Role::Member(_) = self.role {
-            return self.commit_in_cluster(epoch, &output, read, report, &mut write_external, job);
-        }
-        let Role::Alone(bounds) = &self.role else {
-            unreachable!()
-        };
         let mut work = EpochWork {
             kafka: !output.is_empty(),
             external,
             read: !read.is_empty(),
-            replayed: bounds.is_replayed(epoch),
+            replayed: self.bounds.is_replayed(epoch),
         };
         let mut tries = 0;
         loop {
@@ -303,11 +248,9 @@ impl Committer {
                     eprintln!("epoch {epoch}: {e}; aborted, trying again ({tries} of {RETRIES})");
                     std::thread::sleep(Duration::from_millis(200 << tries));
                     // The epoch is in the log: it is cut again as logged.
-                    if let (Some((e, offset)), Role::Alone(bounds)) =
-                        (self.logged.take(), &mut self.role)
-                    {
+                    if let Some((e, offset)) = self.logged.take() {
                         if e == epoch {
-                            bounds.logged_again(epoch, offset);
+                            self.bounds.logged_again(epoch, offset);
                             work.replayed = true;
                         }
                     }
@@ -346,11 +289,11 @@ impl Committer {
             match step {
                 Step::Send => self.send(epoch, output, job)?,
                 Step::Log => {
-                    (log_offset, own) = self.bounds().log_epoch(epoch, read, Vec::new())?;
+                    (log_offset, own) = self.bounds.log_epoch(epoch, read, Vec::new())?;
                     self.logged = Some((epoch, log_offset));
                 }
                 Step::CheckFenced => {
-                    self.bounds().check_fenced(own, job)?;
+                    self.bounds.check_fenced(own, job)?;
                     fault::point("epoch_logged");
                     fault::pause("epoch_logged");
                 }
@@ -365,7 +308,7 @@ impl Committer {
                 }
                 Step::Commit => {
                     self.commit_progress(log_offset, job)?;
-                    self.bounds().committed = epoch;
+                    self.bounds.committed = epoch;
                     fault::point("committed");
                 }
             }
@@ -373,58 +316,9 @@ impl Committer {
         Ok(())
     }
 
-    fn bounds(&mut self) -> &mut Boundaries {
-        match &mut self.role {
-            Role::Alone(b) => b,
-            Role::Member(_) => unreachable!("a cluster's writer appends no boundaries"),
-        }
-    }
-
     /// On a first start, logs where each source partition begins.
     pub fn log_begin(&mut self, job: &str) -> Result<(), RunError> {
-        self.bounds().log_begin(job)
-    }
-
-    /// Commits `epoch` in lockstep with the cluster's other writers: its
-    /// share is sent and flushed, process 0 decides, then files, rows and
-    /// the transaction commit. A writer that committed a replayed epoch
-    /// before sends nothing of it and commits nothing, yet takes part.
-    fn commit_in_cluster(
-        &mut self,
-        epoch: u64,
-        output: &EpochOutput,
-        read: &BTreeMap<(u32, i32), (i64, i64)>,
-        report: &super::control::EpochReport,
-        write_external: &mut Option<impl FnOnce() -> Result<(), RunError>>,
-        job: &str,
-    ) -> Result<(), RunError> {
-        let skips = self.member().is_some_and(|m| m.skips(epoch));
-        if !skips {
-            self.send(epoch, output, job)?;
-            if self.guarantee == Guarantee::ExactlyOnce {
-                self.pre_commit(epoch, job)?;
-            }
-        }
-        let member = self.member().expect("a cluster's writer");
-        member.send(&super::control::ToLeader::Prepared {
-            epoch,
-            read: read
-                .iter()
-                .map(|((s, p), (a, b))| (*s, *p, *a, *b))
-                .collect(),
-            report: report.clone(),
-        })?;
-        let log_offset = member.await_decision(epoch)?;
-        fault::point("decided");
-        if skips {
-            return Ok(());
-        }
-        if let Some(write) = write_external.take() {
-            write()?;
-        }
-        self.commit_progress(log_offset, job)?;
-        fault::point("committed");
-        Ok(())
+        self.bounds.log_begin(job)
     }
 
     fn send(&mut self, epoch: u64, output: &EpochOutput, job: &str) -> Result<(), RunError> {

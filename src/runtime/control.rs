@@ -1,5 +1,6 @@
 //! The control connections of a cluster: every process keeps one with
-//! process 0, whose leader decides epochs. Messages are JSON lines; both
+//! process 0, which names the epochs to commit and commits them. Messages
+//! are postcard frames with a length before each; both
 //! ends send a heartbeat every second, and a connection that closes, or
 //! says nothing for [`SILENCE`], is a lost process: timely itself sets no
 //! timeouts and would wait for it forever.
@@ -10,8 +11,7 @@
 use super::recovery::PartitionRange;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,22 +21,28 @@ use std::time::Duration;
 pub const SILENCE: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// What a process's writer tells the leader.
+/// What a process's writer tells process 0.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToLeader {
-    /// The writer holds its transactional id: earlier instances are fenced.
-    Fenced,
     /// Every epoch below `upto` is complete; of those since the last
     /// report, `active` hold something of this process.
     Frontier {
         upto: u64,
         active: Vec<u64>,
     },
-    /// The writer's share of `epoch` is sent and flushed.
+    /// The process's share of `epoch`: what it read, its counts, its
+    /// output for Kafka (process 0's writer sends it in the epoch's one
+    /// transaction), and whether it has files or rows to write.
     Prepared {
         epoch: u64,
         read: Vec<(u32, i32, i64, i64)>,
         report: EpochReport,
+        share: KafkaShare,
+        external: bool,
+    },
+    /// The process has written its files and rows of `epoch`.
+    Written {
+        epoch: u64,
     },
     /// Ctrl-C here: the whole cluster stops after its open epoch.
     Stop,
@@ -47,16 +53,20 @@ pub enum ToLeader {
     Heartbeat,
 }
 
-/// What the leader tells every process's writer.
+/// What process 0 tells every process's writer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToMember {
     Start(Box<StartPlan>),
-    /// Commit these epochs, in order, each in lockstep.
-    Epochs(Vec<u64>),
-    /// `epoch` is decided: commit with the progress just past `log_offset`.
+    /// Commit these epochs, in order; every epoch below `upto` that is to
+    /// be committed has been named.
+    Epochs {
+        list: Vec<u64>,
+        upto: u64,
+    },
+    /// `epoch` is in the epoch log and its Kafka output flushed: write its
+    /// files and rows.
     Decided {
         epoch: u64,
-        log_offset: i64,
     },
     Stop,
     /// The cluster stops: a process was lost or fenced.
@@ -66,6 +76,87 @@ pub enum ToMember {
     /// Every writer has finished.
     Done,
     Heartbeat,
+}
+
+/// A process's output for Kafka in one epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KafkaShare {
+    /// Per topic: (key, value, partition).
+    #[allow(clippy::type_complexity)]
+    pub records: Vec<(String, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Option<i32>)>)>,
+    /// (key, value, reason, topic, partition, offset).
+    #[allow(clippy::type_complexity)]
+    pub dead: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, String, String, i32, i64)>,
+    pub changelog: Vec<(String, Vec<(Vec<u8>, Option<Vec<u8>>)>)>,
+}
+
+impl KafkaShare {
+    pub fn from_output(o: super::commit::EpochOutput) -> Self {
+        KafkaShare {
+            records: o
+                .records
+                .into_iter()
+                .map(|(t, rs)| {
+                    let rs = rs
+                        .into_iter()
+                        .map(|r| (r.key.map(|k| k.to_vec()), r.value, r.partition))
+                        .collect();
+                    (t.to_string(), rs)
+                })
+                .collect(),
+            dead: o
+                .dead
+                .into_iter()
+                .map(|d| {
+                    let key = d.key.map(|k| k.to_vec());
+                    (
+                        key,
+                        d.value,
+                        d.reason,
+                        d.topic.to_string(),
+                        d.partition,
+                        d.offset,
+                    )
+                })
+                .collect(),
+            changelog: o
+                .changelog
+                .into_iter()
+                .map(|(t, rs)| (t.to_string(), rs))
+                .collect(),
+        }
+    }
+
+    /// Adds this share to `o`, the epoch's output in process 0.
+    pub fn add_to(self, o: &mut super::commit::EpochOutput) {
+        use crate::record::{DeadLetter, OutRecord};
+        for (t, rs) in self.records {
+            let rs = rs
+                .into_iter()
+                .map(|(key, value, partition)| OutRecord {
+                    key: key.map(Into::into),
+                    value,
+                    partition,
+                    window: None,
+                    row: None,
+                })
+                .collect();
+            o.records.push((t.into(), rs));
+        }
+        for (key, value, reason, topic, partition, offset) in self.dead {
+            o.dead.push(DeadLetter {
+                key: key.map(Into::into),
+                value,
+                reason,
+                topic: topic.into(),
+                partition,
+                offset,
+            });
+        }
+        for (t, rs) in self.changelog {
+            o.changelog.push((t.into(), rs));
+        }
+    }
 }
 
 /// An epoch's counts as one process saw them, for the combined progress
@@ -96,10 +187,6 @@ pub struct StartPlan {
     pub next_epoch: u64,
     pub start_offsets: Option<Vec<(u32, i32, i64)>>,
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
-    pub log_offsets: Vec<(u64, i64)>,
-    pub skip: BTreeMap<u64, Vec<u32>>,
-    pub committed_offset: Option<i64>,
-    pub writers_before: u32,
     /// Schema ids the leader registered, by sink node.
     pub sink_schema_ids: Vec<(usize, u32)>,
 }
@@ -113,7 +200,15 @@ pub enum Event<M> {
 
 /// One end of a control connection.
 pub struct Link<Out> {
-    send: Box<dyn Fn(&Out) -> bool + Send>,
+    send: Arc<dyn Fn(&Out) -> bool + Send + Sync>,
+}
+
+impl<Out> Clone for Link<Out> {
+    fn clone(&self) -> Self {
+        Link {
+            send: self.send.clone(),
+        }
+    }
 }
 
 impl<Out> Link<Out> {
@@ -133,10 +228,10 @@ pub fn local_pair() -> (
     let (to_leader, leader_rx) = crossbeam_channel::unbounded();
     let (to_member, member_rx) = crossbeam_channel::unbounded();
     let up = Link {
-        send: Box::new(move |m: &ToLeader| to_leader.send(Event::Msg(m.clone())).is_ok()),
+        send: Arc::new(move |m: &ToLeader| to_leader.send(Event::Msg(m.clone())).is_ok()),
     };
     let down = Link {
-        send: Box::new(move |m: &ToMember| to_member.send(Event::Msg(m.clone())).is_ok()),
+        send: Arc::new(move |m: &ToMember| to_member.send(Event::Msg(m.clone())).is_ok()),
     };
     (up, member_rx, down, leader_rx)
 }
@@ -158,10 +253,12 @@ where
         stream.try_clone().expect("a socket can be cloned"),
     )));
     let send_on = |w: &Mutex<BufWriter<TcpStream>>, m: &Out| -> bool {
-        let mut line = serde_json::to_vec(m).expect("control messages serialise");
-        line.push(b'\n');
+        let frame = postcard::to_allocvec(m).expect("control messages serialise");
         let mut w = w.lock().unwrap();
-        w.write_all(&line).and_then(|_| w.flush()).is_ok()
+        w.write_all(&(frame.len() as u32).to_be_bytes())
+            .and_then(|_| w.write_all(&frame))
+            .and_then(|_| w.flush())
+            .is_ok()
     };
     let beat = writer.clone();
     let beat_closed = closed.clone();
@@ -182,7 +279,7 @@ where
         .spawn(move || read_loop::<In>(stream, peer, tx, closed))
         .expect("spawn control reader");
     let link = Link {
-        send: Box::new(move |m: &Out| send_on(&writer, m)),
+        send: Arc::new(move |m: &Out| send_on(&writer, m)),
     };
     (link, rx)
 }
@@ -192,12 +289,15 @@ where
     In: for<'de> Deserialize<'de> + HeartbeatMsg,
 {
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
+    let mut frame = Vec::new();
     loop {
-        line.clear();
-        let lost = match reader.read_line(&mut line) {
-            Ok(0) => format!("{peer} closed its connection (it exited or was killed)"),
-            Ok(_) => match serde_json::from_str::<In>(&line) {
+        let mut len = [0u8; 4];
+        let read = reader.read_exact(&mut len).and_then(|_| {
+            frame.resize(u32::from_be_bytes(len) as usize, 0);
+            reader.read_exact(&mut frame)
+        });
+        let lost = match read {
+            Ok(()) => match postcard::from_bytes::<In>(&frame) {
                 Ok(m) if m.is_heartbeat() => continue,
                 Ok(m) => {
                     if tx.send(Event::Msg(m)).is_err() {
@@ -207,6 +307,9 @@ where
                 }
                 Err(e) => format!("{peer} sent something unexpected: {e}"),
             },
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                format!("{peer} closed its connection (it exited or was killed)")
+            }
             Err(e)
                 if matches!(
                     e.kind(),

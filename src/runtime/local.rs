@@ -69,7 +69,15 @@ pub(super) type Sinks = HashMap<usize, Box<dyn EpochSink>>;
 /// Where the writer sends things: a Kafka producer, or memory.
 pub(super) enum Backend {
     Kafka(Box<Committer>),
-    Memory { keep: bool },
+    /// Process 0 of a cluster: its writer commits every process's share of
+    /// an epoch in one transaction.
+    Lead(Box<Committer>, super::member::Member, super::member::Peers),
+    /// Another process of a cluster: it hands its Kafka output to process
+    /// 0 and writes its own files and rows.
+    Follow(super::member::Member),
+    Memory {
+        keep: bool,
+    },
 }
 
 pub(super) struct Launch {
@@ -161,12 +169,6 @@ fn run_attempt(
     let job = &plan.job;
     kafka_admin::check_broker(&job.brokers)?;
     let registry = registry_for(&plan);
-    // Writers of an earlier, larger cluster are fenced before any
-    // progress is read, like this process's own.
-    let retired = recovery::writers_in_log(job)?;
-    for w in 1..retired {
-        Committer::fence_retired(job, w)?;
-    }
     let fenced = Committer::fence(job)?;
     *attempt_out = fenced.attempt;
     Committer::check_not_fenced(job, &fenced)?;
@@ -174,8 +176,7 @@ fn run_attempt(
     say_resuming(job, &recovered);
     let (mut launch, positions, dead_letter_topic) =
         wire(&plan, &opts, &mut recovered, registry, 0, None)?;
-    let mut committer =
-        Committer::open(job, fenced, &recovered, positions, dead_letter_topic, None)?;
+    let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
     if recovered.start_offsets.is_none() {
         committer.log_begin(&job.name)?;
     }

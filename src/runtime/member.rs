@@ -1,8 +1,10 @@
 //! A cluster process's writer side of the control connection: it reports
-//! the epochs it has finished, prepares each epoch the leader names, and
-//! commits once the leader has decided it.
+//! the epochs it has finished, hands process 0 its share of each epoch the
+//! leader names, and writes its files and rows once process 0 has fixed
+//! the epoch in the log ([`Member`]). Process 0's writer gathers the
+//! shares and tells the others when to write ([`Peers`]).
 
-use super::control::{Event, Link, ToLeader, ToMember};
+use super::control::{EpochReport, Event, KafkaShare, Link, ToLeader, ToMember};
 use super::error::RunError;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::{BTreeMap, VecDeque};
@@ -11,35 +13,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Member {
-    pub process: u32,
     link: Link<ToLeader>,
     rx: Receiver<Event<ToMember>>,
-    /// Per replayed epoch, the writers that committed it before.
-    skip: BTreeMap<u64, Vec<u32>>,
     /// The process's stop flag: set by Ctrl-C here, or by the leader.
     stop: Arc<AtomicBool>,
     stop_sent: bool,
     /// Epochs the leader named and the writer has yet to commit.
     backlog: VecDeque<u64>,
+    /// Every epoch below this that is to be committed has been named.
+    named_upto: u64,
     done: bool,
 }
 
 impl Member {
-    pub fn new(
-        process: u32,
-        link: Link<ToLeader>,
-        rx: Receiver<Event<ToMember>>,
-        skip: BTreeMap<u64, Vec<u32>>,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(link: Link<ToLeader>, rx: Receiver<Event<ToMember>>, stop: Arc<AtomicBool>) -> Self {
         Member {
-            process,
             link,
             rx,
-            skip,
             stop,
             stop_sent: false,
             backlog: VecDeque::new(),
+            named_upto: 0,
             done: false,
         }
     }
@@ -48,39 +42,28 @@ impl Member {
         if self.link.send(m) {
             Ok(())
         } else {
-            Err(self.gone())
+            // The reader names the cause; wait a moment for it.
+            Err(match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Event::Lost(reason)) => RunError::ClusterStopped { reason },
+                _ => RunError::ClusterStopped {
+                    reason: "the connection to process 0 broke".into(),
+                },
+            })
         }
     }
 
-    fn gone(&self) -> RunError {
-        // The reader names the cause; wait a moment for it.
-        match self.rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(Event::Lost(reason)) => RunError::ClusterStopped { reason },
-            _ => RunError::ClusterStopped {
-                reason: "the connection to process 0 broke".into(),
-            },
-        }
-    }
-
-    /// Whether this writer committed `epoch` before the restart: it cuts
-    /// the epoch again for its state and sends nothing of it.
-    pub fn skips(&self, epoch: u64) -> bool {
-        self.skip
-            .get(&epoch)
-            .is_some_and(|w| w.contains(&self.process))
-    }
-
-    fn handle(&mut self, m: Event<ToMember>) -> Result<Option<(u64, i64)>, RunError> {
+    fn handle(&mut self, m: Event<ToMember>) -> Result<Option<u64>, RunError> {
         match m {
             // Process 0 exits once every writer has finished.
             Event::Lost(_) if self.done => Ok(None),
             Event::Lost(reason) => Err(RunError::ClusterStopped { reason }),
             Event::Msg(ToMember::Abort { reason }) => Err(RunError::ClusterStopped { reason }),
-            Event::Msg(ToMember::Epochs(list)) => {
+            Event::Msg(ToMember::Epochs { list, upto }) => {
                 self.backlog.extend(list);
+                self.named_upto = self.named_upto.max(upto);
                 Ok(None)
             }
-            Event::Msg(ToMember::Decided { epoch, log_offset }) => Ok(Some((epoch, log_offset))),
+            Event::Msg(ToMember::Decided { epoch }) => Ok(Some(epoch)),
             Event::Msg(ToMember::Stop) => {
                 self.stop.store(true, Ordering::SeqCst);
                 Ok(None)
@@ -93,6 +76,12 @@ impl Member {
         }
     }
 
+    fn unexpected(epoch: u64) -> RunError {
+        RunError::ClusterStopped {
+            reason: format!("epoch {epoch} was decided out of turn; this is a bug in rill"),
+        }
+    }
+
     /// Takes what has arrived, without waiting, and passes a stop asked
     /// for here on to the leader.
     pub fn poll(&mut self) -> Result<(), RunError> {
@@ -101,10 +90,8 @@ impl Member {
             self.send(&ToLeader::Stop)?;
         }
         while let Ok(m) = self.rx.try_recv() {
-            if let Some((epoch, _)) = self.handle(m)? {
-                return Err(RunError::ClusterStopped {
-                    reason: format!("epoch {epoch} was decided before this process prepared it; this is a bug in rill"),
-                });
+            if let Some(epoch) = self.handle(m)? {
+                return Err(Self::unexpected(epoch));
             }
         }
         Ok(())
@@ -115,13 +102,17 @@ impl Member {
         self.backlog.pop_front()
     }
 
+    /// Whether every epoch there will be is named and committed.
+    pub fn all_named_committed(&self) -> bool {
+        self.named_upto == u64::MAX && self.backlog.is_empty()
+    }
+
     pub fn is_done(&self) -> bool {
         self.done
     }
 
-    /// Waits until the leader has decided `epoch`; the offset of its
-    /// record in the epoch log.
-    pub fn await_decision(&mut self, epoch: u64) -> Result<i64, RunError> {
+    /// Waits until process 0 has fixed `epoch` in the log.
+    pub fn await_decision(&mut self, epoch: u64) -> Result<(), RunError> {
         loop {
             let m = match self.rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => m,
@@ -136,14 +127,84 @@ impl Member {
                 }
             };
             match self.handle(m)? {
-                Some((e, offset)) if e == epoch => return Ok(offset),
-                Some((e, _)) => {
-                    return Err(RunError::ClusterStopped {
-                        reason: format!("epoch {e} was decided while this process waited for epoch {epoch}; this is a bug in rill"),
-                    })
-                }
+                Some(e) if e == epoch => return Ok(()),
+                Some(e) => return Err(Self::unexpected(e)),
                 None => {}
             }
         }
+    }
+}
+
+/// One process's share of an epoch, as process 0 receives it.
+pub struct PreparedShare {
+    pub read: BTreeMap<(u32, i32), (i64, i64)>,
+    pub report: EpochReport,
+    pub share: KafkaShare,
+    pub external: bool,
+}
+
+/// What process 0's writer hears from the other processes: their shares
+/// and that they have written their files and rows, or that one was lost.
+pub enum PeerEvent {
+    Prepared(u64, Box<PreparedShare>),
+    Written(u64),
+    Lost(String),
+}
+
+/// Process 0's side: the other processes' shares of each epoch.
+pub struct Peers {
+    rx: Receiver<(usize, PeerEvent)>,
+    links: Vec<Link<ToMember>>,
+    prepared: BTreeMap<u64, Vec<PreparedShare>>,
+    written: BTreeMap<u64, usize>,
+}
+
+impl Peers {
+    /// `links`: to processes 1 and up.
+    pub fn new(rx: Receiver<(usize, PeerEvent)>, links: Vec<Link<ToMember>>) -> Self {
+        Peers {
+            rx,
+            links,
+            prepared: BTreeMap::new(),
+            written: BTreeMap::new(),
+        }
+    }
+
+    fn next(&mut self) -> Result<(), RunError> {
+        match self.rx.recv_timeout(Duration::from_secs(600)) {
+            Ok((_, PeerEvent::Prepared(epoch, share))) => {
+                self.prepared.entry(epoch).or_default().push(*share);
+                Ok(())
+            }
+            Ok((_, PeerEvent::Written(epoch))) => {
+                *self.written.entry(epoch).or_default() += 1;
+                Ok(())
+            }
+            Ok((_, PeerEvent::Lost(reason))) => Err(RunError::ClusterStopped { reason }),
+            Err(_) => Err(RunError::ClusterStopped {
+                reason: "the other processes sent nothing for 600 s".into(),
+            }),
+        }
+    }
+
+    /// Every other process's share of `epoch`, once all have sent it.
+    pub fn shares_of(&mut self, epoch: u64) -> Result<Vec<PreparedShare>, RunError> {
+        while self.prepared.get(&epoch).map_or(0, Vec::len) < self.links.len() {
+            self.next()?;
+        }
+        Ok(self.prepared.remove(&epoch).unwrap_or_default())
+    }
+
+    /// `epoch` is in the log: every other process writes its files and
+    /// rows; returns once all have.
+    pub fn decided(&mut self, epoch: u64) -> Result<(), RunError> {
+        for l in &self.links {
+            l.send(&ToMember::Decided { epoch });
+        }
+        while self.written.get(&epoch).copied().unwrap_or(0) < self.links.len() {
+            self.next()?;
+        }
+        self.written.remove(&epoch);
+        Ok(())
     }
 }

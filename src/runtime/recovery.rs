@@ -46,11 +46,10 @@ pub enum RecoveryError {
     },
     #[error("another instance of job {job} started after this one, so this one stops without committing")]
     Superseded { job: String },
-    #[error("job {job} stopped in the middle of epoch {epoch}: writers {done:?} committed it and the others did not; it is finished on the shape that cut it, {processes} processes of {workers} workers (records go to workers by their number): start the job so once, then at the new size")]
+    #[error("job {job} stopped in the middle of epoch {epoch}, whose files and rows its processes may have written in part; it is finished on the shape that cut it, {processes} processes of {workers} workers (records go to workers by their number): start the job so once, then at the new size")]
     InDoubt {
         job: String,
         epoch: u64,
-        done: Vec<u32>,
         processes: u32,
         workers: u32,
     },
@@ -141,13 +140,6 @@ pub struct Recovered {
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
     /// Offset of each logged epoch's record in the log.
     pub log_offsets: HashMap<u64, i64>,
-    /// Per replayed epoch, the writers that committed it already.
-    pub skip: std::collections::BTreeMap<u64, Vec<u32>>,
-    /// Offset of the committed epoch's record in the log.
-    pub committed_offset: Option<i64>,
-    /// The writers whose progress counted: those of the start that logged
-    /// the newest epoch. Writers past them join at the committed epoch.
-    pub writers_before: u32,
     /// Per stateful transform, its state as of the committed epoch.
     pub state: HashMap<String, Vec<StateEntry>>,
 }
@@ -301,9 +293,9 @@ pub fn writer_index(header: Option<&str>) -> u32 {
         .unwrap_or(0)
 }
 
-/// The epoch log and what every writer that counts has committed: the
-/// writers of the start that logged the newest epoch (a cluster has one
-/// per process; the progress of writers it retired is history).
+/// The epoch log and what the job's writer has committed. A cluster has
+/// one Kafka writer too, in process 0; the planner takes several for a
+/// store that would give each process a writer of its own.
 pub struct CommittedView {
     pub records: Vec<(i64, LogRecord)>,
     pub progress: Vec<i64>,
@@ -318,7 +310,7 @@ impl CommittedView {
     pub fn read(job: &crate::spec::JobConfig) -> Result<Self, RecoveryError> {
         let records = read_log(&job.brokers, &job.epoch_log_topic())?;
         let decided_by = planner::decided_by(&records);
-        let writers = decided_by.map_or(1, |(p, _)| p);
+        let writers = 1u32;
         let progress = (0..writers)
             .map(|w| Ok(committed_progress(&job.brokers, job, w)?.unwrap_or(0)))
             .collect::<Result<Vec<i64>, RecoveryError>>()?;
@@ -358,27 +350,37 @@ pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, Recov
     Ok(records)
 }
 
-/// How many writers the job has ever had: the most processes any start
-/// in its log had (1 for a new job). Every one of them is fenced at a
-/// start, used now or not: a writer of a larger cluster killed with a
-/// transaction open would otherwise hold it open, and on Tansu a
-/// transaction open on a partition holds back the commits of every
-/// other writer's transaction on that partition.
-pub fn writers_in_log(job: &crate::spec::JobConfig) -> Result<u32, RecoveryError> {
-    let records = read_log(&job.brokers, &job.epoch_log_topic())?;
-    Ok(planner::writers_ever(&records))
+/// Whether the job stopped between logging an epoch and committing it,
+/// with files or rows that processes of a cluster may have written for it
+/// already, on a shape other than `shape`: then that epoch must be cut
+/// again on the shape that cut it, where each row goes to the same
+/// process and a process skips what it wrote. (epoch, processes, workers).
+fn in_doubt_of(
+    plan: &Plan,
+    resume: &planner::Resume,
+    decided_by: Option<(u32, u32)>,
+    shape: (u32, u32),
+) -> Option<(u64, u32, u32)> {
+    let (epoch, _) = resume.replay.first()?;
+    let (processes, workers) = decided_by?;
+    let external = plan.sinks().any(|(_, _, s)| {
+        matches!(
+            s,
+            crate::plan::SinkPlan::File { .. } | crate::plan::SinkPlan::Postgres { .. }
+        )
+    });
+    let alone = processes == 1 && shape.0 == 1;
+    let same = processes == shape.0 && (workers == 0 || workers == shape.1);
+    (external && !alone && !same).then_some((*epoch, processes, workers))
 }
 
-/// An epoch some writers of a cluster committed and others did not, and
-/// the shape of the cluster that decided it: (epoch, processes, workers).
-/// It is finished on that shape before the job runs at another size.
-pub fn in_doubt(job: &crate::spec::JobConfig) -> Result<Option<(u64, u32, u32)>, RecoveryError> {
-    let view = CommittedView::read(job)?;
+/// The epoch [`recover`] would refuse to start at `shape`, read without
+/// fencing: a commit may still be landing, so a caller asks after a start
+/// failed.
+pub fn in_doubt(plan: &Plan, shape: (u32, u32)) -> Result<Option<(u64, u32, u32)>, RecoveryError> {
+    let view = CommittedView::read(&plan.job)?;
     let resume = planner::resume_writers(&view.records, &view.progress);
-    Ok(match (resume.skip.keys().next(), view.decided_by) {
-        (Some(epoch), Some((processes, workers))) => Some((*epoch, processes, workers)),
-        _ => None,
-    })
+    Ok(in_doubt_of(plan, &resume, view.decided_by, shape))
 }
 
 /// The attempt of the newest start in the epoch log.
@@ -411,17 +413,13 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
             job: job.name.clone(),
         });
     }
-    if let (Some((epoch, done)), Some(decided)) = (resume.skip.iter().next(), view.decided_by) {
-        let same = decided.0 == shape.0 && (decided.1 == 0 || decided.1 == shape.1);
-        if !same {
-            return Err(RecoveryError::InDoubt {
-                job: job.name.clone(),
-                epoch: *epoch,
-                done: done.clone(),
-                processes: decided.0,
-                workers: decided.1,
-            });
-        }
+    if let Some((epoch, processes, workers)) = in_doubt_of(plan, &resume, view.decided_by, shape) {
+        return Err(RecoveryError::InDoubt {
+            job: job.name.clone(),
+            epoch,
+            processes,
+            workers,
+        });
     }
     let mut out = Recovered {
         attempt,
@@ -430,9 +428,6 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         start_offsets: resume.start_offsets,
         replay: resume.replay,
         log_offsets: resume.log_offsets,
-        skip: resume.skip,
-        committed_offset: resume.committed_offset,
-        writers_before: view.progress.len() as u32,
         state: HashMap::new(),
     };
 

@@ -4,7 +4,7 @@
 //! the coordinator gives.
 
 use super::commit::EpochOutput;
-use super::control::{EpochReport, Share, ToLeader};
+use super::control::{EpochReport, KafkaShare, Share, ToLeader};
 use super::coordinator::Completion;
 use super::local::{Backend, RunOptions, RunSummary, Sinks};
 use super::report::progress_line;
@@ -105,7 +105,8 @@ pub(super) fn write_loop(
             // summary goes to the leader, which ends the run for all.
             let all_done = (finished >= workers || workers_gone)
                 && completion.complete() == Epoch::MAX
-                && w.held.is_empty();
+                && w.held.is_empty()
+                && w.member().unwrap().all_named_committed();
             if all_done && !share_sent {
                 share_sent = true;
                 let share = w.share();
@@ -162,29 +163,29 @@ pub(super) fn write_loop(
             WriterMsg::Dead { epoch, records } => match (&w.backend, dead_letter_sink) {
                 (Backend::Memory { .. }, _) => w.summary.dead_letters.extend(records),
                 // A dead-letter sink outside Kafka gets them as rows.
-                (Backend::Kafka(_), Some(i)) => w
+                (_, Some(i)) => w
                     .targets
                     .get_mut(&i)
                     .unwrap()
                     .stage(epoch, records.iter().map(dead_letter_record).collect()),
-                (Backend::Kafka(_), None) => pending.entry(epoch).or_default().dead.extend(records),
+                (_, None) => pending.entry(epoch).or_default().dead.extend(records),
             },
             WriterMsg::Changelog {
                 epoch,
                 topic,
                 records,
             } => match &w.backend {
-                Backend::Kafka(_) => pending
-                    .entry(epoch)
-                    .or_default()
-                    .changelog
-                    .push((topic, records)),
                 Backend::Memory { keep: true } => w.summary.changelog.extend(
                     records
                         .into_iter()
                         .map(|(k, v)| (epoch, topic.to_string(), k, v)),
                 ),
                 Backend::Memory { keep: false } => {}
+                _ => pending
+                    .entry(epoch)
+                    .or_default()
+                    .changelog
+                    .push((topic, records)),
             },
             WriterMsg::Trace(lines) => {
                 for l in lines {
@@ -242,8 +243,8 @@ pub(super) fn write_loop(
 impl Writer<'_> {
     fn member(&mut self) -> Option<&mut crate::runtime::member::Member> {
         match &mut self.backend {
-            Backend::Kafka(c) => c.member(),
-            Backend::Memory { .. } => None,
+            Backend::Lead(_, m, _) | Backend::Follow(m) => Some(m),
+            Backend::Kafka(_) | Backend::Memory { .. } => None,
         }
     }
 
@@ -279,6 +280,7 @@ impl Writer<'_> {
         let external = self.targets.values().any(|t| t.holds(e));
         let _ = self.out.flush();
         let report = totals.as_ref().map(EpochTotals::report).unwrap_or_default();
+        let mut output = output;
         let Writer {
             targets,
             summary,
@@ -308,24 +310,65 @@ impl Writer<'_> {
             }
             Ok(())
         };
-        let cluster = match backend {
+        let job = &plan.job.name;
+        let mut totals = totals;
+        let follower = matches!(backend, Backend::Follow(_));
+        match backend {
             Backend::Kafka(committer) => {
-                committer.commit(
-                    e,
-                    output,
-                    &read,
+                committer.commit(e, output, &read, external, write_files, job)?
+            }
+            Backend::Memory { .. } => write_files()?,
+            // Process 0 adds every other process's share, commits them
+            // in one transaction, and lets them write their files and
+            // rows once the epoch is in the log.
+            Backend::Lead(committer, _, peers) => {
+                let mut read = read;
+                let mut external = external;
+                for share in peers.shares_of(e)? {
+                    for (k, (a, b)) in share.read {
+                        let r = read.entry(k).or_insert((a, b));
+                        r.0 = r.0.min(a);
+                        r.1 = r.1.max(b);
+                    }
+                    totals
+                        .get_or_insert_with(|| EpochTotals {
+                            counts: EpochCounts::default(),
+                            out: vec![0; sink_order.len()],
+                        })
+                        .add_report(&share.report);
+                    external |= share.external;
+                    share.share.add_to(&mut output);
+                }
+                let mut write_all = || -> Result<(), RunError> {
+                    write_files()?;
+                    peers.decided(e)
+                };
+                if output.is_empty() && read.is_empty() && !external {
+                    // Nothing to log or commit; the others still wait.
+                    write_all()?;
+                } else {
+                    // The others wait for the epoch to be logged, to
+                    // write their files and rows: that step always runs.
+                    committer.commit(e, output, &read, true, write_all, job)?
+                }
+            }
+            Backend::Follow(member) => {
+                member.send(&ToLeader::Prepared {
+                    epoch: e,
+                    read: read
+                        .iter()
+                        .map(|((s, p), (a, b))| (*s, *p, *a, *b))
+                        .collect(),
+                    report,
+                    share: KafkaShare::from_output(output),
                     external,
-                    &report,
-                    write_files,
-                    &plan.job.name,
-                )?;
-                committer.member().is_some()
-            }
-            Backend::Memory { .. } => {
+                })?;
+                member.await_decision(e)?;
+                crate::fault::point("decided");
                 write_files()?;
-                false
+                member.send(&ToLeader::Written { epoch: e })?;
             }
-        };
+        }
         let sent = self.staged.split_off(&(e + 1));
         let sent: i64 = std::mem::replace(&mut self.staged, sent)
             .into_values()
@@ -348,8 +391,8 @@ impl Writer<'_> {
                 .entry(self.sink_names[&self.sink_order[pos]].clone())
                 .or_default() += n;
         }
-        // A cluster's leader prints one line for all its processes.
-        if self.opts.progress && !cluster {
+        // Process 0 prints one line for the whole cluster.
+        if self.opts.progress && !follower {
             let _ = self.out.flush();
             let interval_s = self.plan.job.checkpoint_interval_ms as f64 / 1000.0;
             let elapsed = self.last_epoch_at.elapsed().as_secs_f64().max(interval_s);
@@ -372,7 +415,7 @@ impl Writer<'_> {
 
     fn finish(mut self, start: Instant) -> Result<RunSummary, RunError> {
         let _ = self.out.flush();
-        if let Backend::Kafka(c) = &self.backend {
+        if let Backend::Kafka(c) | Backend::Lead(c, ..) = &self.backend {
             c.flush()?;
         }
         for (i, n, _) in self.plan.sinks() {
@@ -392,6 +435,21 @@ impl Writer<'_> {
 }
 
 impl EpochTotals {
+    fn add_report(&mut self, r: &EpochReport) {
+        if self.counts.inputs.len() < r.inputs.len() {
+            self.counts.inputs.resize(r.inputs.len(), 0);
+        }
+        for (a, b) in self.counts.inputs.iter_mut().zip(&r.inputs) {
+            *a += b;
+        }
+        for (a, b) in self.out.iter_mut().zip(&r.out) {
+            *a += b;
+        }
+        self.counts.dead += r.dead;
+        self.counts.late += r.late;
+        self.counts.filtered += r.filtered;
+    }
+
     /// Nothing read, written, dead-lettered or filtered.
     pub(super) fn is_idle(&self) -> bool {
         self.counts.inputs.iter().all(|n| *n == 0)
