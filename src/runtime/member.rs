@@ -82,13 +82,19 @@ impl Member {
         }
     }
 
-    /// Takes what has arrived, without waiting, and passes a stop asked
-    /// for here on to the leader.
-    pub fn poll(&mut self) -> Result<(), RunError> {
+    /// Passes a stop asked for here (Ctrl-C) on to the leader, once.
+    fn pass_on_stop(&mut self) -> Result<(), RunError> {
         if self.stop.load(Ordering::SeqCst) && !self.stop_sent {
             self.stop_sent = true;
             self.send(&ToLeader::Stop)?;
         }
+        Ok(())
+    }
+
+    /// Takes what has arrived, without waiting, and passes a stop asked
+    /// for here on to the leader.
+    pub fn poll(&mut self) -> Result<(), RunError> {
+        self.pass_on_stop()?;
         while let Ok(m) = self.rx.try_recv() {
             if let Some(epoch) = self.handle(m)? {
                 return Err(Self::unexpected(epoch));
@@ -117,7 +123,7 @@ impl Member {
             let m = match self.rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => m,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.poll()?;
+                    self.pass_on_stop()?;
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
