@@ -55,6 +55,9 @@ impl RunError {
         match self {
             // A broker that is not there at start is said at once.
             RunError::Kafka(_)
+            // A commit that times out is, most often, that of an instance
+            // a newer one fenced: starting again would fence that one.
+            | RunError::CommitTimeout { .. }
             | RunError::Fenced { .. }
             | RunError::OffsetsGone { .. }
             | RunError::StaleEpoch { .. }

@@ -196,19 +196,6 @@ pub fn decided_by(records: &[(i64, LogRecord)]) -> Option<(u32, u32)> {
         .or(Some((1, 0)))
 }
 
-/// The most processes any start in the log had (1 for none).
-pub fn writers_ever(records: &[(i64, LogRecord)]) -> u32 {
-    records
-        .iter()
-        .filter_map(|(_, r)| match r {
-            LogRecord::Start { processes, .. } => Some(*processes),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(1)
-        .max(1)
-}
-
 /// For each epoch `writer` has committed, the attempt whose copy of its
 /// output and changelog counts: the last live record of the epoch, its
 /// first logging or a replay, that the writer did not skip. An epoch is

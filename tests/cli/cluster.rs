@@ -384,3 +384,89 @@ fn an_epoch_in_doubt_is_finished_on_its_shape_before_the_job_runs_at_another_siz
     assert!(!stderr.contains("finishing on that shape"), "{stderr}");
     assert_eq!(verify_lines(&job), verify_lines(&reference));
 }
+
+#[test]
+fn a_process_that_hangs_stops_the_cluster_within_seconds_and_is_named() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-hang");
+    let input = format!("{tag}-in");
+    bank_input(dir.path(), &input, 500, &format!("{tag}-gen"));
+    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
+    let job = reading(
+        dir.path(),
+        "bank.toml",
+        "bank-transactions",
+        outputs,
+        &input,
+        &tag,
+    );
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--restart-attempts",
+            "0",
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = launcher.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|l: &String| l.starts_with("epoch ")) {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no epoch committed:\n{}", seen.join("\n")),
+        }
+    }
+    // Process 1 stops answering, as a process that hangs does.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
+    let one: i32 = children.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let frozen = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-STOP", &one.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let lost = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("was lost") => break l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("process 0 did not stop:\n{}", seen.join("\n")),
+        }
+    };
+    let waited = frozen.elapsed();
+    assert!(
+        lost.contains("process 1 was lost: process 1 at ")
+            && lost.contains("sent nothing for 5 s (it hangs, or the network between us does)"),
+        "{lost}"
+    );
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    // The launcher kills what is left and says which process failed.
+    let status = launcher.wait().unwrap();
+    assert!(!status.success());
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("error: job ") && l.contains("failed: process ")),
+        "{rest:?}"
+    );
+}
