@@ -202,9 +202,9 @@ fn spawn(
     if args.trace_records {
         cmd.arg("--trace-records");
     }
-    // Process 0 speaks for the cluster; the others only when they fail.
-    // After a restart the start line is not repeated.
-    if args.quiet || i > 0 || restarted {
+    // Process 0 speaks for the cluster (its progress lines go on after a
+    // restart); the others only when they fail.
+    if args.quiet || i > 0 {
         cmd.arg("--quiet");
     }
     if let Some(r) = args.max_records_per_second {
@@ -221,13 +221,10 @@ fn spawn(
         .spawn()
         .context("cannot start a process of the cluster")?;
     let stderr = child.stderr.take().expect("piped stderr");
-    let quiet_progress = args.quiet && restarted;
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if i == 0 {
-                if !(quiet_progress && line.starts_with("epoch ")) {
-                    eprintln!("{line}");
-                }
+                eprintln!("{line}");
             } else {
                 eprintln!("process {i}: {line}");
             }

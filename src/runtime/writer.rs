@@ -280,7 +280,6 @@ impl Writer<'_> {
         let external = self.targets.values().any(|t| t.holds(e));
         let _ = self.out.flush();
         let report = totals.as_ref().map(EpochTotals::report).unwrap_or_default();
-        let mut output = output;
         let Writer {
             targets,
             summary,
