@@ -68,9 +68,10 @@ pub struct PartitionRange {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LogRecord {
     /// A start of the job; its attempt is one past this record's offset.
-    /// A cluster logs one start for all its processes, with its shape:
-    /// an epoch it decided and not every writer committed is finished on
-    /// that shape (records route to workers by their number).
+    /// A cluster logs one start for all its processes, with its shape: an
+    /// epoch it logged and did not commit, whose files and rows its
+    /// processes may have written, is finished on that shape (records
+    /// route to workers by their number).
     Start {
         #[serde(default = "one")]
         processes: u32,
