@@ -102,8 +102,8 @@ impl Committer {
 
     /// Starts the producer of writer `process` (fencing its earlier
     /// instances with exactly once) and its progress group, without
-    /// logging a start: a cluster logs one start, from process 0, once
-    /// every writer is fenced.
+    /// logging a start: a cluster's process 0 logs a start of its own,
+    /// which records the cluster's shape.
     pub fn fence_writer(job: &JobConfig, process: u32) -> Result<Fenced, RunError> {
         let writer_id = job.writer_id_of(process);
         let eos = job.guarantee == Guarantee::ExactlyOnce;
