@@ -53,10 +53,17 @@ pub fn run_process(
         cluster::connect(&place.addresses, me, place.identity, place.connect_timeout)?;
     let closed = Arc::new(AtomicBool::new(false));
     let shape = (n as u32, opts.workers as u32);
+    let this = This {
+        plan: &plan,
+        opts: &opts,
+        stop: &stop,
+        place: &place,
+        closed: &closed,
+    };
     let result = if me == 0 {
-        lead(&plan, &opts, &stop, &place, control, timely, &closed, shape)
+        lead(this, control, timely, shape)
     } else {
-        follow(&plan, &opts, &stop, &place, control, timely, &closed)
+        follow(this, control, timely)
     };
     closed.store(true, Ordering::SeqCst);
     if let Err(e) = &result {
@@ -65,18 +72,32 @@ pub fn run_process(
     result
 }
 
+/// What both sides of a cluster's start take: the job, its options and
+/// stop flag, the process's place, and the flag that ends its control
+/// threads.
+#[derive(Clone, Copy)]
+struct This<'a> {
+    plan: &'a Arc<Plan>,
+    opts: &'a RunOptions,
+    stop: &'a Arc<AtomicBool>,
+    place: &'a Place,
+    closed: &'a Arc<AtomicBool>,
+}
+
 /// Process 0: its writer is the job's one Kafka writer.
-#[allow(clippy::too_many_arguments)]
 fn lead(
-    plan: &Arc<Plan>,
-    opts: &RunOptions,
-    stop: &Arc<AtomicBool>,
-    place: &Place,
+    this: This<'_>,
     mut control: Vec<Option<std::net::TcpStream>>,
     timely: Vec<Option<std::net::TcpStream>>,
-    closed: &Arc<AtomicBool>,
     shape: (u32, u32),
 ) -> Result<RunSummary, RunError> {
+    let This {
+        plan,
+        opts,
+        stop,
+        place,
+        closed,
+    } = this;
     let job = &plan.job;
     // Every process's messages arrive on one channel, tagged with its index;
     // process 0's own writer speaks through channels.
@@ -184,16 +205,18 @@ fn lead(
 }
 
 /// Processes 1 and up: they write no Kafka transaction of their own.
-#[allow(clippy::too_many_arguments)]
 fn follow(
-    plan: &Arc<Plan>,
-    opts: &RunOptions,
-    stop: &Arc<AtomicBool>,
-    place: &Place,
+    this: This<'_>,
     mut control: Vec<Option<std::net::TcpStream>>,
     timely: Vec<Option<std::net::TcpStream>>,
-    closed: &Arc<AtomicBool>,
 ) -> Result<RunSummary, RunError> {
+    let This {
+        plan,
+        opts,
+        stop,
+        place,
+        closed,
+    } = this;
     let me = place.process;
     let stream = control[0]
         .take()

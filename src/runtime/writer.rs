@@ -321,23 +321,17 @@ impl Writer<'_> {
             // in one transaction, and lets them write their files and
             // rows once the epoch is in the log.
             Backend::Lead(committer, _, peers) => {
-                let mut read = read;
                 let mut external = external;
+                let merged = totals.get_or_insert_with(|| EpochTotals {
+                    counts: EpochCounts::default(),
+                    out: vec![0; sink_order.len()],
+                });
                 for share in peers.shares_of(e)? {
-                    for (k, (a, b)) in share.read {
-                        let r = read.entry(k).or_insert((a, b));
-                        r.0 = r.0.min(a);
-                        r.1 = r.1.max(b);
-                    }
-                    totals
-                        .get_or_insert_with(|| EpochTotals {
-                            counts: EpochCounts::default(),
-                            out: vec![0; sink_order.len()],
-                        })
-                        .add_report(&share.report);
+                    merged.add_share(&share.report, share.read);
                     external |= share.external;
                     share.share.add_to(&mut output);
                 }
+                let read = merged.counts.ranges.clone();
                 let mut write_all = || -> Result<(), RunError> {
                     write_files()?;
                     peers.decided(e)
@@ -434,19 +428,18 @@ impl Writer<'_> {
 }
 
 impl EpochTotals {
-    fn add_report(&mut self, r: &EpochReport) {
-        if self.counts.inputs.len() < r.inputs.len() {
-            self.counts.inputs.resize(r.inputs.len(), 0);
-        }
-        for (a, b) in self.counts.inputs.iter_mut().zip(&r.inputs) {
-            *a += b;
-        }
+    /// Adds another process's counts and the offsets it read.
+    fn add_share(&mut self, r: &EpochReport, read: BTreeMap<(u32, i32), (i64, i64)>) {
+        self.counts.add(&EpochCounts {
+            inputs: r.inputs.clone(),
+            dead: r.dead,
+            late: r.late,
+            filtered: r.filtered,
+            ranges: read,
+        });
         for (a, b) in self.out.iter_mut().zip(&r.out) {
             *a += b;
         }
-        self.counts.dead += r.dead;
-        self.counts.late += r.late;
-        self.counts.filtered += r.filtered;
     }
 
     /// Nothing read, written, dead-lettered or filtered.

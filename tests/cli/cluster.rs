@@ -39,6 +39,12 @@ fn reading(
     path
 }
 
+/// A copy of the bank split reading `input`, with outputs of its own.
+fn bank_reading(dir: &Path, input: &str, tag: &str) -> PathBuf {
+    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
+    reading(dir, "bank.toml", "bank-transactions", outputs, input, tag)
+}
+
 fn submit(job: &Path, extra: &[&str]) -> String {
     let mut args = vec!["submit", job.to_str().unwrap(), "--until-caught-up"];
     args.extend(extra);
@@ -177,16 +183,8 @@ fn a_job_stopped_on_two_processes_restarted_on_three_then_one_ends_as_an_uninter
 fn bank_lake_pair(dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
     let input = format!("{tag}-in");
     bank_input(dir, &input, 1500, &format!("{tag}-gen"));
-    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
     let job = |role: &str| {
-        let path = reading(
-            dir,
-            "bank.toml",
-            "bank-transactions",
-            outputs,
-            &input,
-            &format!("{tag}-{role}"),
-        );
+        let path = bank_reading(dir, &input, &format!("{tag}-{role}"));
         let lake = dir.join(format!("{tag}-{role}-lake"));
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(&format!(
@@ -251,14 +249,7 @@ fn processes_that_cannot_form_a_cluster_say_why() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("cl-errors");
-    let job = reading(
-        dir.path(),
-        "bank.toml",
-        "bank-transactions",
-        &["APPROVED", "REJECTED", "bank-dead-letters"],
-        &format!("{tag}-in"),
-        &tag,
-    );
+    let job = bank_reading(dir.path(), &format!("{tag}-in"), &tag);
     let other = reading(
         dir.path(),
         "rejected.toml",
@@ -345,15 +336,7 @@ fn a_process_that_reads_nothing_still_commits_its_progress() {
     let tag = unique("cl-idle");
     let input = format!("{tag}-in");
     bank_input(dir.path(), &input, 500, &format!("{tag}-gen"));
-    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
-    let job = reading(
-        dir.path(),
-        "bank.toml",
-        "bank-transactions",
-        outputs,
-        &input,
-        &tag,
-    );
+    let job = bank_reading(dir.path(), &input, &tag);
     // Two partitions, four workers: process 1's workers read none of them,
     // so its transactions hold no output.
     let shape = ["--processes", "2", "--workers", "2"];
@@ -392,15 +375,7 @@ fn a_process_that_hangs_stops_the_cluster_within_seconds_and_is_named() {
     let tag = unique("cl-hang");
     let input = format!("{tag}-in");
     bank_input(dir.path(), &input, 500, &format!("{tag}-gen"));
-    let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
-    let job = reading(
-        dir.path(),
-        "bank.toml",
-        "bank-transactions",
-        outputs,
-        &input,
-        &tag,
-    );
+    let job = bank_reading(dir.path(), &input, &tag);
     let mut launcher = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .args([
             "submit",
