@@ -55,9 +55,12 @@ impl RunError {
         match self {
             // A broker that is not there at start is said at once.
             RunError::Kafka(_)
-            // A commit that times out is, most often, that of an instance
-            // a newer one fenced: starting again would fence that one.
+            // A commit that fails or times out, and records refused at
+            // the end of an epoch, are what a fenced instance sees:
+            // starting again would fence the newer one.
             | RunError::CommitTimeout { .. }
+            | RunError::Commit(_)
+            | RunError::Delivery(_)
             | RunError::Fenced { .. }
             | RunError::OffsetsGone { .. }
             | RunError::StaleEpoch { .. }
