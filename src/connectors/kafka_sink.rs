@@ -6,7 +6,7 @@
 use super::kafka_admin::client_config;
 use super::sink::{Committed, EpochSink, SinkError};
 use crate::record::{DeadLetter, OutRecord};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
@@ -227,9 +227,7 @@ impl KafkaWriter {
 
     /// Waits until everything sent so far is delivered or has failed.
     pub fn flush(&self, timeout: Duration) -> Result<(), String> {
-        self.producer
-            .flush(timeout)
-            .map_err(|e| format!("flush: {e}"))?;
+        flush_promptly(&self.producer, timeout).map_err(|e| format!("flush: {e}"))?;
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
@@ -352,4 +350,25 @@ pub fn refused_for_good(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::BadMessage
         )
     )
+}
+
+/// Waits until every record `producer` holds is acknowledged. rdkafka's own
+/// `flush` waits in whole steps of 100 ms once the first look finds records
+/// in flight, which cost every epoch's commit two such steps; this looks
+/// again as soon as a delivery report arrives.
+pub fn flush_promptly<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match producer.flush(Duration::ZERO) {
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if std::time::Instant::now() < deadline =>
+            {
+                producer.poll(Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
 }

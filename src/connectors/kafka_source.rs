@@ -46,7 +46,13 @@ impl KafkaSource {
             // An offset retention has deleted is an error, never a jump.
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
-            .set("queued.min.messages", "200000")
+            // Read ahead enough to keep the workers busy between fetches,
+            // not librdkafka's 64 MiB per partition, so memory stays flat;
+            // and fetch again as soon as the queue drains below that,
+            // instead of librdkafka's default wait of a second.
+            .set("queued.min.messages", "20000")
+            .set("queued.max.messages.kbytes", "2048")
+            .set("fetch.queue.backoff.ms", "10")
             .set("enable.partition.eof", bounded.to_string())
             .create_with_context(EofIsNotAnError)?;
         let mut tpl = TopicPartitionList::new();

@@ -28,7 +28,7 @@ use source::read_source;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
@@ -41,9 +41,56 @@ use transforms::Transforms;
 pub type Epoch = u64;
 pub(crate) type Records<'s> = Stream<'s, Epoch, Vec<Record>>;
 
-/// Records a source may have handed to the writer and not yet seen sent,
-/// before it stops reading; keeps memory bounded when sinks are slower.
+/// Output records the process may hold before its sources stop reading,
+/// when epochs do not end early (`max_epoch_records = 0`, or a cluster).
 pub const MAX_IN_FLIGHT: i64 = 400_000;
+
+/// How full the process's newest epoch is, and how far its clock has been
+/// moved on because an epoch filled before its interval ended. Shared by
+/// the process's workers, so they cut the same epochs.
+#[derive(Debug, Default)]
+pub struct EpochFill {
+    /// Output records that end an epoch early; 0 for never.
+    limit: u64,
+    /// The newest epoch with output, and its output records so far.
+    newest: std::sync::Mutex<(Epoch, u64)>,
+    /// Epochs the clock was moved on by.
+    ahead: std::sync::atomic::AtomicU64,
+}
+
+impl EpochFill {
+    pub fn new(limit: u64) -> EpochFill {
+        EpochFill {
+            limit,
+            ..EpochFill::default()
+        }
+    }
+
+    /// Output records the process may hold before its sources pause: the
+    /// epoch committing, the open one filling, and room for their ends.
+    pub fn max_held(&self) -> i64 {
+        if self.limit == 0 {
+            MAX_IN_FLIGHT
+        } else {
+            (self.limit as i64).saturating_mul(4)
+        }
+    }
+
+    /// A sink staged `n` records of `epoch`.
+    pub(crate) fn add(&self, epoch: Epoch, n: usize) {
+        let mut newest = self.newest.lock().unwrap();
+        if epoch > newest.0 {
+            *newest = (epoch, n as u64);
+        } else if epoch == newest.0 {
+            newest.1 += n as u64;
+        }
+    }
+
+    /// Whether `epoch` holds enough output to end now.
+    fn is_full(&self, epoch: Epoch) -> bool {
+        self.limit > 0 && *self.newest.lock().unwrap() >= (epoch, self.limit)
+    }
+}
 
 /// What every operator of one worker shares.
 pub struct WorkerContext {
@@ -56,6 +103,7 @@ pub struct WorkerContext {
     pub checkpoint_interval: Duration,
     pub stop: Arc<AtomicBool>,
     pub in_flight: Arc<AtomicI64>,
+    pub fill: Arc<EpochFill>,
     pub registry: Option<RegistryClient>,
     /// Per sink node: the schema id its Avro records carry.
     pub sink_schema_ids: HashMap<usize, u32>,
@@ -88,9 +136,33 @@ impl WorkerContext {
     /// Epochs are cut by wall-clock time since the job started, the same
     /// clock on every worker of the process.
     fn epoch_now(&self) -> Epoch {
+        self.clock_epoch() + self.fill.ahead.load(Ordering::Acquire)
+    }
+
+    fn clock_epoch(&self) -> Epoch {
         self.first_epoch.max(1)
             + (self.start.elapsed().as_millis() / self.checkpoint_interval.as_millis().max(1))
                 as Epoch
+    }
+
+    /// Ends `epoch` before its interval is over when it is full, so that
+    /// what the writer holds stays bounded; the workers of the process
+    /// all move on to the next epoch.
+    fn end_epoch_if_full(&self, epoch: Epoch) {
+        if !self.fill.is_full(epoch) {
+            return;
+        }
+        let ahead = self.fill.ahead.load(Ordering::Acquire);
+        let now = self.clock_epoch() + ahead;
+        if now <= epoch {
+            // Another worker may have moved it on already: then this fails.
+            let _ = self.fill.ahead.compare_exchange(
+                ahead,
+                ahead + (epoch + 1 - now),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
     }
 
     pub(crate) fn count(&self, epoch: Epoch, f: impl FnOnce(&mut EpochCounts)) {
@@ -296,4 +368,28 @@ pub fn build<'s>(
 /// message's stamp has one least time.
 pub(crate) fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Epoch {
     *cap.least().expect("messages carry an epoch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_is_full_once_its_output_reaches_the_limit_and_later_epochs_start_empty() {
+        let fill = EpochFill::new(100);
+        fill.add(3, 60);
+        assert!(!fill.is_full(3));
+        fill.add(3, 40);
+        assert!(fill.is_full(3));
+        // Output of an older epoch arriving late does not fill the newest.
+        fill.add(4, 10);
+        fill.add(3, 500);
+        assert!(!fill.is_full(4));
+        assert!(!fill.is_full(5));
+        assert_eq!(fill.max_held(), 400);
+        let never = EpochFill::new(0);
+        never.add(1, 1_000_000);
+        assert!(!never.is_full(1));
+        assert_eq!(never.max_held(), MAX_IN_FLIGHT);
+    }
 }

@@ -232,6 +232,7 @@ impl<'s> WriteSink<'s> for Records<'s> {
                     ctx.dead(epoch, std::mem::take(&mut dead));
                     if !out.is_empty() {
                         ctx.in_flight.fetch_add(out.len() as i64, Ordering::Relaxed);
+                        ctx.fill.add(epoch, out.len());
                         let _ = ctx.writer.send(WriterMsg::Out {
                             sink: node,
                             epoch,

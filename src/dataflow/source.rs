@@ -1,7 +1,7 @@
 //! Sources: each polls its reader without blocking and stamps what it
 //! reads with the epoch of the clock (or, replaying, the logged epoch).
 
-use super::{Epoch, WorkerContext, MAX_IN_FLIGHT};
+use super::{Epoch, WorkerContext};
 use crate::connectors::{Poll, SourceReader};
 use crate::record::RawRecord;
 use std::rc::Rc;
@@ -49,7 +49,7 @@ pub(super) fn read_source<'s>(
             }
             // A replayed epoch is read whole: it cannot complete otherwise,
             // and it was no bigger when it was first read.
-            if !reader.replaying() && ctx.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+            if !reader.replaying() && ctx.in_flight.load(Ordering::Relaxed) > ctx.fill.max_held() {
                 activator.activate_after(Duration::from_millis(2));
                 return;
             }
@@ -117,6 +117,7 @@ fn follow_clock(
     cap: &mut timely::dataflow::operators::Capability<Epoch>,
 ) {
     if !ctx.scripted && !reader.replaying() {
+        ctx.end_epoch_if_full(*cap.time());
         let now = ctx.epoch_now();
         if now > *cap.time() {
             cap.downgrade(&now);

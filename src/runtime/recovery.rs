@@ -201,8 +201,7 @@ impl EpochLog {
                     .headers(headers),
             )
             .map_err(|(e, _)| err(e.to_string()))?;
-        self.producer
-            .flush(Duration::from_secs(30))
+        crate::connectors::kafka_sink::flush_promptly(&self.producer, Duration::from_secs(30))
             .map_err(|e| err(e.to_string()))?;
         match self.producer.context().0.lock().unwrap().take() {
             Some(Ok(offset)) => Ok(offset),

@@ -49,6 +49,13 @@ pub(super) fn execute(
         restored,
         cluster,
     } = launch;
+    // A process of a cluster keeps to the clock: epochs ended early in one
+    // process would leave the others' clocks behind and hold its output.
+    let fill = Arc::new(crate::dataflow::EpochFill::new(if cluster.is_some() {
+        0
+    } else {
+        plan.job.max_epoch_records
+    }));
     let max_rate = opts.max_rate;
     let bounded = opts.until_caught_up;
     let writer_opts = opts.clone();
@@ -87,6 +94,7 @@ pub(super) fn execute(
             checkpoint_interval: interval,
             stop: stop.clone(),
             in_flight: in_flight.clone(),
+            fill: fill.clone(),
             registry: registry.clone(),
             sink_schema_ids: sink_schema_ids.clone(),
             sink_partitions: sink_partitions.clone(),

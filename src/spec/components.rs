@@ -13,6 +13,9 @@ fn default_registry() -> String {
 fn default_checkpoint_interval_ms() -> u64 {
     1000
 }
+fn default_max_epoch_records() -> u64 {
+    50_000
+}
 fn one() -> i32 {
     1
 }
@@ -28,6 +31,12 @@ pub struct JobConfig {
     pub registry_url: String,
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
+    /// An epoch ends early once a process holds this many output records
+    /// for it: the writer holds an epoch's output until it commits, so
+    /// this bounds memory when input comes faster than the interval
+    /// expects. 0: only the interval ends epochs.
+    #[serde(default = "default_max_epoch_records")]
+    pub max_epoch_records: u64,
     /// Where records that cannot be processed go; `<name>.dead-letters`
     /// when not set.
     pub dead_letter_topic: Option<String>,

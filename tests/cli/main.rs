@@ -362,6 +362,70 @@ fn random_transactions_give_the_same_output_on_one_and_four_workers() {
 }
 
 #[test]
+fn an_epoch_that_holds_max_epoch_records_ends_before_its_interval() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "fill");
+    // The clock alone would cut one epoch for the whole run.
+    let text = std::fs::read_to_string(&job.path).unwrap().replace(
+        "checkpoint_interval_ms = 1000",
+        "checkpoint_interval_ms = 600000\nmax_epoch_records = 2000",
+    );
+    std::fs::write(&job.path, text).unwrap();
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        job.path.to_str().unwrap(),
+        "--count",
+        "100000",
+        "--quiet",
+    ]);
+    let (want_approved, want_rejected) = apply_rule(&decode_all(&read_topic(&job.input)));
+    let run = jobctl(&[
+        "submit",
+        job.path.to_str().unwrap(),
+        "--until-caught-up",
+        "--workers",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // A source hands on at most 8 polls of 2048 records before the sink
+    // has counted what the epoch holds.
+    let per_epoch: Vec<u64> = stderr
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .map(|l| {
+            let outs = l
+                .split("| out ")
+                .nth(1)
+                .unwrap()
+                .split(" |")
+                .next()
+                .unwrap();
+            outs.split(", ")
+                .map(|o| o.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        })
+        .collect();
+    assert!(per_epoch.len() >= 5, "{stderr}");
+    assert!(
+        per_epoch.iter().all(|n| *n <= 2000 + 8 * 2048),
+        "{per_epoch:?}"
+    );
+    assert_eq!(per_epoch.iter().sum::<u64>(), 100_000);
+    assert_eq!(
+        sorted(decode_all(&read_topic(&job.approved))),
+        want_approved
+    );
+    assert_eq!(
+        sorted(decode_all(&read_topic(&job.rejected))),
+        want_rejected
+    );
+}
+
+#[test]
 fn a_malformed_record_goes_to_the_dead_letters_and_the_rest_is_processed() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
