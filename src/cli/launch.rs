@@ -7,7 +7,7 @@
 //! starts the whole cluster again, as Flink restarts a job from its last
 //! checkpoint.
 
-use super::submit::{backoff, SubmitArgs};
+use super::submit::{backoff, restarts_after, SubmitArgs};
 use crate::plan::Plan;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -130,7 +130,9 @@ fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Resu
             children.lock().unwrap().push(child.id());
             procs.push(child);
         }
+        let started = std::time::Instant::now();
         let (failure, zero) = supervise(procs);
+        restarts = restarts_after(restarts, started.elapsed());
         children.lock().unwrap().clear();
         let Some((process, code)) = failure else {
             let _ = std::fs::remove_dir_all(&dir);

@@ -139,6 +139,21 @@ pub fn backoff(n: u32) -> Duration {
     Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
+/// A run that lasted this long before it failed was healthy: its failure
+/// starts the count of restarts afresh, as Flink's exponential-delay
+/// strategy resets after a stable period, so a job that runs for months
+/// is not given up on for three failures weeks apart.
+pub const STABLE_RUN: Duration = Duration::from_secs(600);
+
+/// Restarts counted so far, once a run that lasted `lived` has failed.
+pub fn restarts_after(restarts: u32, lived: Duration) -> u32 {
+    if lived >= STABLE_RUN {
+        0
+    } else {
+        restarts
+    }
+}
+
 /// A single process, started again after a failure that may pass.
 fn run_restarting(
     args: &SubmitArgs,
@@ -148,7 +163,10 @@ fn run_restarting(
 ) -> Result<RunSummary, RunError> {
     let mut restarts = 0;
     loop {
-        match local::run(plan.clone(), opts.clone(), stop.clone()) {
+        let started = std::time::Instant::now();
+        let result = local::run(plan.clone(), opts.clone(), stop.clone());
+        restarts = restarts_after(restarts, started.elapsed());
+        match result {
             Err(e)
                 if e.is_transient()
                     && restarts < args.restart_attempts
@@ -207,4 +225,18 @@ fn place(
         },
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_wait_longer_each_time_and_count_afresh_after_a_stable_run() {
+        let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(restarts_after(2, Duration::from_secs(5)), 2);
+        assert_eq!(restarts_after(2, STABLE_RUN - Duration::from_millis(1)), 2);
+        assert_eq!(restarts_after(3, STABLE_RUN), 0);
+    }
 }

@@ -364,6 +364,8 @@ pub struct Fetched {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp, in ms since the Unix epoch (0 if none).
+    pub timestamp_ms: i64,
 }
 
 impl Fetched {
@@ -447,6 +449,7 @@ pub fn read_to_end(
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
         });
     }
     Ok(())
