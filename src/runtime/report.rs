@@ -6,11 +6,13 @@ use super::writer::EpochTotals;
 use crate::dataflow::Epoch;
 use std::collections::HashMap;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn progress_line(
     epoch: Epoch,
     t: &EpochTotals,
     records_in: u64,
     seconds: f64,
+    commit: std::time::Duration,
     sources: &[String],
     sink_order: &[usize],
     sink_names: &HashMap<usize, String>,
@@ -26,13 +28,14 @@ pub(super) fn progress_line(
         .map(|(s, n)| format!("{} {n}", sink_names[s]))
         .collect();
     format!(
-        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {}",
+        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {} | committed in {} ms",
         ins.join(", "),
         records_in as f64 / seconds,
         outs.join(", "),
         t.counts.dead,
         t.counts.late,
-        t.counts.filtered
+        t.counts.filtered,
+        commit.as_millis()
     )
 }
 

@@ -312,6 +312,7 @@ impl Writer<'_> {
         let job = &plan.job.name;
         let mut totals = totals;
         let follower = matches!(backend, Backend::Follow(_));
+        let commit_started = Instant::now();
         match backend {
             Backend::Kafka(committer) => {
                 committer.commit(e, output, &read, external, write_files, job)?
@@ -362,6 +363,7 @@ impl Writer<'_> {
                 member.send(&ToLeader::Written { epoch: e })?;
             }
         }
+        let commit_time = commit_started.elapsed();
         let sent = self.staged.split_off(&(e + 1));
         let sent: i64 = std::mem::replace(&mut self.staged, sent)
             .into_values()
@@ -397,6 +399,7 @@ impl Writer<'_> {
                     &t,
                     records_in,
                     elapsed,
+                    commit_time,
                     &self.source_names,
                     &self.sink_order,
                     &self.sink_names
