@@ -16,7 +16,8 @@ use crate::record::{FieldType, Row, RowSchema, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,6 @@ pub struct PostgresSink {
     url: String,
     table: String,
     schema: RowSchema,
-    batch_rows: usize,
     fallback_dir: Option<PathBuf>,
     job: String,
     writer: String,
@@ -78,6 +78,16 @@ fn sql_type(ty: FieldType) -> &'static str {
     }
 }
 
+fn pg_type(ty: FieldType) -> Type {
+    match ty {
+        FieldType::Bool => Type::BOOL,
+        FieldType::Int => Type::INT8,
+        FieldType::Double => Type::FLOAT8,
+        FieldType::String | FieldType::Null => Type::TEXT,
+        FieldType::Bytes => Type::BYTEA,
+    }
+}
+
 fn param(v: &Value, ty: FieldType) -> Box<dyn ToSql + Sync + Send> {
     match (v, ty) {
         (Value::Null, FieldType::Bool) => Box::new(None::<bool>),
@@ -102,7 +112,6 @@ impl PostgresSink {
         url: &str,
         table: &str,
         schema: RowSchema,
-        batch_rows: usize,
         fallback_dir: Option<PathBuf>,
         job: &str,
         writer: &str,
@@ -116,7 +125,6 @@ impl PostgresSink {
             url: url.into(),
             table: table.into(),
             schema,
-            batch_rows: batch_rows.max(1),
             fallback_dir,
             job: job.into(),
             writer: writer.into(),
@@ -287,7 +295,6 @@ impl PostgresSink {
             self.client.as_mut().unwrap(),
             &self.table,
             &self.schema,
-            self.batch_rows,
             &self.job,
             &self.name,
             &self.writer,
@@ -386,7 +393,6 @@ pub fn insert(
     client: &mut Client,
     table: &str,
     schema: &RowSchema,
-    batch_rows: usize,
     job: &str,
     sink: &str,
     writer: &str,
@@ -406,18 +412,22 @@ pub fn insert(
             tx.rollback().await?;
             return Ok(Written::AlreadyThere);
         }
+        // Binary COPY: the table's column types are those the rows have
+        // (checked at connect), so each value goes as it is, without SQL
+        // text to build and parse.
         let columns: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
-        let width = columns.len();
-        for chunk in rows.chunks(batch_rows) {
-            let placeholders: Vec<String> = (0..chunk.len())
-                .map(|r| format!("({})", (1..=width).map(|c| format!("${}", r * width + c)).collect::<Vec<_>>().join(",")))
-                .collect();
-            let sql = format!("INSERT INTO {table} ({}) VALUES {}", columns.join(","), placeholders.join(","));
-            let params: Vec<Box<dyn ToSql + Sync + Send>> =
-                chunk.iter().flat_map(|row| row.iter().zip(&schema.fields).map(|(v, f)| param(v, f.ty))).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-            tx.execute(sql.as_str(), &refs).await?;
+        let types: Vec<Type> = schema.fields.iter().map(|f| pg_type(f.ty)).collect();
+        let copy = tx
+            .copy_in(&format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", columns.join(",")))
+            .await?;
+        let mut copy = std::pin::pin!(BinaryCopyInWriter::new(copy, &types));
+        for row in rows {
+            let values: Vec<Box<dyn ToSql + Sync + Send>> =
+                row.iter().zip(&schema.fields).map(|(v, f)| param(v, f.ty)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
+            copy.as_mut().write(&refs).await?;
         }
+        copy.finish().await?;
         tx.execute(
             "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
             &[&job, &sink, &writer, &epoch],

@@ -356,7 +356,6 @@ pub(super) fn wire(
                     &config.url,
                     &config.table,
                     plan.input_schema(i).clone(),
-                    config.batch_rows,
                     fallback_dir.clone(),
                     &job.name,
                     &job.writer_id_of(process),

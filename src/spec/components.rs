@@ -283,10 +283,6 @@ pub enum Roll {
     Epoch,
 }
 
-fn default_batch_rows() -> usize {
-    1000
-}
-
 /// A Postgres table: created from the rows' schema when missing, checked
 /// against it when present. Each epoch's rows and the epoch itself are
 /// written in one database transaction, so a replayed epoch is skipped.
@@ -298,9 +294,6 @@ pub struct PostgresSinkConfig {
     /// e.g. `postgresql://postgres@127.0.0.1:5432/postgres`
     pub url: String,
     pub table: String,
-    /// Rows per INSERT statement.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
     /// When set, an epoch that cannot reach Postgres is written here as
     /// Parquet (`jobctl replay` loads it later); when not, the sink waits
     /// and retries until Postgres is back.
