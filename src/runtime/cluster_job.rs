@@ -314,6 +314,8 @@ fn recovered_from(p: &StartPlan) -> Recovered {
             .map(|v| v.iter().map(|(s, q, o)| ((*s, *q), *o)).collect()),
         replay: p.replay.clone(),
         log_offsets: Default::default(),
+        // Process 0 numbers the progress lines; the others print none.
+        committed_epochs: 0,
         // State enters at worker 0, on process 0.
         state: Default::default(),
     }

@@ -56,6 +56,8 @@ pub struct Committer {
     /// The epoch last appended to the log and the offset its progress
     /// commits, for a retry to cut it again as logged.
     logged: Option<(u64, i64)>,
+    /// Epochs the job has committed, this run's included.
+    pub committed_epochs: u64,
 }
 
 /// A started writer, its log and progress group: what [`Committer::fence`]
@@ -197,6 +199,7 @@ impl Committer {
             commits_topic: job.commits_topic(),
             refused: 0,
             logged: None,
+            committed_epochs: recovered.committed_epochs,
         })
     }
 
@@ -309,6 +312,7 @@ impl Committer {
                 Step::Commit => {
                     self.commit_progress(log_offset, job)?;
                     self.bounds.committed = epoch;
+                    self.committed_epochs += 1;
                     fault::point("committed");
                 }
             }

@@ -78,6 +78,9 @@ pub struct Resume {
     pub committed_offset: Option<i64>,
     /// The first epoch number free for new epochs.
     pub next_epoch: u64,
+    /// Epochs committed up to `committed`, counted once each: what the
+    /// job's progress lines have numbered so far.
+    pub committed_epochs: u64,
     /// The newest attempt in the log.
     pub last_attempt: u32,
     /// With no committed progress: the highest epoch the log says was
@@ -142,6 +145,7 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
         }
     }
     out.committed = out.writer_committed.iter().copied().min().unwrap_or(0);
+    out.committed_epochs = first.range(..=out.committed).count() as u64;
     out.committed_offset = first
         .get(&out.committed)
         .filter(|_| out.committed > 0)

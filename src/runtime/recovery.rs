@@ -135,6 +135,8 @@ pub struct Recovered {
     pub committed: u64,
     /// The first epoch number free for new epochs.
     pub next_epoch: u64,
+    /// How many epochs the job has committed (progress lines count on).
+    pub committed_epochs: u64,
     /// Where each source partition resumes; None on a first start.
     pub start_offsets: Option<HashMap<(u32, i32), i64>>,
     /// Epochs logged after the committed one, to be cut again exactly so.
@@ -425,6 +427,7 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         attempt,
         committed: resume.committed,
         next_epoch: resume.next_epoch,
+        committed_epochs: resume.committed_epochs,
         start_offsets: resume.start_offsets,
         replay: resume.replay,
         log_offsets: resume.log_offsets,

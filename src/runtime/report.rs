@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn progress_line(
+    number: u64,
     epoch: Epoch,
     t: &EpochTotals,
     records_in: u64,
@@ -28,7 +29,7 @@ pub(super) fn progress_line(
         .map(|(s, n)| format!("{} {n}", sink_names[s]))
         .collect();
     format!(
-        "epoch {epoch}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {} | committed in {} ms",
+        "epoch {number}: in {records_in} ({}) {:.0} rec/s | out {} | dead-lettered {} (late {}) | filtered {} | committed in {} ms as e{epoch}",
         ins.join(", "),
         records_in as f64 / seconds,
         outs.join(", "),

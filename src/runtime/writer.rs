@@ -312,6 +312,7 @@ impl Writer<'_> {
         let job = &plan.job.name;
         let mut totals = totals;
         let follower = matches!(backend, Backend::Follow(_));
+        let committed_before = committed_epochs(backend);
         let commit_started = Instant::now();
         match backend {
             Backend::Kafka(committer) => {
@@ -369,9 +370,13 @@ impl Writer<'_> {
             .into_values()
             .sum();
         self.in_flight.fetch_sub(sent, Ordering::Relaxed);
+        let committed = committed_epochs(&self.backend);
+        // Every epoch the log holds gets a line, so their numbers have no
+        // gaps, across restarts too.
+        let logged = committed > committed_before;
         let Some(t) = totals else { return Ok(()) };
         let records_in: u64 = t.counts.inputs.iter().sum();
-        if t.is_idle() {
+        if t.is_idle() && !logged {
             return Ok(());
         }
         self.summary.epochs += 1;
@@ -395,6 +400,7 @@ impl Writer<'_> {
             eprintln!(
                 "{}",
                 progress_line(
+                    committed.unwrap_or(self.summary.epochs),
                     e,
                     &t,
                     records_in,
@@ -427,6 +433,15 @@ impl Writer<'_> {
         }
         self.summary.elapsed = start.elapsed();
         Ok(self.summary)
+    }
+}
+
+/// Epochs the job has committed, where a committer keeps count (the
+/// progress lines' numbers).
+fn committed_epochs(backend: &Backend) -> Option<u64> {
+    match backend {
+        Backend::Kafka(c) | Backend::Lead(c, ..) => Some(c.committed_epochs),
+        Backend::Follow(_) | Backend::Memory { .. } => None,
     }
 }
 

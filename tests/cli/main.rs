@@ -425,6 +425,75 @@ fn an_epoch_that_holds_max_epoch_records_ends_before_its_interval() {
     );
 }
 
+/// The numbers of the progress lines in `stderr`, and the epochs they name.
+fn progress_numbers(stderr: &str) -> Vec<(u64, String)> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .map(|l| {
+            let number = l["epoch ".len()..]
+                .split(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (number, l.rsplit(" as ").next().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn progress_lines_number_committed_epochs_without_gaps_across_idle_epochs_and_restarts() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let job = bank_job(dir.path(), "numbers");
+    let text = std::fs::read_to_string(&job.path).unwrap().replace(
+        "checkpoint_interval_ms = 1000",
+        "checkpoint_interval_ms = 100",
+    );
+    std::fs::write(&job.path, text).unwrap();
+    let path = job.path.to_str().unwrap();
+    ok(&["datagen", "bank", "--job", path, "--count", "10", "--quiet"]);
+    let running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", path])
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bursts with idle epochs between them.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        ok(&["datagen", "bank", "--job", path, "--count", "10", "--quiet"]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    Command::new("kill")
+        .args(["-INT", &running.id().to_string()])
+        .status()
+        .unwrap();
+    let first = running.wait_with_output().unwrap();
+    let first = String::from_utf8_lossy(&first.stderr).into_owned();
+    let lines = progress_numbers(&first);
+    let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "{first}"
+    );
+    assert!(numbers.len() >= 2, "{first}");
+    // The epochs themselves are cut by the clock: idle ones are skipped.
+    assert_ne!(
+        lines.last().unwrap().1,
+        format!("e{}", numbers.len()),
+        "{first}"
+    );
+
+    ok(&["datagen", "bank", "--job", path, "--count", "10", "--quiet"]);
+    let again = jobctl(&["submit", path, "--until-caught-up"]);
+    let again = String::from_utf8_lossy(&again.stderr).into_owned();
+    let next: Vec<u64> = progress_numbers(&again).iter().map(|(n, _)| *n).collect();
+    assert_eq!(next, [numbers.len() as u64 + 1], "{again}");
+}
+
 #[test]
 fn a_malformed_record_goes_to_the_dead_letters_and_the_rest_is_processed() {
     require_services();
