@@ -361,17 +361,22 @@ fn random_transactions_give_the_same_output_on_one_and_four_workers() {
     }
 }
 
+/// Replaces the shipped job's epoch length with `settings`.
+fn set_epochs(job: &Path, settings: &str) {
+    let text = std::fs::read_to_string(job).unwrap();
+    std::fs::write(job, text.replace("checkpoint_interval_ms = 1000", settings)).unwrap();
+}
+
 #[test]
 fn an_epoch_that_holds_max_epoch_records_ends_before_its_interval() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let job = bank_job(dir.path(), "fill");
     // The clock alone would cut one epoch for the whole run.
-    let text = std::fs::read_to_string(&job.path).unwrap().replace(
-        "checkpoint_interval_ms = 1000",
+    set_epochs(
+        &job.path,
         "checkpoint_interval_ms = 600000\nmax_epoch_records = 2000",
     );
-    std::fs::write(&job.path, text).unwrap();
     ok(&[
         "datagen",
         "bank",
@@ -447,11 +452,7 @@ fn progress_lines_number_committed_epochs_without_gaps_across_idle_epochs_and_re
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let job = bank_job(dir.path(), "numbers");
-    let text = std::fs::read_to_string(&job.path).unwrap().replace(
-        "checkpoint_interval_ms = 1000",
-        "checkpoint_interval_ms = 100",
-    );
-    std::fs::write(&job.path, text).unwrap();
+    set_epochs(&job.path, "checkpoint_interval_ms = 100");
     let path = job.path.to_str().unwrap();
     ok(&["datagen", "bank", "--job", path, "--count", "10", "--quiet"]);
     let running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
