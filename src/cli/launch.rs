@@ -125,13 +125,20 @@ fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Resu
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let mut procs = Vec::new();
+        let mut voices = Vec::new();
         for i in 0..n {
-            let child = spawn(args, &hostfile, i, workers, generation, restarts > 0)?;
+            let (child, voice) = spawn(args, &hostfile, i, workers, generation, restarts > 0)?;
             children.lock().unwrap().push(child.id());
             procs.push(child);
+            voices.push(voice);
         }
         let started = std::time::Instant::now();
         let (failure, zero) = supervise(procs);
+        // Every process has ended: what each said is printed before the
+        // launcher says why the cluster stopped.
+        for voice in voices {
+            let _ = voice.join();
+        }
         restarts = restarts_after(restarts, started.elapsed());
         children.lock().unwrap().clear();
         let Some((process, code)) = failure else {
@@ -187,7 +194,7 @@ fn spawn(
     workers: usize,
     generation: u64,
     restarted: bool,
-) -> Result<Child> {
+) -> Result<(Child, std::thread::JoinHandle<()>)> {
     let exe = std::env::current_exe().context("cannot find the jobctl binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("submit")
@@ -223,7 +230,7 @@ fn spawn(
         .spawn()
         .context("cannot start a process of the cluster")?;
     let stderr = child.stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
+    let voice = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if i == 0 {
                 eprintln!("{line}");
@@ -232,7 +239,7 @@ fn spawn(
             }
         }
     });
-    Ok(child)
+    Ok((child, voice))
 }
 
 /// Waits for every process; on the first that fails, gives the others

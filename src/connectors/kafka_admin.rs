@@ -77,6 +77,44 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaA
     partitions_of(&consumer, brokers, topic)
 }
 
+/// The partitions of each of `topics` that exists, learnt with one client:
+/// a start asks about every topic it uses, and a client per topic costs a
+/// connection and a metadata round trip each.
+pub fn partition_counts(
+    brokers: &str,
+    topics: &[&str],
+) -> Result<HashMap<String, i32>, KafkaAdminError> {
+    let consumer: BaseConsumer =
+        client_config(brokers)
+            .create()
+            .map_err(|e| KafkaAdminError::Other {
+                brokers: brokers.into(),
+                reason: e.to_string(),
+            })?;
+    let mut out = HashMap::new();
+    for topic in topics {
+        if let Some(n) = partitions_of(&consumer, brokers, topic)? {
+            out.insert(topic.to_string(), n);
+        }
+    }
+    Ok(out)
+}
+
+/// Like [`ensure_topic`], for a topic of the broker's default settings
+/// whose partitions may be known already.
+pub fn ensure_data_topic(
+    brokers: &str,
+    known: &HashMap<String, i32>,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<i32, KafkaAdminError> {
+    match known.get(topic) {
+        Some(n) => Ok(*n),
+        None => ensure_topic(brokers, topic, partitions, replication, TopicKind::Data),
+    }
+}
+
 /// The number of partitions of `topic` as `consumer` learns it.
 fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,

@@ -134,7 +134,8 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     /// Epochs are cut by wall-clock time since the job started, the same
-    /// clock on every worker of the process.
+    /// clock on every worker of the process, moved on early by the epochs
+    /// that filled before their interval ended.
     fn epoch_now(&self) -> Epoch {
         self.clock_epoch() + self.fill.ahead.load(Ordering::Acquire)
     }

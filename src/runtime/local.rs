@@ -220,17 +220,34 @@ pub(super) fn wire(
     let job = &plan.job;
     let mut positions: BTreeMap<(u32, i32), i64> = BTreeMap::new();
 
+    let dead_letter_topic = match plan.dead_letter_sink.map(|i| &plan.nodes[i].kind) {
+        Some(crate::plan::NodeKind::Sink(SinkPlan::Kafka { config, .. })) => config.topic.clone(),
+        _ => job.dead_letter_topic(),
+    };
+    // Every topic of the broker's default settings the job uses, asked
+    // about at once; those missing are created one by one below.
+    let data_topics: Vec<&str> = plan
+        .sources()
+        .map(|(_, _, s)| s.config.topic.as_str())
+        .chain(plan.sinks().filter_map(|(_, _, s)| match s {
+            SinkPlan::Kafka { config, .. } => Some(config.topic.as_str()),
+            _ => None,
+        }))
+        .chain([dead_letter_topic.as_str()])
+        .collect();
+    let known = kafka_admin::partition_counts(&job.brokers, &data_topics)?;
+
     let mut readers: Vec<ReaderFactory> = Vec::new();
     let mut source_topics = Vec::new();
     let mut source_partitions = Vec::new();
     for (pos, (_, _, sp)) in plan.sources().enumerate() {
         let c = &sp.config;
-        let n = kafka_admin::ensure_topic(
+        let n = kafka_admin::ensure_data_topic(
             &job.brokers,
+            &known,
             &c.topic,
             c.partitions,
             c.replication_factor,
-            TopicKind::Data,
         )?;
         if let (Some(r), Format::Avro) = (&registry, c.format) {
             r.prefetch_subject(&format!("{}-value", c.topic))?;
@@ -317,12 +334,12 @@ pub(super) fn wire(
     for (i, node, sink) in plan.sinks() {
         match sink {
             SinkPlan::Kafka { config, .. } => {
-                let n = kafka_admin::ensure_topic(
+                let n = kafka_admin::ensure_data_topic(
                     &job.brokers,
+                    &known,
                     &config.topic,
                     config.partitions,
                     config.replication_factor,
-                    TopicKind::Data,
                 )?;
                 sink_partitions.insert(i, n);
                 sink_limits.insert(
@@ -400,11 +417,7 @@ pub(super) fn wire(
             }
         }
     }
-    let dead_letter_topic = match plan.dead_letter_sink.map(|i| &plan.nodes[i].kind) {
-        Some(crate::plan::NodeKind::Sink(SinkPlan::Kafka { config, .. })) => config.topic.clone(),
-        _ => job.dead_letter_topic(),
-    };
-    kafka_admin::ensure_topic(&job.brokers, &dead_letter_topic, 1, 1, TopicKind::Data)?;
+    kafka_admin::ensure_data_topic(&job.brokers, &known, &dead_letter_topic, 1, 1)?;
     kafka_admin::ensure_topic(
         &job.brokers,
         &job.commits_topic(),
