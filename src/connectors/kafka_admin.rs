@@ -47,6 +47,16 @@ pub fn bounded_reader_config(brokers: &str, group: &str) -> ClientConfig {
     c
 }
 
+/// A client of `brokers` with the common settings.
+fn client<T: rdkafka::config::FromClientConfig>(brokers: &str) -> Result<T, KafkaAdminError> {
+    client_config(brokers)
+        .create()
+        .map_err(|e| KafkaAdminError::Other {
+            brokers: brokers.into(),
+            reason: e.to_string(),
+        })
+}
+
 /// Asks the broker for its metadata, which proves it is there.
 pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
     let consumer: BaseConsumer =
@@ -67,14 +77,7 @@ pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
 
 /// The number of partitions of `topic`, or None when it does not exist.
 pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaAdminError> {
-    let consumer: BaseConsumer =
-        client_config(brokers)
-            .create()
-            .map_err(|e| KafkaAdminError::Other {
-                brokers: brokers.into(),
-                reason: e.to_string(),
-            })?;
-    partitions_of(&consumer, brokers, topic)
+    Ok(partition_counts(brokers, &[topic])?.remove(topic))
 }
 
 /// The partitions of each of `topics` that exists, learnt with one client:
@@ -84,13 +87,7 @@ pub fn partition_counts(
     brokers: &str,
     topics: &[&str],
 ) -> Result<HashMap<String, i32>, KafkaAdminError> {
-    let consumer: BaseConsumer =
-        client_config(brokers)
-            .create()
-            .map_err(|e| KafkaAdminError::Other {
-                brokers: brokers.into(),
-                reason: e.to_string(),
-            })?;
+    let consumer: BaseConsumer = client(brokers)?;
     let mut out = HashMap::new();
     for topic in topics {
         if let Some(n) = partitions_of(&consumer, brokers, topic)? {
@@ -173,13 +170,7 @@ pub fn ensure_topic(
         check_settings(brokers, topic, kind)?;
         return Ok(n);
     }
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers)
-            .create()
-            .map_err(|e| KafkaAdminError::Other {
-                brokers: brokers.into(),
-                reason: e.to_string(),
-            })?;
+    let admin: AdminClient<DefaultClientContext> = client(brokers)?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     for (name, value) in kind.settings() {
         new = new.set(name, value);
@@ -224,13 +215,7 @@ pub fn watermarks(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
-    let consumer: BaseConsumer =
-        client_config(brokers)
-            .create()
-            .map_err(|e| KafkaAdminError::Other {
-                brokers: brokers.into(),
-                reason: e.to_string(),
-            })?;
+    let consumer: BaseConsumer = client(brokers)?;
     (0..partitions)
         .map(|p| {
             consumer
