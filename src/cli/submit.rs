@@ -73,11 +73,15 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     // The first Ctrl-C stops the sources and lets the open epoch finish; a
-    // second one exits at once.
+    // second one exits at once. Counted apart from `stop`, which a cluster
+    // also sets when another process was told to stop first: the signal
+    // the launcher passes on then arrives as the first, not the second.
+    let signalled = AtomicBool::new(false);
     let _ = ctrlc::set_handler(move || {
-        if s.swap(true, Ordering::SeqCst) {
+        if signalled.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
+        s.store(true, Ordering::SeqCst);
         eprintln!("stopping: finishing the open epoch (Ctrl-C again to quit now)");
     });
     let opts = RunOptions {
