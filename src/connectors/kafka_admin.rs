@@ -38,12 +38,17 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// A consumer that reads a topic to its end once (recovery, end offsets,
 /// `verify`): the broker answers a fetch at the end of a partition at
 /// once instead of holding it for librdkafka's default 500 ms, which a
-/// start would otherwise wait out again and again.
+/// start would otherwise wait out again and again. And once the consumer
+/// has a full queue, it fetches again as soon as the queue drains below
+/// `queued.min.messages`, where librdkafka's default waits a whole second:
+/// that wait made reading a changelog of 1M records take 6.5 s instead
+/// of 0.8 s.
 pub fn bounded_reader_config(brokers: &str, group: &str) -> ClientConfig {
     let mut c = client_config(brokers);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "10");
     c
 }
 
