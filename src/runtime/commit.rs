@@ -109,8 +109,8 @@ impl Committer {
     pub fn fence_writer(job: &JobConfig, process: u32) -> Result<Fenced, RunError> {
         let writer_id = job.writer_id_of(process);
         let eos = job.guarantee == Guarantee::ExactlyOnce;
-        // The log's idempotent producer gets its id from the broker in the
-        // background, while the writer's transactions are initialised.
+        // The log's producer connects in the background while the
+        // writer's transactions are initialised.
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
         let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
             .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;

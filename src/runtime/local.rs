@@ -167,19 +167,27 @@ fn run_attempt(
     attempt_out: &mut u32,
 ) -> Result<RunSummary, RunError> {
     let job = &plan.job;
+    let t0 = std::time::Instant::now();
+    // `RILL_LOG=rill=debug` shows where a start spends its time.
+    let step = |done: &str| tracing::debug!("start: {done} after {} ms", t0.elapsed().as_millis());
     kafka_admin::check_broker(&job.brokers)?;
+    step("broker found");
     let registry = registry_for(&plan);
     let fenced = Committer::fence(job)?;
+    step("fenced earlier instances, start logged");
     *attempt_out = fenced.attempt;
     Committer::check_not_fenced(job, &fenced)?;
     let mut recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32))?;
+    step("recovered");
     say_resuming(job, &recovered);
     let (mut launch, positions, dead_letter_topic) =
         wire(&plan, &opts, &mut recovered, registry, 0, None)?;
+    step("sources and sinks wired");
     let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
     if recovered.start_offsets.is_none() {
         committer.log_begin(&job.name)?;
     }
+    step("committer open");
     launch.backend = Backend::Kafka(Box::new(committer));
     super::workers::execute(plan, opts, stop, launch)
 }

@@ -168,8 +168,15 @@ impl ProducerContext for LastOffset {
 
 impl EpochLog {
     pub fn open(brokers: &str, topic: &str) -> Result<Self, RecoveryError> {
+        // Not idempotent: librdkafka asks for an idempotent producer's id
+        // before it has a connection, fails, and asks again only after
+        // 500 ms, which every start waited out before logging its start.
+        // Without retries an append is stored once or fails, and a failed
+        // append is a failed attempt, as a crash in the middle of one is.
         let producer = client_config(brokers)
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", "false")
+            .set("message.send.max.retries", "0")
+            .set("max.in.flight.requests.per.connection", "1")
             .set("acks", "all")
             .set("linger.ms", "0")
             .create_with_context(LastOffset::default())
@@ -399,7 +406,9 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
     let job = &plan.job;
     let brokers = &job.brokers;
     let log = job.epoch_log_topic();
+    let t0 = std::time::Instant::now();
     let view = CommittedView::read(job)?;
+    tracing::debug!("recovery: epoch log and progress read after {} ms", t0.elapsed().as_millis());
     let records = &view.records;
     let resume = planner::resume_writers(records, &view.progress);
     if let Some(epoch) = resume.progress_lost {
@@ -459,6 +468,11 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
                 }
             }
         })?;
+        tracing::debug!(
+            "recovery: {} records of {topic} read after {} ms",
+            entries.len(),
+            t0.elapsed().as_millis()
+        );
         entries.sort_by_key(|(epoch, offset, ..)| (*epoch, *offset));
         let state =
             restore::state_as_of(entries, out.committed).map_err(|e| RecoveryError::Changelog {
@@ -466,6 +480,7 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
                 offset: e.offset,
                 reason: e.error.to_string(),
             })?;
+        tracing::debug!("recovery: state of {} rebuilt after {} ms", node.name, t0.elapsed().as_millis());
         out.state.insert(node.name.clone(), state);
     }
     Ok(out)
