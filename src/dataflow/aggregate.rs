@@ -1,23 +1,23 @@
-//! Keyed aggregates. Without a window, the aggregate state of a group is
-//! the *difference* of a differential collection keyed by the group:
-//! `count_total` keeps one accumulated state per group and reports, per
-//! epoch, the old and new state of every group that changed — an upsert
-//! stream with state proportional to the number of groups.
+//! Keyed aggregates. Without a window, each group's running state lives
+//! on the worker its key hashes to (`store.rs`); once an epoch is
+//! complete, its changes are folded in and every group that changed is
+//! reported with its old and new state: an upsert stream, with state
+//! proportional to the number of groups.
 //!
 //! Windowed aggregates are in `window.rs`.
 
 use super::state::{change_bytes, group_key_bytes, AggState, StateEntry};
+use super::store::{pack_key, GroupStore, Packed};
 use super::{epoch_of, Epoch, Records, WorkerContext};
 use crate::plan::aggregate::AggregatePlan;
 use crate::record::{Record, Row, RowSchema, Value};
-use differential_dataflow::operators::CountTotal;
-use differential_dataflow::AsCollection;
+use differential_dataflow::difference::Semigroup;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
@@ -95,135 +95,149 @@ fn plain<'s>(
 ) -> Records<'s> {
     let node = name.to_string();
     let c = ctx.clone();
-    let ctx = ctx.clone();
     let aggs = plan.aggs.clone();
     let group_by = plan.group_by.clone();
     let transform = name.to_string();
-    let states = stream
-        .unary::<CapacityContainerBuilder<Vec<(Vec<Value>, Epoch, AggState)>>, _, _, _>(
-            Pipeline,
-            &format!("{name} fold"),
-            move |cap, _| {
-                let mut dead = Vec::new();
-                // Restored state goes in at epoch 0, before any epoch replays.
-                let mut restore = Some(cap);
-                move |records, out| {
-                    if let Some(cap) = restore.take() {
-                        let mut session = out.session(&cap);
-                        for entry in c.restored_for(&transform) {
-                            if let StateEntry::Group(key, state) = entry {
-                                session.give((key.clone(), 0, state.clone()));
+    // Each batch is folded per group on the worker that read it, so only
+    // one state per group and batch crosses to the group's worker.
+    let deltas = stream.unary::<CapacityContainerBuilder<Vec<(Packed, AggState)>>, _, _, _>(
+        Pipeline,
+        &format!("{name} fold"),
+        move |cap, _| {
+            let mut dead = Vec::new();
+            // Restored state goes in at epoch 0, before any epoch replays.
+            let mut restore = Some(cap);
+            move |records, out| {
+                if let Some(cap) = restore.take() {
+                    let mut session = out.session(&cap);
+                    for entry in c.take_restored(&transform) {
+                        if let StateEntry::Group(key, state) = entry {
+                            session.give((pack_key(&key), state));
+                        }
+                    }
+                }
+                let mut folded: hashbrown::HashMap<Packed, AggState> = Default::default();
+                let mut key: Vec<Value> = Vec::with_capacity(group_by.len());
+                records.for_each(|cap, data| {
+                    let epoch = epoch_of(&cap);
+                    for r in data.drain(..) {
+                        match AggState::of(&aggs, &r.row) {
+                            Ok(state) => {
+                                key.clear();
+                                key.extend(group_by.iter().map(|&i| r.row[i].clone()));
+                                match folded.entry(pack_key(&key)) {
+                                    hashbrown::hash_map::Entry::Occupied(mut o) => {
+                                        o.get_mut().plus_equals(&state)
+                                    }
+                                    hashbrown::hash_map::Entry::Vacant(v) => {
+                                        v.insert(state);
+                                    }
+                                }
+                            }
+                            Err(e) => dead.push(c.dead_row(&node, &r, &input, e.0)),
+                        }
+                    }
+                    c.dead(epoch, std::mem::take(&mut dead));
+                    out.session(&cap).give_iterator(folded.drain());
+                });
+            }
+        },
+    );
+    let having = plan.having.clone();
+    let transform = name.to_string();
+    let pact = Exchange::new(|(key, _): &(Packed, AggState)| hash_of(key));
+    deltas.unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(
+        pact,
+        &format!("{name} upsert"),
+        move |_, _| {
+            let mut store = GroupStore::default();
+            let mut stash: BTreeMap<Epoch, (Capability<Epoch>, hashbrown::HashMap<Packed, AggState>)> =
+                BTreeMap::new();
+            move |(input, frontier), out| {
+                input.for_each(|cap, data| {
+                    let epoch = epoch_of(&cap);
+                    if epoch == 0 {
+                        // Restored state: already published before the restart.
+                        for (key, state) in data.drain(..) {
+                            store.restore(key, &state);
+                        }
+                        return;
+                    }
+                    let deltas = &mut stash
+                        .entry(epoch)
+                        .or_insert_with(|| (cap.delayed(&epoch, 0), Default::default()))
+                        .1;
+                    let groups = deltas.len();
+                    for (key, delta) in data.drain(..) {
+                        match deltas.entry(key) {
+                            hashbrown::hash_map::Entry::Occupied(mut o) => {
+                                o.get_mut().plus_equals(&delta)
+                            }
+                            hashbrown::hash_map::Entry::Vacant(v) => {
+                                v.insert(delta);
                             }
                         }
                     }
-                    records.for_each(|cap, data| {
-                        let epoch = epoch_of(&cap);
-                        let mut session = out.session(&cap);
-                        for r in data.drain(..) {
-                            match AggState::of(&aggs, &r.row) {
-                                Ok(state) => session.give((
-                                    group_by.iter().map(|&i| r.row[i].clone()).collect(),
-                                    epoch,
-                                    state,
-                                )),
-                                Err(e) => dead.push(c.dead_row(&node, &r, &input, e.0)),
-                            }
-                        }
-                        c.dead(epoch, std::mem::take(&mut dead));
-                    });
-                }
-            },
-        );
-    let changes = states.as_collection().count_total();
-    let having = plan.having.clone();
-    let transform = name.to_string();
-    changes
-        .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(
-            Pipeline,
-            &format!("{name} upsert"),
-            move |_, _| {
-                let mut stash: BTreeMap<
-                    Epoch,
-                    (Capability<Epoch>, Vec<((Vec<Value>, AggState), isize)>),
-                > = BTreeMap::new();
-                move |(input, frontier), out| {
-                    // A change's epoch is its own time, not the time of the
-                    // message carrying it: count_total sends every change of
-                    // a batch at the batch's lowest time, so restored state
-                    // (epoch 0) and the first live epoch can share a message.
-                    input.for_each(|cap, data| {
-                        for (d, time, r) in data.drain(..) {
-                            let entry = stash
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
-                            entry.1.push((d, r));
-                        }
-                    });
-                    let ready: Vec<Epoch> = stash
-                        .keys()
-                        .copied()
-                        .filter(|e| !frontier.less_equal(e))
+                    // Each group changed is an output record to come: an
+                    // epoch that changed many groups ends early, as one
+                    // with much output does, so the changes and their
+                    // output held at once stay bounded.
+                    ctx.fill.add(epoch, deltas.len() - groups);
+                });
+                // Epochs are applied in order, each once it is complete.
+                while let Some(entry) = stash.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (epoch, (cap, deltas)) = entry.remove_entry();
+                    // Per group, in key order: the state before this epoch
+                    // and after it.
+                    let mut changed: Vec<(Vec<Value>, Option<AggState>, Option<AggState>)> = deltas
+                        .into_iter()
+                        .map(|(key, delta)| {
+                            let (before, after) = store.apply(&key, delta);
+                            (key.decode(), before, after)
+                        })
                         .collect();
-                    for epoch in ready {
-                        let (cap, changes) = stash.remove(&epoch).unwrap();
-                        if epoch == 0 {
-                            // Restored state: already published before the restart.
-                            continue;
-                        }
-                        // Per group: the state before this epoch and after it.
-                        let mut per_key: BTreeMap<
-                            Vec<Value>,
-                            (Option<AggState>, Option<AggState>),
-                        > = BTreeMap::new();
-                        for ((key, state), diff) in changes {
-                            let e = per_key.entry(key).or_default();
-                            if diff > 0 {
-                                e.1 = Some(state);
-                            } else {
-                                e.0 = Some(state);
-                            }
-                        }
-                        let row_of = |key: &Vec<Value>, state: &AggState| {
-                            let mut row = key.clone();
-                            state.finish(&mut row);
-                            row
+                    changed.sort_by(|a, b| a.0.cmp(&b.0));
+                    let row_of = |key: &[Value], state: &AggState| {
+                        let mut row = key.to_vec();
+                        state.finish(&mut row);
+                        row
+                    };
+                    let passes =
+                        |row: &Row| having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false));
+                    // Each change carries the state before the epoch too,
+                    // so a key can be rolled back one epoch.
+                    let changelog = changed
+                        .iter()
+                        .map(|(key, old, new)| {
+                            let value = change_bytes(new.as_ref(), old.as_ref());
+                            (group_key_bytes(key), Some(value))
+                        })
+                        .collect();
+                    ctx.changelog(&transform, epoch, changelog);
+                    let mut session = out.session(&cap);
+                    for (key, old, new) in changed {
+                        let old_row = old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
+                        let record = |row: Row, tombstone: bool| Record {
+                            key: Some(group_key(&key)),
+                            row,
+                            tombstone,
+                            timestamp_ms: 0,
+                            origin: Default::default(),
                         };
-                        let passes = |row: &Row| {
-                            having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false))
-                        };
-                        // Each change carries the state before the epoch too,
-                        // so a key can be rolled back one epoch.
-                        let changelog = per_key
-                            .iter()
-                            .map(|(key, (old, new))| {
-                                let value = change_bytes(new.as_ref(), old.as_ref());
-                                (group_key_bytes(key), Some(value))
-                            })
-                            .collect();
-                        ctx.changelog(&transform, epoch, changelog);
-                        let mut session = out.session(&cap);
-                        for (key, (old, new)) in per_key {
-                            let old_row =
-                                old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
-                            let record = |row: Row, tombstone: bool| Record {
-                                key: Some(group_key(&key)),
-                                row,
-                                tombstone,
-                                timestamp_ms: 0,
-                                origin: Default::default(),
-                            };
-                            match new.map(|s| row_of(&key, &s)) {
-                                Some(row) if passes(&row) => session.give(record(row, false)),
-                                _ => {
-                                    if let Some(row) = old_row {
-                                        session.give(record(row, true));
-                                    }
+                        match new.map(|s| row_of(&key, &s)) {
+                            Some(row) if passes(&row) => session.give(record(row, false)),
+                            _ => {
+                                if let Some(row) = old_row {
+                                    session.give(record(row, true));
                                 }
                             }
                         }
                     }
                 }
-            },
-        )
+            }
+        },
+    )
 }

@@ -11,6 +11,7 @@ mod sink;
 pub use sink::SinkLimits;
 mod source;
 pub mod state;
+mod store;
 mod transforms;
 pub(crate) mod window;
 
@@ -39,6 +40,9 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use transforms::Transforms;
 
 pub type Epoch = u64;
+
+/// State read back from the changelogs, by transform name.
+pub type RestoredState = Arc<std::sync::Mutex<HashMap<String, Vec<state::StateEntry>>>>;
 pub(crate) type Records<'s> = Stream<'s, Epoch, Vec<Record>>;
 
 /// Output records the process may hold before its sources stop reading,
@@ -128,8 +132,9 @@ pub struct WorkerContext {
     pub max_rate: Option<f64>,
     /// Changelog topic of each stateful transform, by name (none in memory).
     pub changelog_topics: HashMap<String, Arc<str>>,
-    /// State read back from the changelogs, by transform name.
-    pub restored: Arc<HashMap<String, Vec<state::StateEntry>>>,
+    /// State read back from the changelogs, by transform name, until
+    /// worker 0 hands it to the dataflow.
+    pub restored: RestoredState,
 }
 
 impl WorkerContext {
@@ -214,12 +219,17 @@ impl WorkerContext {
     }
 
     /// The state restored for `transform`, on worker 0 only: it enters the
-    /// dataflow once and is routed to its key's worker like any record.
-    pub(crate) fn restored_for(&self, transform: &str) -> &[state::StateEntry] {
-        match self.restored.get(transform) {
-            Some(state) if self.index == 0 => state,
-            _ => &[],
+    /// dataflow once and is routed to its key's worker like any record,
+    /// and is not held twice.
+    pub(crate) fn take_restored(&self, transform: &str) -> Vec<state::StateEntry> {
+        if self.index != 0 {
+            return Vec::new();
         }
+        self.restored
+            .lock()
+            .unwrap()
+            .remove(transform)
+            .unwrap_or_default()
     }
 
     pub(crate) fn dead_row(

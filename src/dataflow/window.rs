@@ -154,7 +154,7 @@ pub(super) fn windowed<'s>(
             if let Some(caps) = restore.take() {
                 let mut windows = Vec::new();
                 let mut marks = Vec::new();
-                for entry in c.restored_for(&transform) {
+                for entry in &c.take_restored(&transform) {
                     match entry {
                         StateEntry::Watermark(snap) => {
                             marks.extend(snap.partitions.iter().copied());

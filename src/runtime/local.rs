@@ -94,7 +94,7 @@ pub(super) struct Launch {
     pub(super) first_epoch: Epoch,
     pub(super) resume_after: Epoch,
     pub(super) changelog_topics: HashMap<String, Arc<str>>,
-    pub(super) restored: Arc<HashMap<String, Vec<crate::dataflow::state::StateEntry>>>,
+    pub(super) restored: crate::dataflow::RestoredState,
     /// This process's sockets to the other processes of its cluster, and
     /// its index; none for a process of its own.
     pub(super) cluster: Option<(Vec<Option<std::net::TcpStream>>, usize)>,
@@ -445,7 +445,7 @@ pub(super) fn wire(
         first_epoch: recovered.next_epoch,
         resume_after: recovered.committed,
         changelog_topics,
-        restored: Arc::new(std::mem::take(&mut recovered.state)),
+        restored: Arc::new(std::sync::Mutex::new(std::mem::take(&mut recovered.state))),
         cluster: None,
         readers,
         registry,

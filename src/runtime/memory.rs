@@ -166,7 +166,7 @@ fn run(
             .filter(|n| matches!(n.kind, crate::plan::NodeKind::Aggregate(_)))
             .map(|n| (n.name.clone(), Arc::from(n.name.as_str())))
             .collect(),
-        restored: Arc::new(restart.state),
+        restored: Arc::new(std::sync::Mutex::new(restart.state)),
         cluster,
     };
     let opts = RunOptions {
