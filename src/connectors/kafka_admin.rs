@@ -7,6 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers as _, Message as _};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -413,7 +414,63 @@ pub fn read_to_end(
     topic: &str,
     mut each: impl FnMut(Fetched),
 ) -> Result<(), KafkaAdminError> {
-    use rdkafka::message::{Headers, Message};
+    read_each(brokers, topic, |m| {
+        let headers =
+            m.0.headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        each(Fetched {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.value().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.0.timestamp().to_millis().unwrap_or(0),
+        })
+    })
+}
+
+/// One record as `read_each` lends it: nothing is copied unless the
+/// caller keeps it.
+pub struct Borrowed<'a>(rdkafka::message::BorrowedMessage<'a>);
+
+impl Borrowed<'_> {
+    pub fn partition(&self) -> i32 {
+        self.0.partition()
+    }
+    pub fn offset(&self) -> i64 {
+        self.0.offset()
+    }
+    pub fn key(&self) -> Option<&[u8]> {
+        self.0.key()
+    }
+    pub fn value(&self) -> Option<&[u8]> {
+        self.0.payload()
+    }
+    /// A header's value, if it is there and is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let h = self.0.headers()?;
+        h.iter()
+            .find(|x| x.key == name)
+            .and_then(|x| std::str::from_utf8(x.value?).ok())
+    }
+}
+
+/// `read_to_end`, lending each record instead of copying it.
+pub fn read_each(
+    brokers: &str,
+    topic: &str,
+    mut each: impl FnMut(Borrowed<'_>),
+) -> Result<(), KafkaAdminError> {
     use rdkafka::{Offset, TopicPartitionList};
     let other = |reason: String| KafkaAdminError::Other {
         brokers: brokers.into(),
@@ -458,27 +515,7 @@ pub fn read_to_end(
             }
             Some(m) => m.map_err(|e| other(format!("reading {topic}: {e}")))?,
         };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_string(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        each(Fetched {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers,
-            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-        });
+        each(Borrowed(m));
     }
     Ok(())
 }

@@ -151,8 +151,10 @@ fn plain<'s>(
         &format!("{name} upsert"),
         move |_, _| {
             let mut store = GroupStore::default();
-            let mut stash: BTreeMap<Epoch, (Capability<Epoch>, hashbrown::HashMap<Packed, AggState>)> =
-                BTreeMap::new();
+            let mut stash: BTreeMap<
+                Epoch,
+                (Capability<Epoch>, hashbrown::HashMap<Packed, AggState>),
+            > = BTreeMap::new();
             move |(input, frontier), out| {
                 input.for_each(|cap, data| {
                     let epoch = epoch_of(&cap);

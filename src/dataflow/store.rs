@@ -209,7 +209,10 @@ mod tests {
     fn applying_deltas_reports_the_state_before_and_after() {
         let mut store = GroupStore::default();
         let k = pack_key(&[Value::Int(1)]);
-        assert_eq!(store.apply(&k, sum_count(2.0, 1)), (None, Some(sum_count(2.0, 1))));
+        assert_eq!(
+            store.apply(&k, sum_count(2.0, 1)),
+            (None, Some(sum_count(2.0, 1)))
+        );
         assert_eq!(
             store.apply(&k, sum_count(3.0, 2)),
             (Some(sum_count(2.0, 1)), Some(sum_count(5.0, 3)))
@@ -232,7 +235,8 @@ mod tests {
         }
         // Remove every third group, from the middle and the end.
         for i in (0..1000).step_by(3) {
-            let (before, after) = store.apply(&pack_key(&[Value::Int(i)]), sum_count(-(i as f64), -1));
+            let (before, after) =
+                store.apply(&pack_key(&[Value::Int(i)]), sum_count(-(i as f64), -1));
             assert_eq!((before, after), (Some(sum_count(i as f64, 1)), None));
         }
         assert_eq!(store.len(), 666);

@@ -408,7 +408,10 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
     let log = job.epoch_log_topic();
     let t0 = std::time::Instant::now();
     let view = CommittedView::read(job)?;
-    tracing::debug!("recovery: epoch log and progress read after {} ms", t0.elapsed().as_millis());
+    tracing::debug!(
+        "recovery: epoch log and progress read after {} ms",
+        t0.elapsed().as_millis()
+    );
     let records = &view.records;
     let resume = planner::resume_writers(records, &view.progress);
     if let Some(epoch) = resume.progress_lost {
@@ -451,9 +454,9 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         let topic = job.changelog_topic(&node.name);
         // Only the copy of a committed epoch that committed counts: the
         // broker may deliver aborted copies and a fenced instance's records.
-        let mut entries: Vec<restore::Logged> = Vec::new();
-        let mut seen = 0usize;
-        kafka_admin::read_to_end(brokers, &topic, |m| {
+        let mut state = restore::StateAsOf::new(out.committed);
+        let (mut seen, mut kept) = (0usize, 0usize);
+        kafka_admin::read_each(brokers, &topic, |m| {
             seen += 1;
             if seen == 2 {
                 fault::point("restore");
@@ -462,25 +465,30 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
             let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
             let counts = matches!((epoch, attempt),
                 (Some(e), Some(a)) if view.counts(m.header("rill-writer"), e, a));
-            if let (Some(epoch), Some(key)) = (epoch, m.key) {
-                if counts {
-                    entries.push((epoch, m.offset, key, m.value));
-                }
+            if let (true, Some(epoch), Some(key)) = (counts, epoch, m.key()) {
+                kept += 1;
+                state.add((
+                    epoch,
+                    m.offset(),
+                    key.to_vec(),
+                    m.value().map(<[u8]>::to_vec),
+                ));
             }
         })?;
         tracing::debug!(
-            "recovery: {} records of {topic} read after {} ms",
-            entries.len(),
+            "recovery: {kept} of {seen} records of {topic} count, read after {} ms",
             t0.elapsed().as_millis()
         );
-        entries.sort_by_key(|(epoch, offset, ..)| (*epoch, *offset));
-        let state =
-            restore::state_as_of(entries, out.committed).map_err(|e| RecoveryError::Changelog {
-                topic: topic.clone(),
-                offset: e.offset,
-                reason: e.error.to_string(),
-            })?;
-        tracing::debug!("recovery: state of {} rebuilt after {} ms", node.name, t0.elapsed().as_millis());
+        let state = state.finish().map_err(|e| RecoveryError::Changelog {
+            topic: topic.clone(),
+            offset: e.offset,
+            reason: e.error.to_string(),
+        })?;
+        tracing::debug!(
+            "recovery: state of {} rebuilt after {} ms",
+            node.name,
+            t0.elapsed().as_millis()
+        );
         out.state.insert(node.name.clone(), state);
     }
     Ok(out)

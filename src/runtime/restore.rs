@@ -21,45 +21,84 @@ pub struct Undecodable {
     pub error: CodecError,
 }
 
-/// The state as of epoch `r` from committed records in log order (by
-/// epoch, then offset), sorted by key.
+/// The state as of epoch `r` from committed records, in any order,
+/// sorted by key.
+#[cfg(test)]
 pub fn state_as_of(
     records: impl IntoIterator<Item = Logged>,
     r: u64,
 ) -> Result<Vec<StateEntry>, Undecodable> {
-    // Per key: the last record up to r, and the first one after it.
-    let mut upto: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)> = HashMap::new();
-    let mut after: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)> = HashMap::new();
-    for (epoch, offset, key, value) in records {
-        if epoch <= r {
-            upto.insert(key, (offset, value));
+    let mut state = StateAsOf::new(r);
+    for record in records {
+        state.add(record);
+    }
+    state.finish()
+}
+
+/// Per key: its last record up to epoch r and its first one after r, by
+/// (epoch, offset), so records can be added as they are read, without
+/// holding them all first.
+pub struct StateAsOf {
+    r: u64,
+    upto: HashMap<Vec<u8>, (u64, i64, Option<Vec<u8>>)>,
+    after: HashMap<Vec<u8>, (u64, i64, Option<Vec<u8>>)>,
+}
+
+impl StateAsOf {
+    pub fn new(r: u64) -> StateAsOf {
+        StateAsOf {
+            r,
+            upto: HashMap::new(),
+            after: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, (epoch, offset, key, value): Logged) {
+        use std::collections::hash_map::Entry;
+        let (map, later_wins) = if epoch <= self.r {
+            (&mut self.upto, true)
         } else {
-            after.entry(key).or_insert((offset, value));
-        }
-    }
-    let decode = |key: &[u8], offset: i64, value: &[u8]| {
-        state::decode(key, value).map_err(|error| Undecodable { offset, error })
-    };
-    let mut out: Vec<(Vec<u8>, StateEntry)> = Vec::new();
-    for (key, (offset, value)) in &after {
-        if let Some(v) = value {
-            if let Some(before) = decode(key, *offset, v)?.before {
-                out.push((key.clone(), before));
+            (&mut self.after, false)
+        };
+        match map.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert((epoch, offset, value));
+            }
+            Entry::Occupied(mut o) => {
+                let (e, off, _) = o.get();
+                if ((epoch, offset) > (*e, *off)) == later_wins {
+                    o.insert((epoch, offset, value));
+                }
             }
         }
     }
-    for (key, (offset, value)) in upto {
-        if after.contains_key(&key) {
-            continue;
-        }
-        if let Some(v) = value {
-            if let Some(now) = decode(&key, offset, &v)?.after {
-                out.push((key, now));
+
+    pub fn finish(self) -> Result<Vec<StateEntry>, Undecodable> {
+        let StateAsOf { upto, after, .. } = self;
+        let decode = |key: &[u8], offset: i64, value: &[u8]| {
+            state::decode(key, value).map_err(|error| Undecodable { offset, error })
+        };
+        let mut out: Vec<(Vec<u8>, StateEntry)> = Vec::new();
+        for (key, (_, offset, value)) in &after {
+            if let Some(v) = value {
+                if let Some(before) = decode(key, *offset, v)?.before {
+                    out.push((key.clone(), before));
+                }
             }
         }
+        for (key, (_, offset, value)) in upto {
+            if after.contains_key(&key) {
+                continue;
+            }
+            if let Some(v) = value {
+                if let Some(now) = decode(&key, offset, &v)?.after {
+                    out.push((key, now));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, e)| e).collect())
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out.into_iter().map(|(_, e)| e).collect())
 }
 
 #[cfg(test)]
@@ -113,6 +152,27 @@ mod tests {
             [(7, 3), (8, 1)]
         );
         assert_eq!(counts(state_as_of(records, 1).unwrap()), [(7, 1)]);
+    }
+
+    #[test]
+    fn the_order_records_are_read_in_does_not_change_the_state() {
+        let records = vec![
+            record(1, 7, Some(1), None),
+            record(2, 7, Some(3), Some(1)),
+            record(3, 7, Some(4), Some(3)),
+            record(4, 7, Some(6), Some(4)),
+            record(2, 8, Some(1), None),
+            record(4, 8, None, Some(1)),
+        ];
+        for r in 0..5 {
+            let forward = counts(state_as_of(records.clone(), r).unwrap());
+            let backward = counts(state_as_of(records.iter().rev().cloned(), r).unwrap());
+            assert_eq!(forward, backward, "as of {r}");
+        }
+        assert_eq!(
+            counts(state_as_of(records.iter().rev().cloned(), 2).unwrap()),
+            [(7, 3), (8, 1)]
+        );
     }
 
     #[test]
