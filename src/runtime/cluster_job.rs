@@ -134,8 +134,9 @@ fn lead(
         let mut recovered = recovery::recover(plan, fenced.attempt, shape)?;
         say_resuming(job, &recovered);
         let start_plan = start_plan(&recovered);
+        let lookups = super::lookups::lookup(plan, registry.as_ref(), None)?;
         let (launch, positions, dead_letter_topic) =
-            wire(plan, opts, &mut recovered, registry, 0, None)?;
+            wire(plan, opts, &mut recovered, registry, 0, lookups)?;
         let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
         if recovered.start_offsets.is_none() {
             committer.log_begin(&job.name)?;
@@ -241,14 +242,8 @@ fn follow(
     };
     let mut recovered = recovered_from(&start_plan);
     let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
-    let (mut launch, _, _) = wire(
-        plan,
-        opts,
-        &mut recovered,
-        registry,
-        me as u32,
-        Some(schema_ids),
-    )?;
+    let lookups = super::lookups::lookup(plan, registry.as_ref(), Some(schema_ids))?;
+    let (mut launch, _, _) = wire(plan, opts, &mut recovered, registry, me as u32, lookups)?;
     let member = Member::new(up, rx, stop.clone());
     launch.backend = Backend::Follow(member);
     launch.cluster = Some((timely, me));

@@ -112,15 +112,21 @@ impl Committer {
         // The log's producer connects in the background while the
         // writer's transactions are initialised.
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
-        let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
-            .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;
-        crate::connectors::kafka_admin::ensure_topic(
-            &job.brokers,
-            &job.epoch_log_topic(),
-            1,
-            1,
-            crate::connectors::kafka_admin::TopicKind::Forever,
-        )?;
+        let writer = std::thread::scope(|s| {
+            let log_topic = s.spawn(|| {
+                crate::connectors::kafka_admin::ensure_topic(
+                    &job.brokers,
+                    &job.epoch_log_topic(),
+                    1,
+                    1,
+                    crate::connectors::kafka_admin::TopicKind::Forever,
+                )
+            });
+            let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
+                .map_err(|e| RunError::from_txn(&writer_id, &job.name, e));
+            log_topic.join().expect("epoch log topic thread")?;
+            writer
+        })?;
         let group: BaseConsumer = client_config(&job.brokers)
             .set("group.id", &writer_id)
             .set("enable.auto.commit", "false")

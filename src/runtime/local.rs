@@ -2,9 +2,10 @@
 
 use super::commit::Committer;
 pub use super::error::RunError;
+use super::lookups::{lookup, Lookups};
 use super::recovery;
 use crate::connectors::file_sink::FileSink;
-use crate::connectors::kafka_admin::{self, TopicKind};
+use crate::connectors::kafka_admin;
 use crate::connectors::kafka_sink::KafkaTopicSink;
 use crate::connectors::kafka_source::KafkaSource;
 use crate::connectors::postgres_sink::{PostgresError, PostgresSink};
@@ -12,7 +13,6 @@ use crate::connectors::sink::{EpochSink, SinkError};
 use crate::connectors::stdout_sink::StdoutSink;
 use crate::connectors::SourceReader;
 use crate::dataflow::{Epoch, ReaderFactory};
-use crate::format::avro;
 use crate::format::registry::RegistryClient;
 use crate::plan::{Plan, SinkPlan};
 use crate::record::{DeadLetter, OutRecord};
@@ -173,15 +173,23 @@ fn run_attempt(
     kafka_admin::check_broker(&job.brokers)?;
     step("broker found");
     let registry = registry_for(&plan);
-    let fenced = Committer::fence(job)?;
-    step("fenced earlier instances, start logged");
-    *attempt_out = fenced.attempt;
-    Committer::check_not_fenced(job, &fenced)?;
-    let mut recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32))?;
-    step("recovered");
+    // Fencing and recovery are one step after another; what the start
+    // asks the broker and registry about its topics goes on beside them.
+    let (fenced, mut recovered, lookups) = std::thread::scope(|s| {
+        let lookups = s.spawn(|| lookup(&plan, registry.as_ref(), None));
+        let fenced = Committer::fence(job)?;
+        step("fenced earlier instances, start logged");
+        *attempt_out = fenced.attempt;
+        Committer::check_not_fenced(job, &fenced)?;
+        let recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32))?;
+        step("recovered");
+        let lookups = lookups.join().expect("lookup thread")?;
+        step("topics looked up");
+        Ok::<_, RunError>((fenced, recovered, lookups))
+    })?;
     say_resuming(job, &recovered);
     let (mut launch, positions, dead_letter_topic) =
-        wire(&plan, &opts, &mut recovered, registry, 0, None)?;
+        wire(&plan, &opts, &mut recovered, registry, 0, lookups)?;
     step("sources and sinks wired");
     let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
     if recovered.start_offsets.is_none() {
@@ -213,9 +221,9 @@ pub(super) fn say_resuming(job: &crate::spec::JobConfig, recovered: &recovery::R
 }
 
 /// Readers, sinks and topics for a start that resumes as `recovered`
-/// says, on process `process` (0 alone): the launch without its backend,
-/// where every source partition stands, and the dead-letter topic.
-/// `schema_ids`: the sinks' schema ids another process registered.
+/// says, on process `process` (0 alone), from what `lookups` found: the
+/// launch without its backend, where every source partition stands, and
+/// the dead-letter topic.
 #[allow(clippy::type_complexity)]
 pub(super) fn wire(
     plan: &Plan,
@@ -223,44 +231,25 @@ pub(super) fn wire(
     recovered: &mut recovery::Recovered,
     registry: Option<RegistryClient>,
     process: u32,
-    schema_ids: Option<HashMap<usize, u32>>,
+    lookups: Lookups,
 ) -> Result<(Launch, BTreeMap<(u32, i32), i64>, String), RunError> {
     let job = &plan.job;
     let mut positions: BTreeMap<(u32, i32), i64> = BTreeMap::new();
-
-    let dead_letter_topic = match plan.dead_letter_sink.map(|i| &plan.nodes[i].kind) {
-        Some(crate::plan::NodeKind::Sink(SinkPlan::Kafka { config, .. })) => config.topic.clone(),
-        _ => job.dead_letter_topic(),
-    };
-    // Every topic of the broker's default settings the job uses, asked
-    // about at once; those missing are created one by one below.
-    let data_topics: Vec<&str> = plan
-        .sources()
-        .map(|(_, _, s)| s.config.topic.as_str())
-        .chain(plan.sinks().filter_map(|(_, _, s)| match s {
-            SinkPlan::Kafka { config, .. } => Some(config.topic.as_str()),
-            _ => None,
-        }))
-        .chain([dead_letter_topic.as_str()])
-        .collect();
-    let known = kafka_admin::partition_counts(&job.brokers, &data_topics)?;
+    let Lookups {
+        dead_letter_topic,
+        partitions,
+        marks: source_marks,
+        compacted,
+        schema_ids,
+    } = lookups;
 
     let mut readers: Vec<ReaderFactory> = Vec::new();
     let mut source_topics = Vec::new();
     let mut source_partitions = Vec::new();
     for (pos, (_, _, sp)) in plan.sources().enumerate() {
         let c = &sp.config;
-        let n = kafka_admin::ensure_data_topic(
-            &job.brokers,
-            &known,
-            &c.topic,
-            c.partitions,
-            c.replication_factor,
-        )?;
-        if let (Some(r), Format::Avro) = (&registry, c.format) {
-            r.prefetch_subject(&format!("{}-value", c.topic))?;
-        }
-        let marks = kafka_admin::end_offsets(&job.brokers, &c.topic, n)?;
+        let n = partitions[&c.topic];
+        let marks = &source_marks[pos];
         let ranges: Vec<(i32, i64, Option<i64>)> = marks
             .iter()
             .enumerate()
@@ -326,30 +315,13 @@ pub(super) fn wire(
         }));
     }
 
-    let mut sink_schema_ids = HashMap::new();
     let mut sink_partitions = HashMap::new();
     let mut sink_limits = HashMap::new();
-    // One request for every Kafka sink's topic settings.
-    let sink_topics: Vec<&str> = plan
-        .sinks()
-        .filter_map(|(_, _, s)| match s {
-            SinkPlan::Kafka { config, .. } => Some(config.topic.as_str()),
-            _ => None,
-        })
-        .collect();
-    let compacted = kafka_admin::compacted_topics(&job.brokers, &sink_topics);
     let mut targets: Sinks = HashMap::new();
     for (i, node, sink) in plan.sinks() {
         match sink {
             SinkPlan::Kafka { config, .. } => {
-                let n = kafka_admin::ensure_data_topic(
-                    &job.brokers,
-                    &known,
-                    &config.topic,
-                    config.partitions,
-                    config.replication_factor,
-                )?;
-                sink_partitions.insert(i, n);
+                sink_partitions.insert(i, partitions[&config.topic]);
                 sink_limits.insert(
                     i,
                     crate::dataflow::SinkLimits {
@@ -357,16 +329,6 @@ pub(super) fn wire(
                         ..Default::default()
                     },
                 );
-                if let Some(id) = schema_ids.as_ref().and_then(|ids| ids.get(&i)) {
-                    sink_schema_ids.insert(i, *id);
-                } else if config.format == Format::Avro {
-                    let schema = avro::schema_json(plan.input_schema(i));
-                    let id = registry
-                        .as_ref()
-                        .unwrap()
-                        .register(&format!("{}-value", config.topic), &schema)?;
-                    sink_schema_ids.insert(i, id);
-                }
                 targets.insert(i, Box::new(KafkaTopicSink::new(&config.topic)));
             }
             SinkPlan::Stdout => {
@@ -425,19 +387,10 @@ pub(super) fn wire(
             }
         }
     }
-    kafka_admin::ensure_data_topic(&job.brokers, &known, &dead_letter_topic, 1, 1)?;
-    kafka_admin::ensure_topic(
-        &job.brokers,
-        &job.commits_topic(),
-        1,
-        1,
-        TopicKind::Compacted,
-    )?;
     let mut changelog_topics = HashMap::new();
     for node in &plan.nodes {
         if matches!(node.kind, crate::plan::NodeKind::Aggregate(_)) {
             let topic = job.changelog_topic(&node.name);
-            kafka_admin::ensure_topic(&job.brokers, &topic, 1, 1, TopicKind::Compacted)?;
             changelog_topics.insert(node.name.clone(), Arc::from(topic.as_str()));
         }
     }
@@ -449,7 +402,7 @@ pub(super) fn wire(
         cluster: None,
         readers,
         registry,
-        sink_schema_ids,
+        sink_schema_ids: schema_ids,
         sink_partitions,
         sink_limits,
         source_topics,

@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod error;
 mod leader;
 pub mod local;
+mod lookups;
 mod member;
 pub mod memory;
 pub mod planner;

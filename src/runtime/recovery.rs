@@ -317,12 +317,20 @@ pub struct CommittedView {
 
 impl CommittedView {
     pub fn read(job: &crate::spec::JobConfig) -> Result<Self, RecoveryError> {
-        let records = read_log(&job.brokers, &job.epoch_log_topic())?;
-        let decided_by = planner::decided_by(&records);
         let writers = 1u32;
-        let progress = (0..writers)
-            .map(|w| Ok(committed_progress(&job.brokers, job, w)?.unwrap_or(0)))
-            .collect::<Result<Vec<i64>, RecoveryError>>()?;
+        // The log and the progress are read side by side: both come
+        // after the start was logged, neither needs the other.
+        let (records, progress) = std::thread::scope(|s| {
+            let progress = s.spawn(|| {
+                (0..writers)
+                    .map(|w| Ok(committed_progress(&job.brokers, job, w)?.unwrap_or(0)))
+                    .collect::<Result<Vec<i64>, RecoveryError>>()
+            });
+            let records = read_log(&job.brokers, &job.epoch_log_topic());
+            (records, progress.join().expect("progress thread"))
+        });
+        let (records, progress) = (records?, progress?);
+        let decided_by = planner::decided_by(&records);
         let copies = (0..writers)
             .map(|w| planner::committed_copies(&records, progress[w as usize], w))
             .collect();
