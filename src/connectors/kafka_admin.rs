@@ -414,7 +414,7 @@ pub fn read_to_end(
     topic: &str,
     mut each: impl FnMut(Fetched),
 ) -> Result<(), KafkaAdminError> {
-    read_each(brokers, topic, |m| {
+    read_each(brokers, topic, None, |m| {
         let headers =
             m.0.headers()
                 .map(|h| {
@@ -465,10 +465,12 @@ impl Borrowed<'_> {
     }
 }
 
-/// `read_to_end`, lending each record instead of copying it.
+/// `read_to_end`, lending each record instead of copying it, from the
+/// beginning or, per partition, from the offsets `from` gives.
 pub fn read_each(
     brokers: &str,
     topic: &str,
+    from: Option<&[i64]>,
     mut each: impl FnMut(Borrowed<'_>),
 ) -> Result<(), KafkaAdminError> {
     use rdkafka::{Offset, TopicPartitionList};
@@ -491,7 +493,11 @@ pub fn read_each(
     };
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
+        let start = match from.and_then(|f| f.get(p as usize)) {
+            Some(o) => Offset::Offset(*o),
+            None => Offset::Beginning,
+        };
+        tpl.add_partition_offset(topic, p, start)
             .map_err(|e| other(e.to_string()))?;
     }
     consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;

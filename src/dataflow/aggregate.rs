@@ -61,6 +61,14 @@ impl Held {
     }
 }
 
+/// What reaches a group's worker: a batch's change to its state, or (at
+/// epoch 0) its state as a snapshot kept it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Delta {
+    Fold(AggState),
+    Restored(Packed),
+}
+
 pub trait Aggregate<'s> {
     fn aggregate(
         self,
@@ -100,7 +108,7 @@ fn plain<'s>(
     let transform = name.to_string();
     // Each batch is folded per group on the worker that read it, so only
     // one state per group and batch crosses to the group's worker.
-    let deltas = stream.unary::<CapacityContainerBuilder<Vec<(Packed, AggState)>>, _, _, _>(
+    let deltas = stream.unary::<CapacityContainerBuilder<Vec<(Packed, Delta)>>, _, _, _>(
         Pipeline,
         &format!("{name} fold"),
         move |cap, _| {
@@ -111,8 +119,14 @@ fn plain<'s>(
                 if let Some(cap) = restore.take() {
                     let mut session = out.session(&cap);
                     for entry in c.take_restored(&transform) {
-                        if let StateEntry::Group(key, state) = entry {
-                            session.give((pack_key(&key), state));
+                        match entry {
+                            StateEntry::Group(key, state) => {
+                                session.give((pack_key(&key), Delta::Fold(state)))
+                            }
+                            StateEntry::Packed(key, state) => {
+                                session.give((key, Delta::Restored(state)))
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -138,19 +152,21 @@ fn plain<'s>(
                         }
                     }
                     c.dead(epoch, std::mem::take(&mut dead));
-                    out.session(&cap).give_iterator(folded.drain());
+                    out.session(&cap)
+                        .give_iterator(folded.drain().map(|(k, s)| (k, Delta::Fold(s))));
                 });
             }
         },
     );
     let having = plan.having.clone();
     let transform = name.to_string();
-    let pact = Exchange::new(|(key, _): &(Packed, AggState)| hash_of(key));
+    let pact = Exchange::new(|(key, _): &(Packed, Delta)| hash_of(key));
     deltas.unary_frontier::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(
         pact,
         &format!("{name} upsert"),
         move |_, _| {
             let mut store = GroupStore::default();
+            let mut snapshot_sent = false;
             let mut stash: BTreeMap<
                 Epoch,
                 (Capability<Epoch>, hashbrown::HashMap<Packed, AggState>),
@@ -161,7 +177,10 @@ fn plain<'s>(
                     if epoch == 0 {
                         // Restored state: already published before the restart.
                         for (key, state) in data.drain(..) {
-                            store.restore(key, &state);
+                            match state {
+                                Delta::Fold(state) => store.restore(key, &state),
+                                Delta::Restored(state) => store.restore_packed(key, state),
+                            }
                         }
                         return;
                     }
@@ -171,6 +190,9 @@ fn plain<'s>(
                         .1;
                     let groups = deltas.len();
                     for (key, delta) in data.drain(..) {
+                        let Delta::Fold(delta) = delta else {
+                            unreachable!("restored state comes at epoch 0")
+                        };
                         match deltas.entry(key) {
                             hashbrown::hash_map::Entry::Occupied(mut o) => {
                                 o.get_mut().plus_equals(&delta)
@@ -238,6 +260,12 @@ fn plain<'s>(
                             }
                         }
                     }
+                }
+                // The input is done and every epoch applied: the groups
+                // go to the writer for a local snapshot.
+                if frontier.frontier().is_empty() && stash.is_empty() && !snapshot_sent {
+                    snapshot_sent = true;
+                    ctx.snapshot(&transform, store.take());
                 }
             }
         },

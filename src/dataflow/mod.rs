@@ -11,7 +11,7 @@ mod sink;
 pub use sink::SinkLimits;
 mod source;
 pub mod state;
-mod store;
+pub mod store;
 mod transforms;
 pub(crate) mod window;
 
@@ -214,6 +214,17 @@ impl WorkerContext {
                 epoch,
                 topic: topic.clone(),
                 records,
+            });
+        }
+    }
+
+    /// Hands every group of `transform` on this worker to the writer, for
+    /// a local snapshot; only a transform with a changelog has one.
+    pub(crate) fn snapshot(&self, transform: &str, groups: Vec<(store::Packed, store::Packed)>) {
+        if self.changelog_topics.contains_key(transform) {
+            let _ = self.writer.send(WriterMsg::Snapshot {
+                transform: transform.to_string(),
+                groups,
             });
         }
     }

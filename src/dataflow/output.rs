@@ -68,6 +68,13 @@ pub enum WriterMsg {
         topic: Arc<str>,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     },
+    /// Every group a worker holds for `transform` once its input is done:
+    /// the writer keeps it as a local snapshot if the run ends with every
+    /// epoch committed.
+    Snapshot {
+        transform: String,
+        groups: Vec<(super::store::Packed, super::store::Packed)>,
+    },
 }
 
 /// The line `--trace-records` prints for a record: the seed's format.

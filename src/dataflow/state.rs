@@ -145,7 +145,7 @@ const WINDOW: u8 = 1;
 const WATERMARK: u8 = 2;
 /// The version of the value encoding; a change to the state types that
 /// postcard cannot read back must bump it.
-const VERSION: u8 = 2;
+pub const VERSION: u8 = 2;
 
 /// The changelog key of the watermark and partition table.
 pub const WATERMARK_KEY: &[u8] = &[WATERMARK];
@@ -154,6 +154,8 @@ pub const WATERMARK_KEY: &[u8] = &[WATERMARK];
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateEntry {
     Group(Vec<Value>, AggState),
+    /// A group as a local snapshot keeps it: its key and state packed.
+    Packed(super::store::Packed, super::store::Packed),
     Window(Vec<Value>, i64, Window),
     Watermark(WatermarkSnapshot),
 }

@@ -136,9 +136,20 @@ impl GroupStore {
         }
     }
 
+    /// Every group and its state, leaving the store empty.
+    pub fn take(&mut self) -> Vec<(Packed, Packed)> {
+        self.positions.clear();
+        std::mem::take(&mut self.groups)
+    }
+
     /// Sets a group's state as it was restored.
     pub fn restore(&mut self, key: Packed, state: &AggState) {
         self.insert(key, Packed::encode(state));
+    }
+
+    /// Sets a group's state as a snapshot kept it, packed.
+    pub fn restore_packed(&mut self, key: Packed, state: Packed) {
+        self.insert(key, state);
     }
 
     /// Folds `delta` into the group's state and says what it was before

@@ -163,7 +163,7 @@ pub(super) fn windowed<'s>(
                         StateEntry::Window(key, start, w) => {
                             windows.push(WindowMsg::Restore(key.clone(), *start, w.clone()))
                         }
-                        StateEntry::Group(..) => {}
+                        StateEntry::Group(..) | StateEntry::Packed(..) => {}
                     }
                 }
                 if !windows.is_empty() {

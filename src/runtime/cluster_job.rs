@@ -313,5 +313,6 @@ fn recovered_from(p: &StartPlan) -> Recovered {
         committed_epochs: 0,
         // State enters at worker 0, on process 0.
         state: Default::default(),
+        from_snapshot: Vec::new(),
     }
 }

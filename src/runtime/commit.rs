@@ -58,6 +58,7 @@ pub struct Committer {
     logged: Option<(u64, i64)>,
     /// Epochs the job has committed, this run's included.
     pub committed_epochs: u64,
+    attempt: u32,
 }
 
 /// A started writer, its log and progress group: what [`Committer::fence`]
@@ -206,7 +207,18 @@ impl Committer {
             refused: 0,
             logged: None,
             committed_epochs: recovered.committed_epochs,
+            attempt: recovered.attempt,
         })
+    }
+
+    /// The last epoch committed (0: none).
+    pub fn committed_epoch(&self) -> u64 {
+        self.bounds.committed
+    }
+
+    /// This start's attempt, stamped on what it commits.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// A transaction that holds no record gets one, so its offsets stick.

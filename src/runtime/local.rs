@@ -217,6 +217,11 @@ pub(super) fn say_resuming(job: &crate::spec::JobConfig, recovered: &recovery::R
             recovered.replay.len(),
             recovered.state.values().map(Vec::len).sum::<usize>()
         );
+        for (transform, epoch, records) in &recovered.from_snapshot {
+            eprintln!(
+                "state of {transform} loaded from its local snapshot of epoch {epoch}, with {records} changelog records after it"
+            );
+        }
     }
 }
 

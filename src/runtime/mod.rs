@@ -17,6 +17,7 @@ pub mod planner;
 pub mod recovery;
 mod report;
 mod restore;
+mod snapshot;
 mod workers;
 mod writer;
 

@@ -16,7 +16,7 @@ use crate::connectors::kafka_admin::{self, client_config, KafkaAdminError};
 use crate::dataflow::state::StateEntry;
 use crate::fault;
 use crate::plan::{NodeKind, Plan};
-use crate::runtime::{planner, restore};
+use crate::runtime::{planner, restore, snapshot};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -145,6 +145,9 @@ pub struct Recovered {
     pub log_offsets: HashMap<u64, i64>,
     /// Per stateful transform, its state as of the committed epoch.
     pub state: HashMap<String, Vec<StateEntry>>,
+    /// The transforms whose state came from a local snapshot: the epoch
+    /// it was of and the changelog records read after it.
+    pub from_snapshot: Vec<(String, u64, usize)>,
 }
 
 /// Produces to the epoch log and waits for each record to be stored.
@@ -452,6 +455,7 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         replay: resume.replay,
         log_offsets: resume.log_offsets,
         state: HashMap::new(),
+        from_snapshot: Vec::new(),
     };
 
     // State as of the committed epoch, transform by transform.
@@ -460,11 +464,13 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
             continue;
         }
         let topic = job.changelog_topic(&node.name);
+        let snapshot = usable_snapshot(job, &node.name, &topic, &view, out.committed);
         // Only the copy of a committed epoch that committed counts: the
         // broker may deliver aborted copies and a fenced instance's records.
         let mut state = restore::StateAsOf::new(out.committed);
         let (mut seen, mut kept) = (0usize, 0usize);
-        kafka_admin::read_each(brokers, &topic, |m| {
+        let from = snapshot.as_ref().map(|s| s.header.offsets.as_slice());
+        kafka_admin::read_each(brokers, &topic, from, |m| {
             seen += 1;
             if seen == 2 {
                 fault::point("restore");
@@ -487,11 +493,19 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
             "recovery: {kept} of {seen} records of {topic} count, read after {} ms",
             t0.elapsed().as_millis()
         );
-        let state = state.finish().map_err(|e| RecoveryError::Changelog {
+        let undecodable = |e: restore::Undecodable| RecoveryError::Changelog {
             topic: topic.clone(),
             offset: e.offset,
             reason: e.error.to_string(),
-        })?;
+        };
+        let state = match snapshot {
+            None => state.finish().map_err(undecodable)?,
+            Some(snap) => {
+                out.from_snapshot
+                    .push((node.name.clone(), snap.header.epoch, kept));
+                over_snapshot(snap.groups, state.changes().map_err(undecodable)?)
+            }
+        };
         tracing::debug!(
             "recovery: state of {} rebuilt after {} ms",
             node.name,
@@ -500,4 +514,136 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         out.state.insert(node.name.clone(), state);
     }
     Ok(out)
+}
+
+/// The local snapshot of `transform`, if there is one this start can
+/// build on: of a committed epoch of this job, no later than the one it
+/// resumes after, and with offsets its changelog still has. Otherwise the
+/// changelog is read whole, and a snapshot left aside says why.
+fn usable_snapshot(
+    job: &crate::spec::JobConfig,
+    transform: &str,
+    topic: &str,
+    view: &CommittedView,
+    committed: u64,
+) -> Option<Snapshotted> {
+    let dir = snapshot::dir(job);
+    let check = |snap: &snapshot::Snapshot| -> Result<(), String> {
+        if snap.header.epoch == 0 {
+            return Err("it holds no committed epoch".into());
+        }
+        let h = &snap.header;
+        if h.epoch > committed {
+            return Err(format!(
+                "it is of epoch {}, after the last committed one ({committed})",
+                h.epoch
+            ));
+        }
+        if view.copies.first().and_then(|c| c.get(&h.epoch)) != Some(&h.attempt) {
+            return Err(format!(
+                "the epoch log does not say that attempt {} committed epoch {}: it is of another run of a job of this name",
+                h.attempt, h.epoch
+            ));
+        }
+        let n = kafka_admin::partition_count(&job.brokers, topic)
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        let marks = kafka_admin::watermarks(&job.brokers, topic, n).map_err(|e| e.to_string())?;
+        if marks.len() != h.offsets.len()
+            || marks.iter().zip(&h.offsets).any(|((_, high), o)| o > high)
+        {
+            return Err(format!("{topic} does not have the offsets it was taken at"));
+        }
+        Ok(())
+    };
+    // The checksum and the format's version stand for the groups; they
+    // are not decoded one by one.
+    let decoded = |snap: snapshot::Snapshot| -> Result<Snapshotted, String> {
+        if snap.header.state_format != crate::dataflow::state::VERSION {
+            return Err(format!(
+                "its states are of format {}, not {}",
+                snap.header.state_format,
+                crate::dataflow::state::VERSION
+            ));
+        }
+        let groups = snap
+            .groups
+            .into_iter()
+            .map(|(k, s)| (k.clone(), StateEntry::Packed(k, s)))
+            .collect();
+        Ok(Snapshotted {
+            header: snap.header,
+            groups,
+        })
+    };
+    let why = match snapshot::read(&dir, transform) {
+        Ok(None) => return None,
+        Ok(Some(snap)) => match check(&snap).and_then(|()| decoded(snap)) {
+            Ok(snap) => return Some(snap),
+            Err(why) => why,
+        },
+        Err(why) => why,
+    };
+    eprintln!(
+        "the local snapshot of {transform} in {} is not used ({why}); reading its changelog instead",
+        dir.display()
+    );
+    None
+}
+
+/// A snapshot, its groups decoded.
+struct Snapshotted {
+    header: snapshot::Header,
+    groups: Vec<(crate::dataflow::store::Packed, StateEntry)>,
+}
+
+/// A snapshot's groups with what the changelog after it says: a key the
+/// changelog names takes the changelog's state (or none).
+fn over_snapshot(
+    groups: Vec<(crate::dataflow::store::Packed, StateEntry)>,
+    changes: Vec<(Vec<u8>, Option<StateEntry>)>,
+) -> Vec<StateEntry> {
+    // A changelog key is a tag byte, then the group's packed key.
+    let named: std::collections::HashSet<&[u8]> =
+        changes.iter().filter_map(|(k, _)| k.get(1..)).collect();
+    let mut out: Vec<StateEntry> = groups
+        .into_iter()
+        .filter(|(key, _)| !named.contains(key.as_bytes()))
+        .map(|(_, entry)| entry)
+        .collect();
+    out.extend(changes.into_iter().filter_map(|(_, e)| e));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::state::{group_key_bytes, Acc, AggState};
+    use crate::dataflow::store::pack_key;
+    use crate::record::Value;
+
+    fn group(key: i64, n: i64) -> StateEntry {
+        StateEntry::Group(
+            vec![Value::Int(key)],
+            AggState {
+                rows: n,
+                accs: vec![Acc::Count(n)],
+            },
+        )
+    }
+
+    #[test]
+    fn the_changelog_after_a_snapshot_updates_adds_and_removes_its_groups() {
+        let base = (1..=3)
+            .map(|k| (pack_key(&[Value::Int(k)]), group(k, 1)))
+            .collect();
+        let changes = vec![
+            (group_key_bytes(&[Value::Int(2)]), Some(group(2, 5))),
+            (group_key_bytes(&[Value::Int(3)]), None),
+            (group_key_bytes(&[Value::Int(4)]), Some(group(4, 1))),
+        ];
+        let mut got = over_snapshot(base, changes);
+        got.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(got, vec![group(1, 1), group(2, 5), group(4, 1)]);
+    }
 }

@@ -73,31 +73,43 @@ impl StateAsOf {
         }
     }
 
+    /// The state of every key the records name, sorted by key.
     pub fn finish(self) -> Result<Vec<StateEntry>, Undecodable> {
+        let mut out: Vec<(Vec<u8>, StateEntry)> = self
+            .changes()?
+            .into_iter()
+            .filter_map(|(k, e)| Some((k, e?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Per key the records name (its changelog key), its state as of r:
+    /// None when it had none, which over a snapshot removes the key.
+    pub fn changes(self) -> Result<Vec<(Vec<u8>, Option<StateEntry>)>, Undecodable> {
         let StateAsOf { upto, after, .. } = self;
         let decode = |key: &[u8], offset: i64, value: &[u8]| {
             state::decode(key, value).map_err(|error| Undecodable { offset, error })
         };
-        let mut out: Vec<(Vec<u8>, StateEntry)> = Vec::new();
+        let mut out = Vec::with_capacity(upto.len() + after.len());
         for (key, (_, offset, value)) in &after {
-            if let Some(v) = value {
-                if let Some(before) = decode(key, *offset, v)?.before {
-                    out.push((key.clone(), before));
-                }
-            }
+            let before = match value {
+                Some(v) => decode(key, *offset, v)?.before,
+                None => None,
+            };
+            out.push((key.clone(), before));
         }
         for (key, (_, offset, value)) in upto {
             if after.contains_key(&key) {
                 continue;
             }
-            if let Some(v) = value {
-                if let Some(now) = decode(&key, offset, &v)?.after {
-                    out.push((key, now));
-                }
-            }
+            let now = match value {
+                Some(v) => decode(&key, offset, &v)?.after,
+                None => None,
+            };
+            out.push((key, now));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out.into_iter().map(|(_, e)| e).collect())
+        Ok(out)
     }
 }
 

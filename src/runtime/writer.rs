@@ -89,6 +89,7 @@ pub(super) fn write_loop(
     let mut epochs: BTreeMap<Epoch, EpochTotals> = BTreeMap::new();
     // Output held until its epoch is complete and can commit.
     let mut pending: BTreeMap<Epoch, EpochOutput> = BTreeMap::new();
+    let mut snapshots: BTreeMap<String, Vec<Vec<_>>> = BTreeMap::new();
     let sinks = w.sink_order.len();
     let new_totals = || EpochTotals {
         counts: EpochCounts::default(),
@@ -235,6 +236,17 @@ pub(super) fn write_loop(
                 }
             }
             WriterMsg::Finished { .. } => finished += 1,
+            WriterMsg::Snapshot { transform, groups } => {
+                snapshots.entry(transform).or_default().push(groups)
+            }
+        }
+    }
+    // Every epoch this run processed has committed: the state the workers
+    // handed over is that of the last committed epoch.
+    if let Backend::Kafka(c) = &w.backend {
+        if completion.complete() == Epoch::MAX {
+            snapshots.retain(|_, parts| parts.len() == workers);
+            super::snapshot::keep(plan, c.committed_epoch(), c.attempt(), snapshots);
         }
     }
     w.finish(start)

@@ -45,6 +45,10 @@ pub struct JobConfig {
     /// A sink (with `inputs = []`) that receives the dead letters instead of
     /// `dead_letter_topic`, for example a Postgres error table.
     pub dead_letter_sink: Option<String>,
+    /// Where a clean stop keeps local snapshots of aggregate state, which
+    /// the next start on this machine loads instead of reading the whole
+    /// changelog; `<temp dir>/rill-state` when not set.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -58,6 +62,12 @@ pub enum Guarantee {
 }
 
 impl JobConfig {
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("rill-state"))
+    }
+
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic
             .clone()

@@ -1125,6 +1125,110 @@ fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterru
 }
 
 #[test]
+fn a_clean_stop_keeps_a_local_snapshot_the_next_start_builds_on_and_a_damaged_one_is_left_for_the_changelog(
+) {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("snapshot");
+    let input = format!("{tag}-input");
+    let (gen, _) = job_copy(
+        dir.path(),
+        "bank.toml",
+        &["bank-transactions"],
+        &format!("{tag}-gen"),
+    );
+    let write_input = |count: &str, seed: &str| {
+        ok(&[
+            "datagen",
+            "bank",
+            "--job",
+            gen.to_str().unwrap(),
+            "--topic",
+            &input,
+            "--count",
+            count,
+            "--seed",
+            seed,
+            "--quiet",
+        ]);
+    };
+    let job_for = |role: &str| {
+        let (path, _) = job_copy(
+            dir.path(),
+            "rejected.toml",
+            &["AGGREGATED", "rejected-dead-letters"],
+            &format!("{tag}-{role}"),
+        );
+        let state_dir = dir.path().join(format!("state-{role}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"REJECTED\"", &format!("\"{input}\""))
+            .replace(
+                "[job]\n",
+                &format!("[job]\nstate_dir = \"{}\"\n", state_dir.display()),
+            );
+        std::fs::write(&path, text).unwrap();
+        (
+            path,
+            state_dir
+                .join(format!("{tag}-{role}-rejected"))
+                .join("per_account.snapshot"),
+        )
+    };
+    let (job, snapshot) = job_for("snap");
+    let submit = || {
+        let out = jobctl(&["submit", job.to_str().unwrap(), "--until-caught-up"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+
+    write_input("400", "1");
+    let first = submit();
+    assert!(!first.contains("local snapshot"), "{first}");
+    assert!(
+        snapshot.exists(),
+        "a clean stop keeps a snapshot at {}",
+        snapshot.display()
+    );
+
+    // A run that dies after a commit keeps no snapshot; the next start
+    // builds on the last one and reads the changelog after it, the dead
+    // run's committed epoch and aborted records included.
+    write_input("400", "2");
+    submit_failing_at(&job, "committed:1");
+    let second = submit();
+    assert!(
+        second.contains("state of per_account loaded from its local snapshot of epoch"),
+        "{second}"
+    );
+
+    // A damaged snapshot is said and left aside; the changelog has it all.
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    write_input("400", "3");
+    let third = submit();
+    assert!(
+        third.contains("the local snapshot of per_account in")
+            && third.contains("is not used (it is damaged); reading its changelog instead"),
+        "{third}"
+    );
+
+    let (reference, _) = job_for("reference");
+    ok(&[
+        "submit",
+        reference.to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
+    let want = verify_lines(&reference);
+    assert!(want.len() > 300, "one line per account: {}", want.len());
+    assert_eq!(verify_lines(&job), want);
+}
+
+#[test]
 fn a_zombie_cannot_commit_once_its_replacement_has_started() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
