@@ -418,6 +418,16 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
     let brokers = &job.brokers;
     let log = job.epoch_log_topic();
     let t0 = std::time::Instant::now();
+    let transforms: Vec<String> = plan
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKind::Aggregate(_)))
+        .map(|n| n.name.clone())
+        .collect();
+    let prepared = {
+        let (job, transforms) = (job.clone(), transforms.clone());
+        std::thread::spawn(move || prepare_snapshots(&job, &transforms))
+    };
     let view = CommittedView::read(job)?;
     tracing::debug!(
         "recovery: epoch log and progress read after {} ms",
@@ -459,12 +469,10 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
     };
 
     // State as of the committed epoch, transform by transform.
-    for node in &plan.nodes {
-        if !matches!(node.kind, NodeKind::Aggregate(_)) {
-            continue;
-        }
-        let topic = job.changelog_topic(&node.name);
-        let snapshot = usable_snapshot(job, &node.name, &topic, &view, out.committed);
+    let prepared = prepared.join().expect("snapshot thread");
+    for (name, prepared) in transforms.iter().zip(prepared) {
+        let topic = job.changelog_topic(name);
+        let snapshot = usable_snapshot(job, name, &topic, prepared, &view, out.committed);
         // Only the copy of a committed epoch that committed counts: the
         // broker may deliver aborted copies and a fenced instance's records.
         let mut state = restore::StateAsOf::new(out.committed);
@@ -502,16 +510,16 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
             None => state.finish().map_err(undecodable)?,
             Some(snap) => {
                 out.from_snapshot
-                    .push((node.name.clone(), snap.header.epoch, kept));
+                    .push((name.clone(), snap.header.epoch, kept));
                 over_snapshot(snap.groups, state.changes().map_err(undecodable)?)
             }
         };
         tracing::debug!(
             "recovery: state of {} rebuilt after {} ms",
-            node.name,
+            name,
             t0.elapsed().as_millis()
         );
-        out.state.insert(node.name.clone(), state);
+        out.state.insert(name.clone(), state);
     }
     Ok(out)
 }
@@ -524,10 +532,12 @@ fn usable_snapshot(
     job: &crate::spec::JobConfig,
     transform: &str,
     topic: &str,
+    prepared: Prepared,
     view: &CommittedView,
     committed: u64,
 ) -> Option<Snapshotted> {
     let dir = snapshot::dir(job);
+    let (read, marks) = prepared;
     let check = |snap: &snapshot::Snapshot| -> Result<(), String> {
         if snap.header.epoch == 0 {
             return Err("it holds no committed epoch".into());
@@ -545,10 +555,7 @@ fn usable_snapshot(
                 h.attempt, h.epoch
             ));
         }
-        let n = kafka_admin::partition_count(&job.brokers, topic)
-            .map_err(|e| e.to_string())?
-            .unwrap_or(0);
-        let marks = kafka_admin::watermarks(&job.brokers, topic, n).map_err(|e| e.to_string())?;
+        let marks = marks.clone()?;
         if marks.len() != h.offsets.len()
             || marks.iter().zip(&h.offsets).any(|((_, high), o)| o > high)
         {
@@ -576,7 +583,7 @@ fn usable_snapshot(
             groups,
         })
     };
-    let why = match snapshot::read(&dir, transform) {
+    let why = match read {
         Ok(None) => return None,
         Ok(Some(snap)) => match check(&snap).and_then(|()| decoded(snap)) {
             Ok(snap) => return Some(snap),
@@ -589,6 +596,33 @@ fn usable_snapshot(
         dir.display()
     );
     None
+}
+
+/// A transform's snapshot as read from its file, and where its changelog
+/// ends now: what a start can learn while it reads the epoch log.
+type Prepared = (
+    Result<Option<snapshot::Snapshot>, String>,
+    Result<Vec<(i64, i64)>, String>,
+);
+
+fn prepare_snapshots(job: &crate::spec::JobConfig, transforms: &[String]) -> Vec<Prepared> {
+    let dir = snapshot::dir(job);
+    transforms
+        .iter()
+        .map(|t| {
+            let read = snapshot::read(&dir, t);
+            let marks = match &read {
+                Ok(Some(_)) => {
+                    let topic = job.changelog_topic(t);
+                    kafka_admin::partition_count(&job.brokers, &topic)
+                        .and_then(|n| kafka_admin::watermarks(&job.brokers, &topic, n.unwrap_or(0)))
+                        .map_err(|e| e.to_string())
+                }
+                _ => Ok(Vec::new()),
+            };
+            (read, marks)
+        })
+        .collect()
 }
 
 /// A snapshot, its groups decoded.
