@@ -1058,15 +1058,10 @@ fn submit_failing_at(job: &Path, point: &str) {
     );
 }
 
-#[test]
-fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterrupted_run() {
-    require_services();
-    let dir = tempfile::tempdir().unwrap();
-    let tag = unique("faults");
-    let input = format!("{tag}-input");
-    // The aggregate keeps state, so restores are exercised too.
+/// Writes `count` random bank transactions, from `seed`, to `input`.
+fn bank_input(dir: &Path, tag: &str, input: &str, count: &str, seed: &str) {
     let (gen, _) = job_copy(
-        dir.path(),
+        dir,
         "bank.toml",
         &["bank-transactions"],
         &format!("{tag}-gen"),
@@ -1077,24 +1072,41 @@ fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterru
         "--job",
         gen.to_str().unwrap(),
         "--topic",
-        &input,
+        input,
         "--count",
-        "900",
+        count,
+        "--seed",
+        seed,
         "--quiet",
     ]);
-    let job_for = |role: &str| {
-        let (path, _) = job_copy(
-            dir.path(),
-            "rejected.toml",
-            &["AGGREGATED", "rejected-dead-letters"],
-            &format!("{tag}-{role}"),
-        );
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("\"REJECTED\"", &format!("\"{input}\""));
-        std::fs::write(&path, text).unwrap();
-        path
-    };
+}
+
+/// jobs/rejected.toml as job `{tag}-rejected`, reading `input`, with
+/// `settings` added to its `[job]` table.
+fn rejected_reading(dir: &Path, tag: &str, input: &str, settings: &str) -> PathBuf {
+    let (path, _) = job_copy(
+        dir,
+        "rejected.toml",
+        &["AGGREGATED", "rejected-dead-letters"],
+        tag,
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"REJECTED\"", &format!("\"{input}\""))
+        .replace("[job]\n", &format!("[job]\n{settings}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterrupted_run() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("faults");
+    let input = format!("{tag}-input");
+    // The aggregate keeps state, so restores are exercised too.
+    bank_input(dir.path(), &tag, &input, "900", "42");
+    let job_for = |role: &str| rejected_reading(dir.path(), &format!("{tag}-{role}"), &input, "");
     let reference = job_for("reference");
     ok(&[
         "submit",
@@ -1131,43 +1143,11 @@ fn a_clean_stop_keeps_a_local_snapshot_the_next_start_builds_on_and_a_damaged_on
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("snapshot");
     let input = format!("{tag}-input");
-    let (gen, _) = job_copy(
-        dir.path(),
-        "bank.toml",
-        &["bank-transactions"],
-        &format!("{tag}-gen"),
-    );
-    let write_input = |count: &str, seed: &str| {
-        ok(&[
-            "datagen",
-            "bank",
-            "--job",
-            gen.to_str().unwrap(),
-            "--topic",
-            &input,
-            "--count",
-            count,
-            "--seed",
-            seed,
-            "--quiet",
-        ]);
-    };
+    let write_input = |count: &str, seed: &str| bank_input(dir.path(), &tag, &input, count, seed);
     let job_for = |role: &str| {
-        let (path, _) = job_copy(
-            dir.path(),
-            "rejected.toml",
-            &["AGGREGATED", "rejected-dead-letters"],
-            &format!("{tag}-{role}"),
-        );
         let state_dir = dir.path().join(format!("state-{role}"));
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("\"REJECTED\"", &format!("\"{input}\""))
-            .replace(
-                "[job]\n",
-                &format!("[job]\nstate_dir = \"{}\"\n", state_dir.display()),
-            );
-        std::fs::write(&path, text).unwrap();
+        let settings = format!("state_dir = \"{}\"\n", state_dir.display());
+        let path = rejected_reading(dir.path(), &format!("{tag}-{role}"), &input, &settings);
         (
             path,
             state_dir
