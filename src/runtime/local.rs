@@ -289,6 +289,7 @@ pub(super) fn wire(
         for (p, start, _) in &ranges {
             positions.insert((pos as u32, *p), *start);
         }
+        tracing::debug!("source {}: (partition, start, end) {ranges:?}", c.topic);
         let replay: Vec<(u64, HashMap<i32, i64>)> = recovered
             .replay
             .iter()

@@ -135,6 +135,11 @@ pub(super) fn execute(
                 break;
             }
         }
+        tracing::debug!(
+            "run: worker {} done after {} ms",
+            ctx.index,
+            start.elapsed().as_millis()
+        );
         let _ = ctx.writer.send(WriterMsg::Finished {
             worker: ctx.index % workers,
         });
@@ -145,9 +150,14 @@ pub(super) fn execute(
         Some((sockets, process)) => super::cluster::execute(sockets, process, workers, body),
     }
     .map_err(RunError::Workers)?;
+    tracing::debug!(
+        "run: workers started after {} ms",
+        start.elapsed().as_millis()
+    );
     let written = writer
         .join()
         .map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
+    tracing::debug!("run: writer done after {} ms", start.elapsed().as_millis());
     if in_cluster && written.is_err() {
         // Timely is fail-stop: with a peer gone, its workers may wait for
         // it forever. The process exits without them.
@@ -155,6 +165,7 @@ pub(super) fn execute(
         return written;
     }
     let results = guards.join();
+    tracing::debug!("run: workers done after {} ms", start.elapsed().as_millis());
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
         return Err(RunError::Workers(e));
     }

@@ -241,6 +241,10 @@ pub(super) fn write_loop(
             }
         }
     }
+    tracing::debug!(
+        "run: writer's loop done after {} ms",
+        start.elapsed().as_millis()
+    );
     // Every epoch this run processed has committed: the state the workers
     // handed over is that of the last committed epoch.
     if let Backend::Kafka(c) = &w.backend {
@@ -444,7 +448,12 @@ impl Writer<'_> {
             }
         }
         self.summary.elapsed = start.elapsed();
-        Ok(self.summary)
+        // Everything is flushed and committed; librdkafka takes about
+        // 100 ms to take a client down, which the end of a run need not
+        // wait for.
+        let backend = std::mem::replace(&mut self.backend, Backend::Memory { keep: false });
+        std::thread::spawn(move || drop(backend));
+        Ok(std::mem::take(&mut self.summary))
     }
 }
 
