@@ -471,9 +471,46 @@ pub fn read_each(
     brokers: &str,
     topic: &str,
     from: Option<&[i64]>,
+    each: impl FnMut(Borrowed<'_>),
+) -> Result<(), KafkaAdminError> {
+    read_partitions(
+        brokers,
+        topic,
+        |p| match from.and_then(|f| f.get(p as usize)) {
+            Some(o) => Some(rdkafka::Offset::Offset(*o)),
+            None => Some(rdkafka::Offset::Beginning),
+        },
+        each,
+    )
+}
+
+/// `read_each` of one partition, from its beginning or from `from`.
+pub fn read_partition_each(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    each: impl FnMut(Borrowed<'_>),
+) -> Result<(), KafkaAdminError> {
+    read_partitions(
+        brokers,
+        topic,
+        |p| {
+            (p == partition)
+                .then(|| from.map_or(rdkafka::Offset::Beginning, rdkafka::Offset::Offset))
+        },
+        each,
+    )
+}
+
+/// Reads the partitions `start` gives an offset for, each from there.
+fn read_partitions(
+    brokers: &str,
+    topic: &str,
+    start: impl Fn(i32) -> Option<rdkafka::Offset>,
     mut each: impl FnMut(Borrowed<'_>),
 ) -> Result<(), KafkaAdminError> {
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::TopicPartitionList;
     let other = |reason: String| KafkaAdminError::Other {
         brokers: brokers.into(),
         reason,
@@ -492,20 +529,22 @@ pub fn read_each(
         return Ok(());
     };
     let mut tpl = TopicPartitionList::new();
-    for p in 0..n {
-        let start = match from.and_then(|f| f.get(p as usize)) {
-            Some(o) => Offset::Offset(*o),
-            None => Offset::Beginning,
-        };
-        tpl.add_partition_offset(topic, p, start)
-            .map_err(|e| other(e.to_string()))?;
-    }
-    consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
     // A partition is read when its EOF comes (an empty one too): on a
     // topic written in transactions the last offsets are commit markers,
     // which a consumer never receives, so counting offsets up to the end
-    // would never stop.
-    let mut at_end: Vec<bool> = vec![false; n as usize];
+    // would never stop. One not to read is at its end already.
+    let mut at_end: Vec<bool> = vec![true; n as usize];
+    for p in 0..n {
+        if let Some(offset) = start(p) {
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(|e| other(e.to_string()))?;
+            at_end[p as usize] = false;
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while at_end.iter().any(|d| !d) {
         if std::time::Instant::now() > deadline {

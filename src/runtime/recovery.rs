@@ -473,45 +473,44 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
     for (name, prepared) in transforms.iter().zip(prepared) {
         let topic = job.changelog_topic(name);
         let snapshot = usable_snapshot(job, name, &topic, prepared, &view, out.committed);
-        // Only the copy of a committed epoch that committed counts: the
-        // broker may deliver aborted copies and a fenced instance's records.
-        let mut state = restore::StateAsOf::new(out.committed);
-        let (mut seen, mut kept) = (0usize, 0usize);
-        let from = snapshot.as_ref().map(|s| s.header.offsets.as_slice());
-        kafka_admin::read_each(brokers, &topic, from, |m| {
-            seen += 1;
-            if seen == 2 {
-                fault::point("restore");
-            }
-            let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
-            let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
-            let counts = matches!((epoch, attempt),
-                (Some(e), Some(a)) if view.counts(m.header("rill-writer"), e, a));
-            if let (true, Some(epoch), Some(key)) = (counts, epoch, m.key()) {
-                kept += 1;
-                state.add((
-                    epoch,
-                    m.offset(),
-                    key.to_vec(),
-                    m.value().map(<[u8]>::to_vec),
-                ));
-            }
-        })?;
+        let from = snapshot.as_ref().map(|s| s.header.offsets.clone());
+        // A key always lands in the same partition, so each partition is
+        // read and folded on a thread of its own and the results joined.
+        let partitions = kafka_admin::partition_count(brokers, &topic)?.unwrap_or(0);
+        let committed = out.committed;
+        let view = &view;
+        let read: Vec<Result<(Changes, usize, usize), RecoveryError>> = std::thread::scope(|s| {
+            let readers: Vec<_> = (0..partitions)
+                .map(|p| {
+                    let (topic, from) = (
+                        &topic,
+                        from.as_ref().and_then(|f| f.get(p as usize).copied()),
+                    );
+                    s.spawn(move || read_partition(brokers, topic, p, from, view, committed))
+                })
+                .collect();
+            readers
+                .into_iter()
+                .map(|r| r.join().expect("changelog reader"))
+                .collect()
+        });
+        let (mut seen, mut kept) = (0, 0);
+        let mut changes = Vec::new();
+        for r in read {
+            let (c, s, k) = r?;
+            (seen, kept) = (seen + s, kept + k);
+            changes.extend(c);
+        }
         tracing::debug!(
             "recovery: {kept} of {seen} records of {topic} count, read after {} ms",
             t0.elapsed().as_millis()
         );
-        let undecodable = |e: restore::Undecodable| RecoveryError::Changelog {
-            topic: topic.clone(),
-            offset: e.offset,
-            reason: e.error.to_string(),
-        };
         let state = match snapshot {
-            None => state.finish().map_err(undecodable)?,
+            None => changes.into_iter().filter_map(|(_, e)| e).collect(),
             Some(snap) => {
                 out.from_snapshot
                     .push((name.clone(), snap.header.epoch, kept));
-                over_snapshot(snap.groups, state.changes().map_err(undecodable)?)
+                over_snapshot(snap.groups, changes)
             }
         };
         tracing::debug!(
@@ -522,6 +521,50 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         out.state.insert(name.clone(), state);
     }
     Ok(out)
+}
+
+/// Per changelog key, its state as of the resumed epoch (None: none).
+type Changes = Vec<(Vec<u8>, Option<StateEntry>)>;
+
+/// One changelog partition folded as of epoch `committed`: each key's
+/// state, the records read and those that count. Only the copy of a
+/// committed epoch that committed counts: the broker may deliver aborted
+/// copies and a fenced instance's records.
+fn read_partition(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    from: Option<i64>,
+    view: &CommittedView,
+    committed: u64,
+) -> Result<(Changes, usize, usize), RecoveryError> {
+    let mut state = restore::StateAsOf::new(committed);
+    let (mut seen, mut kept) = (0usize, 0usize);
+    kafka_admin::read_partition_each(brokers, topic, partition, from, |m| {
+        seen += 1;
+        if seen == 2 {
+            fault::point("restore");
+        }
+        let epoch = m.header("rill-epoch").and_then(|e| e.parse::<u64>().ok());
+        let attempt = m.header("rill-attempt").and_then(|a| a.parse::<u32>().ok());
+        let counts = matches!((epoch, attempt),
+            (Some(e), Some(a)) if view.counts(m.header("rill-writer"), e, a));
+        if let (true, Some(epoch), Some(key)) = (counts, epoch, m.key()) {
+            kept += 1;
+            state.add((
+                epoch,
+                m.offset(),
+                key.to_vec(),
+                m.value().map(<[u8]>::to_vec),
+            ));
+        }
+    })?;
+    let changes = state.changes().map_err(|e| RecoveryError::Changelog {
+        topic: topic.to_string(),
+        offset: e.offset,
+        reason: e.error.to_string(),
+    })?;
+    Ok((changes, seen, kept))
 }
 
 /// The local snapshot of `transform`, if there is one this start can

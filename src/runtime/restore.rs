@@ -8,7 +8,7 @@
 //! trace of it once compaction has removed the older records.
 
 use crate::dataflow::state::{self, CodecError, StateEntry};
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 /// One committed changelog record: its epoch, its offset (for errors),
 /// key and value (None: a tombstone).
@@ -54,7 +54,7 @@ impl StateAsOf {
     }
 
     pub fn add(&mut self, (epoch, offset, key, value): Logged) {
-        use std::collections::hash_map::Entry;
+        use hashbrown::hash_map::Entry;
         let (map, later_wins) = if epoch <= self.r {
             (&mut self.upto, true)
         } else {
@@ -74,6 +74,7 @@ impl StateAsOf {
     }
 
     /// The state of every key the records name, sorted by key.
+    #[cfg(test)]
     pub fn finish(self) -> Result<Vec<StateEntry>, Undecodable> {
         let mut out: Vec<(Vec<u8>, StateEntry)> = self
             .changes()?
