@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 /// One problem in a job file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
+    /// 0: the problem is not on a line (the file cannot be read).
     pub line: usize,
     /// `sources.x`, `transforms.y`, `sinks.z` or `job`, when it is about one.
     pub component: Option<String>,
@@ -24,7 +25,9 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: ", self.line)?;
+        if self.line > 0 {
+            write!(f, "line {}: ", self.line)?;
+        }
         if let Some(c) = &self.component {
             write!(f, "{c}: ")?;
         }
@@ -53,7 +56,8 @@ impl fmt::Display for SpecErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for e in &self.errors {
-            writeln!(f, "{}:{e}", self.path.display())?;
+            let at = if e.line > 0 { ":" } else { ": " };
+            writeln!(f, "{}{at}{e}", self.path.display())?;
         }
         Ok(())
     }

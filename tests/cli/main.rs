@@ -666,6 +666,19 @@ fn every_error_in_a_bad_job_file_is_reported_with_its_line() {
 }
 
 #[test]
+fn a_job_file_that_cannot_be_read_is_named_without_a_line() {
+    let out = jobctl(&["validate", "no/such/job.toml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no/such/job.toml: cannot read the job file: No such file or directory")
+            && stderr.contains("hint: pass the path of a job file such as jobs/bank.toml")
+            && !stderr.contains("line 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_shipped_job_file_is_valid() {
     assert_eq!(
         ok(&["validate", "jobs/bank.toml"]).trim(),
