@@ -426,7 +426,7 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         .collect();
     let prepared = {
         let (job, transforms) = (job.clone(), transforms.clone());
-        std::thread::spawn(move || prepare_snapshots(&job, &transforms))
+        std::thread::spawn(move || prepare(&job, &transforms))
     };
     let view = CommittedView::read(job)?;
     tracing::debug!(
@@ -472,11 +472,16 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
     let prepared = prepared.join().expect("snapshot thread");
     for (name, prepared) in transforms.iter().zip(prepared) {
         let topic = job.changelog_topic(name);
-        let snapshot = usable_snapshot(job, name, &topic, prepared, &view, out.committed);
+        let Prepared {
+            partitions,
+            snapshot,
+            marks,
+        } = prepared;
+        let partitions = partitions?;
+        let snapshot = usable_snapshot(job, name, &topic, snapshot, marks, &view, out.committed);
         let from = snapshot.as_ref().map(|s| s.header.offsets.clone());
         // A key always lands in the same partition, so each partition is
         // read and folded on a thread of its own and the results joined.
-        let partitions = kafka_admin::partition_count(brokers, &topic)?.unwrap_or(0);
         let committed = out.committed;
         let view = &view;
         let read: Vec<Result<(Changes, usize, usize), RecoveryError>> = std::thread::scope(|s| {
@@ -569,23 +574,22 @@ fn read_partition(
 
 /// The local snapshot of `transform`, if there is one this start can
 /// build on: of a committed epoch of this job, no later than the one it
-/// resumes after, and with offsets its changelog still has. Otherwise the
-/// changelog is read whole, and a snapshot left aside says why.
+/// resumes after, of this build's state format, and with offsets its
+/// changelog still has. Otherwise the changelog is read whole, and a
+/// snapshot left aside says why.
 fn usable_snapshot(
     job: &crate::spec::JobConfig,
     transform: &str,
     topic: &str,
-    prepared: Prepared,
+    read: Result<Option<snapshot::Snapshot>, String>,
+    marks: Result<Vec<(i64, i64)>, String>,
     view: &CommittedView,
     committed: u64,
 ) -> Option<Snapshotted> {
-    let dir = snapshot::dir(job);
-    let (read, marks) = prepared;
-    let check = |snap: &snapshot::Snapshot| -> Result<(), String> {
-        if snap.header.epoch == 0 {
+    let check = |h: &snapshot::Header| -> Result<(), String> {
+        if h.epoch == 0 {
             return Err("it holds no committed epoch".into());
         }
-        let h = &snap.header;
         if h.epoch > committed {
             return Err(format!(
                 "it is of epoch {}, after the last committed one ({committed})",
@@ -598,6 +602,15 @@ fn usable_snapshot(
                 h.attempt, h.epoch
             ));
         }
+        // The checksum and the format's version stand for the groups;
+        // they are not decoded one by one.
+        if h.state_format != crate::dataflow::state::VERSION {
+            return Err(format!(
+                "its states are of format {}, not {}",
+                h.state_format,
+                crate::dataflow::state::VERSION
+            ));
+        }
         let marks = marks.clone()?;
         if marks.len() != h.offsets.len()
             || marks.iter().zip(&h.offsets).any(|((_, high), o)| o > high)
@@ -606,87 +619,88 @@ fn usable_snapshot(
         }
         Ok(())
     };
-    // The checksum and the format's version stand for the groups; they
-    // are not decoded one by one.
-    let decoded = |snap: snapshot::Snapshot| -> Result<Snapshotted, String> {
-        if snap.header.state_format != crate::dataflow::state::VERSION {
-            return Err(format!(
-                "its states are of format {}, not {}",
-                snap.header.state_format,
-                crate::dataflow::state::VERSION
-            ));
-        }
-        let groups = snap
-            .groups
-            .into_iter()
-            .map(|(k, s)| (k.clone(), StateEntry::Packed(k, s)))
-            .collect();
-        Ok(Snapshotted {
-            header: snap.header,
-            groups,
-        })
-    };
     let why = match read {
         Ok(None) => return None,
-        Ok(Some(snap)) => match check(&snap).and_then(|()| decoded(snap)) {
-            Ok(snap) => return Some(snap),
+        Ok(Some(snap)) => match check(&snap.header) {
+            Ok(()) => {
+                return Some(Snapshotted {
+                    header: snap.header,
+                    groups: snap
+                        .groups
+                        .into_iter()
+                        .map(|(k, s)| StateEntry::Packed(k, s))
+                        .collect(),
+                })
+            }
             Err(why) => why,
         },
         Err(why) => why,
     };
     eprintln!(
         "the local snapshot of {transform} in {} is not used ({why}); reading its changelog instead",
-        dir.display()
+        snapshot::dir(job).display()
     );
     None
 }
 
-/// A transform's snapshot as read from its file, and where its changelog
-/// ends now: what a start can learn while it reads the epoch log.
-type Prepared = (
-    Result<Option<snapshot::Snapshot>, String>,
-    Result<Vec<(i64, i64)>, String>,
-);
+/// What a start learns of a transform while it reads the epoch log: how
+/// many partitions its changelog has (0: none yet), its snapshot as read
+/// from the file, and, when there is one, each changelog partition's low
+/// and high offsets.
+struct Prepared {
+    partitions: Result<i32, KafkaAdminError>,
+    snapshot: Result<Option<snapshot::Snapshot>, String>,
+    marks: Result<Vec<(i64, i64)>, String>,
+}
 
-fn prepare_snapshots(job: &crate::spec::JobConfig, transforms: &[String]) -> Vec<Prepared> {
+fn prepare(job: &crate::spec::JobConfig, transforms: &[String]) -> Vec<Prepared> {
     let dir = snapshot::dir(job);
     transforms
         .iter()
         .map(|t| {
-            let read = snapshot::read(&dir, t);
-            let marks = match &read {
-                Ok(Some(_)) => {
-                    let topic = job.changelog_topic(t);
-                    kafka_admin::partition_count(&job.brokers, &topic)
-                        .and_then(|n| kafka_admin::watermarks(&job.brokers, &topic, n.unwrap_or(0)))
-                        .map_err(|e| e.to_string())
+            let topic = job.changelog_topic(t);
+            let partitions =
+                kafka_admin::partition_count(&job.brokers, &topic).map(|n| n.unwrap_or(0));
+            let snapshot = snapshot::read(&dir, t);
+            let marks = match (&snapshot, &partitions) {
+                (Ok(Some(_)), Ok(n)) => {
+                    kafka_admin::watermarks(&job.brokers, &topic, *n).map_err(|e| e.to_string())
                 }
+                (_, Err(e)) => Err(e.to_string()),
                 _ => Ok(Vec::new()),
             };
-            (read, marks)
+            Prepared {
+                partitions,
+                snapshot,
+                marks,
+            }
         })
         .collect()
 }
 
-/// A snapshot, its groups decoded.
+/// A snapshot, its groups as restored entries.
 struct Snapshotted {
     header: snapshot::Header,
-    groups: Vec<(crate::dataflow::store::Packed, StateEntry)>,
+    groups: Vec<StateEntry>,
 }
 
 /// A snapshot's groups with what the changelog after it says: a key the
 /// changelog names takes the changelog's state (or none).
 fn over_snapshot(
-    groups: Vec<(crate::dataflow::store::Packed, StateEntry)>,
+    groups: Vec<StateEntry>,
     changes: Vec<(Vec<u8>, Option<StateEntry>)>,
 ) -> Vec<StateEntry> {
+    use crate::dataflow::store::pack_key;
     // A changelog key is a tag byte, then the group's packed key.
     let named: std::collections::HashSet<&[u8]> =
         changes.iter().filter_map(|(k, _)| k.get(1..)).collect();
     let mut out: Vec<StateEntry> = groups
         .into_iter()
-        .filter(|(key, _)| !named.contains(key.as_bytes()))
-        .map(|(_, entry)| entry)
+        .filter(|entry| match entry {
+            StateEntry::Packed(key, _) => !named.contains(key.as_bytes()),
+            StateEntry::Group(key, _) => !named.contains(pack_key(key).as_bytes()),
+            _ => true,
+        })
         .collect();
     out.extend(changes.into_iter().filter_map(|(_, e)| e));
     out
@@ -696,7 +710,6 @@ fn over_snapshot(
 mod tests {
     use super::*;
     use crate::dataflow::state::{group_key_bytes, Acc, AggState};
-    use crate::dataflow::store::pack_key;
     use crate::record::Value;
 
     fn group(key: i64, n: i64) -> StateEntry {
@@ -711,9 +724,7 @@ mod tests {
 
     #[test]
     fn the_changelog_after_a_snapshot_updates_adds_and_removes_its_groups() {
-        let base = (1..=3)
-            .map(|k| (pack_key(&[Value::Int(k)]), group(k, 1)))
-            .collect();
+        let base = (1..=3).map(|k| group(k, 1)).collect();
         let changes = vec![
             (group_key_bytes(&[Value::Int(2)]), Some(group(2, 5))),
             (group_key_bytes(&[Value::Int(3)]), None),

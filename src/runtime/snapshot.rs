@@ -204,13 +204,11 @@ mod tests {
     #[test]
     fn a_damaged_or_foreign_file_is_an_error_that_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "t",
-            &header(),
-            &[vec![(Packed::new(&[1]), Packed::new(&[2]))]],
-        )
-        .unwrap();
+        let write_one = || {
+            let group = vec![(Packed::new(&[1]), Packed::new(&[2]))];
+            write(dir.path(), "t", &header(), &[group]).unwrap();
+        };
+        write_one();
         let path = file(dir.path(), "t");
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 6;
@@ -223,13 +221,7 @@ mod tests {
             "it is not a rill snapshot"
         );
         // Cut short: the checksum no longer matches.
-        write(
-            dir.path(),
-            "t",
-            &header(),
-            &[vec![(Packed::new(&[1]), Packed::new(&[2]))]],
-        )
-        .unwrap();
+        write_one();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert_eq!(read(dir.path(), "t").err().unwrap(), "it is damaged");

@@ -1041,6 +1041,17 @@ fn verify_lines(job: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What `jobctl verify` shows for `job` after one run of it to the end.
+fn uninterrupted(job: &Path) -> Vec<String> {
+    ok(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
+    verify_lines(job)
+}
+
 /// Runs `jobctl submit` with `RILL_FAIL_AT=point`, slowly, and checks that
 /// it died at that point rather than finishing.
 fn submit_failing_at(job: &Path, point: &str) {
@@ -1120,14 +1131,7 @@ fn after_an_abort_at_each_injection_point_the_restarted_job_matches_an_uninterru
     // The aggregate keeps state, so restores are exercised too.
     bank_input(dir.path(), &tag, &input, "900", "42");
     let job_for = |role: &str| rejected_reading(dir.path(), &format!("{tag}-{role}"), &input, "");
-    let reference = job_for("reference");
-    ok(&[
-        "submit",
-        reference.to_str().unwrap(),
-        "--until-caught-up",
-        "--quiet",
-    ]);
-    let want = verify_lines(&reference);
+    let want = uninterrupted(&job_for("reference"));
     assert!(want.len() > 500, "one line per account: {}", want.len());
 
     for point in rill::fault::POINTS {
@@ -1209,14 +1213,7 @@ fn a_clean_stop_keeps_a_local_snapshot_the_next_start_builds_on_and_a_damaged_on
         "{third}"
     );
 
-    let (reference, _) = job_for("reference");
-    ok(&[
-        "submit",
-        reference.to_str().unwrap(),
-        "--until-caught-up",
-        "--quiet",
-    ]);
-    let want = verify_lines(&reference);
+    let want = uninterrupted(&job_for("reference").0);
     assert!(want.len() > 300, "one line per account: {}", want.len());
     assert_eq!(verify_lines(&job), want);
 }
