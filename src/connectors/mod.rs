@@ -8,6 +8,7 @@ pub mod kafka_admin;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod memory;
+pub mod postgres_epochs;
 pub mod postgres_sink;
 pub mod registry_server;
 pub mod sink;

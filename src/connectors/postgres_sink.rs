@@ -5,18 +5,19 @@
 //! the epoch's rows to a Parquet file in its fallback directory (for
 //! `jobctl replay`) or, without one, waits and retries.
 //!
-//! It runs on the writer thread, with its own single-threaded tokio
-//! runtime for tokio-postgres; no timely worker waits on it.
+//! This file is the store's side: connecting, checking the table, writing
+//! an epoch whole or as it arrives. `postgres_epochs.rs` runs it on a
+//! thread of its own for the epoch-sink protocol.
 
-use super::sink::{Committed, EpochSink, SinkError};
 use crate::fault;
 use crate::format::parquet;
-use crate::record::OutRecord;
-use crate::record::{FieldType, Row, RowSchema, Value};
-use std::collections::BTreeMap;
+use crate::record::{Field, FieldType, Row, RowSchema, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::CopyInSink;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
@@ -34,6 +35,17 @@ pub enum PostgresError {
     Sql { sink: String, reason: String },
     #[error("cannot write the fallback file {path}: {reason}")]
     Fallback { path: String, reason: String },
+}
+
+/// An epoch's transaction with its COPY under way, not committed.
+pub struct OpenEpoch {
+    pub epoch: u64,
+    copy: std::pin::Pin<Box<CopyInSink<Bytes>>>,
+    /// Encoded rows not sent yet.
+    buf: BytesMut,
+    rows: usize,
+    /// Time spent in the database for it so far.
+    time: Duration,
 }
 
 /// What became of an epoch's rows.
@@ -57,8 +69,6 @@ pub struct PostgresSink {
     rt: tokio::runtime::Runtime,
     client: Option<Client>,
     last_attempt: Option<Instant>,
-    /// Rows of epochs not yet committed.
-    staged: BTreeMap<u64, Vec<Row>>,
     /// Columns of an existing table declared NOT NULL.
     not_null_columns: Vec<String>,
 }
@@ -131,7 +141,6 @@ impl PostgresSink {
             rt,
             client: None,
             last_attempt: None,
-            staged: BTreeMap::new(),
             not_null_columns: Vec::new(),
         }
     }
@@ -311,6 +320,165 @@ impl PostgresSink {
         }
     }
 
+    /// Whether a connection is worth trying now: while the database is
+    /// down and epochs go to the fallback, at most every 2 s.
+    fn may_try(&self) -> bool {
+        self.client.is_some()
+            || self.fallback_dir.is_none()
+            || self
+                .last_attempt
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+    }
+
+    fn classify(&mut self, e: tokio_postgres::Error) -> PostgresError {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            self.unreachable(e)
+        } else {
+            self.sql(e)
+        }
+    }
+
+    /// Opens `epoch`'s database transaction and its COPY, for rows to go
+    /// in as they arrive; `None` when the table already holds the epoch.
+    /// Nothing is visible until [`PostgresSink::finish`].
+    pub fn begin(&mut self, epoch: u64) -> Result<Option<OpenEpoch>, PostgresError> {
+        if !self.may_try() {
+            return Err(self.unreachable("still down"));
+        }
+        self.connect()?;
+        let client = self.client.as_ref().unwrap();
+        let (job, sink, writer) = (&self.job, &self.name, &self.writer);
+        let columns: Vec<&str> = self.schema.fields.iter().map(|f| f.name.as_str()).collect();
+        let statement = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            self.table,
+            columns.join(",")
+        );
+        let began = Instant::now();
+        let result = self.rt.block_on(async {
+            client.batch_execute("BEGIN").await?;
+            let done = client
+                .query_opt(
+                    "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
+                    &[job, sink, writer, &(epoch as i64)],
+                )
+                .await?;
+            if done.is_some() {
+                client.batch_execute("ROLLBACK").await?;
+                return Ok(None);
+            }
+            Ok(Some(Box::pin(client.copy_in(&statement).await?)))
+        });
+        match result {
+            Ok(copy) => Ok(copy.map(|copy| {
+                let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
+                buf.put_slice(COPY_HEADER);
+                OpenEpoch {
+                    epoch,
+                    copy,
+                    buf,
+                    rows: 0,
+                    time: began.elapsed(),
+                }
+            })),
+            Err(e) => {
+                self.rollback();
+                Err(self.classify(e))
+            }
+        }
+    }
+
+    /// Sends rows of an open epoch, in chunks of about 256 KiB.
+    pub fn copy(&mut self, open: &mut OpenEpoch, rows: &[Row]) -> Result<(), PostgresError> {
+        let began = Instant::now();
+        let fields = &self.schema.fields;
+        let mut result = Ok(());
+        for row in rows {
+            if let Err(reason) = encode_row(&mut open.buf, row, fields) {
+                return Err(self.sql(reason));
+            }
+            if open.buf.len() >= COPY_CHUNK {
+                let chunk = open.buf.split().freeze();
+                result = self.rt.block_on(open.copy.as_mut().send(chunk));
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        open.rows += rows.len();
+        open.time += began.elapsed();
+        result.map_err(|e| self.classify(e))
+    }
+
+    /// Ends an open epoch's COPY, records the epoch and commits: its rows
+    /// become visible together.
+    pub fn finish(&mut self, open: OpenEpoch) -> Result<(Written, Duration), PostgresError> {
+        let OpenEpoch {
+            epoch,
+            mut copy,
+            mut buf,
+            rows,
+            time,
+        } = open;
+        let began = Instant::now();
+        let client = self.client.as_ref().ok_or_else(|| self.unreachable("connection lost"))?;
+        let (job, sink, writer) = (&self.job, &self.name, &self.writer);
+        buf.put_i16(-1);
+        let result = self.rt.block_on(async {
+            copy.as_mut().send(buf.freeze()).await?;
+            copy.as_mut().finish().await?;
+            client
+                .execute(
+                    "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
+                    &[job, sink, writer, &(epoch as i64)],
+                )
+                .await?;
+            fault::point("pg_before_commit");
+            client.batch_execute("COMMIT").await?;
+            fault::point("pg_after_commit");
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok((Written::Rows(rows), time + began.elapsed())),
+            Err(e) => {
+                // A COPY dropped unfinished is failed, then the
+                // transaction is rolled back.
+                drop(copy);
+                self.rollback();
+                Err(self.classify(e))
+            }
+        }
+    }
+
+    /// Drops an open epoch's transaction with its COPY.
+    pub fn abandon(&mut self, open: OpenEpoch) {
+        drop(open);
+        self.rollback();
+    }
+
+    fn rollback(&mut self) {
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        if self.rt.block_on(client.batch_execute("ROLLBACK")).is_err() {
+            // A connection in an unknown state is not reused.
+            self.client = None;
+        }
+    }
+
+    /// Whether the table already holds `epoch`.
+    pub fn contains(&mut self, epoch: u64) -> Result<bool, PostgresError> {
+        self.connect()?;
+        let (job, sink, writer) = (&self.job, &self.name, &self.writer);
+        let client = self.client.as_ref().unwrap();
+        let found = self.rt.block_on(client.query_opt(
+            "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
+            &[job, sink, writer, &(epoch as i64)],
+        ));
+        found.map(|f| f.is_some()).map_err(|e| self.classify(e))
+    }
+
     fn fall_back(&self, dir: &Path, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
         let name = format!("{}_{}_e{epoch:010}.parquet", self.name, self.writer);
         let path = dir.join(&name);
@@ -325,63 +493,6 @@ impl PostgresSink {
             super::durable::publish(&tmp, &path).map_err(|e| err(e.to_string()))?;
         }
         Ok(Written::Fallback(path, rows.len()))
-    }
-}
-
-/// A table's epoch commits in one database transaction with the epoch
-/// recorded, so its pre-commit only holds the rows.
-impl EpochSink for PostgresSink {
-    fn stage(&mut self, epoch: u64, records: Vec<OutRecord>) {
-        self.staged
-            .entry(epoch)
-            .or_default()
-            .extend(records.into_iter().filter_map(|r| r.row));
-    }
-
-    fn holds(&self, epoch: u64) -> bool {
-        self.staged.contains_key(&epoch)
-    }
-
-    fn pre_commit(&mut self, _epoch: u64) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    fn commit(&mut self, epoch: u64) -> Result<Committed, SinkError> {
-        let later = self.staged.split_off(&(epoch + 1));
-        let mut committed = Committed::default();
-        for (epoch, rows) in std::mem::replace(&mut self.staged, later) {
-            let began = Instant::now();
-            let written = self.write_epoch(epoch, &rows)?;
-            committed.time += began.elapsed();
-            match written {
-                Written::Rows(n) => committed.rows += n as u64,
-                Written::AlreadyThere => {}
-                Written::Fallback(path, n) => committed.fallback = Some((path, n as u64)),
-            }
-        }
-        Ok(committed)
-    }
-
-    fn abort(&mut self, epoch: u64) {
-        self.staged.remove(&epoch);
-    }
-
-    fn contains(&mut self, epoch: u64) -> Result<bool, SinkError> {
-        self.connect()?;
-        let (job, sink, writer) = (&self.job, &self.name, &self.writer);
-        let client = self.client.as_mut().unwrap();
-        let epoch = epoch as i64;
-        let found = self
-            .rt
-            .block_on(client.query_opt(
-                "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
-                &[job, sink, writer, &epoch],
-            ))
-            .map_err(|e| PostgresError::Sql {
-                sink: sink.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(found.is_some())
     }
 }
 
@@ -438,6 +549,56 @@ pub fn insert(
         fault::point("pg_after_commit");
         Ok(Written::Rows(rows.len()))
     })
+}
+
+/// The start of a binary COPY stream: signature, flags, no extension.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// Appends one row in binary COPY form: the field count, then each value
+/// as its length and its bytes in the column type's binary format (the
+/// types checked at connect), -1 for NULL.
+fn encode_row(buf: &mut BytesMut, row: &Row, fields: &[Field]) -> Result<(), String> {
+    buf.put_i16(fields.len() as i16);
+    for (v, f) in row.iter().zip(fields) {
+        match (v, f.ty) {
+            (Value::Null, _) => buf.put_i32(-1),
+            (Value::Bool(b), FieldType::Bool) => {
+                buf.put_i32(1);
+                buf.put_u8(*b as u8);
+            }
+            (Value::Int(i), FieldType::Int) => {
+                buf.put_i32(8);
+                buf.put_i64(*i);
+            }
+            (Value::Int(i), FieldType::Double) => {
+                buf.put_i32(8);
+                buf.put_f64(*i as f64);
+            }
+            (Value::Double(d), FieldType::Double) => {
+                buf.put_i32(8);
+                buf.put_f64(*d);
+            }
+            (Value::Str(s), FieldType::String | FieldType::Null) => put_bytes(buf, s.as_bytes()),
+            (Value::Bytes(b), FieldType::String | FieldType::Null) => {
+                put_bytes(buf, String::from_utf8_lossy(b).as_bytes())
+            }
+            (Value::Bytes(b), FieldType::Bytes) => put_bytes(buf, b),
+            (v, ty) => {
+                return Err(format!(
+                    "column `{}` is {} but a row holds {v:?}",
+                    f.name,
+                    sql_type(ty)
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_i32(b.len() as i32);
+    buf.put_slice(b);
 }
 
 /// Every row of `table` as a line of text (columns joined by `,`, doubles

@@ -48,6 +48,10 @@ pub trait EpochSink: Send {
     /// Holds records of `epoch` until it is complete.
     fn stage(&mut self, epoch: u64, records: Vec<OutRecord>);
 
+    /// Every epoch below `complete` is complete: no more records come for
+    /// them. A sink may begin an epoch's pre-commit once all below it are.
+    fn frontier(&mut self, _complete: u64) {}
+
     /// Whether the sink holds records of `epoch` for a store outside Kafka.
     fn holds(&self, epoch: u64) -> bool;
 

@@ -8,6 +8,7 @@ use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka_admin;
 use crate::connectors::kafka_sink::KafkaTopicSink;
 use crate::connectors::kafka_source::KafkaSource;
+use crate::connectors::postgres_epochs::PostgresEpochSink;
 use crate::connectors::postgres_sink::{PostgresError, PostgresSink};
 use crate::connectors::sink::{EpochSink, SinkError};
 use crate::connectors::stdout_sink::StdoutSink;
@@ -374,7 +375,7 @@ pub(super) fn wire(
                         ..Default::default()
                     },
                 );
-                targets.insert(i, Box::new(pg));
+                targets.insert(i, Box::new(PostgresEpochSink::start(pg)));
             }
             SinkPlan::File { config, dir } => {
                 let sink = FileSink::new(

@@ -75,6 +75,9 @@ pub(super) fn write_loop(
         held: BTreeMap::new(),
     };
     let mut completion = Completion::new(workers, resume_after);
+    for t in w.targets.values_mut() {
+        t.frontier(completion.complete());
+    }
     // The dead-letter sink, unless dead letters go to a Kafka topic.
     let dead_letter_sink = plan.dead_letter_sink.filter(|i| {
         !matches!(
@@ -205,6 +208,9 @@ pub(super) fn write_loop(
                     continue;
                 }
                 let complete = completion.complete();
+                for t in w.targets.values_mut() {
+                    t.frontier(complete);
+                }
                 let done_totals = {
                     let later = epochs.split_off(&complete);
                     std::mem::replace(&mut epochs, later)
