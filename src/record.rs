@@ -249,6 +249,18 @@ pub fn write_json_str(s: &str, out: &mut String) {
 
 pub type Row = Vec<Value>;
 
+/// Fields a decoder leaves room for beyond its schema's: a map appends its
+/// new fields in place, and without room every record would move to a
+/// larger allocation there.
+pub const ROW_ROOM: usize = 4;
+
+/// A row of `width` nulls with room for appended fields.
+pub fn null_row(width: usize) -> Row {
+    let mut row = Vec::with_capacity(width + ROW_ROOM);
+    row.resize(width, Value::Null);
+    row
+}
+
 /// Where a record came from, so a failure can name it.
 #[derive(
     Debug,
@@ -317,7 +329,7 @@ impl fmt::Display for KeyDisplay<'_> {
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     pub key: Option<Arc<[u8]>>,
-    pub value: Option<Vec<u8>>,
+    pub value: Option<bytes::Bytes>,
     pub partition: Option<i32>,
     /// For files rolled per window: the window's bounds.
     pub window: Option<(i64, i64)>,

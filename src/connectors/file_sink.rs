@@ -273,7 +273,7 @@ mod tests {
         let mut sink = FileSink::new("lake", &config, dir.path(), schema, 0).unwrap();
         let line = |v: &str| OutRecord {
             key: None,
-            value: Some(v.as_bytes().to_vec()),
+            value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
             partition: None,
             window: None,
             row: None,

@@ -96,6 +96,9 @@ impl<'s> WriteSink<'s> for Records<'s> {
             let mut round_robin = ctx.index as i32;
             let mut dead = Vec::new();
             let mut text = String::new();
+            // Encoded values of many records share one allocation: a value
+            // is a slice of it, freed when its last slice is.
+            let mut values = Values::default();
             move |input, _output| {
                 input.for_each(|cap, data| {
                     let epoch = epoch_of(&cap);
@@ -113,7 +116,7 @@ impl<'s> WriteSink<'s> for Records<'s> {
                         let mut parquet_row = None;
                         let (key, value, window) = match &sink {
                             SinkPlan::Stdout => {
-                                (r.key.clone(), Some(text.clone().into_bytes()), None)
+                                (r.key.clone(), Some(values.copy(text.as_bytes())), None)
                             }
                             // Files and tables are not upsert streams here: a
                             // deletion has no row.
@@ -138,9 +141,9 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                     parquet_row = Some(r.row.clone());
                                     (r.key.clone(), None, window)
                                 } else {
-                                    let mut line = String::with_capacity(96);
-                                    csv::write_row(&r.row, &mut line);
-                                    (r.key.clone(), Some(line.into_bytes()), window)
+                                    values.text.clear();
+                                    csv::write_row(&r.row, &mut values.text);
+                                    (r.key.clone(), Some(values.take_text()), window)
                                 }
                             }
                             SinkPlan::Kafka { config, key } => {
@@ -181,19 +184,26 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                 if r.tombstone {
                                     (key, None, None)
                                 } else {
-                                    let mut value = Vec::with_capacity(64);
-                                    match config.format {
+                                    let value = match config.format {
                                         Format::Json => {
-                                            let mut s = String::with_capacity(128);
-                                            json::write_row(&r.row, &schema, false, &mut s);
-                                            value = s.into_bytes();
+                                            values.text.clear();
+                                            json::write_row(
+                                                &r.row,
+                                                &schema,
+                                                false,
+                                                &mut values.text,
+                                            );
+                                            values.take_text()
                                         }
                                         Format::Avro => {
+                                            values.bytes.clear();
                                             avro::write_wire_header(
-                                                &mut value,
+                                                &mut values.bytes,
                                                 schema_id.unwrap_or(0),
                                             );
-                                            if let Err(e) = encoder.encode(&r.row, &mut value) {
+                                            if let Err(e) =
+                                                encoder.encode(&r.row, &mut values.bytes)
+                                            {
                                                 dead.push(ctx.dead_row(
                                                     &node_id,
                                                     &r,
@@ -202,8 +212,9 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                                 ));
                                                 continue;
                                             }
+                                            values.take_bytes()
                                         }
-                                    }
+                                    };
                                     (key, Some(value), None)
                                 }
                             }
@@ -287,5 +298,43 @@ mod tests {
             files.refuses_row(&[Value::Null, Value::Str("a\0b".into())], &s),
             None
         );
+    }
+}
+
+/// Where a sink operator encodes values: each is encoded into a scratch
+/// buffer, then copied into a chunk shared by the values that follow it.
+/// One allocation serves hundreds of records instead of one each, which
+/// the allocator felt on the worker that made them and on the writer that
+/// dropped them.
+#[derive(Default)]
+struct Values {
+    chunk: bytes::BytesMut,
+    text: String,
+    bytes: Vec<u8>,
+}
+
+const VALUES_CHUNK: usize = 64 * 1024;
+
+impl Values {
+    fn copy(&mut self, value: &[u8]) -> bytes::Bytes {
+        if self.chunk.capacity() < value.len() {
+            self.chunk = bytes::BytesMut::with_capacity(VALUES_CHUNK.max(value.len()));
+        }
+        self.chunk.extend_from_slice(value);
+        self.chunk.split().freeze()
+    }
+
+    fn take_text(&mut self) -> bytes::Bytes {
+        let text = std::mem::take(&mut self.text);
+        let value = self.copy(text.as_bytes());
+        self.text = text;
+        value
+    }
+
+    fn take_bytes(&mut self) -> bytes::Bytes {
+        let bytes = std::mem::take(&mut self.bytes);
+        let value = self.copy(&bytes);
+        self.bytes = bytes;
+        value
     }
 }

@@ -173,12 +173,13 @@ impl<'s> Transforms<'s> for Records<'s> {
         builder.build(move |_| {
             let mut parts: Vec<Vec<Record>> = vec![Vec::new(); routes.len() + 1];
             let mut dead = Vec::new();
+            let mut matched: Vec<usize> = Vec::with_capacity(routes.len() + 1);
             move |_frontiers| {
                 let mut handles: Vec<_> = outputs.iter_mut().map(|o| o.activate()).collect();
                 input.for_each(|cap, data| {
                     let mut filtered = 0u64;
                     'records: for r in data.drain(..) {
-                        let mut matched: Vec<usize> = Vec::new();
+                        matched.clear();
                         for (i, (_, cond)) in routes.iter().enumerate() {
                             match cond.test(&r.row) {
                                 Ok(true) => matched.push(i),

@@ -298,7 +298,7 @@ impl Decoder {
 
     /// Decodes one Avro datum (without any wire-format header).
     pub fn decode(&self, mut buf: &[u8]) -> Result<Row, AvroError> {
-        let mut row: Row = vec![Value::Null; self.width];
+        let mut row = crate::record::null_row(self.width);
         for Fill::Read { wire, target, want } in &self.steps {
             let wire = match wire {
                 WireField::Plain(w) => w,

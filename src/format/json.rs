@@ -57,7 +57,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
         let schema = self.0;
-        let mut row: Row = vec![Value::Null; schema.fields.len()];
+        let mut row = crate::record::null_row(schema.fields.len());
         let mut present = vec![false; schema.fields.len()];
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match schema.index_of(&key) {

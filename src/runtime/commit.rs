@@ -357,7 +357,7 @@ impl Committer {
                     // refused on every replay: it becomes a dead letter, in
                     // the same transaction, instead of stopping the job.
                     Err(e) if refused_for_good(&e) => {
-                        let bytes = r.value.as_ref().map_or(0, Vec::len);
+                        let bytes = r.value.as_ref().map_or(0, |v| v.len());
                         let dead = DeadLetter {
                             key: r.key.clone(),
                             value: None,

@@ -99,7 +99,7 @@ impl KafkaShare {
                 .map(|(t, rs)| {
                     let rs = rs
                         .into_iter()
-                        .map(|r| (r.key.map(|k| k.to_vec()), r.value, r.partition))
+                        .map(|r| (r.key.map(|k| k.to_vec()), r.value.map(|v| v.to_vec()), r.partition))
                         .collect();
                     (t.to_string(), rs)
                 })
@@ -135,7 +135,7 @@ impl KafkaShare {
                 .into_iter()
                 .map(|(key, value, partition)| OutRecord {
                     key: key.map(Into::into),
-                    value,
+                    value: value.map(Into::into),
                     partition,
                     window: None,
                     row: None,

@@ -513,7 +513,7 @@ fn dead_letter_record(d: &DeadLetter) -> OutRecord {
     let text = crate::format::json::row_to_string(&row, &crate::plan::dead_letter_schema(), true);
     OutRecord {
         key: d.key.clone(),
-        value: Some(text.into_bytes()),
+        value: Some(text.into_bytes().into()),
         partition: None,
         window: None,
         row: Some(row),
