@@ -16,7 +16,6 @@ use std::time::Duration;
 
 #[derive(Default)]
 pub struct Deliveries {
-    pub delivered: AtomicU64,
     pub failed: AtomicU64,
     pub first_error: Mutex<Option<KafkaError>>,
 }
@@ -27,9 +26,7 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(_) => {}
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.first_error
@@ -83,8 +80,11 @@ impl KafkaWriter {
         config
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
-            .set("queue.buffering.max.kbytes", "1048576")
+            // What the producer holds: an epoch's records wait here for
+            // the broker, as many as half a million at once before these
+            // bounds, at a few hundred bytes each with their headers.
+            .set("queue.buffering.max.messages", "50000")
+            .set("queue.buffering.max.kbytes", "65536")
             .set("enable.idempotence", "true");
         if transactional {
             config
@@ -292,7 +292,10 @@ impl KafkaWriter {
 /// the writer's transaction, which is their pre-commit and commit.
 pub struct KafkaTopicSink {
     topic: Arc<str>,
-    staged: std::collections::BTreeMap<u64, Vec<OutRecord>>,
+    /// Batches as the workers sent them: gathered into one vector, an
+    /// epoch's records would be copied as it grows and held with up to as
+    /// much room again.
+    staged: std::collections::BTreeMap<u64, Vec<Vec<OutRecord>>>,
 }
 
 impl KafkaTopicSink {
@@ -306,16 +309,19 @@ impl KafkaTopicSink {
 
 impl EpochSink for KafkaTopicSink {
     fn stage(&mut self, epoch: u64, records: Vec<OutRecord>) {
-        self.staged.entry(epoch).or_default().extend(records);
+        self.staged.entry(epoch).or_default().push(records);
     }
 
     fn holds(&self, _epoch: u64) -> bool {
         false
     }
 
-    fn transactional(&mut self, epoch: u64) -> Option<(Arc<str>, Vec<OutRecord>)> {
-        let records = self.staged.remove(&epoch)?;
-        Some((self.topic.clone(), records))
+    fn transactional(&mut self, epoch: u64) -> Vec<(Arc<str>, Vec<OutRecord>)> {
+        let batches = self.staged.remove(&epoch).unwrap_or_default();
+        batches
+            .into_iter()
+            .map(|records| (self.topic.clone(), records))
+            .collect()
     }
 
     fn pre_commit(&mut self, _epoch: u64) -> Result<(), SinkError> {

@@ -56,10 +56,10 @@ pub trait EpochSink: Send {
     fn holds(&self, epoch: u64) -> bool;
 
     /// For a sink whose store is a Kafka topic: the topic and the records
-    /// of `epoch`, for the writer's transaction (which is their
+    /// of `epoch`, in the batches they came in, for the writer's transaction (which is their
     /// pre-commit and commit).
-    fn transactional(&mut self, _epoch: u64) -> Option<(Arc<str>, Vec<OutRecord>)> {
-        None
+    fn transactional(&mut self, _epoch: u64) -> Vec<(Arc<str>, Vec<OutRecord>)> {
+        Vec::new()
     }
 
     /// Makes every staged epoch up to `epoch` durable but not visible.

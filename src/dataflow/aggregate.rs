@@ -243,7 +243,6 @@ fn plain<'s>(
                     ctx.changelog(&transform, epoch, changelog);
                     let mut session = out.session(&cap);
                     for (key, old, new) in changed {
-                        let old_row = old.as_ref().map(|s| row_of(&key, s)).filter(|r| passes(r));
                         let record = |row: Row, tombstone: bool| Record {
                             key: Some(group_key(&key)),
                             row,
@@ -254,6 +253,7 @@ fn plain<'s>(
                         match new.map(|s| row_of(&key, &s)) {
                             Some(row) if passes(&row) => session.give(record(row, false)),
                             _ => {
+                                let old_row = old.map(|s| row_of(&key, &s)).filter(passes);
                                 if let Some(row) = old_row {
                                     session.give(record(row, true));
                                 }

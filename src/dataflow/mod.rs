@@ -210,6 +210,10 @@ impl WorkerContext {
             return;
         }
         if let Some(topic) = self.changelog_topics.get(transform) {
+            // Held by the writer until the epoch commits, as output is:
+            // they count towards what pauses the sources.
+            self.in_flight
+                .fetch_add(records.len() as i64, Ordering::Relaxed);
             let _ = self.writer.send(WriterMsg::Changelog {
                 epoch,
                 topic: topic.clone(),

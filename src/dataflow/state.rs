@@ -164,10 +164,12 @@ pub enum StateEntry {
 #[error("{0}")]
 pub struct CodecError(String);
 
+/// One allocation per record: changelog records of an epoch are held
+/// until it commits, a few hundred thousand of them at a time.
 fn tagged<T: Serialize>(tag: u8, t: &T) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend(postcard::to_allocvec(t).expect("state types serialize"));
-    out
+    let mut out = Vec::with_capacity(24);
+    out.push(tag);
+    postcard::to_extend(t, out).expect("state types serialize")
 }
 
 pub fn group_key_bytes(key: &[Value]) -> Vec<u8> {

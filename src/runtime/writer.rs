@@ -178,19 +178,23 @@ pub(super) fn write_loop(
                 epoch,
                 topic,
                 records,
-            } => match &w.backend {
-                Backend::Memory { keep: true } => w.summary.changelog.extend(
-                    records
-                        .into_iter()
-                        .map(|(k, v)| (epoch, topic.to_string(), k, v)),
-                ),
-                Backend::Memory { keep: false } => {}
-                _ => pending
-                    .entry(epoch)
-                    .or_default()
-                    .changelog
-                    .push((topic, records)),
-            },
+            } => {
+                // Out of flight with the epoch's commit, as output is.
+                *w.staged.entry(epoch).or_default() += records.len() as i64;
+                match &w.backend {
+                    Backend::Memory { keep: true } => w.summary.changelog.extend(
+                        records
+                            .into_iter()
+                            .map(|(k, v)| (epoch, topic.to_string(), k, v)),
+                    ),
+                    Backend::Memory { keep: false } => {}
+                    _ => pending
+                        .entry(epoch)
+                        .or_default()
+                        .changelog
+                        .push((topic, records)),
+                }
+            }
             WriterMsg::Trace(lines) => {
                 for l in lines {
                     let _ = writeln!(w.out, "{l}");
@@ -293,9 +297,9 @@ impl Writer<'_> {
             .map(|t| t.counts.ranges.clone())
             .unwrap_or_default();
         for i in &self.sink_order {
-            if let Some(records) = self.targets.get_mut(i).unwrap().transactional(e) {
-                output.records.push(records);
-            }
+            output
+                .records
+                .extend(self.targets.get_mut(i).unwrap().transactional(e));
         }
         // Files and rows need the epoch logged even when nothing else
         // does, so its number is never reused.
