@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct KafkaSource {
-    consumer: BaseConsumer<EofIsNotAnError>,
+    consumer: super::DropAside<BaseConsumer<EofIsNotAnError>>,
     source: u32,
     /// (partition, next offset to hand on, end offset to stop at when bounded)
     partitions: Vec<(i32, i64, Option<i64>)>,
@@ -66,7 +66,7 @@ impl KafkaSource {
         }
         consumer.assign(&tpl)?;
         Ok(KafkaSource {
-            consumer,
+            consumer: super::DropAside::new(consumer),
             source,
             partitions,
             bounded,

@@ -119,3 +119,30 @@ mod tests {
         }
     }
 }
+
+/// A client taken down on a thread of its own when dropped: closing a
+/// librdkafka client waits for its threads, up to 100 ms, which a timely
+/// worker (a source's reader is dropped on one when the source is done)
+/// must not.
+pub struct DropAside<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> DropAside<T> {
+    pub fn new(t: T) -> Self {
+        DropAside(Some(t))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for DropAside<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for DropAside<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            std::thread::spawn(move || drop(t));
+        }
+    }
+}
