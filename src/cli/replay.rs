@@ -4,7 +4,7 @@
 //! if replay is interrupted and run again; each file is removed once loaded.
 
 use crate::connectors::postgres_sink::{insert, PostgresSink, Written};
-use crate::format::parquet;
+use crate::format::{parquet, pg_copy};
 use crate::plan::SinkPlan;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -95,6 +95,15 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     for (writer, epoch, path) in &files {
         let rows =
             parquet::read(path, &schema).with_context(|| format!("reading {}", path.display()))?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let mut encoded = Vec::new();
+                pg_copy::encode_row(&mut encoded, row, &schema.fields)
+                    .map(|()| bytes::Bytes::from(encoded))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         match insert(
             &rt,
             &mut client,

@@ -2,8 +2,9 @@
 //! own so that the database work of an epoch overlaps the job's other work
 //! instead of adding to the writer's commit.
 //!
-//! Once every epoch below epoch e is complete, e's database transaction is
-//! opened and its rows go in by binary COPY as the workers produce them:
+//! Rows arrive encoded in binary COPY form (`format/pg_copy.rs`) by the
+//! worker that made them. Once every epoch below epoch e is complete, e's
+//! database transaction is opened and its rows go in as they arrive:
 //! that is e's pre-commit, spread over the epoch. The writer's commit step
 //! then only ends the COPY, records the epoch in `rill_sink_progress` and
 //! commits, after the epoch is in the epoch log, as
@@ -18,13 +19,16 @@
 
 use super::postgres_sink::{OpenEpoch, PostgresError, PostgresSink, Written};
 use super::sink::{Committed, EpochSink, SinkError};
-use crate::record::{OutRecord, Row};
+use crate::format::pg_copy;
+use crate::record::{Field, OutRecord};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 enum Msg {
-    Rows(u64, Vec<Row>),
+    /// Rows in binary COPY form.
+    Rows(u64, Vec<Bytes>),
     /// Every epoch below this one is complete.
     Frontier(u64),
     Commit(u64, Sender<Result<Committed, PostgresError>>),
@@ -34,6 +38,7 @@ enum Msg {
 
 pub struct PostgresEpochSink {
     to_thread: Sender<Msg>,
+    fields: Vec<Field>,
     /// Epochs staged and not yet committed.
     holds: BTreeSet<u64>,
 }
@@ -41,6 +46,7 @@ pub struct PostgresEpochSink {
 impl PostgresEpochSink {
     /// Moves a connected sink onto its thread.
     pub fn start(sink: PostgresSink) -> Self {
+        let fields = sink.schema().fields.clone();
         let (to_thread, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("rill-postgres".into())
@@ -48,6 +54,7 @@ impl PostgresEpochSink {
             .expect("postgres sink thread");
         PostgresEpochSink {
             to_thread,
+            fields,
             holds: BTreeSet::new(),
         }
     }
@@ -69,7 +76,24 @@ impl PostgresEpochSink {
 impl EpochSink for PostgresEpochSink {
     fn stage(&mut self, epoch: u64, records: Vec<OutRecord>) {
         self.holds.insert(epoch);
-        let rows = records.into_iter().filter_map(|r| r.row).collect();
+        // The dataflow's records come encoded (their value); those the
+        // writer makes itself, dead letters, come as rows.
+        let rows = records
+            .into_iter()
+            .filter_map(|r| match r.row {
+                Some(row) => {
+                    let mut encoded = Vec::with_capacity(64);
+                    match pg_copy::encode_row(&mut encoded, &row, &self.fields) {
+                        Ok(()) => Some(Bytes::from(encoded)),
+                        Err(e) => {
+                            tracing::error!("a row for postgres cannot be encoded: {e}");
+                            None
+                        }
+                    }
+                }
+                None => r.value,
+            })
+            .collect();
         let _ = self.to_thread.send(Msg::Rows(epoch, rows));
     }
 
@@ -104,7 +128,7 @@ impl EpochSink for PostgresEpochSink {
 struct Epochs {
     sink: PostgresSink,
     /// Rows of every epoch not yet committed, in epoch order.
-    rows: BTreeMap<u64, Vec<Row>>,
+    rows: BTreeMap<u64, Vec<Bytes>>,
     /// Every epoch below this one is complete.
     frontier: u64,
     open: Option<Open>,
@@ -236,7 +260,7 @@ impl Epochs {
     fn whole(
         &mut self,
         epoch: u64,
-        rows: &[Row],
+        rows: &[Bytes],
         began: Instant,
     ) -> Result<(Written, std::time::Duration), PostgresError> {
         // One connection holds one transaction: a later epoch's open one

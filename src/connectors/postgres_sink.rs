@@ -10,16 +10,13 @@
 //! thread of its own for the epoch-sink protocol.
 
 use crate::fault;
-use crate::format::parquet;
-use crate::record::{Field, FieldType, Row, RowSchema, Value};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use crate::format::{parquet, pg_copy};
+use crate::record::{FieldType, Row, RowSchema};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::CopyInSink;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, CopyInSink, NoTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -85,33 +82,6 @@ fn sql_type(ty: FieldType) -> &'static str {
         FieldType::Double => "double precision",
         FieldType::String | FieldType::Null => "text",
         FieldType::Bytes => "bytea",
-    }
-}
-
-fn pg_type(ty: FieldType) -> Type {
-    match ty {
-        FieldType::Bool => Type::BOOL,
-        FieldType::Int => Type::INT8,
-        FieldType::Double => Type::FLOAT8,
-        FieldType::String | FieldType::Null => Type::TEXT,
-        FieldType::Bytes => Type::BYTEA,
-    }
-}
-
-fn param(v: &Value, ty: FieldType) -> Box<dyn ToSql + Sync + Send> {
-    match (v, ty) {
-        (Value::Null, FieldType::Bool) => Box::new(None::<bool>),
-        (Value::Null, FieldType::Int) => Box::new(None::<i64>),
-        (Value::Null, FieldType::Double) => Box::new(None::<f64>),
-        (Value::Null, FieldType::Bytes) => Box::new(None::<Vec<u8>>),
-        (Value::Null, _) => Box::new(None::<String>),
-        (Value::Bool(b), _) => Box::new(*b),
-        (Value::Int(i), FieldType::Double) => Box::new(*i as f64),
-        (Value::Int(i), _) => Box::new(*i),
-        (Value::Double(d), _) => Box::new(*d),
-        (Value::Str(s), _) => Box::new(s.to_string()),
-        (Value::Bytes(b), FieldType::String) => Box::new(String::from_utf8_lossy(b).into_owned()),
-        (Value::Bytes(b), _) => Box::new(b.to_vec()),
     }
 }
 
@@ -266,8 +236,9 @@ impl PostgresSink {
         }
     }
 
-    /// Writes one epoch's rows exactly once.
-    pub fn write_epoch(&mut self, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
+    /// Writes one epoch's rows (encoded by [`pg_copy::encode_row`])
+    /// exactly once.
+    pub fn write_epoch(&mut self, epoch: u64, rows: &[Bytes]) -> Result<Written, PostgresError> {
         loop {
             match self.try_write(epoch, rows) {
                 Ok(w) => return Ok(w),
@@ -288,7 +259,7 @@ impl PostgresSink {
         }
     }
 
-    fn try_write(&mut self, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
+    fn try_write(&mut self, epoch: u64, rows: &[Bytes]) -> Result<Written, PostgresError> {
         // While down, try again at most every 2 s rather than per epoch.
         if self.client.is_none()
             && self.fallback_dir.is_some()
@@ -320,6 +291,11 @@ impl PostgresSink {
         }
     }
 
+    /// The rows it writes.
+    pub fn schema(&self) -> &RowSchema {
+        &self.schema
+    }
+
     /// Whether a connection is worth trying now: while the database is
     /// down and epochs go to the fallback, at most every 2 s.
     fn may_try(&self) -> bool {
@@ -349,12 +325,7 @@ impl PostgresSink {
         self.connect()?;
         let client = self.client.as_ref().unwrap();
         let (job, sink, writer) = (&self.job, &self.name, &self.writer);
-        let columns: Vec<&str> = self.schema.fields.iter().map(|f| f.name.as_str()).collect();
-        let statement = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            self.table,
-            columns.join(",")
-        );
+        let statement = copy_statement(&self.table, &self.schema);
         let began = Instant::now();
         let result = self.rt.block_on(async {
             client.batch_execute("BEGIN").await?;
@@ -373,7 +344,7 @@ impl PostgresSink {
         match result {
             Ok(copy) => Ok(copy.map(|copy| {
                 let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
-                buf.put_slice(COPY_HEADER);
+                buf.put_slice(pg_copy::HEADER);
                 OpenEpoch {
                     epoch,
                     copy,
@@ -389,23 +360,10 @@ impl PostgresSink {
         }
     }
 
-    /// Sends rows of an open epoch, in chunks of about 256 KiB.
-    pub fn copy(&mut self, open: &mut OpenEpoch, rows: &[Row]) -> Result<(), PostgresError> {
+    /// Sends encoded rows of an open epoch, in chunks of about 256 KiB.
+    pub fn copy(&mut self, open: &mut OpenEpoch, rows: &[Bytes]) -> Result<(), PostgresError> {
         let began = Instant::now();
-        let fields = &self.schema.fields;
-        let mut result = Ok(());
-        for row in rows {
-            if let Err(reason) = encode_row(&mut open.buf, row, fields) {
-                return Err(self.sql(reason));
-            }
-            if open.buf.len() >= COPY_CHUNK {
-                let chunk = open.buf.split().freeze();
-                result = self.rt.block_on(open.copy.as_mut().send(chunk));
-                if result.is_err() {
-                    break;
-                }
-            }
-        }
+        let result = self.rt.block_on(send_rows(open.copy.as_mut(), &mut open.buf, rows));
         open.rows += rows.len();
         open.time += began.elapsed();
         result.map_err(|e| self.classify(e))
@@ -424,7 +382,7 @@ impl PostgresSink {
         let began = Instant::now();
         let client = self.client.as_ref().ok_or_else(|| self.unreachable("connection lost"))?;
         let (job, sink, writer) = (&self.job, &self.name, &self.writer);
-        buf.put_i16(-1);
+        buf.put_slice(pg_copy::TRAILER);
         let result = self.rt.block_on(async {
             copy.as_mut().send(buf.freeze()).await?;
             copy.as_mut().finish().await?;
@@ -479,7 +437,7 @@ impl PostgresSink {
         found.map(|f| f.is_some()).map_err(|e| self.classify(e))
     }
 
-    fn fall_back(&self, dir: &Path, epoch: u64, rows: &[Row]) -> Result<Written, PostgresError> {
+    fn fall_back(&self, dir: &Path, epoch: u64, rows: &[Bytes]) -> Result<Written, PostgresError> {
         let name = format!("{}_{}_e{epoch:010}.parquet", self.name, self.writer);
         let path = dir.join(&name);
         let err = |reason: String| PostgresError::Fallback {
@@ -489,15 +447,21 @@ impl PostgresSink {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         if !path.exists() {
             let tmp = dir.join(format!(".{name}.tmp"));
-            parquet::write(&tmp, &self.schema, rows).map_err(|e| err(e.to_string()))?;
+            let rows = rows
+                .iter()
+                .map(|r| pg_copy::decode_row(r, &self.schema.fields))
+                .collect::<Result<Vec<Row>, String>>()
+                .map_err(err)?;
+            parquet::write(&tmp, &self.schema, &rows).map_err(|e| err(e.to_string()))?;
             super::durable::publish(&tmp, &path).map_err(|e| err(e.to_string()))?;
         }
         Ok(Written::Fallback(path, rows.len()))
     }
 }
 
-/// Inserts `rows` and records the epoch, in one transaction; does nothing
-/// when the epoch is already recorded.
+/// Inserts `rows` (encoded by [`pg_copy::encode_row`]) and records the
+/// epoch, in one transaction; does nothing when the epoch is already
+/// recorded.
 #[allow(clippy::too_many_arguments)]
 pub fn insert(
     rt: &tokio::runtime::Runtime,
@@ -508,7 +472,7 @@ pub fn insert(
     sink: &str,
     writer: &str,
     epoch: u64,
-    rows: &[Row],
+    rows: &[Bytes],
 ) -> Result<Written, tokio_postgres::Error> {
     rt.block_on(async {
         let tx = client.transaction().await?;
@@ -526,18 +490,12 @@ pub fn insert(
         // Binary COPY: the table's column types are those the rows have
         // (checked at connect), so each value goes as it is, without SQL
         // text to build and parse.
-        let columns: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
-        let types: Vec<Type> = schema.fields.iter().map(|f| pg_type(f.ty)).collect();
-        let copy = tx
-            .copy_in(&format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", columns.join(",")))
-            .await?;
-        let mut copy = std::pin::pin!(BinaryCopyInWriter::new(copy, &types));
-        for row in rows {
-            let values: Vec<Box<dyn ToSql + Sync + Send>> =
-                row.iter().zip(&schema.fields).map(|(v, f)| param(v, f.ty)).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)).collect();
-            copy.as_mut().write(&refs).await?;
-        }
+        let mut copy = std::pin::pin!(tx.copy_in(&copy_statement(table, schema)).await?);
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
+        buf.put_slice(pg_copy::HEADER);
+        send_rows(copy.as_mut(), &mut buf, rows).await?;
+        buf.put_slice(pg_copy::TRAILER);
+        copy.as_mut().send(buf.freeze()).await?;
         copy.finish().await?;
         tx.execute(
             "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
@@ -551,54 +509,26 @@ pub fn insert(
     })
 }
 
-/// The start of a binary COPY stream: signature, flags, no extension.
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+fn copy_statement(table: &str, schema: &RowSchema) -> String {
+    let columns: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+    format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", columns.join(","))
+}
+
 const COPY_CHUNK: usize = 256 * 1024;
 
-/// Appends one row in binary COPY form: the field count, then each value
-/// as its length and its bytes in the column type's binary format (the
-/// types checked at connect), -1 for NULL.
-fn encode_row(buf: &mut BytesMut, row: &Row, fields: &[Field]) -> Result<(), String> {
-    buf.put_i16(fields.len() as i16);
-    for (v, f) in row.iter().zip(fields) {
-        match (v, f.ty) {
-            (Value::Null, _) => buf.put_i32(-1),
-            (Value::Bool(b), FieldType::Bool) => {
-                buf.put_i32(1);
-                buf.put_u8(*b as u8);
-            }
-            (Value::Int(i), FieldType::Int) => {
-                buf.put_i32(8);
-                buf.put_i64(*i);
-            }
-            (Value::Int(i), FieldType::Double) => {
-                buf.put_i32(8);
-                buf.put_f64(*i as f64);
-            }
-            (Value::Double(d), FieldType::Double) => {
-                buf.put_i32(8);
-                buf.put_f64(*d);
-            }
-            (Value::Str(s), FieldType::String | FieldType::Null) => put_bytes(buf, s.as_bytes()),
-            (Value::Bytes(b), FieldType::String | FieldType::Null) => {
-                put_bytes(buf, String::from_utf8_lossy(b).as_bytes())
-            }
-            (Value::Bytes(b), FieldType::Bytes) => put_bytes(buf, b),
-            (v, ty) => {
-                return Err(format!(
-                    "column `{}` is {} but a row holds {v:?}",
-                    f.name,
-                    sql_type(ty)
-                ))
-            }
+/// Appends `rows` to `buf`, sending it on whenever it holds a chunk.
+async fn send_rows(
+    mut copy: std::pin::Pin<&mut CopyInSink<Bytes>>,
+    buf: &mut BytesMut,
+    rows: &[Bytes],
+) -> Result<(), tokio_postgres::Error> {
+    for row in rows {
+        buf.put_slice(row);
+        if buf.len() >= COPY_CHUNK {
+            copy.as_mut().send(buf.split().freeze()).await?;
         }
     }
     Ok(())
-}
-
-fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
-    buf.put_i32(b.len() as i32);
-    buf.put_slice(b);
 }
 
 /// Every row of `table` as a line of text (columns joined by `,`, doubles

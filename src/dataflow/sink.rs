@@ -4,7 +4,7 @@
 use super::output::{capitalise, trace_line, WriterMsg};
 use super::{epoch_of, Epoch, Records, WorkerContext};
 use crate::connectors::partition_for_key;
-use crate::format::{avro, csv, json};
+use crate::format::{avro, csv, json, pg_copy};
 use crate::plan::SinkPlan;
 use crate::record::OutRecord;
 use crate::record::{RowSchema, Value};
@@ -104,7 +104,7 @@ impl<'s> WriteSink<'s> for Records<'s> {
                     let epoch = epoch_of(&cap);
                     let mut out = Vec::with_capacity(data.len());
                     let mut trace = Vec::new();
-                    for r in data.drain(..) {
+                    for mut r in data.drain(..) {
                         text.clear();
                         if ctx.trace || matches!(sink, SinkPlan::Stdout) {
                             json::write_row(&r.row, &schema, true, &mut text);
@@ -128,8 +128,16 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                     dead.push(ctx.dead_row(&node_id, &r, &schema, reason));
                                     continue;
                                 }
-                                parquet_row = Some(r.row.clone());
-                                (r.key.clone(), None, None)
+                                // Encoded here, in binary COPY form: the sink's
+                                // thread only sends the bytes on.
+                                values.bytes.clear();
+                                if let Err(reason) =
+                                    pg_copy::encode_row(&mut values.bytes, &r.row, &schema.fields)
+                                {
+                                    dead.push(ctx.dead_row(&node_id, &r, &schema, reason));
+                                    continue;
+                                }
+                                (r.key.take(), Some(values.take_bytes()), None)
                             }
                             SinkPlan::File { config, .. } => {
                                 let window =
@@ -138,8 +146,8 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                         _ => None,
                                     });
                                 if config.format == FileFormat::Parquet {
-                                    parquet_row = Some(r.row.clone());
-                                    (r.key.clone(), None, window)
+                                    parquet_row = Some(std::mem::take(&mut r.row));
+                                    (r.key.take(), None, window)
                                 } else {
                                     values.text.clear();
                                     csv::write_row(&r.row, &mut values.text);

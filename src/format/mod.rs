@@ -5,4 +5,5 @@ pub mod avro;
 pub mod csv;
 pub mod json;
 pub mod parquet;
+pub mod pg_copy;
 pub mod registry;
