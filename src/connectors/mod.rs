@@ -96,30 +96,6 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Values from Kafka's own UtilsTest.testMurmur2.
-        let cases: [(&[u8], i32); 4] = [
-            (b"21", -973932308),
-            (b"foobar", -790332482),
-            (b"a-little-bit-long-string", -985981536),
-            (b"a-little-bit-longer-string", -1486304829),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(
-                murmur2(input) as i32,
-                expected,
-                "{}",
-                String::from_utf8_lossy(input)
-            );
-        }
-    }
-}
-
 /// A client taken down on a thread of its own when dropped: closing a
 /// librdkafka client waits for its threads, up to 100 ms, which a timely
 /// worker (a source's reader is dropped on one when the source is done)
@@ -143,6 +119,30 @@ impl<T: Send + 'static> Drop for DropAside<T> {
     fn drop(&mut self) {
         if let Some(t) = self.0.take() {
             std::thread::spawn(move || drop(t));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from Kafka's own UtilsTest.testMurmur2.
+        let cases: [(&[u8], i32); 4] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                murmur2(input) as i32,
+                expected,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 }

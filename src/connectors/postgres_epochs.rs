@@ -241,7 +241,9 @@ impl Epochs {
                         Err(_) => self.whole(epoch, &rows, began)?,
                     }
                 }
-                Some(Open::AlreadyThere(e)) if e == epoch => (Written::AlreadyThere, began.elapsed()),
+                Some(Open::AlreadyThere(e)) if e == epoch => {
+                    (Written::AlreadyThere, began.elapsed())
+                }
                 other => {
                     self.open = other;
                     self.whole(epoch, &rows, began)?
@@ -325,7 +327,14 @@ mod tests {
         let mut ids: Vec<i64> = table_rows(URL, table)
             .unwrap()
             .iter()
-            .map(|r| r.trim_matches(['(', ')']).split(',').next().unwrap().parse().unwrap())
+            .map(|r| {
+                r.trim_matches(['(', ')'])
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         ids.sort();
         ids

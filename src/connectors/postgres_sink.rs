@@ -363,7 +363,9 @@ impl PostgresSink {
     /// Sends encoded rows of an open epoch, in chunks of about 256 KiB.
     pub fn copy(&mut self, open: &mut OpenEpoch, rows: &[Bytes]) -> Result<(), PostgresError> {
         let began = Instant::now();
-        let result = self.rt.block_on(send_rows(open.copy.as_mut(), &mut open.buf, rows));
+        let result = self
+            .rt
+            .block_on(send_rows(open.copy.as_mut(), &mut open.buf, rows));
         open.rows += rows.len();
         open.time += began.elapsed();
         result.map_err(|e| self.classify(e))
@@ -380,7 +382,10 @@ impl PostgresSink {
             time,
         } = open;
         let began = Instant::now();
-        let client = self.client.as_ref().ok_or_else(|| self.unreachable("connection lost"))?;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| self.unreachable("connection lost"))?;
         let (job, sink, writer) = (&self.job, &self.name, &self.writer);
         buf.put_slice(pg_copy::TRAILER);
         let result = self.rt.block_on(async {
@@ -511,7 +516,10 @@ pub fn insert(
 
 fn copy_statement(table: &str, schema: &RowSchema) -> String {
     let columns: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
-    format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", columns.join(","))
+    format!(
+        "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+        columns.join(",")
+    )
 }
 
 const COPY_CHUNK: usize = 256 * 1024;

@@ -63,7 +63,11 @@ pub fn decode_row(mut bytes: &[u8], fields: &[Field]) -> Result<Row, String> {
     let short = || "a row ends early".to_string();
     let count = take::<2>(&mut bytes).ok_or_else(short)?;
     if i16::from_be_bytes(count) as usize != fields.len() {
-        return Err(format!("a row of {} fields, not {}", i16::from_be_bytes(count), fields.len()));
+        return Err(format!(
+            "a row of {} fields, not {}",
+            i16::from_be_bytes(count),
+            fields.len()
+        ));
     }
     let mut row = Vec::with_capacity(fields.len());
     for f in fields {
@@ -74,7 +78,8 @@ pub fn decode_row(mut bytes: &[u8], fields: &[Field]) -> Result<Row, String> {
         }
         let (value, rest) = bytes.split_at_checked(len as usize).ok_or_else(short)?;
         bytes = rest;
-        let eight = || <[u8; 8]>::try_from(value).map_err(|_| format!("field `{}`: {len} bytes", f.name));
+        let eight =
+            || <[u8; 8]>::try_from(value).map_err(|_| format!("field `{}`: {len} bytes", f.name));
         row.push(match f.ty {
             FieldType::Bool => Value::Bool(value.first().is_some_and(|b| *b != 0)),
             FieldType::Int => Value::Int(i64::from_be_bytes(eight()?)),

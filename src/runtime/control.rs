@@ -99,7 +99,13 @@ impl KafkaShare {
                 .map(|(t, rs)| {
                     let rs = rs
                         .into_iter()
-                        .map(|r| (r.key.map(|k| k.to_vec()), r.value.map(|v| v.to_vec()), r.partition))
+                        .map(|r| {
+                            (
+                                r.key.map(|k| k.to_vec()),
+                                r.value.map(|v| v.to_vec()),
+                                r.partition,
+                            )
+                        })
                         .collect();
                     (t.to_string(), rs)
                 })
