@@ -233,8 +233,15 @@ impl Epochs {
             let began = Instant::now();
             let (written, time) = match self.open.take() {
                 Some(Open::Copying(mut open, sent)) if open.epoch == epoch => {
-                    let rest = self.sink.copy(&mut open, &rows[sent..]);
-                    match rest.and_then(|()| self.sink.finish(open)) {
+                    let done = match self.sink.copy(&mut open, &rows[sent..]) {
+                        // `finish` rolls back itself when it fails.
+                        Ok(()) => self.sink.finish(open),
+                        Err(e) => {
+                            self.sink.abandon(open);
+                            Err(e)
+                        }
+                    };
+                    match done {
                         Ok(done) => done,
                         // The transaction is gone with what it held: the
                         // epoch is written whole, as if never opened.
@@ -244,8 +251,10 @@ impl Epochs {
                 Some(Open::AlreadyThere(e)) if e == epoch => {
                     (Written::AlreadyThere, began.elapsed())
                 }
+                // A later epoch's transaction stays open; what was left
+                // of this one (it could not be opened) is done with.
                 other => {
-                    self.open = other;
+                    self.open = other.filter(|o| o.epoch() > epoch);
                     self.whole(epoch, &rows, began)?
                 }
             };
