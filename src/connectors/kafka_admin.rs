@@ -2,6 +2,7 @@
 //! check, topic creation. Called from the main thread while a job starts,
 //! never from a timely worker.
 
+use super::DropAside;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -72,6 +73,7 @@ pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
                 brokers: brokers.into(),
                 reason: e.to_string(),
             })?;
+    let consumer = DropAside::new(consumer);
     consumer
         .fetch_metadata(None, Duration::from_secs(6))
         .map(|_| ())
@@ -93,7 +95,7 @@ pub fn partition_counts(
     brokers: &str,
     topics: &[&str],
 ) -> Result<HashMap<String, i32>, KafkaAdminError> {
-    let consumer: BaseConsumer = client(brokers)?;
+    let consumer = DropAside::new(client::<BaseConsumer>(brokers)?);
     let mut out = HashMap::new();
     for topic in topics {
         if let Some(n) = partitions_of(&consumer, brokers, topic)? {
@@ -124,8 +126,18 @@ fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     brokers: &str,
     topic: &str,
 ) -> Result<Option<i32>, KafkaAdminError> {
+    partitions_in(consumer, brokers, Some(topic), topic)
+}
+
+/// The partitions of `topic` from a metadata request for `asked`.
+fn partitions_in<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    brokers: &str,
+    asked: Option<&str>,
+    topic: &str,
+) -> Result<Option<i32>, KafkaAdminError> {
     let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(asked, Duration::from_secs(10))
         .map_err(|e| KafkaAdminError::Unreachable {
             brokers: brokers.into(),
             reason: e.to_string(),
@@ -176,7 +188,7 @@ pub fn ensure_topic(
         check_settings(brokers, topic, kind)?;
         return Ok(n);
     }
-    let admin: AdminClient<DefaultClientContext> = client(brokers)?;
+    let admin = DropAside::new(client::<AdminClient<DefaultClientContext>>(brokers)?);
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     for (name, value) in kind.settings() {
         new = new.set(name, value);
@@ -221,7 +233,7 @@ pub fn watermarks(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
-    let consumer: BaseConsumer = client(brokers)?;
+    let consumer = DropAside::new(client::<BaseConsumer>(brokers)?);
     (0..partitions)
         .map(|p| {
             consumer
@@ -260,6 +272,7 @@ pub fn end_offsets(
             .set("enable.partition.eof", "true")
             .create_with_context(EofIsNotAnError)
             .map_err(|e| other(e.to_string()))?;
+    let consumer = DropAside::new(consumer);
     let mut ends: Vec<(i64, i64)> = marks.clone();
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
@@ -332,6 +345,7 @@ fn topics_settings(
     let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() else {
         return HashMap::new();
     };
+    let admin = DropAside::new(admin);
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -508,59 +522,153 @@ fn read_partitions(
     brokers: &str,
     topic: &str,
     start: impl Fn(i32) -> Option<rdkafka::Offset>,
-    mut each: impl FnMut(Borrowed<'_>),
+    each: impl FnMut(Borrowed<'_>),
 ) -> Result<(), KafkaAdminError> {
-    use rdkafka::TopicPartitionList;
-    let other = |reason: String| KafkaAdminError::Other {
-        brokers: brokers.into(),
-        reason,
-    };
-    // One client learns the partitions and reads them: a start reads
-    // several topics this way, and every client costs a connection and a
-    // metadata round trip.
-    let consumer: BaseConsumer<EofIsNotAnError> = bounded_reader_config(brokers, "rill-reader")
-        // Callers pick the committed copies by their headers; a committed
-        // read would stop at the first open transaction and miss the rest.
-        .set("isolation.level", "read_uncommitted")
-        .set("enable.partition.eof", "true")
-        .create_with_context(EofIsNotAnError)
-        .map_err(|e| other(e.to_string()))?;
-    let Some(n) = partitions_of(&consumer, brokers, topic)? else {
-        return Ok(());
-    };
-    let mut tpl = TopicPartitionList::new();
-    // A partition is read when its EOF comes (an empty one too): on a
-    // topic written in transactions the last offsets are commit markers,
-    // which a consumer never receives, so counting offsets up to the end
-    // would never stop. One not to read is at its end already.
-    let mut at_end: Vec<bool> = vec![true; n as usize];
-    for p in 0..n {
-        if let Some(offset) = start(p) {
-            tpl.add_partition_offset(topic, p, offset)
-                .map_err(|e| other(e.to_string()))?;
-            at_end[p as usize] = false;
-        }
+    match Reading::open(brokers, topic, start, Some(topic))? {
+        Some(reading) => reading.drain(|_, _| true, each),
+        None => Ok(()),
     }
-    if tpl.count() == 0 {
-        return Ok(());
-    }
-    consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while at_end.iter().any(|d| !d) {
-        if std::time::Instant::now() > deadline {
-            return Err(other(format!(
-                "reading {topic} to its end took more than 120 s"
-            )));
-        }
-        let m = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end[p as usize] = true;
-                continue;
-            }
-            Some(m) => m.map_err(|e| other(format!("reading {topic}: {e}")))?,
+}
+
+/// A bounded read of a topic under way: librdkafka fetches the assigned
+/// partitions in the background from the moment it is opened.
+struct Reading {
+    consumer: DropAside<BaseConsumer<EofIsNotAnError>>,
+    topic: String,
+    brokers: String,
+    /// Per partition: read to its end, or not read at all.
+    at_end: Vec<bool>,
+}
+
+impl Reading {
+    /// `asked`: the topic the metadata request names, or None for every
+    /// topic (a broker may create a topic a request names).
+    fn open(
+        brokers: &str,
+        topic: &str,
+        start: impl Fn(i32) -> Option<rdkafka::Offset>,
+        asked: Option<&str>,
+    ) -> Result<Option<Self>, KafkaAdminError> {
+        use rdkafka::TopicPartitionList;
+        let other = |reason: String| KafkaAdminError::Other {
+            brokers: brokers.into(),
+            reason,
         };
-        each(Borrowed(m));
+        // One client learns the partitions and reads them: a start reads
+        // several topics this way, and every client costs a connection
+        // and a metadata round trip.
+        let consumer: BaseConsumer<EofIsNotAnError> = bounded_reader_config(brokers, "rill-reader")
+            // Callers pick the committed copies by their headers; a
+            // committed read would stop at the first open transaction
+            // and miss the rest.
+            .set("isolation.level", "read_uncommitted")
+            .set("enable.partition.eof", "true")
+            .create_with_context(EofIsNotAnError)
+            .map_err(|e| other(e.to_string()))?;
+        let Some(n) = partitions_in(&consumer, brokers, asked, topic)? else {
+            return Ok(None);
+        };
+        let mut tpl = TopicPartitionList::new();
+        // A partition is read when its EOF comes (an empty one too): on a
+        // topic written in transactions the last offsets are commit
+        // markers, which a consumer never receives, so counting offsets
+        // up to the end would never stop. One not to read is at its end
+        // already.
+        let mut at_end: Vec<bool> = vec![true; n as usize];
+        for p in 0..n {
+            if let Some(offset) = start(p) {
+                tpl.add_partition_offset(topic, p, offset)
+                    .map_err(|e| other(e.to_string()))?;
+                at_end[p as usize] = false;
+            }
+        }
+        if tpl.count() > 0 {
+            consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
+        }
+        Ok(Some(Reading {
+            consumer: DropAside::new(consumer),
+            topic: topic.into(),
+            brokers: brokers.into(),
+            at_end,
+        }))
     }
-    Ok(())
+
+    /// Lends every record until each partition is at its end: its EOF
+    /// came and `far_enough(partition, position)` holds.
+    fn drain(
+        mut self,
+        far_enough: impl Fn(i32, i64) -> bool,
+        mut each: impl FnMut(Borrowed<'_>),
+    ) -> Result<(), KafkaAdminError> {
+        let other = |reason: String| KafkaAdminError::Other {
+            brokers: self.brokers.clone(),
+            reason,
+        };
+        let topic = self.topic.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while self.at_end.iter().any(|d| !d) {
+            if std::time::Instant::now() > deadline {
+                return Err(other(format!(
+                    "reading {topic} to its end took more than 120 s"
+                )));
+            }
+            let m = match self.consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    let position = self
+                        .consumer
+                        .position()
+                        .ok()
+                        .and_then(|l| {
+                            l.find_partition(&topic, p)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .unwrap_or(-1);
+                    self.at_end[p as usize] |= far_enough(p, position);
+                    continue;
+                }
+                Some(m) => m.map_err(|e| other(format!("reading {topic}: {e}")))?,
+            };
+            each(Borrowed(m));
+        }
+        Ok(())
+    }
+}
+
+/// A topic read from its beginning in the background, for a caller that
+/// learns only later how far it must read: a start reads the epoch log
+/// while it fences, and needs it up to its own start record.
+pub struct Prefetch(Reading);
+
+/// Starts reading every partition of `topic`; None when it does not exist.
+pub fn prefetch(brokers: &str, topic: &str) -> Result<Option<Prefetch>, KafkaAdminError> {
+    // Its metadata is asked with every topic's: the prefetch may come
+    // before the topic is created with the settings it needs.
+    let reading = Reading::open(brokers, topic, |_| Some(rdkafka::Offset::Beginning), None)?;
+    Ok(reading.map(Prefetch))
+}
+
+impl Prefetch {
+    /// Lends every record the topic holds now, those written since the
+    /// prefetch began included: an end the prefetch met earlier does not
+    /// count until the position is past the high watermark asked now.
+    pub fn read_to_end(self, each: impl FnMut(Borrowed<'_>)) -> Result<(), KafkaAdminError> {
+        let mut reading = self.0;
+        let mut highs = Vec::with_capacity(reading.at_end.len());
+        for p in 0..reading.at_end.len() as i32 {
+            let (low, high) = reading
+                .consumer
+                .fetch_watermarks(&reading.topic, p, Duration::from_secs(10))
+                .map_err(|e| KafkaAdminError::Other {
+                    brokers: reading.brokers.clone(),
+                    reason: format!("the end of {}: {e}", reading.topic),
+                })?;
+            // An empty partition has no record to be past.
+            if high <= low {
+                reading.at_end[p as usize] = true;
+            }
+            highs.push(high);
+        }
+        reading.drain(|p, position| position >= highs[p as usize], each)
+    }
 }

@@ -131,7 +131,7 @@ fn lead(
         let offset = fenced.log.append(&start, Default::default())?;
         fenced.set_start(offset);
         Committer::check_not_fenced(job, &fenced)?;
-        let mut recovered = recovery::recover(plan, fenced.attempt, shape)?;
+        let mut recovered = recovery::recover(plan, fenced.attempt, shape, None)?;
         say_resuming(job, &recovered);
         let start_plan = start_plan(&recovered);
         let lookups = super::lookups::lookup(plan, registry.as_ref(), None)?;

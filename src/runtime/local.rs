@@ -178,11 +178,17 @@ fn run_attempt(
     // asks the broker and registry about its topics goes on beside them.
     let (fenced, mut recovered, lookups) = std::thread::scope(|s| {
         let lookups = s.spawn(|| lookup(&plan, registry.as_ref(), None));
+        // The epoch log is read from its beginning while the start fences;
+        // recovery reads on to the end, the start record included.
+        let log_begun = s.spawn(|| kafka_admin::prefetch(&job.brokers, &job.epoch_log_topic()));
         let fenced = Committer::fence(job)?;
         step("fenced earlier instances, start logged");
         *attempt_out = fenced.attempt;
         Committer::check_not_fenced(job, &fenced)?;
-        let recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32))?;
+        // A log missing before the start (a first start) is read anew.
+        let log_begun = log_begun.join().expect("epoch log thread").ok().flatten();
+        let recovered =
+            recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32), log_begun)?;
         step("recovered");
         let lookups = lookups.join().expect("lookup thread")?;
         step("topics looked up");

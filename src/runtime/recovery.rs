@@ -239,6 +239,7 @@ impl EpochLog {
         let consumer: BaseConsumer = kafka_admin::bounded_reader_config(brokers, "rill-epoch-log")
             .create()
             .map_err(|e| err(e.to_string()))?;
+        let consumer = crate::connectors::DropAside::new(consumer);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Offset(from))
             .map_err(|e| err(e.to_string()))?;
@@ -285,6 +286,8 @@ pub fn committed_progress(
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| err(e.to_string()))?;
+    // Closing a client can take 100 ms, which a start need not wait for.
+    let consumer = crate::connectors::DropAside::new(consumer);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&log, 0);
     let committed = consumer
@@ -320,6 +323,14 @@ pub struct CommittedView {
 
 impl CommittedView {
     pub fn read(job: &crate::spec::JobConfig) -> Result<Self, RecoveryError> {
+        Self::read_from(job, None)
+    }
+
+    /// [`CommittedView::read`], with the epoch log read on from `log_begun`.
+    pub fn read_from(
+        job: &crate::spec::JobConfig,
+        log_begun: Option<kafka_admin::Prefetch>,
+    ) -> Result<Self, RecoveryError> {
         let writers = 1u32;
         // The log and the progress are read side by side: both come
         // after the start was logged, neither needs the other.
@@ -329,7 +340,7 @@ impl CommittedView {
                     .map(|w| Ok(committed_progress(&job.brokers, job, w)?.unwrap_or(0)))
                     .collect::<Result<Vec<i64>, RecoveryError>>()
             });
-            let records = read_log(&job.brokers, &job.epoch_log_topic());
+            let records = read_log_from(&job.brokers, &job.epoch_log_topic(), log_begun);
             (records, progress.join().expect("progress thread"))
         });
         let (records, progress) = (records?, progress?);
@@ -357,16 +368,28 @@ impl CommittedView {
 /// The epoch log's records, in order, with their offsets; see
 /// [`planner::live`] for those that count.
 pub fn read_log(brokers: &str, log: &str) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
+    read_log_from(brokers, log, None)
+}
+
+/// [`read_log`], going on from a read begun earlier when there is one.
+fn read_log_from(
+    brokers: &str,
+    log: &str,
+    begun: Option<kafka_admin::Prefetch>,
+) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
     let mut records: Vec<(i64, LogRecord)> = Vec::new();
-    kafka_admin::read_to_end(brokers, log, |m| {
+    let each = |m: kafka_admin::Borrowed<'_>| {
         if let Some(r) = m
-            .value
-            .as_deref()
+            .value()
             .and_then(|v| serde_json::from_slice::<LogRecord>(v).ok())
         {
-            records.push((m.offset, r));
+            records.push((m.offset(), r));
         }
-    })?;
+    };
+    match begun {
+        Some(begun) => begun.read_to_end(each)?,
+        None => kafka_admin::read_each(brokers, log, None, each)?,
+    }
     Ok(records)
 }
 
@@ -413,7 +436,14 @@ pub fn newest_attempt(brokers: &str, log: &str) -> Result<u32, RecoveryError> {
 /// so what a fenced instance appends from now on is ignored. `shape` is
 /// this start's processes and workers per process: an epoch some writers
 /// committed and others did not is finished on the shape that decided it.
-pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered, RecoveryError> {
+/// `log_begun`: a read of the epoch log begun before the start was logged,
+/// to go on from.
+pub fn recover(
+    plan: &Plan,
+    attempt: u32,
+    shape: (u32, u32),
+    log_begun: Option<kafka_admin::Prefetch>,
+) -> Result<Recovered, RecoveryError> {
     let job = &plan.job;
     let brokers = &job.brokers;
     let log = job.epoch_log_topic();
@@ -428,7 +458,7 @@ pub fn recover(plan: &Plan, attempt: u32, shape: (u32, u32)) -> Result<Recovered
         let (job, transforms) = (job.clone(), transforms.clone());
         std::thread::spawn(move || prepare(&job, &transforms))
     };
-    let view = CommittedView::read(job)?;
+    let view = CommittedView::read_from(job, log_begun)?;
     tracing::debug!(
         "recovery: epoch log and progress read after {} ms",
         t0.elapsed().as_millis()
