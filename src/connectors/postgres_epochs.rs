@@ -38,6 +38,7 @@ enum Msg {
 
 pub struct PostgresEpochSink {
     to_thread: Sender<Msg>,
+    name: String,
     fields: Vec<Field>,
     /// Epochs staged and not yet committed.
     holds: BTreeSet<u64>,
@@ -47,6 +48,7 @@ impl PostgresEpochSink {
     /// Moves a connected sink onto its thread.
     pub fn start(sink: PostgresSink) -> Self {
         let fields = sink.schema().fields.clone();
+        let name = sink.name().to_string();
         let (to_thread, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("rill-postgres".into())
@@ -54,6 +56,7 @@ impl PostgresEpochSink {
             .expect("postgres sink thread");
         PostgresEpochSink {
             to_thread,
+            name,
             fields,
             holds: BTreeSet::new(),
         }
@@ -65,7 +68,7 @@ impl PostgresEpochSink {
     ) -> Result<T, SinkError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let gone = || PostgresError::Sql {
-            sink: "postgres".into(),
+            sink: self.name.clone(),
             reason: "the sink's thread has stopped".into(),
         };
         self.to_thread.send(msg(reply)).map_err(|_| gone())?;
@@ -86,7 +89,7 @@ impl EpochSink for PostgresEpochSink {
                     match pg_copy::encode_row(&mut encoded, &row, &self.fields) {
                         Ok(()) => Some(Bytes::from(encoded)),
                         Err(e) => {
-                            tracing::error!("a row for postgres cannot be encoded: {e}");
+                            tracing::error!("sink {}: a row cannot be encoded: {e}", self.name);
                             None
                         }
                     }

@@ -296,6 +296,11 @@ impl PostgresSink {
         &self.schema
     }
 
+    /// The sink's name in the job.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Whether a connection is worth trying now: while the database is
     /// down and epochs go to the fallback, at most every 2 s.
     fn may_try(&self) -> bool {
