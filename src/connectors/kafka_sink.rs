@@ -80,9 +80,9 @@ impl KafkaWriter {
         config
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
-            // What the producer holds: an epoch's records wait here for
-            // the broker, as many as half a million at once before these
-            // bounds, at a few hundred bytes each with their headers.
+            // An epoch's records wait here for the broker, a few hundred
+            // bytes each with their headers; past these bounds the writer
+            // waits for room on its own thread, and memory stays flat.
             .set("queue.buffering.max.messages", "50000")
             .set("queue.buffering.max.kbytes", "65536")
             .set("enable.idempotence", "true");
