@@ -131,7 +131,15 @@ fn lead(
         let offset = fenced.log.append(&start, Default::default())?;
         fenced.set_start(offset);
         Committer::check_not_fenced(job, &fenced)?;
-        let mut recovered = recovery::recover(plan, fenced.attempt, shape, None)?;
+        let mut recovered = recovery::recover(
+            plan,
+            fenced.attempt,
+            shape,
+            recovery::Begun {
+                log: None,
+                progress: Some(fenced.progress_consumer()),
+            },
+        )?;
         say_resuming(job, &recovered);
         let start_plan = start_plan(&recovered);
         let lookups = super::lookups::lookup(plan, registry.as_ref(), None)?;

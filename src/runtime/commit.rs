@@ -74,6 +74,11 @@ pub struct Fenced {
 }
 
 impl Fenced {
+    /// The consumer of the writer's progress group.
+    pub fn progress_consumer(&self) -> &BaseConsumer {
+        &self.group
+    }
+
     /// The start's record sits at `offset`: its attempt is one past it.
     pub fn set_start(&mut self, offset: i64) {
         self.start_offset = offset;

@@ -187,8 +187,11 @@ fn run_attempt(
         Committer::check_not_fenced(job, &fenced)?;
         // A log missing before the start (a first start) is read anew.
         let log_begun = log_begun.join().expect("epoch log thread").ok().flatten();
-        let recovered =
-            recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32), log_begun)?;
+        let begun = recovery::Begun {
+            log: log_begun,
+            progress: Some(fenced.progress_consumer()),
+        };
+        let recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32), begun)?;
         step("recovered");
         let lookups = lookups.join().expect("lookup thread")?;
         step("topics looked up");

@@ -269,6 +269,15 @@ impl EpochLog {
     }
 }
 
+/// What a start has open already, for recovery to use instead of opening
+/// its own: a read of the epoch log begun while it fenced, and the
+/// writer's progress consumer.
+#[derive(Default)]
+pub struct Begun<'a> {
+    pub log: Option<kafka_admin::Prefetch>,
+    pub progress: Option<&'a BaseConsumer>,
+}
+
 /// The offset writer `writer`'s group has committed on the epoch log, if
 /// any.
 pub fn committed_progress(
@@ -276,20 +285,27 @@ pub fn committed_progress(
     job: &crate::spec::JobConfig,
     writer: u32,
 ) -> Result<Option<i64>, RecoveryError> {
-    let log = job.epoch_log_topic();
-    let err = |reason: String| RecoveryError::Log {
-        topic: log.clone(),
-        reason,
-    };
     let consumer: BaseConsumer = client_config(brokers)
         .set("group.id", job.writer_id_of(writer))
         .set("enable.auto.commit", "false")
         .create()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| RecoveryError::Log {
+            topic: job.epoch_log_topic(),
+            reason: e.to_string(),
+        })?;
     // Closing a client can take 100 ms, which a start need not wait for.
     let consumer = crate::connectors::DropAside::new(consumer);
+    progress_of(&consumer, &job.epoch_log_topic())
+}
+
+/// The offset the group of `consumer` has committed on the epoch log `log`.
+fn progress_of(consumer: &BaseConsumer, log: &str) -> Result<Option<i64>, RecoveryError> {
+    let err = |reason: String| RecoveryError::Log {
+        topic: log.into(),
+        reason,
+    };
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&log, 0);
+    tpl.add_partition(log, 0);
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(15))
         .map_err(|e| err(format!("reading committed progress: {e}")))?;
@@ -323,24 +339,30 @@ pub struct CommittedView {
 
 impl CommittedView {
     pub fn read(job: &crate::spec::JobConfig) -> Result<Self, RecoveryError> {
-        Self::read_from(job, None)
+        Self::read_from(job, Begun::default())
     }
 
-    /// [`CommittedView::read`], with the epoch log read on from `log_begun`.
-    pub fn read_from(
-        job: &crate::spec::JobConfig,
-        log_begun: Option<kafka_admin::Prefetch>,
-    ) -> Result<Self, RecoveryError> {
+    /// [`CommittedView::read`], with what the start has open already.
+    pub fn read_from(job: &crate::spec::JobConfig, begun: Begun) -> Result<Self, RecoveryError> {
         let writers = 1u32;
         // The log and the progress are read side by side: both come
         // after the start was logged, neither needs the other.
         let (records, progress) = std::thread::scope(|s| {
-            let progress = s.spawn(|| {
+            let own = begun.progress;
+            let progress = s.spawn(move || {
                 (0..writers)
-                    .map(|w| Ok(committed_progress(&job.brokers, job, w)?.unwrap_or(0)))
+                    .map(|w| {
+                        let committed = match own {
+                            Some(consumer) if w == 0 => {
+                                progress_of(consumer, &job.epoch_log_topic())?
+                            }
+                            _ => committed_progress(&job.brokers, job, w)?,
+                        };
+                        Ok(committed.unwrap_or(0))
+                    })
                     .collect::<Result<Vec<i64>, RecoveryError>>()
             });
-            let records = read_log_from(&job.brokers, &job.epoch_log_topic(), log_begun);
+            let records = read_log_from(&job.brokers, &job.epoch_log_topic(), begun.log);
             (records, progress.join().expect("progress thread"))
         });
         let (records, progress) = (records?, progress?);
@@ -436,13 +458,13 @@ pub fn newest_attempt(brokers: &str, log: &str) -> Result<u32, RecoveryError> {
 /// so what a fenced instance appends from now on is ignored. `shape` is
 /// this start's processes and workers per process: an epoch some writers
 /// committed and others did not is finished on the shape that decided it.
-/// `log_begun`: a read of the epoch log begun before the start was logged,
-/// to go on from.
+/// `begun`: what the start has open already (the writer's progress
+/// consumer; a read of the epoch log begun before the start was logged).
 pub fn recover(
     plan: &Plan,
     attempt: u32,
     shape: (u32, u32),
-    log_begun: Option<kafka_admin::Prefetch>,
+    begun: Begun,
 ) -> Result<Recovered, RecoveryError> {
     let job = &plan.job;
     let brokers = &job.brokers;
@@ -458,7 +480,7 @@ pub fn recover(
         let (job, transforms) = (job.clone(), transforms.clone());
         std::thread::spawn(move || prepare(&job, &transforms))
     };
-    let view = CommittedView::read_from(job, log_begun)?;
+    let view = CommittedView::read_from(job, begun)?;
     tracing::debug!(
         "recovery: epoch log and progress read after {} ms",
         t0.elapsed().as_millis()
