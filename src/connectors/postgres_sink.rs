@@ -332,27 +332,15 @@ impl PostgresSink {
         let (job, sink, writer) = (&self.job, &self.name, &self.writer);
         let statement = copy_statement(&self.table, &self.schema);
         let began = Instant::now();
-        let result = self.rt.block_on(async {
-            client.batch_execute("BEGIN").await?;
-            let done = client
-                .query_opt(
-                    "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
-                    &[job, sink, writer, &(epoch as i64)],
-                )
-                .await?;
-            if done.is_some() {
-                client.batch_execute("ROLLBACK").await?;
-                return Ok(None);
-            }
-            Ok(Some(Box::pin(client.copy_in(&statement).await?)))
-        });
+        let who = [job.as_str(), sink, writer];
+        let result = self.rt.block_on(open_epoch(client, &statement, who, epoch));
         match result {
             Ok(copy) => Ok(copy.map(|copy| {
                 let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
                 buf.put_slice(pg_copy::HEADER);
                 OpenEpoch {
                     epoch,
-                    copy,
+                    copy: Box::pin(copy),
                     buf,
                     rows: 0,
                     time: began.elapsed(),
@@ -382,7 +370,7 @@ impl PostgresSink {
         let OpenEpoch {
             epoch,
             mut copy,
-            mut buf,
+            buf,
             rows,
             time,
         } = open;
@@ -391,22 +379,10 @@ impl PostgresSink {
             .client
             .as_ref()
             .ok_or_else(|| self.unreachable("connection lost"))?;
-        let (job, sink, writer) = (&self.job, &self.name, &self.writer);
-        buf.put_slice(pg_copy::TRAILER);
-        let result = self.rt.block_on(async {
-            copy.as_mut().send(buf.freeze()).await?;
-            copy.as_mut().finish().await?;
-            client
-                .execute(
-                    "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
-                    &[job, sink, writer, &(epoch as i64)],
-                )
-                .await?;
-            fault::point("pg_before_commit");
-            client.batch_execute("COMMIT").await?;
-            fault::point("pg_after_commit");
-            Ok(())
-        });
+        let who = [self.job.as_str(), &self.name, &self.writer];
+        let result = self
+            .rt
+            .block_on(close_epoch(client, copy.as_mut(), buf, who, epoch));
         match result {
             Ok(()) => Ok((Written::Rows(rows), time + began.elapsed())),
             Err(e) => {
@@ -440,10 +416,9 @@ impl PostgresSink {
         self.connect()?;
         let (job, sink, writer) = (&self.job, &self.name, &self.writer);
         let client = self.client.as_ref().unwrap();
-        let found = self.rt.block_on(client.query_opt(
-            "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
-            &[job, sink, writer, &(epoch as i64)],
-        ));
+        let found = self
+            .rt
+            .block_on(client.query_opt(EPOCH_RECORDED, &[job, sink, writer, &(epoch as i64)]));
         found.map(|f| f.is_some()).map_err(|e| self.classify(e))
     }
 
@@ -475,7 +450,7 @@ impl PostgresSink {
 #[allow(clippy::too_many_arguments)]
 pub fn insert(
     rt: &tokio::runtime::Runtime,
-    client: &mut Client,
+    client: &Client,
     table: &str,
     schema: &RowSchema,
     job: &str,
@@ -484,39 +459,78 @@ pub fn insert(
     epoch: u64,
     rows: &[Bytes],
 ) -> Result<Written, tokio_postgres::Error> {
+    let who = [job, sink, writer];
     rt.block_on(async {
-        let tx = client.transaction().await?;
-        let epoch = epoch as i64;
-        let done = tx
-            .query_opt(
-                "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4",
-                &[&job, &sink, &writer, &epoch],
-            )
-            .await?;
-        if done.is_some() {
-            tx.rollback().await?;
+        let statement = copy_statement(table, schema);
+        let Some(copy) = open_epoch(client, &statement, who, epoch).await? else {
             return Ok(Written::AlreadyThere);
-        }
-        // Binary COPY: the table's column types are those the rows have
-        // (checked at connect), so each value goes as it is, without SQL
-        // text to build and parse.
-        let mut copy = std::pin::pin!(tx.copy_in(&copy_statement(table, schema)).await?);
+        };
+        let mut copy = Box::pin(copy);
         let mut buf = BytesMut::with_capacity(COPY_CHUNK + 1024);
         buf.put_slice(pg_copy::HEADER);
-        send_rows(copy.as_mut(), &mut buf, rows).await?;
-        buf.put_slice(pg_copy::TRAILER);
-        copy.as_mut().send(buf.freeze()).await?;
-        copy.finish().await?;
-        tx.execute(
-            "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
-            &[&job, &sink, &writer, &epoch],
-        )
-        .await?;
-        fault::point("pg_before_commit");
-        tx.commit().await?;
-        fault::point("pg_after_commit");
+        let sent = async {
+            send_rows(copy.as_mut(), &mut buf, rows).await?;
+            close_epoch(client, copy.as_mut(), buf, who, epoch).await
+        }
+        .await;
+        if let Err(e) = sent {
+            // A COPY dropped unfinished is failed, then the transaction is
+            // rolled back, so the connection can be used again.
+            drop(copy);
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
         Ok(Written::Rows(rows.len()))
     })
+}
+
+const EPOCH_RECORDED: &str =
+    "SELECT 1 FROM rill_sink_progress WHERE job = $1 AND sink = $2 AND writer = $3 AND epoch = $4";
+
+/// Begins `epoch`'s transaction and its COPY, for the sink's `who` (job,
+/// sink, writer); None, with nothing left open, when the table already
+/// records the epoch.
+async fn open_epoch(
+    client: &Client,
+    statement: &str,
+    who: [&str; 3],
+    epoch: u64,
+) -> Result<Option<CopyInSink<Bytes>>, tokio_postgres::Error> {
+    let [job, sink, writer] = who;
+    client.batch_execute("BEGIN").await?;
+    let done = client
+        .query_opt(EPOCH_RECORDED, &[&job, &sink, &writer, &(epoch as i64)])
+        .await?;
+    if done.is_some() {
+        client.batch_execute("ROLLBACK").await?;
+        return Ok(None);
+    }
+    Ok(Some(client.copy_in(statement).await?))
+}
+
+/// Ends an epoch's COPY with what `buf` still holds, records the epoch and
+/// commits: its rows become visible together.
+async fn close_epoch(
+    client: &Client,
+    mut copy: std::pin::Pin<&mut CopyInSink<Bytes>>,
+    mut buf: BytesMut,
+    who: [&str; 3],
+    epoch: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let [job, sink, writer] = who;
+    buf.put_slice(pg_copy::TRAILER);
+    copy.as_mut().send(buf.freeze()).await?;
+    copy.as_mut().finish().await?;
+    client
+        .execute(
+            "INSERT INTO rill_sink_progress (job, sink, writer, epoch) VALUES ($1, $2, $3, $4)",
+            &[&job, &sink, &writer, &(epoch as i64)],
+        )
+        .await?;
+    fault::point("pg_before_commit");
+    client.batch_execute("COMMIT").await?;
+    fault::point("pg_after_commit");
+    Ok(())
 }
 
 fn copy_statement(table: &str, schema: &RowSchema) -> String {
