@@ -100,6 +100,9 @@ impl EpochFill {
 pub struct WorkerContext {
     pub index: usize,
     pub peers: usize,
+    /// Processes of the cluster (1 alone): worker `index` belongs to
+    /// process `index / (peers / processes)`.
+    pub processes: usize,
     pub writer: Sender<WriterMsg>,
     pub counts: Rc<RefCell<BTreeMap<Epoch, EpochCounts>>>,
     pub trace: bool,

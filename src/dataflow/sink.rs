@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
@@ -92,14 +92,18 @@ impl<'s> WriteSink<'s> for Records<'s> {
         let window_fields = schema
             .index_of("window_start")
             .zip(schema.index_of("window_end"));
-        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |_, _| {
+        // In a cluster, each process's writer owns some partitions of a
+        // topic, and a record goes to its partition's owner.
+        let route = ctx.processes > 1 && matches!(sink, SinkPlan::Kafka { .. });
+        let hand_ctx = ctx.clone();
+        let encoded = self.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut round_robin = ctx.index as i32;
             let mut dead = Vec::new();
             let mut text = String::new();
             // Encoded values of many records share one allocation: a value
             // is a slice of it, freed when its last slice is.
             let mut values = Values::default();
-            move |input, _output| {
+            move |input, output| {
                 input.for_each(|cap, data| {
                     let epoch = epoch_of(&cap);
                     let mut out = Vec::with_capacity(data.len());
@@ -249,15 +253,103 @@ impl<'s> WriteSink<'s> for Records<'s> {
                         let _ = ctx.writer.send(WriterMsg::Trace(trace));
                     }
                     ctx.dead(epoch, std::mem::take(&mut dead));
-                    if !out.is_empty() {
-                        ctx.in_flight.fetch_add(out.len() as i64, Ordering::Relaxed);
-                        ctx.fill.add(epoch, out.len());
-                        let _ = ctx.writer.send(WriterMsg::Out {
-                            sink: node,
-                            epoch,
-                            records: out,
-                        });
+                    if route {
+                        let workers = (ctx.peers / ctx.processes) as u32;
+                        let processes = ctx.processes as u32;
+                        output
+                            .session(&cap)
+                            .give_iterator(out.into_iter().map(|r| Routed::new(r, processes, workers)));
+                    } else {
+                        hand(&ctx, node, epoch, out);
                     }
+                });
+            }
+        });
+        if !route {
+            return encoded.sink_done(Pipeline, node, hand_ctx);
+        }
+        encoded.sink_done(
+            Exchange::new(|r: &Routed| r.worker as u64),
+            node,
+            hand_ctx,
+        )
+    }
+}
+
+/// Hands an epoch's records of sink `node` to the process's writer.
+fn hand(ctx: &WorkerContext, node: usize, epoch: Epoch, out: Vec<OutRecord>) {
+    if out.is_empty() {
+        return;
+    }
+    ctx.in_flight.fetch_add(out.len() as i64, Ordering::Relaxed);
+    ctx.fill.add(epoch, out.len());
+    let _ = ctx.writer.send(WriterMsg::Out {
+        sink: node,
+        epoch,
+        records: out,
+    });
+}
+
+/// A Kafka record on its way to the worker of the process whose writer
+/// owns its partition: partition p belongs to process p mod processes,
+/// so no two writers ever have transactions open on one partition.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Routed {
+    worker: u32,
+    partition: i32,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+impl Routed {
+    fn new(r: OutRecord, processes: u32, workers: u32) -> Self {
+        let partition = r.partition.unwrap_or(0);
+        let p = partition.max(0) as u32;
+        Routed {
+            worker: owner_worker(p, processes, workers),
+            partition,
+            key: r.key.map(|k| k.to_vec()),
+            value: r.value.map(|v| v.to_vec()),
+        }
+    }
+
+    fn into_record(self) -> OutRecord {
+        OutRecord {
+            key: self.key.map(Into::into),
+            value: self.value.map(Into::into),
+            partition: Some(self.partition),
+            window: None,
+            row: None,
+        }
+    }
+}
+
+/// The worker that hands partition `p`'s records to its owner's writer:
+/// one of the owning process's workers (timely numbers a cluster's
+/// workers process by process), spread over them by partition.
+pub fn owner_worker(p: u32, processes: u32, workers: u32) -> u32 {
+    let owner = p % processes;
+    owner * workers + (p / processes) % workers.max(1)
+}
+
+trait SinkDone<'s> {
+    fn sink_done<P>(self, pact: P, node: usize, ctx: Rc<WorkerContext>) -> Stream<'s, Epoch, Vec<()>>
+    where
+        P: timely::dataflow::channels::pact::ParallelizationContract<Epoch, Vec<Routed>>;
+}
+
+impl<'s> SinkDone<'s> for Stream<'s, Epoch, Vec<Routed>> {
+    /// The records routed to this worker go to its writer; the stream that
+    /// comes out says, by its frontier, when they all have.
+    fn sink_done<P>(self, pact: P, node: usize, ctx: Rc<WorkerContext>) -> Stream<'s, Epoch, Vec<()>>
+    where
+        P: timely::dataflow::channels::pact::ParallelizationContract<Epoch, Vec<Routed>>,
+    {
+        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(pact, "to the writer", move |_, _| {
+            move |input, _output| {
+                input.for_each(|cap, data| {
+                    let out = data.drain(..).map(Routed::into_record).collect();
+                    hand(&ctx, node, epoch_of(&cap), out);
                 });
             }
         })

@@ -1,15 +1,19 @@
 //! One process of a cluster running a job against Kafka. The processes
-//! connect (with a handshake); process 0 fences the job's writer, logs the
-//! start, recovers, does the job-wide chores (topics, schemas) and sends
-//! every process where to resume. Then each runs its workers and writer.
-//! Process 0's writer is the job's one Kafka writer: each epoch, the
-//! others hand it their share of the output and it sends everything in
-//! one transaction, logs the epoch, lets every process write its files
-//! and rows, and commits. On Tansu, transactions of several producers
-//! open on one partition hold back each other's commits (they resolve
-//! together), and a producer killed with one open holds back the others
-//! until it is fenced; one writer keeps every partition to one
-//! transaction at a time, as a single process has it.
+//! connect (with a handshake); process 0 fences every writer the job has
+//! had, logs the start, recovers, does the job-wide chores (topics,
+//! schemas) and sends every process where to resume. Then each runs its
+//! workers and its own writer (`<job>-w<process>`).
+//!
+//! Each writer owns the partitions of the job's output topics whose
+//! number is its process's modulo the processes, and the dataflow sends
+//! each record to its partition's owner: on Tansu, transactions of two
+//! producers open on one partition resolve together, and a producer
+//! killed with one open would hold back the other's commits. The
+//! one-partition topics (changelogs, dead letters) are process 0's: the
+//! others hand it their records of each epoch. An epoch commits in
+//! lockstep: every writer sends and flushes its share, process 0 appends
+//! the epoch to the log once all have, then every writer writes its files
+//! and rows and commits, process 0 last.
 
 use super::cluster::{self, Connected, Identity};
 use super::commit::Committer;
@@ -84,7 +88,7 @@ struct This<'a> {
     closed: &'a Arc<AtomicBool>,
 }
 
-/// Process 0: its writer is the job's one Kafka writer.
+/// Process 0: its writer appends the epochs and commits last.
 fn lead(
     this: This<'_>,
     mut control: Vec<Option<std::net::TcpStream>>,
@@ -138,6 +142,7 @@ fn lead(
             recovery::Begun {
                 log: None,
                 progress: Some(fenced.progress_consumer()),
+            fence: true,
             },
         )?;
         say_resuming(job, &recovered);
@@ -213,7 +218,8 @@ fn lead(
     }
 }
 
-/// Processes 1 and up: they write no Kafka transaction of their own.
+/// Processes 1 and up: each commits its share through a writer of its
+/// own once process 0 has decided.
 fn follow(
     this: This<'_>,
     mut control: Vec<Option<std::net::TcpStream>>,
@@ -250,10 +256,25 @@ fn follow(
     };
     let mut recovered = recovered_from(&start_plan);
     let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
-    let lookups = super::lookups::lookup(plan, registry.as_ref(), Some(schema_ids))?;
-    let (mut launch, _, _) = wire(plan, opts, &mut recovered, registry, me as u32, lookups)?;
+    let job = &plan.job;
+    let (fenced, lookups) = std::thread::scope(|s| {
+        let lookups = s.spawn(|| super::lookups::lookup(plan, registry.as_ref(), Some(schema_ids)));
+        let fenced = Committer::fence_writer(job, me as u32);
+        (fenced, lookups.join().expect("lookup thread"))
+    });
+    let (fenced, lookups) = (fenced?, lookups?);
+    let (mut launch, _, dead_letter_topic) =
+        wire(plan, opts, &mut recovered, registry, me as u32, lookups)?;
+    let skip = start_plan.skip.iter().cloned().collect();
+    let mut committer =
+        Committer::open_writer(job, fenced, me as u32, start_plan.attempt, skip, dead_letter_topic);
+    if let Some(offset) = start_plan.committed_offset {
+        if me as u32 >= start_plan.writers_before {
+            committer.join_at(offset, &job.name)?;
+        }
+    }
     let member = Member::new(up, rx, stop.clone());
-    launch.backend = Backend::Follow(member);
+    launch.backend = Backend::Follow(Box::new(committer), member);
     launch.cluster = Some((timely, me));
     super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch)
 }
@@ -303,6 +324,9 @@ fn start_plan(r: &Recovered) -> StartPlan {
             .map(|m| m.iter().map(|((s, p), o)| (*s, *p, *o)).collect()),
         replay: r.replay.clone(),
         sink_schema_ids: Vec::new(),
+        skip: r.skip.iter().map(|(e, w)| (*e, w.clone())).collect(),
+        committed_offset: r.committed_offset,
+        writers_before: r.writers_before,
     }
 }
 
@@ -317,6 +341,9 @@ fn recovered_from(p: &StartPlan) -> Recovered {
             .map(|v| v.iter().map(|(s, q, o)| ((*s, *q), *o)).collect()),
         replay: p.replay.clone(),
         log_offsets: Default::default(),
+        skip: p.skip.iter().cloned().collect(),
+        committed_offset: p.committed_offset,
+        writers_before: p.writers_before,
         // Process 0 numbers the progress lines; the others print none.
         committed_epochs: 0,
         // State enters at worker 0, on process 0.

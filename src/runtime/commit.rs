@@ -40,7 +40,13 @@ impl EpochOutput {
 
 pub struct Committer {
     writer: KafkaWriter,
-    bounds: Boundaries,
+    /// Where the epochs' boundaries go: a process of its own and a
+    /// cluster's process 0 append them; the others' writers have none.
+    bounds: Option<Boundaries>,
+    /// This writer's index: its process in a cluster, 0 alone.
+    index: u32,
+    /// Per replayed epoch, the writers that committed it before.
+    skip: BTreeMap<u64, Vec<u32>>,
     log_topic: String,
     /// Gives the writer's group metadata for transactional offset commits,
     /// and commits them itself at least once.
@@ -131,6 +137,15 @@ impl Committer {
             let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
                 .map_err(|e| RunError::from_txn(&writer_id, &job.name, e));
             log_topic.join().expect("epoch log topic thread")?;
+            if process > 0 {
+                crate::connectors::kafka_admin::ensure_topic(
+                    &job.brokers,
+                    &job.commits_topic_of(process),
+                    1,
+                    1,
+                    crate::connectors::kafka_admin::TopicKind::Compacted,
+                )?;
+            }
             writer
         })?;
         let group: BaseConsumer = client_config(&job.brokers)
@@ -174,6 +189,8 @@ impl Committer {
             .map_err(|e| RunError::from_txn(&fenced.writer_id, &job.name, e))
     }
 
+    /// The committer of writer 0, which appends the epochs' boundaries:
+    /// a process of its own, or process 0 of a cluster.
     pub fn open(
         job: &JobConfig,
         fenced: Fenced,
@@ -182,7 +199,7 @@ impl Committer {
         dead_letter_topic: String,
     ) -> Result<Self, RunError> {
         let Fenced {
-            mut writer,
+            writer,
             log,
             group,
             group_metadata,
@@ -190,7 +207,6 @@ impl Committer {
             writer_id,
             ..
         } = fenced;
-        writer.set_attempt(recovered.attempt);
         let bounds = Boundaries::new(
             log,
             &job.brokers,
@@ -199,26 +215,103 @@ impl Committer {
             recovered,
             positions,
         );
-        Ok(Committer {
+        let mut c = Self::assemble(
+            job,
+            (writer, group, group_metadata, writer_id),
+            0,
+            recovered.attempt,
+            recovered.skip.clone(),
+            dead_letter_topic,
+        );
+        c.bounds = Some(bounds);
+        c.committed_epochs = recovered.committed_epochs;
+        Ok(c)
+    }
+
+    /// The committer of writer `index` of a cluster, other than process
+    /// 0's: process 0 appends the boundaries and decides.
+    pub fn open_writer(
+        job: &JobConfig,
+        fenced: Fenced,
+        index: u32,
+        attempt: u32,
+        skip: BTreeMap<u64, Vec<u32>>,
+        dead_letter_topic: String,
+    ) -> Self {
+        let Fenced {
             writer,
-            bounds,
+            group,
+            group_metadata,
+            writer_id,
+            ..
+        } = fenced;
+        let parts = (writer, group, group_metadata, writer_id);
+        Self::assemble(job, parts, index, attempt, skip, dead_letter_topic)
+    }
+
+    fn assemble(
+        job: &JobConfig,
+        (mut writer, group, group_metadata, writer_id): (
+            KafkaWriter,
+            BaseConsumer,
+            ConsumerGroupMetadata,
+            String,
+        ),
+        index: u32,
+        attempt: u32,
+        skip: BTreeMap<u64, Vec<u32>>,
+        dead_letter_topic: String,
+    ) -> Self {
+        writer.set_attempt(attempt);
+        Committer {
+            writer,
+            bounds: None,
+            index,
+            skip,
             log_topic: job.epoch_log_topic(),
             group,
             group_metadata,
             guarantee: job.guarantee,
             dead_letter_topic,
             writer_id,
-            commits_topic: job.commits_topic(),
+            commits_topic: job.commits_topic_of(index),
             refused: 0,
             logged: None,
-            committed_epochs: recovered.committed_epochs,
-            attempt: recovered.attempt,
-        })
+            committed_epochs: 0,
+            attempt,
+        }
+    }
+
+    fn bounds(&mut self) -> &mut Boundaries {
+        self.bounds
+            .as_mut()
+            .expect("only the writer that appends boundaries logs epochs")
+    }
+
+    /// Whether this writer committed `epoch` before the restart: it cuts
+    /// the epoch again for its state, but sends and commits nothing of it.
+    fn skips(&self, epoch: u64) -> bool {
+        self.skip
+            .get(&epoch)
+            .is_some_and(|w| w.contains(&self.index))
+    }
+
+    /// A writer joining a cluster grown by a process starts where the
+    /// others stand: its progress just past the committed epoch's record,
+    /// so that a restart counts it as having committed that epoch.
+    pub fn join_at(&mut self, log_offset: i64, job: &str) -> Result<(), RunError> {
+        if self.guarantee == Guarantee::ExactlyOnce {
+            self.writer
+                .begin()
+                .map_err(|e| RunError::from_txn(&self.writer_id, job, e))?;
+            self.mark(0);
+        }
+        self.commit_progress(log_offset, job)
     }
 
     /// The last epoch committed (0: none).
     pub fn committed_epoch(&self) -> u64 {
-        self.bounds.committed
+        self.bounds.as_ref().map_or(0, |b| b.committed)
     }
 
     /// This start's attempt, stamped on what it commits.
@@ -244,18 +337,20 @@ impl Committer {
     }
 
     /// Commits `epoch`: its output, its boundaries (`read`: the offsets its
-    /// sources read, per partition), then progress. `before_commit` runs
-    /// once the output is sent and the epoch logged, before the commit:
-    /// file and Postgres sinks write there, keyed by the epoch, so a
-    /// committed epoch's files and rows always exist and a replayed one is
-    /// recognised.
+    /// sources read, per partition), then progress. `write_external` runs
+    /// once the output is sent and the epoch logged (its record's offset
+    /// given), before the commit: file and Postgres sinks write there,
+    /// keyed by the epoch, so a committed epoch's files and rows always
+    /// exist and a replayed one is recognised; a cluster's process 0 lets
+    /// the other writers commit there. A writer that committed a replayed
+    /// epoch before logs it and lets the others commit, sending nothing.
     pub fn commit(
         &mut self,
         epoch: u64,
         output: EpochOutput,
         read: &BTreeMap<(u32, i32), (i64, i64)>,
         external: bool,
-        write_external: impl FnOnce() -> Result<(), RunError>,
+        write_external: impl FnOnce(i64) -> Result<(), RunError>,
         job: &str,
     ) -> Result<(), RunError> {
         let mut write_external = Some(write_external);
@@ -263,7 +358,7 @@ impl Committer {
             kafka: !output.is_empty(),
             external,
             read: !read.is_empty(),
-            replayed: self.bounds.is_replayed(epoch),
+            replayed: self.bounds().is_replayed(epoch),
         };
         let mut tries = 0;
         loop {
@@ -276,7 +371,7 @@ impl Committer {
                     // The epoch is in the log: it is cut again as logged.
                     if let Some((e, offset)) = self.logged.take() {
                         if e == epoch {
-                            self.bounds.logged_again(epoch, offset);
+                            self.bounds().logged_again(epoch, offset);
                             work.replayed = true;
                         }
                     }
@@ -306,35 +401,40 @@ impl Committer {
         output: &EpochOutput,
         read: &BTreeMap<(u32, i32), (i64, i64)>,
         work: EpochWork,
-        write_external: &mut Option<impl FnOnce() -> Result<(), RunError>>,
+        write_external: &mut Option<impl FnOnce(i64) -> Result<(), RunError>>,
         job: &str,
     ) -> Result<(), RunError> {
         let eos = self.guarantee == Guarantee::ExactlyOnce;
+        let skips = self.skips(epoch);
         let (mut log_offset, mut own) = (0, 0);
         for step in steps(work, false) {
             match step {
+                Step::Send if skips => {}
                 Step::Send => self.send(epoch, output, job)?,
                 Step::Log => {
-                    (log_offset, own) = self.bounds.log_epoch(epoch, read, Vec::new())?;
+                    let skipped = self.skip.get(&epoch).cloned().unwrap_or_default();
+                    (log_offset, own) = self.bounds().log_epoch(epoch, read, skipped)?;
                     self.logged = Some((epoch, log_offset));
                 }
                 Step::CheckFenced => {
-                    self.bounds.check_fenced(own, job)?;
+                    self.bounds().check_fenced(own, job)?;
                     fault::point("epoch_logged");
                     fault::pause("epoch_logged");
                 }
-                Step::PreCommit if eos => self.pre_commit(epoch, job)?,
+                Step::PreCommit if eos && !skips => self.pre_commit(epoch, job)?,
                 Step::PreCommit | Step::AwaitDecision => {}
                 // Files and rows skip an epoch they hold, so a retry after
                 // they were written has nothing to write again.
                 Step::WriteExternal => {
                     if let Some(write) = write_external.take() {
-                        write()?;
+                        write(log_offset)?;
                     }
                 }
                 Step::Commit => {
-                    self.commit_progress(log_offset, job)?;
-                    self.bounds.committed = epoch;
+                    if !skips {
+                        self.commit_progress(log_offset, job)?;
+                    }
+                    self.bounds().committed = epoch;
                     self.committed_epochs += 1;
                     fault::point("committed");
                 }
@@ -343,9 +443,41 @@ impl Committer {
         Ok(())
     }
 
+    /// Commits `epoch` as one of a cluster's writers other than process
+    /// 0's, in lockstep with the others: its share of the output is sent
+    /// and flushed; `decide` tells process 0 so and waits until the epoch
+    /// is in the log (its record's offset); then files and rows are
+    /// written and the transaction commits. A writer that committed a
+    /// replayed epoch before sends and commits nothing of it, yet takes
+    /// part.
+    pub fn commit_share(
+        &mut self,
+        epoch: u64,
+        output: &EpochOutput,
+        decide: impl FnOnce() -> Result<i64, RunError>,
+        write_external: impl FnOnce() -> Result<(), RunError>,
+        job: &str,
+    ) -> Result<(), RunError> {
+        let skips = self.skips(epoch);
+        if !skips {
+            self.send(epoch, output, job)?;
+            if self.guarantee == Guarantee::ExactlyOnce {
+                self.pre_commit(epoch, job)?;
+            }
+        }
+        let log_offset = decide()?;
+        fault::point("decided");
+        write_external()?;
+        if !skips {
+            self.commit_progress(log_offset, job)?;
+            fault::point("committed");
+        }
+        Ok(())
+    }
+
     /// On a first start, logs where each source partition begins.
     pub fn log_begin(&mut self, job: &str) -> Result<(), RunError> {
-        self.bounds.log_begin(job)
+        self.bounds().log_begin(job)
     }
 
     fn send(&mut self, epoch: u64, output: &EpochOutput, job: &str) -> Result<(), RunError> {

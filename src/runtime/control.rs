@@ -30,17 +30,18 @@ pub enum ToLeader {
         upto: u64,
         active: Vec<u64>,
     },
-    /// The process's share of `epoch`: what it read, its counts, its
-    /// output for Kafka (process 0's writer sends it in the epoch's one
-    /// transaction), and whether it has files or rows to write.
+    /// The process has sent its output of `epoch` in its writer's
+    /// transaction and flushed it (or skips the epoch, committed before).
+    /// With it: what it read, its counts, and its dead letters and
+    /// changelog records (process 0's writer sends them).
     Prepared {
         epoch: u64,
         read: Vec<(u32, i32, i64, i64)>,
         report: EpochReport,
         share: KafkaShare,
-        external: bool,
     },
-    /// The process has written its files and rows of `epoch`.
+    /// The process has written its files and rows of `epoch` and
+    /// committed its transaction.
     Written {
         epoch: u64,
     },
@@ -63,10 +64,12 @@ pub enum ToMember {
         list: Vec<u64>,
         upto: u64,
     },
-    /// `epoch` is in the epoch log and its Kafka output flushed: write its
-    /// files and rows.
+    /// `epoch` is in the epoch log, its record at `offset`, and every
+    /// writer's share of it flushed: write its files and rows, then commit
+    /// with the progress just past `offset`.
     Decided {
         epoch: u64,
+        offset: i64,
     },
     Stop,
     /// The cluster stops: a process was lost or fenced.
@@ -78,12 +81,12 @@ pub enum ToMember {
     Heartbeat,
 }
 
-/// A process's output for Kafka in one epoch.
+/// What a process hands process 0's writer of one epoch: its dead
+/// letters and changelog records. Their topics have one partition, which
+/// process 0's writer alone writes; output records go to the writer that
+/// owns their partition instead.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct KafkaShare {
-    /// Per topic: (key, value, partition).
-    #[allow(clippy::type_complexity)]
-    pub records: Vec<(String, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Option<i32>)>)>,
     /// (key, value, reason, topic, partition, offset).
     #[allow(clippy::type_complexity)]
     pub dead: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, String, String, i32, i64)>,
@@ -91,27 +94,11 @@ pub struct KafkaShare {
 }
 
 impl KafkaShare {
-    pub fn from_output(o: super::commit::EpochOutput) -> Self {
+    /// Takes the dead letters and changelog records out of `o`, leaving
+    /// its output records.
+    pub fn take_from(o: &mut super::commit::EpochOutput) -> Self {
         KafkaShare {
-            records: o
-                .records
-                .into_iter()
-                .map(|(t, rs)| {
-                    let rs = rs
-                        .into_iter()
-                        .map(|r| {
-                            (
-                                r.key.map(|k| k.to_vec()),
-                                r.value.map(|v| v.to_vec()),
-                                r.partition,
-                            )
-                        })
-                        .collect();
-                    (t.to_string(), rs)
-                })
-                .collect(),
-            dead: o
-                .dead
+            dead: std::mem::take(&mut o.dead)
                 .into_iter()
                 .map(|d| {
                     let key = d.key.map(|k| k.to_vec());
@@ -125,8 +112,7 @@ impl KafkaShare {
                     )
                 })
                 .collect(),
-            changelog: o
-                .changelog
+            changelog: std::mem::take(&mut o.changelog)
                 .into_iter()
                 .map(|(t, rs)| (t.to_string(), rs))
                 .collect(),
@@ -135,20 +121,7 @@ impl KafkaShare {
 
     /// Adds this share to `o`, the epoch's output in process 0.
     pub fn add_to(self, o: &mut super::commit::EpochOutput) {
-        use crate::record::{DeadLetter, OutRecord};
-        for (t, rs) in self.records {
-            let rs = rs
-                .into_iter()
-                .map(|(key, value, partition)| OutRecord {
-                    key: key.map(Into::into),
-                    value: value.map(Into::into),
-                    partition,
-                    window: None,
-                    row: None,
-                })
-                .collect();
-            o.records.push((t.into(), rs));
-        }
+        use crate::record::DeadLetter;
         for (key, value, reason, topic, partition, offset) in self.dead {
             o.dead.push(DeadLetter {
                 key: key.map(Into::into),
@@ -195,6 +168,13 @@ pub struct StartPlan {
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
     /// Schema ids the leader registered, by sink node.
     pub sink_schema_ids: Vec<(usize, u32)>,
+    /// Per replayed epoch, the writers that committed it before.
+    pub skip: Vec<(u64, Vec<u32>)>,
+    /// Offset of the committed epoch's record in the log.
+    pub committed_offset: Option<i64>,
+    /// How many writers' progress the recovery counted; a writer past
+    /// them joins the job at the committed epoch.
+    pub writers_before: u32,
 }
 
 /// What arrives on a link: a message, or the news that the peer is gone.

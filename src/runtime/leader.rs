@@ -1,10 +1,11 @@
 //! Process 0's leader thread: it hears every process of the cluster.
 //! Each reports the epochs it has finished; the leader names, in order,
 //! those that hold something in any process, so that every writer takes
-//! part in the same epochs. It passes the other processes' shares of an
-//! epoch on to process 0's writer, which commits them in one transaction,
-//! spreads a stop asked for anywhere, and stops the whole cluster, naming
-//! the process, when one is lost.
+//! part in the same epochs. It passes on to process 0's writer that the
+//! others have prepared an epoch (with their dead letters and changelog
+//! records, which that writer sends) and have committed it, spreads a
+//! stop asked for anywhere, and stops the whole cluster, naming the
+//! process, when one is lost.
 
 use super::control::{Event, Link, Share, ToLeader, ToMember};
 use super::error::RunError;
@@ -96,7 +97,6 @@ impl Leader {
                     read,
                     report,
                     share,
-                    external,
                 } => {
                     let share = PreparedShare {
                         read: read
@@ -105,7 +105,6 @@ impl Leader {
                             .collect(),
                         report,
                         share,
-                        external,
                     };
                     let _ = self
                         .peers

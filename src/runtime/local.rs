@@ -70,12 +70,13 @@ pub(super) type Sinks = HashMap<usize, Box<dyn EpochSink>>;
 /// Where the writer sends things: a Kafka producer, or memory.
 pub(super) enum Backend {
     Kafka(Box<Committer>),
-    /// Process 0 of a cluster: its writer commits every process's share of
-    /// an epoch in one transaction.
+    /// Process 0 of a cluster: its writer appends each epoch to the log
+    /// once every writer has prepared it, and sends every process's dead
+    /// letters and changelog records with its own output.
     Lead(Box<Committer>, super::member::Member, super::member::Peers),
-    /// Another process of a cluster: it hands its Kafka output to process
-    /// 0 and writes its own files and rows.
-    Follow(super::member::Member),
+    /// Another process of a cluster: its writer sends the output for the
+    /// partitions it owns and commits once process 0 has decided.
+    Follow(Box<Committer>, super::member::Member),
     Memory {
         keep: bool,
     },
@@ -190,6 +191,7 @@ fn run_attempt(
         let begun = recovery::Begun {
             log: log_begun,
             progress: Some(fenced.progress_consumer()),
+            fence: true,
         };
         let recovered = recovery::recover(&plan, fenced.attempt, (1, opts.workers as u32), begun)?;
         step("recovered");

@@ -1,8 +1,10 @@
 //! A cluster process's writer side of the control connection: it reports
-//! the epochs it has finished, hands process 0 its share of each epoch the
-//! leader names, and writes its files and rows once process 0 has fixed
-//! the epoch in the log ([`Member`]). Process 0's writer gathers the
-//! shares and tells the others when to write ([`Peers`]).
+//! the epochs it has finished, tells process 0 when it has prepared each
+//! epoch the leader names (and hands it the epoch's dead letters and
+//! changelog records), and writes its files and rows and commits once
+//! process 0 has fixed the epoch in the log ([`Member`]). Process 0's
+//! writer gathers the shares and tells the others when to commit
+//! ([`Peers`]).
 
 use super::control::{EpochReport, Event, KafkaShare, Link, ToLeader, ToMember};
 use super::error::RunError;
@@ -52,7 +54,7 @@ impl Member {
         }
     }
 
-    fn handle(&mut self, m: Event<ToMember>) -> Result<Option<u64>, RunError> {
+    fn handle(&mut self, m: Event<ToMember>) -> Result<Option<(u64, i64)>, RunError> {
         match m {
             // Process 0 exits once every writer has finished.
             Event::Lost(_) if self.done => Ok(None),
@@ -63,7 +65,7 @@ impl Member {
                 self.named_upto = self.named_upto.max(upto);
                 Ok(None)
             }
-            Event::Msg(ToMember::Decided { epoch }) => Ok(Some(epoch)),
+            Event::Msg(ToMember::Decided { epoch, offset }) => Ok(Some((epoch, offset))),
             Event::Msg(ToMember::Stop) => {
                 self.stop.store(true, Ordering::SeqCst);
                 Ok(None)
@@ -96,7 +98,7 @@ impl Member {
     pub fn poll(&mut self) -> Result<(), RunError> {
         self.pass_on_stop()?;
         while let Ok(m) = self.rx.try_recv() {
-            if let Some(epoch) = self.handle(m)? {
+            if let Some((epoch, _)) = self.handle(m)? {
                 return Err(Self::unexpected(epoch));
             }
         }
@@ -117,8 +119,9 @@ impl Member {
         self.done
     }
 
-    /// Waits until process 0 has fixed `epoch` in the log.
-    pub fn await_decision(&mut self, epoch: u64) -> Result<(), RunError> {
+    /// Waits until process 0 has fixed `epoch` in the log: the offset of
+    /// its record.
+    pub fn await_decision(&mut self, epoch: u64) -> Result<i64, RunError> {
         loop {
             let m = match self.rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => m,
@@ -133,8 +136,8 @@ impl Member {
                 }
             };
             match self.handle(m)? {
-                Some(e) if e == epoch => return Ok(()),
-                Some(e) => return Err(Self::unexpected(e)),
+                Some((e, offset)) if e == epoch => return Ok(offset),
+                Some((e, _)) => return Err(Self::unexpected(e)),
                 None => {}
             }
         }
@@ -146,7 +149,6 @@ pub struct PreparedShare {
     pub read: BTreeMap<(u32, i32), (i64, i64)>,
     pub report: EpochReport,
     pub share: KafkaShare,
-    pub external: bool,
 }
 
 /// What process 0's writer hears from the other processes: their shares
@@ -201,11 +203,11 @@ impl Peers {
         Ok(self.prepared.remove(&epoch).unwrap_or_default())
     }
 
-    /// `epoch` is in the log: every other process writes its files and
-    /// rows; returns once all have.
-    pub fn decided(&mut self, epoch: u64) -> Result<(), RunError> {
+    /// `epoch` is in the log, its record at `offset`: every other process
+    /// writes its files and rows and commits; returns once all have.
+    pub fn decided(&mut self, epoch: u64, offset: i64) -> Result<(), RunError> {
         for l in &self.links {
-            l.send(&ToMember::Decided { epoch });
+            l.send(&ToMember::Decided { epoch, offset });
         }
         while self.written.get(&epoch).copied().unwrap_or(0) < self.links.len() {
             self.next()?;

@@ -46,7 +46,7 @@ pub enum RecoveryError {
     },
     #[error("another instance of job {job} started after this one, so this one stops without committing")]
     Superseded { job: String },
-    #[error("job {job} stopped in the middle of epoch {epoch}, whose files and rows its processes may have written in part; it is finished on the shape that cut it, {processes} processes of {workers} workers (records go to workers by their number): start the job so once, then at the new size")]
+    #[error("job {job} stopped in the middle of epoch {epoch}, which some of its writers committed, or whose files and rows its processes may have written, in part; it is finished on the shape that cut it, {processes} processes of {workers} workers (records go to workers by their number): start the job so once, then at the new size")]
     InDoubt {
         job: String,
         epoch: u64,
@@ -143,6 +143,14 @@ pub struct Recovered {
     pub replay: Vec<(u64, Vec<PartitionRange>)>,
     /// Offset of each logged epoch's record in the log.
     pub log_offsets: HashMap<u64, i64>,
+    /// Per replayed epoch, the writers that committed it already: they cut
+    /// it again for their state but send nothing of it.
+    pub skip: std::collections::BTreeMap<u64, Vec<u32>>,
+    /// Offset of the committed epoch's record in the log.
+    pub committed_offset: Option<i64>,
+    /// The writers whose progress counted: those of the start that logged
+    /// the newest epoch. A writer past them joins at the committed epoch.
+    pub writers_before: u32,
     /// Per stateful transform, its state as of the committed epoch.
     pub state: HashMap<String, Vec<StateEntry>>,
     /// The transforms whose state came from a local snapshot: the epoch
@@ -276,6 +284,9 @@ impl EpochLog {
 pub struct Begun<'a> {
     pub log: Option<kafka_admin::Prefetch>,
     pub progress: Option<&'a BaseConsumer>,
+    /// A start fences every other writer the job has had before reading
+    /// their progress (a reader such as `verify` fences nothing).
+    pub fence: bool,
 }
 
 /// The offset writer `writer`'s group has committed on the epoch log, if
@@ -324,9 +335,9 @@ pub fn writer_index(header: Option<&str>) -> u32 {
         .unwrap_or(0)
 }
 
-/// The epoch log and what the job's writer has committed. A cluster has
-/// one Kafka writer too, in process 0; the planner takes several for a
-/// store that would give each process a writer of its own.
+/// The epoch log and what every writer that counts has committed: the
+/// writers of the start that logged the newest epoch (a cluster has one
+/// per process; the progress of writers it retired is history).
 pub struct CommittedView {
     pub records: Vec<(i64, LogRecord)>,
     pub progress: Vec<i64>,
@@ -344,29 +355,41 @@ impl CommittedView {
 
     /// [`CommittedView::read`], with what the start has open already.
     pub fn read_from(job: &crate::spec::JobConfig, begun: Begun) -> Result<Self, RecoveryError> {
-        let writers = 1u32;
-        // The log and the progress are read side by side: both come
-        // after the start was logged, neither needs the other.
-        let (records, progress) = std::thread::scope(|s| {
+        // The log and writer 0's progress are read side by side: both
+        // come after the start was logged, neither needs the other. The
+        // log says which other writers count.
+        let (records, first) = std::thread::scope(|s| {
             let own = begun.progress;
-            let progress = s.spawn(move || {
-                (0..writers)
-                    .map(|w| {
-                        let committed = match own {
-                            Some(consumer) if w == 0 => {
-                                progress_of(consumer, &job.epoch_log_topic())?
-                            }
-                            _ => committed_progress(&job.brokers, job, w)?,
-                        };
-                        Ok(committed.unwrap_or(0))
-                    })
-                    .collect::<Result<Vec<i64>, RecoveryError>>()
+            let progress = s.spawn(move || match own {
+                Some(consumer) => progress_of(consumer, &job.epoch_log_topic()),
+                None => committed_progress(&job.brokers, job, 0),
             });
             let records = read_log_from(&job.brokers, &job.epoch_log_topic(), begun.log);
             (records, progress.join().expect("progress thread"))
         });
-        let (records, progress) = (records?, progress?);
+        let (records, first) = (records?, first?);
         let decided_by = planner::decided_by(&records);
+        let writers = decided_by.map_or(1, |(p, _)| p.max(1));
+        let fence = if begun.fence { writers_in(&records) } else { 1 };
+        let rest = std::thread::scope(|s| {
+            let fenced: Vec<_> = (1..fence)
+                .map(|w| s.spawn(move || fence_writer(job, w)))
+                .collect();
+            for f in fenced {
+                f.join().expect("fencing thread")?;
+            }
+            let readers: Vec<_> = (1..writers)
+                .map(|w| s.spawn(move || committed_progress(&job.brokers, job, w)))
+                .collect();
+            readers
+                .into_iter()
+                .map(|r| r.join().expect("progress thread"))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let progress: Vec<i64> = std::iter::once(first)
+            .chain(rest)
+            .map(|p| p.unwrap_or(0))
+            .collect();
         let copies = (0..writers)
             .map(|w| planner::committed_copies(&records, progress[w as usize], w))
             .collect();
@@ -415,11 +438,14 @@ fn read_log_from(
     Ok(records)
 }
 
-/// Whether the job stopped between logging an epoch and committing it,
-/// with files or rows that processes of a cluster may have written for it
-/// already, on a shape other than `shape`: then that epoch must be cut
-/// again on the shape that cut it, where each row goes to the same
-/// process and a process skips what it wrote. (epoch, processes, workers).
+/// Whether the job stopped between logging an epoch and committing it
+/// in a way that only the shape that cut it can finish: some writers
+/// committed it and others did not (each writer owns the partitions of
+/// its process, by number), or processes of a cluster may have written
+/// files or rows for it (each row goes to a process by its worker).
+/// Then that epoch is cut again on that shape, where each record goes to
+/// the same writer and a writer skips what it committed.
+/// (epoch, processes, workers).
 fn in_doubt_of(
     plan: &Plan,
     resume: &planner::Resume,
@@ -434,9 +460,41 @@ fn in_doubt_of(
             crate::plan::SinkPlan::File { .. } | crate::plan::SinkPlan::Postgres { .. }
         )
     });
+    let split = resume.skip.contains_key(epoch);
     let alone = processes == 1 && shape.0 == 1;
     let same = processes == shape.0 && (workers == 0 || workers == shape.1);
-    (external && !alone && !same).then_some((*epoch, processes, workers))
+    ((external || split) && !alone && !same).then_some((*epoch, processes, workers))
+}
+
+/// How many writers the job has ever had: the most processes any start
+/// in its log had (1 for a new job). Every one of them is fenced at a
+/// start, used now or not: a writer of a larger cluster killed with a
+/// transaction open would otherwise keep it open.
+fn writers_in(records: &[(i64, LogRecord)]) -> u32 {
+    records
+        .iter()
+        .filter_map(|(_, r)| match r {
+            LogRecord::Start { processes, .. } => Some((*processes).max(1)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(1)
+}
+
+/// Fences writer `w` of the job: an instance of it that still runs can
+/// commit nothing more, and a transaction it left open is ended.
+fn fence_writer(job: &crate::spec::JobConfig, w: u32) -> Result<(), RecoveryError> {
+    if job.guarantee != crate::spec::Guarantee::ExactlyOnce {
+        return Ok(());
+    }
+    let id = job.writer_id_of(w);
+    crate::connectors::kafka_sink::KafkaWriter::new(&job.brokers, &id, 0, true)
+        .map(crate::connectors::DropAside::new)
+        .map(drop)
+        .map_err(|e| RecoveryError::Log {
+            topic: job.epoch_log_topic(),
+            reason: format!("fencing writer {id}: {e}"),
+        })
 }
 
 /// The epoch [`recover`] would refuse to start at `shape`, read without
@@ -516,6 +574,9 @@ pub fn recover(
         start_offsets: resume.start_offsets,
         replay: resume.replay,
         log_offsets: resume.log_offsets,
+        skip: resume.skip,
+        committed_offset: resume.committed_offset,
+        writers_before: view.progress.len() as u32,
         state: HashMap::new(),
         from_snapshot: Vec::new(),
     };

@@ -87,6 +87,7 @@ pub(super) fn execute(
         let ctx = Rc::new(WorkerContext {
             index: worker.index(),
             peers: worker.peers(),
+            processes: (worker.peers() / workers).max(1),
             writer: tx.clone(),
             counts: Rc::new(RefCell::new(BTreeMap::new())),
             trace,

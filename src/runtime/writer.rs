@@ -125,7 +125,9 @@ pub(super) fn write_loop(
         let msg = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                if let Backend::Kafka(c) = &w.backend {
+                if let Backend::Kafka(c) | Backend::Lead(c, ..) | Backend::Follow(c, _) =
+                    &w.backend
+                {
                     c.poll();
                 }
                 let _ = w.out.flush();
@@ -269,7 +271,7 @@ pub(super) fn write_loop(
 impl Writer<'_> {
     fn member(&mut self) -> Option<&mut crate::runtime::member::Member> {
         match &mut self.backend {
-            Backend::Lead(_, m, _) | Backend::Follow(m) => Some(m),
+            Backend::Lead(_, m, _) | Backend::Follow(_, m) => Some(m),
             Backend::Kafka(_) | Backend::Memory { .. } => None,
         }
     }
@@ -337,56 +339,51 @@ impl Writer<'_> {
         };
         let job = &plan.job.name;
         let mut totals = totals;
-        let follower = matches!(backend, Backend::Follow(_));
+        let follower = matches!(backend, Backend::Follow(..));
         let committed_before = committed_epochs(backend);
         let commit_started = Instant::now();
         match backend {
             Backend::Kafka(committer) => {
-                committer.commit(e, output, &read, external, write_files, job)?
+                committer.commit(e, output, &read, external, |_| write_files(), job)?
             }
             Backend::Memory { .. } => write_files()?,
-            // Process 0 adds every other process's share, commits them
-            // in one transaction, and lets them write their files and
-            // rows once the epoch is in the log.
+            // Process 0 sends every process's dead letters and changelog
+            // records with its own output, appends the epoch once every
+            // writer has prepared it, lets the others write their files
+            // and rows and commit, and commits last.
             Backend::Lead(committer, _, peers) => {
-                let mut external = external;
                 let merged = totals.get_or_insert_with(|| EpochTotals {
                     counts: EpochCounts::default(),
                     out: vec![0; sink_order.len()],
                 });
                 for share in peers.shares_of(e)? {
                     merged.add_share(&share.report, share.read);
-                    external |= share.external;
                     share.share.add_to(&mut output);
                 }
                 let read = merged.counts.ranges.clone();
-                let mut write_all = || -> Result<(), RunError> {
+                let write_all = |offset| -> Result<(), RunError> {
                     write_files()?;
-                    peers.decided(e)
+                    peers.decided(e, offset)
                 };
-                if output.is_empty() && read.is_empty() && !external {
-                    // Nothing to log or commit; the others still wait.
-                    write_all()?;
-                } else {
-                    // The others wait for the epoch to be logged, to
-                    // write their files and rows: that step always runs.
-                    committer.commit(e, output, &read, true, write_all, job)?
-                }
+                // Every writer commits every epoch the leader names, so
+                // each has an offset to commit its progress with.
+                committer.commit(e, output, &read, true, write_all, job)?
             }
-            Backend::Follow(member) => {
-                member.send(&ToLeader::Prepared {
+            Backend::Follow(committer, member) => {
+                let prepared = ToLeader::Prepared {
                     epoch: e,
                     read: read
                         .iter()
                         .map(|((s, p), (a, b))| (*s, *p, *a, *b))
                         .collect(),
                     report,
-                    share: KafkaShare::from_output(output),
-                    external,
-                })?;
-                member.await_decision(e)?;
-                crate::fault::point("decided");
-                write_files()?;
+                    share: KafkaShare::take_from(&mut output),
+                };
+                let decide = || {
+                    member.send(&prepared)?;
+                    member.await_decision(e)
+                };
+                committer.commit_share(e, &output, decide, write_files, job)?;
                 member.send(&ToLeader::Written { epoch: e })?;
             }
         }
@@ -443,7 +440,7 @@ impl Writer<'_> {
 
     fn finish(mut self, start: Instant) -> Result<RunSummary, RunError> {
         let _ = self.out.flush();
-        if let Backend::Kafka(c) | Backend::Lead(c, ..) = &self.backend {
+        if let Backend::Kafka(c) | Backend::Lead(c, ..) | Backend::Follow(c, _) = &self.backend {
             c.flush()?;
         }
         for (i, n, _) in self.plan.sinks() {
@@ -472,7 +469,7 @@ impl Writer<'_> {
 fn committed_epochs(backend: &Backend) -> Option<u64> {
     match backend {
         Backend::Kafka(c) | Backend::Lead(c, ..) => Some(c.committed_epochs),
-        Backend::Follow(_) | Backend::Memory { .. } => None,
+        Backend::Follow(..) | Backend::Memory { .. } => None,
     }
 }
 

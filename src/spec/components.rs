@@ -94,7 +94,17 @@ impl JobConfig {
     /// record puts a marker (key: the writer): on Tansu, a transaction
     /// with offsets and no record may lose its offsets.
     pub fn commits_topic(&self) -> String {
-        format!("{}.commits", self.name)
+        self.commits_topic_of(0)
+    }
+
+    /// Writer `process`'s marker topic. Each writer has one of its own: on
+    /// Tansu, transactions of two producers open on one partition resolve
+    /// together, and no partition is shared by two writers.
+    pub fn commits_topic_of(&self, process: u32) -> String {
+        match process {
+            0 => format!("{}.commits", self.name),
+            p => format!("{}.commits.w{p}", self.name),
+        }
     }
 
     /// The compacted topic holding the state of a stateful transform.
