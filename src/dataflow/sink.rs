@@ -268,11 +268,7 @@ impl<'s> WriteSink<'s> for Records<'s> {
         if !route {
             return encoded.sink_done(Pipeline, node, hand_ctx);
         }
-        encoded.sink_done(
-            Exchange::new(|r: &Routed| r.worker as u64),
-            node,
-            hand_ctx,
-        )
+        encoded.sink_done(Exchange::new(|r: &Routed| r.worker as u64), node, hand_ctx)
     }
 }
 
@@ -333,7 +329,12 @@ pub fn owner_worker(p: u32, processes: u32, workers: u32) -> u32 {
 }
 
 trait SinkDone<'s> {
-    fn sink_done<P>(self, pact: P, node: usize, ctx: Rc<WorkerContext>) -> Stream<'s, Epoch, Vec<()>>
+    fn sink_done<P>(
+        self,
+        pact: P,
+        node: usize,
+        ctx: Rc<WorkerContext>,
+    ) -> Stream<'s, Epoch, Vec<()>>
     where
         P: timely::dataflow::channels::pact::ParallelizationContract<Epoch, Vec<Routed>>;
 }
@@ -341,18 +342,27 @@ trait SinkDone<'s> {
 impl<'s> SinkDone<'s> for Stream<'s, Epoch, Vec<Routed>> {
     /// The records routed to this worker go to its writer; the stream that
     /// comes out says, by its frontier, when they all have.
-    fn sink_done<P>(self, pact: P, node: usize, ctx: Rc<WorkerContext>) -> Stream<'s, Epoch, Vec<()>>
+    fn sink_done<P>(
+        self,
+        pact: P,
+        node: usize,
+        ctx: Rc<WorkerContext>,
+    ) -> Stream<'s, Epoch, Vec<()>>
     where
         P: timely::dataflow::channels::pact::ParallelizationContract<Epoch, Vec<Routed>>,
     {
-        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(pact, "to the writer", move |_, _| {
-            move |input, _output| {
-                input.for_each(|cap, data| {
-                    let out = data.drain(..).map(Routed::into_record).collect();
-                    hand(&ctx, node, epoch_of(&cap), out);
-                });
-            }
-        })
+        self.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            pact,
+            "to the writer",
+            move |_, _| {
+                move |input, _output| {
+                    input.for_each(|cap, data| {
+                        let out = data.drain(..).map(Routed::into_record).collect();
+                        hand(&ctx, node, epoch_of(&cap), out);
+                    });
+                }
+            },
+        )
     }
 }
 
@@ -369,6 +379,18 @@ mod tests {
                 Field::new("name", FieldType::String),
             ],
         }
+    }
+
+    #[test]
+    fn a_partition_goes_to_a_worker_of_the_process_that_owns_it() {
+        // 2 processes of 2 workers: workers 0 and 1 are process 0's.
+        let owners: Vec<u32> = (0..6).map(|p| owner_worker(p, 2, 2)).collect();
+        assert_eq!(owners, vec![0, 2, 1, 3, 0, 2]);
+        // 3 processes of 1 worker: partition p to process p mod 3.
+        let owners: Vec<u32> = (0..4).map(|p| owner_worker(p, 3, 1)).collect();
+        assert_eq!(owners, vec![0, 1, 2, 0]);
+        // Alone, every partition is the process's own.
+        assert!((0..8).all(|p| owner_worker(p, 1, 4) < 4));
     }
 
     #[test]

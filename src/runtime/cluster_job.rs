@@ -142,7 +142,7 @@ fn lead(
             recovery::Begun {
                 log: None,
                 progress: Some(fenced.progress_consumer()),
-            fence: true,
+                fence: true,
             },
         )?;
         say_resuming(job, &recovered);
@@ -163,6 +163,7 @@ fn lead(
             return Err(e);
         }
     };
+    say_unshared_sinks(plan, &launch.sink_partitions, n_processes(place));
     start_plan.sink_schema_ids = launch
         .sink_schema_ids
         .iter()
@@ -266,8 +267,14 @@ fn follow(
     let (mut launch, _, dead_letter_topic) =
         wire(plan, opts, &mut recovered, registry, me as u32, lookups)?;
     let skip = start_plan.skip.iter().cloned().collect();
-    let mut committer =
-        Committer::open_writer(job, fenced, me as u32, start_plan.attempt, skip, dead_letter_topic);
+    let mut committer = Committer::open_writer(
+        job,
+        fenced,
+        me as u32,
+        start_plan.attempt,
+        skip,
+        dead_letter_topic,
+    );
     if let Some(offset) = start_plan.committed_offset {
         if me as u32 >= start_plan.writers_before {
             committer.join_at(offset, &job.name)?;
@@ -277,6 +284,34 @@ fn follow(
     launch.backend = Backend::Follow(Box::new(committer), member);
     launch.cluster = Some((timely, me));
     super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch)
+}
+
+fn n_processes(place: &Place) -> usize {
+    place.addresses.len()
+}
+
+/// A partition has one writer: an output topic with fewer partitions than
+/// the cluster has processes leaves some processes' writers without a
+/// share of it, and its records cross to the processes that own them.
+fn say_unshared_sinks(plan: &Plan, partitions: &std::collections::HashMap<usize, i32>, n: usize) {
+    for (i, node, sink) in plan.sinks() {
+        let crate::plan::SinkPlan::Kafka { config, .. } = sink else {
+            continue;
+        };
+        let p = partitions.get(&i).copied().unwrap_or(1);
+        if (p as usize) < n {
+            let senders = match p {
+                1 => "process 0 sends all of it".to_string(),
+                p => format!("processes 0 to {} send all of it", p - 1),
+            };
+            eprintln!(
+                "sink {}: topic {} has {p} partition{} for {n} processes; a partition has one writer, so {senders}: give the topic at least {n} partitions for every process to send its share",
+                node.name,
+                config.topic,
+                if p == 1 { "" } else { "s" },
+            );
+        }
+    }
 }
 
 /// When a peer dies, timely's network threads panic, and its workers

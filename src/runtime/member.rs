@@ -213,6 +213,8 @@ impl Peers {
             self.next()?;
         }
         self.written.remove(&epoch);
+        // Every other writer has committed the epoch; process 0 has not.
+        crate::fault::point("peers_committed");
         Ok(())
     }
 }

@@ -125,8 +125,7 @@ pub(super) fn write_loop(
         let msg = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                if let Backend::Kafka(c) | Backend::Lead(c, ..) | Backend::Follow(c, _) =
-                    &w.backend
+                if let Backend::Kafka(c) | Backend::Lead(c, ..) | Backend::Follow(c, _) = &w.backend
                 {
                     c.poll();
                 }

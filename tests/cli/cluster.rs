@@ -244,6 +244,117 @@ fn an_epoch_whose_files_one_process_wrote_and_the_other_did_not_lands_once_after
     assert_eq!(verify_lines(&job), verify_lines(&reference));
 }
 
+/// A copy of the bank split reading `input` whose output topics have
+/// `partitions` partitions.
+fn bank_partitioned(dir: &Path, input: &str, tag: &str, partitions: u32) -> PathBuf {
+    let path = bank_reading(dir, input, tag);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut sink = false;
+    let text = text
+        .split_inclusive('\n')
+        .map(|l| {
+            if l.starts_with('[') {
+                sink = l.starts_with("[sinks.");
+            }
+            if sink && l.starts_with("type = \"kafka\"") {
+                format!("{l}partitions = {partitions}\n")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<String>();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The writer named by each record of `topic`, by partition.
+fn writers_by_partition(topic: &str) -> std::collections::BTreeMap<i32, Vec<String>> {
+    let mut out: std::collections::BTreeMap<i32, Vec<String>> = Default::default();
+    for r in read_topic(topic) {
+        let w = out.entry(r.partition).or_default();
+        let writer = r.headers.get("rill-writer").cloned().unwrap_or_default();
+        if !w.contains(&writer) {
+            w.push(writer);
+        }
+    }
+    out
+}
+
+#[test]
+fn each_process_sends_the_records_of_the_partitions_its_writer_owns() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-own");
+    let input = format!("{tag}-in");
+    bank_input(dir.path(), &input, 2000, &format!("{tag}-gen"));
+    let one = bank_partitioned(dir.path(), &input, &format!("{tag}-one"), 3);
+    submit(&one, &["--workers", "2", "--quiet"]);
+    let two = bank_partitioned(dir.path(), &input, &format!("{tag}-two"), 3);
+    submit(&two, &["--processes", "2", "--workers", "1"]);
+    assert_eq!(verify_lines(&two), verify_lines(&one));
+    // Partitions 0 and 2 are process 0's, partition 1 process 1's.
+    let job = format!("{tag}-two-bank");
+    let want: std::collections::BTreeMap<i32, Vec<String>> = [
+        (0, vec![format!("{job}-w0")]),
+        (1, vec![format!("{job}-w1")]),
+        (2, vec![format!("{job}-w0")]),
+    ]
+    .into();
+    for topic in ["APPROVED", "REJECTED"] {
+        let topic = format!("{tag}-two-{topic}");
+        assert_eq!(writers_by_partition(&topic), want, "{topic}");
+    }
+}
+
+#[test]
+fn an_epoch_one_writer_committed_and_the_other_did_not_lands_once_after_the_restart() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("cl-split");
+    let input = format!("{tag}-in");
+    bank_input(dir.path(), &input, 1500, &format!("{tag}-gen"));
+    let reference = bank_partitioned(dir.path(), &input, &format!("{tag}-ref"), 2);
+    submit(&reference, &["--quiet"]);
+    let job = bank_partitioned(dir.path(), &input, &format!("{tag}-job"), 2);
+    // Process 1's writer commits epoch 2; process 0 dies before its own
+    // commit of it.
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "300",
+            "--restart-attempts",
+            "0",
+        ])
+        .env("RILL_FAIL_AT", "peers_committed:2")
+        .env("RILL_FAIL_PROCESS", "0")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains("fault injection: aborting at `peers_committed`"),
+        "{stderr}"
+    );
+    assert!(!out.status.success(), "{stderr}");
+    // At another size, the epoch is finished on two processes first:
+    // process 1's writer skips it, process 0's sends its share again.
+    let stderr = submit(&job, &["--processes", "3", "--workers", "1"]);
+    assert!(
+        stderr.contains(
+            "stopped in the middle of epoch 2 on 2 processes of 1 workers: finishing on that shape"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(verify_lines(&job), verify_lines(&reference));
+}
+
 #[test]
 fn processes_that_cannot_form_a_cluster_say_why() {
     require_services();
