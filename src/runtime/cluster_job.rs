@@ -147,7 +147,7 @@ fn lead(
         )?;
         say_resuming(job, &recovered);
         let start_plan = start_plan(&recovered);
-        let lookups = super::lookups::lookup(plan, registry.as_ref(), None)?;
+        let lookups = super::lookups::lookup(plan, registry.as_ref(), None, shape.0)?;
         let (launch, positions, dead_letter_topic) =
             wire(plan, opts, &mut recovered, registry, 0, lookups)?;
         let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
@@ -259,7 +259,8 @@ fn follow(
     let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
     let job = &plan.job;
     let (fenced, lookups) = std::thread::scope(|s| {
-        let lookups = s.spawn(|| super::lookups::lookup(plan, registry.as_ref(), Some(schema_ids)));
+        let lookups =
+            s.spawn(|| super::lookups::lookup(plan, registry.as_ref(), Some(schema_ids), 0));
         let fenced = Committer::fence_writer(job, me as u32);
         (fenced, lookups.join().expect("lookup thread"))
     });

@@ -125,7 +125,11 @@ impl Committer {
         // writer's transactions are initialised.
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
         let writer = std::thread::scope(|s| {
+            // Process 0 makes the epoch log; the others find it made.
             let log_topic = s.spawn(|| {
+                if process > 0 {
+                    return Ok(());
+                }
                 crate::connectors::kafka_admin::ensure_topic(
                     &job.brokers,
                     &job.epoch_log_topic(),
@@ -133,19 +137,11 @@ impl Committer {
                     1,
                     crate::connectors::kafka_admin::TopicKind::Forever,
                 )
+                .map(drop)
             });
             let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
                 .map_err(|e| RunError::from_txn(&writer_id, &job.name, e));
             log_topic.join().expect("epoch log topic thread")?;
-            if process > 0 {
-                crate::connectors::kafka_admin::ensure_topic(
-                    &job.brokers,
-                    &job.commits_topic_of(process),
-                    1,
-                    1,
-                    crate::connectors::kafka_admin::TopicKind::Compacted,
-                )?;
-            }
             writer
         })?;
         let group: BaseConsumer = client_config(&job.brokers)

@@ -178,7 +178,7 @@ fn run_attempt(
     // Fencing and recovery are one step after another; what the start
     // asks the broker and registry about its topics goes on beside them.
     let (fenced, mut recovered, lookups) = std::thread::scope(|s| {
-        let lookups = s.spawn(|| lookup(&plan, registry.as_ref(), None));
+        let lookups = s.spawn(|| lookup(&plan, registry.as_ref(), None, 1));
         // The epoch log is read from its beginning while the start fences;
         // recovery reads on to the end, the start record included.
         let log_begun = s.spawn(|| kafka_admin::prefetch(&job.brokers, &job.epoch_log_topic()));

@@ -38,12 +38,16 @@ pub(super) fn dead_letter_topic(plan: &Plan) -> String {
 }
 
 /// Asks everything at once. `schema_ids`: the sinks' ids another process
-/// registered, so this one registers nothing.
+/// registered, so this one registers nothing and leaves the job-wide
+/// chores (topics of its own) to that process. `writers`: the writers
+/// whose marker topics the chores create.
 pub(super) fn lookup(
     plan: &Plan,
     registry: Option<&RegistryClient>,
     schema_ids: Option<HashMap<usize, u32>>,
+    writers: u32,
 ) -> Result<Lookups, RunError> {
+    let chores_here = schema_ids.is_none();
     let job = &plan.job;
     let brokers = job.brokers.as_str();
     let dead_letter_topic = dead_letter_topic(plan);
@@ -57,7 +61,13 @@ pub(super) fn lookup(
     std::thread::scope(|s| {
         let compacted = s.spawn(|| kafka_admin::compacted_topics(brokers, &sink_topics));
         let chores = s.spawn(|| -> Result<(), RunError> {
-            kafka_admin::ensure_topic(brokers, &job.commits_topic(), 1, 1, TopicKind::Compacted)?;
+            if !chores_here {
+                return Ok(());
+            }
+            for w in 0..writers {
+                let topic = job.commits_topic_of(w);
+                kafka_admin::ensure_topic(brokers, &topic, 1, 1, TopicKind::Compacted)?;
+            }
             for node in &plan.nodes {
                 if matches!(node.kind, NodeKind::Aggregate(_)) {
                     let topic = job.changelog_topic(&node.name);

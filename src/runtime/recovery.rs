@@ -340,8 +340,10 @@ pub fn writer_index(header: Option<&str>) -> u32 {
 /// per process; the progress of writers it retired is history).
 pub struct CommittedView {
     pub records: Vec<(i64, LogRecord)>,
+    /// The committed progress of each writer that counts.
     pub progress: Vec<i64>,
-    /// Per writer, the attempt whose copy of each committed epoch counts.
+    /// Per writer the job has had, the attempt whose copy of each
+    /// committed epoch counts.
     pub copies: Vec<std::collections::BTreeMap<u64, u32>>,
     /// Processes and workers per process of the start that logged the
     /// newest epoch.
@@ -369,8 +371,12 @@ impl CommittedView {
         });
         let (records, first) = (records?, first?);
         let decided_by = planner::decided_by(&records);
+        // The writers of the start that logged the newest epoch say where
+        // the job resumes; every writer it has had says which copies of
+        // the output it wrote count.
         let writers = decided_by.map_or(1, |(p, _)| p.max(1));
-        let fence = if begun.fence { writers_in(&records) } else { 1 };
+        let ever = writers_in(&records).max(writers);
+        let fence = if begun.fence { ever } else { 1 };
         let rest = std::thread::scope(|s| {
             let fenced: Vec<_> = (1..fence)
                 .map(|w| s.spawn(move || fence_writer(job, w)))
@@ -378,7 +384,7 @@ impl CommittedView {
             for f in fenced {
                 f.join().expect("fencing thread")?;
             }
-            let readers: Vec<_> = (1..writers)
+            let readers: Vec<_> = (1..ever)
                 .map(|w| s.spawn(move || committed_progress(&job.brokers, job, w)))
                 .collect();
             readers
@@ -386,13 +392,14 @@ impl CommittedView {
                 .map(|r| r.join().expect("progress thread"))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        let progress: Vec<i64> = std::iter::once(first)
+        let mut progress: Vec<i64> = std::iter::once(first)
             .chain(rest)
             .map(|p| p.unwrap_or(0))
             .collect();
-        let copies = (0..writers)
+        let copies = (0..ever)
             .map(|w| planner::committed_copies(&records, progress[w as usize], w))
             .collect();
+        progress.truncate(writers as usize);
         Ok(CommittedView {
             records,
             progress,

@@ -156,6 +156,10 @@ fn a_job_stopped_on_two_processes_restarted_on_three_then_one_ends_as_an_uninter
         &input,
         &format!("{tag}-resized"),
     );
+    // Every process's writer owns a partition of the output, on 2
+    // processes and on 3.
+    with_sink_partitions(&reference, 3);
+    with_sink_partitions(&resized, 3);
     for (batch, shape) in [
         ["--processes", "2"],
         ["--processes", "3"],
@@ -244,11 +248,10 @@ fn an_epoch_whose_files_one_process_wrote_and_the_other_did_not_lands_once_after
     assert_eq!(verify_lines(&job), verify_lines(&reference));
 }
 
-/// A copy of the bank split reading `input` whose output topics have
+/// Gives the Kafka sinks of the job file at `path` topics of
 /// `partitions` partitions.
-fn bank_partitioned(dir: &Path, input: &str, tag: &str, partitions: u32) -> PathBuf {
-    let path = bank_reading(dir, input, tag);
-    let text = std::fs::read_to_string(&path).unwrap();
+fn with_sink_partitions(path: &Path, partitions: u32) {
+    let text = std::fs::read_to_string(path).unwrap();
     let mut sink = false;
     let text = text
         .split_inclusive('\n')
@@ -263,7 +266,14 @@ fn bank_partitioned(dir: &Path, input: &str, tag: &str, partitions: u32) -> Path
             }
         })
         .collect::<String>();
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A copy of the bank split reading `input` whose output topics have
+/// `partitions` partitions.
+fn bank_partitioned(dir: &Path, input: &str, tag: &str, partitions: u32) -> PathBuf {
+    let path = bank_reading(dir, input, tag);
+    with_sink_partitions(&path, partitions);
     path
 }
 
