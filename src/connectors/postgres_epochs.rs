@@ -324,6 +324,28 @@ mod tests {
         PostgresEpochSink::start(pg)
     }
 
+    #[test]
+    fn sinks_that_connect_at_once_to_a_table_not_made_yet_all_connect() {
+        // The sinks of a job, or the processes of a cluster, make their
+        // table at the same time.
+        let t = table("at_once");
+        let connecting: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let schema = RowSchema {
+                        name: "t".into(),
+                        fields: vec![Field::new("id", FieldType::Int)],
+                    };
+                    PostgresSink::new("t", URL, &t, schema, None, &t, "w0").connect()
+                })
+            })
+            .collect();
+        for c in connecting {
+            c.join().unwrap().expect("every sink connects");
+        }
+    }
+
     fn records(ids: std::ops::Range<i64>) -> Vec<OutRecord> {
         ids.map(|id| OutRecord {
             key: None,

@@ -75,6 +75,14 @@ const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_progress (
     committed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (job, sink, writer, epoch))";
 
+/// `CREATE TABLE IF NOT EXISTS` run by two sessions at once can fail in
+/// both (a duplicate key in the catalogue): the sinks of a job, and the
+/// processes of a cluster, connect at the same time. The statement runs
+/// under a transaction-scoped advisory lock, one session at a time.
+fn serialised_ddl(ddl: &str) -> String {
+    format!("BEGIN; SELECT pg_advisory_xact_lock(7241993); {ddl}; COMMIT")
+}
+
 fn sql_type(ty: FieldType) -> &'static str {
     match ty {
         FieldType::Bool => "boolean",
@@ -147,7 +155,7 @@ impl PostgresSink {
             let _ = connection.await;
         });
         self.rt
-            .block_on(client.batch_execute(PROGRESS_TABLE))
+            .block_on(client.batch_execute(&serialised_ddl(PROGRESS_TABLE)))
             .map_err(|e| self.sql(e))?;
         self.not_null_columns = self.check_table(&client)?;
         self.client = Some(client);
@@ -199,7 +207,7 @@ impl PostgresSink {
             );
             return self
                 .rt
-                .block_on(client.batch_execute(&ddl))
+                .block_on(client.batch_execute(&serialised_ddl(&ddl)))
                 .map(|_| Vec::new())
                 .map_err(|e| self.sql(e));
         }
