@@ -71,11 +71,13 @@ pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) ->
     catch_up.quiet = true;
     catch_up.restart_attempts = 0;
     catch_up.max_records_per_second = None;
+    catch_up.http = Some("off".into());
     if processes == 1 {
         let status = Command::new(std::env::current_exe()?)
             .arg("submit")
             .arg(&args.job)
             .args(["--until-caught-up", "--quiet", "--restart-attempts", "0"])
+            .args(["--http", "off"])
             .args(["--workers", &workers.to_string()])
             .status()
             .context("cannot start the job's process")?;
@@ -215,6 +217,11 @@ fn spawn(
     // restart); the others only when they fail.
     if args.quiet || i > 0 {
         cmd.arg("--quiet");
+    }
+    // Process i serves on the port after process i-1's.
+    let listen = crate::ops::http::Listen::parse(args.http.as_deref(), 0)?;
+    if let Some(addr) = listen.for_process(i) {
+        cmd.args(["--http", &addr]);
     }
     if let Some(r) = args.max_records_per_second {
         cmd.args(["--max-records-per-second", &r.to_string()]);

@@ -4,6 +4,7 @@
 
 mod datagen;
 mod launch;
+mod ops;
 mod replay;
 mod submit;
 mod tail;
@@ -50,6 +51,23 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Load a Postgres sink's fallback Parquet files into its table.
     Replay(replay::ReplayArgs),
+    /// Print a running job's state, epochs and counts, from its HTTP
+    /// endpoint.
+    Status {
+        /// The job's endpoint (its start line says which).
+        #[arg(long, default_value = "127.0.0.1:9249")]
+        http: String,
+    },
+    /// Stop a running job gracefully: its open epoch commits, then it
+    /// exits (a cluster stops as a whole).
+    Stop {
+        /// The job's endpoint (its start line says which).
+        #[arg(long, default_value = "127.0.0.1:9249")]
+        http: String,
+        /// How long to wait for the job to exit.
+        #[arg(long, default_value_t = 120_000)]
+        wait_ms: u64,
+    },
 }
 
 /// The exit status for an error: 1, or for an epoch in doubt that this
@@ -114,5 +132,9 @@ pub fn main() -> Result<()> {
         Command::Tail(args) => tail::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Status { http } => ops::status(&http),
+        Command::Stop { http, wait_ms } => {
+            ops::stop(&http, std::time::Duration::from_millis(wait_ms))
+        }
     }
 }

@@ -2,9 +2,11 @@
 //! processes, or as one process of a cluster across machines.
 
 use super::load_plan;
+use crate::ops::http::{self, Listen};
 use crate::runtime::cluster::{fingerprint, Identity};
 use crate::runtime::cluster_job::{run_process, Place};
 use crate::runtime::local::{self, RunOptions, RunSummary};
+use crate::runtime::observe::Observer;
 use crate::runtime::RunError;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -51,6 +53,11 @@ pub struct SubmitArgs {
     /// Read at most this many records per second (for crash tests).
     #[arg(long, hide = true)]
     pub max_records_per_second: Option<f64>,
+    /// Serve Prometheus metrics and the REST API on this address, or
+    /// `off`. Default: 127.0.0.1:9249, or the next free port (process p
+    /// of a local cluster from 9249 + p).
+    #[arg(long, value_name = "ADDR|off")]
+    pub http: Option<String>,
     /// The run of the cluster this process belongs to; every process of
     /// one run has the same (the local launcher sets it).
     #[arg(long, hide = true)]
@@ -71,6 +78,28 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         _ => {}
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let process = args.process.unwrap_or(0);
+    let place = match (&args.hostfile, args.process) {
+        (Some(hostfile), Some(process)) => Some(place(&args, &plan, hostfile, process, workers)?),
+        _ => None,
+    };
+    let processes = place.as_ref().map_or(1, |p| p.addresses.len());
+    let observer = Arc::new(Observer::new(
+        &plan.job.name,
+        process,
+        processes,
+        workers,
+        &plan
+            .sources()
+            .map(|(_, n, _)| n.name.clone())
+            .collect::<Vec<_>>(),
+        &plan
+            .sinks()
+            .map(|(_, n, _)| n.name.clone())
+            .collect::<Vec<_>>(),
+    ));
+    let listen = Listen::parse(args.http.as_deref(), process)?;
+    let endpoint = http::serve(&listen, observer.clone(), stop.clone())?;
     let s = stop.clone();
     // The first Ctrl-C stops the sources and lets the open epoch finish; a
     // second one exits at once. Counted apart from `stop`, which a cluster
@@ -90,12 +119,12 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         trace_records: args.trace_records,
         progress: !args.quiet,
         max_rate: args.max_records_per_second,
+        observer: Some(observer.clone()),
     };
     let name = plan.job.name.clone();
-    if let (Some(hostfile), Some(process)) = (&args.hostfile, args.process) {
-        let place = place(&args, &plan, hostfile, process, workers)?;
+    if let Some(place) = place {
         if !args.quiet {
-            say_starting(&plan, &args, place.addresses.len(), workers);
+            say_starting(&plan, &args, place.addresses.len(), workers, endpoint);
         }
         let summary = run_process(plan.clone(), opts, stop, place)
             .with_context(|| format!("job {name} failed (process {process})"))?;
@@ -110,7 +139,7 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         return Ok(());
     }
     if !args.quiet {
-        say_starting(&plan, &args, 1, workers);
+        say_starting(&plan, &args, 1, workers, endpoint);
     }
     let summary =
         run_restarting(&args, &plan, opts, stop).with_context(|| format!("job {name} failed"))?;
@@ -118,10 +147,16 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     Ok(())
 }
 
-fn say_starting(plan: &crate::plan::Plan, args: &SubmitArgs, processes: usize, workers: usize) {
+fn say_starting(
+    plan: &crate::plan::Plan,
+    args: &SubmitArgs,
+    processes: usize,
+    workers: usize,
+    endpoint: Option<std::net::SocketAddr>,
+) {
     let threads = format!("{workers} worker{}", if workers == 1 { "" } else { "s" });
     eprintln!(
-        "job {} on {}: brokers {}, epochs every {} ms{}",
+        "job {} on {}: brokers {}, epochs every {} ms{}{}",
         plan.job.name,
         if processes > 1 {
             format!("{processes} processes of {threads}")
@@ -134,7 +169,10 @@ fn say_starting(plan: &crate::plan::Plan, args: &SubmitArgs, processes: usize, w
             ", until caught up"
         } else {
             ""
-        }
+        },
+        endpoint.map_or(String::new(), |a| format!(
+            ", metrics and API on http://{a}"
+        ))
     );
 }
 

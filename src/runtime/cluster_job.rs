@@ -185,6 +185,9 @@ fn lead(
         .name("rill-leader".into())
         .spawn(move || leader.run())
         .expect("spawn leader thread");
+    if let Some(o) = &opts.observer {
+        o.started(recovered.attempt, recovered.committed);
+    }
     launch.backend = Backend::Lead(Box::new(committer), member, peers);
     launch.cluster = Some((timely, 0));
     let ours = super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch);
@@ -280,6 +283,9 @@ fn follow(
         if me as u32 >= start_plan.writers_before {
             committer.join_at(offset, &job.name)?;
         }
+    }
+    if let Some(o) = &opts.observer {
+        o.started(start_plan.attempt, start_plan.committed);
     }
     let member = Member::new(up, rx, stop.clone());
     launch.backend = Backend::Follow(Box::new(committer), member);

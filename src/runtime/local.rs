@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Records per second the sources may read, for crash tests.
     pub max_rate: Option<f64>,
+    /// Where the job's metrics and recent epochs are recorded, for its
+    /// HTTP endpoint.
+    pub observer: Option<Arc<super::observe::Observer>>,
 }
 
 /// What a run did, summed over its epochs.
@@ -208,6 +211,9 @@ fn run_attempt(
         committer.log_begin(&job.name)?;
     }
     step("committer open");
+    if let Some(o) = &opts.observer {
+        o.started(recovered.attempt, recovered.committed);
+    }
     launch.backend = Backend::Kafka(Box::new(committer));
     super::workers::execute(plan, opts, stop, launch)
 }

@@ -175,6 +175,7 @@ fn run(
         trace_records: false,
         progress: false,
         max_rate: None,
+        observer: None,
     };
     super::workers::execute(plan, opts, Arc::new(AtomicBool::new(false)), launch)
 }

@@ -13,6 +13,7 @@ pub mod local;
 mod lookups;
 mod member;
 pub mod memory;
+pub mod observe;
 pub mod planner;
 pub mod recovery;
 mod report;

@@ -7,6 +7,7 @@ use super::commit::EpochOutput;
 use super::control::{EpochReport, KafkaShare, Share, ToLeader};
 use super::coordinator::Completion;
 use super::local::{Backend, RunOptions, RunSummary, Sinks};
+use super::observe::EpochDone;
 use super::report::progress_line;
 use super::RunError;
 use crate::dataflow::output::{EpochCounts, WriterMsg};
@@ -43,6 +44,8 @@ struct Writer<'p> {
     staged: BTreeMap<Epoch, i64>,
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     last_epoch_at: Instant,
+    /// When the last epoch was recorded for the metrics.
+    last_epoch_observed: Instant,
     /// In a cluster: finished epochs waiting for the leader to name them.
     held: BTreeMap<Epoch, Finished>,
 }
@@ -72,6 +75,7 @@ pub(super) fn write_loop(
         staged: BTreeMap::new(),
         out: std::io::BufWriter::new(std::io::stdout().lock()),
         last_epoch_at: start,
+        last_epoch_observed: start,
         held: BTreeMap::new(),
     };
     let mut completion = Completion::new(workers, resume_after);
@@ -165,16 +169,21 @@ pub(super) fn write_loop(
                 w.targets.get_mut(&sink).unwrap().stage(epoch, records);
                 *w.staged.entry(epoch).or_default() += n as i64;
             }
-            WriterMsg::Dead { epoch, records } => match (&w.backend, dead_letter_sink) {
-                (Backend::Memory { .. }, _) => w.summary.dead_letters.extend(records),
-                // A dead-letter sink outside Kafka gets them as rows.
-                (_, Some(i)) => w
-                    .targets
-                    .get_mut(&i)
-                    .unwrap()
-                    .stage(epoch, records.iter().map(dead_letter_record).collect()),
-                (_, None) => pending.entry(epoch).or_default().dead.extend(records),
-            },
+            WriterMsg::Dead { epoch, records } => {
+                if let Some(o) = &w.opts.observer {
+                    o.dead_letters(epoch, &records);
+                }
+                match (&w.backend, dead_letter_sink) {
+                    (Backend::Memory { .. }, _) => w.summary.dead_letters.extend(records),
+                    // A dead-letter sink outside Kafka gets them as rows.
+                    (_, Some(i)) => w
+                        .targets
+                        .get_mut(&i)
+                        .unwrap()
+                        .stage(epoch, records.iter().map(dead_letter_record).collect()),
+                    (_, None) => pending.entry(epoch).or_default().dead.extend(records),
+                }
+            }
             WriterMsg::Changelog {
                 epoch,
                 topic,
@@ -297,6 +306,10 @@ impl Writer<'_> {
             .as_ref()
             .map(|t| t.counts.ranges.clone())
             .unwrap_or_default();
+        // This process's own counts, before process 0 adds the others':
+        // every process's metrics count what it did.
+        let own = totals.as_ref().map(EpochTotals::report);
+        let observer = self.opts.observer.clone();
         for i in &self.sink_order {
             output
                 .records
@@ -325,6 +338,9 @@ impl Writer<'_> {
                 summary.files.extend(c.files);
                 summary.postgres_rows += c.rows;
                 summary.postgres_time += c.time;
+                if let Some(o) = &observer {
+                    o.postgres_fallback(&sink_names[i], c.fallback.is_some());
+                }
                 if let Some((path, n)) = c.fallback {
                     summary.fallback_rows += n;
                     eprintln!(
@@ -396,6 +412,31 @@ impl Writer<'_> {
         // Every epoch the log holds gets a line, so their numbers have no
         // gaps, across restarts too.
         let logged = committed > committed_before;
+        if let (Some(o), Some(own)) = (&self.opts.observer, &own) {
+            let duration = self.last_epoch_observed.elapsed();
+            self.last_epoch_observed = Instant::now();
+            o.committed(EpochDone {
+                epoch: e,
+                inputs: self
+                    .source_names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(own.inputs.iter().copied())
+                    .collect(),
+                outputs: self
+                    .sink_order
+                    .iter()
+                    .map(|i| self.sink_names[i].as_str())
+                    .zip(own.out.iter().copied())
+                    .collect(),
+                dead: own.dead,
+                late: own.late,
+                filtered: own.filtered,
+                duration,
+                commit: commit_time,
+            });
+            o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
+        }
         let Some(t) = totals else { return Ok(()) };
         let records_in: u64 = t.counts.inputs.iter().sum();
         if t.is_idle() && !logged {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 mod cluster;
 mod exactly_once;
+mod operations;
 mod refused;
 
 const BROKERS: &str = "127.0.0.1:9092";

@@ -1,0 +1,453 @@
+//! What a running job shows of itself: its Prometheus metrics, and the
+//! recent epochs and dead letters the HTTP endpoint serves as JSON. The
+//! writer thread records into it at each commit and dead letter; the
+//! endpoint reads it on a thread of its own. The counts are this
+//! process's own, so a scrape of every process of a cluster adds up.
+
+use crate::record::DeadLetter;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Epochs and dead letters kept for the JSON endpoints.
+const RECENT: usize = 100;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// One committed epoch, as `GET /api/v1/epochs` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochEntry {
+    pub epoch: u64,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dead_letters: u64,
+    pub duration_ms: u64,
+    pub commit_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub committed_at_ms: u64,
+}
+
+/// One dead letter, as `GET /api/v1/errors` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorEntry {
+    pub epoch: u64,
+    pub reason: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A node of the job and what went through it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeCount {
+    pub node: String,
+    pub records: u64,
+    pub per_second: f64,
+}
+
+/// `GET /api/v1/job`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobView {
+    pub name: String,
+    pub state: String,
+    pub attempt: u32,
+    pub restarts: u64,
+    pub uptime_s: f64,
+    pub process: usize,
+    pub processes: usize,
+    pub workers: usize,
+    pub last_committed_epoch: u64,
+    pub epochs_committed: u64,
+    pub dead_letters: u64,
+    pub nodes: Vec<NodeCount>,
+}
+
+/// What one epoch did, as the writer hands it over.
+pub struct EpochDone<'a> {
+    pub epoch: u64,
+    /// Records read, by source name.
+    pub inputs: Vec<(&'a str, u64)>,
+    /// Records written, by sink name.
+    pub outputs: Vec<(&'a str, u64)>,
+    pub dead: u64,
+    pub late: u64,
+    pub filtered: u64,
+    pub duration: std::time::Duration,
+    pub commit: std::time::Duration,
+}
+
+struct Recent {
+    state: &'static str,
+    attempt: u32,
+    last_committed_epoch: u64,
+    epochs_committed: u64,
+    dead_letters: u64,
+    /// Records through each node, sources then sinks, in plan order.
+    nodes: BTreeMap<String, u64>,
+    order: Vec<String>,
+    epochs: VecDeque<(Instant, EpochEntry, Vec<(String, u64)>)>,
+    errors: VecDeque<ErrorEntry>,
+}
+
+/// The job's metrics and recent history, shared by the writer and the
+/// endpoint.
+pub struct Observer {
+    registry: Registry,
+    name: String,
+    process: usize,
+    processes: usize,
+    workers: usize,
+    started: Instant,
+    records_in: Family<SourceLabels, Counter>,
+    records_out: Family<SinkLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    late: Counter,
+    filtered: Counter,
+    epochs: Counter,
+    epoch_seconds: Histogram,
+    commit_seconds: Histogram,
+    last_epoch: Gauge,
+    attempt: Gauge,
+    restarts: Counter,
+    open_epoch_records: Gauge,
+    postgres_fallback: Family<SinkLabels, Gauge>,
+    recent: Mutex<Recent>,
+}
+
+impl Observer {
+    /// `sources` and `sinks`: the job's node names, in plan order.
+    pub fn new(
+        name: &str,
+        process: usize,
+        processes: usize,
+        workers: usize,
+        sources: &[String],
+        sinks: &[String],
+    ) -> Self {
+        let labels = [
+            (Cow::Borrowed("job"), Cow::Owned(name.to_string())),
+            (Cow::Borrowed("process"), Cow::Owned(process.to_string())),
+        ];
+        let mut registry = Registry::with_prefix_and_labels("rill", labels.into_iter());
+        let records_in = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_records",
+            "Records read from each source and committed (numRecordsIn)",
+            records_in.clone(),
+        );
+        let records_out = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "sink_records",
+            "Records committed to each sink (numRecordsOut)",
+            records_out.clone(),
+        );
+        let dead_letters = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Records sent to the dead letters, by the kind of their reason",
+            dead_letters.clone(),
+        );
+        let late = Counter::default();
+        registry.register(
+            "late_records",
+            "Records too late for their window (dead-lettered)",
+            late.clone(),
+        );
+        let filtered = Counter::default();
+        registry.register(
+            "filtered_records",
+            "Records a filter dropped",
+            filtered.clone(),
+        );
+        let epochs = Counter::default();
+        registry.register("epochs", "Epochs committed", epochs.clone());
+        let epoch_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        registry.register_with_unit(
+            "epoch_duration",
+            "Time from one committed epoch to the next",
+            Unit::Seconds,
+            epoch_seconds.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register_with_unit(
+            "commit_duration",
+            "Time to commit an epoch once complete (lastCheckpointDuration)",
+            Unit::Seconds,
+            commit_seconds.clone(),
+        );
+        let last_epoch = Gauge::default();
+        registry.register(
+            "last_committed_epoch",
+            "The last epoch committed",
+            last_epoch.clone(),
+        );
+        let attempt = Gauge::default();
+        registry.register(
+            "attempt",
+            "The attempt of this start, stamped on what it commits",
+            attempt.clone(),
+        );
+        let restarts = Counter::default();
+        registry.register(
+            "restarts",
+            "Restarts of the job in this process after a failure",
+            restarts.clone(),
+        );
+        let open_epoch_records = Gauge::default();
+        registry.register(
+            "open_epoch_records",
+            "Records held for epochs not yet committed (pendingRecords)",
+            open_epoch_records.clone(),
+        );
+        let postgres_fallback = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "postgres_fallback",
+            "1 while a Postgres sink writes its epochs to fallback files",
+            postgres_fallback.clone(),
+        );
+        let order: Vec<String> = sources
+            .iter()
+            .map(|s| format!("sources.{s}"))
+            .chain(sinks.iter().map(|s| format!("sinks.{s}")))
+            .collect();
+        for s in sources {
+            records_in
+                .get_or_create(&SourceLabels { source: s.clone() })
+                .inc_by(0);
+        }
+        for s in sinks {
+            records_out
+                .get_or_create(&SinkLabels { sink: s.clone() })
+                .inc_by(0);
+        }
+        Observer {
+            registry,
+            name: name.to_string(),
+            process,
+            processes,
+            workers,
+            started: Instant::now(),
+            records_in,
+            records_out,
+            dead_letters,
+            late,
+            filtered,
+            epochs,
+            epoch_seconds,
+            commit_seconds,
+            last_epoch,
+            attempt,
+            restarts,
+            open_epoch_records,
+            postgres_fallback,
+            recent: Mutex::new(Recent {
+                state: "starting",
+                attempt: 0,
+                last_committed_epoch: 0,
+                epochs_committed: 0,
+                dead_letters: 0,
+                nodes: order.iter().map(|n| (n.clone(), 0)).collect(),
+                order,
+                epochs: VecDeque::new(),
+                errors: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn set_state(&self, state: &'static str) {
+        self.recent.lock().unwrap().state = state;
+    }
+
+    pub fn started(&self, attempt: u32, committed: u64) {
+        self.attempt.set(attempt as i64);
+        self.last_epoch.set(committed as i64);
+        let mut r = self.recent.lock().unwrap();
+        r.attempt = attempt;
+        r.last_committed_epoch = committed;
+        r.state = "running";
+    }
+
+    pub fn restarted(&self) {
+        self.restarts.inc();
+    }
+
+    pub fn open_epoch_records(&self, n: i64) {
+        self.open_epoch_records.set(n.max(0));
+    }
+
+    pub fn postgres_fallback(&self, sink: &str, on: bool) {
+        self.postgres_fallback
+            .get_or_create(&SinkLabels { sink: sink.into() })
+            .set(on as i64);
+    }
+
+    /// Dead letters as they reach the writer, before their epoch commits.
+    pub fn dead_letters(&self, epoch: u64, letters: &[DeadLetter]) {
+        let mut r = self.recent.lock().unwrap();
+        for d in letters {
+            self.dead_letters
+                .get_or_create(&ReasonLabels {
+                    reason: reason_kind(&d.reason),
+                })
+                .inc();
+            if r.errors.len() == RECENT {
+                r.errors.pop_front();
+            }
+            r.errors.push_back(ErrorEntry {
+                epoch,
+                reason: d.reason.clone(),
+                topic: d.topic.to_string(),
+                partition: d.partition,
+                offset: d.offset,
+            });
+        }
+        r.dead_letters += letters.len() as u64;
+    }
+
+    /// An epoch this process committed.
+    pub fn committed(&self, done: EpochDone<'_>) {
+        let records_in: u64 = done.inputs.iter().map(|(_, n)| n).sum();
+        let records_out: u64 = done.outputs.iter().map(|(_, n)| n).sum();
+        for (s, n) in &done.inputs {
+            self.records_in
+                .get_or_create(&SourceLabels {
+                    source: s.to_string(),
+                })
+                .inc_by(*n);
+        }
+        for (s, n) in &done.outputs {
+            self.records_out
+                .get_or_create(&SinkLabels {
+                    sink: s.to_string(),
+                })
+                .inc_by(*n);
+        }
+        self.late.inc_by(done.late);
+        self.filtered.inc_by(done.filtered);
+        self.epochs.inc();
+        self.epoch_seconds.observe(done.duration.as_secs_f64());
+        self.commit_seconds.observe(done.commit.as_secs_f64());
+        self.last_epoch.set(done.epoch as i64);
+        let mut r = self.recent.lock().unwrap();
+        r.last_committed_epoch = done.epoch;
+        r.epochs_committed += 1;
+        let per_node: Vec<(String, u64)> = done
+            .inputs
+            .iter()
+            .map(|(s, n)| (format!("sources.{s}"), *n))
+            .chain(done.outputs.iter().map(|(s, n)| (format!("sinks.{s}"), *n)))
+            .collect();
+        for (node, n) in &per_node {
+            *r.nodes.entry(node.clone()).or_default() += n;
+        }
+        if r.epochs.len() == RECENT {
+            r.epochs.pop_front();
+        }
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        r.epochs.push_back((
+            Instant::now(),
+            EpochEntry {
+                epoch: done.epoch,
+                records_in,
+                records_out,
+                dead_letters: done.dead,
+                duration_ms: done.duration.as_millis() as u64,
+                commit_ms: done.commit.as_millis() as u64,
+                committed_at_ms: at,
+            },
+            per_node,
+        ));
+    }
+
+    pub fn job(&self) -> JobView {
+        let r = self.recent.lock().unwrap();
+        // Rates over the epochs committed in the last ten seconds.
+        let window = std::time::Duration::from_secs(10);
+        let span = self.started.elapsed().min(window).as_secs_f64().max(0.001);
+        let mut recent: BTreeMap<&str, u64> = BTreeMap::new();
+        for (at, _, nodes) in r.epochs.iter().rev() {
+            if at.elapsed() > window {
+                break;
+            }
+            for (node, n) in nodes {
+                *recent.entry(node.as_str()).or_default() += n;
+            }
+        }
+        JobView {
+            name: self.name.clone(),
+            state: r.state.to_string(),
+            attempt: r.attempt,
+            restarts: self.restarts.get(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            process: self.process,
+            processes: self.processes,
+            workers: self.workers,
+            last_committed_epoch: r.last_committed_epoch,
+            epochs_committed: r.epochs_committed,
+            dead_letters: r.dead_letters,
+            nodes: r
+                .order
+                .iter()
+                .map(|n| NodeCount {
+                    node: n.clone(),
+                    records: r.nodes.get(n).copied().unwrap_or(0),
+                    per_second: recent.get(n.as_str()).copied().unwrap_or(0) as f64 / span,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn epochs(&self) -> Vec<EpochEntry> {
+        let r = self.recent.lock().unwrap();
+        r.epochs.iter().rev().map(|(_, e, _)| e.clone()).collect()
+    }
+
+    pub fn errors(&self) -> Vec<ErrorEntry> {
+        let r = self.recent.lock().unwrap();
+        r.errors.iter().rev().cloned().collect()
+    }
+}
+
+/// The kind of a dead letter's reason, as a label of few values: its
+/// text up to the first colon (`avro decode`, `sink topic X`, ...), cut
+/// short.
+fn reason_kind(reason: &str) -> String {
+    let kind = reason.split(':').next().unwrap_or(reason).trim();
+    kind.chars().take(40).collect()
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").field("job", &self.name).finish()
+    }
+}

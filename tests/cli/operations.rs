@@ -1,0 +1,247 @@
+//! Operating a running job through its HTTP endpoint: metrics that
+//! Prometheus accepts and that count what the job committed, the REST
+//! API, `jobctl status` and `jobctl stop`, and the endpoint's address.
+
+use super::*;
+use std::io::Write as _;
+use std::process::Stdio;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(http: &str, path: &str) -> Option<String> {
+    ureq::get(&format!("http://{http}{path}"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()
+}
+
+/// The value of the sample `name` (with its labels, in order, as the
+/// endpoint prints them after `job` and `process`), if there is one.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{')?;
+        (n == name && rest.trim_end_matches('}').ends_with(labels))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+fn promtool_check(metrics: &str) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is needed: apt-get install prometheus");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_with_nothing_lost() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("ops");
+    let topics = [
+        "bank-transactions",
+        "APPROVED",
+        "REJECTED",
+        "bank-dead-letters",
+    ];
+    let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
+    let input = &names["bank-transactions"];
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        job.to_str().unwrap(),
+        "--topic",
+        input,
+        "--count",
+        "600",
+        "--quiet",
+    ]);
+    let http = format!("127.0.0.1:{}", free_port());
+    // Runs until told to stop.
+    let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", job.to_str().unwrap(), "--http", &http])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let metrics = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not commit its 600 records in 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(m) = get(&http, "/metrics") {
+            if sample(&m, "rill_source_records_total", "source=\"transactions\"") == Some(600.0) {
+                break m;
+            }
+        }
+    };
+    promtool_check(&metrics);
+    for name in [
+        "rill_epochs_total",
+        "rill_epoch_duration_seconds_count",
+        "rill_commit_duration_seconds_count",
+        "rill_last_committed_epoch",
+        "rill_open_epoch_records",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{metrics}"
+        );
+    }
+    let approved = sample(&metrics, "rill_sink_records_total", "sink=\"approved\"").unwrap();
+    let rejected = sample(&metrics, "rill_sink_records_total", "sink=\"rejected\"").unwrap();
+    assert_eq!(approved + rejected, 600.0, "{metrics}");
+
+    let view: serde_json::Value =
+        serde_json::from_str(&get(&http, "/api/v1/job").unwrap()).unwrap();
+    assert_eq!(view["name"], format!("{tag}-bank"));
+    assert_eq!(view["state"], "running");
+    let nodes: Vec<&str> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        nodes,
+        ["sources.transactions", "sinks.approved", "sinks.rejected"]
+    );
+    let epochs: serde_json::Value =
+        serde_json::from_str(&get(&http, "/api/v1/epochs").unwrap()).unwrap();
+    let read: u64 = epochs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["records_in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(read, 600, "{epochs}");
+
+    let status = ok(&["status", "--http", &http]);
+    assert!(
+        status.starts_with(&format!("job {tag}-bank: running, attempt ")),
+        "{status}"
+    );
+    assert!(status.contains("\nsources.transactions "), "{status}");
+
+    let stopped = jobctl(&["stop", "--http", &http]);
+    let said = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "stopping job {tag}-bank: its open epoch commits, then it exits"
+        )) && said.contains(&format!("job {tag}-bank stopped")),
+        "{said}"
+    );
+    let exit = running.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(exit.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(", metrics and API on http://{http}")),
+        "{stderr}"
+    );
+    // What the counters said is what a read_committed consumer finds.
+    let committed = verify_lines(&job);
+    let count = |prefix: &str| committed.iter().filter(|l| l.starts_with(prefix)).count() as f64;
+    assert_eq!(count("approved key "), approved);
+    assert_eq!(count("rejected key "), rejected);
+}
+
+#[test]
+fn the_endpoint_refuses_a_port_in_use_and_status_says_when_no_job_answers() {
+    require_services();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().to_string();
+    let out = jobctl(&[
+        "submit",
+        "jobs/bank.toml",
+        "--http",
+        &http,
+        "--until-caught-up",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot serve the job's endpoint on {http}: "))
+            && stderr.contains("pass --http with a free address, or --http off"),
+        "{stderr}"
+    );
+    let out = jobctl(&[
+        "status",
+        "--http",
+        &http.replace(
+            &taken.local_addr().unwrap().port().to_string(),
+            &free_port().to_string(),
+        ),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is it running, and with which --http?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_query_of_the_grafana_dashboard_is_promql_that_promtool_accepts() {
+    let text = std::fs::read_to_string(root().join("docs/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    // Each query as a recording rule: promtool parses it as Prometheus would.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: rill:dashboard_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yml");
+    std::fs::write(&path, rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules", path.to_str().unwrap()])
+        .output()
+        .expect("promtool (Debian's prometheus package) is needed: apt-get install prometheus");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
