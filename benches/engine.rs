@@ -157,9 +157,19 @@ fn cluster(c: &mut Criterion) {
     use rill::runtime::cluster::{connect, Identity};
     use rill::runtime::memory::run_in_memory_in_cluster;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bank = Arc::new(Plan::build(&Spec::load(&root.join("jobs/bank.toml")).unwrap()).unwrap());
-    let rejected =
-        Arc::new(Plan::build(&Spec::load(&root.join("jobs/rejected.toml")).unwrap()).unwrap());
+    // Output topics of two partitions, one per process's writer (a
+    // partition has one writer), in both shapes.
+    let two_partitions = |job: &str| {
+        let mut spec = Spec::load(&root.join("jobs").join(job)).unwrap();
+        for sink in spec.sinks.values_mut() {
+            if let rill::spec::SinkConfig::Kafka(k) = sink {
+                k.partitions = 2;
+            }
+        }
+        Arc::new(Plan::build(&spec).unwrap())
+    };
+    let bank = two_partitions("bank.toml");
+    let rejected = two_partitions("rejected.toml");
     let (records, schema) = bank_input(&bank);
     let records = Arc::new(records);
     let mut group = c.benchmark_group("cluster");

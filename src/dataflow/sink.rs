@@ -293,8 +293,8 @@ fn hand(ctx: &WorkerContext, node: usize, epoch: Epoch, out: Vec<OutRecord>) {
 pub(crate) struct Routed {
     worker: u32,
     partition: i32,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    key: Option<Arc<[u8]>>,
+    value: Option<bytes::Bytes>,
 }
 
 impl Routed {
@@ -304,15 +304,15 @@ impl Routed {
         Routed {
             worker: owner_worker(p, processes, workers),
             partition,
-            key: r.key.map(|k| k.to_vec()),
-            value: r.value.map(|v| v.to_vec()),
+            key: r.key,
+            value: r.value,
         }
     }
 
     fn into_record(self) -> OutRecord {
         OutRecord {
-            key: self.key.map(Into::into),
-            value: self.value.map(Into::into),
+            key: self.key,
+            value: self.value,
             partition: Some(self.partition),
             window: None,
             row: None,

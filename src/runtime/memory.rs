@@ -152,7 +152,14 @@ fn run(
         readers,
         registry: Some(registry),
         sink_schema_ids,
-        sink_partitions: HashMap::new(),
+        // A topic in memory has the partitions its job file creates it with.
+        sink_partitions: plan
+            .sinks()
+            .filter_map(|(i, _, s)| match s {
+                crate::plan::SinkPlan::Kafka { config, .. } => Some((i, config.partitions)),
+                _ => None,
+            })
+            .collect(),
         sink_limits: HashMap::new(),
         source_topics,
         targets,
