@@ -58,7 +58,7 @@ pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) ->
         return Ok(());
     };
     let (processes, workers) = (processes as usize, workers.max(1) as usize);
-    eprintln!(
+    tracing::warn!(
         "job {} stopped in the middle of epoch {epoch} on {processes} process{} of {workers} workers: finishing on that shape, until caught up, before running on {} process{} of {} workers",
         plan.job.name,
         if processes == 1 { "" } else { "es" },
@@ -168,7 +168,7 @@ fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Resu
         }
         restarts += 1;
         let wait = backoff(restarts);
-        eprintln!(
+        tracing::warn!(
             "cluster of job {}: process {process} {reason}; starting all {n} processes again in {} s (restart {restarts} of {})",
             plan.job.name,
             wait.as_secs(),
@@ -226,6 +226,9 @@ fn spawn(
     if let Some(r) = args.max_records_per_second {
         cmd.args(["--max-records-per-second", &r.to_string()]);
     }
+    if crate::log::is_json() {
+        cmd.args(["--log-format", "json"]);
+    }
     // A fault injected for a test strikes the first run of the cluster,
     // not the one that recovers from it.
     if restarted {
@@ -237,9 +240,11 @@ fn spawn(
         .spawn()
         .context("cannot start a process of the cluster")?;
     let stderr = child.stderr.take().expect("piped stderr");
+    // JSON lines pass as they are: each says its process itself.
+    let json = crate::log::is_json();
     let voice = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if i == 0 {
+            if i == 0 || json {
                 eprintln!("{line}");
             } else {
                 eprintln!("process {i}: {line}");

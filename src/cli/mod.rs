@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How diagnostics are written to stderr: text, or JSON lines for a
+    /// log shipper (then the progress lines too). RUST_LOG filters them.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: crate::log::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +36,14 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Check a job file and print every error in it.
     Validate { job: PathBuf },
+    /// Print the job's plan: its nodes, the rows on each edge, where
+    /// records cross workers, its state and changelogs, its sinks.
+    Explain {
+        job: PathBuf,
+        /// Print it as a Graphviz digraph (`| dot -Tsvg`).
+        #[arg(long)]
+        dot: bool,
+    },
     /// Serve the Confluent Schema Registry API, with its data in Kafka.
     Registry {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -98,14 +110,9 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
 
 pub fn main() -> Result<()> {
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    crate::log::init(cli.log_format);
+    match cli.command {
         Command::Validate { job } => {
             let plan = load_plan(&job)?;
             println!(
@@ -133,6 +140,15 @@ pub fn main() -> Result<()> {
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Status { http } => ops::status(&http),
+        Command::Explain { job, dot } => {
+            let plan = load_plan(&job)?;
+            if dot {
+                print!("{}", crate::plan::explain::dot(&plan));
+            } else {
+                print!("{}", crate::plan::explain::text(&plan));
+            }
+            Ok(())
+        }
         Command::Stop { http, wait_ms } => {
             ops::stop(&http, std::time::Duration::from_millis(wait_ms))
         }

@@ -111,7 +111,7 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
             std::process::exit(130);
         }
         s.store(true, Ordering::SeqCst);
-        eprintln!("stopping: finishing the open epoch (Ctrl-C again to quit now)");
+        crate::log::say("stopping: finishing the open epoch (Ctrl-C again to quit now)");
     });
     let opts = RunOptions {
         workers,
@@ -129,12 +129,12 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         let summary = run_process(plan.clone(), opts, stop, place)
             .with_context(|| format!("job {name} failed (process {process})"))?;
         if process == 0 {
-            eprintln!("{}", summary.line(&name, started.elapsed()));
+            crate::log::say(&summary.line(&name, started.elapsed()));
         } else if !args.quiet {
-            eprintln!(
+            crate::log::say(&format!(
                 "process {process}: {}",
                 summary.line(&name, started.elapsed())
-            );
+            ));
         }
         return Ok(());
     }
@@ -143,7 +143,7 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     }
     let summary =
         run_restarting(&args, &plan, opts, stop).with_context(|| format!("job {name} failed"))?;
-    eprintln!("{}", summary.line(&name, started.elapsed()));
+    crate::log::say(&summary.line(&name, started.elapsed()));
     Ok(())
 }
 
@@ -155,7 +155,7 @@ fn say_starting(
     endpoint: Option<std::net::SocketAddr>,
 ) {
     let threads = format!("{workers} worker{}", if workers == 1 { "" } else { "s" });
-    eprintln!(
+    crate::log::say(&format!(
         "job {} on {}: brokers {}, epochs every {} ms{}{}",
         plan.job.name,
         if processes > 1 {
@@ -173,7 +173,7 @@ fn say_starting(
         endpoint.map_or(String::new(), |a| format!(
             ", metrics and API on http://{a}"
         ))
-    );
+    ));
 }
 
 /// The wait before restart `n` (from 1): 1 s, 2 s, 4 s... at most 30 s.
@@ -216,7 +216,7 @@ fn run_restarting(
             {
                 restarts += 1;
                 let wait = backoff(restarts);
-                eprintln!(
+                tracing::warn!(
                     "job {} failed: {e}\nstarting it again in {} s (restart {restarts} of {})",
                     plan.job.name,
                     wait.as_secs(),

@@ -162,7 +162,7 @@ fn fetch_schema(client: &RegistryClient, id: u32) -> Result<Arc<str>, String> {
             Ok(s) => return Ok(s),
             Err(e) if e.is_transient() => {
                 if !told {
-                    eprintln!(
+                    tracing::warn!(
                         "schema id {id}: {e}; records with this schema wait until it answers"
                     );
                     told = true;

@@ -3,6 +3,7 @@
 //! network, so `jobctl validate` works anywhere.
 
 pub mod aggregate;
+pub mod explain;
 mod graph;
 mod sinks;
 mod transforms;

@@ -311,7 +311,7 @@ fn say_unshared_sinks(plan: &Plan, partitions: &std::collections::HashMap<usize,
                 1 => "process 0 sends all of it".to_string(),
                 p => format!("processes 0 to {} send all of it", p - 1),
             };
-            eprintln!(
+            tracing::warn!(
                 "sink {}: topic {} has {p} partition{} for {n} processes; a partition has one writer, so {senders}: give the topic at least {n} partitions for every process to send its share",
                 node.name,
                 config.topic,

@@ -362,7 +362,9 @@ impl Committer {
                 Err(e) if tries < RETRIES && self.abortable(&e) => {
                     tries += 1;
                     let _ = self.writer.abort();
-                    eprintln!("epoch {epoch}: {e}; aborted, trying again ({tries} of {RETRIES})");
+                    tracing::warn!(
+                        "epoch {epoch}: {e}; aborted, trying again ({tries} of {RETRIES})"
+                    );
                     std::thread::sleep(Duration::from_millis(200 << tries));
                     // The epoch is in the log: it is cut again as logged.
                     if let Some((e, offset)) = self.logged.take() {

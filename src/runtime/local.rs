@@ -156,7 +156,7 @@ pub fn run(
                     && newest_start_is_ours()? =>
             {
                 restarts += 1;
-                eprintln!(
+                tracing::warn!(
                     "{e}\nyet no instance started after this one: one that started at the same moment fenced it, and stops on reading this one's start; starting again ({restarts} of {RACE_RESTARTS})"
                 );
             }
@@ -227,18 +227,18 @@ pub(super) fn registry_for(plan: &Plan) -> Option<RegistryClient> {
 
 pub(super) fn say_resuming(job: &crate::spec::JobConfig, recovered: &recovery::Recovered) {
     if recovered.committed > 0 || !recovered.replay.is_empty() {
-        eprintln!(
+        crate::log::say(&format!(
             "resuming job {} after epoch {} (attempt {}): {} epochs to replay, state of {} keys restored",
             job.name,
             recovered.committed,
             recovered.attempt,
             recovered.replay.len(),
             recovered.state.values().map(Vec::len).sum::<usize>()
-        );
+        ));
         for (transform, epoch, records) in &recovered.from_snapshot {
-            eprintln!(
+            crate::log::say(&format!(
                 "state of {transform} loaded from its local snapshot of epoch {epoch}, with {records} changelog records after it"
-            );
+            ));
         }
     }
 }
@@ -376,7 +376,7 @@ pub(super) fn wire(
                 match pg.connect() {
                     Ok(()) => {}
                     Err(e @ PostgresError::Unreachable { .. }) if fallback_dir.is_some() => {
-                        eprintln!(
+                        tracing::warn!(
                             "sink {}: {e}; epochs go to {} until it is back",
                             node.name,
                             fallback_dir.as_ref().unwrap().display()

@@ -756,7 +756,7 @@ fn usable_snapshot(
         },
         Err(why) => why,
     };
-    eprintln!(
+    tracing::info!(
         "the local snapshot of {transform} in {} is not used ({why}); reading its changelog instead",
         snapshot::dir(job).display()
     );

@@ -73,7 +73,7 @@ pub fn keep(
                 write(&dir, &transform, &header, &parts).map_err(|e| e.to_string())
             });
         if let Err(e) = kept {
-            eprintln!(
+            tracing::warn!(
                 "could not keep a local snapshot of {transform} in {}: {e}; the next start reads its changelog instead",
                 dir.display()
             );

@@ -343,7 +343,7 @@ impl Writer<'_> {
                 }
                 if let Some((path, n)) = c.fallback {
                     summary.fallback_rows += n;
-                    eprintln!(
+                    tracing::warn!(
                         "epoch {e}: postgres unreachable, sink {}: {n} rows written to {}",
                         sink_names[i],
                         path.display()
@@ -460,20 +460,17 @@ impl Writer<'_> {
             let interval_s = self.plan.job.checkpoint_interval_ms as f64 / 1000.0;
             let elapsed = self.last_epoch_at.elapsed().as_secs_f64().max(interval_s);
             self.last_epoch_at = Instant::now();
-            eprintln!(
-                "{}",
-                progress_line(
-                    committed.unwrap_or(self.summary.epochs),
-                    e,
-                    &t,
-                    records_in,
-                    elapsed,
-                    commit_time,
-                    &self.source_names,
-                    &self.sink_order,
-                    &self.sink_names
-                )
-            );
+            crate::log::say(&progress_line(
+                committed.unwrap_or(self.summary.epochs),
+                e,
+                &t,
+                records_in,
+                elapsed,
+                commit_time,
+                &self.source_names,
+                &self.sink_order,
+                &self.sink_names,
+            ));
         }
         Ok(())
     }

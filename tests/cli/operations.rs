@@ -245,3 +245,63 @@ fn every_query_of_the_grafana_dashboard_is_promql_that_promtool_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn with_json_logs_every_line_on_stderr_is_a_json_object_and_rust_log_filters_them() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("ops-json");
+    let topics = [
+        "bank-transactions",
+        "APPROVED",
+        "REJECTED",
+        "bank-dead-letters",
+    ];
+    let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        job.to_str().unwrap(),
+        "--topic",
+        &names["bank-transactions"],
+        "--count",
+        "50",
+        "--quiet",
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--http",
+            "off",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "rill=debug")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        messages[0].starts_with(&format!("job {tag}-bank on ")),
+        "{stderr}"
+    );
+    assert!(messages.iter().any(|m| m.starts_with("epoch ")), "{stderr}");
+    assert!(
+        messages.last().unwrap().contains(" stopped after "),
+        "{stderr}"
+    );
+    // RUST_LOG=rill=debug lets rill's debug events through.
+    assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "{stderr}");
+}
