@@ -99,7 +99,8 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
             .collect::<Vec<_>>(),
     ));
     let listen = Listen::parse(args.http.as_deref(), process)?;
-    let endpoint = http::serve(&listen, observer.clone(), stop.clone())?;
+    let graph = crate::plan::explain::graph(&plan);
+    let endpoint = http::serve(&listen, observer.clone(), stop.clone(), graph)?;
     let s = stop.clone();
     // The first Ctrl-C stops the sources and lets the open epoch finish; a
     // second one exits at once. Counted apart from `stop`, which a cluster

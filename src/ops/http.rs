@@ -1,8 +1,10 @@
 //! The job's HTTP endpoint, one per process: `GET /metrics` (Prometheus),
-//! `GET /api/v1/job`, `/api/v1/epochs`, `/api/v1/errors` (JSON) and
-//! `POST /api/v1/stop`. It runs on a thread of its own with a small tokio
+//! `GET /api/v1/job`, `/api/v1/graph`, `/api/v1/epochs`, `/api/v1/errors`
+//! (JSON), `POST /api/v1/stop`, and at `/` a page that draws the job's
+//! graph with live counts (embedded in the binary, no build step). It runs on a thread of its own with a small tokio
 //! runtime, never on a worker, and listens on loopback unless told.
 
+use crate::plan::explain::Graph;
 use crate::runtime::observe::Observer;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -70,6 +72,7 @@ pub fn serve(
     listen: &Listen,
     observer: Arc<Observer>,
     stop: Arc<AtomicBool>,
+    graph: Graph,
 ) -> Result<Option<SocketAddr>, HttpError> {
     let listener = match listen {
         Listen::Off => return Ok(None),
@@ -98,7 +101,7 @@ pub fn serve(
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-    let app = router(observer, stop);
+    let app = router(observer, stop, graph);
     std::thread::Builder::new()
         .name("rill-http".into())
         .spawn(move || {
@@ -125,16 +128,32 @@ pub fn serve(
 struct Shared {
     observer: Arc<Observer>,
     stop: Arc<AtomicBool>,
+    graph: Arc<Graph>,
 }
 
-fn router(observer: Arc<Observer>, stop: Arc<AtomicBool>) -> Router {
+fn router(observer: Arc<Observer>, stop: Arc<AtomicBool>, graph: Graph) -> Router {
+    let graph = Arc::new(graph);
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/api/v1/job", get(job))
+        .route("/api/v1/graph", get(graph_of))
         .route("/api/v1/epochs", get(epochs))
         .route("/api/v1/errors", get(errors))
         .route("/api/v1/stop", post(stop_job))
-        .with_state(Shared { observer, stop })
+        .with_state(Shared {
+            observer,
+            stop,
+            graph,
+        })
+}
+
+async fn page() -> impl IntoResponse {
+    axum::response::Html(include_str!("page.html"))
+}
+
+async fn graph_of(State(s): State<Shared>) -> impl IntoResponse {
+    Json(s.graph.as_ref().clone())
 }
 
 /// OpenMetrics for a scraper that asks for it, else the Prometheus text
@@ -245,14 +264,18 @@ mod tests {
         let observer = Arc::new(Observer::new("t", 0, 1, 1, &[], &[]));
         let stop = Arc::new(AtomicBool::new(false));
         let given = Listen::Given(taken.local_addr().unwrap());
-        let err = serve(&given, observer.clone(), stop.clone()).unwrap_err();
+        let graph = || Graph {
+            nodes: Vec::new(),
+            edges: Vec::new(),
+        };
+        let err = serve(&given, observer.clone(), stop.clone(), graph()).unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
                 "cannot serve the job's endpoint on 127.0.0.1:{port}: "
             )),
             "{err}"
         );
-        let moved = serve(&Listen::Default(port), observer, stop)
+        let moved = serve(&Listen::Default(port), observer, stop, graph())
             .unwrap()
             .unwrap();
         assert!(moved.ip().is_loopback());

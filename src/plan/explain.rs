@@ -142,6 +142,68 @@ pub fn text(plan: &Plan) -> String {
     out
 }
 
+/// The plan as the web page draws it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Graph {
+    pub nodes: Vec<GraphNode>,
+    pub edges: Vec<GraphEdge>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GraphNode {
+    /// `sources.x`, `transforms.y`, `sinks.z`.
+    pub id: String,
+    /// What it does, as `jobctl explain` says it.
+    pub what: String,
+    /// Its distance from the sources: the column it is drawn in.
+    pub depth: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GraphEdge {
+    pub from: String,
+    pub to: String,
+    /// The route it leaves by, for a node with several outputs.
+    pub port: Option<String>,
+}
+
+pub fn graph(plan: &Plan) -> Graph {
+    // Nodes come in topological order: a node's depth is one past its
+    // deepest input's.
+    let mut depth = vec![0usize; plan.nodes.len()];
+    for (i, node) in plan.nodes.iter().enumerate() {
+        depth[i] = node
+            .inputs
+            .iter()
+            .map(|p| depth[p.node] + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    Graph {
+        nodes: plan
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| GraphNode {
+                id: n.id.clone(),
+                what: what(plan, i),
+                depth: depth[i],
+            })
+            .collect(),
+        edges: plan
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.inputs.iter().map(|p| GraphEdge {
+                    from: plan.nodes[p.node].id.clone(),
+                    to: n.id.clone(),
+                    port: port_name(plan, p),
+                })
+            })
+            .collect(),
+    }
+}
+
 /// The plan as a Graphviz digraph: a box per node, an edge per input with
 /// the fields it carries.
 pub fn dot(plan: &Plan) -> String {
