@@ -64,6 +64,17 @@ fn table(j: &JobView) -> String {
             n.node, n.records, n.per_second
         ));
     }
+    if !j.lag.is_empty() {
+        let lag: Vec<String> = j
+            .lag
+            .iter()
+            .map(|l| format!("{}/{} {}", l.source, l.partition, l.lag))
+            .collect();
+        out.push_str(&format!(
+            "\nlag, records past what is committed: {}",
+            lag.join(", ")
+        ));
+    }
     out
 }
 
@@ -93,7 +104,7 @@ pub fn stop(http: &str, wait: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::observe::NodeCount;
+    use crate::runtime::observe::{NodeCount, PartitionLag};
 
     #[test]
     fn the_status_table_names_every_node_with_its_counts() {
@@ -121,6 +132,18 @@ mod tests {
                     per_second: 66.66,
                 },
             ],
+            lag: vec![
+                PartitionLag {
+                    source: "transactions".into(),
+                    partition: 0,
+                    lag: 0,
+                },
+                PartitionLag {
+                    source: "transactions".into(),
+                    partition: 1,
+                    lag: 12,
+                },
+            ],
         };
         assert_eq!(
             table(&j),
@@ -128,7 +151,8 @@ mod tests {
              last committed epoch 15 (9 committed by this start), 1 dead letters\n\
              node                       records     records/s\n\
              sources.transactions          1200         100.0\n\
-             sinks.approved                 800          66.7"
+             sinks.approved                 800          66.7\n\
+             lag, records past what is committed: transactions/0 0, transactions/1 12"
         );
     }
 }

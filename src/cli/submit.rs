@@ -2,6 +2,7 @@
 //! processes, or as one process of a cluster across machines.
 
 use super::load_plan;
+use crate::connectors::kafka_admin;
 use crate::ops::http::{self, Listen};
 use crate::runtime::cluster::{fingerprint, Identity};
 use crate::runtime::cluster_job::{run_process, Place};
@@ -14,6 +15,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How often the lag of the sources is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Args, Clone)]
 pub struct SubmitArgs {
@@ -91,7 +95,7 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         workers,
         &plan
             .sources()
-            .map(|(_, n, _)| n.name.clone())
+            .map(|(_, n, s)| (n.name.clone(), s.config.topic.clone()))
             .collect::<Vec<_>>(),
         &plan
             .sinks()
@@ -99,6 +103,12 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
             .collect::<Vec<_>>(),
     ));
     let listen = Listen::parse(args.http.as_deref(), process)?;
+    let brokers = plan.job.brokers.clone();
+    observer.watch_lag(LAG_EVERY, move |topic| {
+        let n = kafka_admin::partition_count(&brokers, topic).ok()??;
+        let ends = kafka_admin::end_offsets(&brokers, topic, n).ok()?;
+        Some(ends.into_iter().map(|(_, end)| end).collect())
+    });
     let graph = crate::plan::explain::graph(&plan);
     let endpoint = http::serve(&listen, observer.clone(), stop.clone(), graph)?;
     let s = stop.clone();

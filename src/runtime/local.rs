@@ -206,6 +206,7 @@ fn run_attempt(
     let (mut launch, positions, dead_letter_topic) =
         wire(&plan, &opts, &mut recovered, registry, 0, lookups)?;
     step("sources and sinks wired");
+    let resumed = positions.clone();
     let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
     if recovered.start_offsets.is_none() {
         committer.log_begin(&job.name)?;
@@ -213,6 +214,7 @@ fn run_attempt(
     step("committer open");
     if let Some(o) = &opts.observer {
         o.started(recovered.attempt, recovered.committed);
+        o.resumed_at(resumed);
     }
     launch.backend = Backend::Kafka(Box::new(committer));
     super::workers::execute(plan, opts, stop, launch)

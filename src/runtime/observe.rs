@@ -31,6 +31,12 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    source: String,
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -58,6 +64,14 @@ pub struct ErrorEntry {
     pub offset: i64,
 }
 
+/// How far a source partition's committed position is behind its end.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartitionLag {
+    pub source: String,
+    pub partition: i32,
+    pub lag: i64,
+}
+
 /// A node of the job and what went through it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeCount {
@@ -81,6 +95,9 @@ pub struct JobView {
     pub epochs_committed: u64,
     pub dead_letters: u64,
     pub nodes: Vec<NodeCount>,
+    /// Per source partition this process reads, as last measured.
+    #[serde(default)]
+    pub lag: Vec<PartitionLag>,
 }
 
 /// What one epoch did, as the writer hands it over.
@@ -95,6 +112,8 @@ pub struct EpochDone<'a> {
     pub filtered: u64,
     pub duration: std::time::Duration,
     pub commit: std::time::Duration,
+    /// Offsets read, per (source, partition): [first, one past the last).
+    pub read: &'a BTreeMap<(u32, i32), (i64, i64)>,
 }
 
 struct Recent {
@@ -108,6 +127,10 @@ struct Recent {
     order: Vec<String>,
     epochs: VecDeque<(Instant, EpochEntry, Vec<(String, u64)>)>,
     errors: VecDeque<ErrorEntry>,
+    /// Per (source, partition) this process reads: where its committed
+    /// input ends.
+    positions: BTreeMap<(u32, i32), i64>,
+    lag: Vec<PartitionLag>,
 }
 
 /// The job's metrics and recent history, shared by the writer and the
@@ -132,17 +155,21 @@ pub struct Observer {
     restarts: Counter,
     open_epoch_records: Gauge,
     postgres_fallback: Family<SinkLabels, Gauge>,
+    source_lag: Family<PartitionLabels, Gauge>,
+    /// Each source's name and topic, by position.
+    sources: Vec<(String, String)>,
     recent: Mutex<Recent>,
 }
 
 impl Observer {
-    /// `sources` and `sinks`: the job's node names, in plan order.
+    /// `sources` (name, topic) and `sinks`: the job's nodes, in plan
+    /// order.
     pub fn new(
         name: &str,
         process: usize,
         processes: usize,
         workers: usize,
-        sources: &[String],
+        sources: &[(String, String)],
         sinks: &[String],
     ) -> Self {
         let labels = [
@@ -226,12 +253,18 @@ impl Observer {
             "1 while a Postgres sink writes its epochs to fallback files",
             postgres_fallback.clone(),
         );
+        let source_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "source_lag_records",
+            "Records of each source partition past what the job has committed (records-lag)",
+            source_lag.clone(),
+        );
         let order: Vec<String> = sources
             .iter()
-            .map(|s| format!("sources.{s}"))
+            .map(|(s, _)| format!("sources.{s}"))
             .chain(sinks.iter().map(|s| format!("sinks.{s}")))
             .collect();
-        for s in sources {
+        for (s, _) in sources {
             records_in
                 .get_or_create(&SourceLabels { source: s.clone() })
                 .inc_by(0);
@@ -261,6 +294,8 @@ impl Observer {
             restarts,
             open_epoch_records,
             postgres_fallback,
+            source_lag,
+            sources: sources.to_vec(),
             recent: Mutex::new(Recent {
                 state: "starting",
                 attempt: 0,
@@ -271,6 +306,8 @@ impl Observer {
                 order,
                 epochs: VecDeque::new(),
                 errors: VecDeque::new(),
+                positions: BTreeMap::new(),
+                lag: Vec::new(),
             }),
         }
     }
@@ -359,6 +396,10 @@ impl Observer {
         let mut r = self.recent.lock().unwrap();
         r.last_committed_epoch = done.epoch;
         r.epochs_committed += 1;
+        for (k, (_, end)) in done.read {
+            let at = r.positions.entry(*k).or_insert(*end);
+            *at = (*at).max(*end);
+        }
         let per_node: Vec<(String, u64)> = done
             .inputs
             .iter()
@@ -415,6 +456,7 @@ impl Observer {
             last_committed_epoch: r.last_committed_epoch,
             epochs_committed: r.epochs_committed,
             dead_letters: r.dead_letters,
+            lag: r.lag.clone(),
             nodes: r
                 .order
                 .iter()
@@ -425,6 +467,62 @@ impl Observer {
                 })
                 .collect(),
         }
+    }
+
+    /// Where the job resumed: the committed position of each source
+    /// partition, before any epoch of this start commits.
+    pub fn resumed_at(&self, positions: impl IntoIterator<Item = ((u32, i32), i64)>) {
+        self.recent.lock().unwrap().positions.extend(positions);
+    }
+
+    /// Measures every `every` how far each source partition this process
+    /// reads is behind its end, on a thread of its own, while the job
+    /// runs. `ends` gives a topic's end offsets, per partition.
+    pub fn watch_lag<F>(self: &std::sync::Arc<Self>, every: std::time::Duration, ends: F)
+    where
+        F: Fn(&str) -> Option<Vec<i64>> + Send + 'static,
+    {
+        let observer = std::sync::Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("rill-lag".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(o) = observer.upgrade() else { return };
+                o.measure_lag(&ends);
+            });
+    }
+
+    fn measure_lag(&self, ends: &dyn Fn(&str) -> Option<Vec<i64>>) {
+        let positions = self.recent.lock().unwrap().positions.clone();
+        let mut lag = Vec::new();
+        for (i, (name, topic)) in self.sources.iter().enumerate() {
+            let mine: Vec<_> = positions
+                .iter()
+                .filter(|((s, _), _)| *s == i as u32)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let Some(end) = ends(topic) else { continue };
+            for ((_, p), at) in mine {
+                let Some(e) = end.get(*p as usize) else {
+                    continue;
+                };
+                let behind = (e - at).max(0);
+                self.source_lag
+                    .get_or_create(&PartitionLabels {
+                        source: name.clone(),
+                        partition: p.to_string(),
+                    })
+                    .set(behind);
+                lag.push(PartitionLag {
+                    source: name.clone(),
+                    partition: *p,
+                    lag: behind,
+                });
+            }
+        }
+        self.recent.lock().unwrap().lag = lag;
     }
 
     pub fn epochs(&self) -> Vec<EpochEntry> {

@@ -434,6 +434,7 @@ impl Writer<'_> {
                 filtered: own.filtered,
                 duration,
                 commit: commit_time,
+                read: &read,
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
         }

@@ -105,6 +105,27 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
         }
     };
     promtool_check(&metrics);
+    // Every record is committed: each source partition's lag, measured
+    // every 5 s, comes to 0.
+    let lag_of = |m: &str, p: u32| {
+        sample(
+            m,
+            "rill_source_lag_records",
+            &format!("source=\"transactions\",partition=\"{p}\""),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(&http, "/metrics").unwrap_or_default();
+        if lag_of(&m, 0) == Some(0.0) && lag_of(&m, 1) == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lag of 0 for both partitions in 30 s:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     for name in [
         "rill_epochs_total",
         "rill_epoch_duration_seconds_count",
