@@ -7,7 +7,7 @@ use crate::ops::http::{self, Listen};
 use crate::runtime::cluster::{fingerprint, Identity};
 use crate::runtime::cluster_job::{run_process, Place};
 use crate::runtime::local::{self, RunOptions, RunSummary};
-use crate::runtime::observe::Observer;
+use crate::runtime::observe::{Nodes, Observer};
 use crate::runtime::RunError;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -88,19 +88,23 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         _ => None,
     };
     let processes = place.as_ref().map_or(1, |p| p.addresses.len());
+    let sources: Vec<(String, String)> = plan
+        .sources()
+        .map(|(_, n, s)| (n.name.clone(), s.config.topic.clone()))
+        .collect();
+    let transforms: Vec<String> = plan.transforms().map(|n| n.name.clone()).collect();
+    let sinks: Vec<String> = plan.sinks().map(|(_, n, _)| n.name.clone()).collect();
+    let nodes = Nodes {
+        sources: &sources,
+        transforms: &transforms,
+        sinks: &sinks,
+    };
     let observer = Arc::new(Observer::new(
         &plan.job.name,
         process,
         processes,
         workers,
-        &plan
-            .sources()
-            .map(|(_, n, s)| (n.name.clone(), s.config.topic.clone()))
-            .collect::<Vec<_>>(),
-        &plan
-            .sinks()
-            .map(|(_, n, _)| n.name.clone())
-            .collect::<Vec<_>>(),
+        nodes,
     ));
     let listen = Listen::parse(args.http.as_deref(), process)?;
     let brokers = plan.job.brokers.clone();
@@ -226,6 +230,10 @@ fn run_restarting(
                     && !stop.load(Ordering::SeqCst) =>
             {
                 restarts += 1;
+                if let Some(o) = &opts.observer {
+                    o.restarted();
+                    o.set_state("restarting");
+                }
                 let wait = backoff(restarts);
                 tracing::warn!(
                     "job {} failed: {e}\nstarting it again in {} s (restart {restarts} of {})",

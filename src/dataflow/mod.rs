@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::inspect::Inspect;
 use timely::dataflow::operators::{Concatenate, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use transforms::Transforms;
@@ -290,13 +291,37 @@ pub fn build<'s>(
         .collect();
     let mut streams: HashMap<Port, Records<'s>> = HashMap::new();
     let mut source_pos = 0usize;
+    let mut transform_pos = 0usize;
     for (i, node) in plan.nodes.iter().enumerate() {
+        let is_transform = !matches!(node.kind, NodeKind::Source(_) | NodeKind::Sink(_));
+        let counted = is_transform.then(|| {
+            transform_pos += 1;
+            transform_pos - 1
+        });
         let input = || -> Records<'s> {
             let ins: Vec<Records<'s>> = node.inputs.iter().map(|p| streams[p].clone()).collect();
-            if ins.len() == 1 {
+            let merged = if ins.len() == 1 {
                 ins.into_iter().next().unwrap()
             } else {
                 scope.concatenate(ins)
+            };
+            // A transform counts what comes in, per epoch (numRecordsIn).
+            match counted {
+                Some(k) => {
+                    let c = ctx.clone();
+                    merged.inspect_core(move |event| {
+                        if let Ok((epoch, data)) = event {
+                            let epoch = *epoch.least().expect("messages carry an epoch");
+                            c.count(epoch, |x| {
+                                if x.through.len() <= k {
+                                    x.through.resize(k + 1, 0);
+                                }
+                                x.through[k] += data.len() as u64;
+                            });
+                        }
+                    })
+                }
+                None => merged,
             }
         };
         match &node.kind {

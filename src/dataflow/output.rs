@@ -16,6 +16,9 @@ pub struct EpochCounts {
     /// Of the dead letters, those that came too late for their window.
     pub late: u64,
     pub filtered: u64,
+    /// Records into each transform, by position among the plan's
+    /// transforms.
+    pub through: Vec<u64>,
     /// Offsets read, per (source, partition): [first, one past the last).
     pub ranges: BTreeMap<(u32, i32), (i64, i64)>,
 }
@@ -26,6 +29,12 @@ impl EpochCounts {
             self.inputs.resize(other.inputs.len(), 0);
         }
         for (a, b) in self.inputs.iter_mut().zip(&other.inputs) {
+            *a += b;
+        }
+        if self.through.len() < other.through.len() {
+            self.through.resize(other.through.len(), 0);
+        }
+        for (a, b) in self.through.iter_mut().zip(&other.through) {
             *a += b;
         }
         self.dead += other.dead;

@@ -261,7 +261,12 @@ mod tests {
     fn a_given_port_in_use_is_refused_and_a_default_one_moves_up() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let observer = Arc::new(Observer::new("t", 0, 1, 1, &[], &[]));
+        let nodes = crate::runtime::observe::Nodes {
+            sources: &[],
+            transforms: &[],
+            sinks: &[],
+        };
+        let observer = Arc::new(Observer::new("t", 0, 1, 1, nodes));
         let stop = Arc::new(AtomicBool::new(false));
         let given = Listen::Given(taken.local_addr().unwrap());
         let graph = || Graph {

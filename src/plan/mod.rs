@@ -128,6 +128,13 @@ impl Plan {
             })
     }
 
+    /// The nodes between sources and sinks, in plan order.
+    pub fn transforms(&self) -> impl Iterator<Item = &Node> {
+        self.nodes
+            .iter()
+            .filter(|n| !matches!(n.kind, NodeKind::Source(_) | NodeKind::Sink(_)))
+    }
+
     pub fn sinks(&self) -> impl Iterator<Item = (usize, &Node, &SinkPlan)> {
         self.nodes
             .iter()

@@ -143,6 +143,9 @@ impl KafkaShare {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EpochReport {
     pub inputs: Vec<u64>,
+    /// Records into each transform, by position.
+    #[serde(default)]
+    pub through: Vec<u64>,
     pub out: Vec<u64>,
     pub dead: u64,
     pub late: u64,

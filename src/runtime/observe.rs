@@ -26,6 +26,11 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransformLabels {
+    transform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: String,
 }
@@ -100,11 +105,21 @@ pub struct JobView {
     pub lag: Vec<PartitionLag>,
 }
 
+/// The job's nodes by kind, in plan order.
+pub struct Nodes<'a> {
+    /// (name, topic).
+    pub sources: &'a [(String, String)],
+    pub transforms: &'a [String],
+    pub sinks: &'a [String],
+}
+
 /// What one epoch did, as the writer hands it over.
 pub struct EpochDone<'a> {
     pub epoch: u64,
     /// Records read, by source name.
     pub inputs: Vec<(&'a str, u64)>,
+    /// Records into each transform, by name.
+    pub transforms: Vec<(&'a str, u64)>,
     /// Records written, by sink name.
     pub outputs: Vec<(&'a str, u64)>,
     pub dead: u64,
@@ -144,6 +159,7 @@ pub struct Observer {
     started: Instant,
     records_in: Family<SourceLabels, Counter>,
     records_out: Family<SinkLabels, Counter>,
+    records_through: Family<TransformLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     late: Counter,
     filtered: Counter,
@@ -162,16 +178,20 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// `sources` (name, topic) and `sinks`: the job's nodes, in plan
-    /// order.
+    /// `nodes`: the job's sources (name, topic), transforms and sinks, in
+    /// plan order.
     pub fn new(
         name: &str,
         process: usize,
         processes: usize,
         workers: usize,
-        sources: &[(String, String)],
-        sinks: &[String],
+        nodes: Nodes<'_>,
     ) -> Self {
+        let Nodes {
+            sources,
+            transforms,
+            sinks,
+        } = nodes;
         let labels = [
             (Cow::Borrowed("job"), Cow::Owned(name.to_string())),
             (Cow::Borrowed("process"), Cow::Owned(process.to_string())),
@@ -188,6 +208,12 @@ impl Observer {
             "sink_records",
             "Records committed to each sink (numRecordsOut)",
             records_out.clone(),
+        );
+        let records_through = Family::<TransformLabels, Counter>::default();
+        registry.register(
+            "transform_records",
+            "Records into each transform (numRecordsIn)",
+            records_through.clone(),
         );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -262,8 +288,16 @@ impl Observer {
         let order: Vec<String> = sources
             .iter()
             .map(|(s, _)| format!("sources.{s}"))
+            .chain(transforms.iter().map(|t| format!("transforms.{t}")))
             .chain(sinks.iter().map(|s| format!("sinks.{s}")))
             .collect();
+        for t in transforms {
+            records_through
+                .get_or_create(&TransformLabels {
+                    transform: t.clone(),
+                })
+                .inc_by(0);
+        }
         for (s, _) in sources {
             records_in
                 .get_or_create(&SourceLabels { source: s.clone() })
@@ -283,6 +317,7 @@ impl Observer {
             started: Instant::now(),
             records_in,
             records_out,
+            records_through,
             dead_letters,
             late,
             filtered,
@@ -380,6 +415,13 @@ impl Observer {
                 })
                 .inc_by(*n);
         }
+        for (t, n) in &done.transforms {
+            self.records_through
+                .get_or_create(&TransformLabels {
+                    transform: t.to_string(),
+                })
+                .inc_by(*n);
+        }
         for (s, n) in &done.outputs {
             self.records_out
                 .get_or_create(&SinkLabels {
@@ -404,6 +446,11 @@ impl Observer {
             .inputs
             .iter()
             .map(|(s, n)| (format!("sources.{s}"), *n))
+            .chain(
+                done.transforms
+                    .iter()
+                    .map(|(t, n)| (format!("transforms.{t}"), *n)),
+            )
             .chain(done.outputs.iter().map(|(s, n)| (format!("sinks.{s}"), *n)))
             .collect();
         for (node, n) in &per_node {

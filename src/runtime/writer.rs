@@ -36,6 +36,8 @@ struct Writer<'p> {
     sink_names: HashMap<usize, String>,
     sink_order: Vec<usize>,
     source_names: Vec<String>,
+    /// The transforms' names, in plan order.
+    transform_names: Vec<String>,
     summary: RunSummary,
     targets: Sinks,
     backend: Backend,
@@ -68,6 +70,7 @@ pub(super) fn write_loop(
         sink_names: plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect(),
         sink_order: plan.sinks().map(|(i, _, _)| i).collect(),
         source_names: plan.sources().map(|(_, n, _)| n.name.clone()).collect(),
+        transform_names: plan.transforms().map(|n| n.name.clone()).collect(),
         summary: RunSummary::default(),
         targets,
         backend,
@@ -423,6 +426,12 @@ impl Writer<'_> {
                     .map(String::as_str)
                     .zip(own.inputs.iter().copied())
                     .collect(),
+                transforms: self
+                    .transform_names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(own.through.iter().copied().chain(std::iter::repeat(0)))
+                    .collect(),
                 outputs: self
                     .sink_order
                     .iter()
@@ -516,6 +525,7 @@ impl EpochTotals {
     fn add_share(&mut self, r: &EpochReport, read: BTreeMap<(u32, i32), (i64, i64)>) {
         self.counts.add(&EpochCounts {
             inputs: r.inputs.clone(),
+            through: r.through.clone(),
             dead: r.dead,
             late: r.late,
             filtered: r.filtered,
@@ -537,6 +547,7 @@ impl EpochTotals {
     pub(super) fn report(&self) -> EpochReport {
         EpochReport {
             inputs: self.counts.inputs.clone(),
+            through: self.counts.through.clone(),
             out: self.out.clone(),
             dead: self.counts.dead,
             late: self.counts.late,

@@ -141,6 +141,16 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
     let approved = sample(&metrics, "rill_sink_records_total", "sink=\"approved\"").unwrap();
     let rejected = sample(&metrics, "rill_sink_records_total", "sink=\"rejected\"").unwrap();
     assert_eq!(approved + rejected, 600.0, "{metrics}");
+    let through = |t: &str| {
+        sample(
+            &metrics,
+            "rill_transform_records_total",
+            &format!("transform=\"{t}\""),
+        )
+    };
+    assert_eq!(through("split"), Some(600.0), "{metrics}");
+    assert_eq!(through("approve"), Some(approved), "{metrics}");
+    assert_eq!(through("reject"), Some(rejected), "{metrics}");
 
     let view: serde_json::Value =
         serde_json::from_str(&get(&http, "/api/v1/job").unwrap()).unwrap();
@@ -154,7 +164,14 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
         .collect();
     assert_eq!(
         nodes,
-        ["sources.transactions", "sinks.approved", "sinks.rejected"]
+        [
+            "sources.transactions",
+            "transforms.split",
+            "transforms.approve",
+            "transforms.reject",
+            "sinks.approved",
+            "sinks.rejected"
+        ]
     );
     let epochs: serde_json::Value =
         serde_json::from_str(&get(&http, "/api/v1/epochs").unwrap()).unwrap();
