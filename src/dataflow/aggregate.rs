@@ -241,6 +241,8 @@ fn plain<'s>(
                         })
                         .collect();
                     ctx.changelog(&transform, epoch, changelog);
+                    ctx.held
+                        .set(&transform, ctx.index, store.len() as u64, None);
                     let mut session = out.session(&cap);
                     for (key, old, new) in changed {
                         let record = |row: Row, tombstone: bool| Record {

@@ -139,6 +139,8 @@ pub struct WorkerContext {
     /// State read back from the changelogs, by transform name, until
     /// worker 0 hands it to the dataflow.
     pub restored: RestoredState,
+    /// What each stateful transform holds, for the metrics.
+    pub held: Arc<output::Held>,
 }
 
 impl WorkerContext {

@@ -48,6 +48,38 @@ impl EpochCounts {
     }
 }
 
+/// What each stateful transform holds now, per worker: its keys and, for
+/// a windowed one, its watermark. The job's metrics read it when an epoch
+/// commits; workers only write their own entry.
+#[derive(Default)]
+pub struct Held {
+    inner: std::sync::Mutex<BTreeMap<(String, usize), (u64, Option<i64>)>>,
+}
+
+impl Held {
+    pub fn set(&self, transform: &str, worker: usize, keys: u64, watermark: Option<i64>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .insert((transform.to_string(), worker), (keys, watermark));
+    }
+
+    /// Per transform: its keys over every worker, and its watermark (the
+    /// least a worker has).
+    pub fn totals(&self) -> BTreeMap<String, (u64, Option<i64>)> {
+        let mut out: BTreeMap<String, (u64, Option<i64>)> = BTreeMap::new();
+        for ((t, _), (keys, mark)) in self.inner.lock().unwrap().iter() {
+            let e = out.entry(t.clone()).or_insert((0, *mark));
+            e.0 += keys;
+            e.1 = match (e.1, mark) {
+                (Some(a), Some(b)) => Some(a.min(*b)),
+                (a, b) => a.or(*b),
+            };
+        }
+        out
+    }
+}
+
 pub enum WriterMsg {
     Out {
         sink: usize,
@@ -97,5 +129,22 @@ pub fn capitalise(name: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_keys_add_up_over_workers_and_the_watermark_is_the_least() {
+        let h = Held::default();
+        h.set("w", 0, 3, Some(500));
+        h.set("w", 1, 4, Some(200));
+        h.set("a", 0, 2, None);
+        h.set("w", 0, 5, Some(600));
+        let t = h.totals();
+        assert_eq!(t["w"], (9, Some(200)));
+        assert_eq!(t["a"], (2, None));
     }
 }

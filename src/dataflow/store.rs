@@ -89,8 +89,7 @@ pub struct GroupStore {
 }
 
 impl GroupStore {
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.groups.len()
     }
 

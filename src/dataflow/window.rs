@@ -513,6 +513,9 @@ pub(super) fn windowed<'s>(
                         last_snap = Some(snap);
                     }
                     ctx.changelog(&transform, epoch, log);
+                    let open = state.values().map(|w| w.len() as u64).sum();
+                    let mark = (watermark > i64::MIN).then_some(watermark);
+                    ctx.held.set(&transform, ctx.index, open, mark);
                 }
                 if frontier.is_none() {
                     // A bounded run ends: every window still open fires, in

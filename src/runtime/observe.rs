@@ -172,6 +172,8 @@ pub struct Observer {
     open_epoch_records: Gauge,
     postgres_fallback: Family<SinkLabels, Gauge>,
     source_lag: Family<PartitionLabels, Gauge>,
+    state_keys: Family<TransformLabels, Gauge>,
+    watermark: Family<TransformLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Each source's name and topic, by position.
     sources: Vec<(String, String)>,
     recent: Mutex<Recent>,
@@ -285,6 +287,20 @@ impl Observer {
             "Records of each source partition past what the job has committed (records-lag)",
             source_lag.clone(),
         );
+        let state_keys = Family::<TransformLabels, Gauge>::default();
+        registry.register(
+            "state_keys",
+            "Keys (open windows, for a windowed aggregate) each stateful transform holds",
+            state_keys.clone(),
+        );
+        let watermark =
+            Family::<TransformLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "watermark_timestamp",
+            "Event time up to which a windowed transform has seen everything, as a Unix time",
+            Unit::Seconds,
+            watermark.clone(),
+        );
         let order: Vec<String> = sources
             .iter()
             .map(|(s, _)| format!("sources.{s}"))
@@ -330,6 +346,8 @@ impl Observer {
             open_epoch_records,
             postgres_fallback,
             source_lag,
+            state_keys,
+            watermark,
             sources: sources.to_vec(),
             recent: Mutex::new(Recent {
                 state: "starting",
@@ -373,6 +391,20 @@ impl Observer {
 
     pub fn open_epoch_records(&self, n: i64) {
         self.open_epoch_records.set(n.max(0));
+    }
+
+    /// What each stateful transform holds: its keys, and its watermark
+    /// in milliseconds of event time.
+    pub fn held(&self, held: BTreeMap<String, (u64, Option<i64>)>) {
+        for (t, (keys, mark)) in held {
+            let labels = TransformLabels { transform: t };
+            self.state_keys.get_or_create(&labels).set(keys as i64);
+            if let Some(ms) = mark {
+                self.watermark
+                    .get_or_create(&labels)
+                    .set(ms as f64 / 1000.0);
+            }
+        }
     }
 
     pub fn postgres_fallback(&self, sink: &str, on: bool) {
@@ -594,5 +626,93 @@ fn reason_kind(reason: &str) -> String {
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observer").field("job", &self.name).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observer() -> Observer {
+        let sources = [("transactions".to_string(), "bank-transactions".to_string())];
+        let transforms = ["per_account".to_string()];
+        let sinks = ["aggregated".to_string()];
+        let nodes = Nodes {
+            sources: &sources,
+            transforms: &transforms,
+            sinks: &sinks,
+        };
+        Observer::new("t", 0, 1, 2, nodes)
+    }
+
+    #[test]
+    fn an_epoch_counts_per_node_and_state_and_watermark_are_gauges() {
+        let o = observer();
+        let read = BTreeMap::from([((0, 0), (0, 7)), ((0, 1), (0, 3))]);
+        o.committed(EpochDone {
+            epoch: 4,
+            inputs: vec![("transactions", 10)],
+            transforms: vec![("per_account", 10)],
+            outputs: vec![("aggregated", 6)],
+            dead: 0,
+            late: 0,
+            filtered: 0,
+            duration: std::time::Duration::from_millis(1000),
+            commit: std::time::Duration::from_millis(20),
+            read: &read,
+        });
+        o.held(BTreeMap::from([(
+            "per_account".to_string(),
+            (6, Some(1_700_000_000_500)),
+        )]));
+        let m = o.metrics_text();
+        for line in [
+            "rill_source_records_total{job=\"t\",process=\"0\",source=\"transactions\"} 10",
+            "rill_transform_records_total{job=\"t\",process=\"0\",transform=\"per_account\"} 10",
+            "rill_sink_records_total{job=\"t\",process=\"0\",sink=\"aggregated\"} 6",
+            "rill_state_keys{job=\"t\",process=\"0\",transform=\"per_account\"} 6",
+            "rill_watermark_timestamp_seconds{job=\"t\",process=\"0\",transform=\"per_account\"} 1700000000.5",
+            "rill_last_committed_epoch{job=\"t\",process=\"0\"} 4",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line}\n{m}");
+        }
+        let j = o.job();
+        assert_eq!(j.last_committed_epoch, 4);
+        let records: Vec<(&str, u64)> = j
+            .nodes
+            .iter()
+            .map(|n| (n.node.as_str(), n.records))
+            .collect();
+        assert_eq!(
+            records,
+            [
+                ("sources.transactions", 10),
+                ("transforms.per_account", 10),
+                ("sinks.aggregated", 6)
+            ]
+        );
+        // Lag is measured from where the committed input ends.
+        o.measure_lag(&|_| Some(vec![9, 3]));
+        let lag: Vec<(i32, i64)> = o.job().lag.iter().map(|l| (l.partition, l.lag)).collect();
+        assert_eq!(lag, [(0, 2), (1, 0)]);
+    }
+
+    #[test]
+    fn a_dead_letter_is_counted_by_the_kind_of_its_reason_and_kept_for_the_api() {
+        let o = observer();
+        let d = DeadLetter {
+            key: None,
+            value: None,
+            reason: "avro decode: field `withdraw`: not a double".into(),
+            topic: "bank-transactions".into(),
+            partition: 1,
+            offset: 42,
+        };
+        o.dead_letters(3, &[d]);
+        assert!(o
+            .metrics_text()
+            .contains("rill_dead_letters_total{job=\"t\",process=\"0\",reason=\"avro decode\"} 1"));
+        let e = &o.errors()[0];
+        assert_eq!((e.epoch, e.partition, e.offset), (3, 1, 42));
     }
 }

@@ -32,6 +32,8 @@ pub(super) fn execute(
 
     let writer_plan = plan.clone();
     let writer_in_flight = in_flight.clone();
+    let held = Arc::new(crate::dataflow::output::Held::default());
+    let writer_held = held.clone();
     let Launch {
         readers,
         registry,
@@ -70,7 +72,7 @@ pub(super) fn execute(
                 rx,
                 targets,
                 backend,
-                writer_in_flight,
+                (writer_in_flight, writer_held),
                 start,
                 resume_after,
             );
@@ -109,6 +111,7 @@ pub(super) fn execute(
             max_rate,
             changelog_topics: changelog_topics.clone(),
             restored: restored.clone(),
+            held: held.clone(),
         });
         let probe = ProbeHandle::<Epoch>::new();
         worker.dataflow::<Epoch, _, _>(|scope| {

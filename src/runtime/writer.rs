@@ -42,6 +42,8 @@ struct Writer<'p> {
     targets: Sinks,
     backend: Backend,
     in_flight: Arc<AtomicI64>,
+    /// What the stateful transforms hold, for the metrics.
+    state_held: Arc<crate::dataflow::output::Held>,
     /// Records staged per epoch, out of flight once the epoch commits.
     staged: BTreeMap<Epoch, i64>,
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
@@ -60,11 +62,12 @@ pub(super) fn write_loop(
     rx: Receiver<WriterMsg>,
     targets: Sinks,
     backend: Backend,
-    in_flight: Arc<AtomicI64>,
+    (in_flight, held): (Arc<AtomicI64>, Arc<crate::dataflow::output::Held>),
     start: Instant,
     resume_after: Epoch,
 ) -> Result<RunSummary, RunError> {
     let mut w = Writer {
+        state_held: held,
         plan,
         opts,
         sink_names: plan.sinks().map(|(i, n, _)| (i, n.name.clone())).collect(),
@@ -446,6 +449,7 @@ impl Writer<'_> {
                 read: &read,
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
+            o.held(self.state_held.totals());
         }
         let Some(t) = totals else { return Ok(()) };
         let records_in: u64 = t.counts.inputs.iter().sum();
