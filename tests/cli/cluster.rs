@@ -203,9 +203,11 @@ fn bank_lake_pair(dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
     (reference, job("job"))
 }
 
-/// Runs a two-process cluster whose process 1 dies once epoch 2 is in
-/// the log, before it writes its files; process 0 has written its own.
-fn killed_between_the_log_and_the_commit(job: &Path, restarts: &str) -> String {
+/// Runs `job` on two processes of one worker until caught up, with the
+/// fault `at` (`point:n`) striking process `process`; checks the process
+/// aborted there and whether the launcher's restarts carried the job to
+/// its end. Returns what the cluster printed.
+fn killed_at(job: &Path, at: &str, process: usize, restarts: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .args([
             "submit",
@@ -220,18 +222,30 @@ fn killed_between_the_log_and_the_commit(job: &Path, restarts: &str) -> String {
             "--restart-attempts",
             restarts,
         ])
-        .env("RILL_FAIL_AT", "decided:2")
-        .env("RILL_FAIL_PROCESS", "1")
+        .env("RILL_FAIL_AT", at)
+        .env("RILL_FAIL_PROCESS", process.to_string())
         .current_dir(root())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let point = at.split(':').next().unwrap();
+    let prefix = if process == 0 {
+        String::new()
+    } else {
+        format!("process {process}: ")
+    };
     assert!(
-        stderr.contains("process 1: fault injection: aborting at `decided`"),
+        stderr.contains(&format!("{prefix}fault injection: aborting at `{point}`")),
         "{stderr}"
     );
     assert_eq!(out.status.success(), restarts != "0", "{stderr}");
     stderr
+}
+
+/// Runs a two-process cluster whose process 1 dies once epoch 2 is in
+/// the log, before it writes its files; process 0 has written its own.
+fn killed_between_the_log_and_the_commit(job: &Path, restarts: &str) -> String {
+    killed_at(job, "decided:2", 1, restarts)
 }
 
 #[test]
@@ -328,31 +342,7 @@ fn an_epoch_one_writer_committed_and_the_other_did_not_lands_once_after_the_rest
     let job = bank_partitioned(dir.path(), &input, &format!("{tag}-job"), 2);
     // Process 1's writer commits epoch 2; process 0 dies before its own
     // commit of it.
-    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args([
-            "submit",
-            job.to_str().unwrap(),
-            "--until-caught-up",
-            "--processes",
-            "2",
-            "--workers",
-            "1",
-            "--max-records-per-second",
-            "300",
-            "--restart-attempts",
-            "0",
-        ])
-        .env("RILL_FAIL_AT", "peers_committed:2")
-        .env("RILL_FAIL_PROCESS", "0")
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        stderr.contains("fault injection: aborting at `peers_committed`"),
-        "{stderr}"
-    );
-    assert!(!out.status.success(), "{stderr}");
+    killed_at(&job, "peers_committed:2", 0, "0");
     // At another size, the epoch is finished on two processes first:
     // process 1's writer skips it, process 0's sends its share again.
     let stderr = submit(&job, &["--processes", "3", "--workers", "1"]);

@@ -14,6 +14,30 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A copy of the bank split with topics of its own, and `count`
+/// transactions in its input.
+fn bank_with_input(dir: &Path, tag: &str, count: usize) -> PathBuf {
+    let topics = [
+        "bank-transactions",
+        "APPROVED",
+        "REJECTED",
+        "bank-dead-letters",
+    ];
+    let (job, names) = job_copy(dir, "bank.toml", &topics, tag);
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        job.to_str().unwrap(),
+        "--topic",
+        &names["bank-transactions"],
+        "--count",
+        &count.to_string(),
+        "--quiet",
+    ]);
+    job
+}
+
 fn get(http: &str, path: &str) -> Option<String> {
     ureq::get(&format!("http://{http}{path}"))
         .timeout(Duration::from_secs(5))
@@ -63,25 +87,7 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("ops");
-    let topics = [
-        "bank-transactions",
-        "APPROVED",
-        "REJECTED",
-        "bank-dead-letters",
-    ];
-    let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
-    let input = &names["bank-transactions"];
-    ok(&[
-        "datagen",
-        "bank",
-        "--job",
-        job.to_str().unwrap(),
-        "--topic",
-        input,
-        "--count",
-        "600",
-        "--quiet",
-    ]);
+    let job = bank_with_input(dir.path(), &tag, 600);
     let http = format!("127.0.0.1:{}", free_port());
     // Runs until told to stop.
     let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
@@ -289,24 +295,7 @@ fn with_json_logs_every_line_on_stderr_is_a_json_object_and_rust_log_filters_the
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("ops-json");
-    let topics = [
-        "bank-transactions",
-        "APPROVED",
-        "REJECTED",
-        "bank-dead-letters",
-    ];
-    let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
-    ok(&[
-        "datagen",
-        "bank",
-        "--job",
-        job.to_str().unwrap(),
-        "--topic",
-        &names["bank-transactions"],
-        "--count",
-        "50",
-        "--quiet",
-    ]);
+    let job = bank_with_input(dir.path(), &tag, 50);
     let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .args([
             "submit",
