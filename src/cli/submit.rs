@@ -113,8 +113,7 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         let ends = kafka_admin::end_offsets(&brokers, topic, n).ok()?;
         Some(ends.into_iter().map(|(_, end)| end).collect())
     });
-    let graph = crate::plan::explain::graph(&plan);
-    let endpoint = http::serve(&listen, observer.clone(), stop.clone(), graph)?;
+    let endpoint = http::serve(&listen, observer.clone(), stop.clone(), plan.clone())?;
     let s = stop.clone();
     // The first Ctrl-C stops the sources and lets the open epoch finish; a
     // second one exits at once. Counted apart from `stop`, which a cluster

@@ -21,6 +21,32 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
+/// A restored state entry as the aggregate would send it now: its Kafka
+/// key as text and its row, unless `having` drops it (a pull query's
+/// answer). A window's key carries its start (`group@start`).
+pub fn committed_row(
+    entry: &StateEntry,
+    having: Option<&crate::expr::Expr>,
+) -> Option<(String, Row)> {
+    match entry {
+        StateEntry::Group(key, state) => {
+            let mut row = key.clone();
+            state.finish(&mut row);
+            if !having.is_none_or(|h| h.test(&row).unwrap_or(false)) {
+                return None;
+            }
+            let k = String::from_utf8_lossy(&group_key(key)).into_owned();
+            Some((k, row))
+        }
+        StateEntry::Window(key, start, w) => {
+            let r = super::window::window_record(key, *start, w, having)?;
+            let k = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            Some((k, r.row))
+        }
+        StateEntry::Packed(..) | StateEntry::Watermark(_) => None,
+    }
+}
+
 /// The Kafka key of a group: its values as text, joined by `|`.
 pub fn group_key(values: &[Value]) -> Arc<[u8]> {
     let mut s = String::new();

@@ -51,7 +51,7 @@ struct Partition {
 }
 
 /// The output record of one window of one group, unless `having` drops it.
-fn window_record(
+pub(super) fn window_record(
     key: &[Value],
     start: i64,
     w: &Window,

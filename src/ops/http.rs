@@ -5,6 +5,7 @@
 //! runtime, never on a worker, and listens on loopback unless told.
 
 use crate::plan::explain::Graph;
+use crate::plan::Plan;
 use crate::runtime::observe::Observer;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -72,7 +73,7 @@ pub fn serve(
     listen: &Listen,
     observer: Arc<Observer>,
     stop: Arc<AtomicBool>,
-    graph: Graph,
+    plan: Arc<Plan>,
 ) -> Result<Option<SocketAddr>, HttpError> {
     let listener = match listen {
         Listen::Off => return Ok(None),
@@ -101,7 +102,7 @@ pub fn serve(
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-    let app = router(observer, stop, graph);
+    let app = router(observer, stop, plan);
     std::thread::Builder::new()
         .name("rill-http".into())
         .spawn(move || {
@@ -129,15 +130,17 @@ struct Shared {
     observer: Arc<Observer>,
     stop: Arc<AtomicBool>,
     graph: Arc<Graph>,
+    plan: Arc<Plan>,
 }
 
-fn router(observer: Arc<Observer>, stop: Arc<AtomicBool>, graph: Graph) -> Router {
-    let graph = Arc::new(graph);
+fn router(observer: Arc<Observer>, stop: Arc<AtomicBool>, plan: Arc<Plan>) -> Router {
+    let graph = Arc::new(crate::plan::explain::graph(&plan));
     Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/api/v1/job", get(job))
         .route("/api/v1/graph", get(graph_of))
+        .route("/api/v1/state/{transform}", get(state_of))
         .route("/api/v1/epochs", get(epochs))
         .route("/api/v1/errors", get(errors))
         .route("/api/v1/stop", post(stop_job))
@@ -145,7 +148,109 @@ fn router(observer: Arc<Observer>, stop: Arc<AtomicBool>, graph: Graph) -> Route
             observer,
             stop,
             graph,
+            plan,
         })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StateQuery {
+    key: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A pull query, as ksqlDB answers one on a table: the committed value
+/// of an aggregate for a key (every window of it, for a windowed one), or
+/// a page of keys in order. It reads the transform's changelog as of the
+/// last committed epoch, on a thread of the endpoint's own.
+async fn state_of(
+    State(s): State<Shared>,
+    axum::extract::Path(transform): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<StateQuery>,
+) -> axum::response::Response {
+    let plan = s.plan.clone();
+    let answer = tokio::task::spawn_blocking(move || pull(&plan, &transform, q)).await;
+    match answer {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err((code, error))) => {
+            (code, Json(serde_json::json!({ "error": error }))).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+fn pull(
+    plan: &Plan,
+    transform: &str,
+    q: StateQuery,
+) -> Result<serde_json::Value, (StatusCode, String)> {
+    let stateful: Vec<&crate::plan::Node> = plan
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, crate::plan::NodeKind::Aggregate(_)))
+        .collect();
+    let Some(node) = stateful.iter().find(|n| n.name == transform) else {
+        let names: Vec<&str> = stateful.iter().map(|n| n.name.as_str()).collect();
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "no stateful transform {transform} in job {}: it has {names:?}",
+                plan.job.name
+            ),
+        ));
+    };
+    let crate::plan::NodeKind::Aggregate(a) = &node.kind else {
+        unreachable!()
+    };
+    let (epoch, entries) = crate::runtime::recovery::committed_state(plan, transform)
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let mut rows: Vec<(String, crate::record::Row)> = entries
+        .iter()
+        .filter_map(|e| crate::dataflow::aggregate::committed_row(e, a.having.as_ref()))
+        .collect();
+    rows.sort_by(|x, y| x.0.cmp(&y.0));
+    let limit = q.limit.unwrap_or(100).max(1);
+    let (page, next): (Vec<_>, Option<String>) = match &q.key {
+        Some(k) => {
+            let window = format!("{k}@");
+            let hits = rows
+                .into_iter()
+                .filter(|(key, _)| key == k || key.starts_with(&window))
+                .collect();
+            (hits, None)
+        }
+        None => {
+            let after: Vec<_> = rows
+                .into_iter()
+                .filter(|(key, _)| q.after.as_ref().is_none_or(|a| key > a))
+                .collect();
+            let more = after.len() > limit;
+            let page: Vec<_> = after.into_iter().take(limit).collect();
+            let next = more.then(|| page.last().map(|(k, _)| k.clone())).flatten();
+            (page, next)
+        }
+    };
+    let schema = &node.outputs[0];
+    let rows: Vec<serde_json::Value> = page
+        .iter()
+        .map(|(key, row)| {
+            let text = crate::format::json::row_to_string(row, schema, false);
+            serde_json::json!({
+                "key": key,
+                "value": serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "transform": transform,
+        "committed_epoch": epoch,
+        "rows": rows,
+        "next": next,
+    }))
 }
 
 async fn page() -> impl IntoResponse {
@@ -269,18 +374,17 @@ mod tests {
         let observer = Arc::new(Observer::new("t", 0, 1, 1, nodes));
         let stop = Arc::new(AtomicBool::new(false));
         let given = Listen::Given(taken.local_addr().unwrap());
-        let graph = || Graph {
-            nodes: Vec::new(),
-            edges: Vec::new(),
-        };
-        let err = serve(&given, observer.clone(), stop.clone(), graph()).unwrap_err();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let spec = crate::spec::Spec::load(&root.join("jobs/bank.toml")).unwrap();
+        let plan = Arc::new(Plan::build(&spec).unwrap());
+        let err = serve(&given, observer.clone(), stop.clone(), plan.clone()).unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
                 "cannot serve the job's endpoint on 127.0.0.1:{port}: "
             )),
             "{err}"
         );
-        let moved = serve(&Listen::Default(port), observer, stop, graph())
+        let moved = serve(&Listen::Default(port), observer, stop, plan)
             .unwrap()
             .unwrap();
         assert!(moved.ip().is_loopback());

@@ -648,6 +648,27 @@ pub fn recover(
     Ok(out)
 }
 
+/// The state of stateful transform `transform` as of the job's last
+/// committed epoch, read from its changelog without fencing anything (a
+/// pull query): (that epoch, its entries). Any process of a cluster can
+/// read it, whichever worker holds a key.
+pub fn committed_state(
+    plan: &Plan,
+    transform: &str,
+) -> Result<(u64, Vec<StateEntry>), RecoveryError> {
+    let job = &plan.job;
+    let view = CommittedView::read(job)?;
+    let committed = planner::resume_writers(&view.records, &view.progress).committed;
+    let topic = job.changelog_topic(transform);
+    let partitions = kafka_admin::partition_count(&job.brokers, &topic)?.unwrap_or(0);
+    let mut entries = Vec::new();
+    for p in 0..partitions {
+        let (changes, _, _) = read_partition(&job.brokers, &topic, p, None, &view, committed)?;
+        entries.extend(changes.into_iter().filter_map(|(_, e)| e));
+    }
+    Ok((committed, entries))
+}
+
 /// Per changelog key, its state as of the resumed epoch (None: none).
 type Changes = Vec<(Vec<u8>, Option<StateEntry>)>;
 

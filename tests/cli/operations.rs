@@ -332,3 +332,109 @@ fn with_json_logs_every_line_on_stderr_is_a_json_object_and_rust_log_filters_the
     // RUST_LOG=rill=debug lets rill's debug events through.
     assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "{stderr}");
 }
+
+/// Two JSON rows hold the same values, doubles to 9 significant digits
+/// (as `jobctl verify` prints them).
+fn same_row(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return false;
+    };
+    a.len() == b.len()
+        && a.iter().all(|(k, x)| match (x, &b[k]) {
+            (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+            }
+            (x, y) => x == y,
+        })
+}
+
+#[test]
+fn a_pull_query_answers_what_verify_shows_for_each_key() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("ops-pull");
+    let topics = ["REJECTED", "AGGREGATED", "rejected-dead-letters"];
+    let (job, names) = job_copy(dir.path(), "rejected.toml", &topics, &tag);
+    ok(&[
+        "datagen",
+        "bank",
+        "--job",
+        job.to_str().unwrap(),
+        "--topic",
+        &names["REJECTED"],
+        "--count",
+        "300",
+        "--quiet",
+    ]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", job.to_str().unwrap(), "--http", &http, "--quiet"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while get(&http, "/metrics")
+        .and_then(|m| sample(&m, "rill_source_records_total", "source=\"rejected\""))
+        != Some(300.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "300 records not committed in 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let page = |query: &str| -> serde_json::Value {
+        serde_json::from_str(&get(&http, &format!("/api/v1/state/per_account{query}")).unwrap())
+            .unwrap()
+    };
+    // Every key, a page of 50 at a time.
+    let mut all = Vec::new();
+    let mut query = "?limit=50".to_string();
+    loop {
+        let p = page(&query);
+        all.extend(p["rows"].as_array().unwrap().clone());
+        match p["next"].as_str() {
+            Some(next) => query = format!("?limit=50&after={next}"),
+            None => break,
+        }
+    }
+    let committed = verify_lines(&job);
+    let shown: Vec<(String, serde_json::Value)> = committed
+        .iter()
+        .filter_map(|l| l.strip_prefix("aggregated key "))
+        .map(|l| {
+            let (k, v) = l.split_once(" value ").unwrap();
+            (k.to_string(), serde_json::from_str(v).unwrap())
+        })
+        .collect();
+    assert!(shown.len() > 50, "{}", shown.len());
+    assert_eq!(all.len(), shown.len());
+    for (row, (key, value)) in all.iter().zip(&shown) {
+        assert_eq!(row["key"].as_str().unwrap(), key);
+        assert!(
+            same_row(&row["value"], value),
+            "{key}: {} against {value}",
+            row["value"]
+        );
+    }
+    // One key.
+    let (key, value) = &shown[7];
+    let one = page(&format!("?key={key}"));
+    let rows = one["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{one}");
+    assert!(same_row(&rows[0]["value"], value), "{one}");
+    // A transform that keeps no state.
+    let missing = ureq::get(&format!("http://{http}/api/v1/state/nope")).call();
+    match missing {
+        Err(ureq::Error::Status(404, r)) => {
+            let body = r.into_string().unwrap();
+            assert!(body.contains("no stateful transform nope in job"), "{body}");
+        }
+        other => panic!("{other:?}"),
+    }
+    ok(&["stop", "--http", &http]);
+    assert!(running.wait().unwrap().success());
+}
