@@ -54,6 +54,9 @@ impl EpochCounts {
 #[derive(Default)]
 pub struct Held {
     inner: std::sync::Mutex<BTreeMap<(String, usize), (u64, Option<i64>)>>,
+    /// Nanoseconds the sources have waited, over all workers, for the
+    /// writer to commit what it holds (backpressure).
+    pub blocked_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Held {

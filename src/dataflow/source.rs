@@ -28,6 +28,8 @@ pub(super) fn read_source<'s>(
         let mut cap = Some(cap);
         let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_BATCH);
         let mut read_so_far: i64 = 0;
+        // Since when reading waits for the writer (backpressure).
+        let mut blocked_since: Option<std::time::Instant> = None;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             if ctx.stop.load(Ordering::Relaxed) {
@@ -50,8 +52,14 @@ pub(super) fn read_source<'s>(
             // A replayed epoch is read whole: it cannot complete otherwise,
             // and it was no bigger when it was first read.
             if !reader.replaying() && ctx.in_flight.load(Ordering::Relaxed) > ctx.fill.max_held() {
+                blocked_since.get_or_insert_with(std::time::Instant::now);
                 activator.activate_after(Duration::from_millis(2));
                 return;
+            }
+            if let Some(since) = blocked_since.take() {
+                ctx.held
+                    .blocked_ns
+                    .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
             // A few polls per activation, so a busy source still yields.
             for _ in 0..8 {

@@ -173,6 +173,9 @@ pub struct Observer {
     postgres_fallback: Family<SinkLabels, Gauge>,
     source_lag: Family<PartitionLabels, Gauge>,
     state_keys: Family<TransformLabels, Gauge>,
+    backpressure: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// The backpressure already counted, in nanoseconds.
+    backpressure_ns: std::sync::atomic::AtomicU64,
     watermark: Family<TransformLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Each source's name and topic, by position.
     sources: Vec<(String, String)>,
@@ -287,6 +290,13 @@ impl Observer {
             "Records of each source partition past what the job has committed (records-lag)",
             source_lag.clone(),
         );
+        let backpressure = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "backpressure",
+            "Time the sources waited, over all workers, for the writer to commit what it holds",
+            Unit::Seconds,
+            backpressure.clone(),
+        );
         let state_keys = Family::<TransformLabels, Gauge>::default();
         registry.register(
             "state_keys",
@@ -347,6 +357,8 @@ impl Observer {
             postgres_fallback,
             source_lag,
             state_keys,
+            backpressure,
+            backpressure_ns: Default::default(),
             watermark,
             sources: sources.to_vec(),
             recent: Mutex::new(Recent {
@@ -391,6 +403,15 @@ impl Observer {
 
     pub fn open_epoch_records(&self, n: i64) {
         self.open_epoch_records.set(n.max(0));
+    }
+
+    /// Time the sources have waited so far, in nanoseconds.
+    pub fn blocked(&self, ns: u64) {
+        use std::sync::atomic::Ordering;
+        let before = self.backpressure_ns.swap(ns, Ordering::Relaxed);
+        if ns > before {
+            self.backpressure.inc_by((ns - before) as f64 / 1e9);
+        }
     }
 
     /// What each stateful transform holds: its keys, and its watermark
@@ -665,7 +686,15 @@ mod tests {
             "per_account".to_string(),
             (6, Some(1_700_000_000_500)),
         )]));
+        o.blocked(1_500_000_000);
+        o.blocked(2_000_000_000);
         let m = o.metrics_text();
+        assert!(
+            m.lines().any(
+                |l| l.starts_with("rill_backpressure_seconds_total{job=\"t\",process=\"0\"} 2")
+            ),
+            "{m}"
+        );
         for line in [
             "rill_source_records_total{job=\"t\",process=\"0\",source=\"transactions\"} 10",
             "rill_transform_records_total{job=\"t\",process=\"0\",transform=\"per_account\"} 10",

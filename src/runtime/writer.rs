@@ -450,6 +450,7 @@ impl Writer<'_> {
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
             o.held(self.state_held.totals());
+            o.blocked(self.state_held.blocked_ns.load(Ordering::Relaxed));
         }
         let Some(t) = totals else { return Ok(()) };
         let records_in: u64 = t.counts.inputs.iter().sum();
