@@ -167,39 +167,58 @@ impl Registry {
             .map_err(|e| e.to_string())
     }
 
-    /// Serves requests until the process ends.
+    /// Serves requests until the process ends, on `threads` threads of a
+    /// tokio runtime of its own, through axum (as the jobs' endpoint).
     pub fn serve(self: Arc<Self>, addr: &str, threads: usize) -> Result<(), ServeError> {
-        let server = Arc::new(
-            tiny_http::Server::http(addr).map_err(|e| ServeError::Listen {
-                addr: addr.into(),
-                reason: e.to_string(),
-            })?,
+        let listen = |reason: String| ServeError::Listen {
+            addr: addr.into(),
+            reason,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| listen(e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| listen(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()
+            .map_err(|e| listen(e.to_string()))?;
+        let me = self;
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+                let me = me.clone();
+                async move {
+                    let url = uri
+                        .path_and_query()
+                        .map_or(uri.path(), |p| p.as_str())
+                        .to_string();
+                    // The registry's state is behind a mutex and its writes
+                    // wait for Kafka: off the runtime's threads.
+                    let answer = tokio::task::spawn_blocking(move || {
+                        me.handle(method.as_str(), &url, &body)
+                    })
+                    .await;
+                    let (status, answer) =
+                        answer.unwrap_or_else(|e| (500, err(500, 50001, &e.to_string()).1));
+                    (
+                        axum::http::StatusCode::from_u16(status)
+                            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/vnd.schemaregistry.v1+json",
+                        )],
+                        answer.to_string(),
+                    )
+                }
+            },
         );
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                let server = server.clone();
-                let me = self.clone();
-                std::thread::spawn(move || {
-                    for mut req in server.incoming_requests() {
-                        let mut body = String::new();
-                        let _ = req.as_reader().read_to_string(&mut body);
-                        let (status, answer) = me.handle(req.method().as_str(), req.url(), &body);
-                        let resp = tiny_http::Response::from_string(answer.to_string())
-                            .with_status_code(status)
-                            .with_header(
-                                "Content-Type: application/vnd.schemaregistry.v1+json"
-                                    .parse::<tiny_http::Header>()
-                                    .unwrap(),
-                            );
-                        let _ = req.respond(resp);
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            let _ = h.join();
-        }
-        Ok(())
+        runtime.block_on(async move {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| listen(e.to_string()))?;
+            axum::serve(listener, app)
+                .await
+                .map_err(|e| listen(e.to_string()))
+        })
     }
 
     /// Routes one request. Public so tests can drive it without a socket.
