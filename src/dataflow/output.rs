@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub struct EpochCounts {
     /// Records read, per source (by position among the plan's sources).
     pub inputs: Vec<u64>,
+    /// Bytes of keys and values read, per source.
+    pub bytes_in: Vec<u64>,
     pub dead: u64,
     /// Of the dead letters, those that came too late for their window.
     pub late: u64,
@@ -29,6 +31,12 @@ impl EpochCounts {
             self.inputs.resize(other.inputs.len(), 0);
         }
         for (a, b) in self.inputs.iter_mut().zip(&other.inputs) {
+            *a += b;
+        }
+        if self.bytes_in.len() < other.bytes_in.len() {
+            self.bytes_in.resize(other.bytes_in.len(), 0);
+        }
+        for (a, b) in self.bytes_in.iter_mut().zip(&other.bytes_in) {
             *a += b;
         }
         if self.through.len() < other.through.len() {

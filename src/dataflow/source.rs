@@ -86,7 +86,13 @@ pub(super) fn read_source<'s>(
                                 x.inputs.resize(source_pos + 1, 0);
                             }
                             x.inputs[source_pos] += n;
+                            if x.bytes_in.len() <= source_pos {
+                                x.bytes_in.resize(source_pos + 1, 0);
+                            }
+                            let mut bytes = 0;
                             for r in &buf {
+                                bytes += r.key.as_ref().map_or(0, |k| k.len())
+                                    + r.value.as_ref().map_or(0, Vec::len);
                                 let range = x
                                     .ranges
                                     .entry((r.origin.source, r.origin.partition))
@@ -94,6 +100,7 @@ pub(super) fn read_source<'s>(
                                 range.0 = range.0.min(r.origin.offset);
                                 range.1 = range.1.max(r.origin.offset + 1);
                             }
+                            x.bytes_in[source_pos] += bytes as u64;
                         });
                         output.session(&*c).give_container(&mut buf);
                         buf.clear();

@@ -147,6 +147,11 @@ pub struct EpochReport {
     #[serde(default)]
     pub through: Vec<u64>,
     pub out: Vec<u64>,
+    /// Bytes read per source, and written per sink (keys and values).
+    #[serde(default)]
+    pub bytes_in: Vec<u64>,
+    #[serde(default)]
+    pub bytes_out: Vec<u64>,
     pub dead: u64,
     pub late: u64,
     pub filtered: u64,

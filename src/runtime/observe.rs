@@ -122,6 +122,9 @@ pub struct EpochDone<'a> {
     pub transforms: Vec<(&'a str, u64)>,
     /// Records written, by sink name.
     pub outputs: Vec<(&'a str, u64)>,
+    /// Bytes read per source and written per sink, in plan order.
+    pub bytes_in: Vec<u64>,
+    pub bytes_out: Vec<u64>,
     pub dead: u64,
     pub late: u64,
     pub filtered: u64,
@@ -160,6 +163,9 @@ pub struct Observer {
     records_in: Family<SourceLabels, Counter>,
     records_out: Family<SinkLabels, Counter>,
     records_through: Family<TransformLabels, Counter>,
+    bytes_in: Family<SourceLabels, Counter>,
+    bytes_out: Family<SinkLabels, Counter>,
+    partition_offsets: Family<PartitionLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     late: Counter,
     filtered: Counter,
@@ -213,6 +219,26 @@ impl Observer {
             "sink_records",
             "Records committed to each sink (numRecordsOut)",
             records_out.clone(),
+        );
+        let bytes_in = Family::<SourceLabels, Counter>::default();
+        registry.register_with_unit(
+            "source",
+            "Bytes of keys and values read from each source and committed (numBytesIn)",
+            Unit::Bytes,
+            bytes_in.clone(),
+        );
+        let bytes_out = Family::<SinkLabels, Counter>::default();
+        registry.register_with_unit(
+            "sink",
+            "Bytes of keys and values committed to each sink (numBytesOut)",
+            Unit::Bytes,
+            bytes_out.clone(),
+        );
+        let partition_offsets = Family::<PartitionLabels, Counter>::default();
+        registry.register(
+            "source_partition_offsets",
+            "Offsets of each source partition read and committed: its records, and on a transactional topic its commit markers",
+            partition_offsets.clone(),
         );
         let records_through = Family::<TransformLabels, Counter>::default();
         registry.register(
@@ -344,6 +370,9 @@ impl Observer {
             records_in,
             records_out,
             records_through,
+            bytes_in,
+            bytes_out,
+            partition_offsets,
             dead_letters,
             late,
             filtered,
@@ -467,6 +496,31 @@ impl Observer {
                     source: s.to_string(),
                 })
                 .inc_by(*n);
+        }
+        for ((s, _), n) in done.inputs.iter().zip(&done.bytes_in) {
+            self.bytes_in
+                .get_or_create(&SourceLabels {
+                    source: s.to_string(),
+                })
+                .inc_by(*n);
+        }
+        for ((s, _), n) in done.outputs.iter().zip(&done.bytes_out) {
+            self.bytes_out
+                .get_or_create(&SinkLabels {
+                    sink: s.to_string(),
+                })
+                .inc_by(*n);
+        }
+        for ((source, p), (start, end)) in done.read {
+            let Some((name, _)) = self.sources.get(*source as usize) else {
+                continue;
+            };
+            self.partition_offsets
+                .get_or_create(&PartitionLabels {
+                    source: name.clone(),
+                    partition: p.to_string(),
+                })
+                .inc_by((end - start).max(0) as u64);
         }
         for (t, n) in &done.transforms {
             self.records_through
@@ -681,6 +735,8 @@ mod tests {
             duration: std::time::Duration::from_millis(1000),
             commit: std::time::Duration::from_millis(20),
             read: &read,
+            bytes_in: vec![400],
+            bytes_out: vec![240],
         });
         o.held(BTreeMap::from([(
             "per_account".to_string(),
@@ -702,6 +758,9 @@ mod tests {
             "rill_state_keys{job=\"t\",process=\"0\",transform=\"per_account\"} 6",
             "rill_watermark_timestamp_seconds{job=\"t\",process=\"0\",transform=\"per_account\"} 1700000000.5",
             "rill_last_committed_epoch{job=\"t\",process=\"0\"} 4",
+            "rill_source_bytes_total{job=\"t\",process=\"0\",source=\"transactions\"} 400",
+            "rill_sink_bytes_total{job=\"t\",process=\"0\",sink=\"aggregated\"} 240",
+            "rill_source_partition_offsets_total{job=\"t\",process=\"0\",source=\"transactions\",partition=\"0\"} 7",
         ] {
             assert!(m.lines().any(|l| l == line), "{line}\n{m}");
         }

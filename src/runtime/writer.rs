@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 pub(super) struct EpochTotals {
     pub(super) counts: EpochCounts,
     pub(super) out: Vec<u64>,
+    /// Bytes of keys and values out, per sink.
+    pub(super) bytes_out: Vec<u64>,
 }
 
 /// An epoch the workers have finished: its counts and its output.
@@ -107,6 +109,7 @@ pub(super) fn write_loop(
     let new_totals = || EpochTotals {
         counts: EpochCounts::default(),
         out: vec![0; sinks],
+        bytes_out: vec![0; sinks],
     };
     loop {
         if cluster {
@@ -171,7 +174,16 @@ pub(super) fn write_loop(
             } => {
                 let n = records.len();
                 let pos = w.sink_order.iter().position(|s| *s == sink).unwrap_or(0);
-                epochs.entry(epoch).or_insert_with(new_totals).out[pos] += n as u64;
+                let bytes: usize = records
+                    .iter()
+                    .map(|r| {
+                        r.key.as_ref().map_or(0, |k| k.len())
+                            + r.value.as_ref().map_or(0, |v| v.len())
+                    })
+                    .sum();
+                let totals = epochs.entry(epoch).or_insert_with(new_totals);
+                totals.out[pos] += n as u64;
+                totals.bytes_out[pos] += bytes as u64;
                 w.targets.get_mut(&sink).unwrap().stage(epoch, records);
                 *w.staged.entry(epoch).or_default() += n as i64;
             }
@@ -376,6 +388,7 @@ impl Writer<'_> {
                 let merged = totals.get_or_insert_with(|| EpochTotals {
                     counts: EpochCounts::default(),
                     out: vec![0; sink_order.len()],
+                    bytes_out: vec![0; sink_order.len()],
                 });
                 for share in peers.shares_of(e)? {
                     merged.add_share(&share.report, share.read);
@@ -441,6 +454,8 @@ impl Writer<'_> {
                     .map(|i| self.sink_names[i].as_str())
                     .zip(own.out.iter().copied())
                     .collect(),
+                bytes_in: own.bytes_in.clone(),
+                bytes_out: own.bytes_out.clone(),
                 dead: own.dead,
                 late: own.late,
                 filtered: own.filtered,
@@ -530,6 +545,7 @@ impl EpochTotals {
     fn add_share(&mut self, r: &EpochReport, read: BTreeMap<(u32, i32), (i64, i64)>) {
         self.counts.add(&EpochCounts {
             inputs: r.inputs.clone(),
+            bytes_in: r.bytes_in.clone(),
             through: r.through.clone(),
             dead: r.dead,
             late: r.late,
@@ -537,6 +553,9 @@ impl EpochTotals {
             ranges: read,
         });
         for (a, b) in self.out.iter_mut().zip(&r.out) {
+            *a += b;
+        }
+        for (a, b) in self.bytes_out.iter_mut().zip(&r.bytes_out) {
             *a += b;
         }
     }
@@ -554,6 +573,8 @@ impl EpochTotals {
             inputs: self.counts.inputs.clone(),
             through: self.counts.through.clone(),
             out: self.out.clone(),
+            bytes_in: self.counts.bytes_in.clone(),
+            bytes_out: self.bytes_out.clone(),
             dead: self.counts.dead,
             late: self.counts.late,
             filtered: self.counts.filtered,
