@@ -176,6 +176,7 @@ pub struct Observer {
     attempt: Gauge,
     restarts: Counter,
     open_epoch_records: Gauge,
+    open_epoch_bytes: Gauge,
     postgres_fallback: Family<SinkLabels, Gauge>,
     source_lag: Family<PartitionLabels, Gauge>,
     state_keys: Family<TransformLabels, Gauge>,
@@ -304,6 +305,13 @@ impl Observer {
             "Records held for epochs not yet committed (pendingRecords)",
             open_epoch_records.clone(),
         );
+        let open_epoch_bytes = Gauge::default();
+        registry.register_with_unit(
+            "open_epoch",
+            "Bytes of keys and values the writer holds for epochs not yet committed",
+            Unit::Bytes,
+            open_epoch_bytes.clone(),
+        );
         let postgres_fallback = Family::<SinkLabels, Gauge>::default();
         registry.register(
             "postgres_fallback",
@@ -383,6 +391,7 @@ impl Observer {
             attempt,
             restarts,
             open_epoch_records,
+            open_epoch_bytes,
             postgres_fallback,
             source_lag,
             state_keys,
@@ -455,6 +464,10 @@ impl Observer {
                     .set(ms as f64 / 1000.0);
             }
         }
+    }
+
+    pub fn open_epoch_bytes(&self, n: u64) {
+        self.open_epoch_bytes.set(n as i64);
     }
 
     pub fn postgres_fallback(&self, sink: &str, on: bool) {

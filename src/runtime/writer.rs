@@ -46,8 +46,9 @@ struct Writer<'p> {
     in_flight: Arc<AtomicI64>,
     /// What the stateful transforms hold, for the metrics.
     state_held: Arc<crate::dataflow::output::Held>,
-    /// Records staged per epoch, out of flight once the epoch commits.
-    staged: BTreeMap<Epoch, i64>,
+    /// Records and bytes staged per epoch, out of flight once the epoch
+    /// commits.
+    staged: BTreeMap<Epoch, (i64, u64)>,
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     last_epoch_at: Instant,
     /// When the last epoch was recorded for the metrics.
@@ -185,7 +186,9 @@ pub(super) fn write_loop(
                 totals.out[pos] += n as u64;
                 totals.bytes_out[pos] += bytes as u64;
                 w.targets.get_mut(&sink).unwrap().stage(epoch, records);
-                *w.staged.entry(epoch).or_default() += n as i64;
+                let staged = w.staged.entry(epoch).or_default();
+                staged.0 += n as i64;
+                staged.1 += bytes as u64;
             }
             WriterMsg::Dead { epoch, records } => {
                 if let Some(o) = &w.opts.observer {
@@ -208,7 +211,13 @@ pub(super) fn write_loop(
                 records,
             } => {
                 // Out of flight with the epoch's commit, as output is.
-                *w.staged.entry(epoch).or_default() += records.len() as i64;
+                let bytes: usize = records
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                    .sum();
+                let staged = w.staged.entry(epoch).or_default();
+                staged.0 += records.len() as i64;
+                staged.1 += bytes as u64;
                 match &w.backend {
                     Backend::Memory { keep: true } => w.summary.changelog.extend(
                         records
@@ -425,6 +434,7 @@ impl Writer<'_> {
         let sent = self.staged.split_off(&(e + 1));
         let sent: i64 = std::mem::replace(&mut self.staged, sent)
             .into_values()
+            .map(|(records, _)| records)
             .sum();
         self.in_flight.fetch_sub(sent, Ordering::Relaxed);
         let committed = committed_epochs(&self.backend);
@@ -464,6 +474,7 @@ impl Writer<'_> {
                 read: &read,
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
+            o.open_epoch_bytes(self.staged.values().map(|(_, b)| *b).sum());
             o.held(self.state_held.totals());
             o.blocked(self.state_held.blocked_ns.load(Ordering::Relaxed));
         }
