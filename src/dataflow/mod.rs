@@ -391,9 +391,7 @@ pub fn build<'s>(
             NodeKind::Sink(_) if node.inputs.is_empty() => {}
             NodeKind::Sink(sink) => {
                 let schema = plan.input_schema(i).clone();
-                input()
-                    .write_sink(i, &node.name, sink, schema, ctx.clone())
-                    .probe_with(probe);
+                input().write_sink(i, &node.name, sink, schema, ctx.clone(), probe);
             }
         }
         // Outputs nobody reads are dropped; they still count, as filtered.

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::Stream;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, Stream};
 
 /// What a sink's store refuses on every attempt, known before a record is
 /// sent. Such a record goes to the dead letters with the reason instead of
@@ -63,6 +64,8 @@ impl SinkLimits {
 }
 
 pub(crate) trait WriteSink<'s> {
+    /// Encodes the records for the sink and hands them to the writer;
+    /// `probe` learns when every one of an epoch has been handed over.
     fn write_sink(
         self,
         node: usize,
@@ -70,7 +73,8 @@ pub(crate) trait WriteSink<'s> {
         sink: &SinkPlan,
         schema: RowSchema,
         ctx: Rc<WorkerContext>,
-    ) -> Stream<'s, Epoch, Vec<()>>;
+        probe: &ProbeHandle<Epoch>,
+    );
 }
 
 impl<'s> WriteSink<'s> for Records<'s> {
@@ -81,7 +85,8 @@ impl<'s> WriteSink<'s> for Records<'s> {
         sink: &SinkPlan,
         schema: RowSchema,
         ctx: Rc<WorkerContext>,
-    ) -> Stream<'s, Epoch, Vec<()>> {
+        probe: &ProbeHandle<Epoch>,
+    ) {
         let sink = sink.clone();
         let label = capitalise(name);
         let node_id = format!("sinks.{name}");
@@ -265,10 +270,14 @@ impl<'s> WriteSink<'s> for Records<'s> {
                 });
             }
         });
+        // Alone, the records went to the writer above and nothing flows on.
         if !route {
-            return encoded.sink_done(Pipeline, node, hand_ctx);
+            encoded.probe_with(probe);
+            return;
         }
-        encoded.sink_done(Exchange::new(|r: &Routed| r.worker as u64), node, hand_ctx)
+        encoded
+            .sink_done(Exchange::new(|r: &Routed| r.worker as u64), node, hand_ctx)
+            .probe_with(probe);
     }
 }
 
