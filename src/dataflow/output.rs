@@ -75,6 +75,15 @@ impl Held {
             .insert((transform.to_string(), worker), (keys, watermark));
     }
 
+    /// Per transform and worker: the keys it holds.
+    pub fn keys(&self) -> Vec<(String, usize, u64)> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .iter()
+            .map(|((t, w), (k, _))| (t.clone(), *w, *k))
+            .collect()
+    }
+
     /// Per transform: its keys over every worker, and its watermark (the
     /// least a worker has).
     pub fn totals(&self) -> BTreeMap<String, (u64, Option<i64>)> {

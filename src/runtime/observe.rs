@@ -31,6 +31,12 @@ struct TransformLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    transform: String,
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: String,
 }
@@ -179,7 +185,7 @@ pub struct Observer {
     open_epoch_bytes: Gauge,
     postgres_fallback: Family<SinkLabels, Gauge>,
     source_lag: Family<PartitionLabels, Gauge>,
-    state_keys: Family<TransformLabels, Gauge>,
+    state_keys: Family<WorkerLabels, Gauge>,
     backpressure: Counter<f64, std::sync::atomic::AtomicU64>,
     /// The backpressure already counted, in nanoseconds.
     backpressure_ns: std::sync::atomic::AtomicU64,
@@ -331,10 +337,10 @@ impl Observer {
             Unit::Seconds,
             backpressure.clone(),
         );
-        let state_keys = Family::<TransformLabels, Gauge>::default();
+        let state_keys = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "state_keys",
-            "Keys (open windows, for a windowed aggregate) each stateful transform holds",
+            "Keys (open windows, for a windowed aggregate) each worker of a stateful transform holds",
             state_keys.clone(),
         );
         let watermark =
@@ -452,15 +458,24 @@ impl Observer {
         }
     }
 
-    /// What each stateful transform holds: its keys, and its watermark
-    /// in milliseconds of event time.
-    pub fn held(&self, held: BTreeMap<String, (u64, Option<i64>)>) {
-        for (t, (keys, mark)) in held {
-            let labels = TransformLabels { transform: t };
-            self.state_keys.get_or_create(&labels).set(keys as i64);
+    /// What the stateful transforms hold: each worker's keys, and each
+    /// transform's watermark in milliseconds of event time.
+    pub fn held(
+        &self,
+        keys: Vec<(String, usize, u64)>,
+        marks: BTreeMap<String, (u64, Option<i64>)>,
+    ) {
+        for (transform, worker, n) in keys {
+            let labels = WorkerLabels {
+                transform,
+                worker: worker.to_string(),
+            };
+            self.state_keys.get_or_create(&labels).set(n as i64);
+        }
+        for (transform, (_, mark)) in marks {
             if let Some(ms) = mark {
                 self.watermark
-                    .get_or_create(&labels)
+                    .get_or_create(&TransformLabels { transform })
                     .set(ms as f64 / 1000.0);
             }
         }
@@ -751,10 +766,10 @@ mod tests {
             bytes_in: vec![400],
             bytes_out: vec![240],
         });
-        o.held(BTreeMap::from([(
-            "per_account".to_string(),
-            (6, Some(1_700_000_000_500)),
-        )]));
+        o.held(
+            vec![("per_account".to_string(), 1, 6)],
+            BTreeMap::from([("per_account".to_string(), (6, Some(1_700_000_000_500)))]),
+        );
         o.blocked(1_500_000_000);
         o.blocked(2_000_000_000);
         let m = o.metrics_text();
@@ -768,7 +783,7 @@ mod tests {
             "rill_source_records_total{job=\"t\",process=\"0\",source=\"transactions\"} 10",
             "rill_transform_records_total{job=\"t\",process=\"0\",transform=\"per_account\"} 10",
             "rill_sink_records_total{job=\"t\",process=\"0\",sink=\"aggregated\"} 6",
-            "rill_state_keys{job=\"t\",process=\"0\",transform=\"per_account\"} 6",
+            "rill_state_keys{job=\"t\",process=\"0\",transform=\"per_account\",worker=\"1\"} 6",
             "rill_watermark_timestamp_seconds{job=\"t\",process=\"0\",transform=\"per_account\"} 1700000000.5",
             "rill_last_committed_epoch{job=\"t\",process=\"0\"} 4",
             "rill_source_bytes_total{job=\"t\",process=\"0\",source=\"transactions\"} 400",

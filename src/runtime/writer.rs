@@ -475,7 +475,7 @@ impl Writer<'_> {
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
             o.open_epoch_bytes(self.staged.values().map(|(_, b)| *b).sum());
-            o.held(self.state_held.totals());
+            o.held(self.state_held.keys(), self.state_held.totals());
             o.blocked(self.state_held.blocked_ns.load(Ordering::Relaxed));
         }
         let Some(t) = totals else { return Ok(()) };

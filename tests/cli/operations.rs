@@ -438,3 +438,72 @@ fn a_pull_query_answers_what_verify_shows_for_each_key() {
     ok(&["stop", "--http", &http]);
     assert!(running.wait().unwrap().success());
 }
+
+#[test]
+fn a_stop_in_the_middle_of_the_input_commits_what_was_read_and_a_restart_reads_on_with_nothing_twice(
+) {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("ops-stop");
+    let job = bank_with_input(dir.path(), &tag, 2000);
+    let http = format!("127.0.0.1:{}", free_port());
+    // Read slowly, so the stop lands with input left to read.
+    let running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--http",
+            &http,
+            "--max-records-per-second",
+            "400",
+        ])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while get(&http, "/metrics")
+        .and_then(|m| sample(&m, "rill_source_records_total", "source=\"transactions\""))
+        .is_none_or(|n| n < 400.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing committed in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&["stop", "--http", &http]);
+    let out = running.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary = stderr.lines().last().unwrap();
+    let read: usize = summary
+        .split(" records in")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!((400..2000).contains(&read), "{summary}");
+    // Everything it read is committed, the open epoch's records too.
+    let outputs = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("approved key ") || l.starts_with("rejected key "))
+            .count()
+    };
+    assert_eq!(outputs(&verify_lines(&job)), read, "{summary}");
+    // Started again, it reads the rest, and nothing twice.
+    ok(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--until-caught-up",
+        "--http",
+        "off",
+        "--quiet",
+    ]);
+    let all = verify_lines(&job);
+    assert_eq!(outputs(&all), 2000);
+    let unique: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len());
+}
