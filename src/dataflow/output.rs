@@ -14,6 +14,8 @@ pub struct EpochCounts {
     pub inputs: Vec<u64>,
     /// Bytes of keys and values read, per source.
     pub bytes_in: Vec<u64>,
+    /// Records and bytes read, per (source, partition).
+    pub partitions: BTreeMap<(u32, i32), (u64, u64)>,
     pub dead: u64,
     /// Of the dead letters, those that came too late for their window.
     pub late: u64,
@@ -38,6 +40,11 @@ impl EpochCounts {
         }
         for (a, b) in self.bytes_in.iter_mut().zip(&other.bytes_in) {
             *a += b;
+        }
+        for (k, (n, b)) in &other.partitions {
+            let e = self.partitions.entry(*k).or_default();
+            e.0 += n;
+            e.1 += b;
         }
         if self.through.len() < other.through.len() {
             self.through.resize(other.through.len(), 0);

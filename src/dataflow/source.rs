@@ -90,9 +90,28 @@ pub(super) fn read_source<'s>(
                                 x.bytes_in.resize(source_pos + 1, 0);
                             }
                             let mut bytes = 0;
+                            // A poll's records mostly come from one
+                            // partition: counted per run of it.
+                            let mut run: Option<((u32, i32), u64, u64)> = None;
                             for r in &buf {
-                                bytes += r.key.as_ref().map_or(0, |k| k.len())
+                                let size = r.key.as_ref().map_or(0, |k| k.len())
                                     + r.value.as_ref().map_or(0, Vec::len);
+                                bytes += size;
+                                let at = (r.origin.source, r.origin.partition);
+                                match &mut run {
+                                    Some((k, n, b)) if *k == at => {
+                                        *n += 1;
+                                        *b += size as u64;
+                                    }
+                                    _ => {
+                                        if let Some((k, n, b)) = run.take() {
+                                            let e = x.partitions.entry(k).or_default();
+                                            e.0 += n;
+                                            e.1 += b;
+                                        }
+                                        run = Some((at, 1, size as u64));
+                                    }
+                                }
                                 let range = x
                                     .ranges
                                     .entry((r.origin.source, r.origin.partition))
@@ -101,6 +120,11 @@ pub(super) fn read_source<'s>(
                                 range.1 = range.1.max(r.origin.offset + 1);
                             }
                             x.bytes_in[source_pos] += bytes as u64;
+                            if let Some((k, n, b)) = run {
+                                let e = x.partitions.entry(k).or_default();
+                                e.0 += n;
+                                e.1 += b;
+                            }
                         });
                         output.session(&*c).give_container(&mut buf);
                         buf.clear();

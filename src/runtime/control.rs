@@ -152,6 +152,9 @@ pub struct EpochReport {
     pub bytes_in: Vec<u64>,
     #[serde(default)]
     pub bytes_out: Vec<u64>,
+    /// Records and bytes read, per (source, partition).
+    #[serde(default)]
+    pub partitions: Vec<(u32, i32, u64, u64)>,
     pub dead: u64,
     pub late: u64,
     pub filtered: u64,

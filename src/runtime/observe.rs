@@ -131,6 +131,8 @@ pub struct EpochDone<'a> {
     /// Bytes read per source and written per sink, in plan order.
     pub bytes_in: Vec<u64>,
     pub bytes_out: Vec<u64>,
+    /// Records and bytes read: (source, partition, records, bytes).
+    pub partitions: &'a [(u32, i32, u64, u64)],
     pub dead: u64,
     pub late: u64,
     pub filtered: u64,
@@ -171,7 +173,8 @@ pub struct Observer {
     records_through: Family<TransformLabels, Counter>,
     bytes_in: Family<SourceLabels, Counter>,
     bytes_out: Family<SinkLabels, Counter>,
-    partition_offsets: Family<PartitionLabels, Counter>,
+    partition_records: Family<PartitionLabels, Counter>,
+    partition_bytes: Family<PartitionLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     late: Counter,
     filtered: Counter,
@@ -241,11 +244,18 @@ impl Observer {
             Unit::Bytes,
             bytes_out.clone(),
         );
-        let partition_offsets = Family::<PartitionLabels, Counter>::default();
+        let partition_records = Family::<PartitionLabels, Counter>::default();
         registry.register(
-            "source_partition_offsets",
-            "Offsets of each source partition read and committed: its records, and on a transactional topic its commit markers",
-            partition_offsets.clone(),
+            "source_partition_records",
+            "Records read from each source partition and committed (records-consumed)",
+            partition_records.clone(),
+        );
+        let partition_bytes = Family::<PartitionLabels, Counter>::default();
+        registry.register_with_unit(
+            "source_partition",
+            "Bytes of keys and values read from each source partition and committed",
+            Unit::Bytes,
+            partition_bytes.clone(),
         );
         let records_through = Family::<TransformLabels, Counter>::default();
         registry.register(
@@ -386,7 +396,8 @@ impl Observer {
             records_through,
             bytes_in,
             bytes_out,
-            partition_offsets,
+            partition_records,
+            partition_bytes,
             dead_letters,
             late,
             filtered,
@@ -539,16 +550,16 @@ impl Observer {
                 })
                 .inc_by(*n);
         }
-        for ((source, p), (start, end)) in done.read {
+        for (source, p, n, b) in done.partitions {
             let Some((name, _)) = self.sources.get(*source as usize) else {
                 continue;
             };
-            self.partition_offsets
-                .get_or_create(&PartitionLabels {
-                    source: name.clone(),
-                    partition: p.to_string(),
-                })
-                .inc_by((end - start).max(0) as u64);
+            let labels = PartitionLabels {
+                source: name.clone(),
+                partition: p.to_string(),
+            };
+            self.partition_records.get_or_create(&labels).inc_by(*n);
+            self.partition_bytes.get_or_create(&labels).inc_by(*b);
         }
         for (t, n) in &done.transforms {
             self.records_through
@@ -765,6 +776,7 @@ mod tests {
             read: &read,
             bytes_in: vec![400],
             bytes_out: vec![240],
+            partitions: &[(0, 0, 7, 280), (0, 1, 3, 120)],
         });
         o.held(
             vec![("per_account".to_string(), 1, 6)],
@@ -788,7 +800,8 @@ mod tests {
             "rill_last_committed_epoch{job=\"t\",process=\"0\"} 4",
             "rill_source_bytes_total{job=\"t\",process=\"0\",source=\"transactions\"} 400",
             "rill_sink_bytes_total{job=\"t\",process=\"0\",sink=\"aggregated\"} 240",
-            "rill_source_partition_offsets_total{job=\"t\",process=\"0\",source=\"transactions\",partition=\"0\"} 7",
+            "rill_source_partition_records_total{job=\"t\",process=\"0\",source=\"transactions\",partition=\"0\"} 7",
+            "rill_source_partition_bytes_total{job=\"t\",process=\"0\",source=\"transactions\",partition=\"1\"} 120",
         ] {
             assert!(m.lines().any(|l| l == line), "{line}\n{m}");
         }

@@ -466,6 +466,7 @@ impl Writer<'_> {
                     .collect(),
                 bytes_in: own.bytes_in.clone(),
                 bytes_out: own.bytes_out.clone(),
+                partitions: &own.partitions,
                 dead: own.dead,
                 late: own.late,
                 filtered: own.filtered,
@@ -557,6 +558,11 @@ impl EpochTotals {
         self.counts.add(&EpochCounts {
             inputs: r.inputs.clone(),
             bytes_in: r.bytes_in.clone(),
+            partitions: r
+                .partitions
+                .iter()
+                .map(|(s, p, n, b)| ((*s, *p), (*n, *b)))
+                .collect(),
             through: r.through.clone(),
             dead: r.dead,
             late: r.late,
@@ -586,6 +592,12 @@ impl EpochTotals {
             out: self.out.clone(),
             bytes_in: self.counts.bytes_in.clone(),
             bytes_out: self.bytes_out.clone(),
+            partitions: self
+                .counts
+                .partitions
+                .iter()
+                .map(|((s, p), (n, b))| (*s, *p, *n, *b))
+                .collect(),
             dead: self.counts.dead,
             late: self.counts.late,
             filtered: self.counts.filtered,

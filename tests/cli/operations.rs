@@ -147,6 +147,17 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
     let approved = sample(&metrics, "rill_sink_records_total", "sink=\"approved\"").unwrap();
     let rejected = sample(&metrics, "rill_sink_records_total", "sink=\"rejected\"").unwrap();
     assert_eq!(approved + rejected, 600.0, "{metrics}");
+    let per_partition: f64 = (0..2)
+        .map(|p| {
+            sample(
+                &metrics,
+                "rill_source_partition_records_total",
+                &format!("source=\"transactions\",partition=\"{p}\""),
+            )
+            .unwrap()
+        })
+        .sum();
+    assert_eq!(per_partition, 600.0, "{metrics}");
     let through = |t: &str| {
         sample(
             &metrics,
