@@ -460,12 +460,14 @@ impl Observer {
         self.open_epoch_records.set(n.max(0));
     }
 
-    /// Time the sources have waited so far, in nanoseconds.
+    /// Time the sources of this run have waited so far, in nanoseconds
+    /// (a restarted run counts from 0 again).
     pub fn blocked(&self, ns: u64) {
         use std::sync::atomic::Ordering;
         let before = self.backpressure_ns.swap(ns, Ordering::Relaxed);
-        if ns > before {
-            self.backpressure.inc_by((ns - before) as f64 / 1e9);
+        let new = if ns >= before { ns - before } else { ns };
+        if new > 0 {
+            self.backpressure.inc_by(new as f64 / 1e9);
         }
     }
 
@@ -782,8 +784,10 @@ mod tests {
             vec![("per_account".to_string(), 1, 6)],
             BTreeMap::from([("per_account".to_string(), (6, Some(1_700_000_000_500)))]),
         );
-        o.blocked(1_500_000_000);
-        o.blocked(2_000_000_000);
+        o.blocked(1_000_000_000);
+        // A restart's sources count from 0.
+        o.blocked(500_000_000);
+        o.blocked(1_000_000_000);
         let m = o.metrics_text();
         assert!(
             m.lines().any(
