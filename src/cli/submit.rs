@@ -107,13 +107,17 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         nodes,
     ));
     let listen = Listen::parse(args.http.as_deref(), process)?;
-    let brokers = plan.job.brokers.clone();
-    observer.watch_lag(LAG_EVERY, move |topic| {
-        let n = kafka_admin::partition_count(&brokers, topic).ok()??;
-        let ends = kafka_admin::end_offsets(&brokers, topic, n).ok()?;
-        Some(ends.into_iter().map(|(_, end)| end).collect())
-    });
     let endpoint = http::serve(&listen, observer.clone(), stop.clone(), plan.clone())?;
+    // Lag costs a read of each source topic's end every few seconds: only
+    // for an endpoint that shows it.
+    if endpoint.is_some() {
+        let brokers = plan.job.brokers.clone();
+        observer.watch_lag(LAG_EVERY, move |topic| {
+            let n = kafka_admin::partition_count(&brokers, topic).ok()??;
+            let ends = kafka_admin::end_offsets(&brokers, topic, n).ok()?;
+            Some(ends.into_iter().map(|(_, end)| end).collect())
+        });
+    }
     let s = stop.clone();
     // The first Ctrl-C stops the sources and lets the open epoch finish; a
     // second one exits at once. Counted apart from `stop`, which a cluster

@@ -126,7 +126,7 @@ fn lead(
     let started = (|| -> Result<_, RunError> {
         kafka_admin::check_broker(&job.brokers)?;
         let registry = registry_for(plan);
-        let mut fenced = Committer::fence_writer(job, 0)?;
+        let mut fenced = Committer::fence_writer(job)?;
         crate::fault::pause("fenced");
         let start = LogRecord::Start {
             processes: shape.0,
@@ -261,24 +261,17 @@ fn follow(
     let mut recovered = recovered_from(&start_plan);
     let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
     let job = &plan.job;
-    let (fenced, lookups) = std::thread::scope(|s| {
+    let skip = start_plan.skip.iter().cloned().collect();
+    let dead_letter_topic = super::lookups::dead_letter_topic(plan);
+    let (committer, lookups) = std::thread::scope(|s| {
         let lookups =
             s.spawn(|| super::lookups::lookup(plan, registry.as_ref(), Some(schema_ids), 0));
-        let fenced = Committer::fence_writer(job, me as u32);
-        (fenced, lookups.join().expect("lookup thread"))
+        let committer =
+            Committer::open_member(job, me as u32, start_plan.attempt, skip, dead_letter_topic);
+        (committer, lookups.join().expect("lookup thread"))
     });
-    let (fenced, lookups) = (fenced?, lookups?);
-    let (mut launch, _, dead_letter_topic) =
-        wire(plan, opts, &mut recovered, registry, me as u32, lookups)?;
-    let skip = start_plan.skip.iter().cloned().collect();
-    let mut committer = Committer::open_writer(
-        job,
-        fenced,
-        me as u32,
-        start_plan.attempt,
-        skip,
-        dead_letter_topic,
-    );
+    let (mut committer, lookups) = (committer?, lookups?);
+    let (mut launch, _, _) = wire(plan, opts, &mut recovered, registry, me as u32, lookups)?;
     if let Some(offset) = start_plan.committed_offset {
         if me as u32 >= start_plan.writers_before {
             committer.join_at(offset, &job.name)?;

@@ -21,6 +21,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Writer `index`'s producer, its progress group and that group's
+/// metadata, and its id.
+type WriterParts = (KafkaWriter, BaseConsumer, ConsumerGroupMetadata, String);
+
+/// Starts writer `index`'s producer (with exactly once, fencing its
+/// earlier instances) and the consumer of its progress group.
+fn writer_and_group(job: &JobConfig, index: u32) -> Result<WriterParts, RunError> {
+    let writer_id = job.writer_id_of(index);
+    let eos = job.guarantee == Guarantee::ExactlyOnce;
+    let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
+        .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;
+    let group: BaseConsumer = client_config(&job.brokers)
+        .set("group.id", &writer_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| RunError::Client {
+            what: "the progress consumer".into(),
+            reason: e.to_string(),
+        })?;
+    let group_metadata = group.group_metadata().ok_or_else(|| RunError::Client {
+        what: "the progress consumer".into(),
+        reason: "no group metadata".into(),
+    })?;
+    Ok((writer, group, group_metadata, writer_id))
+}
+
 /// What one epoch sends, held until the epoch is complete.
 #[derive(Default)]
 pub struct EpochOutput {
@@ -105,7 +131,7 @@ impl Committer {
     /// the start record's offset, unique even for instances started at
     /// once.
     pub fn fence(job: &JobConfig) -> Result<Fenced, RunError> {
-        let mut fenced = Self::fence_writer(job, 0)?;
+        let mut fenced = Self::fence_writer(job)?;
         crate::fault::pause("fenced");
         let start_offset = fenced
             .log
@@ -114,22 +140,16 @@ impl Committer {
         Ok(fenced)
     }
 
-    /// Starts the producer of writer `process` (fencing its earlier
-    /// instances with exactly once) and its progress group, without
-    /// logging a start: a cluster's process 0 logs a start of its own,
-    /// which records the cluster's shape.
-    pub fn fence_writer(job: &JobConfig, process: u32) -> Result<Fenced, RunError> {
-        let writer_id = job.writer_id_of(process);
-        let eos = job.guarantee == Guarantee::ExactlyOnce;
+    /// Starts writer 0's producer (fencing its earlier instances with
+    /// exactly once), its progress group and the epoch log's producer,
+    /// without logging a start: a cluster's process 0 logs a start of its
+    /// own, which records the cluster's shape.
+    pub fn fence_writer(job: &JobConfig) -> Result<Fenced, RunError> {
         // The log's producer connects in the background while the
         // writer's transactions are initialised.
         let log = EpochLog::open(&job.brokers, &job.epoch_log_topic())?;
-        let writer = std::thread::scope(|s| {
-            // Process 0 makes the epoch log; the others find it made.
+        let (writer, group, group_metadata, writer_id) = std::thread::scope(|s| {
             let log_topic = s.spawn(|| {
-                if process > 0 {
-                    return Ok(());
-                }
                 crate::connectors::kafka_admin::ensure_topic(
                     &job.brokers,
                     &job.epoch_log_topic(),
@@ -137,24 +157,10 @@ impl Committer {
                     1,
                     crate::connectors::kafka_admin::TopicKind::Forever,
                 )
-                .map(drop)
             });
-            let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
-                .map_err(|e| RunError::from_txn(&writer_id, &job.name, e));
+            let writer = writer_and_group(job, 0);
             log_topic.join().expect("epoch log topic thread")?;
             writer
-        })?;
-        let group: BaseConsumer = client_config(&job.brokers)
-            .set("group.id", &writer_id)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| RunError::Client {
-                what: "the progress consumer".into(),
-                reason: e.to_string(),
-            })?;
-        let group_metadata = group.group_metadata().ok_or_else(|| RunError::Client {
-            what: "the progress consumer".into(),
-            reason: "no group metadata".into(),
         })?;
         Ok(Fenced {
             writer,
@@ -225,34 +231,30 @@ impl Committer {
     }
 
     /// The committer of writer `index` of a cluster, other than process
-    /// 0's: process 0 appends the boundaries and decides.
-    pub fn open_writer(
+    /// 0's: it starts the writer's producer (process 0 has fenced its
+    /// earlier instances) and progress group; process 0 appends the
+    /// boundaries and decides.
+    pub fn open_member(
         job: &JobConfig,
-        fenced: Fenced,
         index: u32,
         attempt: u32,
         skip: BTreeMap<u64, Vec<u32>>,
         dead_letter_topic: String,
-    ) -> Self {
-        let Fenced {
-            writer,
-            group,
-            group_metadata,
-            writer_id,
-            ..
-        } = fenced;
-        let parts = (writer, group, group_metadata, writer_id);
-        Self::assemble(job, parts, index, attempt, skip, dead_letter_topic)
+    ) -> Result<Self, RunError> {
+        let parts = writer_and_group(job, index)?;
+        Ok(Self::assemble(
+            job,
+            parts,
+            index,
+            attempt,
+            skip,
+            dead_letter_topic,
+        ))
     }
 
     fn assemble(
         job: &JobConfig,
-        (mut writer, group, group_metadata, writer_id): (
-            KafkaWriter,
-            BaseConsumer,
-            ConsumerGroupMetadata,
-            String,
-        ),
+        (mut writer, group, group_metadata, writer_id): WriterParts,
         index: u32,
         attempt: u32,
         skip: BTreeMap<u64, Vec<u32>>,

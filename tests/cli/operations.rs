@@ -59,6 +59,29 @@ fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// Waits up to 90 s until the job serving on `http` has committed at
+/// least `n` records of `source`; its metrics then.
+fn committed_at_least(http: &str, source: &str, n: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(m) = get(http, "/metrics") {
+            let read = sample(
+                &m,
+                "rill_source_records_total",
+                &format!("source=\"{source}\""),
+            );
+            if read.is_some_and(|r| r >= n) {
+                return m;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job on {http} did not commit {n} records of {source} in 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs promtool with `args`, `stdin` on its input; fails the test with
 /// what it said unless it accepts.
 fn promtool(args: &[&str], stdin: &str) {
@@ -99,19 +122,7 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let metrics = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job did not commit its 600 records in 90 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some(m) = get(&http, "/metrics") {
-            if sample(&m, "rill_source_records_total", "source=\"transactions\"") == Some(600.0) {
-                break m;
-            }
-        }
-    };
+    let metrics = committed_at_least(&http, "transactions", 600.0);
     promtool(&["check", "metrics"], &metrics);
     // Every record is committed: each source partition's lag, measured
     // every 5 s, comes to 0.
@@ -379,17 +390,7 @@ fn a_pull_query_answers_what_verify_shows_for_each_key() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while get(&http, "/metrics")
-        .and_then(|m| sample(&m, "rill_source_records_total", "source=\"rejected\""))
-        != Some(300.0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "300 records not committed in 90 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    committed_at_least(&http, "rejected", 300.0);
     let page = |query: &str| -> serde_json::Value {
         serde_json::from_str(&get(&http, &format!("/api/v1/state/per_account{query}")).unwrap())
             .unwrap()
@@ -466,17 +467,7 @@ fn a_stop_in_the_middle_of_the_input_commits_what_was_read_and_a_restart_reads_o
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while get(&http, "/metrics")
-        .and_then(|m| sample(&m, "rill_source_records_total", "source=\"transactions\""))
-        .is_none_or(|n| n < 400.0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing committed in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    committed_at_least(&http, "transactions", 400.0);
     ok(&["stop", "--http", &http]);
     let out = running.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
