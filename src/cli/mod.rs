@@ -2,6 +2,7 @@
 //! library; errors come back as `anyhow` with a message that says what to
 //! do next.
 
+mod allocator;
 mod datagen;
 mod launch;
 mod ops;
@@ -110,6 +111,7 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
 
 pub fn main() -> Result<()> {
     let started = std::time::Instant::now();
+    allocator::tune();
     let cli = Cli::parse();
     crate::log::init(cli.log_format);
     match cli.command {

@@ -49,9 +49,14 @@ impl KafkaSource {
             // Read ahead enough to keep the workers busy between fetches,
             // not librdkafka's 64 MiB per partition, so memory stays flat;
             // and fetch again as soon as the queue drains below that,
-            // instead of librdkafka's default wait of a second.
-            .set("queued.min.messages", "20000")
-            .set("queued.max.messages.kbytes", "2048")
+            // instead of librdkafka's default wait of a second. The bound
+            // is in records and in fetch size both: librdkafka keeps an
+            // operation of about 300 bytes per fetched record beside its
+            // bytes, so a byte bound alone let 90,000 small records per
+            // partition queue up.
+            .set("queued.min.messages", "10000")
+            .set("queued.max.messages.kbytes", "1024")
+            .set("max.partition.fetch.bytes", "262144")
             .set("fetch.queue.backoff.ms", "10")
             .set("enable.partition.eof", bounded.to_string())
             .create_with_context(EofIsNotAnError)?;

@@ -47,6 +47,9 @@ pub fn committed_row(
     }
 }
 
+/// Groups of an epoch applied, logged and sent together.
+const APPLY_CHUNK: usize = 4096;
+
 /// The Kafka key of a group: its values as text, joined by `|`.
 pub fn group_key(values: &[Value]) -> Arc<[u8]> {
     let mut s = String::new();
@@ -193,6 +196,7 @@ fn plain<'s>(
         move |_, _| {
             let mut store = GroupStore::default();
             let mut snapshot_sent = false;
+            let records_per_change = 1 + usize::from(ctx.changelog_topics.contains_key(&transform));
             let mut stash: BTreeMap<
                 Epoch,
                 (Capability<Epoch>, hashbrown::HashMap<Packed, AggState>),
@@ -228,11 +232,12 @@ fn plain<'s>(
                             }
                         }
                     }
-                    // Each group changed is an output record to come: an
-                    // epoch that changed many groups ends early, as one
-                    // with much output does, so the changes and their
-                    // output held at once stay bounded.
-                    ctx.fill.add(epoch, deltas.len() - groups);
+                    // Each group changed is an output record to come, and
+                    // a changelog record: an epoch that changed many groups
+                    // ends early, as one with much output does, so the
+                    // changes and what they write, held at once, stay
+                    // bounded.
+                    ctx.fill.add(epoch, records_per_change * (deltas.len() - groups));
                 });
                 // Epochs are applied in order, each once it is complete.
                 while let Some(entry) = stash.first_entry() {
@@ -240,16 +245,15 @@ fn plain<'s>(
                         break;
                     }
                     let (epoch, (cap, deltas)) = entry.remove_entry();
-                    // Per group, in key order: the state before this epoch
-                    // and after it.
-                    let mut changed: Vec<(Vec<Value>, Option<AggState>, Option<AggState>)> = deltas
+                    // In key order, so a replayed epoch writes the same
+                    // output; applied and sent a chunk at a time, so an
+                    // epoch that changed many groups does not hold every
+                    // group's state before and after it at once.
+                    let mut changes: Vec<(Vec<Value>, Packed, AggState)> = deltas
                         .into_iter()
-                        .map(|(key, delta)| {
-                            let (before, after) = store.apply(&key, delta);
-                            (key.decode(), before, after)
-                        })
+                        .map(|(key, delta)| (key.decode(), key, delta))
                         .collect();
-                    changed.sort_by(|a, b| a.0.cmp(&b.0));
+                    changes.sort_by(|a, b| a.0.cmp(&b.0));
                     let row_of = |key: &[Value], state: &AggState| {
                         let mut row = key.to_vec();
                         state.finish(&mut row);
@@ -257,37 +261,48 @@ fn plain<'s>(
                     };
                     let passes =
                         |row: &Row| having.as_ref().is_none_or(|h| h.test(row).unwrap_or(false));
-                    // Each change carries the state before the epoch too,
-                    // so a key can be rolled back one epoch.
-                    let changelog = changed
-                        .iter()
-                        .map(|(key, old, new)| {
-                            let value = change_bytes(new.as_ref(), old.as_ref());
-                            (group_key_bytes(key), Some(value))
-                        })
-                        .collect();
-                    ctx.changelog(&transform, epoch, changelog);
-                    ctx.held
-                        .set(&transform, ctx.index, store.len() as u64, None);
                     let mut session = out.session(&cap);
-                    for (key, old, new) in changed {
-                        let record = |row: Row, tombstone: bool| Record {
-                            key: Some(group_key(&key)),
-                            row,
-                            tombstone,
-                            timestamp_ms: 0,
-                            origin: Default::default(),
-                        };
-                        match new.map(|s| row_of(&key, &s)) {
-                            Some(row) if passes(&row) => session.give(record(row, false)),
-                            _ => {
-                                let old_row = old.map(|s| row_of(&key, &s)).filter(passes);
-                                if let Some(row) = old_row {
-                                    session.give(record(row, true));
+                    let mut changes = changes.into_iter().peekable();
+                    while changes.peek().is_some() {
+                        let applied: Vec<(Vec<Value>, Option<AggState>, Option<AggState>)> = changes
+                            .by_ref()
+                            .take(APPLY_CHUNK)
+                            .map(|(key, packed, delta)| {
+                                let (before, after) = store.apply(&packed, delta);
+                                (key, before, after)
+                            })
+                            .collect();
+                        // Each change carries the state before the epoch
+                        // too, so a key can be rolled back one epoch.
+                        let changelog = applied
+                            .iter()
+                            .map(|(key, old, new)| {
+                                let value = change_bytes(new.as_ref(), old.as_ref());
+                                (group_key_bytes(key), Some(value))
+                            })
+                            .collect();
+                        ctx.changelog(&transform, epoch, changelog);
+                        for (key, old, new) in applied {
+                            let record = |row: Row, tombstone: bool| Record {
+                                key: Some(group_key(&key)),
+                                row,
+                                tombstone,
+                                timestamp_ms: 0,
+                                origin: Default::default(),
+                            };
+                            match new.map(|s| row_of(&key, &s)) {
+                                Some(row) if passes(&row) => session.give(record(row, false)),
+                                _ => {
+                                    let old_row = old.map(|s| row_of(&key, &s)).filter(passes);
+                                    if let Some(row) = old_row {
+                                        session.give(record(row, true));
+                                    }
                                 }
                             }
                         }
                     }
+                    ctx.held
+                        .set(&transform, ctx.index, store.len() as u64, None);
                 }
                 // The input is done and every epoch applied: the groups
                 // go to the writer for a local snapshot.
