@@ -13,6 +13,7 @@ use timely::dataflow::{Scope, Stream};
 
 /// Records a source hands on per poll at most.
 const POLL_BATCH: usize = 2048;
+const POLLS_PER_ACTIVATION: usize = 2;
 
 /// Polls a source without blocking and stamps what it reads with the
 /// current epoch.
@@ -61,8 +62,12 @@ pub(super) fn read_source<'s>(
                     .blocked_ns
                     .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
-            // A few polls per activation, so a busy source still yields.
-            for _ in 0..8 {
+            // Two polls per activation: a busy source still yields, and
+            // what it reads goes downstream before it reads more. With
+            // eight, 16,384 records per worker were in flight between
+            // operators at once; an aggregate building 1M keys peaked
+            // 20 MiB higher, at the same speed.
+            for _ in 0..POLLS_PER_ACTIVATION {
                 // A replay may have ended in the last poll: what is read live
                 // belongs to the clock's epoch, never to a replayed one, whose
                 // records are exactly those the epoch log gives.
