@@ -158,11 +158,17 @@ pub fn run(args: DatagenArgs) -> Result<()> {
                 .register(&format!("{topic}-value"), &source.reader_text)
                 .context("registering the input schema")?,
         ),
-        Format::Json => None,
+        Format::Json | Format::Text => None,
     };
     let encoder = avro::Encoder::new(&rows);
+    let text = source.config.format == Format::Text;
     let encode = |row: &crate::record::Row| -> Result<Vec<u8>> {
         Ok(match schema_id {
+            None if text => {
+                let mut v = Vec::new();
+                crate::format::text::write_row(row, &mut v);
+                v
+            }
             Some(id) => {
                 let mut v = Vec::with_capacity(64);
                 avro::write_wire_header(&mut v, id);

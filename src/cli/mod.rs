@@ -6,6 +6,7 @@ mod allocator;
 mod datagen;
 mod launch;
 mod ops;
+mod produce;
 mod replay;
 mod submit;
 mod tail;
@@ -59,6 +60,9 @@ enum Command {
     Datagen(datagen::DatagenArgs),
     /// Print the records of a topic as `key K value {JSON}`.
     Tail(tail::TailArgs),
+    /// Send lines from stdin to a topic, a record each, as Kafka's console
+    /// producer does.
+    Produce(produce::ProduceArgs),
     /// Print what a job has committed, sink by sink, sorted: the output a
     /// read_committed consumer sees, worked out from the job's progress.
     Verify(verify::VerifyArgs),
@@ -139,6 +143,7 @@ pub fn main() -> Result<()> {
         }
         Command::Datagen(args) => datagen::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Produce(args) => produce::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Status { http } => ops::status(&http),

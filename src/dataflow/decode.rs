@@ -199,6 +199,7 @@ fn decode_batches(
                     Format::Json => {
                         json::decode(v, rows).map_err(|e| format!("not a valid JSON record: {e}"))
                     }
+                    Format::Text => crate::format::text::decode(v),
                     Format::Avro => {
                         avro::split_wire(v)
                             .map_err(|e| e.to_string())

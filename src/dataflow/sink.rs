@@ -212,6 +212,14 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                             );
                                             values.take_text()
                                         }
+                                        Format::Text => {
+                                            values.bytes.clear();
+                                            crate::format::text::write_row(
+                                                &r.row,
+                                                &mut values.bytes,
+                                            );
+                                            values.take_bytes()
+                                        }
                                         Format::Avro => {
                                             values.bytes.clear();
                                             avro::write_wire_header(

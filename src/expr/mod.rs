@@ -49,6 +49,8 @@ enum Func {
     Abs,
     Lower,
     Upper,
+    Trim,
+    WordCount,
     StartsWith,
     EndsWith,
     Contains,
@@ -332,11 +334,13 @@ impl Checker<'_> {
             "abs" => (Func::Abs, 1, None),
             "lowerAscii" => (Func::Lower, 1, Some(true)),
             "upperAscii" => (Func::Upper, 1, Some(true)),
+            "trim" => (Func::Trim, 1, Some(true)),
+            "wordCount" => (Func::WordCount, 1, Some(true)),
             "startsWith" => (Func::StartsWith, 2, Some(true)),
             "endsWith" => (Func::EndsWith, 2, Some(true)),
             "contains" => (Func::Contains, 2, Some(true)),
             _ => {
-                const ALL: [&str; 10] = [
+                const ALL: [&str; 12] = [
                     "size",
                     "int",
                     "double",
@@ -344,6 +348,8 @@ impl Checker<'_> {
                     "abs",
                     "lowerAscii",
                     "upperAscii",
+                    "trim",
+                    "wordCount",
                     "startsWith",
                     "endsWith",
                     "contains",
@@ -394,7 +400,8 @@ impl Checker<'_> {
             Func::ToString => FieldType::String,
             Func::Abs if numeric(arg) => arg,
             Func::Abs => return Err(bad("a number")),
-            Func::Lower | Func::Upper if arg == FieldType::String => FieldType::String,
+            Func::Lower | Func::Upper | Func::Trim if arg == FieldType::String => FieldType::String,
+            Func::WordCount if arg == FieldType::String => FieldType::Int,
             Func::StartsWith | Func::EndsWith | Func::Contains
                 if arg == FieldType::String && tys[1].ty == FieldType::String =>
             {
@@ -638,6 +645,8 @@ fn call(f: Func, args: &[Node], row: &Row) -> Result<Value, EvalError> {
         (Func::Abs, Value::Double(d)) => Value::Double(d.abs()),
         (Func::Lower, Value::Str(s)) => Value::Str(s.to_ascii_lowercase().into()),
         (Func::Upper, Value::Str(s)) => Value::Str(s.to_ascii_uppercase().into()),
+        (Func::Trim, Value::Str(s)) => Value::Str(s.trim().into()),
+        (Func::WordCount, Value::Str(s)) => Value::Int(s.split_whitespace().count() as i64),
         (Func::StartsWith, Value::Str(s)) => Value::Bool(s.starts_with(str_arg(1)?.as_str())),
         (Func::EndsWith, Value::Str(s)) => Value::Bool(s.ends_with(str_arg(1)?.as_str())),
         (Func::Contains, Value::Str(s)) => Value::Bool(s.contains(str_arg(1)?.as_str())),

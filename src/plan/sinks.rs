@@ -19,6 +19,17 @@ impl Builder<'_> {
                     }
                     None => None,
                 };
+                if c.format == Format::Text {
+                    if let Some(why) = crate::format::text::unwritable(&schema) {
+                        self.error(
+                            Kind::Sink,
+                            name,
+                            Some("format"),
+                            why,
+                            Some("add a `map` that builds the line, or write `json`".into()),
+                        );
+                    }
+                }
                 if c.format == Format::Avro && schema.fields.iter().any(|f| f.ty == FieldType::Null)
                 {
                     self.error(

@@ -6,16 +6,49 @@ use super::*;
 use crate::expr::{did_you_mean, Expr};
 use crate::format::avro;
 use crate::record::{Field, FieldType, RowSchema};
-use crate::spec::{SourceConfig, TransformConfig};
+use crate::spec::{Format, SourceConfig, TransformConfig};
+
+/// The rows of a text source: the line, as read.
+const LINE_SCHEMA: &str =
+    r#"{"type": "record", "name": "Line", "namespace": "io.rill", "fields": [{"name": "line", "type": "string"}]}"#;
 use std::sync::Arc;
 
 impl Builder<'_> {
     pub(super) fn source(&mut self, name: &str) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
         let SourceConfig::Kafka(config) = &self.spec.sources[name];
-        let path = self.spec.base_dir().join(&config.schema);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match (config.format, &config.schema) {
+            (Format::Text, None) => Ok(LINE_SCHEMA.to_string()),
+            (Format::Text, Some(_)) => {
+                self.error(
+                    Kind::Source,
+                    name,
+                    Some("schema"),
+                    "a text source has no schema: each record is one line, read as the string field `line`".into(),
+                    Some("remove `schema`, or read the topic as `json` or `avro`".into()),
+                );
+                return None;
+            }
+            (_, None) => {
+                self.error(
+                    Kind::Source,
+                    name,
+                    None,
+                    format!(
+                        "`schema` is missing: a {} source needs the Avro schema file (`.avsc`) its rows are read as",
+                        if config.format == Format::Avro { "avro" } else { "json" }
+                    ),
+                    Some("add `schema = \"name.avsc\"`, relative to the job file, or use `format = \"text\"` for plain lines".into()),
+                );
+                return None;
+            }
+            (_, Some(schema)) => {
+                let path = self.spec.base_dir().join(schema);
+                std::fs::read_to_string(&path).map_err(|e| (path, e))
+            }
+        };
+        let text = match text {
             Ok(t) => t,
-            Err(e) => {
+            Err((path, e)) => {
                 self.error(
                     Kind::Source,
                     name,
@@ -53,7 +86,7 @@ impl Builder<'_> {
                     Kind::Source,
                     name,
                     Some("schema"),
-                    format!("schema file `{}`: {e}", path.display()),
+                    format!("schema file `{}`: {e}", config.schema.as_deref().unwrap_or_default()),
                     None,
                 );
                 None

@@ -118,6 +118,9 @@ impl JobConfig {
 pub enum Format {
     Avro,
     Json,
+    /// One UTF-8 line per record, no schema: a source's rows have one
+    /// string field, `line`; a sink writes its input's one string field.
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -141,8 +144,10 @@ pub struct KafkaSourceConfig {
     pub format: Format,
     /// Avro schema file (`.avsc`) the rows are read as, relative to the job
     /// file. For Avro input it is the reader schema; each record's writer
-    /// schema comes from the registry by the id in the record.
-    pub schema: String,
+    /// schema comes from the registry by the id in the record. Text input
+    /// has none.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// Partitions to create the topic with when it is missing.
     #[serde(default = "one")]
     pub partitions: i32,

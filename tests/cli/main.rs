@@ -13,6 +13,7 @@ use std::time::Duration;
 
 mod cluster;
 mod exactly_once;
+mod kappa;
 mod operations;
 mod refused;
 
