@@ -4,6 +4,7 @@
 //! path, so no rebalance can move a partition under a running epoch.
 
 use super::kafka_admin::{client_config, EofIsNotAnError};
+use super::written_by::{Held, Read, Upstream, WrittenBy};
 use super::{Poll, SourceReader};
 use crate::record::{Origin, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -24,8 +25,18 @@ pub struct KafkaSource {
     /// offset of each of this reader's partitions. They are cut again
     /// exactly as logged.
     replay: VecDeque<(u64, HashMap<i32, i64>)>,
-    /// Records read ahead of the epoch being replayed.
-    ahead: HashMap<i32, VecDeque<RawRecord>>,
+    /// Records read ahead of the epoch being replayed, each with whether
+    /// it counts (see `upstream`).
+    ahead: HashMap<i32, VecDeque<(RawRecord, bool)>>,
+    topic: String,
+    /// Which copies of another rill job's output count; None reads every
+    /// record as it comes.
+    upstream: Option<Arc<dyn Upstream>>,
+    /// Records of epochs their writing job has not decided yet, with the
+    /// records behind them; their partitions are paused meanwhile.
+    held: Held<RawRecord>,
+    /// Since when records are held, to say what the run waits for.
+    held_since: Option<std::time::Instant>,
 }
 
 impl KafkaSource {
@@ -77,7 +88,31 @@ impl KafkaSource {
             bounded,
             replay: VecDeque::new(),
             ahead: HashMap::new(),
+            topic: topic.to_string(),
+            upstream: None,
+            held: Held::default(),
+            held_since: None,
         })
+    }
+
+    /// Reads records other rill jobs wrote through `upstream`: copies of
+    /// attempts that never committed are skipped.
+    pub fn with_upstream(mut self, upstream: Arc<dyn Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    fn set_paused(&self, partition: i32, paused: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let done = if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = done {
+            tracing::warn!("kafka source {}: pausing or resuming partition {partition}: {e}", self.topic);
+        }
     }
 
     /// Epochs to replay first: (epoch, end offset per partition), ascending.
@@ -108,6 +143,7 @@ impl KafkaSource {
     fn finished(&self) -> bool {
         self.bounded
             && self.replay.is_empty()
+            && self.held.is_empty()
             && self.ahead.values().all(VecDeque::is_empty)
             && self
                 .partitions
@@ -129,8 +165,31 @@ impl KafkaSource {
         }
     }
 
-    /// The next record the consumer has ready, if any; never waits.
-    fn next_record(&mut self) -> Option<RawRecord> {
+    /// The next record the consumer has ready, if any, and whether it
+    /// counts (a copy of another job's output that never committed does
+    /// not); never waits.
+    fn next_record(&mut self) -> Option<(RawRecord, bool)> {
+        if let Some(up) = self.upstream.as_deref() {
+            if let Some((p, read, drained)) = self.held.release(up) {
+                if drained {
+                    self.set_paused(p, false);
+                    self.held_since = None;
+                }
+                let keep = read.copy.as_ref().is_none_or(|c| up.counts(c) == Some(true));
+                return Some((read.record, keep));
+            }
+            if let Some(since) = self.held_since {
+                if since.elapsed() > Duration::from_secs(10) {
+                    if let Some(c) = self.held.waiting_for() {
+                        tracing::warn!(
+                            "source {}: waiting for job `{}` to commit its epoch {}: records its attempt {} wrote are held until it does (is that job running?)",
+                            self.topic, c.job, c.epoch, c.attempt
+                        );
+                    }
+                    self.held_since = Some(std::time::Instant::now());
+                }
+            }
+        }
         loop {
             match self.consumer.poll(Duration::ZERO)? {
                 Err(KafkaError::PartitionEOF(p)) => self.at_eof(p),
@@ -143,7 +202,28 @@ impl KafkaSource {
                     tracing::warn!("kafka source: {e}");
                     return None;
                 }
-                Ok(m) => return Some(self.to_raw(&m)),
+                Ok(m) => {
+                    let record = self.to_raw(&m);
+                    let Some(up) = self.upstream.as_deref() else {
+                        return Some((record, true));
+                    };
+                    let read = Read {
+                        record,
+                        copy: WrittenBy::of(&m),
+                    };
+                    let partition = m.partition();
+                    drop(m);
+                    if self.held.must_wait(partition, &read, up) {
+                        if self.held.is_empty() {
+                            self.held_since = Some(std::time::Instant::now());
+                        }
+                        self.held.hold(partition, read);
+                        self.set_paused(partition, true);
+                        continue;
+                    }
+                    let keep = read.copy.as_ref().is_none_or(|c| up.counts(c) == Some(true));
+                    return Some((read.record, keep));
+                }
             }
         }
     }
@@ -162,8 +242,9 @@ impl KafkaSource {
     }
 
     /// Hands on `r` if it is the next record of its partition (and, when
-    /// bounded, before the end).
-    fn accept(&mut self, r: RawRecord, out: &mut Vec<RawRecord>) {
+    /// bounded, before the end) and it counts; one that does not still
+    /// moves the partition on.
+    fn accept(&mut self, (r, keep): (RawRecord, bool), out: &mut Vec<RawRecord>) {
         let Some(slot) = self
             .partitions
             .iter_mut()
@@ -175,7 +256,7 @@ impl KafkaSource {
             return;
         }
         slot.1 = r.origin.offset + 1;
-        if self.bounded && slot.2.is_some_and(|e| r.origin.offset >= e) {
+        if !keep || self.bounded && slot.2.is_some_and(|e| r.origin.offset >= e) {
             return;
         }
         out.push(r);
@@ -189,7 +270,7 @@ impl SourceReader for KafkaSource {
 
     fn poll_scripted(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Option<(u64, Poll)> {
         let (epoch, ends) = self.replay.front().cloned()?;
-        let fits = |r: &RawRecord| {
+        let fits = |(r, _): &(RawRecord, bool)| {
             ends.get(&r.origin.partition)
                 .is_some_and(|end| r.origin.offset < *end)
         };
@@ -213,7 +294,7 @@ impl SourceReader for KafkaSource {
                 self.accept(r, out);
             } else {
                 self.ahead
-                    .entry(r.origin.partition)
+                    .entry(r.0.origin.partition)
                     .or_default()
                     .push_back(r);
             }
@@ -242,7 +323,7 @@ impl SourceReader for KafkaSource {
         for p in parts {
             let queue = self.ahead.get_mut(&p).unwrap();
             let n = queue.len().min(max.saturating_sub(out.len()));
-            let taken: Vec<RawRecord> = queue.drain(..n).collect();
+            let taken: Vec<(RawRecord, bool)> = queue.drain(..n).collect();
             if queue.is_empty() {
                 self.ahead.remove(&p);
             }

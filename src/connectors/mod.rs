@@ -13,6 +13,7 @@ pub mod postgres_sink;
 pub mod registry_server;
 pub mod sink;
 pub mod stdout_sink;
+pub mod written_by;
 
 use crate::record::RawRecord;
 

@@ -269,6 +269,10 @@ pub(super) fn wire(
     } = lookups;
 
     let mut readers: Vec<ReaderFactory> = Vec::new();
+    // Sources skip the copies of other rill jobs' output that never
+    // committed; one follower per upstream job, for the whole process.
+    let upstreams: Arc<dyn crate::connectors::written_by::Upstream> =
+        super::upstream::Upstreams::new(&job.brokers);
     let mut source_topics = Vec::new();
     let mut source_partitions = Vec::new();
     for (pos, (_, _, sp)) in plan.sources().enumerate() {
@@ -326,6 +330,7 @@ pub(super) fn wire(
         let brokers = job.brokers.clone();
         let topic = c.topic.clone();
         let bounded = opts.until_caught_up;
+        let upstreams = upstreams.clone();
         source_topics.push(Arc::from(c.topic.as_str()));
         source_partitions.push(n);
         readers.push(Arc::new(move |index, peers| {
@@ -336,7 +341,8 @@ pub(super) fn wire(
                 .collect();
             let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
                 .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"))
-                .with_replay(replay.clone());
+                .with_replay(replay.clone())
+                .with_upstream(upstreams.clone());
             Box::new(reader) as Box<dyn SourceReader>
         }));
     }

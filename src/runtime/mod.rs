@@ -19,6 +19,7 @@ pub mod recovery;
 mod report;
 mod restore;
 mod snapshot;
+mod upstream;
 mod workers;
 mod writer;
 

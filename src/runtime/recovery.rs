@@ -477,7 +477,7 @@ fn in_doubt_of(
 /// in its log had (1 for a new job). Every one of them is fenced at a
 /// start, used now or not: a writer of a larger cluster killed with a
 /// transaction open would otherwise keep it open.
-fn writers_in(records: &[(i64, LogRecord)]) -> u32 {
+pub(crate) fn writers_in(records: &[(i64, LogRecord)]) -> u32 {
     records
         .iter()
         .filter_map(|(_, r)| match r {

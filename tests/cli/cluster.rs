@@ -5,7 +5,7 @@
 use super::*;
 
 /// Writes `count` bank transactions to `topic` (random, from one seed).
-fn bank_input(dir: &Path, topic: &str, count: usize, tag: &str) {
+pub(crate) fn bank_input(dir: &Path, topic: &str, count: usize, tag: &str) {
     let (gen, _) = job_copy(dir, "bank.toml", &["bank-transactions"], tag);
     ok(&[
         "datagen",
@@ -21,7 +21,7 @@ fn bank_input(dir: &Path, topic: &str, count: usize, tag: &str) {
 }
 
 /// A copy of a shipped job reading `input`, with outputs of its own.
-fn reading(
+pub(crate) fn reading(
     dir: &Path,
     job: &str,
     source: &str,
@@ -40,7 +40,7 @@ fn reading(
 }
 
 /// A copy of the bank split reading `input`, with outputs of its own.
-fn bank_reading(dir: &Path, input: &str, tag: &str) -> PathBuf {
+pub(crate) fn bank_reading(dir: &Path, input: &str, tag: &str) -> PathBuf {
     let outputs: &[&str] = &["APPROVED", "REJECTED", "bank-dead-letters"];
     reading(dir, "bank.toml", "bank-transactions", outputs, input, tag)
 }

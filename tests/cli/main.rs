@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod chain;
 mod cluster;
 mod exactly_once;
 mod kappa;
