@@ -1,7 +1,7 @@
 //! rill: long-running dataflow jobs over Kafka on timely dataflow.
 //!
 //! A record's way through the crate follows the folders: `spec` reads the
-//! job file, `plan` checks and resolves it, `dataflow` runs it on timely
+//! job file (`sql` turns a file of ksqlDB-style statements into one), `plan` checks and resolves it, `dataflow` runs it on timely
 //! workers, `connectors` talk to Kafka and the rest, `runtime` launches the
 //! workers and commits epochs, `cli` is what `jobctl` offers.
 
@@ -17,3 +17,4 @@ pub mod plan;
 pub mod record;
 pub mod runtime;
 pub mod spec;
+pub mod sql;

@@ -109,8 +109,24 @@ pub fn exit_status(e: &anyhow::Error) -> i32 {
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
-    let spec = Spec::load(path).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
-    Plan::build(&spec).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    let error = |e: crate::spec::SpecErrors| anyhow::anyhow!("{}", e.to_string().trim_end());
+    if is_sql(path) {
+        let sql = crate::sql::load(path, |url, topic| {
+            crate::format::registry::RegistryClient::new(url)
+                .latest(&format!("{topic}-value"))
+                .map(|r| r.schema.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(error)?;
+        return Plan::build(&sql.spec).map_err(|e| error(sql.errors_in_sql(e)));
+    }
+    let spec = Spec::load(path).map_err(error)?;
+    Plan::build(&spec).map_err(error)
+}
+
+/// A job of ksqlDB-style statements rather than a job file.
+fn is_sql(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("sql"))
 }
 
 pub fn main() -> Result<()> {

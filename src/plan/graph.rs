@@ -45,6 +45,7 @@ impl Builder<'_> {
             None => loc.component(kind.table(), name),
         };
         self.errors.push(SpecError {
+            column: 0,
             line,
             component: Some(format!("{}.{name}", kind.table())),
             message,
@@ -277,6 +278,7 @@ impl Builder<'_> {
             match nodes.iter().position(|n| n.id == format!("sinks.{d}")) {
                 Some(i) => dead_letter_index = Some(i),
                 None if !spec.sinks.contains_key(d) => self.errors.push(SpecError {
+                    column: 0,
                     line: self.spec.locate().key("job", "", "dead_letter_sink"),
                     component: Some("job".into()),
                     message: format!("`dead_letter_sink` names `{d}`, which is not a sink"),
@@ -288,6 +290,7 @@ impl Builder<'_> {
         }
         if spec.sinks.is_empty() {
             self.errors.push(SpecError {
+                column: 0,
                 line: self.spec.locate().table("job"),
                 component: None,
                 message: "the job has no sinks".into(),

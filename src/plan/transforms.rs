@@ -17,8 +17,11 @@ impl Builder<'_> {
     pub(super) fn source(&mut self, name: &str) -> Option<(NodeKind, Vec<RowSchema>, Vec<String>)> {
         let SourceConfig::Kafka(config) = &self.spec.sources[name];
         let text = match (config.format, &config.schema) {
-            (Format::Text, None) => Ok(LINE_SCHEMA.to_string()),
-            (Format::Text, Some(_)) => {
+            (Format::Text, None) if config.avro_schema.is_none() => Ok(LINE_SCHEMA.to_string()),
+            (_, None) if config.avro_schema.is_some() && config.format != Format::Text => {
+                Ok(config.avro_schema.clone().unwrap_or_default())
+            }
+            (Format::Text, _) => {
                 self.error(
                     Kind::Source,
                     name,
@@ -259,6 +262,28 @@ impl Builder<'_> {
                     }
                     out.fields = idx.iter().map(|&i| out.fields[i].clone()).collect();
                     keep = Some(idx);
+                }
+                if let Some(select) = &c.select {
+                    let mut idx = Vec::new();
+                    for f in select {
+                        match out.index_of(f) {
+                            Some(i) => idx.push(i),
+                            None => {
+                                let hint =
+                                    did_you_mean(f, out.fields.iter().map(|f| f.name.as_str()))
+                                        .map(|m| format!("did you mean `{m}`?"));
+                                self.error(k, name, Some("select"), format!("no field `{f}` to select"), hint);
+                                ok = false;
+                            }
+                        }
+                    }
+                    if ok {
+                        out.fields = idx.iter().map(|&i| out.fields[i].clone()).collect();
+                        keep = Some(match keep {
+                            Some(before) => idx.iter().map(|&i| before[i]).collect(),
+                            None => idx,
+                        });
+                    }
                 }
                 if !ok {
                     return None;

@@ -148,6 +148,10 @@ pub struct KafkaSourceConfig {
     /// has none.
     #[serde(default)]
     pub schema: Option<String>,
+    /// The Avro schema itself, instead of a file (a SQL job's columns
+    /// become one).
+    #[serde(default)]
+    pub avro_schema: Option<String>,
     /// Partitions to create the topic with when it is missing.
     #[serde(default = "one")]
     pub partitions: i32,
@@ -197,6 +201,10 @@ pub struct MapConfig {
     pub fields: BTreeMap<String, String>,
     #[serde(default)]
     pub drop: Vec<String>,
+    /// The output's fields, in this order (a SQL select list); by default
+    /// the input's fields, then the new ones.
+    #[serde(default)]
+    pub select: Option<Vec<String>>,
 }
 
 /// Sends each record to every named output whose condition holds, and to

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub struct SpecError {
     /// 0: the problem is not on a line (the file cannot be read).
     pub line: usize,
+    /// 0: not known (job files give lines; SQL files lines and columns).
+    pub column: usize,
     /// `sources.x`, `transforms.y`, `sinks.z` or `job`, when it is about one.
     pub component: Option<String>,
     pub message: String,
@@ -25,7 +27,9 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
+        if self.line > 0 && self.column > 0 {
+            write!(f, "line {}, column {}: ", self.line, self.column)?;
+        } else if self.line > 0 {
             write!(f, "line {}: ", self.line)?;
         }
         if let Some(c) = &self.component {
@@ -241,6 +245,7 @@ fn component<T: DeserializeOwned>(
                     },
                 };
                 errors.push(SpecError {
+                    column: 0,
                     line,
                     component: Some(label.clone()),
                     message,
@@ -264,6 +269,7 @@ impl Spec {
         let text = std::fs::read_to_string(path).map_err(|e| SpecErrors {
             path: path.to_path_buf(),
             errors: vec![SpecError {
+                column: 0,
                 line: 0,
                 component: None,
                 message: format!("cannot read the job file: {e}"),
@@ -284,6 +290,7 @@ impl Spec {
                 let e: toml::de::Error = e;
                 let line = e.span().map_or(1, |s| line_of_offset(&text, s.start));
                 return Err(fail(vec![SpecError {
+                    column: 0,
                     line,
                     component: None,
                     message: format!("not valid TOML: {}", e.message().trim()),
@@ -303,6 +310,7 @@ impl Spec {
                 "sources" | "transforms" | "sinks" => {
                     let toml::Value::Table(items) = value else {
                         errors.push(SpecError {
+                            column: 0,
                             line: locate.table(&key),
                             component: None,
                             message: format!("`{key}` must be a table of components"),
@@ -345,6 +353,7 @@ impl Spec {
                     }
                 }
                 other => errors.push(SpecError {
+                    column: 0,
                     line: locate.table(other).max(
                         text.lines()
                             .position(|l| key_of(l).as_deref() == Some(other))
@@ -360,6 +369,7 @@ impl Spec {
         }
         if job.is_none() && !errors.iter().any(|e| e.component.as_deref() == Some("job")) {
             errors.push(SpecError {
+                column: 0,
                 line: 1,
                 component: None,
                 message: "missing the [job] table".into(),

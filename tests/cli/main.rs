@@ -17,6 +17,7 @@ mod exactly_once;
 mod kappa;
 mod operations;
 mod refused;
+mod sql;
 
 const BROKERS: &str = "127.0.0.1:9092";
 const REGISTRY: &str = "http://127.0.0.1:8081";
