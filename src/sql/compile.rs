@@ -189,14 +189,20 @@ impl Compiler {
         if let Some((at, offset)) = Self::start_offset(statements) {
             self.toml.line(at, format!("start_offset = {}", quoted(&offset)));
         }
-        if let Some((file, at)) = text("VALUE_SCHEMA_FILE") {
+        if format == "text" {
+            // A text stream's one column is the line itself.
+            let line_only = matches!(create.columns.as_slice(), [(c, t, _)] if c == "line" && (t == "VARCHAR" || t == "STRING"));
+            if !create.columns.is_empty() && !line_only {
+                self.problem(at, format!("a text stream has one column, `line VARCHAR`, and `{}` lists others", create.name), Some("write (line VARCHAR), or leave the columns out"));
+            }
+        } else if let Some((file, at)) = text("VALUE_SCHEMA_FILE") {
             self.toml.line(at, format!("schema = {}", quoted(&file)));
         } else if !create.columns.is_empty() {
             match avro_of(&create.name, &create.columns) {
                 Ok(schema) => self.toml.line(at, format!("avro_schema = {}", quoted(&schema))),
                 Err((at, e)) => self.problem(at, e, Some("column types: BOOLEAN, INT, BIGINT, DOUBLE, VARCHAR (STRING), BYTES")),
             }
-        } else if format != "text" {
+        } else {
             match (self.registry)(&topic) {
                 Ok(schema) => self.toml.line(at, format!("avro_schema = {}", quoted(&schema))),
                 Err(e) => self.problem(
@@ -493,6 +499,9 @@ impl Compiler {
                 };
                 format!("{} {op} {}", r(left)?, r(right)?)
             }
+            Expr::Trim { expr, trim_where: None, trim_what: None, trim_characters: None } => {
+                format!("({}).trim()", r(expr)?)
+            }
             Expr::IsNull(x) => format!("{} == null", r(x)?),
             Expr::IsNotNull(x) => format!("{} != null", r(x)?),
             Expr::In { expr, target: InTarget::List(list), negated, .. } => {
@@ -564,6 +573,7 @@ impl Compiler {
                     "LCASE" | "LOWER" => one("({}).lowerAscii()")?,
                     "TRIM" => one("({}).trim()")?,
                     "LEN" | "LENGTH" => one("size({})")?,
+                    "WORD_COUNT" => one("({}).wordCount()")?,
                     "ABS" => one("abs({})")?,
                     "COUNT" | "SUM" | "AVG" | "MIN" | "MAX" => {
                         return Err((at_of(e), format!("{fname} belongs in a table's select list (CREATE TABLE … GROUP BY)")))

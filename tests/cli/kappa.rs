@@ -37,8 +37,9 @@ fn produce(args: &[&str], input: &[u8]) -> Output {
 #[test]
 fn typed_lines_come_back_transformed_and_a_line_that_is_not_text_goes_to_the_dead_letters() {
     require_services();
-    let dir = tempfile::tempdir().unwrap();
-    let (job, messages, responses, dead) = kappa_job(dir.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (job, messages, responses, dead) = kappa_job(dir);
     let job = job.to_str().unwrap();
     let out = produce(&[&messages], b"  hello   world  \nrill is one small binary\r\n\xff\xfe not utf-8\n\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -69,6 +70,22 @@ fn typed_lines_come_back_transformed_and_a_line_that_is_not_text_goes_to_the_dea
         ]
         .map(|l| format!("{l}\n"))
         .concat()
+    );
+    // kappa.sql answers the same lines the same way.
+    let sql_name = unique("kappa-sql");
+    let sql = super::sql::sql_copy(
+        dir,
+        "kappa.sql",
+        &sql_name,
+        &[
+            ("KAFKA_TOPIC='messages'", format!("KAFKA_TOPIC='{messages}'")),
+            ("KAFKA_TOPIC='responses'", format!("KAFKA_TOPIC='{sql_name}-responses'")),
+        ],
+    );
+    ok(&["submit", sql.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    assert_eq!(
+        ok(&["tail", &format!("{sql_name}-responses"), "--until-caught-up"]),
+        ok(&["tail", &responses, "--until-caught-up"])
     );
     let letters = read_topic(&dead);
     assert_eq!(letters.len(), 1);

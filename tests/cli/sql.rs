@@ -16,7 +16,7 @@ fn committed_values(job: &Path, tag: &str) -> Vec<String> {
 
 /// `jobs/<file>` with `replacements` made, written into `dir` under a
 /// job name of its own.
-fn sql_copy(dir: &Path, file: &str, name: &str, replacements: &[(&str, String)]) -> PathBuf {
+pub(super) fn sql_copy(dir: &Path, file: &str, name: &str, replacements: &[(&str, String)]) -> PathBuf {
     let mut text = std::fs::read_to_string(root().join("jobs").join(file)).unwrap();
     for (from, to) in replacements {
         assert!(text.contains(from), "{file} has no {from}");
