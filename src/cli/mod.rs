@@ -75,6 +75,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9249")]
         http: String,
     },
+    /// A pull query against a running job's committed state, as ksqlDB
+    /// takes one: `SELECT … FROM table [WHERE key = …] [LIMIT n]`.
+    Query {
+        sql: String,
+        /// The job's endpoint (its start line says which).
+        #[arg(long, default_value = "127.0.0.1:9249")]
+        http: String,
+        /// A JSON object per row instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop a running job gracefully: its open epoch commits, then it
     /// exits (a cluster stops as a whole).
     Stop {
@@ -163,6 +174,7 @@ pub fn main() -> Result<()> {
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Status { http } => ops::status(&http),
+        Command::Query { sql, http, json } => ops::query(&http, &sql, json),
         Command::Explain { job, dot } => {
             let plan = load_plan(&job)?;
             if dot {

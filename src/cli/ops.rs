@@ -156,3 +156,93 @@ mod tests {
         );
     }
 }
+
+/// `jobctl query "SELECT … FROM table [WHERE key = …] [LIMIT n]"`: a pull
+/// query against the running job's committed state, printed as a table.
+pub fn query(http: &str, sql: &str, json: bool) -> Result<()> {
+    let q = crate::sql::pull::parse(sql).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = ureq::get(&url(http, &format!("/api/v1/state/{}", q.table)))
+            .timeout(Duration::from_secs(60));
+        if let Some(k) = &q.key {
+            request = request.query("key", k);
+        }
+        if let Some(a) = &after {
+            request = request.query("after", a);
+        }
+        let page: serde_json::Value = match request.call() {
+            Ok(r) => r.into_json().with_context(|| format!("{http} answered, but not as a rill job does"))?,
+            Err(ureq::Error::Status(_, r)) => {
+                let body: serde_json::Value = r.into_json().unwrap_or_default();
+                anyhow::bail!("{}", body["error"].as_str().unwrap_or("the job refused the query"));
+            }
+            Err(e) => return Err(unreachable(http, e)),
+        };
+        rows.extend(page["rows"].as_array().cloned().unwrap_or_default());
+        let enough = q.limit.is_some_and(|l| rows.len() >= l);
+        match page["next"].as_str() {
+            Some(next) if !enough => after = Some(next.to_string()),
+            _ => break,
+        }
+    }
+    if let Some(l) = q.limit {
+        rows.truncate(l);
+    }
+    let values: Vec<serde_json::Map<String, serde_json::Value>> = rows
+        .iter()
+        .map(|r| {
+            let value = r["value"].as_object().cloned().unwrap_or_default();
+            match &q.columns {
+                None => value,
+                Some(cols) => cols
+                    .iter()
+                    .map(|c| (c.clone(), value.get(c).cloned().unwrap_or(serde_json::Value::Null)))
+                    .collect(),
+            }
+        })
+        .collect();
+    if json {
+        for v in &values {
+            println!("{}", serde_json::Value::Object(v.clone()));
+        }
+        return Ok(());
+    }
+    let header: Vec<String> = match (&q.columns, values.first()) {
+        (Some(cols), _) => cols.clone(),
+        (None, Some(first)) => first.keys().cloned().collect(),
+        (None, None) => Vec::new(),
+    };
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = values
+        .iter()
+        .map(|v| header.iter().map(|h| v.get(h).map(cell).unwrap_or_default()).collect())
+        .collect();
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| table.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+";
+    let line = |cells: &[String]| -> String {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("| {c:<w$} "))
+            .collect::<String>()
+            + "|"
+    };
+    if !header.is_empty() {
+        println!("{rule}\n{}\n{rule}", line(&header));
+        for r in &table {
+            println!("{}", line(r));
+        }
+        println!("{rule}");
+    }
+    eprintln!("{} row{}", values.len(), if values.len() == 1 { "" } else { "s" });
+    Ok(())
+}

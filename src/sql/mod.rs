@@ -6,6 +6,7 @@
 
 mod compile;
 mod parse;
+pub mod pull;
 
 use crate::spec::{Spec, SpecError, SpecErrors};
 use std::path::Path;

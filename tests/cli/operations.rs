@@ -6,7 +6,7 @@ use super::*;
 use std::io::Write as _;
 use std::process::Stdio;
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -61,7 +61,7 @@ fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
 
 /// Waits up to 90 s until the job serving on `http` has committed at
 /// least `n` records of `source`; its metrics then.
-fn committed_at_least(http: &str, source: &str, n: f64) -> String {
+pub(super) fn committed_at_least(http: &str, source: &str, n: f64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(m) = get(http, "/metrics") {

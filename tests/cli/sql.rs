@@ -129,3 +129,58 @@ fn a_sql_job_with_mistakes_gets_every_error_at_once_with_line_and_column() {
     );
     assert!(stderr.contains("unknown field `amout`"), "{stderr}");
 }
+
+#[test]
+fn a_pull_query_on_a_running_sql_job_answers_what_it_committed() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("sqlpull");
+    let (gen, names) = job_copy(dir.path(), "commercials.toml", &["commercials_avro"], &tag);
+    let input = names["commercials_avro"].clone();
+    ok(&["datagen", "commercials", "--job", gen.to_str().unwrap(), "--count", "500", "--quiet"]);
+    let name = format!("{tag}-sql");
+    let sql = sql_copy(
+        dir.path(),
+        "commercials.sql",
+        &name,
+        &[
+            ("'commercials_avro'", format!("'{input}'")),
+            ("TABLE metrics_per_brand AS", format!("TABLE metrics_per_brand WITH (KAFKA_TOPIC='{name}-out') AS")),
+        ],
+    );
+    let http = format!("127.0.0.1:{}", super::operations::free_port());
+    let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", sql.to_str().unwrap(), "--http", &http, "--quiet"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    super::operations::committed_at_least(&http, "metrics_brand_stream", 500.0);
+    // What verify shows for the brand, as the query's row.
+    let committed: Vec<serde_json::Value> = verify_lines(&sql)
+        .iter()
+        .filter_map(|l| l.split_once(" value ").map(|(_, v)| serde_json::from_str(v).unwrap()))
+        .collect();
+    assert_eq!(committed.len(), 2, "{committed:?}");
+    for row in &committed {
+        let brand = row["brand"].as_str().unwrap();
+        let out = ok(&["query", &format!("SELECT brand, cnt FROM metrics_per_brand WHERE brand = '{brand}'"), "--http", &http, "--json"]);
+        assert_eq!(
+            out,
+            format!("{}\n", serde_json::json!({"brand": brand, "cnt": row["cnt"]}))
+        );
+    }
+    let table = ok(&["query", "SELECT * FROM metrics_per_brand", "--http", &http]);
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("| brand "), "{table}");
+    let out = jobctl(&["query", "SELECT * FROM nothing", "--http", &http]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with(&format!("error: no stateful transform nothing in job {name}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&["stop", "--http", &http]);
+    running.wait().unwrap();
+}
