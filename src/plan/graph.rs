@@ -21,7 +21,7 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    fn table(self) -> &'static str {
+    pub(super) fn table(self) -> &'static str {
         match self {
             Kind::Source => "sources",
             Kind::Transform => "transforms",
@@ -40,13 +40,26 @@ impl Builder<'_> {
         hint: Option<String>,
     ) {
         let loc = self.spec.locate();
-        let line = match key {
-            Some(k) => loc.key(kind.table(), name, k),
-            None => loc.component(kind.table(), name),
+        let place = match key {
+            Some(k) => loc.place_of_key(kind.table(), name, k),
+            None => loc.place_of_component(kind.table(), name),
         };
+        self.error_at(kind, name, place, message, hint);
+    }
+
+    /// An error at a place found by the caller (inside an expression).
+    pub(super) fn error_at(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        place: crate::spec::Place,
+        message: String,
+        hint: Option<String>,
+    ) {
         self.errors.push(SpecError {
-            column: 0,
-            line,
+            line: place.line,
+            column: place.column,
+            len: place.len,
             component: Some(format!("{}.{name}", kind.table())),
             message,
             hint,
@@ -277,20 +290,24 @@ impl Builder<'_> {
         if let Some(d) = &spec.job.dead_letter_sink {
             match nodes.iter().position(|n| n.id == format!("sinks.{d}")) {
                 Some(i) => dead_letter_index = Some(i),
-                None if !spec.sinks.contains_key(d) => self.errors.push(SpecError {
-                    column: 0,
-                    line: self.spec.locate().key("job", "", "dead_letter_sink"),
+                None if !spec.sinks.contains_key(d) => self.errors.push({
+                    let place = self.spec.locate().place_of_key("job", "", "dead_letter_sink");
+                    SpecError {
+                    line: place.line,
+                    column: place.column,
+                    len: place.len,
                     component: Some("job".into()),
                     message: format!("`dead_letter_sink` names `{d}`, which is not a sink"),
                     hint: did_you_mean(d, spec.sinks.keys().map(String::as_str))
                         .map(|m| format!("did you mean `{m}`?")),
-                }),
+                }}),
                 None => {}
             }
         }
         if spec.sinks.is_empty() {
             self.errors.push(SpecError {
                 column: 0,
+                len: 0,
                 line: self.spec.locate().table("job"),
                 component: None,
                 message: "the job has no sinks".into(),

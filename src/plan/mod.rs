@@ -165,11 +165,12 @@ impl Plan {
             Ok(plan)
         } else {
             let mut errors = b.errors;
-            errors.sort_by_key(|e| e.line);
+            errors.sort_by_key(|e| (e.line, e.column));
             errors.dedup();
             Err(SpecErrors {
                 path: spec.path.clone(),
                 errors,
+                text: Some(spec.text.clone()),
             })
         }
     }
@@ -220,11 +221,13 @@ mod tests {
             vec![
                 "12 inputs form a cycle: a -> b -> a".to_string(),
                 "22 unknown input `inptu`".to_string(),
-                "28 in `condition` at column 1: unknown field `amuont`; did you mean `amount`?"
+                "28 in `condition`: unknown field `amuont`; did you mean `amount`?"
                     .to_string(),
             ]
         );
         assert_eq!(err.errors[1].hint.as_deref(), Some("did you mean `input`?"));
+        // The expression's error is placed at the field inside it.
+        assert_eq!((err.errors[2].column, err.errors[2].len), (14, 1));
     }
 
     #[test]

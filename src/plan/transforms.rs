@@ -114,15 +114,23 @@ impl Builder<'_> {
         match r {
             Ok(e) => Some(e),
             Err(e) => {
-                // Lined up under the expression as the hint prints it.
-                let caret = format!("{src}\n        {}^", " ".repeat(e.pos));
-                self.error(
-                    kind,
-                    name,
-                    Some(key),
-                    format!("in `{key}` at column {}: {}", e.pos + 1, e.message),
-                    Some(caret),
-                );
+                let loc = self.spec.locate();
+                let value = loc.place_of_key(kind.table(), name, key);
+                match inside_string(loc.text, value, src, e.pos) {
+                    // The file shows the expression: mark the place in it.
+                    Some(place) => self.error_at(kind, name, place, format!("in `{key}`: {}", e.message), None),
+                    None => {
+                        // Lined up under the expression as the hint prints it.
+                        let caret = format!("{src}\n        {}^", " ".repeat(e.pos));
+                        self.error(
+                            kind,
+                            name,
+                            Some(key),
+                            format!("in `{key}` at column {}: {}", e.pos + 1, e.message),
+                            Some(caret),
+                        );
+                    }
+                }
                 None
             }
         }
@@ -296,4 +304,21 @@ impl Builder<'_> {
             }
         }
     }
+}
+
+/// The place of character `pos` of `src`, when the file writes `src` as
+/// it is (a quoted string without escapes) at `value`.
+fn inside_string(text: &str, value: crate::spec::Place, src: &str, pos: usize) -> Option<crate::spec::Place> {
+    let line = text.lines().nth(value.line.checked_sub(1)?)?;
+    let rest: String = line.chars().skip(value.column.checked_sub(1)?).collect();
+    let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let body = rest.strip_prefix(quote)?;
+    if !body.starts_with(src) || src.contains('\\') {
+        return None;
+    }
+    Some(crate::spec::Place {
+        line: value.line,
+        column: value.column + 1 + src[..pos.min(src.len())].chars().count(),
+        len: 1,
+    })
 }

@@ -4,10 +4,15 @@
 //! errors of the others; every error carries the line it is about.
 
 pub mod components;
+mod locate;
+mod render;
 
 pub use components::*;
+pub use locate::{Locator, Place, Spans};
 
 use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,8 +22,10 @@ use std::path::{Path, PathBuf};
 pub struct SpecError {
     /// 0: the problem is not on a line (the file cannot be read).
     pub line: usize,
-    /// 0: not known (job files give lines; SQL files lines and columns).
+    /// 0: not known.
     pub column: usize,
+    /// Characters from `column` on the line that the problem is about.
+    pub len: usize,
     /// `sources.x`, `transforms.y`, `sinks.z` or `job`, when it is about one.
     pub component: Option<String>,
     pub message: String,
@@ -48,6 +55,8 @@ impl fmt::Display for SpecError {
 pub struct SpecErrors {
     pub path: PathBuf,
     pub errors: Vec<SpecError>,
+    /// The file's text, to show each problem's line.
+    pub text: Option<String>,
 }
 
 impl fmt::Display for SpecErrors {
@@ -59,11 +68,11 @@ impl fmt::Display for SpecErrors {
             self.path.display(),
             if n == 1 { "" } else { "s" }
         )?;
+        let mut out = String::new();
         for e in &self.errors {
-            let at = if e.line > 0 { ":" } else { ": " };
-            writeln!(f, "{}{at}{e}", self.path.display())?;
+            render::problem(&mut out, &self.path.display().to_string(), self.text.as_deref(), e);
         }
-        Ok(())
+        f.write_str(&out)
     }
 }
 
@@ -72,6 +81,7 @@ impl fmt::Display for SpecErrors {
 pub struct Spec {
     pub path: PathBuf,
     pub text: String,
+    pub spans: Spans,
     pub job: JobConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub transforms: BTreeMap<String, TransformConfig>,
@@ -85,112 +95,18 @@ impl Spec {
     }
 
     pub fn locate(&self) -> Locator<'_> {
-        Locator { text: &self.text }
-    }
-}
-
-/// Finds the line a component or one of its keys is written on.
-pub struct Locator<'a> {
-    pub text: &'a str,
-}
-
-fn header_path(line: &str) -> Option<Vec<String>> {
-    let t = line.trim();
-    let inner = t
-        .strip_prefix("[[")
-        .and_then(|r| r.strip_suffix("]]"))
-        .or_else(|| t.strip_prefix('[').and_then(|r| r.split(']').next()))?;
-    Some(
-        inner
-            .split('.')
-            .map(|p| p.trim().trim_matches('"').trim_matches('\'').to_string())
-            .collect(),
-    )
-}
-
-fn key_of(line: &str) -> Option<String> {
-    let t = line.trim_start();
-    if t.starts_with('#') || t.starts_with('[') {
-        return None;
-    }
-    let end = t.find(['=', ' ', '\t'])?;
-    Some(t[..end].trim().trim_matches('"').to_string())
-}
-
-impl Locator<'_> {
-    /// Line (1-based) of the header `[kind.name]`, or of the first header
-    /// inside it.
-    pub fn component(&self, kind: &str, name: &str) -> usize {
-        for (i, line) in self.text.lines().enumerate() {
-            if let Some(p) = header_path(line) {
-                if p.len() >= 2 && p[0] == kind && p[1] == name {
-                    return i + 1;
-                }
-            }
-            // `sources.x = { ... }` or `x = {...}` under `[sources]`.
-            if let Some(k) = key_of(line) {
-                if k == format!("{kind}.{name}") {
-                    return i + 1;
-                }
-            }
-        }
-        self.table(kind)
-    }
-
-    /// Line of the `[kind]` header (such as `[job]`), or 1.
-    pub fn table(&self, kind: &str) -> usize {
-        self.text
-            .lines()
-            .position(|l| header_path(l).is_some_and(|p| p.first().is_some_and(|k| k == kind)))
-            .map_or(1, |i| i + 1)
-    }
-
-    /// Line of `key` (a path such as `routes.approved`) inside component
-    /// `kind.name` (name empty for a top-level table like `[job]`).
-    pub fn key(&self, kind: &str, name: &str, key: &str) -> usize {
-        let mut owner: Vec<String> = vec![kind.to_string()];
-        if !name.is_empty() {
-            owner.push(name.to_string());
-        }
-        let mut current: Option<Vec<String>> = None;
-        for (i, line) in self.text.lines().enumerate() {
-            if let Some(p) = header_path(line) {
-                current = Some(p);
-                continue;
-            }
-            let Some(cur) = &current else { continue };
-            if cur.len() < owner.len() || cur[..owner.len()] != owner[..] {
-                continue;
-            }
-            let Some(k) = key_of(line) else { continue };
-            // The key as seen from the component: the header's extra parts
-            // (`[transforms.split.routes]`) then the key itself.
-            let mut full: Vec<String> = cur[owner.len()..].to_vec();
-            full.extend(k.split('.').map(|s| s.trim().trim_matches('"').to_string()));
-            let full = full.join(".");
-            if full == key
-                || key.starts_with(&format!("{full}."))
-                || full.starts_with(&format!("{key}."))
-            {
-                return i + 1;
-            }
-        }
-        if name.is_empty() {
-            self.table(kind)
-        } else {
-            self.component(kind, name)
+        Locator {
+            text: &self.text,
+            spans: &self.spans,
         }
     }
 }
 
-fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Deserializes one component, collecting unknown fields one by one so the
-/// user sees all of them at once.
+/// Deserializes one component from its spanned value, collecting unknown
+/// fields one by one so the user sees all of them at once; each problem
+/// is placed where the toml parser says it is.
 fn component<T: DeserializeOwned>(
-    value: toml::Value,
+    value: &Spanned<DeValue<'_>>,
     kind: &str,
     name: &str,
     locate: &Locator<'_>,
@@ -201,66 +117,76 @@ fn component<T: DeserializeOwned>(
     } else {
         format!("{kind}.{name}")
     };
-    let mut value = value;
-    for _ in 0..32 {
-        match T::deserialize(value.clone()) {
+    let mut value = value.clone();
+    for _ in 0..64 {
+        let e = match T::deserialize(toml::de::ValueDeserializer::from(value.clone())) {
             Ok(v) => return Some(v),
-            Err(e) => {
-                let msg = e.message().to_string();
-                let unknown = msg
-                    .strip_prefix("unknown field `")
-                    .and_then(|r| r.split('`').next())
-                    .map(str::to_string);
-                let (message, hint) = match msg.split_once(", expected ") {
-                    Some((m, rest)) => (m.to_string(), Some(format!("expected {rest}"))),
-                    None => (msg.clone(), None),
-                };
-                let line = match &unknown {
-                    Some(k) => locate.key(kind, name, k),
-                    None => match msg
-                        .strip_prefix("missing field `")
-                        .and_then(|r| r.split('`').next())
-                    {
-                        Some(_) => {
-                            if name.is_empty() {
-                                locate.table(kind)
-                            } else {
-                                locate.component(kind, name)
-                            }
-                        }
-                        None => {
-                            if msg.contains("variant") {
-                                locate.key(kind, name, "type")
-                            } else if let Some(k) = value
-                                .as_table()
-                                .and_then(|t| t.keys().find(|k| msg.contains(&format!("`{k}`"))))
-                            {
-                                locate.key(kind, name, k)
-                            } else if name.is_empty() {
-                                locate.table(kind)
-                            } else {
-                                locate.component(kind, name)
-                            }
-                        }
-                    },
-                };
-                errors.push(SpecError {
-                    column: 0,
-                    line,
-                    component: Some(label.clone()),
-                    message,
-                    hint,
-                });
-                match (unknown, value.as_table_mut()) {
-                    (Some(k), Some(t)) => {
-                        t.remove(&k);
-                    }
-                    _ => return None,
-                }
+            Err(e) => e,
+        };
+        let msg = e.message().trim().to_string();
+        let unknown = msg
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        let (message, hint) = match msg.split_once(", expected ") {
+            Some((m, rest)) => (m.to_string(), Some(format!("expected {rest}"))),
+            None => (msg.clone(), None),
+        };
+        // A tagged component (`type = "..."`) is read through serde's
+        // buffer, whose errors span the whole component: then the key the
+        // message names, or the one holding the value it names, is the
+        // place. A missing field is about the component itself.
+        let whole = value.span();
+        let place = match e.span() {
+            Some(span) if span != whole && !msg.starts_with("missing field") => {
+                Place::of(locate.text, span)
             }
+            _ => match named_key(&value, &msg, unknown.as_deref()) {
+                Some(k) if unknown.is_some() => locate.place_of_field(kind, name, &k),
+                Some(k) => locate.place_of_key(kind, name, &k),
+                None if name.is_empty() => locate.place_of_table(kind),
+                None => locate.place_of_component(kind, name),
+            },
+        };
+        errors.push(SpecError {
+            line: place.line,
+            column: place.column,
+            len: place.len,
+            component: Some(label.clone()),
+            message,
+            hint,
+        });
+        match (unknown, value.get_mut()) {
+            (Some(k), DeValue::Table(t)) => {
+                t.remove(k.as_str());
+            }
+            _ => return None,
         }
     }
     None
+}
+
+/// The key of `value` an error message is about: the unknown field it
+/// names, the key holding the unknown variant it names, or a key it names
+/// in backticks.
+fn named_key(value: &Spanned<DeValue<'_>>, msg: &str, unknown: Option<&str>) -> Option<String> {
+    let DeValue::Table(table) = value.get_ref() else {
+        return None;
+    };
+    if let Some(k) = unknown {
+        return Some(k.to_string());
+    }
+    let variant = msg
+        .strip_prefix("unknown variant `")
+        .and_then(|r| r.split('`').next());
+    table
+        .iter()
+        .find(|(k, v)| match (variant, v.get_ref()) {
+            (Some(x), DeValue::String(s)) => s.as_ref() == x,
+            (Some(_), _) => false,
+            (None, _) => msg.contains(&format!("`{}`", k.get_ref())),
+        })
+        .map(|(k, _)| k.get_ref().to_string())
 }
 
 impl Spec {
@@ -269,124 +195,128 @@ impl Spec {
         let text = std::fs::read_to_string(path).map_err(|e| SpecErrors {
             path: path.to_path_buf(),
             errors: vec![SpecError {
-                column: 0,
                 line: 0,
+                column: 0,
+                len: 0,
                 component: None,
                 message: format!("cannot read the job file: {e}"),
                 hint: Some("pass the path of a job file such as jobs/bank.toml".into()),
             }],
+            text: None,
         })?;
         Spec::parse(path, text)
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Spec, SpecErrors> {
-        let fail = |errors: Vec<SpecError>| SpecErrors {
+        let fail = |errors: Vec<SpecError>, text: &str| SpecErrors {
             path: path.to_path_buf(),
             errors,
+            text: Some(text.to_string()),
         };
-        let table: toml::Table = match text.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                let e: toml::de::Error = e;
-                let line = e.span().map_or(1, |s| line_of_offset(&text, s.start));
-                return Err(fail(vec![SpecError {
-                    column: 0,
-                    line,
-                    component: None,
-                    message: format!("not valid TOML: {}", e.message().trim()),
-                    hint: None,
-                }]));
-            }
+        let (document, syntax) = DeTable::parse_recoverable(&text);
+        if !syntax.is_empty() {
+            let errors = syntax
+                .iter()
+                .map(|e| {
+                    let place = e.span().map_or(Place::line(1), |s| Place::of(&text, s));
+                    SpecError {
+                        line: place.line,
+                        column: place.column,
+                        len: place.len,
+                        component: None,
+                        message: format!("not valid TOML: {}", e.message().trim()),
+                        hint: None,
+                    }
+                })
+                .collect();
+            return Err(fail(errors, &text));
+        }
+        let spans = Spans::of(document.get_ref());
+        let locate = Locator {
+            text: &text,
+            spans: &spans,
         };
-        let locate = Locator { text: &text };
         let mut errors = Vec::new();
         let mut job = None;
         let mut sources = BTreeMap::new();
         let mut transforms = BTreeMap::new();
         let mut sinks = BTreeMap::new();
-        for (key, value) in table {
-            match key.as_str() {
+        for (key, value) in document.get_ref().iter() {
+            let key = key.get_ref().as_ref();
+            match key {
                 "job" => job = component::<JobConfig>(value, "job", "", &locate, &mut errors),
                 "sources" | "transforms" | "sinks" => {
-                    let toml::Value::Table(items) = value else {
+                    let DeValue::Table(items) = value.get_ref() else {
+                        let place = locate.place_of_table(key);
                         errors.push(SpecError {
-                            column: 0,
-                            line: locate.table(&key),
+                            line: place.line,
+                            column: place.column,
+                            len: place.len,
                             component: None,
                             message: format!("`{key}` must be a table of components"),
                             hint: Some(format!("write each one as [{key}.NAME]")),
                         });
                         continue;
                     };
-                    for (name, v) in items {
-                        match key.as_str() {
+                    for (name, v) in items.iter() {
+                        let name = name.get_ref().to_string();
+                        match key {
                             "sources" => {
-                                if let Some(c) = component::<SourceConfig>(
-                                    v,
-                                    "sources",
-                                    &name,
-                                    &locate,
-                                    &mut errors,
-                                ) {
+                                if let Some(c) = component::<SourceConfig>(v, key, &name, &locate, &mut errors) {
                                     sources.insert(name, c);
                                 }
                             }
                             "transforms" => {
-                                if let Some(c) = component::<TransformConfig>(
-                                    v,
-                                    "transforms",
-                                    &name,
-                                    &locate,
-                                    &mut errors,
-                                ) {
+                                if let Some(c) = component::<TransformConfig>(v, key, &name, &locate, &mut errors) {
                                     transforms.insert(name, c);
                                 }
                             }
                             _ => {
-                                if let Some(c) =
-                                    component::<SinkConfig>(v, "sinks", &name, &locate, &mut errors)
-                                {
+                                if let Some(c) = component::<SinkConfig>(v, key, &name, &locate, &mut errors) {
                                     sinks.insert(name, c);
                                 }
                             }
                         }
                     }
                 }
-                other => errors.push(SpecError {
-                    column: 0,
-                    line: locate.table(other).max(
-                        text.lines()
-                            .position(|l| key_of(l).as_deref() == Some(other))
-                            .map_or(1, |i| i + 1),
-                    ),
-                    component: None,
-                    message: format!("unknown table `{other}`"),
-                    hint: Some(
-                        "a job file has [job], [sources.*], [transforms.*] and [sinks.*]".into(),
-                    ),
-                }),
+                other => {
+                    let place = locate.place_of_table(other);
+                    errors.push(SpecError {
+                        line: place.line,
+                        column: place.column,
+                        len: place.len,
+                        component: None,
+                        message: format!("unknown table `{other}`"),
+                        hint: Some(
+                            "a job file has [job], [sources.*], [transforms.*] and [sinks.*]".into(),
+                        ),
+                    })
+                }
             }
         }
+        drop(document);
         if job.is_none() && !errors.iter().any(|e| e.component.as_deref() == Some("job")) {
             errors.push(SpecError {
-                column: 0,
                 line: 1,
+                column: 0,
+                len: 0,
                 component: None,
                 message: "missing the [job] table".into(),
                 hint: Some("add [job] with at least `name = \"...\"`".into()),
             });
         }
         if !errors.is_empty() {
-            errors.sort_by_key(|e| e.line);
-            return Err(fail(errors));
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(fail(errors, &text));
         }
         Ok(Spec {
             path: path.to_path_buf(),
-            text,
-            job: job.unwrap(),
+            job: job.expect("a job table"),
             sources,
             transforms,
             sinks,
+            spans,
+            text,
         })
     }
 }

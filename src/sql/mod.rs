@@ -18,12 +18,14 @@ pub use parse::At;
 pub struct Translated {
     pub spec: Spec,
     pub origins: Vec<At>,
+    /// The SQL itself, to show the lines errors are about.
+    pub sql: String,
 }
 
 impl Translated {
     /// Errors found in the job file, moved to the SQL they came from.
     pub fn errors_in_sql(&self, errors: SpecErrors) -> SpecErrors {
-        moved_to_sql(&self.origins, errors)
+        moved_to_sql(&self.origins, &self.sql, errors)
     }
 
     /// The job file the SQL means, as text.
@@ -32,13 +34,15 @@ impl Translated {
     }
 }
 
-fn moved_to_sql(origins: &[At], mut errors: SpecErrors) -> SpecErrors {
+fn moved_to_sql(origins: &[At], sql: &str, mut errors: SpecErrors) -> SpecErrors {
     for e in &mut errors.errors {
         if let Some(at) = e.line.checked_sub(1).and_then(|i| origins.get(i)) {
             e.line = at.line;
             e.column = at.column;
+            e.len = 1;
         }
     }
+    errors.text = Some(sql.to_string());
     errors.errors.sort_by_key(|e| (e.line, e.column));
     errors
 }
@@ -56,18 +60,20 @@ pub fn load(
     path: &Path,
     schema_of: impl Fn(&str, &str) -> Result<String, String> + 'static,
 ) -> Result<Translated, SpecErrors> {
-    let fail = |errors: Vec<SpecError>| SpecErrors {
+    let fail = |errors: Vec<SpecError>, sql: Option<&str>| SpecErrors {
         path: path.to_path_buf(),
         errors,
+        text: sql.map(str::to_string),
     };
     let sql = std::fs::read_to_string(path).map_err(|e| {
         fail(vec![SpecError {
             line: 0,
             column: 0,
+            len: 0,
             component: None,
             message: format!("cannot read the job: {e}"),
             hint: None,
-        }])
+        }], None)
     })?;
     let (statements, mut problems) = parse::statements(&sql);
     let registry = statements
@@ -102,17 +108,19 @@ pub fn load(
                 .map(|p| SpecError {
                     line: p.at.line,
                     column: p.at.column,
+                    len: 1,
                     component: None,
                     message: p.message,
                     hint: p.hint,
                 })
                 .collect(),
+            Some(&sql),
         ));
     }
     let origins = compiler.toml.origins;
     match Spec::parse(path, compiler.toml.text) {
-        Ok(spec) => Ok(Translated { spec, origins }),
-        Err(errors) => Err(moved_to_sql(&origins, errors)),
+        Ok(spec) => Ok(Translated { spec, origins, sql }),
+        Err(errors) => Err(moved_to_sql(&origins, &sql, errors)),
     }
 }
 
@@ -162,14 +170,26 @@ mod tests {
              CREATE TABLE q AS SELECT a, SUM(b) FROM s GROUP BY a + 1;\n",
         )
         .unwrap_err();
+        let headings: Vec<&str> = err.lines().filter(|l| l.starts_with("t.sql")).collect();
         assert_eq!(
-            err,
-            "t.sql has 5 errors:\n\
-             t.sql:line 1, column 1: unknown setting 'no.such'\n  hint: rill takes 'application.id', 'bootstrap.servers', 'schema.registry.url', 'commit.interval.ms', 'processing.guarantee' and 'auto.offset.reset'\n\
-             t.sql:line 2, column 29: column `b` has type WIDGET, which rill does not read\n  hint: column types: BOOLEAN, INT, BIGINT, DOUBLE, VARCHAR (STRING), BYTES\n\
-             t.sql:line 3, column 34: no stream `nope` is declared before this statement\n\
-             t.sql:line 4, column 32: expected an expression, found: FROM\n\
-             t.sql:line 5, column 52: GROUP BY takes column names\n  hint: compute the key in a stream first (CREATE STREAM … AS SELECT expr AS key …)\n"
+            headings,
+            [
+                "t.sql has 5 errors:",
+                "t.sql:line 1, column 1: unknown setting 'no.such'",
+                "t.sql:line 2, column 29: column `b` has type WIDGET, which rill does not read",
+                "t.sql:line 3, column 34: no stream `nope` is declared before this statement",
+                "t.sql:line 4, column 32: expected an expression, found: FROM",
+                "t.sql:line 5, column 52: GROUP BY takes column names",
+            ]
+        );
+        // Each is shown on its line, its place marked, then its hint.
+        assert!(
+            err.contains(
+                "t.sql:line 2, column 29: column `b` has type WIDGET, which rill does not read\n  |\n\
+                 2 | CREATE STREAM s (a VARCHAR, b WIDGET) WITH (KAFKA_TOPIC='t');\n  |                             ^\n\
+                 \x20 hint: column types: BOOLEAN, INT, BIGINT, DOUBLE, VARCHAR (STRING), BYTES\n"
+            ),
+            "{err}"
         );
     }
 }

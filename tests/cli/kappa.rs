@@ -161,8 +161,8 @@ format = "text"
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
-        "line 8: sources.lines: a text source has no schema: each record is one line, read as the string field `line`",
-        "line 10: sources.rows: `schema` is missing: a json source needs the Avro schema file (`.avsc`) its rows are read as",
+        "line 8, column 10: sources.lines: a text source has no schema: each record is one line, read as the string field `line`",
+        "line 10, column 10: sources.rows: `schema` is missing: a json source needs the Avro schema file (`.avsc`) its rows are read as",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
@@ -177,7 +177,7 @@ format = "text"
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("line 23: sinks.out: a text sink writes one string field per record, and its input has 2 fields (`line`, `n`)"),
+        stderr.contains("line 23, column 10: sinks.out: a text sink writes one string field per record, and its input has 2 fields (`line`, `n`)"),
         "{stderr}"
     );
 }

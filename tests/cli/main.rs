@@ -638,7 +638,7 @@ fn every_error_in_a_bad_job_file_is_reported_with_its_line() {
     let p = path.display();
     // The unknown field stops [job] from being read; fix it and the rest follows.
     assert!(
-        stderr.contains(&format!("{p}:line 3: job: unknown field `colour`")),
+        stderr.contains(&format!("{p}:line 3, column 1: job: unknown field `colour`\n  |\n3 | colour = \"blue\"\n  | ^^^^^^\n")),
         "{stderr}"
     );
     assert!(
@@ -658,11 +658,11 @@ fn every_error_in_a_bad_job_file_is_reported_with_its_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let want = [
         format!("{p} has 5 errors:"),
-        format!("{p}:line 14: sources.gone: cannot read schema file `{}`", dir.path().join("missing.avsc").display()),
-        format!("{p}:line 18: transforms.loop_a: inputs form a cycle: loop_a -> loop_b -> loop_a"),
-        format!("{p}:line 28: transforms.typo: unknown input `txx`\n  hint: did you mean `tx`?"),
-        format!("{p}:line 34: transforms.names: in `fields.balance` at column 1: unknown field `balanse`; did you mean `balance`?"),
-        format!("{p}:line 39: transforms.types: in `condition` at column 1: `<` compares two numbers or two strings, found string and int"),
+        format!("{p}:line 14, column 10: sources.gone: cannot read schema file `{}`", dir.path().join("missing.avsc").display()),
+        format!("{p}:line 18, column 10: transforms.loop_a: inputs form a cycle: loop_a -> loop_b -> loop_a"),
+        format!("{p}:line 28, column 10: transforms.typo: unknown input `txx`\n   |\n28 | inputs = [\"txx\"]\n   |          ^^^^^^^\n  hint: did you mean `tx`?"),
+        format!("{p}:line 34, column 19: transforms.names: in `fields.balance`: unknown field `balanse`; did you mean `balance`?\n   |\n34 | fields.balance = \"balanse - withdraw\"\n   |                   ^\n"),
+        format!("{p}:line 39, column 14: transforms.types: in `condition`: `<` compares two numbers or two strings, found string and int"),
     ];
     for w in &want {
         assert!(stderr.contains(w.as_str()), "missing `{w}` in:\n{stderr}");

@@ -112,8 +112,10 @@ fn a_sql_job_with_mistakes_gets_every_error_at_once_with_line_and_column() {
     assert_eq!(
         stderr,
         "error: broken.sql has 2 errors:\n\
-         broken.sql:line 4, column 38: MEDIAN is not an aggregate rill computes\n\
-         broken.sql:line 5, column 34: no stream `nowhere` is declared before this statement\n"
+         broken.sql:line 4, column 38: MEDIAN is not an aggregate rill computes\n  |\n\
+         4 | CREATE TABLE t AS SELECT account_id, MEDIAN(amount) FROM s GROUP BY account_id;\n  |                                      ^\n\
+         broken.sql:line 5, column 34: no stream `nowhere` is declared before this statement\n  |\n\
+         5 | CREATE STREAM x AS SELECT * FROM nowhere;\n  |                                  ^\n"
     );
     // Fixed, what the plan finds points into the SQL too.
     let fixed = std::fs::read_to_string(&path)
