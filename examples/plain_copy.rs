@@ -4,6 +4,7 @@
 //! until the input's end at start. Prints `copied N records in S s`.
 //!
 //! cargo run --release --example plain_copy -- BROKERS INPUT OUTPUT
+//! (COPY_HEADERS=1 to copy the records' headers too)
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (brokers, input, output) = (&args[1], &args[2], &args[3]);
+    // COPY_HEADERS=1 copies each record's headers too.
+    let keep_headers = std::env::var_os("COPY_HEADERS").is_some();
     let n = kafka_admin::partition_count(brokers, input)
         .unwrap()
         .expect("input topic exists");
@@ -28,6 +31,8 @@ fn main() {
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .set("queued.min.messages", "200000")
+        // A transactional topic's end is a commit marker, never a record.
+        .set("enable.partition.eof", "true")
         .create()
         .unwrap();
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -50,7 +55,13 @@ fn main() {
         let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let m = m.unwrap();
+        let m = match m {
+            Err(KafkaError::PartitionEOF(p)) => {
+                next[p as usize] = next[p as usize].max(ends[p as usize].1);
+                continue;
+            }
+            m => m.unwrap(),
+        };
         next[m.partition() as usize] = m.offset() + 1;
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output).partition(m.partition());
         if let Some(k) = m.key() {
@@ -58,6 +69,9 @@ fn main() {
         }
         if let Some(v) = m.payload() {
             rec = rec.payload(v);
+        }
+        if let (true, Some(h)) = (keep_headers, m.headers()) {
+            rec = rec.headers(h.detach());
         }
         loop {
             match producer.send(rec) {

@@ -15,6 +15,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Records of undecided upstream epochs a reader holds before it stops
+/// reading until they are decided.
+const MAX_HELD: usize = 20_000;
+
 pub struct KafkaSource {
     consumer: super::DropAside<BaseConsumer<EofIsNotAnError>>,
     source: u32,
@@ -33,10 +37,15 @@ pub struct KafkaSource {
     /// record as it comes.
     upstream: Option<Arc<dyn Upstream>>,
     /// Records of epochs their writing job has not decided yet, with the
-    /// records behind them; their partitions are paused meanwhile.
+    /// records behind them in their partitions.
     held: Held<RawRecord>,
     /// Since when records are held, to say what the run waits for.
     held_since: Option<std::time::Instant>,
+    /// The last copy decided, and whether it counts.
+    last: Option<(WrittenBy, bool)>,
+    /// Partitions that reached their end while records of theirs were
+    /// held: at their end once those are handed on.
+    eof_after_held: Vec<i32>,
 }
 
 impl KafkaSource {
@@ -92,6 +101,8 @@ impl KafkaSource {
             upstream: None,
             held: Held::default(),
             held_since: None,
+            last: None,
+            eof_after_held: Vec::new(),
         })
     }
 
@@ -102,18 +113,7 @@ impl KafkaSource {
         self
     }
 
-    fn set_paused(&self, partition: i32, paused: bool) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition);
-        let done = if paused {
-            self.consumer.pause(&tpl)
-        } else {
-            self.consumer.resume(&tpl)
-        };
-        if let Err(e) = done {
-            tracing::warn!("kafka source {}: pausing or resuming partition {partition}: {e}", self.topic);
-        }
-    }
+
 
     /// Epochs to replay first: (epoch, end offset per partition), ascending.
     /// Epochs in which none of this reader's partitions had records are
@@ -158,10 +158,26 @@ impl KafkaSource {
         if !self.bounded || !self.replay.is_empty() {
             return;
         }
+        // Records of the partition still held come before its end.
+        if self.held.holds(partition) {
+            if !self.eof_after_held.contains(&partition) {
+                self.eof_after_held.push(partition);
+            }
+            return;
+        }
         if let Some(slot) = self.partitions.iter_mut().find(|x| x.0 == partition) {
             if let Some(end) = slot.2 {
                 slot.1 = slot.1.max(end);
             }
+        }
+    }
+
+    /// Partitions whose end came while records of theirs were held are at
+    /// their end once those records are handed on.
+    fn settle_eof(&mut self) {
+        let pending = std::mem::take(&mut self.eof_after_held);
+        for p in pending {
+            self.at_eof(p);
         }
     }
 
@@ -170,11 +186,11 @@ impl KafkaSource {
     /// not); never waits.
     fn next_record(&mut self) -> Option<(RawRecord, bool)> {
         if let Some(up) = self.upstream.as_deref() {
-            if let Some((p, read, drained)) = self.held.release(up) {
-                if drained {
-                    self.set_paused(p, false);
+            if let Some(read) = self.held.release(up) {
+                if self.held.is_empty() {
                     self.held_since = None;
                 }
+
                 let keep = read.copy.as_ref().is_none_or(|c| up.counts(c) == Some(true));
                 return Some((read.record, keep));
             }
@@ -190,6 +206,13 @@ impl KafkaSource {
                 }
             }
         }
+        // Held records wait in memory; past a bound the reader stops
+        // taking more until they are decided, and librdkafka stops
+        // fetching once its own queue is full. (Pausing the partition
+        // instead left librdkafka fetching at half speed after resuming.)
+        if self.held.len() >= MAX_HELD {
+            return None;
+        }
         loop {
             match self.consumer.poll(Duration::ZERO)? {
                 Err(KafkaError::PartitionEOF(p)) => self.at_eof(p),
@@ -203,25 +226,45 @@ impl KafkaSource {
                     return None;
                 }
                 Ok(m) => {
-                    let record = self.to_raw(&m);
                     let Some(up) = self.upstream.as_deref() else {
-                        return Some((record, true));
-                    };
-                    let read = Read {
-                        record,
-                        copy: WrittenBy::of(&m),
+                        return Some((self.to_raw(&m), true));
                     };
                     let partition = m.partition();
+                    let copy = WrittenBy::read(&m);
+                    // Records come in runs of one copy: the last decision
+                    // holds for the rest of the run.
+                    if !self.held.holds(partition) {
+                        match (&copy, &self.last) {
+                            (None, _) => return Some((self.to_raw(&m), true)),
+                            (Some(c), Some((w, keep))) if c.is(w) => {
+                                return Some((self.to_raw(&m), *keep))
+                            }
+                            _ => {}
+                        }
+                    }
+                    let read = Read {
+                        record: self.to_raw(&m),
+                        copy: copy.map(|c| c.owned()),
+                    };
                     drop(m);
                     if self.held.must_wait(partition, &read, up) {
                         if self.held.is_empty() {
                             self.held_since = Some(std::time::Instant::now());
                         }
                         self.held.hold(partition, read);
-                        self.set_paused(partition, true);
+                        if self.held.len() >= MAX_HELD {
+                            return None;
+                        }
                         continue;
                     }
-                    let keep = read.copy.as_ref().is_none_or(|c| up.counts(c) == Some(true));
+                    let keep = match &read.copy {
+                        Some(c) => {
+                            let keep = up.counts(c) == Some(true);
+                            self.last = Some((c.clone(), keep));
+                            keep
+                        }
+                        None => true,
+                    };
                     return Some((read.record, keep));
                 }
             }
@@ -335,6 +378,7 @@ impl SourceReader for KafkaSource {
             let Some(r) = self.next_record() else { break };
             self.accept(r, out);
         }
+        self.settle_eof();
         if !out.is_empty() {
             Poll::Data
         } else if self.finished() {

@@ -22,9 +22,41 @@ pub struct WrittenBy {
     pub attempt: u32,
 }
 
+/// [`WrittenBy`] as a message's headers say it, without copying them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyOf<'a> {
+    pub job: &'a str,
+    pub writer: u32,
+    pub epoch: u64,
+    pub attempt: u32,
+}
+
+impl CopyOf<'_> {
+    pub fn is(&self, w: &WrittenBy) -> bool {
+        self.epoch == w.epoch && self.attempt == w.attempt && self.writer == w.writer && self.job == &*w.job
+    }
+
+    pub fn owned(&self) -> WrittenBy {
+        WrittenBy {
+            job: Arc::from(self.job),
+            writer: self.writer,
+            epoch: self.epoch,
+            attempt: self.attempt,
+        }
+    }
+}
+
 impl WrittenBy {
     /// The copy a message's headers name, if a rill job wrote it.
     pub fn of(m: &impl Message) -> Option<WrittenBy> {
+        Self::read(m).map(|c| c.owned())
+    }
+
+    /// [`WrittenBy::of`], borrowing from the message.
+    pub fn read<'a, M: Message>(m: &'a M) -> Option<CopyOf<'a>>
+    where
+        M::Headers: 'a,
+    {
         let headers = m.headers()?;
         let (mut writer, mut epoch, mut attempt) = (None, None, None);
         for h in headers.iter() {
@@ -37,8 +69,8 @@ impl WrittenBy {
             }
         }
         let (job, index) = writer?.rsplit_once("-w")?;
-        Some(WrittenBy {
-            job: Arc::from(job),
+        Some(CopyOf {
+            job,
             writer: index.parse().ok()?,
             epoch: epoch?,
             attempt: attempt?,
@@ -84,13 +116,17 @@ impl<R> Held<R> {
                 .is_some_and(|c| upstream.counts(c).is_none())
     }
 
+    /// Whether records of `partition` are held.
+    pub fn holds(&self, partition: i32) -> bool {
+        self.queues.get(&partition).is_some_and(|q| !q.is_empty())
+    }
+
     pub fn hold(&mut self, partition: i32, read: Read<R>) {
         self.queues.entry(partition).or_default().push_back(read);
     }
 
-    /// The first held record whose epoch is now decided, and whether its
-    /// partition has nothing more held (so reading it can go on).
-    pub fn release(&mut self, upstream: &dyn Upstream) -> Option<(i32, Read<R>, bool)> {
+    /// The first held record of a partition whose epoch is now decided.
+    pub fn release(&mut self, upstream: &dyn Upstream) -> Option<Read<R>> {
         let partition = *self.queues.iter().find_map(|(p, q)| {
             let front = q.front()?;
             let decided = front.copy.as_ref().is_none_or(|c| upstream.counts(c).is_some());
@@ -98,15 +134,19 @@ impl<R> Held<R> {
         })?;
         let queue = self.queues.get_mut(&partition)?;
         let read = queue.pop_front()?;
-        let drained = queue.is_empty();
-        if drained {
+        if queue.is_empty() {
             self.queues.remove(&partition);
         }
-        Some((partition, read, drained))
+        Some(read)
     }
 
     pub fn is_empty(&self) -> bool {
         self.queues.is_empty()
+    }
+
+    /// Records held, in every partition.
+    pub fn len(&self) -> usize {
+        self.queues.values().map(VecDeque::len).sum()
     }
 
     /// The oldest undecided copy held, to say what a run waits for.
@@ -158,11 +198,11 @@ mod tests {
         // Attempt 2 committed epoch 2: attempt 1's record is released (to be
         // skipped by the caller), then the plain one, and the partition is free.
         up.0.lock().unwrap().insert(2, 2);
-        let (p, r, drained) = held.release(&up).unwrap();
-        assert_eq!((p, r.record, drained), (0, "b", false));
+        let r = held.release(&up).unwrap();
+        assert_eq!(r.record, "b");
         assert_eq!(up.counts(r.copy.as_ref().unwrap()), Some(false));
-        let (_, r, drained) = held.release(&up).unwrap();
-        assert_eq!((r.record, drained), ("c", true));
-        assert!(held.is_empty());
+        assert!(held.holds(0));
+        assert_eq!(held.release(&up).unwrap().record, "c");
+        assert!(held.is_empty() && !held.holds(0));
     }
 }

@@ -115,10 +115,17 @@ fn follow(job: crate::spec::JobConfig, watch: Weak<Watch>) {
             }
             *wanted = false;
         }
+        let started = std::time::Instant::now();
         match read_on(&job, &mut log) {
             Ok(copies) => {
                 *w.copies.write().unwrap() = copies;
                 warned = false;
+                tracing::debug!(
+                    "read what job `{}` committed ({} log records) in {} ms",
+                    job.name,
+                    log.len(),
+                    started.elapsed().as_millis()
+                );
             }
             Err(e) => {
                 if !warned {

@@ -178,14 +178,7 @@ impl Compiler {
         self.toml.line(at, String::new());
         self.toml.line(at, format!("[{node}]"));
         self.toml.line(at, "type = \"kafka\"".into());
-        self.toml.line(topic_at, format!("topic = {}", quoted(&topic)));
-        self.toml.line(at, format!("format = {}", quoted(&format)));
-        if let Some((n, at)) = text("PARTITIONS") {
-            self.toml.line(at, format!("partitions = {n}"));
-        }
-        if let Some((n, at)) = text("REPLICAS") {
-            self.toml.line(at, format!("replication_factor = {n}"));
-        }
+        self.topic(at, (&topic, topic_at), &format, text);
         if let Some((at, offset)) = Self::start_offset(statements) {
             self.toml.line(at, format!("start_offset = {}", quoted(&offset)));
         }
@@ -276,15 +269,20 @@ impl Compiler {
         self.toml.line(at, format!("[sinks.{sink}]"));
         self.toml.line(at, "type = \"kafka\"".into());
         self.toml.line(at, format!("inputs = [{}]", quoted(&last)));
-        self.toml.line(topic_at, format!("topic = {}", quoted(&topic)));
-        self.toml.line(at, format!("format = {}", quoted(&format)));
+        self.topic(at, (&topic, topic_at), &format, text);
+        self.streams.insert(name.clone(), Stream { node: last, format });
+    }
+
+    /// A Kafka component's topic, format, partitions and replicas.
+    fn topic(&mut self, at: At, (topic, topic_at): (&str, At), format: &str, text: &dyn Fn(&str) -> Option<(String, At)>) {
+        self.toml.line(topic_at, format!("topic = {}", quoted(topic)));
+        self.toml.line(at, format!("format = {}", quoted(format)));
         if let Some((n, at)) = text("PARTITIONS") {
             self.toml.line(at, format!("partitions = {n}"));
         }
         if let Some((n, at)) = text("REPLICAS") {
             self.toml.line(at, format!("replication_factor = {n}"));
         }
-        self.streams.insert(name.clone(), Stream { node: last, format });
     }
 
     /// A map for the select list; None when it is `*` (nothing to do).

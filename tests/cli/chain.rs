@@ -123,7 +123,7 @@ fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_u
         if i == 2 {
             (want, got) = (finals(want), finals(got));
         }
-        assert!(!want.is_empty());
+        assert!(!want.is_empty(), "{} committed nothing", r.display());
         let differ: Vec<_> = got.iter().zip(&want).filter(|(g, w)| g != w).take(3).collect();
         assert!(
             got.len() == want.len() && differ.is_empty(),
