@@ -161,6 +161,19 @@ mod tests {
     }
 
     #[test]
+    fn hopping_and_session_windows_with_grace_become_window_settings() {
+        let toml = translate(
+            "CREATE STREAM s (k VARCHAR, v DOUBLE) WITH (KAFKA_TOPIC='t', VALUE_FORMAT='JSON');\n\
+             CREATE TABLE h AS SELECT k, SUM(v) AS total FROM s WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 10 SECONDS, GRACE PERIOD 2 SECONDS) GROUP BY k EMIT CHANGES;\n\
+             CREATE TABLE g AS SELECT k, MAX(v) AS top FROM s WINDOW SESSION (30 SECONDS) WHERE v > 0 GROUP BY k;\n",
+        )
+        .unwrap();
+        assert!(toml.contains("aggregates.\"total\" = \"sum(v)\"\nemit = \"updates\"\n[transforms.h.window]\ntype = \"hopping\"\ntime_field = \"_timestamp\"\nsize_ms = 60000\nhop_ms = 10000\nallowed_lateness_ms = 2000\nidle_timeout_ms = 60000\n"), "{toml}");
+        assert!(toml.contains("[transforms.g_where]\ntype = \"filter\"\ninputs = [\"s\"]\ncondition = \"v > 0\"\n"), "{toml}");
+        assert!(toml.contains("[transforms.g.window]\ntype = \"session\"\ntime_field = \"_timestamp\"\ngap_ms = 30000\n"), "{toml}");
+    }
+
+    #[test]
     fn every_problem_is_given_at_once_with_its_line_and_column() {
         let err = translate(
             "SET 'no.such'='x';\n\
