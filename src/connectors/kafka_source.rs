@@ -190,7 +190,6 @@ impl KafkaSource {
                 if self.held.is_empty() {
                     self.held_since = None;
                 }
-
                 let keep = read.copy.as_ref().is_none_or(|c| up.counts(c) == Some(true));
                 return Some((read.record, keep));
             }
