@@ -137,7 +137,8 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
 
 /// A job of ksqlDB-style statements rather than a job file.
 fn is_sql(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("sql"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("sql"))
 }
 
 pub fn main() -> Result<()> {

@@ -173,10 +173,17 @@ pub fn query(http: &str, sql: &str, json: bool) -> Result<()> {
             request = request.query("after", a);
         }
         let page: serde_json::Value = match request.call() {
-            Ok(r) => r.into_json().with_context(|| format!("{http} answered, but not as a rill job does"))?,
+            Ok(r) => r
+                .into_json()
+                .with_context(|| format!("{http} answered, but not as a rill job does"))?,
             Err(ureq::Error::Status(_, r)) => {
                 let body: serde_json::Value = r.into_json().unwrap_or_default();
-                anyhow::bail!("{}", body["error"].as_str().unwrap_or("the job refused the query"));
+                anyhow::bail!(
+                    "{}",
+                    body["error"]
+                        .as_str()
+                        .unwrap_or("the job refused the query")
+                );
             }
             Err(e) => return Err(unreachable(http, e)),
         };
@@ -198,7 +205,12 @@ pub fn query(http: &str, sql: &str, json: bool) -> Result<()> {
                 None => value,
                 Some(cols) => cols
                     .iter()
-                    .map(|c| (c.clone(), value.get(c).cloned().unwrap_or(serde_json::Value::Null)))
+                    .map(|c| {
+                        (
+                            c.clone(),
+                            value.get(c).cloned().unwrap_or(serde_json::Value::Null),
+                        )
+                    })
                     .collect(),
             }
         })
@@ -220,14 +232,30 @@ pub fn query(http: &str, sql: &str, json: bool) -> Result<()> {
     };
     let table: Vec<Vec<String>> = values
         .iter()
-        .map(|v| header.iter().map(|h| v.get(h).map(cell).unwrap_or_default()).collect())
+        .map(|v| {
+            header
+                .iter()
+                .map(|h| v.get(h).map(cell).unwrap_or_default())
+                .collect()
+        })
         .collect();
     let widths: Vec<usize> = header
         .iter()
         .enumerate()
-        .map(|(i, h)| table.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .map(|(i, h)| {
+            table
+                .iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+";
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
     let line = |cells: &[String]| -> String {
         cells
             .iter()
@@ -243,6 +271,10 @@ pub fn query(http: &str, sql: &str, json: bool) -> Result<()> {
         }
         println!("{rule}");
     }
-    eprintln!("{} row{}", values.len(), if values.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} row{}",
+        values.len(),
+        if values.len() == 1 { "" } else { "s" }
+    );
     Ok(())
 }

@@ -106,23 +106,34 @@ pub fn run(args: ProduceArgs) -> Result<()> {
             args.topic
         );
     }
-    let format = args.format.unwrap_or(match source.as_ref().map(|s| s.config.format) {
-        Some(Format::Avro) => LineFormat::Avro,
-        Some(Format::Json) => LineFormat::Json,
-        Some(Format::Text) | None => LineFormat::Text,
-    });
+    let format = args
+        .format
+        .unwrap_or(match source.as_ref().map(|s| s.config.format) {
+            Some(Format::Avro) => LineFormat::Avro,
+            Some(Format::Json) => LineFormat::Json,
+            Some(Format::Text) | None => LineFormat::Text,
+        });
     kafka_admin::check_broker(&args.brokers)?;
-    let (partitions, replication) = source
-        .as_ref()
-        .map_or((1, 1), |s| (s.config.partitions, s.config.replication_factor));
-    kafka_admin::ensure_topic(&args.brokers, &args.topic, partitions, replication, TopicKind::Data)?;
+    let (partitions, replication) = source.as_ref().map_or((1, 1), |s| {
+        (s.config.partitions, s.config.replication_factor)
+    });
+    kafka_admin::ensure_topic(
+        &args.brokers,
+        &args.topic,
+        partitions,
+        replication,
+        TopicKind::Data,
+    )?;
     let encoding = encoding(format, source.as_ref(), plan.as_ref(), &args.topic)?;
     let producer: BaseProducer<Failures> = client_config(&args.brokers)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create_with_context(Failures::default())?;
     if std::io::stdin().is_terminal() {
-        eprintln!("type lines to send to `{}`, one record each; Ctrl-D ends", args.topic);
+        eprintln!(
+            "type lines to send to `{}`, one record each; Ctrl-D ends",
+            args.topic
+        );
     }
     let mut sent = 0u64;
     let mut refused = 0u64;
@@ -130,7 +141,11 @@ pub fn run(args: ProduceArgs) -> Result<()> {
     let mut stdin = std::io::stdin().lock();
     for number in 1.. {
         line.clear();
-        if stdin.read_until(b'\n', &mut line).context("reading stdin")? == 0 {
+        if stdin
+            .read_until(b'\n', &mut line)
+            .context("reading stdin")?
+            == 0
+        {
             break;
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -174,7 +189,11 @@ pub fn run(args: ProduceArgs) -> Result<()> {
         .with_context(|| format!("sending the last records to {}", args.topic))?;
     let failed = producer.context().0.lock().unwrap().clone();
     if let Some(e) = failed.first() {
-        bail!("{} of {sent} records were not stored in {}: {e}", failed.len(), args.topic);
+        bail!(
+            "{} of {sent} records were not stored in {}: {e}",
+            failed.len(),
+            args.topic
+        );
     }
     eprintln!("sent {sent} records to {}", args.topic);
     if refused > 0 {
@@ -194,9 +213,9 @@ fn encoding(
     };
     Ok(match format {
         LineFormat::Text => Encoding::Text,
-        LineFormat::Json => Encoding::Json(rows().filter(|_| {
-            source.is_some_and(|s| s.config.format != Format::Text)
-        })),
+        LineFormat::Json => Encoding::Json(
+            rows().filter(|_| source.is_some_and(|s| s.config.format != Format::Text)),
+        ),
         LineFormat::Avro => {
             let (Some(source), Some(plan)) = (source, plan) else {
                 bail!("--format avro needs --job: a job whose source reading `{topic}` has the schema to encode with");

@@ -113,8 +113,6 @@ impl KafkaSource {
         self
     }
 
-
-
     /// Epochs to replay first: (epoch, end offset per partition), ascending.
     /// Epochs in which none of this reader's partitions had records are
     /// left out.
@@ -190,7 +188,10 @@ impl KafkaSource {
                 if self.held.is_empty() {
                     self.held_since = None;
                 }
-                let keep = read.copy.as_ref().is_none_or(|c| up.counts(c) == Some(true));
+                let keep = read
+                    .copy
+                    .as_ref()
+                    .is_none_or(|c| up.counts(c) == Some(true));
                 return Some((read.record, keep));
             }
             if let Some(since) = self.held_since {

@@ -33,7 +33,10 @@ pub struct CopyOf<'a> {
 
 impl CopyOf<'_> {
     pub fn is(&self, w: &WrittenBy) -> bool {
-        self.epoch == w.epoch && self.attempt == w.attempt && self.writer == w.writer && self.job == &*w.job
+        self.epoch == w.epoch
+            && self.attempt == w.attempt
+            && self.writer == w.writer
+            && self.job == &*w.job
     }
 
     pub fn owned(&self) -> WrittenBy {
@@ -133,7 +136,10 @@ impl<R> Held<R> {
     pub fn release(&mut self, upstream: &dyn Upstream) -> Option<Read<R>> {
         let partition = *self.queues.iter().find_map(|(p, q)| {
             let front = q.front()?;
-            let decided = front.copy.as_ref().is_none_or(|c| upstream.counts(c).is_some());
+            let decided = front
+                .copy
+                .as_ref()
+                .is_none_or(|c| upstream.counts(c).is_some());
             decided.then_some(p)
         })?;
         let queue = self.queues.get_mut(&partition)?;
@@ -169,7 +175,11 @@ mod tests {
     struct Decided(Mutex<HashMap<u64, u32>>);
     impl Upstream for Decided {
         fn counts(&self, c: &WrittenBy) -> Option<bool> {
-            self.0.lock().unwrap().get(&c.epoch).map(|a| *a == c.attempt)
+            self.0
+                .lock()
+                .unwrap()
+                .get(&c.epoch)
+                .map(|a| *a == c.attempt)
         }
     }
 

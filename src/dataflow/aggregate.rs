@@ -237,7 +237,8 @@ fn plain<'s>(
                     // ends early, as one with much output does, so the
                     // changes and what they write, held at once, stay
                     // bounded.
-                    ctx.fill.add(epoch, records_per_change * (deltas.len() - groups));
+                    ctx.fill
+                        .add(epoch, records_per_change * (deltas.len() - groups));
                 });
                 // Epochs are applied in order, each once it is complete.
                 while let Some(entry) = stash.first_entry() {
@@ -264,14 +265,15 @@ fn plain<'s>(
                     let mut session = out.session(&cap);
                     let mut changes = changes.into_iter().peekable();
                     while changes.peek().is_some() {
-                        let applied: Vec<(Vec<Value>, Option<AggState>, Option<AggState>)> = changes
-                            .by_ref()
-                            .take(APPLY_CHUNK)
-                            .map(|(key, packed, delta)| {
-                                let (before, after) = store.apply(&packed, delta);
-                                (key, before, after)
-                            })
-                            .collect();
+                        let applied: Vec<(Vec<Value>, Option<AggState>, Option<AggState>)> =
+                            changes
+                                .by_ref()
+                                .take(APPLY_CHUNK)
+                                .map(|(key, packed, delta)| {
+                                    let (before, after) = store.apply(&packed, delta);
+                                    (key, before, after)
+                                })
+                                .collect();
                         // Each change carries the state before the epoch
                         // too, so a key can be rolled back one epoch.
                         let changelog = applied

@@ -6,5 +6,5 @@ pub mod csv;
 pub mod json;
 pub mod parquet;
 pub mod pg_copy;
-pub mod text;
 pub mod registry;
+pub mod text;

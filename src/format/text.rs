@@ -31,7 +31,11 @@ pub fn unwritable(schema: &RowSchema) -> Option<String> {
                 _ => format!(
                     "{} fields ({})",
                     fields.len(),
-                    fields.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ")
+                    fields
+                        .iter()
+                        .map(|f| format!("`{}`", f.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
         )),
@@ -53,19 +57,34 @@ mod tests {
 
     #[test]
     fn a_line_is_read_without_its_line_end_and_invalid_utf8_says_so() {
-        assert_eq!(decode(b"hello world\r\n").unwrap(), vec![Value::Str("hello world".into())]);
-        assert_eq!(decode(b"  spaced  ").unwrap(), vec![Value::Str("  spaced  ".into())]);
+        assert_eq!(
+            decode(b"hello world\r\n").unwrap(),
+            vec![Value::Str("hello world".into())]
+        );
+        assert_eq!(
+            decode(b"  spaced  ").unwrap(),
+            vec![Value::Str("  spaced  ".into())]
+        );
         let err = decode(b"caf\xe9!").unwrap_err();
-        assert!(err.starts_with("not valid UTF-8 text: invalid utf-8 sequence of 1 bytes from index 3"), "{err}");
+        assert!(
+            err.starts_with("not valid UTF-8 text: invalid utf-8 sequence of 1 bytes from index 3"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_text_sink_takes_one_string_field() {
         let field = Field::new;
-        let schema = |fields| RowSchema { name: "t".into(), fields };
+        let schema = |fields| RowSchema {
+            name: "t".into(),
+            fields,
+        };
         let one = schema(vec![field("line", FieldType::String)]);
         assert_eq!(unwritable(&one), None);
-        let two = schema(vec![field("line", FieldType::String), field("n", FieldType::Int)]);
+        let two = schema(vec![
+            field("line", FieldType::String),
+            field("n", FieldType::Int),
+        ]);
         assert_eq!(
             unwritable(&two).unwrap(),
             "a text sink writes one string field per record, and its input has 2 fields (`line`, `n`)"

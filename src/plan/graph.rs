@@ -291,16 +291,20 @@ impl Builder<'_> {
             match nodes.iter().position(|n| n.id == format!("sinks.{d}")) {
                 Some(i) => dead_letter_index = Some(i),
                 None if !spec.sinks.contains_key(d) => self.errors.push({
-                    let place = self.spec.locate().place_of_key("job", "", "dead_letter_sink");
+                    let place = self
+                        .spec
+                        .locate()
+                        .place_of_key("job", "", "dead_letter_sink");
                     SpecError {
-                    line: place.line,
-                    column: place.column,
-                    len: place.len,
-                    component: Some("job".into()),
-                    message: format!("`dead_letter_sink` names `{d}`, which is not a sink"),
-                    hint: did_you_mean(d, spec.sinks.keys().map(String::as_str))
-                        .map(|m| format!("did you mean `{m}`?")),
-                }}),
+                        line: place.line,
+                        column: place.column,
+                        len: place.len,
+                        component: Some("job".into()),
+                        message: format!("`dead_letter_sink` names `{d}`, which is not a sink"),
+                        hint: did_you_mean(d, spec.sinks.keys().map(String::as_str))
+                            .map(|m| format!("did you mean `{m}`?")),
+                    }
+                }),
                 None => {}
             }
         }

@@ -221,8 +221,7 @@ mod tests {
             vec![
                 "12 inputs form a cycle: a -> b -> a".to_string(),
                 "22 unknown input `inptu`".to_string(),
-                "28 in `condition`: unknown field `amuont`; did you mean `amount`?"
-                    .to_string(),
+                "28 in `condition`: unknown field `amuont`; did you mean `amount`?".to_string(),
             ]
         );
         assert_eq!(err.errors[1].hint.as_deref(), Some("did you mean `input`?"));

@@ -9,8 +9,7 @@ use crate::record::{Field, FieldType, RowSchema};
 use crate::spec::{Format, SourceConfig, TransformConfig};
 
 /// The rows of a text source: the line, as read.
-const LINE_SCHEMA: &str =
-    r#"{"type": "record", "name": "Line", "namespace": "io.rill", "fields": [{"name": "line", "type": "string"}]}"#;
+const LINE_SCHEMA: &str = r#"{"type": "record", "name": "Line", "namespace": "io.rill", "fields": [{"name": "line", "type": "string"}]}"#;
 use std::sync::Arc;
 
 impl Builder<'_> {
@@ -89,7 +88,10 @@ impl Builder<'_> {
                     Kind::Source,
                     name,
                     Some("schema"),
-                    format!("schema file `{}`: {e}", config.schema.as_deref().unwrap_or_default()),
+                    format!(
+                        "schema file `{}`: {e}",
+                        config.schema.as_deref().unwrap_or_default()
+                    ),
                     None,
                 );
                 None
@@ -118,7 +120,13 @@ impl Builder<'_> {
                 let value = loc.place_of_key(kind.table(), name, key);
                 match inside_string(loc.text, value, src, e.pos) {
                     // The file shows the expression: mark the place in it.
-                    Some(place) => self.error_at(kind, name, place, format!("in `{key}`: {}", e.message), None),
+                    Some(place) => self.error_at(
+                        kind,
+                        name,
+                        place,
+                        format!("in `{key}`: {}", e.message),
+                        None,
+                    ),
                     None => {
                         // Lined up under the expression as the hint prints it.
                         let caret = format!("{src}\n        {}^", " ".repeat(e.pos));
@@ -280,7 +288,13 @@ impl Builder<'_> {
                                 let hint =
                                     did_you_mean(f, out.fields.iter().map(|f| f.name.as_str()))
                                         .map(|m| format!("did you mean `{m}`?"));
-                                self.error(k, name, Some("select"), format!("no field `{f}` to select"), hint);
+                                self.error(
+                                    k,
+                                    name,
+                                    Some("select"),
+                                    format!("no field `{f}` to select"),
+                                    hint,
+                                );
                                 ok = false;
                             }
                         }
@@ -308,7 +322,12 @@ impl Builder<'_> {
 
 /// The place of character `pos` of `src`, when the file writes `src` as
 /// it is (a quoted string without escapes) at `value`.
-fn inside_string(text: &str, value: crate::spec::Place, src: &str, pos: usize) -> Option<crate::spec::Place> {
+fn inside_string(
+    text: &str,
+    value: crate::spec::Place,
+    src: &str,
+    pos: usize,
+) -> Option<crate::spec::Place> {
     let line = text.lines().nth(value.line.checked_sub(1)?)?;
     let rest: String = line.chars().skip(value.column.checked_sub(1)?).collect();
     let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;

@@ -90,7 +90,11 @@ impl Watch {
 
 /// The `[job]` of an upstream job, as far as reading its log needs.
 fn upstream_config(brokers: &str, job: &str) -> crate::spec::JobConfig {
-    let text = format!("name = {}\nbrokers = {}\n", toml_str(job), toml_str(brokers));
+    let text = format!(
+        "name = {}\nbrokers = {}\n",
+        toml_str(job),
+        toml_str(brokers)
+    );
     toml::from_str(&text).expect("a job table of a name and brokers")
 }
 

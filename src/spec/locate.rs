@@ -120,7 +120,13 @@ impl Locator<'_> {
         }
         // A table whose own keys are written (`[transforms.x.window]`).
         let inside = format!("{full}.");
-        if let Some((_, (key, _))) = self.spans.0.range(inside.clone()..).next().filter(|(p, _)| p.starts_with(&inside)) {
+        if let Some((_, (key, _))) = self
+            .spans
+            .0
+            .range(inside.clone()..)
+            .next()
+            .filter(|(p, _)| p.starts_with(&inside))
+        {
             return Place::of(self.text, key.clone());
         }
         self.place_of_component(kind, name)
@@ -129,7 +135,11 @@ impl Locator<'_> {
     /// The key `key` itself (not its value), for a key that should not be
     /// there.
     pub fn place_of_field(&self, kind: &str, name: &str, key: &str) -> Place {
-        match self.spans.0.get(&format!("{}.{key}", Self::path(kind, name))) {
+        match self
+            .spans
+            .0
+            .get(&format!("{}.{key}", Self::path(kind, name)))
+        {
             Some((k, _)) => Place::of(self.text, k.clone()),
             None => self.place_of_key(kind, name, key),
         }
@@ -158,8 +168,22 @@ mod tests {
     #[test]
     fn a_place_is_its_line_column_and_width_on_that_line() {
         let text = "[job]\nname = \"x\"\nrules = \"a\nb\"\n";
-        assert_eq!(Place::of(text, 13..16), Place { line: 2, column: 8, len: 3 });
+        assert_eq!(
+            Place::of(text, 13..16),
+            Place {
+                line: 2,
+                column: 8,
+                len: 3
+            }
+        );
         // A span over a line end is cut at it.
-        assert_eq!(Place::of(text, 25..30), Place { line: 3, column: 9, len: 2 });
+        assert_eq!(
+            Place::of(text, 25..30),
+            Place {
+                line: 3,
+                column: 9,
+                len: 2
+            }
+        );
     }
 }

@@ -11,11 +11,11 @@ pub use components::*;
 pub use locate::{Locator, Place, Spans};
 
 use serde::de::DeserializeOwned;
-use toml::de::{DeTable, DeValue};
-use toml::Spanned;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 /// One problem in a job file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +70,12 @@ impl fmt::Display for SpecErrors {
         )?;
         let mut out = String::new();
         for e in &self.errors {
-            render::problem(&mut out, &self.path.display().to_string(), self.text.as_deref(), e);
+            render::problem(
+                &mut out,
+                &self.path.display().to_string(),
+                self.text.as_deref(),
+                e,
+            );
         }
         f.write_str(&out)
     }
@@ -262,17 +267,27 @@ impl Spec {
                         let name = name.get_ref().to_string();
                         match key {
                             "sources" => {
-                                if let Some(c) = component::<SourceConfig>(v, key, &name, &locate, &mut errors) {
+                                if let Some(c) =
+                                    component::<SourceConfig>(v, key, &name, &locate, &mut errors)
+                                {
                                     sources.insert(name, c);
                                 }
                             }
                             "transforms" => {
-                                if let Some(c) = component::<TransformConfig>(v, key, &name, &locate, &mut errors) {
+                                if let Some(c) = component::<TransformConfig>(
+                                    v,
+                                    key,
+                                    &name,
+                                    &locate,
+                                    &mut errors,
+                                ) {
                                     transforms.insert(name, c);
                                 }
                             }
                             _ => {
-                                if let Some(c) = component::<SinkConfig>(v, key, &name, &locate, &mut errors) {
+                                if let Some(c) =
+                                    component::<SinkConfig>(v, key, &name, &locate, &mut errors)
+                                {
                                     sinks.insert(name, c);
                                 }
                             }
@@ -288,7 +303,8 @@ impl Spec {
                         component: None,
                         message: format!("unknown table `{other}`"),
                         hint: Some(
-                            "a job file has [job], [sources.*], [transforms.*] and [sinks.*]".into(),
+                            "a job file has [job], [sources.*], [transforms.*] and [sinks.*]"
+                                .into(),
                         ),
                     })
                 }

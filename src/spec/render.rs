@@ -60,7 +60,12 @@ mod tests {
             hint: Some("did you mean `tx`?".into()),
         };
         let mut out = String::new();
-        problem(&mut out, "j.toml", Some("[transforms.t]\ninputs = [\"txx\"]\n"), &e);
+        problem(
+            &mut out,
+            "j.toml",
+            Some("[transforms.t]\ninputs = [\"txx\"]\n"),
+            &e,
+        );
         assert_eq!(
             out,
             "j.toml:line 2, column 11: transforms.t: unknown input `txx`\n  |\n2 | inputs = [\"txx\"]\n  |           ^^^\n  hint: did you mean `tx`?\n"

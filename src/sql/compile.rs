@@ -79,7 +79,9 @@ impl Compiler {
         let mut name = quoted(default_name);
         let mut name_at = At { line: 1, column: 1 };
         for s in statements {
-            let Statement::Set { at, key, value } = s else { continue };
+            let Statement::Set { at, key, value } = s else {
+                continue;
+            };
             let at = *at;
             match key.as_str() {
                 "application.id" => {
@@ -117,7 +119,9 @@ impl Compiler {
 
     fn start_offset(statements: &[Statement]) -> Option<(At, String)> {
         statements.iter().rev().find_map(|s| match s {
-            Statement::Set { at, key, value } if key == "auto.offset.reset" => Some((*at, value.clone())),
+            Statement::Set { at, key, value } if key == "auto.offset.reset" => {
+                Some((*at, value.clone()))
+            }
             _ => None,
         })
     }
@@ -136,18 +140,28 @@ impl Compiler {
                 ),
             }
         }
-        let text = |k: &str| with.get(k).map(|(v, at)| match v {
-            Literal::Str(s) | Literal::Num(s) => (s.clone(), *at),
-        });
+        let text = |k: &str| {
+            with.get(k).map(|(v, at)| match v {
+                Literal::Str(s) | Literal::Num(s) => (s.clone(), *at),
+            })
+        };
         let format = text("VALUE_FORMAT").map(|(f, at)| (f.to_lowercase(), at));
         if let Some((f, at)) = &format {
             if !["avro", "json", "text", "kafka"].contains(&f.as_str()) {
-                self.problem(*at, format!("VALUE_FORMAT '{f}' is not one rill reads"), Some("use 'AVRO', 'JSON' or 'TEXT' (one line per record)"));
+                self.problem(
+                    *at,
+                    format!("VALUE_FORMAT '{f}' is not one rill reads"),
+                    Some("use 'AVRO', 'JSON' or 'TEXT' (one line per record)"),
+                );
             }
         }
         let format = format.map(|(f, _)| if f == "kafka" { "text".to_string() } else { f });
         if self.streams.contains_key(&create.name) {
-            self.problem(create.at, format!("`{}` is declared twice", create.name), None);
+            self.problem(
+                create.at,
+                format!("`{}` is declared twice", create.name),
+                None,
+            );
             return;
         }
         match &create.select {
@@ -169,7 +183,11 @@ impl Compiler {
             return;
         }
         let Some((topic, topic_at)) = topic else {
-            self.problem(create.at, format!("stream `{}` needs KAFKA_TOPIC", create.name), Some("add WITH (KAFKA_TOPIC='…', VALUE_FORMAT='…')"));
+            self.problem(
+                create.at,
+                format!("stream `{}` needs KAFKA_TOPIC", create.name),
+                Some("add WITH (KAFKA_TOPIC='…', VALUE_FORMAT='…')"),
+            );
             return;
         };
         let format = format.unwrap_or_else(|| "json".into());
@@ -180,20 +198,34 @@ impl Compiler {
         self.toml.line(at, "type = \"kafka\"".into());
         self.topic(at, (&topic, topic_at), &format, text);
         if let Some((at, offset)) = Self::start_offset(statements) {
-            self.toml.line(at, format!("start_offset = {}", quoted(&offset)));
+            self.toml
+                .line(at, format!("start_offset = {}", quoted(&offset)));
         }
         if format == "text" {
             // A text stream's one column is the line itself.
             let line_only = matches!(create.columns.as_slice(), [(c, t, _)] if c == "line" && (t == "VARCHAR" || t == "STRING"));
             if !create.columns.is_empty() && !line_only {
-                self.problem(at, format!("a text stream has one column, `line VARCHAR`, and `{}` lists others", create.name), Some("write (line VARCHAR), or leave the columns out"));
+                self.problem(
+                    at,
+                    format!(
+                        "a text stream has one column, `line VARCHAR`, and `{}` lists others",
+                        create.name
+                    ),
+                    Some("write (line VARCHAR), or leave the columns out"),
+                );
             }
         } else if let Some((file, at)) = text("VALUE_SCHEMA_FILE") {
             self.toml.line(at, format!("schema = {}", quoted(&file)));
         } else if !create.columns.is_empty() {
             match avro_of(&create.name, &create.columns) {
-                Ok(schema) => self.toml.line(at, format!("avro_schema = {}", quoted(&schema))),
-                Err((at, e)) => self.problem(at, e, Some("column types: BOOLEAN, INT, BIGINT, DOUBLE, VARCHAR (STRING), BYTES")),
+                Ok(schema) => self
+                    .toml
+                    .line(at, format!("avro_schema = {}", quoted(&schema))),
+                Err((at, e)) => self.problem(
+                    at,
+                    e,
+                    Some("column types: BOOLEAN, INT, BIGINT, DOUBLE, VARCHAR (STRING), BYTES"),
+                ),
             }
         } else {
             match (self.registry)(&topic) {
@@ -205,7 +237,13 @@ impl Compiler {
                 ),
             }
         }
-        self.streams.insert(create.name.clone(), Stream { node: format!("{}", create.name), format });
+        self.streams.insert(
+            create.name.clone(),
+            Stream {
+                node: format!("{}", create.name),
+                format,
+            },
+        );
     }
 
     fn derived(
@@ -219,8 +257,13 @@ impl Compiler {
         let (from, from_at) = &select.from;
         let Some(input) = self.streams.get(from) else {
             let known: Vec<&str> = self.streams.keys().map(String::as_str).collect();
-            let hint = crate::expr::did_you_mean(from, known.into_iter()).map(|n| format!("did you mean `{n}`?"));
-            self.problem(*from_at, format!("no stream `{from}` is declared before this statement"), hint.as_deref());
+            let hint = crate::expr::did_you_mean(from, known.into_iter())
+                .map(|n| format!("did you mean `{n}`?"));
+            self.problem(
+                *from_at,
+                format!("no stream `{from}` is declared before this statement"),
+                hint.as_deref(),
+            );
             return;
         };
         let mut last = input.node.clone();
@@ -243,7 +286,11 @@ impl Compiler {
         }
         if create.table || !select.group_by.is_empty() {
             if !create.table {
-                self.problem(select.at, format!("`{name}` groups rows, which makes a TABLE"), Some("write CREATE TABLE … AS SELECT … GROUP BY"));
+                self.problem(
+                    select.at,
+                    format!("`{name}` groups rows, which makes a TABLE"),
+                    Some("write CREATE TABLE … AS SELECT … GROUP BY"),
+                );
                 return;
             }
             match self.aggregate(name, select, &last) {
@@ -264,18 +311,30 @@ impl Compiler {
         let at = create.at;
         // A table's aggregate carries its name (its state, its pull
         // queries); its topic's sink is named after it.
-        let sink = if create.table { format!("{name}_topic") } else { name.clone() };
+        let sink = if create.table {
+            format!("{name}_topic")
+        } else {
+            name.clone()
+        };
         self.toml.line(at, String::new());
         self.toml.line(at, format!("[sinks.{sink}]"));
         self.toml.line(at, "type = \"kafka\"".into());
         self.toml.line(at, format!("inputs = [{}]", quoted(&last)));
         self.topic(at, (&topic, topic_at), &format, text);
-        self.streams.insert(name.clone(), Stream { node: last, format });
+        self.streams
+            .insert(name.clone(), Stream { node: last, format });
     }
 
     /// A Kafka component's topic, format, partitions and replicas.
-    fn topic(&mut self, at: At, (topic, topic_at): (&str, At), format: &str, text: &dyn Fn(&str) -> Option<(String, At)>) {
-        self.toml.line(topic_at, format!("topic = {}", quoted(topic)));
+    fn topic(
+        &mut self,
+        at: At,
+        (topic, topic_at): (&str, At),
+        format: &str,
+        text: &dyn Fn(&str) -> Option<(String, At)>,
+    ) {
+        self.toml
+            .line(topic_at, format!("topic = {}", quoted(topic)));
         self.toml.line(at, format!("format = {}", quoted(format)));
         if let Some((n, at)) = text("PARTITIONS") {
             self.toml.line(at, format!("partitions = {n}"));
@@ -296,7 +355,11 @@ impl Compiler {
                 SelectItem::UnnamedExpr(e) => (e, None),
                 SelectItem::ExprWithAlias { expr, alias } => (expr, Some(super::parse_name(alias))),
                 other => {
-                    self.problem(at_of(other), "rill selects `*` alone, or expressions with optional AS names".into(), None);
+                    self.problem(
+                        at_of(other),
+                        "rill selects `*` alone, or expressions with optional AS names".into(),
+                        None,
+                    );
                     return None;
                 }
             };
@@ -325,10 +388,12 @@ impl Compiler {
         self.toml.line(at, "type = \"map\"".into());
         self.toml.line(at, format!("inputs = [{}]", quoted(input)));
         for (at, column, e) in fields {
-            self.toml.line(at, format!("fields.{} = {}", quoted(&column), quoted(&e)));
+            self.toml
+                .line(at, format!("fields.{} = {}", quoted(&column), quoted(&e)));
         }
         let order: Vec<String> = order.iter().map(|c| quoted(c)).collect();
-        self.toml.line(at, format!("select = [{}]", order.join(", ")));
+        self.toml
+            .line(at, format!("select = [{}]", order.join(", ")));
         Some(Some(node))
     }
 
@@ -352,7 +417,11 @@ impl Compiler {
                 SelectItem::UnnamedExpr(e) => (e, None),
                 SelectItem::ExprWithAlias { expr, alias } => (expr, Some(super::parse_name(alias))),
                 other => {
-                    self.problem(at_of(other), "a table selects its GROUP BY columns and aggregates".into(), None);
+                    self.problem(
+                        at_of(other),
+                        "a table selects its GROUP BY columns and aggregates".into(),
+                        None,
+                    );
                     return None;
                 }
             };
@@ -378,7 +447,10 @@ impl Compiler {
         }
         let having = match &select.having {
             Some(h) => {
-                let names: Vec<(String, String)> = aggregates.iter().map(|(_, c, _, src)| (src.clone(), c.clone())).collect();
+                let names: Vec<(String, String)> = aggregates
+                    .iter()
+                    .map(|(_, c, _, src)| (src.clone(), c.clone()))
+                    .collect();
                 match self.expr(h, &names) {
                     Ok(e) => Some((at_of(h), e)),
                     Err((at, e)) => {
@@ -395,9 +467,13 @@ impl Compiler {
         self.toml.line(at, "type = \"aggregate\"".into());
         self.toml.line(at, format!("inputs = [{}]", quoted(input)));
         let keys: Vec<String> = group_by.iter().map(|g| quoted(g)).collect();
-        self.toml.line(at, format!("group_by = [{}]", keys.join(", ")));
+        self.toml
+            .line(at, format!("group_by = [{}]", keys.join(", ")));
         for (at, column, call, _) in &aggregates {
-            self.toml.line(*at, format!("aggregates.{} = {}", quoted(column), quoted(call)));
+            self.toml.line(
+                *at,
+                format!("aggregates.{} = {}", quoted(column), quoted(call)),
+            );
         }
         if let Some((at, h)) = having {
             self.toml.line(at, format!("having = {}", quoted(&h)));
@@ -425,26 +501,38 @@ impl Compiler {
                 self.toml.line(w.at, format!("hop_ms = {hop}"));
             }
             if let Some(grace) = w.grace_ms {
-                self.toml.line(w.at, format!("allowed_lateness_ms = {grace}"));
+                self.toml
+                    .line(w.at, format!("allowed_lateness_ms = {grace}"));
             }
             // A quiet partition stops holding windows open after a window's length.
-            self.toml.line(w.at, format!("idle_timeout_ms = {}", w.size_ms));
+            self.toml
+                .line(w.at, format!("idle_timeout_ms = {}", w.size_ms));
         }
         Some(name.to_string())
     }
 
     fn aggregate_call(&self, expr: &Expr) -> Result<String, (At, String)> {
-        let Expr::Function(f) = expr else { unreachable!() };
+        let Expr::Function(f) = expr else {
+            unreachable!()
+        };
         let fname = f.name.to_string().to_lowercase();
         let args: Vec<&FunctionArg> = match &f.args {
             FunctionArguments::List(l) => l.args.iter().collect(),
             FunctionArguments::None => vec![],
-            FunctionArguments::Subquery(_) => return Err((at_of(expr), "a subquery is not an aggregate rill computes".into())),
+            FunctionArguments::Subquery(_) => {
+                return Err((
+                    at_of(expr),
+                    "a subquery is not an aggregate rill computes".into(),
+                ))
+            }
         };
         let arg = |i: usize| -> Result<String, (At, String)> {
             match args.get(i) {
                 Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => self.expr(e, &[]),
-                _ => Err((at_of(expr), format!("{} takes one column", fname.to_uppercase()))),
+                _ => Err((
+                    at_of(expr),
+                    format!("{} takes one column", fname.to_uppercase()),
+                )),
             }
         };
         match (fname.as_str(), args.as_slice()) {
@@ -466,17 +554,29 @@ impl Compiler {
             Expr::CompoundIdentifier(ids) => super::parse_name(ids.last().expect("a name")),
             Expr::Value(v) => match &v.value {
                 Value::Number(n, _) => n.clone(),
-                Value::SingleQuotedString(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+                Value::SingleQuotedString(s) => {
+                    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+                }
                 Value::Boolean(b) => b.to_string(),
                 Value::Null => "null".into(),
-                other => return Err((at_of(e), format!("the literal {other} is not one rill reads"))),
+                other => {
+                    return Err((
+                        at_of(e),
+                        format!("the literal {other} is not one rill reads"),
+                    ))
+                }
             },
             Expr::Nested(inner) => format!("({})", r(inner)?),
             Expr::UnaryOp { op, expr } => match op {
                 UnaryOperator::Not => format!("!({})", r(expr)?),
                 UnaryOperator::Minus => format!("-({})", r(expr)?),
                 UnaryOperator::Plus => r(expr)?,
-                other => return Err((at_of(e), format!("the operator {other} is not one rill has"))),
+                other => {
+                    return Err((
+                        at_of(e),
+                        format!("the operator {other} is not one rill has"),
+                    ))
+                }
             },
             Expr::BinaryOp { left, op, right } => {
                 let op = match op {
@@ -493,16 +593,31 @@ impl Compiler {
                     BinaryOperator::NotEq => "!=",
                     BinaryOperator::And => "&&",
                     BinaryOperator::Or => "||",
-                    other => return Err((at_of(e), format!("the operator {other} is not one rill has"))),
+                    other => {
+                        return Err((
+                            at_of(e),
+                            format!("the operator {other} is not one rill has"),
+                        ))
+                    }
                 };
                 format!("{} {op} {}", r(left)?, r(right)?)
             }
-            Expr::Trim { expr, trim_where: None, trim_what: None, trim_characters: None } => {
+            Expr::Trim {
+                expr,
+                trim_where: None,
+                trim_what: None,
+                trim_characters: None,
+            } => {
                 format!("({}).trim()", r(expr)?)
             }
             Expr::IsNull(x) => format!("{} == null", r(x)?),
             Expr::IsNotNull(x) => format!("{} != null", r(x)?),
-            Expr::In { expr, target: InTarget::List(list), negated, .. } => {
+            Expr::In {
+                expr,
+                target: InTarget::List(list),
+                negated,
+                ..
+            } => {
                 let items: Result<Vec<String>, _> = list.iter().map(r).collect();
                 let test = format!("{} in [{}]", r(expr)?, items?.join(", "));
                 if *negated {
@@ -511,7 +626,12 @@ impl Compiler {
                     test
                 }
             }
-            Expr::Between { expr, negated, low, high } => {
+            Expr::Between {
+                expr,
+                negated,
+                low,
+                high,
+            } => {
                 let x = r(expr)?;
                 let test = format!("({x} >= {} && {x} <= {})", r(low)?, r(high)?);
                 if *negated {
@@ -520,7 +640,12 @@ impl Compiler {
                     test
                 }
             }
-            Expr::Case { operand, conditions, else_result, .. } => {
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+                ..
+            } => {
                 let mut out = match else_result {
                     Some(x) => r(x)?,
                     None => "null".into(),
@@ -534,12 +659,22 @@ impl Compiler {
                 }
                 out
             }
-            Expr::Cast { kind: CastKind::Cast, expr, data_type, .. } => {
+            Expr::Cast {
+                kind: CastKind::Cast,
+                expr,
+                data_type,
+                ..
+            } => {
                 let f = match data_type {
                     DataType::BigInt(_) | DataType::Int(_) | DataType::Integer(_) => "int",
-                    DataType::Double(_) | DataType::Float(_) | DataType::Real | DataType::Decimal(_) => "double",
+                    DataType::Double(_)
+                    | DataType::Float(_)
+                    | DataType::Real
+                    | DataType::Decimal(_) => "double",
                     DataType::Varchar(_) | DataType::String(_) | DataType::Text => "string",
-                    other => return Err((at_of(e), format!("CAST to {other} is not one rill has"))),
+                    other => {
+                        return Err((at_of(e), format!("CAST to {other} is not one rill has")))
+                    }
                 };
                 format!("{f}({})", r(expr)?)
             }
@@ -573,13 +708,21 @@ impl Compiler {
                     "LEN" | "LENGTH" => one("size({})")?,
                     "WORD_COUNT" => one("({}).wordCount()")?,
                     "ABS" => one("abs({})")?,
-                    "COUNT" | "SUM" | "AVG" | "MIN" | "MAX" => {
-                        return Err((at_of(e), format!("{fname} belongs in a table's select list (CREATE TABLE … GROUP BY)")))
-                    }
+                    "COUNT" | "SUM" | "AVG" | "MIN" | "MAX" => return Err((
+                        at_of(e),
+                        format!(
+                            "{fname} belongs in a table's select list (CREATE TABLE … GROUP BY)"
+                        ),
+                    )),
                     _ => return Err((at_of(e), format!("{fname} is not a function rill has"))),
                 }
             }
-            other => return Err((at_of(other), format!("`{other}` is not an expression rill reads"))),
+            other => {
+                return Err((
+                    at_of(other),
+                    format!("`{other}` is not an expression rill reads"),
+                ))
+            }
         })
     }
 }
@@ -595,7 +738,12 @@ fn avro_of(name: &str, columns: &[(String, String, At)]) -> Result<String, (At, 
             "DOUBLE" => "double",
             "VARCHAR" | "STRING" => "string",
             "BYTES" => "bytes",
-            other => return Err((*at, format!("column `{column}` has type {other}, which rill does not read"))),
+            other => {
+                return Err((
+                    *at,
+                    format!("column `{column}` has type {other}, which rill does not read"),
+                ))
+            }
         };
         fields.push(serde_json::json!({"name": column, "type": avro}));
     }

@@ -66,21 +66,26 @@ pub fn load(
         text: sql.map(str::to_string),
     };
     let sql = std::fs::read_to_string(path).map_err(|e| {
-        fail(vec![SpecError {
-            line: 0,
-            column: 0,
-            len: 0,
-            component: None,
-            message: format!("cannot read the job: {e}"),
-            hint: None,
-        }], None)
+        fail(
+            vec![SpecError {
+                line: 0,
+                column: 0,
+                len: 0,
+                component: None,
+                message: format!("cannot read the job: {e}"),
+                hint: None,
+            }],
+            None,
+        )
     })?;
     let (statements, mut problems) = parse::statements(&sql);
     let registry = statements
         .iter()
         .rev()
         .find_map(|s| match s {
-            parse::Statement::Set { key, value, .. } if key == "schema.registry.url" => Some(value.clone()),
+            parse::Statement::Set { key, value, .. } if key == "schema.registry.url" => {
+                Some(value.clone())
+            }
             _ => None,
         })
         .unwrap_or_else(|| "http://127.0.0.1:8081".into());
@@ -92,7 +97,11 @@ pub fn load(
             compiler.statement(c, &statements);
         }
     }
-    if !statements.iter().any(|s| matches!(s, parse::Statement::Create(c) if c.select.is_some())) && problems.is_empty() {
+    if !statements
+        .iter()
+        .any(|s| matches!(s, parse::Statement::Create(c) if c.select.is_some()))
+        && problems.is_empty()
+    {
         problems.push(parse::Problem {
             at: At { line: 1, column: 1 },
             message: "the job has no query, so nothing to run".into(),

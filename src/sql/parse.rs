@@ -233,7 +233,12 @@ fn statement(p: &mut Parser) -> Result<Statement, ParserError> {
             let value = match p.next_token().token {
                 Token::SingleQuotedString(s) => Literal::Str(s),
                 Token::Number(n, _) => Literal::Num(n),
-                other => return err(p, format!("expected a quoted value or a number, found {other}")),
+                other => {
+                    return err(
+                        p,
+                        format!("expected a quoted value or a number, found {other}"),
+                    )
+                }
             };
             with.push((key, value, at));
             if !p.consume_token(&Token::Comma) {
@@ -322,7 +327,12 @@ fn window_of(p: &mut Parser) -> Result<Window, ParserError> {
         "TUMBLING" => WindowKind::Tumbling,
         "HOPPING" => WindowKind::Hopping,
         "SESSION" => WindowKind::Session,
-        other => return err(p, format!("expected TUMBLING, HOPPING or SESSION, found {other}")),
+        other => {
+            return err(
+                p,
+                format!("expected TUMBLING, HOPPING or SESSION, found {other}"),
+            )
+        }
     };
     p.expect_token(&Token::LParen)?;
     let (mut size_ms, mut advance_ms, mut grace_ms) = (None, None, None);
@@ -343,7 +353,12 @@ fn window_of(p: &mut Parser) -> Result<Window, ParserError> {
                 let _ = word(p, "PERIOD")?;
                 grace_ms = Some(duration(p)?);
             }
-            other => return err(p, format!("expected SIZE, ADVANCE BY or GRACE PERIOD, found {other}")),
+            other => {
+                return err(
+                    p,
+                    format!("expected SIZE, ADVANCE BY or GRACE PERIOD, found {other}"),
+                )
+            }
         }
     }
     p.expect_token(&Token::RParen)?;
@@ -362,14 +377,22 @@ fn window_of(p: &mut Parser) -> Result<Window, ParserError> {
 /// `n unit`, in milliseconds.
 fn duration(p: &mut Parser) -> Result<u64, ParserError> {
     let n = p.parse_literal_uint()?;
-    let unit = word(p, "a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)")?;
+    let unit = word(
+        p,
+        "a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)",
+    )?;
     let ms = match unit.trim_end_matches('S') {
         "MILLISECOND" => 1,
         "SECOND" => 1_000,
         "MINUTE" => 60_000,
         "HOUR" => 3_600_000,
         "DAY" => 86_400_000,
-        other => return err(p, format!("expected a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS), found {other}")),
+        other => return err(
+            p,
+            format!(
+                "expected a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS), found {other}"
+            ),
+        ),
     };
     Ok(n * ms)
 }

@@ -23,7 +23,9 @@ pub struct PullQuery {
 pub fn parse(sql: &str) -> Result<PullQuery, String> {
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
         let e = e.to_string();
-        e.strip_prefix("sql parser error: ").unwrap_or(&e).to_string()
+        e.strip_prefix("sql parser error: ")
+            .unwrap_or(&e)
+            .to_string()
     })?;
     let [Statement::Query(query)] = statements.as_slice() else {
         return Err("a pull query is one SELECT".into());
@@ -48,7 +50,11 @@ pub fn parse(sql: &str) -> Result<PullQuery, String> {
         match item {
             SelectItem::Wildcard(_) => {}
             SelectItem::UnnamedExpr(Expr::Identifier(id)) => columns.push(super::parse_name(id)),
-            other => return Err(format!("a pull query selects `*` or column names, not `{other}`")),
+            other => {
+                return Err(format!(
+                    "a pull query selects `*` or column names, not `{other}`"
+                ))
+            }
         }
     }
     let mut values = Vec::new();
@@ -56,8 +62,13 @@ pub fn parse(sql: &str) -> Result<PullQuery, String> {
         key_values(filter, &mut values)?;
     }
     let limit = match &query.limit_clause {
-        Some(LimitClause::LimitOffset { limit: Some(Expr::Value(v)), .. }) => match &v.value {
-            Value::Number(n, _) => Some(n.parse().map_err(|_| format!("LIMIT {n} is not a count"))?),
+        Some(LimitClause::LimitOffset {
+            limit: Some(Expr::Value(v)),
+            ..
+        }) => match &v.value {
+            Value::Number(n, _) => {
+                Some(n.parse().map_err(|_| format!("LIMIT {n} is not a count"))?)
+            }
             other => return Err(format!("LIMIT {other} is not a count")),
         },
         None => None,
@@ -74,12 +85,20 @@ pub fn parse(sql: &str) -> Result<PullQuery, String> {
 /// `col = value [AND col = value …]`: the values, in order.
 fn key_values(e: &Expr, out: &mut Vec<String>) -> Result<(), String> {
     match e {
-        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
             key_values(left, out)?;
             key_values(right, out)
         }
         Expr::Nested(inner) => key_values(inner, out),
-        Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => match (left.as_ref(), right.as_ref()) {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => match (left.as_ref(), right.as_ref()) {
             (Expr::Identifier(_), Expr::Value(v)) | (Expr::Value(v), Expr::Identifier(_)) => {
                 out.push(match &v.value {
                     Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
@@ -88,9 +107,13 @@ fn key_values(e: &Expr, out: &mut Vec<String>) -> Result<(), String> {
                 });
                 Ok(())
             }
-            _ => Err(format!("`{e}`: a pull query looks up a key, as `column = value`")),
+            _ => Err(format!(
+                "`{e}`: a pull query looks up a key, as `column = value`"
+            )),
         },
-        other => Err(format!("`{other}`: a pull query looks up a key, as `column = value [AND …]`")),
+        other => Err(format!(
+            "`{other}`: a pull query looks up a key, as `column = value [AND …]`"
+        )),
     }
 }
 
@@ -111,12 +134,23 @@ mod tests {
         );
         assert_eq!(
             parse("select * from T where a = 1 and b = 'x' limit 5").unwrap(),
-            PullQuery { table: "t".into(), columns: None, key: Some("1|x".into()), limit: Some(5) }
+            PullQuery {
+                table: "t".into(),
+                columns: None,
+                key: Some("1|x".into()),
+                limit: Some(5)
+            }
         );
         assert_eq!(
             parse("SELECT * FROM t WHERE a > 1").unwrap_err(),
             "`a > 1`: a pull query looks up a key, as `column = value [AND …]`"
         );
-        assert!(parse("SELEC * FROM t").unwrap_err().starts_with("Expected: an SQL statement"), "{:?}", parse("SELEC * FROM t"));
+        assert!(
+            parse("SELEC * FROM t")
+                .unwrap_err()
+                .starts_with("Expected: an SQL statement"),
+            "{:?}",
+            parse("SELEC * FROM t")
+        );
     }
 }

@@ -34,7 +34,12 @@ fn chain(dir: &Path, input: &str, tag: &str) -> [PathBuf; 3] {
 fn finals(lines: Vec<String>) -> Vec<String> {
     let count = |l: &str| -> u64 {
         let at = l.find("\"rejected_count\": ").expect("a rejected count") + 18;
-        l[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        l[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let mut last: std::collections::BTreeMap<String, String> = Default::default();
     for l in lines {
@@ -55,7 +60,8 @@ fn committed(job: &Path, tag: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_uninterrupted_chain_commits() {
+fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_uninterrupted_chain_commits(
+) {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let input = unique("chain-in");
@@ -67,10 +73,21 @@ fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_u
     // The bank job dies with epochs sent and not logged, and logged and
     // not committed: on this broker their aborted records stay visible in
     // REJECTED, beside the copies the restarts commit.
-    for at in ["epoch_sent:2", "epoch_logged:2", "epoch_sent:3", "epoch_logged:1", "epoch_sent:2"] {
+    for at in [
+        "epoch_sent:2",
+        "epoch_logged:2",
+        "epoch_sent:3",
+        "epoch_logged:1",
+        "epoch_sent:2",
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
             .args(["submit", killed[0].to_str().unwrap(), "--until-caught-up"])
-            .args(["--max-records-per-second", "1000", "--restart-attempts", "0"])
+            .args([
+                "--max-records-per-second",
+                "1000",
+                "--restart-attempts",
+                "0",
+            ])
             .env("RILL_FAIL_AT", at)
             .current_dir(root())
             .output()
@@ -78,9 +95,17 @@ fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_u
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         let point = at.split(':').next().unwrap();
-        assert!(stderr.contains(&format!("fault injection: aborting at `{point}`")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("fault injection: aborting at `{point}`")),
+            "{stderr}"
+        );
     }
-    ok(&["submit", killed[0].to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    ok(&[
+        "submit",
+        killed[0].to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
     // This broker hides what a fenced writer left open; Apache Kafka's
     // `read_committed` hides aborted records too, and some brokers show
     // them. What such a broker shows is added here: copies of REJECTED
@@ -95,12 +120,25 @@ fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_u
     for (i, r) in shown.iter().take(60).enumerate() {
         let attempt: u32 = r.headers["rill-attempt"].parse().unwrap();
         let headers = rdkafka::message::OwnedHeaders::new()
-            .insert(rdkafka::message::Header { key: "rill-epoch", value: Some(&r.headers["rill-epoch"]) })
-            .insert(rdkafka::message::Header { key: "rill-writer", value: Some(&r.headers["rill-writer"]) })
+            .insert(rdkafka::message::Header {
+                key: "rill-epoch",
+                value: Some(&r.headers["rill-epoch"]),
+            })
+            .insert(rdkafka::message::Header {
+                key: "rill-writer",
+                value: Some(&r.headers["rill-writer"]),
+            })
             // An earlier attempt, or one that never was.
             .insert(rdkafka::message::Header {
                 key: "rill-attempt",
-                value: Some(&if i % 2 == 0 { attempt + 1000 } else { attempt.saturating_sub(1) }.to_string()),
+                value: Some(
+                    &if i % 2 == 0 {
+                        attempt + 1000
+                    } else {
+                        attempt.saturating_sub(1)
+                    }
+                    .to_string(),
+                ),
             });
         let mut record = BaseRecord::to(&rejected_topic)
             .payload(&r.value)
@@ -113,10 +151,20 @@ fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_u
     }
     producer.flush(Duration::from_secs(10)).unwrap();
     for job in &killed[1..] {
-        ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+        ok(&[
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--quiet",
+        ]);
     }
     for job in &reference {
-        ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+        ok(&[
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--quiet",
+        ]);
     }
     for (i, (k, r)) in killed.iter().zip(&reference).enumerate() {
         let (mut want, mut got) = (committed(r, &reference_tag), committed(k, &killed_tag));
@@ -124,7 +172,12 @@ fn a_chain_whose_first_job_is_killed_again_and_again_mid_epoch_commits_what_an_u
             (want, got) = (finals(want), finals(got));
         }
         assert!(!want.is_empty(), "{} committed nothing", r.display());
-        let differ: Vec<_> = got.iter().zip(&want).filter(|(g, w)| g != w).take(3).collect();
+        let differ: Vec<_> = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g != w)
+            .take(3)
+            .collect();
         assert!(
             got.len() == want.len() && differ.is_empty(),
             "{}: {} committed records against {}; first that differ (got, want): {differ:?}",

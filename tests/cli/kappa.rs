@@ -41,9 +41,19 @@ fn typed_lines_come_back_transformed_and_a_line_that_is_not_text_goes_to_the_dea
     let dir = tmp.path();
     let (job, messages, responses, dead) = kappa_job(dir);
     let job = job.to_str().unwrap();
-    let out = produce(&[&messages], b"  hello   world  \nrill is one small binary\r\n\xff\xfe not utf-8\n\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("sent 4 records to {messages}\n"));
+    let out = produce(
+        &[&messages],
+        b"  hello   world  \nrill is one small binary\r\n\xff\xfe not utf-8\n\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("sent 4 records to {messages}\n")
+    );
     // With keys: a line without the separator is named and not sent; the
     // others are.
     let out = produce(
@@ -78,13 +88,28 @@ fn typed_lines_come_back_transformed_and_a_line_that_is_not_text_goes_to_the_dea
         "kappa.sql",
         &sql_name,
         &[
-            ("KAFKA_TOPIC='messages'", format!("KAFKA_TOPIC='{messages}'")),
-            ("KAFKA_TOPIC='responses'", format!("KAFKA_TOPIC='{sql_name}-responses'")),
+            (
+                "KAFKA_TOPIC='messages'",
+                format!("KAFKA_TOPIC='{messages}'"),
+            ),
+            (
+                "KAFKA_TOPIC='responses'",
+                format!("KAFKA_TOPIC='{sql_name}-responses'"),
+            ),
         ],
     );
-    ok(&["submit", sql.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    ok(&[
+        "submit",
+        sql.to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
     assert_eq!(
-        ok(&["tail", &format!("{sql_name}-responses"), "--until-caught-up"]),
+        ok(&[
+            "tail",
+            &format!("{sql_name}-responses"),
+            "--until-caught-up"
+        ]),
         ok(&["tail", &responses, "--until-caught-up"])
     );
     let letters = read_topic(&dead);
@@ -113,7 +138,10 @@ fn a_line_of_json_is_sent_as_avro_with_the_schema_of_the_job_that_reads_the_topi
         stderr.starts_with("line 2: not a row of the source's schema: "),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("sent 1 records to {}\n", job.input)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("sent 1 records to {}\n", job.input)),
+        "{stderr}"
+    );
     let records = read_topic(&job.input);
     assert_eq!(
         decode_all(&records),

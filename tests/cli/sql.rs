@@ -8,7 +8,11 @@ use super::*;
 fn committed_values(job: &Path, tag: &str) -> Vec<String> {
     let mut lines: Vec<String> = verify_lines(job)
         .into_iter()
-        .map(|l| l.split_once(' ').map_or(l.clone(), |(_, rest)| rest.to_string()).replace(tag, "T"))
+        .map(|l| {
+            l.split_once(' ')
+                .map_or(l.clone(), |(_, rest)| rest.to_string())
+                .replace(tag, "T")
+        })
         .collect();
     lines.sort();
     lines
@@ -16,7 +20,12 @@ fn committed_values(job: &Path, tag: &str) -> Vec<String> {
 
 /// `jobs/<file>` with `replacements` made, written into `dir` under a
 /// job name of its own.
-pub(super) fn sql_copy(dir: &Path, file: &str, name: &str, replacements: &[(&str, String)]) -> PathBuf {
+pub(super) fn sql_copy(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    replacements: &[(&str, String)],
+) -> PathBuf {
     let mut text = std::fs::read_to_string(root().join("jobs").join(file)).unwrap();
     for (from, to) in replacements {
         assert!(text.contains(from), "{file} has no {from}");
@@ -29,7 +38,12 @@ pub(super) fn sql_copy(dir: &Path, file: &str, name: &str, replacements: &[(&str
 }
 
 fn run(job: &Path) {
-    ok(&["submit", job.to_str().unwrap(), "--until-caught-up", "--quiet"]);
+    ok(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--until-caught-up",
+        "--quiet",
+    ]);
 }
 
 #[test]
@@ -40,7 +54,10 @@ fn bank_sql_commits_what_bank_toml_commits() {
     bank_input(dir.path(), &input, 2000, &unique("sqlbank-gen"));
     let tag = unique("sqlbank");
     let toml = bank_reading(dir.path(), &input, &format!("{tag}-toml"));
-    let (approved, rejected) = (format!("'{tag}-sql-APPROVED'"), format!("'{tag}-sql-REJECTED'"));
+    let (approved, rejected) = (
+        format!("'{tag}-sql-APPROVED'"),
+        format!("'{tag}-sql-REJECTED'"),
+    );
     let sql = sql_copy(
         dir.path(),
         "bank.sql",
@@ -63,15 +80,42 @@ fn the_seeds_ksqldb_tables_commit_what_their_job_file_twins_commit() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("sqlcom");
-    let (gen, names) = job_copy(dir.path(), "commercials.toml", &["commercials_avro"], &format!("{tag}-gen"));
+    let (gen, names) = job_copy(
+        dir.path(),
+        "commercials.toml",
+        &["commercials_avro"],
+        &format!("{tag}-gen"),
+    );
     let input = names["commercials_avro"].clone();
-    ok(&["datagen", "commercials", "--job", gen.to_str().unwrap(), "--count", "3000", "--quiet"]);
-    for (file, table) in [("commercials", "metrics_per_brand"), ("commercials_windowed", "metrics_per_brand_windowed")] {
-        let (toml, _) = job_copy(dir.path(), &format!("{file}.toml"), &["commercials_avro"], &format!("{tag}-{file}-toml"));
+    ok(&[
+        "datagen",
+        "commercials",
+        "--job",
+        gen.to_str().unwrap(),
+        "--count",
+        "3000",
+        "--quiet",
+    ]);
+    for (file, table) in [
+        ("commercials", "metrics_per_brand"),
+        ("commercials_windowed", "metrics_per_brand_windowed"),
+    ] {
+        let (toml, _) = job_copy(
+            dir.path(),
+            &format!("{file}.toml"),
+            &["commercials_avro"],
+            &format!("{tag}-{file}-toml"),
+        );
         let text = std::fs::read_to_string(&toml)
             .unwrap()
-            .replace(&format!("\"{tag}-{file}-toml-commercials_avro\""), &format!("\"{input}\""))
-            .replace(&format!("topic = \"{table}\""), &format!("topic = \"{tag}-{file}-toml-out\""));
+            .replace(
+                &format!("\"{tag}-{file}-toml-commercials_avro\""),
+                &format!("\"{input}\""),
+            )
+            .replace(
+                &format!("topic = \"{table}\""),
+                &format!("topic = \"{tag}-{file}-toml-out\""),
+            );
         std::fs::write(&toml, text).unwrap();
         let sql_name = format!("{tag}-{file}-sql");
         let sql = sql_copy(
@@ -108,7 +152,8 @@ fn a_sql_job_with_mistakes_gets_every_error_at_once_with_line_and_column() {
     .unwrap();
     let out = jobctl(&["validate", path.to_str().unwrap()]);
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "broken.sql");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "broken.sql");
     assert_eq!(
         stderr,
         "error: broken.sql has 2 errors:\n\
@@ -124,7 +169,8 @@ fn a_sql_job_with_mistakes_gets_every_error_at_once_with_line_and_column() {
         .replace("FROM nowhere", "FROM s");
     std::fs::write(&path, fixed).unwrap();
     let out = jobctl(&["validate", path.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "broken.sql");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "broken.sql");
     assert!(
         stderr.contains("broken.sql:line 3, column 74: transforms.big_where: "),
         "{stderr}"
@@ -139,7 +185,15 @@ fn a_pull_query_on_a_running_sql_job_answers_what_it_committed() {
     let tag = unique("sqlpull");
     let (gen, names) = job_copy(dir.path(), "commercials.toml", &["commercials_avro"], &tag);
     let input = names["commercials_avro"].clone();
-    ok(&["datagen", "commercials", "--job", gen.to_str().unwrap(), "--count", "500", "--quiet"]);
+    ok(&[
+        "datagen",
+        "commercials",
+        "--job",
+        gen.to_str().unwrap(),
+        "--count",
+        "500",
+        "--quiet",
+    ]);
     let name = format!("{tag}-sql");
     let sql = sql_copy(
         dir.path(),
@@ -147,7 +201,10 @@ fn a_pull_query_on_a_running_sql_job_answers_what_it_committed() {
         &name,
         &[
             ("'commercials_avro'", format!("'{input}'")),
-            ("TABLE metrics_per_brand AS", format!("TABLE metrics_per_brand WITH (KAFKA_TOPIC='{name}-out') AS")),
+            (
+                "TABLE metrics_per_brand AS",
+                format!("TABLE metrics_per_brand WITH (KAFKA_TOPIC='{name}-out') AS"),
+            ),
         ],
     );
     let http = format!("127.0.0.1:{}", super::operations::free_port());
@@ -162,24 +219,41 @@ fn a_pull_query_on_a_running_sql_job_answers_what_it_committed() {
     // What verify shows for the brand, as the query's row.
     let committed: Vec<serde_json::Value> = verify_lines(&sql)
         .iter()
-        .filter_map(|l| l.split_once(" value ").map(|(_, v)| serde_json::from_str(v).unwrap()))
+        .filter_map(|l| {
+            l.split_once(" value ")
+                .map(|(_, v)| serde_json::from_str(v).unwrap())
+        })
         .collect();
     assert_eq!(committed.len(), 2, "{committed:?}");
     for row in &committed {
         let brand = row["brand"].as_str().unwrap();
-        let out = ok(&["query", &format!("SELECT brand, cnt FROM metrics_per_brand WHERE brand = '{brand}'"), "--http", &http, "--json"]);
+        let out = ok(&[
+            "query",
+            &format!("SELECT brand, cnt FROM metrics_per_brand WHERE brand = '{brand}'"),
+            "--http",
+            &http,
+            "--json",
+        ]);
         assert_eq!(
             out,
-            format!("{}\n", serde_json::json!({"brand": brand, "cnt": row["cnt"]}))
+            format!(
+                "{}\n",
+                serde_json::json!({"brand": brand, "cnt": row["cnt"]})
+            )
         );
     }
     let table = ok(&["query", "SELECT * FROM metrics_per_brand", "--http", &http]);
     assert_eq!(table.lines().count(), 6, "{table}");
-    assert!(table.lines().nth(1).unwrap().starts_with("| brand "), "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("| brand "),
+        "{table}"
+    );
     let out = jobctl(&["query", "SELECT * FROM nothing", "--http", &http]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with(&format!("error: no stateful transform nothing in job {name}")),
+        String::from_utf8_lossy(&out.stderr).starts_with(&format!(
+            "error: no stateful transform nothing in job {name}"
+        )),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
