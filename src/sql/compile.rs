@@ -708,12 +708,14 @@ impl Compiler {
                     "LEN" | "LENGTH" => one("size({})")?,
                     "WORD_COUNT" => one("({}).wordCount()")?,
                     "ABS" => one("abs({})")?,
-                    "COUNT" | "SUM" | "AVG" | "MIN" | "MAX" => return Err((
-                        at_of(e),
-                        format!(
+                    "COUNT" | "SUM" | "AVG" | "MIN" | "MAX" => {
+                        return Err((
+                            at_of(e),
+                            format!(
                             "{fname} belongs in a table's select list (CREATE TABLE … GROUP BY)"
                         ),
-                    )),
+                        ))
+                    }
                     _ => return Err((at_of(e), format!("{fname} is not a function rill has"))),
                 }
             }

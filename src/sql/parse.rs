@@ -387,12 +387,14 @@ fn duration(p: &mut Parser) -> Result<u64, ParserError> {
         "MINUTE" => 60_000,
         "HOUR" => 3_600_000,
         "DAY" => 86_400_000,
-        other => return err(
-            p,
-            format!(
+        other => {
+            return err(
+                p,
+                format!(
                 "expected a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS), found {other}"
             ),
-        ),
+            )
+        }
     };
     Ok(n * ms)
 }
