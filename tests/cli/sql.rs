@@ -37,6 +37,23 @@ pub(super) fn sql_copy(
     path
 }
 
+/// A topic of `count` commercial ratings of its own, as seed 004's
+/// generator writes them (their schema in the registry); its name.
+fn commercials_input(dir: &Path, tag: &str, count: usize) -> String {
+    let (gen, names) = job_copy(dir, "commercials.toml", &["commercials_avro"], tag);
+    let count = count.to_string();
+    ok(&[
+        "datagen",
+        "commercials",
+        "--job",
+        gen.to_str().unwrap(),
+        "--count",
+        &count,
+        "--quiet",
+    ]);
+    names["commercials_avro"].clone()
+}
+
 fn run(job: &Path) {
     ok(&[
         "submit",
@@ -80,22 +97,7 @@ fn the_seeds_ksqldb_tables_commit_what_their_job_file_twins_commit() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("sqlcom");
-    let (gen, names) = job_copy(
-        dir.path(),
-        "commercials.toml",
-        &["commercials_avro"],
-        &format!("{tag}-gen"),
-    );
-    let input = names["commercials_avro"].clone();
-    ok(&[
-        "datagen",
-        "commercials",
-        "--job",
-        gen.to_str().unwrap(),
-        "--count",
-        "3000",
-        "--quiet",
-    ]);
+    let input = commercials_input(dir.path(), &format!("{tag}-gen"), 3000);
     for (file, table) in [
         ("commercials", "metrics_per_brand"),
         ("commercials_windowed", "metrics_per_brand_windowed"),
@@ -183,17 +185,7 @@ fn a_pull_query_on_a_running_sql_job_answers_what_it_committed() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("sqlpull");
-    let (gen, names) = job_copy(dir.path(), "commercials.toml", &["commercials_avro"], &tag);
-    let input = names["commercials_avro"].clone();
-    ok(&[
-        "datagen",
-        "commercials",
-        "--job",
-        gen.to_str().unwrap(),
-        "--count",
-        "500",
-        "--quiet",
-    ]);
+    let input = commercials_input(dir.path(), &tag, 500);
     let name = format!("{tag}-sql");
     let sql = sql_copy(
         dir.path(),
