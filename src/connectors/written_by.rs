@@ -50,12 +50,8 @@ impl CopyOf<'_> {
 }
 
 impl WrittenBy {
-    /// The copy a message's headers name, if a rill job wrote it.
-    pub fn of(m: &impl Message) -> Option<WrittenBy> {
-        Self::read(m).map(|c| c.owned())
-    }
-
-    /// [`WrittenBy::of`], borrowing from the message.
+    /// The copy a message's headers name, if a rill job wrote it,
+    /// borrowing from the message.
     pub fn read<'a, M: Message>(m: &'a M) -> Option<CopyOf<'a>>
     where
         M::Headers: 'a,

@@ -240,7 +240,7 @@ impl Compiler {
         self.streams.insert(
             create.name.clone(),
             Stream {
-                node: format!("{}", create.name),
+                node: create.name.clone(),
                 format,
             },
         );
@@ -350,11 +350,10 @@ impl Compiler {
         let mut order: Vec<String> = Vec::new();
         let mut unnamed = 0;
         for item in &select.items {
-            let (expr, alias) = match item {
-                SelectItem::Wildcard(_) if select.items.len() == 1 => return Some(None),
-                SelectItem::UnnamedExpr(e) => (e, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(super::parse_name(alias))),
-                other => {
+            let (expr, alias) = match (item, named(item)) {
+                (SelectItem::Wildcard(_), _) if select.items.len() == 1 => return Some(None),
+                (_, Some(named)) => named,
+                (other, None) => {
                     self.problem(
                         at_of(other),
                         "rill selects `*` alone, or expressions with optional AS names".into(),
@@ -413,10 +412,9 @@ impl Compiler {
         let mut aggregates: Vec<(At, String, String, String)> = Vec::new();
         let mut unnamed = 0;
         for item in &select.items {
-            let (expr, alias) = match item {
-                SelectItem::UnnamedExpr(e) => (e, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(super::parse_name(alias))),
-                other => {
+            let (expr, alias) = match (item, named(item)) {
+                (_, Some(named)) => named,
+                (other, None) => {
                     self.problem(
                         at_of(other),
                         "a table selects its GROUP BY columns and aggregates".into(),
@@ -750,4 +748,13 @@ fn avro_of(name: &str, columns: &[(String, String, At)]) -> Result<String, (At, 
         fields.push(serde_json::json!({"name": column, "type": avro}));
     }
     Ok(serde_json::json!({"type": "record", "name": name, "fields": fields}).to_string())
+}
+
+/// A select item's expression and its `AS` name, when it is one.
+fn named(item: &SelectItem) -> Option<(&Expr, Option<String>)> {
+    match item {
+        SelectItem::UnnamedExpr(e) => Some((e, None)),
+        SelectItem::ExprWithAlias { expr, alias } => Some((expr, Some(super::parse_name(alias)))),
+        _ => None,
+    }
 }

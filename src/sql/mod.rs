@@ -47,6 +47,9 @@ fn moved_to_sql(origins: &[At], sql: &str, mut errors: SpecErrors) -> SpecErrors
     errors
 }
 
+/// A name as rill's fields are written: ksqlDB upper-cases unquoted names,
+/// rill keeps the schema's case (mostly lower), so an unquoted name is
+/// lower-cased and a quoted one kept.
 pub(crate) fn parse_name(ident: &sqlparser::ast::Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),

@@ -3,7 +3,7 @@
 //! TUMBLING (SIZE 5 SECONDS)`, `EMIT CHANGES`) is ksqlDB's own, so it is
 //! parsed here on top of `sqlparser`'s parser.
 
-use sqlparser::ast::{Expr, Ident, SelectItem};
+use sqlparser::ast::{Expr, SelectItem};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
@@ -172,16 +172,6 @@ fn err<T>(p: &Parser, message: String) -> Result<T, ParserError> {
     )))
 }
 
-fn name(ident: &Ident) -> String {
-    // ksqlDB upper-cases unquoted names; rill's fields are as the schema
-    // writes them, mostly lower case: an unquoted name is lower-cased, a
-    // quoted one kept.
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
-    }
-}
-
 /// A word that is not a keyword of sqlparser's (TUMBLING, SECONDS, …).
 fn word(p: &mut Parser, what: &str) -> Result<String, ParserError> {
     match p.next_token().token {
@@ -209,7 +199,7 @@ fn statement(p: &mut Parser) -> Result<Statement, ParserError> {
         "TABLE" => true,
         other => return err(p, format!("expected STREAM or TABLE, found {other}")),
     };
-    let name = name(&p.parse_identifier()?);
+    let name = super::parse_name(&p.parse_identifier()?);
     let mut columns = Vec::new();
     if p.consume_token(&Token::LParen) {
         loop {
@@ -266,7 +256,7 @@ fn statement(p: &mut Parser) -> Result<Statement, ParserError> {
 }
 
 fn name_of(p: &mut Parser) -> Result<String, ParserError> {
-    Ok(name(&p.parse_identifier()?))
+    Ok(super::parse_name(&p.parse_identifier()?))
 }
 
 fn select(p: &mut Parser) -> Result<Select, ParserError> {
