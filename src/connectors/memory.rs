@@ -5,37 +5,52 @@
 
 use super::{Poll, SourceReader};
 use crate::record::RawRecord;
+use std::sync::Arc;
 
 pub struct MemorySource {
-    /// Records of this worker, with the epoch each is read in (scripted).
-    records: std::iter::Peekable<std::vec::IntoIter<(Option<u64>, RawRecord)>>,
+    records: Share,
+}
+
+enum Share {
+    /// Worker `index` of `peers` reads partition p when p mod peers is
+    /// index; a record is copied out when it is read, as a real source
+    /// copies each message out of its client's buffer, so a run does not
+    /// start by copying its whole input.
+    Read {
+        all: Arc<Vec<RawRecord>>,
+        next: usize,
+        index: usize,
+        peers: usize,
+    },
+    /// Records with the epoch each is read in, ascending.
+    Scripted(std::iter::Peekable<std::vec::IntoIter<(u64, RawRecord)>>),
 }
 
 impl MemorySource {
     /// The share of `all` that worker `index` of `peers` reads: partition p
     /// goes to worker p mod peers.
-    pub fn for_worker(all: &[RawRecord], index: usize, peers: usize) -> Self {
-        let mine: Vec<(Option<u64>, RawRecord)> = all
-            .iter()
-            .filter(|r| r.origin.partition as usize % peers == index)
-            .map(|r| (None, r.clone()))
-            .collect();
+    pub fn for_worker(all: &Arc<Vec<RawRecord>>, index: usize, peers: usize) -> Self {
         MemorySource {
-            records: mine.into_iter().peekable(),
+            records: Share::Read {
+                all: all.clone(),
+                next: 0,
+                index,
+                peers,
+            },
         }
     }
 
     /// Like `for_worker`, with the epoch of every record (ascending per
     /// partition).
     pub fn scripted(all: &[(u64, RawRecord)], index: usize, peers: usize) -> Self {
-        let mut mine: Vec<(Option<u64>, RawRecord)> = all
+        let mut mine: Vec<(u64, RawRecord)> = all
             .iter()
             .filter(|(_, r)| r.origin.partition as usize % peers == index)
-            .map(|(e, r)| (Some(*e), r.clone()))
+            .cloned()
             .collect();
         mine.sort_by_key(|(e, _)| *e);
         MemorySource {
-            records: mine.into_iter().peekable(),
+            records: Share::Scripted(mine.into_iter().peekable()),
         }
     }
 }
@@ -46,14 +61,16 @@ impl SourceReader for MemorySource {
     }
 
     fn poll_scripted(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Option<(u64, Poll)> {
-        let epoch = match self.records.peek() {
-            Some((Some(e), _)) => *e,
-            Some((None, _)) => return None,
+        let Share::Scripted(records) = &mut self.records else {
+            return None;
+        };
+        let epoch = match records.peek() {
+            Some((e, _)) => *e,
             None => return Some((0, Poll::Done)),
         };
         while out.len() < max {
-            match self.records.peek() {
-                Some((Some(e), _)) if *e == epoch => out.push(self.records.next().unwrap().1),
+            match records.peek() {
+                Some((e, _)) if *e == epoch => out.push(records.next().unwrap().1),
                 _ => break,
             }
         }
@@ -61,7 +78,21 @@ impl SourceReader for MemorySource {
     }
 
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Poll {
-        out.extend(self.records.by_ref().take(max).map(|(_, r)| r));
+        if let Share::Read {
+            all,
+            next,
+            index,
+            peers,
+        } = &mut self.records
+        {
+            while out.len() < max && *next < all.len() {
+                let r = &all[*next];
+                *next += 1;
+                if r.origin.partition as usize % *peers == *index {
+                    out.push(r.clone());
+                }
+            }
+        }
         if out.is_empty() {
             Poll::Done
         } else {

@@ -261,6 +261,7 @@ impl<'s> WriteSink<'s> for Records<'s> {
                             window,
                             row: parquet_row.take(),
                         });
+                        crate::record::reuse_row(std::mem::take(&mut r.row));
                     }
                     if !trace.is_empty() {
                         let _ = ctx.writer.send(WriterMsg::Trace(trace));

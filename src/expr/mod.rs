@@ -498,6 +498,35 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
+/// An operand's value: a field's or a literal's is read where it is, only
+/// what an operator computes is made (a field's string is not copied to
+/// be compared).
+enum Operand<'a> {
+    At(&'a Value),
+    Made(Value),
+}
+
+impl std::ops::Deref for Operand<'_> {
+    type Target = Value;
+
+    #[inline]
+    fn deref(&self) -> &Value {
+        match self {
+            Operand::At(v) => v,
+            Operand::Made(v) => v,
+        }
+    }
+}
+
+#[inline]
+fn operand<'a>(node: &'a Node, row: &'a Row) -> Result<Operand<'a>, EvalError> {
+    Ok(match node {
+        Node::Lit(v) => Operand::At(v),
+        Node::Field(i, _) => Operand::At(&row[*i]),
+        _ => Operand::Made(eval(node, row)?),
+    })
+}
+
 fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
     Ok(match node {
         Node::Lit(v) => v.clone(),
@@ -530,7 +559,7 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
             }
         }
         Node::Cmp(op, a, b) => {
-            let (x, y) = (eval(a, row)?, eval(b, row)?);
+            let (x, y) = (operand(a, row)?, operand(b, row)?);
             let ord = compare(&x, &y);
             Value::Bool(match op {
                 BinOp::Eq => ord == Some(Ordering::Equal),
@@ -543,10 +572,10 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
             })
         }
         Node::In(a, items) => {
-            let x = eval(a, row)?;
+            let x = operand(a, row)?;
             let mut found = false;
             for item in items {
-                if compare(&x, &eval(item, row)?) == Some(Ordering::Equal) {
+                if compare(&x, &*operand(item, row)?) == Some(Ordering::Equal) {
                     found = true;
                     break;
                 }
@@ -562,7 +591,7 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
             _ => return Err(null_error(a)),
         },
         Node::Arith(op, double, a, b) => {
-            let (x, y) = (eval(a, row)?, eval(b, row)?);
+            let (x, y) = (operand(a, row)?, operand(b, row)?);
             if *double {
                 let x = as_f64(&x).ok_or_else(|| null_error(a))?;
                 let y = as_f64(&y).ok_or_else(|| null_error(b))?;
@@ -576,10 +605,10 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
                     Arith::Rem => x % y,
                 })
             } else {
-                let Value::Int(x) = x else {
+                let Value::Int(x) = *x else {
                     return Err(null_error(a));
                 };
-                let Value::Int(y) = y else {
+                let Value::Int(y) = *y else {
                     return Err(null_error(b));
                 };
                 let r = match op {
