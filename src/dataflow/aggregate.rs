@@ -101,6 +101,7 @@ enum Delta {
 pub trait Aggregate<'s> {
     fn aggregate(
         self,
+        index: usize,
         name: &str,
         plan: &AggregatePlan,
         input: RowSchema,
@@ -111,13 +112,14 @@ pub trait Aggregate<'s> {
 impl<'s> Aggregate<'s> for Records<'s> {
     fn aggregate(
         self,
+        index: usize,
         name: &str,
         plan: &AggregatePlan,
         input: RowSchema,
         ctx: Rc<WorkerContext>,
     ) -> Records<'s> {
         match &plan.window {
-            None => plain(self, name, plan.clone(), input, ctx),
+            None => plain(self, index, name, plan.clone(), input, ctx),
             Some(w) => super::window::windowed(self, name, plan.clone(), w.clone(), input, ctx),
         }
     }
@@ -125,6 +127,7 @@ impl<'s> Aggregate<'s> for Records<'s> {
 
 fn plain<'s>(
     stream: Records<'s>,
+    index: usize,
     name: &str,
     plan: AggregatePlan,
     input: RowSchema,
@@ -238,7 +241,7 @@ fn plain<'s>(
                     // changes and what they write, held at once, stay
                     // bounded.
                     ctx.fill
-                        .add(epoch, records_per_change * (deltas.len() - groups));
+                        .add(epoch, index, records_per_change * (deltas.len() - groups));
                 });
                 // Epochs are applied in order, each once it is complete.
                 while let Some(entry) = stash.first_entry() {

@@ -55,10 +55,12 @@ pub const MAX_IN_FLIGHT: i64 = 400_000;
 /// the process's workers, so they cut the same epochs.
 #[derive(Debug, Default)]
 pub struct EpochFill {
-    /// Output records that end an epoch early; 0 for never.
+    /// Output records of one sink (or changes of one aggregate) that end an
+    /// epoch early; 0 for never.
     limit: u64,
-    /// The newest epoch with output, and its output records so far.
-    newest: std::sync::Mutex<(Epoch, u64)>,
+    /// The newest epoch with output, and its output records so far by the
+    /// node (sink or aggregate) that holds them.
+    newest: std::sync::Mutex<(Epoch, Vec<(usize, u64)>)>,
     /// Epochs the clock was moved on by.
     ahead: std::sync::atomic::AtomicU64,
 }
@@ -73,6 +75,9 @@ impl EpochFill {
 
     /// Output records the process may hold before its sources pause: the
     /// epoch committing, the open one filling, and room for their ends.
+    /// The same whatever the number of sinks, so that memory stays bounded
+    /// by the setting; a job with two sinks of the same rows still holds
+    /// the epoch committing and the one filling.
     pub fn max_held(&self) -> i64 {
         if self.limit == 0 {
             MAX_IN_FLIGHT
@@ -81,19 +86,32 @@ impl EpochFill {
         }
     }
 
-    /// A sink staged `n` records of `epoch`.
-    pub(crate) fn add(&self, epoch: Epoch, n: usize) {
+    /// Node `by` (a sink, or an aggregate counting its changes) holds `n`
+    /// more records of `epoch`.
+    pub(crate) fn add(&self, epoch: Epoch, by: usize, n: usize) {
         let mut newest = self.newest.lock().unwrap();
         if epoch > newest.0 {
-            *newest = (epoch, n as u64);
-        } else if epoch == newest.0 {
-            newest.1 += n as u64;
+            newest.0 = epoch;
+            newest.1.clear();
+        } else if epoch < newest.0 {
+            return;
+        }
+        match newest.1.iter_mut().find(|(node, _)| *node == by) {
+            Some((_, held)) => *held += n as u64,
+            None => newest.1.push((by, n as u64)),
         }
     }
 
-    /// Whether `epoch` holds enough output to end now.
+    /// Whether `epoch` holds enough output to end now: one sink's share is
+    /// what counts, so a job that writes the same rows to two places cuts
+    /// the epochs one place would, paying each epoch's commit no more often.
     fn is_full(&self, epoch: Epoch) -> bool {
-        self.limit > 0 && *self.newest.lock().unwrap() >= (epoch, self.limit)
+        if self.limit == 0 {
+            return false;
+        }
+        let newest = self.newest.lock().unwrap();
+        newest.0 > epoch
+            || (newest.0 == epoch && newest.1.iter().any(|(_, held)| *held >= self.limit))
     }
 }
 
@@ -360,7 +378,7 @@ pub fn build<'s>(
             }
             NodeKind::Aggregate(a) => {
                 let out =
-                    input().aggregate(&node.name, a, plan.input_schema(i).clone(), ctx.clone());
+                    input().aggregate(i, &node.name, a, plan.input_schema(i).clone(), ctx.clone());
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Map(m) => {
@@ -429,20 +447,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_epoch_is_full_once_its_output_reaches_the_limit_and_later_epochs_start_empty() {
+    fn an_epoch_is_full_once_one_sinks_output_reaches_the_limit_and_later_epochs_start_empty() {
         let fill = EpochFill::new(100);
-        fill.add(3, 60);
+        fill.add(3, 7, 60);
+        // Another sink's records, the same rows written elsewhere, do not
+        // add up with the first sink's.
+        fill.add(3, 8, 60);
         assert!(!fill.is_full(3));
-        fill.add(3, 40);
+        fill.add(3, 7, 40);
         assert!(fill.is_full(3));
         // Output of an older epoch arriving late does not fill the newest.
-        fill.add(4, 10);
-        fill.add(3, 500);
+        fill.add(4, 7, 10);
+        fill.add(3, 7, 500);
         assert!(!fill.is_full(4));
         assert!(!fill.is_full(5));
+        fill.add(4, 8, 100);
+        assert!(fill.is_full(4));
         assert_eq!(fill.max_held(), 400);
         let never = EpochFill::new(0);
-        never.add(1, 1_000_000);
+        never.add(1, 7, 1_000_000);
         assert!(!never.is_full(1));
         assert_eq!(never.max_held(), MAX_IN_FLIGHT);
     }

@@ -296,7 +296,7 @@ fn hand(ctx: &WorkerContext, node: usize, epoch: Epoch, out: Vec<OutRecord>) {
         return;
     }
     ctx.in_flight.fetch_add(out.len() as i64, Ordering::Relaxed);
-    ctx.fill.add(epoch, out.len());
+    ctx.fill.add(epoch, node, out.len());
     let _ = ctx.writer.send(WriterMsg::Out {
         sink: node,
         epoch,
