@@ -203,26 +203,27 @@ fn decode_batches(
                         json::decode(v, rows).map_err(|e| format!("not a valid JSON record: {e}"))
                     }
                     Format::Text => crate::format::text::decode(v),
-                    Format::Avro => avro::split_wire(v)
-                        .map_err(|e| e.to_string())
-                        .and_then(|(id, body)| {
-                            let decoder = match last {
-                                Some((at, d)) if at == id => d,
-                                _ => {
-                                    let d = decoders.get(&id);
-                                    last = Some((id, d));
-                                    d
+                    Format::Avro => {
+                        avro::split_wire(v)
+                            .map_err(|e| e.to_string())
+                            .and_then(|(id, body)| {
+                                let decoder = match last {
+                                    Some((at, d)) if at == id => d,
+                                    _ => {
+                                        let d = decoders.get(&id);
+                                        last = Some((id, d));
+                                        d
+                                    }
+                                };
+                                match decoder {
+                                    Some(Ok(d)) => {
+                                        d.decode(body).map_err(|e| format!("schema id {id}: {e}"))
+                                    }
+                                    Some(Err(e)) => Err(e.clone()),
+                                    None => Err(format!("schema id {id} is unknown")),
                                 }
-                            };
-                            Ok((id, body, decoder))
-                        })
-                        .and_then(|(id, body, decoder)| match decoder {
-                            Some(Ok(d)) => {
-                                d.decode(body).map_err(|e| format!("schema id {id}: {e}"))
-                            }
-                            Some(Err(e)) => Err(e.clone()),
-                            None => Err(format!("schema id {id} is unknown")),
-                        }),
+                            })
+                    }
                 },
             };
             match decoded {
