@@ -73,6 +73,25 @@ impl Compiler {
         });
     }
 
+    /// A select item's expression and its `AS` name; anything else (`*`
+    /// among other items, `t.*`) is a problem, told with `refusal`.
+    fn select_item<'a>(
+        &mut self,
+        item: &'a SelectItem,
+        refusal: &str,
+    ) -> Option<(&'a Expr, Option<String>)> {
+        match item {
+            SelectItem::UnnamedExpr(e) => Some((e, None)),
+            SelectItem::ExprWithAlias { expr, alias } => {
+                Some((expr, Some(super::parse_name(alias))))
+            }
+            other => {
+                self.problem(at_of(other), refusal.into(), None);
+                None
+            }
+        }
+    }
+
     /// The `[job]` table from the file's name and its `SET` statements.
     pub fn job(&mut self, default_name: &str, statements: &[Statement]) {
         let mut settings: Vec<(At, String)> = Vec::new();
@@ -348,27 +367,19 @@ impl Compiler {
     fn projection(&mut self, name: &str, select: &Select, input: &str) -> Option<Option<String>> {
         let mut fields: Vec<(At, String, String)> = Vec::new();
         let mut order: Vec<String> = Vec::new();
-        let mut unnamed = 0;
+        let mut unnamed = Unnamed::default();
         for item in &select.items {
-            let (expr, alias) = match (item, named(item)) {
-                (SelectItem::Wildcard(_), _) if select.items.len() == 1 => return Some(None),
-                (_, Some(named)) => named,
-                (other, None) => {
-                    self.problem(
-                        at_of(other),
-                        "rill selects `*` alone, or expressions with optional AS names".into(),
-                        None,
-                    );
-                    return None;
-                }
-            };
+            if matches!(item, SelectItem::Wildcard(_)) && select.items.len() == 1 {
+                return Some(None);
+            }
+            let (expr, alias) = self.select_item(
+                item,
+                "rill selects `*` alone, or expressions with optional AS names",
+            )?;
             let column = match (alias, expr) {
                 (Some(a), _) => a,
                 (None, Expr::Identifier(id)) => super::parse_name(id),
-                (None, _) => {
-                    unnamed += 1;
-                    format!("KSQL_COL_{}", unnamed - 1)
-                }
+                (None, _) => unnamed.next(),
             };
             match self.expr(expr, &[]) {
                 Ok(e) => {
@@ -410,28 +421,15 @@ impl Compiler {
         // Aggregate calls in the select list, with their output names; the
         // HAVING clause refers to them by the same calls.
         let mut aggregates: Vec<(At, String, String, String)> = Vec::new();
-        let mut unnamed = 0;
+        let mut unnamed = Unnamed::default();
         for item in &select.items {
-            let (expr, alias) = match (item, named(item)) {
-                (_, Some(named)) => named,
-                (other, None) => {
-                    self.problem(
-                        at_of(other),
-                        "a table selects its GROUP BY columns and aggregates".into(),
-                        None,
-                    );
-                    return None;
-                }
-            };
+            let (expr, alias) =
+                self.select_item(item, "a table selects its GROUP BY columns and aggregates")?;
             match expr {
                 Expr::Identifier(id) if group_by.contains(&super::parse_name(id)) => {}
                 Expr::Function(_) => match self.aggregate_call(expr) {
                     Ok(call) => {
-                        // ksqlDB's name for an unnamed column.
-                        let column = alias.unwrap_or_else(|| {
-                            unnamed += 1;
-                            format!("KSQL_COL_{}", unnamed - 1)
-                        });
+                        let column = alias.unwrap_or_else(|| unnamed.next());
                         aggregates.push((at_of(expr), column, call, expr.to_string().to_lowercase()));
                     }
                     Err((at, e)) => self.problem(at, e, None),
@@ -751,10 +749,13 @@ fn avro_of(name: &str, columns: &[(String, String, At)]) -> Result<String, (At, 
 }
 
 /// A select item's expression and its `AS` name, when it is one.
-fn named(item: &SelectItem) -> Option<(&Expr, Option<String>)> {
-    match item {
-        SelectItem::UnnamedExpr(e) => Some((e, None)),
-        SelectItem::ExprWithAlias { expr, alias } => Some((expr, Some(super::parse_name(alias)))),
-        _ => None,
+/// ksqlDB's names for the unnamed columns of a select list, in order.
+#[derive(Default)]
+struct Unnamed(usize);
+
+impl Unnamed {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("KSQL_COL_{}", self.0 - 1)
     }
 }
