@@ -74,13 +74,17 @@ impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
                     // their batches wait, in order, until the answer is in.
                     if format == Format::Avro {
                         let mut ready = 0;
+                        // Records of a topic mostly share one writer schema:
+                        // the last id known is not looked up again.
+                        let mut known = None;
                         'batches: for (_, batch) in pending.iter() {
                             for r in batch {
                                 let Some(Ok((id, _))) = r.value.as_deref().map(avro::split_wire)
                                 else {
                                     continue;
                                 };
-                                if decoders.contains_key(&id) {
+                                if known == Some(id) || decoders.contains_key(&id) {
+                                    known = Some(id);
                                     continue;
                                 }
                                 let registry = ctx.registry.as_ref();

@@ -113,31 +113,27 @@ impl<'s> Transforms<'s> for Records<'s> {
         ctx: Rc<WorkerContext>,
     ) -> Records<'s> {
         let node = name.to_string();
+        // Every expression sees the row as it came in. When none reads a
+        // field an earlier one replaces, each value goes straight into its
+        // place (a value computed aside and moved in later stalls on its
+        // own stores); what it replaced is kept until the row is done, so
+        // a row that fails goes to the dead letters as it came in.
+        let in_place = computes_in_place(&map);
         self.unary::<CapacityContainerBuilder<Vec<Record>>, _, _, _>(Pipeline, name, move |_, _| {
             let mut dead = Vec::new();
             let mut values: Vec<Value> = Vec::with_capacity(map.computed.len());
+            let mut replaced: Vec<(usize, Value)> = Vec::with_capacity(map.computed.len());
             move |input, output| {
                 input.for_each(|cap, data| {
                     data.retain_mut(|r| {
-                        // Every expression sees the row as it came in.
-                        values.clear();
-                        for (e, _, ty) in &map.computed {
-                            match e.eval(&r.row) {
-                                Ok(Value::Int(i)) if *ty == FieldType::Double => {
-                                    values.push(Value::Double(i as f64))
-                                }
-                                Ok(v) => values.push(v),
-                                Err(err) => {
-                                    dead.push(ctx.dead_row(&node, r, &schema, err.0));
-                                    return false;
-                                }
-                            }
-                        }
-                        for ((_, target, _), v) in map.computed.iter().zip(values.drain(..)) {
-                            match target {
-                                MapTarget::Replace(i) => r.row[*i] = v,
-                                MapTarget::Append => r.row.push(v),
-                            }
+                        let computed = if in_place {
+                            compute_in_place(&map, &mut r.row, &mut replaced)
+                        } else {
+                            compute_aside(&map, &mut r.row, &mut values)
+                        };
+                        if let Err(err) = computed {
+                            dead.push(ctx.dead_row(&node, r, &schema, err.0));
+                            return false;
                         }
                         if let Some(keep) = &map.keep {
                             let row = std::mem::take(&mut r.row);
@@ -217,5 +213,161 @@ impl<'s> Transforms<'s> for Records<'s> {
             }
         });
         streams
+    }
+}
+
+/// Whether no expression of the map reads a field an earlier one replaces.
+fn computes_in_place(map: &MapPlan) -> bool {
+    map.computed.iter().enumerate().all(|(k, (e, _, _))| {
+        map.computed[..k].iter().all(|(_, target, _)| match target {
+            MapTarget::Replace(i) => !e.reads_field(*i),
+            MapTarget::Append => true,
+        })
+    })
+}
+
+/// A value an expression computed, as its field's type (an int computed
+/// for a double field is widened).
+#[inline(always)]
+fn as_field(v: Value, ty: FieldType) -> Value {
+    match v {
+        Value::Int(i) if ty == FieldType::Double => Value::Double(i as f64),
+        v => v,
+    }
+}
+
+/// A map's values put straight into the row; on an error the row is put
+/// back as it came in.
+#[inline(always)]
+fn compute_in_place(
+    map: &MapPlan,
+    row: &mut crate::record::Row,
+    replaced: &mut Vec<(usize, Value)>,
+) -> Result<(), crate::expr::EvalError> {
+    replaced.clear();
+    let width = row.len();
+    for (e, target, ty) in &map.computed {
+        match e.eval(row) {
+            Ok(v) => match target {
+                MapTarget::Replace(i) => {
+                    replaced.push((*i, std::mem::replace(&mut row[*i], as_field(v, *ty))))
+                }
+                MapTarget::Append => row.push(as_field(v, *ty)),
+            },
+            Err(err) => {
+                row.truncate(width);
+                for (i, v) in replaced.drain(..).rev() {
+                    row[i] = v;
+                }
+                return Err(err);
+            }
+        }
+    }
+    replaced.clear();
+    Ok(())
+}
+
+/// A map's values computed aside, then put in the row: some expression
+/// reads a field an earlier one replaces.
+fn compute_aside(
+    map: &MapPlan,
+    row: &mut crate::record::Row,
+    values: &mut Vec<Value>,
+) -> Result<(), crate::expr::EvalError> {
+    values.clear();
+    for (e, _, ty) in &map.computed {
+        values.push(as_field(e.eval(row)?, *ty));
+    }
+    for ((_, target, _), v) in map.computed.iter().zip(values.drain(..)) {
+        match target {
+            MapTarget::Replace(i) => row[*i] = v,
+            MapTarget::Append => row.push(v),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::Expr;
+    use crate::record::{Field, RowSchema};
+
+    fn schema() -> RowSchema {
+        RowSchema {
+            name: "T".into(),
+            fields: vec![
+                Field::new("withdraw", FieldType::Double),
+                Field::new("balance", FieldType::Double),
+                Field::new("count", FieldType::Int),
+            ],
+        }
+    }
+
+    fn map(fields: &[(&str, MapTarget, FieldType)]) -> MapPlan {
+        MapPlan {
+            computed: fields
+                .iter()
+                .map(|(src, t, ty)| (Expr::compile(src, &schema()).unwrap(), t.clone(), *ty))
+                .collect(),
+            keep: None,
+        }
+    }
+
+    fn row() -> Vec<Value> {
+        vec![Value::Double(5.0), Value::Double(0.0), Value::Int(2)]
+    }
+
+    #[test]
+    fn values_go_in_place_and_a_failing_row_is_put_back_as_it_came_in() {
+        let ok = [
+            (
+                "balance - withdraw",
+                MapTarget::Replace(1),
+                FieldType::Double,
+            ),
+            ("count * 10", MapTarget::Append, FieldType::Int),
+            // An int computed for a double field is widened.
+            ("count", MapTarget::Append, FieldType::Double),
+        ];
+        let m = map(&ok);
+        assert!(computes_in_place(&m));
+        let mut r = row();
+        compute_in_place(&m, &mut r, &mut Vec::new()).unwrap();
+        let want = [5.0, -5.0].map(Value::Double).into_iter();
+        let want: Vec<Value> = want
+            .chain([Value::Int(2), Value::Int(20), Value::Double(2.0)])
+            .collect();
+        assert_eq!(r, want);
+
+        // The last expression fails after the others changed the row.
+        let mut failing = ok.to_vec();
+        failing.push((
+            "withdraw / (count - 2)",
+            MapTarget::Append,
+            FieldType::Double,
+        ));
+        let m = map(&failing);
+        assert!(computes_in_place(&m));
+        let mut r = row();
+        let err = compute_in_place(&m, &mut r, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.0, "division by zero");
+        assert_eq!(r, row(), "the dead letter gets the row as it came in");
+    }
+
+    #[test]
+    fn expressions_that_read_a_replaced_field_see_the_row_as_it_came_in() {
+        // A swap: each side reads the field the other replaces.
+        let m = map(&[
+            ("balance", MapTarget::Replace(0), FieldType::Double),
+            ("withdraw", MapTarget::Replace(1), FieldType::Double),
+        ]);
+        assert!(!computes_in_place(&m));
+        let mut r = row();
+        compute_aside(&m, &mut r, &mut Vec::new()).unwrap();
+        assert_eq!(
+            r,
+            vec![Value::Double(0.0), Value::Double(5.0), Value::Int(2)]
+        );
     }
 }

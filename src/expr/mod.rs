@@ -460,6 +460,27 @@ impl Expr {
         Ok(e)
     }
 
+    /// Whether the expression reads field `i` of its rows.
+    pub fn reads_field(&self, i: usize) -> bool {
+        fn reads(node: &Node, i: usize) -> bool {
+            match node {
+                Node::Lit(_) => false,
+                Node::Field(f, _) => *f == i,
+                Node::Not(a) | Node::Neg(a) => reads(a, i),
+                Node::Arith(_, _, a, b)
+                | Node::Concat(a, b)
+                | Node::Cmp(_, a, b)
+                | Node::And(a, b)
+                | Node::Or(a, b) => reads(a, i) || reads(b, i),
+                Node::Cond(c, a, b) => reads(c, i) || reads(a, i) || reads(b, i),
+                Node::In(a, items) => reads(a, i) || items.iter().any(|n| reads(n, i)),
+                Node::Call(_, args) => args.iter().any(|n| reads(n, i)),
+            }
+        }
+        reads(&self.node, i)
+    }
+
+    #[inline]
     pub fn eval(&self, row: &Row) -> Result<Value, EvalError> {
         eval(&self.node, row)
     }
@@ -478,6 +499,7 @@ fn null_error(node: &Node) -> EvalError {
     }
 }
 
+#[inline]
 fn as_f64(v: &Value) -> Option<f64> {
     match v {
         Value::Int(i) => Some(*i as f64),
@@ -486,6 +508,7 @@ fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
+#[inline]
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
@@ -498,39 +521,43 @@ fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
-/// An operand's value: a field's or a literal's is read where it is, only
-/// what an operator computes is made (a field's string is not copied to
-/// be compared).
-enum Operand<'a> {
-    At(&'a Value),
-    Made(Value),
+/// An operand's value: a field's or a literal's is read where it is (a
+/// field's string is not copied to be compared); only what an operator
+/// computes is made, into `$made`. A macro, not a function returning a
+/// `Result` of a reference: that result, written and read back, cost a
+/// stall per operand.
+macro_rules! operand {
+    ($node:expr, $row:expr, $made:ident) => {
+        match $node {
+            Node::Lit(v) => v,
+            Node::Field(i, _) => &$row[*i],
+            other => {
+                $made = eval_nested(other, $row)?;
+                &$made
+            }
+        }
+    };
 }
 
-impl std::ops::Deref for Operand<'_> {
-    type Target = Value;
-
-    #[inline]
-    fn deref(&self) -> &Value {
-        match self {
-            Operand::At(v) => v,
-            Operand::Made(v) => v,
-        }
+/// Evaluates `node`. The usual top-level shapes (a literal, a field, a
+/// comparison, arithmetic) are inlined into the caller, so their value is
+/// built where it goes: a value built piece by piece and then copied
+/// stalls the copy's loads on its stores (its tag sits in its last byte).
+#[inline(always)]
+fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
+    match node {
+        Node::Lit(v) => Ok(v.clone()),
+        Node::Field(i, _) => Ok(row[*i].clone()),
+        Node::Cmp(op, a, b) => cmp(*op, a, b, row).map(Value::Bool),
+        Node::Arith(op, double, a, b) => arith(*op, *double, a, b, row),
+        _ => eval_nested(node, row),
     }
 }
 
-#[inline]
-fn operand<'a>(node: &'a Node, row: &'a Row) -> Result<Operand<'a>, EvalError> {
+#[inline(never)]
+fn eval_nested(node: &Node, row: &Row) -> Result<Value, EvalError> {
     Ok(match node {
-        Node::Lit(v) => Operand::At(v),
-        Node::Field(i, _) => Operand::At(&row[*i]),
-        _ => Operand::Made(eval(node, row)?),
-    })
-}
-
-fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
-    Ok(match node {
-        Node::Lit(v) => v.clone(),
-        Node::Field(i, _) => row[*i].clone(),
+        Node::Lit(_) | Node::Field(..) | Node::Cmp(..) | Node::Arith(..) => eval(node, row)?,
         Node::Not(e) => match eval(e, row)? {
             Value::Bool(b) => Value::Bool(!b),
             _ => return Err(null_error(e)),
@@ -558,24 +585,13 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
                 eval(b, row)?
             }
         }
-        Node::Cmp(op, a, b) => {
-            let (x, y) = (operand(a, row)?, operand(b, row)?);
-            let ord = compare(&x, &y);
-            Value::Bool(match op {
-                BinOp::Eq => ord == Some(Ordering::Equal),
-                BinOp::Ne => ord != Some(Ordering::Equal),
-                BinOp::Lt => ord == Some(Ordering::Less),
-                BinOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
-                BinOp::Gt => ord == Some(Ordering::Greater),
-                BinOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
-                _ => unreachable!("not a comparison"),
-            })
-        }
         Node::In(a, items) => {
-            let x = operand(a, row)?;
+            let made;
+            let x = operand!(&**a, row, made);
             let mut found = false;
             for item in items {
-                if compare(&x, &*operand(item, row)?) == Some(Ordering::Equal) {
+                let item_made;
+                if compare(x, operand!(item, row, item_made)) == Some(Ordering::Equal) {
                     found = true;
                     break;
                 }
@@ -590,41 +606,57 @@ fn eval(node: &Node, row: &Row) -> Result<Value, EvalError> {
             (Value::Str(_), _) => return Err(null_error(b)),
             _ => return Err(null_error(a)),
         },
-        Node::Arith(op, double, a, b) => {
-            let (x, y) = (operand(a, row)?, operand(b, row)?);
-            if *double {
-                let x = as_f64(&x).ok_or_else(|| null_error(a))?;
-                let y = as_f64(&y).ok_or_else(|| null_error(b))?;
-                Value::Double(match op {
-                    Arith::Add => x + y,
-                    Arith::Sub => x - y,
-                    Arith::Mul => x * y,
-                    Arith::Div if y == 0.0 => return Err(EvalError("division by zero".into())),
-                    Arith::Div => x / y,
-                    Arith::Rem if y == 0.0 => return Err(EvalError("division by zero".into())),
-                    Arith::Rem => x % y,
-                })
-            } else {
-                let Value::Int(x) = *x else {
-                    return Err(null_error(a));
-                };
-                let Value::Int(y) = *y else {
-                    return Err(null_error(b));
-                };
-                let r = match op {
-                    Arith::Add => x.checked_add(y),
-                    Arith::Sub => x.checked_sub(y),
-                    Arith::Mul => x.checked_mul(y),
-                    Arith::Div | Arith::Rem if y == 0 => {
-                        return Err(EvalError("division by zero".into()))
-                    }
-                    Arith::Div => x.checked_div(y),
-                    Arith::Rem => x.checked_rem(y),
-                };
-                Value::Int(r.ok_or_else(|| EvalError("integer overflow".into()))?)
-            }
-        }
         Node::Call(f, args) => call(*f, args, row)?,
+    })
+}
+
+#[inline(always)]
+fn cmp(op: BinOp, a: &Node, b: &Node, row: &Row) -> Result<bool, EvalError> {
+    let (made_a, made_b);
+    let ord = compare(operand!(a, row, made_a), operand!(b, row, made_b));
+    Ok(match op {
+        BinOp::Eq => ord == Some(Ordering::Equal),
+        BinOp::Ne => ord != Some(Ordering::Equal),
+        BinOp::Lt => ord == Some(Ordering::Less),
+        BinOp::Le => matches!(ord, Some(Ordering::Less | Ordering::Equal)),
+        BinOp::Gt => ord == Some(Ordering::Greater),
+        BinOp::Ge => matches!(ord, Some(Ordering::Greater | Ordering::Equal)),
+        _ => unreachable!("not a comparison"),
+    })
+}
+
+#[inline(always)]
+fn arith(op: Arith, double: bool, a: &Node, b: &Node, row: &Row) -> Result<Value, EvalError> {
+    let (made_a, made_b);
+    let (x, y) = (operand!(a, row, made_a), operand!(b, row, made_b));
+    Ok(if double {
+        let x = as_f64(x).ok_or_else(|| null_error(a))?;
+        let y = as_f64(y).ok_or_else(|| null_error(b))?;
+        Value::Double(match op {
+            Arith::Add => x + y,
+            Arith::Sub => x - y,
+            Arith::Mul => x * y,
+            Arith::Div if y == 0.0 => return Err(EvalError("division by zero".into())),
+            Arith::Div => x / y,
+            Arith::Rem if y == 0.0 => return Err(EvalError("division by zero".into())),
+            Arith::Rem => x % y,
+        })
+    } else {
+        let Value::Int(x) = *x else {
+            return Err(null_error(a));
+        };
+        let Value::Int(y) = *y else {
+            return Err(null_error(b));
+        };
+        let r = match op {
+            Arith::Add => x.checked_add(y),
+            Arith::Sub => x.checked_sub(y),
+            Arith::Mul => x.checked_mul(y),
+            Arith::Div | Arith::Rem if y == 0 => return Err(EvalError("division by zero".into())),
+            Arith::Div => x.checked_div(y),
+            Arith::Rem => x.checked_rem(y),
+        };
+        Value::Int(r.ok_or_else(|| EvalError("integer overflow".into()))?)
     })
 }
 

@@ -325,12 +325,15 @@ impl Decoder {
                         })?
                 }
             };
-            let v = read_wire(&mut buf, wire, *target)?;
-            if self.in_order {
-                row.push(promote(v, *want));
-            } else if let Some(i) = target {
-                row[*i] = promote(v, *want);
-            }
+            let slot = if self.in_order {
+                Slot::Next
+            } else {
+                match target {
+                    Some(i) => Slot::At(*i),
+                    None => Slot::Skip,
+                }
+            };
+            read_wire(&mut buf, wire, *want, slot, &mut row)?;
         }
         for (i, v) in &self.defaults {
             row[*i] = v.clone();
@@ -345,57 +348,102 @@ impl Decoder {
     }
 }
 
-fn promote(v: Value, want: FieldType) -> Value {
-    match (v, want) {
-        (Value::Int(i), FieldType::Double) => Value::Double(i as f64),
-        (Value::Str(s), FieldType::Bytes) => Value::Bytes(s.as_bytes().into()),
-        (Value::Bytes(b), FieldType::String) => {
-            Value::Str(String::from_utf8_lossy(&b).as_ref().into())
-        }
-        (v, _) => v,
-    }
+/// Where a value read goes in the row.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Pushed: the writer's fields are the reader's, in order.
+    Next,
+    At(usize),
+    /// Read past: the reader has no such field.
+    Skip,
 }
 
-fn read_wire(buf: &mut &[u8], wire: &Wire, target: Option<usize>) -> Result<Value, AvroError> {
-    Ok(match wire {
-        Wire::Null => Value::Null,
-        Wire::Boolean => {
-            let (b, rest) = buf.split_first().ok_or(AvroError::Truncated("boolean"))?;
-            *buf = rest;
-            Value::Bool(*b != 0)
+/// Reads one value of `wire` as the reader's type `want` and puts it in
+/// its slot. Each value is built once, in place: a value built, returned,
+/// then converted and moved cost more than reading it (its tag sits in
+/// its last byte, and copying a value written piece by piece stalls the
+/// load on the stores).
+#[inline(always)]
+fn read_wire(
+    buf: &mut &[u8],
+    wire: &Wire,
+    want: FieldType,
+    slot: Slot,
+    row: &mut Row,
+) -> Result<(), AvroError> {
+    #[inline(always)]
+    fn put(row: &mut Row, slot: Slot, v: Value) {
+        match slot {
+            Slot::Next => row.push(v),
+            Slot::At(i) => row[i] = v,
+            Slot::Skip => {}
         }
-        Wire::Int | Wire::Long => Value::Int(read_long(buf)?),
+    }
+    match wire {
+        Wire::Null => put(row, slot, Value::Null),
+        Wire::Boolean => {
+            let Some((b, rest)) = buf.split_first() else {
+                return Err(AvroError::Truncated("boolean"));
+            };
+            *buf = rest;
+            put(row, slot, Value::Bool(*b != 0))
+        }
+        Wire::Int | Wire::Long => {
+            let i = read_long(buf)?;
+            if want == FieldType::Double {
+                put(row, slot, Value::Double(i as f64))
+            } else {
+                put(row, slot, Value::Int(i))
+            }
+        }
         Wire::Float => {
             let bytes = take(buf, 4, "float")?;
-            Value::Double(f32::from_le_bytes(bytes.try_into().unwrap()) as f64)
+            let d = f32::from_le_bytes(bytes.try_into().unwrap()) as f64;
+            put(row, slot, Value::Double(d))
         }
         Wire::Double => {
             let bytes = take(buf, 8, "double")?;
-            Value::Double(f64::from_le_bytes(bytes.try_into().unwrap()))
+            let d = f64::from_le_bytes(bytes.try_into().unwrap());
+            put(row, slot, Value::Double(d))
         }
         Wire::String => {
             let len = read_len(buf)?;
             let bytes = take(buf, len, "string")?;
-            if target.is_none() {
-                return Ok(Value::Null);
+            if matches!(slot, Slot::Skip) {
+                return Ok(());
             }
             let s = std::str::from_utf8(bytes)
                 .map_err(|_| AvroError::Invalid("string is not utf-8".into()))?;
-            Value::Str(CompactString::from(s))
+            if want == FieldType::Bytes {
+                put(row, slot, Value::Bytes(s.as_bytes().into()))
+            } else {
+                put(row, slot, Value::Str(CompactString::from(s)))
+            }
         }
-        Wire::Bytes => {
-            let len = read_len(buf)?;
-            Value::Bytes(take(buf, len, "bytes")?.into())
+        Wire::Bytes | Wire::Fixed(_) => {
+            let bytes = match wire {
+                Wire::Fixed(n) => take(buf, *n, "fixed")?,
+                _ => {
+                    let len = read_len(buf)?;
+                    take(buf, len, "bytes")?
+                }
+            };
+            if want == FieldType::String {
+                let s = String::from_utf8_lossy(bytes);
+                put(row, slot, Value::Str(s.as_ref().into()))
+            } else {
+                put(row, slot, Value::Bytes(bytes.into()))
+            }
         }
-        Wire::Fixed(n) => Value::Bytes(take(buf, *n, "fixed")?.into()),
         Wire::Enum(symbols) => {
             let i = read_long(buf)?;
             let s = symbols
                 .get(usize::try_from(i).unwrap_or(usize::MAX))
                 .ok_or_else(|| AvroError::Invalid(format!("enum index {i} out of range")))?;
-            Value::Str(CompactString::from(s.as_str()))
+            put(row, slot, Value::Str(CompactString::from(s.as_str())))
         }
-    })
+    }
+    Ok(())
 }
 
 fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], AvroError> {
@@ -412,12 +460,28 @@ fn read_len(buf: &mut &[u8]) -> Result<usize, AvroError> {
     usize::try_from(n).map_err(|_| AvroError::Invalid(format!("negative length {n}")))
 }
 
-#[inline]
+/// A zig-zag varint. Lengths, union branches and small numbers take one
+/// byte, read here inline; longer ones go the loop's way.
+#[inline(always)]
 pub fn read_long(buf: &mut &[u8]) -> Result<i64, AvroError> {
+    match buf.first() {
+        Some(&b) if b < 0x80 => {
+            *buf = &buf[1..];
+            let v = b as u64;
+            Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        }
+        _ => read_long_slow(buf),
+    }
+}
+
+#[inline(never)]
+fn read_long_slow(buf: &mut &[u8]) -> Result<i64, AvroError> {
     let mut value: u64 = 0;
     let mut shift = 0;
     loop {
-        let (b, rest) = buf.split_first().ok_or(AvroError::Truncated("varint"))?;
+        let Some((b, rest)) = buf.split_first() else {
+            return Err(AvroError::Truncated("varint"));
+        };
         *buf = rest;
         value |= ((b & 0x7f) as u64) << shift;
         if b & 0x80 == 0 {
@@ -624,6 +688,53 @@ mod tests {
         crate::record::reuse_row(vec![Value::Int(-1); 6]);
         let same = Decoder::new(&reader, &reader, &rows).unwrap();
         assert_eq!(same.decode(&plain).unwrap(), expected(8, "yes"));
+    }
+
+    #[test]
+    fn every_promotion_reads_the_writer_value_as_the_reader_type() {
+        let writer = parse_schema(
+            r#"{"type":"record","name":"T","fields":[
+            {"name":"f","type":"float"},{"name":"l","type":"long"},
+            {"name":"s","type":"string"},{"name":"b","type":"bytes"},
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["X","Y"]}},
+            {"name":"x","type":{"type":"fixed","name":"F","size":2}},
+            {"name":"n","type":["null","long"]}]}"#,
+        )
+        .unwrap();
+        let reader = parse_schema(
+            r#"{"type":"record","name":"T","fields":[
+            {"name":"f","type":"double"},{"name":"l","type":"double"},
+            {"name":"s","type":"bytes"},{"name":"b","type":"string"},
+            {"name":"e","type":"string"},{"name":"x","type":"bytes"},
+            {"name":"n","type":["null","long"]}]}"#,
+        )
+        .unwrap();
+        let rows = row_schema(&reader).unwrap();
+        let mut buf = 1.5f32.to_le_bytes().to_vec();
+        write_long(&mut buf, -300);
+        write_long(&mut buf, 2);
+        buf.extend_from_slice(b"hi");
+        write_long(&mut buf, 3);
+        buf.extend_from_slice(b"abc");
+        write_long(&mut buf, 1);
+        buf.extend_from_slice(&[7, 8]);
+        write_long(&mut buf, 0);
+        let row = Decoder::new(&writer, &reader, &rows)
+            .unwrap()
+            .decode(&buf)
+            .unwrap();
+        assert_eq!(
+            row,
+            vec![
+                Value::Double(1.5),
+                Value::Double(-300.0),
+                Value::Bytes(b"hi"[..].into()),
+                Value::Str("abc".into()),
+                Value::Str("Y".into()),
+                Value::Bytes([7u8, 8][..].into()),
+                Value::Null,
+            ]
+        );
     }
 
     #[test]
