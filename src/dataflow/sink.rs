@@ -164,8 +164,14 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                 }
                             }
                             SinkPlan::Kafka { config, key } => {
+                                // The record's own key is moved, not shared:
+                                // its count would be touched here, again when
+                                // the record is dropped, and once more on the
+                                // writer's core. A dead letter below puts it
+                                // back.
+                                let own_key = key.is_none();
                                 let key = match key {
-                                    None => r.key.clone(),
+                                    None => r.key.take(),
                                     Some(e) => match e.eval(&r.row) {
                                         Ok(Value::Null) => None,
                                         Ok(Value::Str(s)) => Some(Arc::from(s.as_bytes())),
@@ -229,6 +235,9 @@ impl<'s> WriteSink<'s> for Records<'s> {
                                             if let Err(e) =
                                                 encoder.encode(&r.row, &mut values.bytes)
                                             {
+                                                if own_key {
+                                                    r.key = key;
+                                                }
                                                 dead.push(ctx.dead_row(
                                                     &node_id,
                                                     &r,

@@ -511,6 +511,7 @@ fn as_f64(v: &Value) -> Option<f64> {
 #[inline]
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
+        (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
         (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
