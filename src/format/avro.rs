@@ -179,14 +179,12 @@ pub fn schema_json(rows: &RowSchema) -> String {
     doc.to_string()
 }
 
+/// One writer field: read as `want` into its slot of the row.
 #[derive(Debug, Clone)]
-enum Fill {
-    /// Read the writer field into row slot `target` (None: skip it).
-    Read {
-        wire: WireField,
-        target: Option<usize>,
-        want: FieldType,
-    },
+struct Fill {
+    wire: WireField,
+    slot: Slot,
+    want: FieldType,
 }
 
 /// Reads records written with one writer schema into rows of the job's
@@ -274,7 +272,7 @@ impl Decoder {
                 }
                 None => FieldType::Null,
             };
-            steps.push(Fill::Read { wire, target, want });
+            steps.push((wire, target, want));
         }
         let mut defaults = Vec::new();
         for (i, field) in rows.fields.iter().enumerate() {
@@ -297,7 +295,18 @@ impl Decoder {
             && steps
                 .iter()
                 .enumerate()
-                .all(|(i, Fill::Read { target, .. })| *target == Some(i));
+                .all(|(i, (_, target, _))| *target == Some(i));
+        let steps = steps
+            .into_iter()
+            .map(|(wire, target, want)| {
+                let slot = match target {
+                    _ if in_order => Slot::Next,
+                    Some(i) => Slot::At(i),
+                    None => Slot::Skip,
+                };
+                Fill { wire, slot, want }
+            })
+            .collect();
         Ok(Decoder {
             steps,
             width: rows.fields.len(),
@@ -313,7 +322,7 @@ impl Decoder {
         } else {
             crate::record::null_row(self.width)
         };
-        for Fill::Read { wire, target, want } in &self.steps {
+        for Fill { wire, slot, want } in &self.steps {
             let wire = match wire {
                 WireField::Plain(w) => w,
                 WireField::Union(branches) => {
@@ -325,15 +334,7 @@ impl Decoder {
                         })?
                 }
             };
-            let slot = if self.in_order {
-                Slot::Next
-            } else {
-                match target {
-                    Some(i) => Slot::At(*i),
-                    None => Slot::Skip,
-                }
-            };
-            read_wire(&mut buf, wire, *want, slot, &mut row)?;
+            read_wire(&mut buf, wire, *want, *slot, &mut row)?;
         }
         for (i, v) in &self.defaults {
             row[*i] = v.clone();
@@ -349,7 +350,7 @@ impl Decoder {
 }
 
 /// Where a value read goes in the row.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Slot {
     /// Pushed: the writer's fields are the reader's, in order.
     Next,
