@@ -17,14 +17,14 @@ pub(crate) mod window;
 
 use crate::connectors::SourceReader;
 use crate::format::{json, registry::RegistryClient};
-use crate::plan::{NodeKind, Plan, Port};
+use crate::plan::{NodeKind, Plan, Port, SinkPlan};
 use crate::record::DeadLetter;
 use crate::record::{Record, RowSchema};
 use aggregate::Aggregate;
 use crossbeam_channel::Sender;
 use decode::Decode;
 use output::{EpochCounts, WriterMsg};
-use sink::WriteSink;
+use sink::{SinkSpec, WriteSinks};
 use source::read_source;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -312,6 +312,9 @@ pub fn build<'s>(
     let mut streams: HashMap<Port, Records<'s>> = HashMap::new();
     let mut source_pos = 0usize;
     let mut transform_pos = 0usize;
+    // Per group of sinks: the ports they read, the sinks, and whether
+    // others may join them.
+    let mut sink_groups: Vec<(Vec<Port>, Vec<SinkSpec>, bool)> = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
         let is_transform = !matches!(node.kind, NodeKind::Source(_) | NodeKind::Sink(_));
         let counted = is_transform.then(|| {
@@ -319,12 +322,7 @@ pub fn build<'s>(
             transform_pos - 1
         });
         let input = || -> Records<'s> {
-            let ins: Vec<Records<'s>> = node.inputs.iter().map(|p| streams[p].clone()).collect();
-            let merged = if ins.len() == 1 {
-                ins.into_iter().next().unwrap()
-            } else {
-                scope.concatenate(ins)
-            };
+            let merged = read_ports(scope, &streams, &node.inputs);
             // A transform counts what comes in, per epoch (numRecordsIn).
             match counted {
                 Some(k) => {
@@ -407,9 +405,24 @@ pub fn build<'s>(
             }
             // The dead-letter sink is fed by the writer, not the dataflow.
             NodeKind::Sink(_) if node.inputs.is_empty() => {}
+            // Sinks that read the same streams share an operator, built
+            // below once every stream is; in a cluster a Kafka sink's
+            // records are routed, and it has one of its own.
             NodeKind::Sink(sink) => {
-                let schema = plan.input_schema(i).clone();
-                input().write_sink(i, &node.name, sink, schema, ctx.clone(), probe);
+                let alone = ctx.processes > 1 && matches!(sink, SinkPlan::Kafka { .. });
+                let spec = SinkSpec {
+                    node: i,
+                    name: &node.name,
+                    plan: sink,
+                    schema: plan.input_schema(i).clone(),
+                };
+                match sink_groups
+                    .iter_mut()
+                    .find(|(ins, _, shared)| *shared && !alone && *ins == node.inputs)
+                {
+                    Some((_, group, _)) => group.push(spec),
+                    None => sink_groups.push((node.inputs.clone(), vec![spec], !alone)),
+                }
             }
         }
         // Outputs nobody reads are dropped; they still count, as filtered.
@@ -433,6 +446,23 @@ pub fn build<'s>(
                 .probe_with(probe);
             }
         }
+    }
+    for (inputs, sinks, _) in sink_groups {
+        read_ports(scope, &streams, &inputs).write_sinks(sinks, ctx.clone(), probe);
+    }
+}
+
+/// The records of `ports`, as one stream.
+fn read_ports<'s>(
+    scope: Scope<'s, Epoch>,
+    streams: &HashMap<Port, Records<'s>>,
+    ports: &[Port],
+) -> Records<'s> {
+    let mut ins: Vec<Records<'s>> = ports.iter().map(|p| streams[p].clone()).collect();
+    if ins.len() == 1 {
+        ins.pop().unwrap()
+    } else {
+        scope.concatenate(ins)
     }
 }
 

@@ -7,7 +7,7 @@ use crate::connectors::partition_for_key;
 use crate::format::{avro, csv, json, pg_copy};
 use crate::plan::SinkPlan;
 use crate::record::OutRecord;
-use crate::record::{RowSchema, Value};
+use crate::record::{DeadLetter, Record, RowSchema, Value};
 use crate::spec::{FileFormat, Format};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -63,231 +63,87 @@ impl SinkLimits {
     }
 }
 
-pub(crate) trait WriteSink<'s> {
-    /// Encodes the records for the sink and hands them to the writer;
-    /// `probe` learns when every one of an epoch has been handed over.
-    fn write_sink(
+/// A sink of the job as the dataflow builds it.
+pub(crate) struct SinkSpec<'a> {
+    pub node: usize,
+    pub name: &'a str,
+    pub plan: &'a SinkPlan,
+    /// The rows it takes.
+    pub schema: RowSchema,
+}
+
+pub(crate) trait WriteSinks<'s> {
+    /// Encodes the records for each of `sinks`, which all read this
+    /// stream, and hands them to the writer; `probe` learns when every one
+    /// of an epoch has been handed over. One operator serves them all, so
+    /// a record read by two sinks (a topic and a table) is encoded for both
+    /// where it is, not copied for each first.
+    fn write_sinks(
         self,
-        node: usize,
-        name: &str,
-        sink: &SinkPlan,
-        schema: RowSchema,
+        sinks: Vec<SinkSpec<'_>>,
         ctx: Rc<WorkerContext>,
         probe: &ProbeHandle<Epoch>,
     );
 }
 
-impl<'s> WriteSink<'s> for Records<'s> {
-    fn write_sink(
+impl<'s> WriteSinks<'s> for Records<'s> {
+    fn write_sinks(
         self,
-        node: usize,
-        name: &str,
-        sink: &SinkPlan,
-        schema: RowSchema,
+        sinks: Vec<SinkSpec<'_>>,
         ctx: Rc<WorkerContext>,
         probe: &ProbeHandle<Epoch>,
     ) {
-        let sink = sink.clone();
-        let label = capitalise(name);
-        let node_id = format!("sinks.{name}");
-        let encoder = avro::Encoder::new(&schema);
-        let schema_id = ctx.sink_schema_ids.get(&node).copied();
-        let partitions = ctx.sink_partitions.get(&node).copied().unwrap_or(1).max(1);
-        let limits = ctx.sink_limits.get(&node).cloned().unwrap_or_default();
-        let window_fields = schema
-            .index_of("window_start")
-            .zip(schema.index_of("window_end"));
         // In a cluster, each process's writer owns some partitions of a
-        // topic, and a record goes to its partition's owner.
-        let route = ctx.processes > 1 && matches!(sink, SinkPlan::Kafka { .. });
+        // topic, and a record goes to its partition's owner: such a sink
+        // has an operator of its own, whose output is routed.
+        let route = ctx.processes > 1
+            && sinks
+                .iter()
+                .any(|s| matches!(s.plan, SinkPlan::Kafka { .. }));
+        assert!(
+            !route || sinks.len() == 1,
+            "a routed sink is alone in its operator"
+        );
+        let node = sinks[0].node;
+        let name = sinks.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
         let hand_ctx = ctx.clone();
-        let encoded = self.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, name, move |_, _| {
-            let mut round_robin = ctx.index as i32;
-            let mut dead = Vec::new();
-            let mut text = String::new();
-            // Encoded values of many records share one allocation: a value
-            // is a slice of it, freed when its last slice is.
-            let mut values = Values::default();
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    let epoch = epoch_of(&cap);
-                    let mut out = Vec::with_capacity(data.len());
-                    let mut trace = Vec::new();
-                    for mut r in data.drain(..) {
-                        text.clear();
-                        if ctx.trace || matches!(sink, SinkPlan::Stdout) {
-                            json::write_row(&r.row, &schema, true, &mut text);
+        let mut encoders: Vec<SinkEncoder> = sinks
+            .into_iter()
+            .map(|s| SinkEncoder::new(s, &ctx))
+            .collect();
+        let encoded = self.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(
+            Pipeline,
+            &name,
+            move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let epoch = epoch_of(&cap);
+                        let last = encoders.len() - 1;
+                        for e in encoders.iter_mut() {
+                            e.out.reserve(data.len());
                         }
-                        if r.tombstone {
-                            text.clear();
-                            text.push_str("null");
+                        for mut r in data.drain(..) {
+                            for (i, e) in encoders.iter_mut().enumerate() {
+                                e.encode(&ctx, &mut r, i == last);
+                            }
+                            crate::record::reuse_row(std::mem::take(&mut r.row));
                         }
-                        let mut parquet_row = None;
-                        let (key, value, window) = match &sink {
-                            SinkPlan::Stdout => {
-                                (r.key.clone(), Some(values.copy(text.as_bytes())), None)
+                        for e in encoders.iter_mut() {
+                            let out = e.flush(&ctx, epoch);
+                            if route {
+                                let workers = (ctx.peers / ctx.processes) as u32;
+                                let processes = ctx.processes as u32;
+                                output.session(&cap).give_iterator(
+                                    out.into_iter().map(|r| Routed::new(r, processes, workers)),
+                                );
+                            } else {
+                                hand(&ctx, e.node, epoch, out);
                             }
-                            // Files and tables are not upsert streams here: a
-                            // deletion has no row.
-                            SinkPlan::File { .. } | SinkPlan::Postgres { .. } if r.tombstone => {
-                                continue
-                            }
-                            SinkPlan::Postgres { .. } => {
-                                if let Some(reason) = limits.refuses_row(&r.row, &schema) {
-                                    dead.push(ctx.dead_row(&node_id, &r, &schema, reason));
-                                    continue;
-                                }
-                                // Encoded here, in binary COPY form: the sink's
-                                // thread only sends the bytes on.
-                                values.bytes.clear();
-                                if let Err(reason) =
-                                    pg_copy::encode_row(&mut values.bytes, &r.row, &schema.fields)
-                                {
-                                    dead.push(ctx.dead_row(&node_id, &r, &schema, reason));
-                                    continue;
-                                }
-                                (r.key.take(), Some(values.take_bytes()), None)
-                            }
-                            SinkPlan::File { config, .. } => {
-                                let window =
-                                    window_fields.and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
-                                        (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
-                                        _ => None,
-                                    });
-                                if config.format == FileFormat::Parquet {
-                                    parquet_row = Some(std::mem::take(&mut r.row));
-                                    (r.key.take(), None, window)
-                                } else {
-                                    values.text.clear();
-                                    csv::write_row(&r.row, &mut values.text);
-                                    (r.key.clone(), Some(values.take_text()), window)
-                                }
-                            }
-                            SinkPlan::Kafka { config, key } => {
-                                // The record's own key is moved, not shared:
-                                // its count would be touched here, again when
-                                // the record is dropped, and once more on the
-                                // writer's core. A dead letter below puts it
-                                // back.
-                                let own_key = key.is_none();
-                                let key = match key {
-                                    None => r.key.take(),
-                                    Some(e) => match e.eval(&r.row) {
-                                        Ok(Value::Null) => None,
-                                        Ok(Value::Str(s)) => Some(Arc::from(s.as_bytes())),
-                                        Ok(Value::Bytes(b)) => Some(b),
-                                        Ok(v) => {
-                                            let mut s = String::new();
-                                            json::write_value(&v, &mut s);
-                                            Some(Arc::from(s.as_bytes()))
-                                        }
-                                        Err(e) => {
-                                            dead.push(ctx.dead_row(
-                                                &node_id,
-                                                &r,
-                                                &schema,
-                                                format!("key: {}", e.0),
-                                            ));
-                                            continue;
-                                        }
-                                    },
-                                };
-                                if key.is_none() && limits.key_required {
-                                    dead.push(ctx.dead_row(
-                                        &node_id,
-                                        &r,
-                                        &schema,
-                                        format!(
-                                            "the record has no key, and topic {} is compacted: the broker refuses records without a key",
-                                            config.topic
-                                        ),
-                                    ));
-                                    continue;
-                                }
-                                if r.tombstone {
-                                    (key, None, None)
-                                } else {
-                                    let value = match config.format {
-                                        Format::Json => {
-                                            values.text.clear();
-                                            json::write_row(
-                                                &r.row,
-                                                &schema,
-                                                false,
-                                                &mut values.text,
-                                            );
-                                            values.take_text()
-                                        }
-                                        Format::Text => {
-                                            values.bytes.clear();
-                                            crate::format::text::write_row(
-                                                &r.row,
-                                                &mut values.bytes,
-                                            );
-                                            values.take_bytes()
-                                        }
-                                        Format::Avro => {
-                                            values.bytes.clear();
-                                            avro::write_wire_header(
-                                                &mut values.bytes,
-                                                schema_id.unwrap_or(0),
-                                            );
-                                            if let Err(e) =
-                                                encoder.encode(&r.row, &mut values.bytes)
-                                            {
-                                                if own_key {
-                                                    r.key = key;
-                                                }
-                                                dead.push(ctx.dead_row(
-                                                    &node_id,
-                                                    &r,
-                                                    &schema,
-                                                    e.to_string(),
-                                                ));
-                                                continue;
-                                            }
-                                            values.take_bytes()
-                                        }
-                                    };
-                                    (key, Some(value), None)
-                                }
-                            }
-                        };
-                        if ctx.trace {
-                            trace.push(trace_line(&label, key.as_deref(), &text));
                         }
-                        let partition = Some(match &key {
-                            Some(k) => partition_for_key(k, partitions),
-                            None => {
-                                round_robin = (round_robin + 1) % partitions;
-                                round_robin
-                            }
-                        });
-                        out.push(OutRecord {
-                            key,
-                            value,
-                            partition,
-                            window,
-                            row: parquet_row.take(),
-                        });
-                        crate::record::reuse_row(std::mem::take(&mut r.row));
-                    }
-                    if !trace.is_empty() {
-                        let _ = ctx.writer.send(WriterMsg::Trace(trace));
-                    }
-                    ctx.dead(epoch, std::mem::take(&mut dead));
-                    if route {
-                        let workers = (ctx.peers / ctx.processes) as u32;
-                        let processes = ctx.processes as u32;
-                        output
-                            .session(&cap)
-                            .give_iterator(out.into_iter().map(|r| Routed::new(r, processes, workers)));
-                    } else {
-                        hand(&ctx, node, epoch, out);
-                    }
-                });
-            }
-        });
+                    });
+                }
+            },
+        );
         // Alone, the records went to the writer above and nothing flows on.
         if !route {
             encoded.probe_with(probe);
@@ -296,6 +152,213 @@ impl<'s> WriteSink<'s> for Records<'s> {
         encoded
             .sink_done(Exchange::new(|r: &Routed| r.worker as u64), node, hand_ctx)
             .probe_with(probe);
+    }
+}
+
+/// One sink's encoding on one worker, and what it has made of a batch.
+struct SinkEncoder {
+    node: usize,
+    sink: SinkPlan,
+    schema: RowSchema,
+    label: String,
+    node_id: String,
+    encoder: avro::Encoder,
+    schema_id: Option<u32>,
+    partitions: i32,
+    limits: SinkLimits,
+    window_fields: Option<(usize, usize)>,
+    round_robin: i32,
+    /// A record's JSON text, for the console and for tracing.
+    text: String,
+    // Encoded values of many records share one allocation: a value is a
+    // slice of it, freed when its last slice is.
+    values: Values,
+    out: Vec<OutRecord>,
+    dead: Vec<DeadLetter>,
+    trace: Vec<String>,
+}
+
+impl SinkEncoder {
+    fn new(spec: SinkSpec<'_>, ctx: &WorkerContext) -> Self {
+        let node = spec.node;
+        SinkEncoder {
+            node,
+            sink: spec.plan.clone(),
+            label: capitalise(spec.name),
+            node_id: format!("sinks.{}", spec.name),
+            encoder: avro::Encoder::new(&spec.schema),
+            schema_id: ctx.sink_schema_ids.get(&node).copied(),
+            partitions: ctx.sink_partitions.get(&node).copied().unwrap_or(1).max(1),
+            limits: ctx.sink_limits.get(&node).cloned().unwrap_or_default(),
+            window_fields: spec
+                .schema
+                .index_of("window_start")
+                .zip(spec.schema.index_of("window_end")),
+            round_robin: ctx.index as i32,
+            schema: spec.schema,
+            text: String::new(),
+            values: Values::default(),
+            out: Vec::new(),
+            dead: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// The batch's records for the writer, after its trace lines and dead
+    /// letters have gone their ways.
+    fn flush(&mut self, ctx: &WorkerContext, epoch: Epoch) -> Vec<OutRecord> {
+        if !self.trace.is_empty() {
+            let _ = ctx
+                .writer
+                .send(WriterMsg::Trace(std::mem::take(&mut self.trace)));
+        }
+        ctx.dead(epoch, std::mem::take(&mut self.dead));
+        std::mem::take(&mut self.out)
+    }
+
+    /// Encodes `r` for this sink, or makes it a dead letter. The last sink
+    /// to see a record may take its key and row; the others copy them.
+    fn encode(&mut self, ctx: &WorkerContext, r: &mut Record, last: bool) {
+        let take_key = |r: &mut Record| if last { r.key.take() } else { r.key.clone() };
+        let text = &mut self.text;
+        let values = &mut self.values;
+        let schema = &self.schema;
+        text.clear();
+        if ctx.trace || matches!(self.sink, SinkPlan::Stdout) {
+            json::write_row(&r.row, schema, true, text);
+        }
+        if r.tombstone {
+            text.clear();
+            text.push_str("null");
+        }
+        let mut parquet_row = None;
+        let (key, value, window) = match &self.sink {
+            SinkPlan::Stdout => (r.key.clone(), Some(values.copy(text.as_bytes())), None),
+            // Files and tables are not upsert streams here: a deletion has
+            // no row.
+            SinkPlan::File { .. } | SinkPlan::Postgres { .. } if r.tombstone => return,
+            SinkPlan::Postgres { .. } => {
+                if let Some(reason) = self.limits.refuses_row(&r.row, schema) {
+                    self.dead
+                        .push(ctx.dead_row(&self.node_id, r, schema, reason));
+                    return;
+                }
+                // Encoded here, in binary COPY form: the sink's thread only
+                // sends the bytes on.
+                values.bytes.clear();
+                if let Err(reason) = pg_copy::encode_row(&mut values.bytes, &r.row, &schema.fields)
+                {
+                    self.dead
+                        .push(ctx.dead_row(&self.node_id, r, schema, reason));
+                    return;
+                }
+                (take_key(r), Some(values.take_bytes()), None)
+            }
+            SinkPlan::File { config, .. } => {
+                let window = self
+                    .window_fields
+                    .and_then(|(s, e)| match (&r.row[s], &r.row[e]) {
+                        (Value::Int(s), Value::Int(e)) => Some((*s, *e)),
+                        _ => None,
+                    });
+                if config.format == FileFormat::Parquet {
+                    parquet_row = Some(if last {
+                        std::mem::take(&mut r.row)
+                    } else {
+                        r.row.clone()
+                    });
+                    (take_key(r), None, window)
+                } else {
+                    values.text.clear();
+                    csv::write_row(&r.row, &mut values.text);
+                    (r.key.clone(), Some(values.take_text()), window)
+                }
+            }
+            SinkPlan::Kafka { config, key } => {
+                // The record's own key is moved, not shared, by the last
+                // sink to see it: its count would be touched here, again
+                // when the record is dropped, and once more on the writer's
+                // core. A dead letter below puts it back.
+                let own_key = key.is_none();
+                let key = match key {
+                    None => take_key(r),
+                    Some(e) => match e.eval(&r.row) {
+                        Ok(Value::Null) => None,
+                        Ok(Value::Str(s)) => Some(Arc::from(s.as_bytes())),
+                        Ok(Value::Bytes(b)) => Some(b),
+                        Ok(v) => {
+                            let mut s = String::new();
+                            json::write_value(&v, &mut s);
+                            Some(Arc::from(s.as_bytes()))
+                        }
+                        Err(e) => {
+                            let reason = format!("key: {}", e.0);
+                            self.dead
+                                .push(ctx.dead_row(&self.node_id, r, schema, reason));
+                            return;
+                        }
+                    },
+                };
+                if key.is_none() && self.limits.key_required {
+                    let reason = format!(
+                        "the record has no key, and topic {} is compacted: the broker refuses records without a key",
+                        config.topic
+                    );
+                    self.dead
+                        .push(ctx.dead_row(&self.node_id, r, schema, reason));
+                    return;
+                }
+                if r.tombstone {
+                    (key, None, None)
+                } else {
+                    let value = match config.format {
+                        Format::Json => {
+                            values.text.clear();
+                            json::write_row(&r.row, schema, false, &mut values.text);
+                            values.take_text()
+                        }
+                        Format::Text => {
+                            values.bytes.clear();
+                            crate::format::text::write_row(&r.row, &mut values.bytes);
+                            values.take_bytes()
+                        }
+                        Format::Avro => {
+                            values.bytes.clear();
+                            avro::write_wire_header(&mut values.bytes, self.schema_id.unwrap_or(0));
+                            if let Err(e) = self.encoder.encode(&r.row, &mut values.bytes) {
+                                if own_key {
+                                    r.key = key;
+                                }
+                                let reason = e.to_string();
+                                self.dead
+                                    .push(ctx.dead_row(&self.node_id, r, schema, reason));
+                                return;
+                            }
+                            values.take_bytes()
+                        }
+                    };
+                    (key, Some(value), None)
+                }
+            }
+        };
+        if ctx.trace {
+            self.trace
+                .push(trace_line(&self.label, key.as_deref(), text));
+        }
+        let partition = Some(match &key {
+            Some(k) => partition_for_key(k, self.partitions),
+            None => {
+                self.round_robin = (self.round_robin + 1) % self.partitions;
+                self.round_robin
+            }
+        });
+        self.out.push(OutRecord {
+            key,
+            value,
+            partition,
+            window,
+            row: parquet_row,
+        });
     }
 }
 
