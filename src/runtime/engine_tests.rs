@@ -688,3 +688,111 @@ fn a_cluster_of_two_processes_computes_what_one_process_does() {
         }
     }
 }
+
+/// Three sinks reading one stream share an operator: each still gets every
+/// record, with its key, whole, whichever of them comes last and may take
+/// the record's key and row.
+#[test]
+fn sinks_of_one_stream_each_get_every_record_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ev.avsc"),
+        r#"{"type":"record","name":"Ev","fields":[{"name":"key","type":"string"},{"name":"t","type":"long"},{"name":"v","type":"long"}]}"#,
+    )
+    .unwrap();
+    let text = r#"[job]
+name = "fanout"
+
+[sources.ev]
+type = "kafka"
+topic = "ev"
+format = "json"
+schema = "ev.avsc"
+
+[transforms.doubled]
+type = "map"
+inputs = ["ev"]
+fields.w = "v * 2"
+
+[sinks.topic]
+type = "kafka"
+inputs = ["doubled"]
+topic = "topic"
+format = "json"
+
+[sinks.lake]
+type = "file"
+inputs = ["doubled"]
+path = "lake"
+format = "parquet"
+roll = "epoch"
+
+[sinks.avro]
+type = "kafka"
+inputs = ["doubled"]
+topic = "avro"
+format = "avro"
+"#;
+    let spec = Spec::parse(&dir.path().join("job.toml"), text.into()).unwrap();
+    let plan = Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")));
+    let input: Vec<(u64, RawRecord)> = (0..300i64)
+        .map(|i| {
+            let value = format!(r#"{{"key":"k{i}","t":{i},"v":{i}}}"#);
+            let record = RawRecord {
+                key: Some(Arc::from(format!("k{i}").as_bytes())),
+                value: Some(value.into_bytes()),
+                timestamp_ms: 0,
+                origin: Origin {
+                    source: 0,
+                    partition: (i % PARTITIONS as i64) as i32,
+                    offset: i / PARTITIONS as i64,
+                },
+            };
+            (1 + (i % 3) as u64, record)
+        })
+        .collect();
+    let summary = run_in_memory(
+        plan,
+        2,
+        vec![MemoryInput::Scripted(Arc::new(input))],
+        vec![],
+        true,
+    )
+    .unwrap();
+    let expected: BTreeSet<(String, i64)> = (0..300).map(|i| (format!("k{i}"), 2 * i)).collect();
+    let keyed = |sink: &str, w: &dyn Fn(&crate::record::OutRecord) -> i64| {
+        let out = &summary.output[sink];
+        assert_eq!(out.len(), 300, "sink {sink}");
+        out.iter()
+            .map(|(_, r)| {
+                let key = String::from_utf8(r.key.as_deref().unwrap().to_vec()).unwrap();
+                (key, w(r))
+            })
+            .collect::<BTreeSet<_>>()
+    };
+    let from_json = |r: &crate::record::OutRecord| {
+        let j: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        j["w"].as_i64().unwrap()
+    };
+    assert_eq!(keyed("topic", &from_json), expected);
+    let from_row = |r: &crate::record::OutRecord| match r.row.as_ref().unwrap()[3] {
+        crate::record::Value::Int(w) => w,
+        ref v => panic!("w is {v:?}"),
+    };
+    assert_eq!(keyed("lake", &from_row), expected);
+    // An Avro value: the 5-byte wire header, then key, t, v, w; w is the
+    // last zigzag varint.
+    let from_avro = |r: &crate::record::OutRecord| {
+        let v = r.value.as_deref().unwrap();
+        let mut end = v.len() - 1;
+        while end > 0 && v[end - 1] & 0x80 != 0 {
+            end -= 1;
+        }
+        let mut n = 0u64;
+        for (s, b) in v[end..].iter().enumerate() {
+            n |= ((b & 0x7f) as u64) << (7 * s);
+        }
+        ((n >> 1) as i64) ^ -((n & 1) as i64)
+    };
+    assert_eq!(keyed("avro", &from_avro), expected);
+}
