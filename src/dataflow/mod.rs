@@ -17,14 +17,14 @@ pub(crate) mod window;
 
 use crate::connectors::SourceReader;
 use crate::format::{json, registry::RegistryClient};
-use crate::plan::{NodeKind, Plan, Port, SinkPlan};
+use crate::plan::{NodeKind, Plan, Port};
 use crate::record::DeadLetter;
 use crate::record::{Record, RowSchema};
 use aggregate::Aggregate;
 use crossbeam_channel::Sender;
 use decode::Decode;
 use output::{EpochCounts, WriterMsg};
-use sink::{SinkSpec, WriteSinks};
+use sink::{routed, SinkSpec, WriteSinks};
 use source::read_source;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -312,9 +312,8 @@ pub fn build<'s>(
     let mut streams: HashMap<Port, Records<'s>> = HashMap::new();
     let mut source_pos = 0usize;
     let mut transform_pos = 0usize;
-    // Per group of sinks: the ports they read, the sinks, and whether
-    // others may join them.
-    let mut sink_groups: Vec<(Vec<Port>, Vec<SinkSpec>, bool)> = Vec::new();
+    // Per group of sinks: the ports they read, and the sinks.
+    let mut sink_groups: Vec<(Vec<Port>, Vec<SinkSpec>)> = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
         let is_transform = !matches!(node.kind, NodeKind::Source(_) | NodeKind::Sink(_));
         let counted = is_transform.then(|| {
@@ -409,19 +408,17 @@ pub fn build<'s>(
             // below once every stream is; in a cluster a Kafka sink's
             // records are routed, and it has one of its own.
             NodeKind::Sink(sink) => {
-                let alone = ctx.processes > 1 && matches!(sink, SinkPlan::Kafka { .. });
                 let spec = SinkSpec {
                     node: i,
                     name: &node.name,
                     plan: sink,
                     schema: plan.input_schema(i).clone(),
                 };
-                match sink_groups
-                    .iter_mut()
-                    .find(|(ins, _, shared)| *shared && !alone && *ins == node.inputs)
-                {
-                    Some((_, group, _)) => group.push(spec),
-                    None => sink_groups.push((node.inputs.clone(), vec![spec], !alone)),
+                match sink_groups.iter_mut().find(|(ins, group)| {
+                    *ins == node.inputs && !routed(ctx, sink) && !routed(ctx, group[0].plan)
+                }) {
+                    Some((_, group)) => group.push(spec),
+                    None => sink_groups.push((node.inputs.clone(), vec![spec])),
                 }
             }
         }
@@ -447,7 +444,7 @@ pub fn build<'s>(
             }
         }
     }
-    for (inputs, sinks, _) in sink_groups {
+    for (inputs, sinks) in sink_groups {
         read_ports(scope, &streams, &inputs).write_sinks(sinks, ctx.clone(), probe);
     }
 }

@@ -96,10 +96,7 @@ impl<'s> WriteSinks<'s> for Records<'s> {
         // In a cluster, each process's writer owns some partitions of a
         // topic, and a record goes to its partition's owner: such a sink
         // has an operator of its own, whose output is routed.
-        let route = ctx.processes > 1
-            && sinks
-                .iter()
-                .any(|s| matches!(s.plan, SinkPlan::Kafka { .. }));
+        let route = sinks.iter().any(|s| routed(&ctx, s.plan));
         assert!(
             !route || sinks.len() == 1,
             "a routed sink is alone in its operator"
@@ -153,6 +150,13 @@ impl<'s> WriteSinks<'s> for Records<'s> {
             .sink_done(Exchange::new(|r: &Routed| r.worker as u64), node, hand_ctx)
             .probe_with(probe);
     }
+}
+
+/// Whether a sink's records go to the worker of the process that owns
+/// their partition (a Kafka sink in a cluster): such a sink has an operator
+/// of its own.
+pub(crate) fn routed(ctx: &WorkerContext, plan: &SinkPlan) -> bool {
+    ctx.processes > 1 && matches!(plan, SinkPlan::Kafka { .. })
 }
 
 /// One sink's encoding on one worker, and what it has made of a batch.

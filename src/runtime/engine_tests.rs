@@ -178,14 +178,20 @@ fn expected(events: &[Event], shape: Option<WindowShape>) -> (Vec<Row>, BTreeSet
     )
 }
 
-fn job(window: &str) -> Arc<Plan> {
+/// The plan of a job file over the events' schema (`ev.avsc`).
+fn plan_of(text: String) -> Arc<Plan> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("ev.avsc"),
         r#"{"type":"record","name":"Ev","fields":[{"name":"key","type":"string"},{"name":"t","type":"long"},{"name":"v","type":"long"}]}"#,
     )
     .unwrap();
-    let text = format!(
+    let spec = Spec::parse(&dir.path().join("job.toml"), text).unwrap();
+    Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn job(window: &str) -> Arc<Plan> {
+    plan_of(format!(
         r#"[job]
 name = "prop"
 
@@ -212,9 +218,7 @@ inputs = ["agg"]
 topic = "out"
 format = "json"
 "#
-    );
-    let spec = Spec::parse(&dir.path().join("job.toml"), text).unwrap();
-    Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")))
+    ))
 }
 
 fn scripted(events: &[Event]) -> Vec<(u64, RawRecord)> {
@@ -694,13 +698,8 @@ fn a_cluster_of_two_processes_computes_what_one_process_does() {
 /// the record's key and row.
 #[test]
 fn sinks_of_one_stream_each_get_every_record_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("ev.avsc"),
-        r#"{"type":"record","name":"Ev","fields":[{"name":"key","type":"string"},{"name":"t","type":"long"},{"name":"v","type":"long"}]}"#,
-    )
-    .unwrap();
-    let text = r#"[job]
+    let plan = plan_of(
+        r#"[job]
 name = "fanout"
 
 [sources.ev]
@@ -732,9 +731,9 @@ type = "kafka"
 inputs = ["doubled"]
 topic = "avro"
 format = "avro"
-"#;
-    let spec = Spec::parse(&dir.path().join("job.toml"), text.into()).unwrap();
-    let plan = Arc::new(Plan::build(&spec).unwrap_or_else(|e| panic!("{e}")));
+"#
+        .into(),
+    );
     let input: Vec<(u64, RawRecord)> = (0..300i64)
         .map(|i| {
             let value = format!(r#"{{"key":"k{i}","t":{i},"v":{i}}}"#);
