@@ -116,12 +116,17 @@ impl<'s> WriteSinks<'s> for Records<'s> {
                     input.for_each(|cap, data| {
                         let epoch = epoch_of(&cap);
                         let last = encoders.len() - 1;
+                        // The key goes to the last sink that keeps it.
+                        let key_last = encoders
+                            .iter()
+                            .rposition(|e| e.keeps_key(&ctx))
+                            .unwrap_or(last);
                         for e in encoders.iter_mut() {
                             e.out.reserve(data.len());
                         }
                         for mut r in data.drain(..) {
                             for (i, e) in encoders.iter_mut().enumerate() {
-                                e.encode(&ctx, &mut r, i == last);
+                                e.encode(&ctx, &mut r, i == key_last, i == last);
                             }
                             crate::record::reuse_row(std::mem::take(&mut r.row));
                         }
@@ -220,10 +225,24 @@ impl SinkEncoder {
         std::mem::take(&mut self.out)
     }
 
+    /// Whether this sink's records carry the record's key. A table's rows
+    /// do not: its sink neither shares the key (whose count the writer's
+    /// core would touch again) nor hashes it for a partition.
+    fn keeps_key(&self, ctx: &WorkerContext) -> bool {
+        ctx.trace || !matches!(self.sink, SinkPlan::Postgres { .. })
+    }
+
     /// Encodes `r` for this sink, or makes it a dead letter. The last sink
-    /// to see a record may take its key and row; the others copy them.
-    fn encode(&mut self, ctx: &WorkerContext, r: &mut Record, last: bool) {
-        let take_key = |r: &mut Record| if last { r.key.take() } else { r.key.clone() };
+    /// to keep a record's key may take it, and the last sink its row; the
+    /// others copy them.
+    fn encode(&mut self, ctx: &WorkerContext, r: &mut Record, last_key: bool, last: bool) {
+        let take_key = |r: &mut Record| {
+            if last_key {
+                r.key.take()
+            } else {
+                r.key.clone()
+            }
+        };
         let text = &mut self.text;
         let values = &mut self.values;
         let schema = &self.schema;
@@ -256,7 +275,8 @@ impl SinkEncoder {
                         .push(ctx.dead_row(&self.node_id, r, schema, reason));
                     return;
                 }
-                (take_key(r), Some(values.take_bytes()), None)
+                let key = if ctx.trace { take_key(r) } else { None };
+                (key, Some(values.take_bytes()), None)
             }
             SinkPlan::File { config, .. } => {
                 let window = self
@@ -349,13 +369,15 @@ impl SinkEncoder {
             self.trace
                 .push(trace_line(&self.label, key.as_deref(), text));
         }
-        let partition = Some(match &key {
-            Some(k) => partition_for_key(k, self.partitions),
-            None => {
+        // Only a topic has partitions.
+        let partition = match (&self.sink, &key) {
+            (SinkPlan::Kafka { .. }, Some(k)) => Some(partition_for_key(k, self.partitions)),
+            (SinkPlan::Kafka { .. }, None) => {
                 self.round_robin = (self.round_robin + 1) % self.partitions;
-                self.round_robin
+                Some(self.round_robin)
             }
-        });
+            _ => None,
+        };
         self.out.push(OutRecord {
             key,
             value,
