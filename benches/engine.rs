@@ -27,7 +27,7 @@ fn bank_input(plan: &Plan) -> (Vec<RawRecord>, String) {
             encoder.encode(&row, &mut value).unwrap();
             RawRecord {
                 key: Some(key.into()),
-                value: Some(value),
+                value: Some(value.into()),
                 timestamp_ms: 0,
                 origin: Origin {
                     source: 0,
@@ -120,7 +120,7 @@ fn turnstile_windows(c: &mut Criterion) {
                 1 + (i * 40 / RECORDS) as u64,
                 RawRecord {
                     key: Some(key.into()),
-                    value: Some(value),
+                    value: Some(value.into()),
                     timestamp_ms: 0,
                     origin,
                 },

@@ -77,7 +77,7 @@ format = "json"
                 epoch,
                 RawRecord {
                     key: None,
-                    value: Some(value.into_bytes()),
+                    value: Some(value.into_bytes().into()),
                     timestamp_ms: 0,
                     origin: Origin {
                         source: 0,

@@ -6,7 +6,7 @@
 use super::kafka_admin::{client_config, EofIsNotAnError};
 use super::written_by::{Held, Read, Upstream, WrittenBy};
 use super::{Poll, SourceReader};
-use crate::record::{Origin, RawRecord};
+use crate::record::{Origin, RawCopies, RawRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -46,6 +46,7 @@ pub struct KafkaSource {
     /// Partitions that reached their end while records of theirs were
     /// held: at their end once those are handed on.
     eof_after_held: Vec<i32>,
+    copies: RawCopies,
 }
 
 impl KafkaSource {
@@ -103,6 +104,7 @@ impl KafkaSource {
             held_since: None,
             last: None,
             eof_after_held: Vec::new(),
+            copies: RawCopies::default(),
         })
     }
 
@@ -227,7 +229,7 @@ impl KafkaSource {
                 }
                 Ok(m) => {
                     let Some(up) = self.upstream.as_deref() else {
-                        return Some((self.to_raw(&m), true));
+                        return Some((Self::to_raw(&mut self.copies, self.source, &m), true));
                     };
                     let partition = m.partition();
                     let copy = WrittenBy::read(&m);
@@ -235,15 +237,23 @@ impl KafkaSource {
                     // holds for the rest of the run.
                     if !self.held.holds(partition) {
                         match (&copy, &self.last) {
-                            (None, _) => return Some((self.to_raw(&m), true)),
+                            (None, _) => {
+                                return Some((
+                                    Self::to_raw(&mut self.copies, self.source, &m),
+                                    true,
+                                ))
+                            }
                             (Some(c), Some((w, keep))) if c.is(w) => {
-                                return Some((self.to_raw(&m), *keep))
+                                return Some((
+                                    Self::to_raw(&mut self.copies, self.source, &m),
+                                    *keep,
+                                ))
                             }
                             _ => {}
                         }
                     }
                     let read = Read {
-                        record: self.to_raw(&m),
+                        record: Self::to_raw(&mut self.copies, self.source, &m),
                         copy: copy.map(|c| c.owned()),
                     };
                     drop(m);
@@ -271,13 +281,19 @@ impl KafkaSource {
         }
     }
 
-    fn to_raw(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+    /// The message copied out of the client's buffer: the client reuses
+    /// it. Takes the fields it needs, as the message borrows the consumer.
+    fn to_raw(
+        copies: &mut RawCopies,
+        source: u32,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> RawRecord {
         RawRecord {
-            key: m.key().map(Arc::from),
-            value: m.payload().map(<[u8]>::to_vec),
+            key: m.key().map(|k| copies.keys.copy(k)),
+            value: m.payload().map(|v| copies.values.copy(v)),
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
             origin: Origin {
-                source: self.source,
+                source,
                 partition: m.partition(),
                 offset: m.offset(),
             },

@@ -4,16 +4,17 @@
 //! epochs exactly.
 
 use super::{Poll, SourceReader};
-use crate::record::RawRecord;
+use crate::record::{RawCopies, RawRecord};
 use std::sync::Arc;
 
 pub struct MemorySource {
     records: Share,
+    copies: RawCopies,
 }
 
 enum Share {
     /// Worker `index` of `peers` reads partition p when p mod peers is
-    /// index; a record is copied out when it is read, as a real source
+    /// index; a record is copied out when it is read, as the Kafka source
     /// copies each message out of its client's buffer, so a run does not
     /// start by copying its whole input.
     Read {
@@ -37,6 +38,7 @@ impl MemorySource {
                 index,
                 peers,
             },
+            copies: RawCopies::default(),
         }
     }
 
@@ -51,6 +53,7 @@ impl MemorySource {
         mine.sort_by_key(|(e, _)| *e);
         MemorySource {
             records: Share::Scripted(mine.into_iter().peekable()),
+            copies: RawCopies::default(),
         }
     }
 }
@@ -89,7 +92,11 @@ impl SourceReader for MemorySource {
                 let r = &all[*next];
                 *next += 1;
                 if r.origin.partition as usize % *peers == *index {
-                    out.push(r.clone());
+                    out.push(RawRecord {
+                        key: r.key.as_deref().map(|k| self.copies.keys.copy(k)),
+                        value: r.value.as_deref().map(|v| self.copies.values.copy(v)),
+                        ..*r
+                    });
                 }
             }
         }

@@ -15,7 +15,6 @@ use differential_dataflow::difference::Semigroup;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
-use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -51,7 +50,7 @@ pub fn committed_row(
 const APPLY_CHUNK: usize = 4096;
 
 /// The Kafka key of a group: its values as text, joined by `|`.
-pub fn group_key(values: &[Value]) -> Arc<[u8]> {
+pub fn group_key(values: &[Value]) -> bytes::Bytes {
     let mut s = String::new();
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
@@ -59,7 +58,7 @@ pub fn group_key(values: &[Value]) -> Arc<[u8]> {
         }
         v.to_text(&mut s);
     }
-    Arc::from(s.into_bytes())
+    bytes::Bytes::from(s)
 }
 
 pub(super) fn hash_of<T: Hash>(t: &T) -> u64 {

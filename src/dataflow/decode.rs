@@ -249,7 +249,7 @@ fn decode_batches(
                 }
                 Err(reason) => dead.push(DeadLetter {
                     key: raw.key,
-                    value: raw.value,
+                    value: raw.value.map(|v| v.to_vec()),
                     reason: format!("decode: {reason}"),
                     topic: ctx
                         .source_topics

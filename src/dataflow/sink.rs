@@ -11,7 +11,6 @@ use crate::record::{DeadLetter, Record, RowSchema, Value};
 use crate::spec::{FileFormat, Format};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -308,12 +307,13 @@ impl SinkEncoder {
                     None => take_key(r),
                     Some(e) => match e.eval(&r.row) {
                         Ok(Value::Null) => None,
-                        Ok(Value::Str(s)) => Some(Arc::from(s.as_bytes())),
-                        Ok(Value::Bytes(b)) => Some(b),
+                        // A computed key goes into the values' chunk.
+                        Ok(Value::Str(s)) => Some(values.copy(s.as_bytes())),
+                        Ok(Value::Bytes(b)) => Some(values.copy(&b)),
                         Ok(v) => {
                             let mut s = String::new();
                             json::write_value(&v, &mut s);
-                            Some(Arc::from(s.as_bytes()))
+                            Some(values.copy(s.as_bytes()))
                         }
                         Err(e) => {
                             let reason = format!("key: {}", e.0);
@@ -409,7 +409,7 @@ fn hand(ctx: &WorkerContext, node: usize, epoch: Epoch, out: Vec<OutRecord>) {
 pub(crate) struct Routed {
     worker: u32,
     partition: i32,
-    key: Option<Arc<[u8]>>,
+    key: Option<bytes::Bytes>,
     value: Option<bytes::Bytes>,
 }
 
@@ -486,6 +486,7 @@ impl<'s> SinkDone<'s> for Stream<'s, Epoch, Vec<Routed>> {
 mod tests {
     use super::*;
     use crate::record::{Field, FieldType};
+    use std::sync::Arc;
 
     fn schema() -> RowSchema {
         RowSchema {
@@ -546,20 +547,14 @@ mod tests {
 /// dropped them.
 #[derive(Default)]
 struct Values {
-    chunk: bytes::BytesMut,
+    chunks: crate::record::ByteChunks,
     text: String,
     bytes: Vec<u8>,
 }
 
-const VALUES_CHUNK: usize = 64 * 1024;
-
 impl Values {
     fn copy(&mut self, value: &[u8]) -> bytes::Bytes {
-        if self.chunk.capacity() < value.len() {
-            self.chunk = bytes::BytesMut::with_capacity(VALUES_CHUNK.max(value.len()));
-        }
-        self.chunk.extend_from_slice(value);
-        self.chunk.split().freeze()
+        self.chunks.copy(value)
     }
 
     fn take_text(&mut self) -> bytes::Bytes {

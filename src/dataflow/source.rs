@@ -100,7 +100,7 @@ pub(super) fn read_source<'s>(
                             let mut run: Option<((u32, i32), u64, u64)> = None;
                             for r in &buf {
                                 let size = r.key.as_ref().map_or(0, |k| k.len())
-                                    + r.value.as_ref().map_or(0, Vec::len);
+                                    + r.value.as_ref().map_or(0, |v| v.len());
                                 bytes += size;
                                 let at = (r.origin.source, r.origin.partition);
                                 match &mut run {

@@ -230,7 +230,7 @@ fn scripted(events: &[Event]) -> Vec<(u64, RawRecord)> {
                 e.epoch,
                 RawRecord {
                     key: None,
-                    value: Some(value.into_bytes()),
+                    value: Some(value.into_bytes().into()),
                     timestamp_ms: 0,
                     origin: Origin {
                         source: 0,
@@ -738,8 +738,8 @@ format = "avro"
         .map(|i| {
             let value = format!(r#"{{"key":"k{i}","t":{i},"v":{i}}}"#);
             let record = RawRecord {
-                key: Some(Arc::from(format!("k{i}").as_bytes())),
-                value: Some(value.into_bytes()),
+                key: Some(format!("k{i}").into()),
+                value: Some(value.into_bytes().into()),
                 timestamp_ms: 0,
                 origin: Origin {
                     source: 0,
