@@ -43,7 +43,8 @@ pub(super) fn progress_line(
 impl RunSummary {
     /// The closing line `jobctl submit` prints: the whole run's time
     /// since the process started, which a user's stopwatch agrees with,
-    /// and the time from the workers' start to the last commit.
+    /// and the time from the workers' start to the last commit. In
+    /// hundredths: runs of a few seconds are compared by them.
     pub fn line(&self, job: &str, since_start: std::time::Duration) -> String {
         let outs: Vec<String> = self
             .records_out
@@ -51,7 +52,7 @@ impl RunSummary {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         format!(
-            "job {job} stopped after {} epochs in {:.1} s ({:.1} s processing): {} records in, out {}, {} dead-lettered, {} filtered{}",
+            "job {job} stopped after {} epochs in {:.2} s ({:.2} s processing): {} records in, out {}, {} dead-lettered, {} filtered{}",
             self.epochs,
             since_start.as_secs_f64(),
             self.elapsed.as_secs_f64(),
