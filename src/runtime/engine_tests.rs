@@ -693,9 +693,10 @@ fn a_cluster_of_two_processes_computes_what_one_process_does() {
     }
 }
 
-/// Three sinks reading one stream share an operator: each still gets every
+/// Four sinks reading one stream share an operator: each still gets every
 /// record, with its key, whole, whichever of them comes last and may take
-/// the record's key and row.
+/// the record's key and row. A table, last here, keeps no key: the last
+/// topic takes it.
 #[test]
 fn sinks_of_one_stream_each_get_every_record_whole() {
     let plan = plan_of(
@@ -731,6 +732,12 @@ type = "kafka"
 inputs = ["doubled"]
 topic = "avro"
 format = "avro"
+
+[sinks.warehouse]
+type = "postgres"
+inputs = ["doubled"]
+url = "postgresql://postgres@127.0.0.1:5432/postgres"
+table = "warehouse"
 "#
         .into(),
     );
@@ -794,4 +801,16 @@ format = "avro"
         ((n >> 1) as i64) ^ -((n & 1) as i64)
     };
     assert_eq!(keyed("avro", &from_avro), expected);
+    // A row in binary COPY form ends with its last column, w, as eight
+    // big-endian bytes.
+    let table = &summary.output["warehouse"];
+    assert!(table.iter().all(|(_, r)| r.key.is_none()));
+    let w: BTreeSet<i64> = table
+        .iter()
+        .map(|(_, r)| {
+            let v = r.value.as_deref().unwrap();
+            i64::from_be_bytes(v[v.len() - 8..].try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(w, (0..300).map(|i| 2 * i).collect::<BTreeSet<_>>());
 }
