@@ -354,7 +354,8 @@ pub struct RawRecord {
 /// of a shared chunk, freed with its last slice. A value allocated and
 /// freed per record takes glibc's slow paths once its per-thread cache
 /// of seven is used up, which a worker reading batches of thousands
-/// always does.
+/// always does. A slice kept long (a record a source holds back) keeps
+/// its whole chunk.
 #[derive(Default)]
 pub struct ByteChunks {
     chunk: bytes::BytesMut,
