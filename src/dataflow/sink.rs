@@ -107,6 +107,12 @@ impl<'s> WriteSinks<'s> for Records<'s> {
             .into_iter()
             .map(|s| SinkEncoder::new(s, &ctx))
             .collect();
+        let last = encoders.len() - 1;
+        // The key goes to the last sink that keeps it.
+        let key_last = encoders
+            .iter()
+            .rposition(|e| e.keeps_key(&ctx))
+            .unwrap_or(last);
         let encoded = self.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(
             Pipeline,
             &name,
@@ -114,12 +120,6 @@ impl<'s> WriteSinks<'s> for Records<'s> {
                 move |input, output| {
                     input.for_each(|cap, data| {
                         let epoch = epoch_of(&cap);
-                        let last = encoders.len() - 1;
-                        // The key goes to the last sink that keeps it.
-                        let key_last = encoders
-                            .iter()
-                            .rposition(|e| e.keeps_key(&ctx))
-                            .unwrap_or(last);
                         for e in encoders.iter_mut() {
                             e.out.reserve(data.len());
                         }
