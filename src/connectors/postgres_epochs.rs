@@ -42,6 +42,9 @@ pub struct PostgresEpochSink {
     fields: Vec<Field>,
     /// Epochs staged and not yet committed.
     holds: BTreeSet<u64>,
+    /// Epochs with a row that could not be encoded: they fail at their
+    /// commit rather than commit without it.
+    unencodable: BTreeMap<u64, String>,
 }
 
 impl PostgresEpochSink {
@@ -59,6 +62,7 @@ impl PostgresEpochSink {
             name,
             fields,
             holds: BTreeSet::new(),
+            unencodable: BTreeMap::new(),
         }
     }
 
@@ -89,7 +93,7 @@ impl EpochSink for PostgresEpochSink {
                     match pg_copy::encode_row(&mut encoded, &row, &self.fields) {
                         Ok(()) => Some(Bytes::from(encoded)),
                         Err(e) => {
-                            tracing::error!("sink {}: a row cannot be encoded: {e}", self.name);
+                            self.unencodable.entry(epoch).or_insert(e);
                             None
                         }
                     }
@@ -114,11 +118,20 @@ impl EpochSink for PostgresEpochSink {
 
     fn commit(&mut self, epoch: u64) -> Result<Committed, SinkError> {
         self.holds = self.holds.split_off(&(epoch + 1));
+        if let Some(reason) = self.unencodable.remove(&epoch) {
+            let _ = self.to_thread.send(Msg::Abort(epoch));
+            return Err(PostgresError::Sql {
+                sink: self.name.clone(),
+                reason: format!("a row of epoch {epoch} cannot be encoded: {reason}"),
+            }
+            .into());
+        }
         self.ask(|reply| Msg::Commit(epoch, reply))
     }
 
     fn abort(&mut self, epoch: u64) {
         self.holds.remove(&epoch);
+        self.unencodable.remove(&epoch);
         let _ = self.to_thread.send(Msg::Abort(epoch));
     }
 

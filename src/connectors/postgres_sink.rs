@@ -70,6 +70,32 @@ pub struct PostgresSink {
     not_null_columns: Vec<String>,
 }
 
+/// What Postgres said, in its own words: the message, its SQLSTATE, and
+/// the detail, hint and place it gives (`tokio_postgres` alone prints
+/// `db error`). Other errors with their causes.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        return text;
+    };
+    let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    for (label, part) in [
+        ("detail", db.detail()),
+        ("hint", db.hint()),
+        ("where", db.where_()),
+    ] {
+        if let Some(part) = part {
+            text.push_str(&format!("; {label}: {part}"));
+        }
+    }
+    text
+}
+
 const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_progress (
     job TEXT NOT NULL, sink TEXT NOT NULL, writer TEXT NOT NULL, epoch BIGINT NOT NULL,
     committed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -130,10 +156,14 @@ impl PostgresSink {
         }
     }
 
-    fn sql(&self, e: impl std::fmt::Display) -> PostgresError {
+    fn lost(&self, e: &tokio_postgres::Error) -> PostgresError {
+        self.unreachable(describe(e))
+    }
+
+    fn sql(&self, e: tokio_postgres::Error) -> PostgresError {
         PostgresError::Sql {
             sink: self.name.clone(),
-            reason: e.to_string(),
+            reason: describe(&e),
         }
     }
 
@@ -150,7 +180,7 @@ impl PostgresSink {
         let (client, connection) = self
             .rt
             .block_on(config.connect(NoTls))
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.lost(&e))?;
         self.rt.spawn(async move {
             let _ = connection.await;
         });
@@ -292,7 +322,7 @@ impl PostgresSink {
         match result {
             Err(e) if self.client.as_ref().is_none_or(|c| c.is_closed()) => {
                 self.client = None;
-                Err(self.unreachable(e))
+                Err(self.lost(&e))
             }
             Err(e) => Err(self.sql(e)),
             Ok(w) => Ok(w),
@@ -322,7 +352,7 @@ impl PostgresSink {
     fn classify(&mut self, e: tokio_postgres::Error) -> PostgresError {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = None;
-            self.unreachable(e)
+            self.lost(&e)
         } else {
             self.sql(e)
         }
@@ -575,7 +605,7 @@ pub fn table_rows(url: &str, table: &str) -> Result<Vec<String>, PostgresError> 
         .expect("tokio runtime");
     let unreachable = |e: tokio_postgres::Error| PostgresError::Unreachable {
         url: url.into(),
-        reason: e.to_string(),
+        reason: describe(&e),
     };
     let (client, connection) = rt
         .block_on(tokio_postgres::connect(url, NoTls))
@@ -588,7 +618,7 @@ pub fn table_rows(url: &str, table: &str) -> Result<Vec<String>, PostgresError> 
         .block_on(client.query(&format!("SELECT t::text FROM {table} t"), &[]))
         .map_err(|e| PostgresError::Sql {
             sink: table.into(),
-            reason: e.to_string(),
+            reason: describe(&e),
         })?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }

@@ -101,14 +101,20 @@ pub struct Plan {
     pub dead_letter_sink: Option<usize>,
 }
 
-/// The rows a dead-letter sink receives.
+/// The rows a dead-letter sink receives. The payload is text, so that a
+/// table or file of them reads as the input did; bytes that are not text
+/// (or hold a NUL, which Postgres text refuses) are stored in base64, and
+/// `raw_payload_encoding` says which (`utf8` or `base64`).
 pub fn dead_letter_schema() -> RowSchema {
     let mut raw = Field::new("raw_payload", FieldType::String);
     raw.nullable = true;
+    let mut encoding = Field::new("raw_payload_encoding", FieldType::String);
+    encoding.nullable = true;
     RowSchema {
         name: "rill.dead_letter".into(),
         fields: vec![
             raw,
+            encoding,
             Field::new("reason", FieldType::String),
             Field::new("source_topic", FieldType::String),
             Field::new("source_partition", FieldType::Int),

@@ -634,16 +634,83 @@ fn dead_letter_record(d: &DeadLetter, text: bool) -> OutRecord {
     }
 }
 
-/// A dead letter as a row of the dead-letter sink's table.
+/// A dead letter as a row of the dead-letter sink's table: any bytes
+/// fit, so that no record can stop the job by the way it is malformed.
 fn dead_letter_row(d: &DeadLetter) -> crate::record::Row {
     use crate::record::Value;
+    let (payload, encoding) = match d.value.as_deref().map(payload_text) {
+        Some((text, encoding)) => (Value::Str(text.into()), Value::Str(encoding.into())),
+        None => (Value::Null, Value::Null),
+    };
     vec![
-        d.value.as_deref().map_or(Value::Null, |v| {
-            Value::Str(String::from_utf8_lossy(v).as_ref().into())
-        }),
-        Value::Str(d.reason.as_str().into()),
-        Value::Str(d.topic.as_ref().into()),
+        payload,
+        encoding,
+        Value::Str(without_nul(&d.reason).into()),
+        Value::Str(without_nul(&d.topic).into()),
         Value::Int(d.partition as i64),
         Value::Int(d.offset),
     ]
+}
+
+/// A payload as text: itself when it is UTF-8 without a NUL byte, else
+/// its base64 (standard alphabet, padded), with the encoding's name.
+fn payload_text(bytes: &[u8]) -> (String, &'static str) {
+    use base64::Engine;
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => (text.to_string(), "utf8"),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            "base64",
+        ),
+    }
+}
+
+/// A reason or topic quotes what it met; a NUL in it is written `\0`.
+fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\\0").into()
+    } else {
+        text.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Value;
+
+    fn dead(value: Option<&[u8]>, reason: &str) -> DeadLetter {
+        DeadLetter {
+            key: None,
+            value: value.map(<[u8]>::to_vec),
+            reason: reason.into(),
+            topic: "payments".into(),
+            partition: 1,
+            offset: 7,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_row_holds_any_bytes_as_text_and_says_how() {
+        let text = |v: &Value| match v {
+            Value::Str(s) => s.to_string(),
+            other => panic!("not text: {other:?}"),
+        };
+        // A Confluent-Avro record sent to a JSON topic: a NUL, then bytes
+        // that are not UTF-8 either.
+        let row = dead_letter_row(&dead(Some(b"\0\0\0\0\x01garbage\xff"), "decode: x"));
+        assert_eq!(text(&row[0]), "AAAAAAFnYXJiYWdl/w==");
+        assert_eq!(text(&row[1]), "base64");
+        assert_eq!(text(&row[2]), "decode: x");
+        assert_eq!(row[4], Value::Int(1));
+        assert_eq!(row[5], Value::Int(7));
+        let row = dead_letter_row(&dead(Some("{\"amount\": \"zwölf\"}".as_bytes()), "r"));
+        assert_eq!(text(&row[0]), "{\"amount\": \"zwölf\"}");
+        assert_eq!(text(&row[1]), "utf8");
+        // No payload at all, and a reason that quotes a NUL.
+        let row = dead_letter_row(&dead(None, "value a\0b"));
+        assert_eq!((&row[0], &row[1]), (&Value::Null, &Value::Null));
+        assert_eq!(text(&row[2]), "value a\\0b");
+        assert_eq!(row.len(), crate::plan::dead_letter_schema().fields.len());
+    }
 }

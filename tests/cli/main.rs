@@ -15,6 +15,7 @@ mod chain;
 mod cluster;
 mod exactly_once;
 mod kappa;
+mod nothing_stuck;
 mod operations;
 mod refused;
 mod sql;
@@ -1600,9 +1601,9 @@ fn any_sink_can_take_the_dead_letters_a_file_sink_here() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "raw_payload,reason,source_topic,source_partition,source_offset"
+        "raw_payload,raw_payload_encoding,reason,source_topic,source_partition,source_offset"
     );
-    assert_eq!(lines[1], format!("not avro,decode: magic byte 110 is not 0: not in the confluent avro wire format,{},0,3", job.input));
+    assert_eq!(lines[1], format!("not avro,utf8,decode: magic byte 110 is not 0: not in the confluent avro wire format,{},0,3", job.input));
     assert_eq!(lines.len(), 2);
     assert_eq!(read_topic(&job.approved).len(), 5);
 }

@@ -1,0 +1,115 @@
+//! The ordinary operations that must neither lose a record nor stop a
+//! job for good: poison records, retried commits, panics, long topics.
+
+use super::*;
+
+/// Sends `(key, value)` records to partition 0 of `topic`, in order.
+fn send_raw(topic: &str, records: &[(&str, &[u8])]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    for (key, value) in records {
+        producer
+            .send(BaseRecord::to(topic).key(*key).payload(*value).partition(0))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn poison_records_reach_the_error_table_whole_and_the_job_goes_on() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("poison");
+    let (job, input, table, errors) = cashback_job(dir.path(), &tag);
+    let path = job.to_str().unwrap();
+    kafka_admin::ensure_topic(BROKERS, &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    let good = br#"{"customer":"c1","merchant":"Amazon","amount":150.0,"currency":"EUR","timestamp":1001}"#;
+    // A Confluent-Avro record sent to the JSON topic: NUL bytes, then
+    // bytes that are not UTF-8 either.
+    let avro: &[u8] = b"\x00\x00\x00\x00\x01garbage\xff";
+    // Valid JSON whose text holds a NUL: the topic takes it, a Postgres
+    // text column cannot.
+    let nul = br#"{"customer":"c\u0000 2","merchant":"Zalando","amount":200.0,"currency":"EUR","timestamp":1002}"#;
+    send_raw(&input, &[("k1", good), ("k2", avro), ("k3", nul)]);
+    ok(&[
+        "submit",
+        path,
+        "--until-caught-up",
+        "--restart-attempts",
+        "0",
+    ]);
+    // The good payment and the one with a NUL are eligible: the topic has
+    // both, the table only the one it can hold.
+    assert_eq!(table_timestamps(&table), vec![1001]);
+    let topic: Vec<String> = verify_lines(&job)
+        .into_iter()
+        .filter(|l| l.starts_with("cashback_topic "))
+        .collect();
+    assert_eq!(topic.len(), 2, "{topic:?}");
+    let mut rows = rill::connectors::postgres_sink::table_rows(POSTGRES_URL, &errors).unwrap();
+    rows.sort_by_key(|r| r.contains("timestamp"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    // The bytes as they came, in base64, with the decoder's reason.
+    assert_eq!(
+        rows[0],
+        format!("(AAAAAAFnYXJiYWdl/w==,base64,\"decode: not a valid JSON record: expected value at line 1 column 1\",{input},0,1)")
+    );
+    // The row the table refused, as JSON text, and why.
+    assert_eq!(
+        rows[1],
+        format!(
+            "(\"{{\"\"customer\"\":\"\"c\\\\u0000 2\"\",\"\"merchant\"\":\"\"Zalando\"\",\"\"amount\"\":200.0,\"\"currency\"\":\"\"EUR\"\",\"\"timestamp\"\":1002,\"\"cashback\"\":10.0}}\",utf8,\"sinks.cashback_table: column `customer`: postgres text cannot hold a NUL byte\",{input},0,2)"
+        )
+    );
+}
+
+/// Runs one statement against the test database.
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-qc", sql, "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_postgres_error_says_what_postgres_said() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("pgsays");
+    let (job, input, table, _) = cashback_job(dir.path(), &tag);
+    // A table of the operator's own, whose rule the job breaks.
+    psql(&format!(
+        "CREATE TABLE {table} (customer text, merchant text, amount double precision, \
+         currency text, timestamp bigint, cashback double precision, \
+         CONSTRAINT below_a_thousand CHECK (amount < 1000))"
+    ));
+    kafka_admin::ensure_topic(BROKERS, &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    let big = br#"{"customer":"c1","merchant":"Amazon","amount":5000.0,"currency":"EUR","timestamp":1001}"#;
+    send_raw(&input, &[("k1", big)]);
+    let out = jobctl(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--until-caught-up",
+        "--restart-attempts",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "postgres error in sink `cashback_table`: new row for relation \"{table}\" violates check constraint \"below_a_thousand\" (SQLSTATE 23514); detail: Failing row contains (c1, Amazon, 5000, EUR, 1001, 250)."
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("db error"), "{stderr}");
+    psql(&format!("DROP TABLE {table}"));
+}
