@@ -2,6 +2,7 @@
 //! check, topic creation. Called from the main thread while a job starts,
 //! never from a timely worker.
 
+use super::bounded_read::{BoundedRead, Event};
 use super::DropAside;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -38,18 +39,16 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// A consumer that reads a topic to its end once (recovery, end offsets,
-/// `verify`): the broker answers a fetch at the end of a partition at
-/// once instead of holding it for librdkafka's default 500 ms, which a
-/// start would otherwise wait out again and again. And once the consumer
-/// has a full queue, it fetches again as soon as the queue drains below
-/// `queued.min.messages`, where librdkafka's default waits a whole second:
-/// that wait made reading a changelog of 1M records take 6.5 s instead
-/// of 0.8 s.
+/// `verify`), for [`super::bounded_read::BoundedRead`], which sets its
+/// fetch wait. Once the consumer has a full queue, it fetches again as
+/// soon as the queue drains below `queued.min.messages`, where
+/// librdkafka's default waits a whole second: that wait made reading a
+/// changelog of 1M records take 6.5 s instead of 0.8 s.
 pub fn bounded_reader_config(brokers: &str, group: &str) -> ClientConfig {
     let mut c = client_config(brokers);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("enable.partition.eof", "true")
         .set("fetch.queue.backoff.ms", "10");
     c
 }
@@ -259,49 +258,31 @@ pub fn end_offsets(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
-    use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::Offset;
     let marks = watermarks(brokers, topic, partitions)?;
-    let other = |reason: String| KafkaAdminError::Other {
-        brokers: brokers.into(),
-        reason,
-    };
-    let consumer: BaseConsumer<EofIsNotAnError> =
-        bounded_reader_config(brokers, "rill-end-offsets")
-            .set("enable.partition.eof", "true")
-            .create_with_context(EofIsNotAnError)
-            .map_err(|e| other(e.to_string()))?;
-    let consumer = DropAside::new(consumer);
     let mut ends: Vec<(i64, i64)> = marks.clone();
-    let mut tpl = TopicPartitionList::new();
-    let mut open = 0;
-    for (p, (low, high)) in marks.iter().enumerate() {
-        if high > low {
-            tpl.add_partition_offset(topic, p as i32, Offset::Offset((high - 1).max(*low)))
-                .map_err(|e| other(e.to_string()))?;
-            open += 1;
-        }
-    }
+    let starts: Vec<Option<Offset>> = marks
+        .iter()
+        .map(|(low, high)| (high > low).then(|| Offset::Offset((high - 1).max(*low))))
+        .collect();
+    let open = starts.iter().flatten().count();
     if open == 0 {
         return Ok(ends);
     }
-    consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
+    let config = bounded_reader_config(brokers, "rill-end-offsets");
+    let mut read = BoundedRead::open(config, brokers, topic, starts)?;
     let mut at_eof = vec![false; partitions as usize];
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while at_eof.iter().filter(|x| **x).count() < open {
-        if std::time::Instant::now() > deadline {
-            return Err(other(format!(
-                "finding the end offsets of {topic} took more than 60 s"
-            )));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
+        match read.poll()? {
+            Some(Event::Record(m)) => {
                 let e = &mut ends[m.partition() as usize].1;
                 *e = (*e).max(m.offset() + 1);
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => at_eof[p as usize] = true,
-            Some(Err(e)) => return Err(other(format!("reading the end of {topic}: {e}"))),
+            Some(Event::End(p)) => {
+                at_eof[p as usize] = true;
+                read.finished(p);
+            }
             None => {}
         }
     }
@@ -533,7 +514,7 @@ fn read_partitions(
 /// A bounded read of a topic under way: librdkafka fetches the assigned
 /// partitions in the background from the moment it is opened.
 struct Reading {
-    consumer: DropAside<BaseConsumer<EofIsNotAnError>>,
+    read: BoundedRead,
     topic: String,
     brokers: String,
     /// Per partition: read to its end, or not read at all.
@@ -549,44 +530,29 @@ impl Reading {
         start: impl Fn(i32) -> Option<rdkafka::Offset>,
         asked: Option<&str>,
     ) -> Result<Option<Self>, KafkaAdminError> {
-        use rdkafka::TopicPartitionList;
-        let other = |reason: String| KafkaAdminError::Other {
-            brokers: brokers.into(),
-            reason,
-        };
         // One client learns the partitions and reads them: a start reads
         // several topics this way, and every client costs a connection
         // and a metadata round trip.
-        let consumer: BaseConsumer<EofIsNotAnError> = bounded_reader_config(brokers, "rill-reader")
+        let config = bounded_reader_config(brokers, "rill-reader")
             // Callers pick the committed copies by their headers; a
             // committed read would stop at the first open transaction
             // and miss the rest.
             .set("isolation.level", "read_uncommitted")
-            .set("enable.partition.eof", "true")
-            .create_with_context(EofIsNotAnError)
-            .map_err(|e| other(e.to_string()))?;
-        let Some(n) = partitions_in(&consumer, brokers, asked, topic)? else {
+            .clone();
+        let mut read = BoundedRead::open(config, brokers, topic, Vec::new())?;
+        let Some(n) = partitions_in(read.client(), brokers, asked, topic)? else {
             return Ok(None);
         };
-        let mut tpl = TopicPartitionList::new();
         // A partition is read when its EOF comes (an empty one too): on a
         // topic written in transactions the last offsets are commit
         // markers, which a consumer never receives, so counting offsets
         // up to the end would never stop. One not to read is at its end
         // already.
-        let mut at_end: Vec<bool> = vec![true; n as usize];
-        for p in 0..n {
-            if let Some(offset) = start(p) {
-                tpl.add_partition_offset(topic, p, offset)
-                    .map_err(|e| other(e.to_string()))?;
-                at_end[p as usize] = false;
-            }
-        }
-        if tpl.count() > 0 {
-            consumer.assign(&tpl).map_err(|e| other(e.to_string()))?;
-        }
+        let starts: Vec<Option<rdkafka::Offset>> = (0..n).map(start).collect();
+        let at_end = starts.iter().map(Option::is_none).collect();
+        read.assign(starts)?;
         Ok(Some(Reading {
-            consumer: DropAside::new(consumer),
+            read,
             topic: topic.into(),
             brokers: brokers.into(),
             at_end,
@@ -600,23 +566,14 @@ impl Reading {
         far_enough: impl Fn(i32, i64) -> bool,
         mut each: impl FnMut(Borrowed<'_>),
     ) -> Result<(), KafkaAdminError> {
-        let other = |reason: String| KafkaAdminError::Other {
-            brokers: self.brokers.clone(),
-            reason,
-        };
         let topic = self.topic.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while self.at_end.iter().any(|d| !d) {
-            if std::time::Instant::now() > deadline {
-                return Err(other(format!(
-                    "reading {topic} to its end took more than 120 s"
-                )));
-            }
-            let m = match self.consumer.poll(Duration::from_millis(100)) {
-                None => continue,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+            match self.read.poll()? {
+                None => {}
+                Some(Event::End(p)) => {
                     let position = self
-                        .consumer
+                        .read
+                        .client()
                         .position()
                         .ok()
                         .and_then(|l| {
@@ -624,12 +581,13 @@ impl Reading {
                                 .and_then(|e| e.offset().to_raw())
                         })
                         .unwrap_or(-1);
-                    self.at_end[p as usize] |= far_enough(p, position);
-                    continue;
+                    if far_enough(p, position) {
+                        self.at_end[p as usize] = true;
+                        self.read.finished(p);
+                    }
                 }
-                Some(m) => m.map_err(|e| other(format!("reading {topic}: {e}")))?,
-            };
-            each(Borrowed(m));
+                Some(Event::Record(m)) => each(Borrowed(m)),
+            }
         }
         Ok(())
     }
@@ -657,7 +615,8 @@ impl Prefetch {
         let mut highs = Vec::with_capacity(reading.at_end.len());
         for p in 0..reading.at_end.len() as i32 {
             let (low, high) = reading
-                .consumer
+                .read
+                .client()
                 .fetch_watermarks(&reading.topic, p, Duration::from_secs(10))
                 .map_err(|e| KafkaAdminError::Other {
                     brokers: reading.brokers.clone(),

@@ -1,6 +1,7 @@
 //! One file per connector. Everything here that blocks runs on the client's
 //! own threads, helper threads or the main thread, never a timely worker.
 
+pub mod bounded_read;
 pub mod datagen;
 pub mod durable;
 pub mod file_sink;

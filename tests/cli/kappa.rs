@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 /// jobs/kappa.toml with topics of its own.
-fn kappa_job(dir: &Path) -> (PathBuf, String, String, String) {
+pub(super) fn kappa_job(dir: &Path) -> (PathBuf, String, String, String) {
     let name = unique("kappa");
     let (messages, responses) = (format!("{name}-messages"), format!("{name}-responses"));
     let text = std::fs::read_to_string(root().join("jobs/kappa.toml"))

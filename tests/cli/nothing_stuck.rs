@@ -113,3 +113,67 @@ fn a_postgres_error_says_what_postgres_said() {
     assert!(!stderr.contains("db error"), "{stderr}");
     psql(&format!("DROP TABLE {table}"));
 }
+
+/// Writes `count` lines to partition 0 of `topic`, each in a batch of its
+/// own, as a producer at a steady rate does.
+fn send_in_small_batches(topic: &str, count: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for i in 0..count {
+        let line = format!("line {i} {}", "x".repeat(80));
+        while producer
+            .send(BaseRecord::<(), _>::to(topic).payload(&line).partition(0))
+            .is_err()
+        {
+            producer.poll(Duration::from_millis(10));
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn a_topic_written_in_many_small_batches_is_read_to_its_end_at_start_and_by_tail_and_verify() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let (job, messages, responses, _) = super::kappa::kappa_job(dir.path());
+    kafka_admin::ensure_topic(BROKERS, &messages, 1, 1, kafka_admin::TopicKind::Data).unwrap();
+    // On the dev broker, a fetch in the middle of such a partition takes
+    // longer than the 10 ms a bounded read first asks for, and comes back
+    // empty every time.
+    const LINES: usize = 50_000;
+    send_in_small_batches(&messages, LINES);
+    // `tail` finds the end offsets first, then reads.
+    let tail = ok(&["tail", &messages, "--until-caught-up"]);
+    assert_eq!(tail.lines().count(), LINES);
+    assert_eq!(
+        tail.lines().last().unwrap(),
+        format!("key null value line {} {}", LINES - 1, "x".repeat(80))
+    );
+    // A start finds the end offsets of its sources: this job starts at the
+    // end, so it is caught up at once. Its sink writes to the same topic,
+    // which `verify` then reads to the end, as a restore reads a changelog.
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "[sources.messages]",
+        "[sources.messages]\nstart_offset = \"latest\"",
+    );
+    let text = text.replace(&responses, &messages);
+    std::fs::write(&job, text).unwrap();
+    let job = job.to_str().unwrap();
+    let out = jobctl(&[
+        "submit",
+        job,
+        "--until-caught-up",
+        "--restart-attempts",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(": 0 records in,"), "{stderr}");
+    assert_eq!(verify_lines(Path::new(job)), Vec::<String>::new(),);
+}
