@@ -13,6 +13,11 @@
 //! commit). `RILL_FAIL_PROCESS=i` limits the fault to process i of the
 //! cluster.
 //!
+//! `RILL_ERROR_AT=point` (or `point:N`) makes the process fail there with
+//! an error it can recover from, as a refusal by the broker would, once:
+//! `flushed` (an epoch's records are with the broker in its open
+//! transaction, which then has to be aborted).
+//!
 //! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, the first
 //! time, to force an interleaving with another process: `fenced` (the
 //! writer has fenced earlier instances, its start is not yet logged) or
@@ -60,14 +65,7 @@ pub const POSTGRES_POINTS: [&str; 2] = ["pg_before_commit", "pg_after_commit"];
 fn target() -> Option<&'static (String, u64)> {
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
     TARGET
-        .get_or_init(|| {
-            let v = std::env::var("RILL_FAIL_AT").ok()?;
-            let (name, n) = match v.split_once(':') {
-                Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
-                None => (v, 1),
-            };
-            Some((name, n))
-        })
+        .get_or_init(|| parse(std::env::var("RILL_FAIL_AT").ok()?))
         .as_ref()
 }
 
@@ -84,6 +82,28 @@ pub fn point(name: &str) {
             std::process::abort();
         }
     }
+}
+
+/// Whether `RILL_ERROR_AT` asks for a recoverable failure at this point,
+/// this time.
+pub fn error(name: &str) -> bool {
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let target = TARGET.get_or_init(|| parse(std::env::var("RILL_ERROR_AT").ok()?));
+    match target {
+        Some((want, n)) if want == name && this_process_is_targeted() => {
+            SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        }
+        _ => false,
+    }
+}
+
+/// `point` or `point:N`.
+fn parse(v: String) -> Option<(String, u64)> {
+    Some(match v.split_once(':') {
+        Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+        None => (v, 1),
+    })
 }
 
 /// Waits the first time the process reaches the point `RILL_PAUSE_AT`

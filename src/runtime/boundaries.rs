@@ -61,11 +61,6 @@ impl Boundaries {
         self.replayed.contains_key(&epoch)
     }
 
-    /// An epoch logged and then aborted is cut again as logged.
-    pub fn logged_again(&mut self, epoch: u64, offset: i64) {
-        self.replayed.insert(epoch, (offset, Vec::new()));
-    }
-
     /// On a first start, logs where each source partition begins, so a
     /// restart before the first commit begins at the same offsets.
     pub fn log_begin(&mut self, job: &str) -> Result<(), RunError> {

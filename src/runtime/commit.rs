@@ -85,9 +85,6 @@ pub struct Committer {
     /// Output records the producer refused and that went to the dead
     /// letters instead.
     pub refused: u64,
-    /// The epoch last appended to the log and the offset its progress
-    /// commits, for a retry to cut it again as logged.
-    logged: Option<(u64, i64)>,
     /// Epochs the job has committed, this run's included.
     pub committed_epochs: u64,
     attempt: u32,
@@ -118,9 +115,6 @@ impl Fenced {
         self.writer.set_attempt(self.attempt);
     }
 }
-
-/// Attempts of an epoch after an abortable error, before the job stops.
-const RETRIES: u32 = 3;
 
 impl Committer {
     /// Starts the writer's producer and logs the start. With exactly once
@@ -274,7 +268,6 @@ impl Committer {
             writer_id,
             commits_topic: job.commits_topic_of(index),
             refused: 0,
-            logged: None,
             committed_epochs: 0,
             attempt,
         }
@@ -352,32 +345,25 @@ impl Committer {
         job: &str,
     ) -> Result<(), RunError> {
         let mut write_external = Some(write_external);
-        let mut work = EpochWork {
+        let work = EpochWork {
             kafka: !output.is_empty(),
             external,
             read: !read.is_empty(),
             replayed: self.bounds().is_replayed(epoch),
         };
-        let mut tries = 0;
-        loop {
-            match self.try_commit(epoch, &output, read, work, &mut write_external, job) {
-                Err(e) if tries < RETRIES && self.abortable(&e) => {
-                    tries += 1;
-                    let _ = self.writer.abort();
-                    tracing::warn!(
-                        "epoch {epoch}: {e}; aborted, trying again ({tries} of {RETRIES})"
-                    );
-                    std::thread::sleep(Duration::from_millis(200 << tries));
-                    // The epoch is in the log: it is cut again as logged.
-                    if let Some((e, offset)) = self.logged.take() {
-                        if e == epoch {
-                            self.bounds().logged_again(epoch, offset);
-                            work.replayed = true;
-                        }
-                    }
-                }
-                r => return r,
+        match self.try_commit(epoch, &output, read, work, &mut write_external, job) {
+            // Tried again within this start, the epoch would be sent under
+            // the same attempt as the aborted copy, and on a broker that
+            // shows aborted records both would count. A new start gives
+            // the next try an attempt of its own.
+            Err(e) if self.abortable(&e) => {
+                let _ = self.writer.abort();
+                Err(RunError::EpochAborted {
+                    epoch,
+                    reason: e.to_string(),
+                })
             }
+            r => r,
         }
     }
 
@@ -414,7 +400,6 @@ impl Committer {
                 Step::Log => {
                     let skipped = self.skip.get(&epoch).cloned().unwrap_or_default();
                     (log_offset, own) = self.bounds().log_epoch(epoch, read, skipped)?;
-                    self.logged = Some((epoch, log_offset));
                 }
                 Step::CheckFenced => {
                     self.bounds().check_fenced(own, job)?;
@@ -539,6 +524,11 @@ impl Committer {
     /// lose it, so the epoch is aborted.
     fn pre_commit(&mut self, epoch: u64, job: &str) -> Result<(), RunError> {
         let flushed = self.writer.flush(Duration::from_secs(60));
+        if fault::error("flushed") {
+            return Err(RunError::Delivery(format!(
+                "epoch {epoch}: a delivery failure injected by RILL_ERROR_AT"
+            )));
+        }
         if let Some((n, first)) = self.writer.take_failures() {
             let _ = self.writer.abort();
             // Records refused because a newer instance fenced this one

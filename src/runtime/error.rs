@@ -34,6 +34,8 @@ pub enum RunError {
     },
     #[error("cannot commit the epoch: {0}")]
     Commit(#[source] KafkaError),
+    #[error("epoch {epoch} was aborted: {reason}; the job starts again from its last committed epoch, as a new attempt, so the aborted copy never counts")]
+    EpochAborted { epoch: u64, reason: String },
     #[error("output for epoch {epoch} arrived after epochs below {complete} were committed; this is a bug in rill, and the job stops without committing it")]
     StaleEpoch { epoch: u64, complete: u64 },
     #[error(transparent)]
@@ -66,6 +68,7 @@ impl RunError {
             | RunError::StaleEpoch { .. }
             | RunError::Registry(_)
             | RunError::Sink(_) => false,
+            RunError::EpochAborted { .. } => true,
             RunError::Recovery(e) => {
                 matches!(e, RecoveryError::Kafka(_) | RecoveryError::Log { .. })
             }

@@ -177,3 +177,33 @@ fn a_topic_written_in_many_small_batches_is_read_to_its_end_at_start_and_by_tail
     assert!(stderr.contains(": 0 records in,"), "{stderr}");
     assert_eq!(verify_lines(Path::new(job)), Vec::<String>::new(),);
 }
+
+#[test]
+fn an_epoch_aborted_after_its_records_reached_the_broker_is_retried_as_a_new_attempt() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("retry");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "300", "7");
+    let job_for =
+        |role: &str| super::cluster::bank_reading(dir.path(), &input, &format!("{tag}-{role}"));
+    let want = uninterrupted(&job_for("reference"));
+    assert_eq!(want.len(), 300);
+    // The broker has the epoch's records, in a transaction that is then
+    // aborted; on Tansu a reader still sees them, with their headers, so
+    // only the attempt in them tells them from the committed copy.
+    let job = job_for("aborted");
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", job.to_str().unwrap(), "--until-caught-up"])
+        .env("RILL_ERROR_AT", "flushed")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("epoch 1 was aborted: sink output was not delivered: epoch 1: a delivery failure injected by RILL_ERROR_AT; the job starts again from its last committed epoch, as a new attempt"),
+        "{stderr}"
+    );
+    assert_eq!(verify_lines(&job), want);
+}
