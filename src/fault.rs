@@ -13,6 +13,9 @@
 //! commit). `RILL_FAIL_PROCESS=i` limits the fault to process i of the
 //! cluster.
 //!
+//! `RILL_PANIC_AT=point` (or `point:N`) panics the thread that reaches the
+//! point instead, once: at `source_read`, a timely worker.
+//!
 //! `RILL_ERROR_AT=point` (or `point:N`) makes the process fail there with
 //! an error it can recover from, as a refusal by the broker would, once:
 //! `flushed` (an epoch's records are with the broker in its open
@@ -70,8 +73,19 @@ fn target() -> Option<&'static (String, u64)> {
 }
 
 /// Aborts the process if `RILL_FAIL_AT` names this point and this is the
-/// time it asks for.
+/// time it asks for; panics the thread if `RILL_PANIC_AT` does (a worker's
+/// panic, for the tests of what the process does about it).
 pub fn point(name: &str) {
+    static PANICKED: AtomicU64 = AtomicU64::new(0);
+    static PANIC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    if let Some((want, n)) = PANIC.get_or_init(|| parse(std::env::var("RILL_PANIC_AT").ok()?)) {
+        if want == name
+            && this_process_is_targeted()
+            && PANICKED.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            panic!("injected panic at `{name}` (RILL_PANIC_AT)");
+        }
+    }
     static SEEN: AtomicU64 = AtomicU64::new(0);
     if let Some((want, n)) = target() {
         if want == name

@@ -129,6 +129,11 @@ pub enum WriterMsg {
     Finished {
         worker: usize,
     },
+    /// Worker `worker` panicked: the others would wait for it forever.
+    Panicked {
+        worker: usize,
+        message: String,
+    },
     /// State that changed in an epoch: (key, value) for a transform's
     /// changelog topic; no value deletes the key.
     Changelog {

@@ -17,6 +17,12 @@ pub enum RunError {
     Client { what: String, reason: String },
     #[error("timely workers failed: {0}")]
     Workers(String),
+    #[error("worker {worker} panicked: {message}; the job stops without committing its open epochs ({}), and a start resumes after that", committed.map_or("the last committed epoch is in the epoch log".to_string(), |e| format!("the last committed epoch is {e}")))]
+    WorkerPanicked {
+        worker: usize,
+        message: String,
+        committed: Option<u64>,
+    },
     #[error("sink output was not delivered: {0}")]
     Delivery(String),
     #[error(transparent)]
@@ -67,7 +73,10 @@ impl RunError {
             | RunError::OffsetsGone { .. }
             | RunError::StaleEpoch { .. }
             | RunError::Registry(_)
-            | RunError::Sink(_) => false,
+            | RunError::Sink(_)
+            // A panic is a bug that a restart meets again; the process
+            // ends, with its message, for its supervisor to decide.
+            | RunError::WorkerPanicked { .. } => false,
             RunError::EpochAborted { .. } => true,
             RunError::Recovery(e) => {
                 matches!(e, RecoveryError::Kafka(_) | RecoveryError::Log { .. })

@@ -85,7 +85,8 @@ pub(super) fn execute(
 
     let worker_plan = plan.clone();
     let trace = opts.trace_records;
-    let body = move |worker: &mut timely::worker::Worker| {
+    let panics = tx.clone();
+    let run_worker = move |worker: &mut timely::worker::Worker| {
         let ctx = Rc::new(WorkerContext {
             index: worker.index(),
             peers: worker.peers(),
@@ -148,6 +149,24 @@ pub(super) fn execute(
             worker: ctx.index % workers,
         });
     };
+    // A worker that panics tells the writer, which stops the process:
+    // the other workers would wait for its share of every epoch forever.
+    let body = move |worker: &mut timely::worker::Worker| {
+        let index = worker.index();
+        let run = std::panic::AssertUnwindSafe(|| run_worker(worker));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let _ = panics.send(WriterMsg::Panicked {
+                worker: index,
+                message,
+            });
+            std::panic::resume_unwind(panic);
+        }
+    };
     let in_cluster = cluster.is_some();
     let guards = match cluster {
         None => timely::execute(timely::Config::process(workers), body),
@@ -162,9 +181,10 @@ pub(super) fn execute(
         .join()
         .map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
     tracing::debug!("run: writer done after {} ms", start.elapsed().as_millis());
-    if in_cluster && written.is_err() {
-        // Timely is fail-stop: with a peer gone, its workers may wait for
-        // it forever. The process exits without them.
+    if (in_cluster && written.is_err()) || matches!(written, Err(RunError::WorkerPanicked { .. })) {
+        // Timely is fail-stop: with a peer gone, or a worker of this
+        // process, its workers may wait for it forever. The process exits
+        // without them.
         std::mem::forget(guards);
         return written;
     }

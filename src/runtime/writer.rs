@@ -294,6 +294,15 @@ pub(super) fn write_loop(
                 }
             }
             WriterMsg::Finished { .. } => finished += 1,
+            // Nothing more commits: the open epochs lack that worker's
+            // share, and a start resumes after the last committed one.
+            WriterMsg::Panicked { worker, message } => {
+                return Err(RunError::WorkerPanicked {
+                    worker,
+                    message,
+                    committed: committed_epoch(&w.backend),
+                })
+            }
             WriterMsg::Snapshot { transform, groups } => {
                 snapshots.entry(transform).or_default().push(groups)
             }
@@ -551,6 +560,14 @@ impl Writer<'_> {
         let backend = std::mem::replace(&mut self.backend, Backend::Memory { keep: false });
         std::thread::spawn(move || drop(backend));
         Ok(std::mem::take(&mut self.summary))
+    }
+}
+
+/// The last epoch committed, where this process's writer knows it.
+fn committed_epoch(backend: &Backend) -> Option<u64> {
+    match backend {
+        Backend::Kafka(c) | Backend::Lead(c, ..) => Some(c.committed_epoch()),
+        Backend::Follow(..) | Backend::Memory { .. } => None,
     }
 }
 

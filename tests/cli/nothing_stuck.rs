@@ -207,3 +207,79 @@ fn an_epoch_aborted_after_its_records_reached_the_broker_is_retried_as_a_new_att
     );
     assert_eq!(verify_lines(&job), want);
 }
+
+/// Runs `jobctl args` with `env`, and kills it if it has not ended within
+/// `limit`: the test then fails, naming what it printed.
+fn jobctl_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "jobctl {args:?} still ran after {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_worker_that_panics_ends_its_process_with_the_message_and_a_restart_loses_nothing() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("panic");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "4000", "11");
+    let job_for =
+        |role: &str| super::cluster::bank_reading(dir.path(), &input, &format!("{tag}-{role}"));
+    let want = uninterrupted(&job_for("reference"));
+    let job = job_for("panics");
+    let path = job.to_str().unwrap();
+    // Slowly, so that epochs commit before the panic.
+    let args = [
+        "submit",
+        path,
+        "--until-caught-up",
+        "--workers",
+        "2",
+        "--max-records-per-second",
+        "1000",
+    ];
+    let out = jobctl_within(
+        &args,
+        &[("RILL_PANIC_AT", "source_read:1000")],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let said = stderr
+        .lines()
+        .find_map(|l| l.split_once(" failed: worker "))
+        .map(|(_, s)| s);
+    let (worker, said) = said.and_then(|s| s.split_once(' ')).expect(&stderr);
+    assert!(["0", "1"].contains(&worker), "{stderr}");
+    let said = said
+        .strip_prefix("panicked: injected panic at `source_read` (RILL_PANIC_AT); the job stops without committing its open epochs (the last committed epoch is ")
+        .expect(&stderr);
+    // Some epochs committed before it.
+    let (committed, _) = said.split_once(')').unwrap();
+    assert!(committed.parse::<u64>().unwrap() > 0, "{stderr}");
+    let out = jobctl_within(&args[..3], &[], Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(verify_lines(&job), want);
+}
