@@ -27,12 +27,24 @@ pub struct FileSink {
     /// Files written under their temporary name, by epoch: (temporary,
     /// final) paths.
     prepared: BTreeMap<u64, Vec<(PathBuf, PathBuf)>>,
+    /// Part of every temporary name, unique to this instance of the sink:
+    /// an instance fenced since, still writing the same epoch, never
+    /// writes into this one's file.
+    instance: String,
 }
 
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
     rows: Vec<Row>,
+}
+
+/// A tag no other sink instance on this machine has: the process and a
+/// count within it.
+pub fn instance_tag() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("p{}-{n}", std::process::id())
 }
 
 /// `20230728T113000Z` for a time in epoch milliseconds (UTC).
@@ -83,6 +95,7 @@ impl FileSink {
             roll: config.roll,
             pending: BTreeMap::new(),
             prepared: BTreeMap::new(),
+            instance: instance_tag(),
         })
     }
 
@@ -160,7 +173,7 @@ impl FileSink {
                 if path.exists() {
                     continue;
                 }
-                let tmp = self.dir.join(format!(".{name}.tmp"));
+                let tmp = self.dir.join(format!(".{name}.{}.tmp", self.instance));
                 if self.format == FileFormat::Parquet {
                     parquet::write(&tmp, &self.schema, &pending.rows)
                         .map_err(std::io::Error::other)?;
@@ -227,8 +240,9 @@ impl EpochSink for FileSink {
         let done = std::mem::replace(&mut self.prepared, later);
         let mut committed = Committed::default();
         for (tmp, path) in done.into_values().flatten() {
-            super::durable::publish(&tmp, &path).map_err(|e| self.error(e))?;
-            committed.files.push(path);
+            if super::durable::publish(&tmp, &path).map_err(|e| self.error(e))? {
+                committed.files.push(path);
+            }
         }
         Ok(committed)
     }
@@ -295,6 +309,49 @@ mod tests {
         sink.stage(4, vec![line("c")]);
         sink.pre_commit(4).unwrap();
         sink.abort(4);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_fenced_instance_writing_the_same_epoch_neither_mixes_into_nor_replaces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = crate::record::RowSchema {
+            name: "x".into(),
+            fields: Vec::new(),
+        };
+        let config: FileSinkConfig = toml::from_str(
+            "inputs = [\"x\"]\npath = \"x\"\nformat = \"csv\"\ncompression = \"gzip\"\nroll = \"epoch\"",
+        )
+        .unwrap();
+        let line = |v: &str| OutRecord {
+            key: None,
+            value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+            partition: None,
+            window: None,
+            row: None,
+        };
+        // The old instance and its replacement hold epoch 5's rows in
+        // another order (two workers), and write them side by side.
+        let mut old = FileSink::new("lake", &config, dir.path(), schema.clone(), 0).unwrap();
+        let mut new = FileSink::new("lake", &config, dir.path(), schema, 0).unwrap();
+        old.stage(5, vec![line("a"), line("b")]);
+        new.stage(5, vec![line("b"), line("a")]);
+        old.pre_commit(5).unwrap();
+        new.pre_commit(5).unwrap();
+        let published = new.commit(5).unwrap().files;
+        assert_eq!(published.len(), 1);
+        let read = || {
+            let mut text = String::new();
+            use std::io::Read;
+            flate2::read::GzDecoder::new(std::fs::File::open(&published[0]).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        };
+        assert_eq!(read(), "\nb\na\n");
+        // The fenced instance, committing late, replaces nothing.
+        assert!(old.commit(5).unwrap().files.is_empty());
+        assert_eq!(read(), "\nb\na\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

@@ -469,7 +469,7 @@ impl PostgresSink {
         };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         if !path.exists() {
-            let tmp = dir.join(format!(".{name}.tmp"));
+            let tmp = dir.join(format!(".{name}.{}.tmp", super::file_sink::instance_tag()));
             let rows = rows
                 .iter()
                 .map(|r| pg_copy::decode_row(r, &self.schema.fields))
