@@ -24,6 +24,12 @@ const GRACE: Duration = Duration::from_secs(10);
 /// cluster's shape cannot finish.
 pub const IN_DOUBT_EXIT: i32 = 3;
 
+/// The exit status of a process fenced by a newer start of its job: the
+/// job runs elsewhere, and starting this one again would only fence that
+/// one in turn. A supervisor should not restart on it (systemd:
+/// `RestartPreventExitStatus=4`).
+pub const FENCED_EXIT: i32 = 4;
+
 pub fn run(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Result<()> {
     match run_cluster(args, plan, n, workers)? {
         Ended::InDoubt => {
@@ -150,6 +156,13 @@ fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Resu
         if zero == Some(IN_DOUBT_EXIT) {
             return Ok(Ended::InDoubt);
         }
+        if code == Some(FENCED_EXIT) {
+            let _ = std::fs::remove_dir_all(&dir);
+            bail!(
+                "job {}: process {process} was fenced: another instance of the job has started since, and runs on; this cluster stops and is not started again",
+                plan.job.name
+            );
+        }
         let reason = match code {
             Some(c) => format!("exited with status {c}"),
             None => "was killed by a signal".to_string(),
@@ -233,6 +246,21 @@ fn spawn(
     // not the one that recovers from it.
     if restarted {
         cmd.env_remove("RILL_FAIL_AT").env_remove("RILL_PAUSE_AT");
+    }
+    // A process outlives a killed launcher by no more than a moment: it
+    // would run on beside the cluster a new launcher starts, unheard.
+    let launcher = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls are made.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The launcher may have died before the line above.
+            if libc::getppid() != launcher {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
     let mut child = cmd
         .stdin(Stdio::null())

@@ -99,7 +99,8 @@ enum Command {
 }
 
 /// The exit status for an error: 1, or for an epoch in doubt that this
-/// cluster's shape cannot finish, the status the launcher acts on.
+/// cluster's shape cannot finish and for a process fenced by a newer
+/// start, the statuses the launcher acts on.
 pub fn exit_status(e: &anyhow::Error) -> i32 {
     use crate::runtime::recovery::RecoveryError;
     use crate::runtime::RunError;
@@ -112,8 +113,13 @@ pub fn exit_status(e: &anyhow::Error) -> i32 {
             Some(RecoveryError::InDoubt { .. })
         )
     });
+    let fenced = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref::<RunError>(), Some(RunError::Fenced { .. })));
     if in_doubt {
         launch::IN_DOUBT_EXIT
+    } else if fenced {
+        launch::FENCED_EXIT
     } else {
         1
     }

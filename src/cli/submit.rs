@@ -275,10 +275,7 @@ fn place(
     // earlier run read an older one.
     let generation = match args.generation {
         Some(g) => g,
-        None => {
-            crate::runtime::recovery::newest_attempt(&plan.job.brokers, &plan.job.epoch_log_topic())
-                .unwrap_or(0) as u64
-        }
+        None => newest_start(plan)? as u64,
     };
     Ok(Place {
         addresses,
@@ -289,6 +286,30 @@ fn place(
         },
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
     })
+}
+
+/// The attempt of the job's newest start, which tells a run of a cluster
+/// started from a hostfile: read again for a while when the broker does
+/// not answer, for a generation guessed as 0 would name this process left
+/// over from an earlier run.
+fn newest_start(plan: &crate::plan::Plan) -> Result<u32> {
+    let log = plan.job.epoch_log_topic();
+    let mut tries = 0;
+    loop {
+        match crate::runtime::recovery::newest_attempt(&plan.job.brokers, &log) {
+            Ok(attempt) => return Ok(attempt),
+            Err(e) if tries < 10 => {
+                tries += 1;
+                tracing::warn!("cannot read the epoch log {log} ({e}); trying again in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read the epoch log {log}, which tells this run of the cluster from an earlier one; is the broker at {} up?", plan.job.brokers)
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]

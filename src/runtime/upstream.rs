@@ -73,18 +73,28 @@ impl Watch {
     }
 
     fn counts(&self, copy: &WrittenBy) -> Option<bool> {
-        let decided = self
-            .copies
-            .read()
-            .unwrap()
-            .get(copy.writer as usize)
-            .and_then(|c| c.get(&copy.epoch))
-            .map(|attempt| *attempt == copy.attempt);
+        let decided = decide(self.copies.read().unwrap().get(copy.writer as usize), copy);
         if decided.is_none() {
             *self.wanted.lock().unwrap() = true;
             self.wake.notify_one();
         }
         decided
+    }
+}
+
+/// Whether `copy` counts, from what its writer has committed: each
+/// committed epoch's attempt. A writer commits its epochs in order, so an
+/// epoch below the last one committed that is not among them never will
+/// be (a number skipped after a crash, one a fenced instance logged
+/// late): its copies never count. Later epochs are not decided yet.
+fn decide(committed: Option<&BTreeMap<u64, u32>>, copy: &WrittenBy) -> Option<bool> {
+    let committed = committed?;
+    match committed.get(&copy.epoch) {
+        Some(attempt) => Some(*attempt == copy.attempt),
+        None => committed
+            .last_key_value()
+            .is_some_and(|(last, _)| *last > copy.epoch)
+            .then_some(false),
     }
 }
 
@@ -172,4 +182,30 @@ fn read_on(
             Ok(planner::committed_copies(log, progress, w))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_below_the_last_committed_that_is_not_committed_never_counts() {
+        let copy = |epoch, attempt| WrittenBy {
+            job: "bank".into(),
+            writer: 0,
+            epoch,
+            attempt,
+        };
+        // Epochs 1, 2 and 4 committed; 3 was skipped.
+        let committed: BTreeMap<u64, u32> = [(1, 5), (2, 5), (4, 9)].into();
+        let decide = |epoch, attempt| decide(Some(&committed), &copy(epoch, attempt));
+        assert_eq!(decide(1, 5), Some(true));
+        assert_eq!(decide(1, 4), Some(false), "an aborted copy");
+        assert_eq!(decide(3, 5), Some(false), "a number never committed");
+        assert_eq!(decide(0, 1), Some(false));
+        assert_eq!(decide(4, 9), Some(true));
+        assert_eq!(decide(5, 9), None, "not decided yet");
+        assert_eq!(super::decide(None, &copy(1, 5)), None);
+        assert_eq!(super::decide(Some(&BTreeMap::new()), &copy(1, 5)), None);
+    }
 }

@@ -5,7 +5,7 @@ use super::cluster::{bank_input, bank_reading, reading};
 use super::*;
 
 /// The three jobs of the seed's chain, each reading the one before.
-fn chain(dir: &Path, input: &str, tag: &str) -> [PathBuf; 3] {
+pub(super) fn chain(dir: &Path, input: &str, tag: &str) -> [PathBuf; 3] {
     let bank = bank_reading(dir, input, tag);
     let rejected = reading(
         dir,
@@ -52,7 +52,7 @@ fn finals(lines: Vec<String>) -> Vec<String> {
 }
 
 /// What `jobctl verify` shows for `job`, with the chain's tag taken out.
-fn committed(job: &Path, tag: &str) -> Vec<String> {
+pub(super) fn committed(job: &Path, tag: &str) -> Vec<String> {
     verify_lines(job)
         .into_iter()
         .map(|l| l.replace(tag, "T"))

@@ -283,3 +283,216 @@ fn a_worker_that_panics_ends_its_process_with_the_message_and_a_restart_loses_no
     );
     assert_eq!(verify_lines(&job), want);
 }
+
+#[test]
+fn a_chained_reader_skips_an_upstream_epoch_that_will_never_commit() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let input = unique("skip-in");
+    super::cluster::bank_input(dir.path(), &input, 600, &unique("skip-gen"));
+    let (tag, reference_tag) = (unique("skip"), unique("skip-r"));
+    let [bank, rejected, _] = super::chain::chain(dir.path(), &input, &tag);
+    let [bank_r, rejected_r, _] = super::chain::chain(dir.path(), &input, &reference_tag);
+    for job in [&bank, &rejected_r, &bank_r] {
+        ok(&[
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--quiet",
+        ]);
+    }
+    // A copy the bank job wrote of an epoch it has committed past without
+    // committing it: rill never uses epoch 0, as it skips a number a
+    // fenced instance logged late.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: "rill-writer",
+            value: Some(format!("{tag}-bank-w0").as_bytes()),
+        })
+        .insert(rdkafka::message::Header {
+            key: "rill-epoch",
+            value: Some("0"),
+        })
+        .insert(rdkafka::message::Header {
+            key: "rill-attempt",
+            value: Some("1"),
+        });
+    producer
+        .send(
+            BaseRecord::to(&format!("{tag}-REJECTED"))
+                .key("1")
+                .payload("never committed")
+                .partition(0)
+                .headers(headers),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let out = jobctl_within(
+        &["submit", rejected.to_str().unwrap(), "--until-caught-up"],
+        &[],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        super::chain::committed(&rejected, &tag),
+        super::chain::committed(&rejected_r, &reference_tag)
+    );
+}
+
+/// `jobctl args`, its stderr lines sent to the returned channel as they
+/// come, and all of it when the thread ends.
+fn watched(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(args)
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let line = line.unwrap();
+            let _ = tx.send(line.clone());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    (child, rx, reader)
+}
+
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, part: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(part) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no line with `{part}` within 90 s"),
+        }
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has ended; only its entry waits for its parent.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+}
+
+#[test]
+fn the_processes_of_a_killed_launcher_stop_within_seconds() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("orphans");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "3000", "5");
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (mut launcher, rx, reader) = watched(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--processes",
+        "2",
+        "--workers",
+        "1",
+        "--max-records-per-second",
+        "100",
+    ]);
+    wait_for(&rx, "epoch 1:");
+    let processes = children_of(launcher.id());
+    assert_eq!(processes.len(), 2, "{processes:?}");
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while processes.iter().any(|p| alive(*p)) && killed.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = processes.iter().copied().filter(|p| alive(*p)).collect();
+    for p in &left {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    assert!(
+        left.is_empty(),
+        "still running {:?} after the launcher was killed",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    drop(reader);
+}
+
+#[test]
+fn a_cluster_fenced_by_a_newer_start_ends_its_launcher_instead_of_fencing_back() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("fenced-cl");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "3000", "6");
+    let want = uninterrupted(&super::cluster::bank_reading(
+        dir.path(),
+        &input,
+        &format!("{tag}-r"),
+    ));
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let path = job.to_str().unwrap();
+    let (mut old, rx, reader) = watched(&[
+        "submit",
+        path,
+        "--processes",
+        "2",
+        "--workers",
+        "1",
+        "--max-records-per-second",
+        "100",
+    ]);
+    wait_for(&rx, "epoch 1:");
+    // The newer start runs to the end while the old cluster is running.
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let started = std::time::Instant::now();
+    while old.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = old.try_wait().unwrap();
+    if ended.is_none() {
+        let _ = old.kill();
+    }
+    let said = reader.join().unwrap();
+    let status = ended.unwrap_or_else(|| panic!("the old launcher still ran:\n{said}"));
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("was fenced: another instance of the job has started since, and runs on; this cluster stops and is not started again"),
+        "{said}"
+    );
+    assert!(!said.contains("processes again"), "{said}");
+    assert_eq!(verify_lines(&job), want);
+}
