@@ -293,7 +293,7 @@ fn a_chained_reader_skips_an_upstream_epoch_that_will_never_commit() {
     let (tag, reference_tag) = (unique("skip"), unique("skip-r"));
     let [bank, rejected, _] = super::chain::chain(dir.path(), &input, &tag);
     let [bank_r, rejected_r, _] = super::chain::chain(dir.path(), &input, &reference_tag);
-    for job in [&bank, &rejected_r, &bank_r] {
+    for job in [&bank, &bank_r, &rejected_r] {
         ok(&[
             "submit",
             job.to_str().unwrap(),
