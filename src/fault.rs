@@ -23,8 +23,10 @@
 //!
 //! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, the first
 //! time, to force an interleaving with another process: `fenced` (the
-//! writer has fenced earlier instances, its start is not yet logged) or
-//! `epoch_logged`.
+//! writer has fenced earlier instances, its start is not yet logged),
+//! `epoch_logged`, or `start_plan_received` (a process of a cluster other
+//! than 0 has process 0's plan of the start, and has not looked at its
+//! sources yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

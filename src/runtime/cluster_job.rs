@@ -146,10 +146,17 @@ fn lead(
             },
         )?;
         say_resuming(job, &recovered);
-        let start_plan = start_plan(&recovered);
         let lookups = super::lookups::lookup(plan, registry.as_ref(), None, shape.0)?;
         let (launch, positions, dead_letter_topic) =
             wire(plan, opts, &mut recovered, registry, 0, lookups)?;
+        let mut start_plan = start_plan(&recovered);
+        // A first start resolves where its sources begin (`latest`: the
+        // end of each partition now) once, here, and logs it: the other
+        // processes begin there too, not at an end each finds later.
+        if start_plan.start_offsets.is_none() {
+            start_plan.start_offsets =
+                Some(positions.iter().map(|((s, p), o)| (*s, *p, *o)).collect());
+        }
         let mut committer = Committer::open(job, fenced, &recovered, positions, dead_letter_topic)?;
         if recovered.start_offsets.is_none() {
             committer.log_begin(&job.name)?;
@@ -258,6 +265,7 @@ fn follow(
             }
         }
     };
+    crate::fault::pause("start_plan_received");
     let mut recovered = recovered_from(&start_plan);
     let schema_ids = start_plan.sink_schema_ids.iter().copied().collect();
     let job = &plan.job;

@@ -83,9 +83,10 @@ pub struct Resume {
     pub committed_epochs: u64,
     /// The newest attempt in the log.
     pub last_attempt: u32,
-    /// With no committed progress: the highest epoch the log says was
-    /// committed. The progress has vanished from the broker.
-    pub progress_lost: Option<u64>,
+    /// A writer whose committed progress has vanished from the broker
+    /// (expired, or deleted), and the highest epoch the log says it took
+    /// part in and was committed.
+    pub progress_lost: Option<(u32, u64)>,
 }
 
 /// Plans a start of a single writer from the whole log and its committed
@@ -123,7 +124,7 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
         .max()
         .unwrap_or(0);
     if progress.iter().all(|p| *p == 0) && claimed > 0 {
-        out.progress_lost = Some(claimed);
+        out.progress_lost = Some((0, claimed));
     }
     let begin = live.iter().find_map(|(_, r)| match r {
         LogRecord::Begin { ranges, .. } => Some(ranges),
@@ -142,6 +143,24 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
             if *offset < *p {
                 out.writer_committed[w] = out.writer_committed[w].max(*epoch);
             }
+        }
+    }
+    // A writer without progress while others have some. Writers commit in
+    // lockstep, so it may lag one epoch behind the first: if the log shows
+    // it took part in an earlier epoch, its progress is lost, and the job
+    // would otherwise replay all its history through it. If it took part
+    // in none up to the first's (it joined a grown cluster and stopped
+    // before its first commit), it has sent nothing of those epochs and
+    // stands where the others do.
+    let top = out.writer_committed.iter().copied().max().unwrap_or(0);
+    for w in 0..progress.len() {
+        if progress[w] != 0 || top == 0 {
+            continue;
+        }
+        if let Some(epoch) = took_part(&live, w as u32, top - 1) {
+            out.progress_lost.get_or_insert((w as u32, epoch));
+        } else if took_part(&live, w as u32, top).is_none() {
+            out.writer_committed[w] = top;
         }
     }
     out.committed = out.writer_committed.iter().copied().min().unwrap_or(0);
@@ -179,6 +198,25 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
             .map(|ranges| ranges_of(ranges, false)),
     };
     out
+}
+
+/// The highest epoch up to `upto` that writer `w` took part in: one
+/// logged by a start with more than `w` processes.
+fn took_part(live: &[(i64, &LogRecord)], w: u32, upto: u64) -> Option<u64> {
+    let mut processes = 1;
+    let mut highest = None;
+    for (_, r) in live {
+        match r {
+            LogRecord::Start { processes: p, .. } => processes = (*p).max(1),
+            LogRecord::Epoch { epoch, .. } | LogRecord::Replayed { epoch, .. }
+                if processes > w && *epoch <= upto =>
+            {
+                highest = highest.max(Some(*epoch));
+            }
+            _ => {}
+        }
+    }
+    highest
 }
 
 /// The shape (processes, workers per process) of the start that logged
@@ -408,7 +446,7 @@ mod tests {
             *committed = 1;
         }
         let records = log(vec![LogRecord::start(), epoch(1, 1, 0, 10), second]);
-        assert_eq!(resume(&records, 0).progress_lost, Some(1));
+        assert_eq!(resume(&records, 0).progress_lost, Some((0, 1)));
         assert_eq!(resume(&records, 2).progress_lost, None);
         // A job that crashed before its first commit has lost nothing.
         assert_eq!(resume(&records[..2], 0).progress_lost, None);
@@ -509,7 +547,12 @@ mod tests {
             let mut committed: BTreeMap<(usize, u64), Vec<u32>> = BTreeMap::new();
             let mut offset_end = 0i64;
             for _restart in 0..6 {
-                let start = append(&mut records, LogRecord::start());
+                // A cluster logs one start, with its shape.
+                let shape = LogRecord::Start {
+                    processes: writers as u32,
+                    workers: 1,
+                };
+                let start = append(&mut records, shape);
                 let attempt = attempt_at(start);
                 let plan = resume_writers(&records, &progress);
                 assert_eq!(
@@ -610,5 +653,45 @@ mod tests {
             );
             assert!(hi - lo <= 1, "seed {seed}: {:?}", plan.writer_committed);
         }
+    }
+
+    #[test]
+    fn a_follower_whose_progress_vanished_is_lost_unless_it_lags_one_epoch_or_never_took_part() {
+        let cluster = |processes| LogRecord::Start {
+            processes,
+            workers: 1,
+        };
+        // A cluster of 2 commits epochs 1..=3 (records at offsets 1..=3).
+        let records = log(vec![
+            cluster(2),
+            epoch(1, 1, 0, 10),
+            epoch(2, 1, 10, 20),
+            epoch(3, 1, 20, 30),
+        ]);
+        // Both hold their progress: nothing lost.
+        assert_eq!(resume_writers(&records, &[4, 4]).progress_lost, None);
+        // Writer 1's offsets are gone: it took part in epochs 1 and 2.
+        let r = resume_writers(&records, &[4, 0]);
+        assert_eq!(r.progress_lost, Some((1, 2)));
+        // Writer 0's are gone, writer 1's not.
+        assert_eq!(
+            resume_writers(&records, &[0, 4]).progress_lost,
+            Some((0, 2))
+        );
+        // Writer 1 committed epoch 1, writer 0 stopped before it did: no
+        // loss, epoch 1 is replayed and writer 1 skips it.
+        let first = log(vec![cluster(2), epoch(1, 1, 0, 10)]);
+        let r = resume_writers(&first, &[0, 2]);
+        assert_eq!(r.progress_lost, None);
+        assert_eq!(r.committed, 0);
+        assert_eq!(r.skip.get(&1), Some(&vec![1]));
+        // A cluster grown to 3 stopped before writer 2 joined: writer 2
+        // sent nothing of epochs 1..=3 and stands where the others do.
+        let mut grown = records.clone();
+        grown.push((4, cluster(3)));
+        let r = resume_writers(&grown, &[4, 4, 0]);
+        assert_eq!(r.progress_lost, None);
+        assert_eq!(r.committed, 3);
+        assert!(r.replay.is_empty());
     }
 }

@@ -548,11 +548,11 @@ pub fn recover(
     );
     let records = &view.records;
     let resume = planner::resume_writers(records, &view.progress);
-    if let Some(epoch) = resume.progress_lost {
+    if let Some((writer, epoch)) = resume.progress_lost {
         return Err(RecoveryError::ProgressLost {
             job: job.name.clone(),
             epoch,
-            group: job.writer_id(),
+            group: job.writer_id_of(writer),
             log: log.clone(),
         });
     }

@@ -496,3 +496,124 @@ fn a_cluster_fenced_by_a_newer_start_ends_its_launcher_instead_of_fencing_back()
     assert!(!said.contains("processes again"), "{said}");
     assert_eq!(verify_lines(&job), want);
 }
+
+/// Deletes consumer group `group` and its committed offsets.
+fn delete_group(group: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.delete_groups(&[group], &AdminOptions::new()))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|e| panic!("delete group {group}: {e:?}"));
+    }
+}
+
+#[test]
+fn a_cluster_whose_follower_lost_its_progress_refuses_to_replay_all_history() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("lost-w1");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "1500", "8");
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let path = job.to_str().unwrap();
+    let cluster = [
+        "submit",
+        path,
+        "--until-caught-up",
+        "--processes",
+        "2",
+        "--workers",
+        "1",
+        "--restart-attempts",
+        "0",
+    ];
+    // Several epochs, in each of which both writers take part.
+    let mut first = cluster.to_vec();
+    first.extend(["--max-records-per-second", "500"]);
+    let out = jobctl_within(&first, &[], Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("epoch 3: "), "{stderr}");
+    let committed = verify_lines(&job);
+    assert_eq!(committed.len(), 1500);
+    let name = format!("{tag}-bank");
+    delete_group(&format!("{name}-w1"));
+    let out = jobctl_within(&cluster, &[], Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("but the broker no longer has its progress (the offsets of group {name}-w1 on {name}.epochs)")),
+        "{stderr}"
+    );
+    assert_eq!(verify_lines(&job), committed);
+}
+
+#[test]
+fn a_cluster_started_at_latest_reads_from_where_process_0_logged_its_start_in_every_process() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("latest-cl");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "200", "9");
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "[sources.transactions]",
+        "[sources.transactions]\nstart_offset = \"latest\"",
+    );
+    std::fs::write(&job, text).unwrap();
+    let go = dir.path().join("go");
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args([
+            "submit",
+            job.to_str().unwrap(),
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+        ])
+        .env(
+            "RILL_PAUSE_AT",
+            format!("start_plan_received:file:{}", go.display()),
+        )
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = launcher.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let line = line.unwrap();
+            let _ = tx.send(line.clone());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    // Process 0 has logged where the sources begin; process 1 has not
+    // looked at them yet when these records come.
+    wait_for(&rx, "pausing at `start_plan_received`");
+    bank_input(dir.path(), &format!("{tag}-more"), &input, "100", "10");
+    std::fs::write(&go, "").unwrap();
+    let started = std::time::Instant::now();
+    while verify_lines(&job).len() < 100 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &launcher.id().to_string()])
+        .status();
+    launcher.wait().unwrap();
+    let said = reader.join().unwrap();
+    assert_eq!(verify_lines(&job).len(), 100, "{said}");
+}
