@@ -221,7 +221,7 @@ impl KafkaSource {
                 Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
                     // Records deleted before they were read: stopping is the
                     // only way not to lose them quietly.
-                    panic!("kafka source: {e}: records were deleted by retention before the job read them; raise the topic's retention.ms");
+                    panic!("kafka source {}: {e}: the offsets the job reads from are gone: retention deleted records before the job read them (raise the topic's retention.ms), or the topic was deleted and made again, starting over at offset 0 (run the job under a new name to read it from its start)", self.topic);
                 }
                 Err(e) => {
                     tracing::warn!("kafka source: {e}");

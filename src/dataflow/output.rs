@@ -129,6 +129,11 @@ pub enum WriterMsg {
     Finished {
         worker: usize,
     },
+    /// A source topic vanished under the job (`what` says how).
+    SourceGone {
+        topic: String,
+        what: String,
+    },
     /// Worker `worker` panicked: the others would wait for it forever.
     Panicked {
         worker: usize,

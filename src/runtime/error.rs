@@ -17,6 +17,12 @@ pub enum RunError {
     Client { what: String, reason: String },
     #[error("timely workers failed: {0}")]
     Workers(String),
+    #[error("source topic `{topic}` {what} while the job read it; the job stops without committing its open epochs ({}). What the topic held past that is gone, and a topic made again under its name starts over at offset 0, where the job's committed positions do not fit: to read it from its start, run the job under a new name", committed.map_or("the last committed epoch is in the epoch log".to_string(), |e| format!("the last committed epoch is {e}")))]
+    SourceTopicGone {
+        topic: String,
+        what: String,
+        committed: Option<u64>,
+    },
     #[error("worker {worker} panicked: {message}; the job stops without committing its open epochs ({}), and a start resumes after that", committed.map_or("the last committed epoch is in the epoch log".to_string(), |e| format!("the last committed epoch is {e}")))]
     WorkerPanicked {
         worker: usize,
@@ -76,7 +82,8 @@ impl RunError {
             | RunError::Sink(_)
             // A panic is a bug that a restart meets again; the process
             // ends, with its message, for its supervisor to decide.
-            | RunError::WorkerPanicked { .. } => false,
+            | RunError::WorkerPanicked { .. }
+            | RunError::SourceTopicGone { .. } => false,
             RunError::EpochAborted { .. } => true,
             RunError::Recovery(e) => {
                 matches!(e, RecoveryError::Kafka(_) | RecoveryError::Log { .. })

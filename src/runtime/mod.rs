@@ -19,6 +19,7 @@ pub mod recovery;
 mod report;
 mod restore;
 mod snapshot;
+mod topic_watch;
 mod upstream;
 mod workers;
 mod writer;

@@ -58,6 +58,14 @@ pub(super) fn execute(
     } else {
         plan.job.max_epoch_records
     }));
+    if !matches!(backend, super::local::Backend::Memory { .. }) {
+        let topics = source_topics
+            .iter()
+            .cloned()
+            .zip(source_partitions.iter().copied())
+            .collect();
+        super::topic_watch::watch(&plan.job.brokers, topics, tx.clone(), stop.clone());
+    }
     let max_rate = opts.max_rate;
     let bounded = opts.until_caught_up;
     let writer_opts = opts.clone();
@@ -181,7 +189,11 @@ pub(super) fn execute(
         .join()
         .map_err(|_| RunError::Workers("the writer thread panicked".into()))?;
     tracing::debug!("run: writer done after {} ms", start.elapsed().as_millis());
-    if (in_cluster && written.is_err()) || matches!(written, Err(RunError::WorkerPanicked { .. })) {
+    let abandoned = matches!(
+        written,
+        Err(RunError::WorkerPanicked { .. } | RunError::SourceTopicGone { .. })
+    );
+    if (in_cluster && written.is_err()) || abandoned {
         // Timely is fail-stop: with a peer gone, or a worker of this
         // process, its workers may wait for it forever. The process exits
         // without them.

@@ -296,6 +296,13 @@ pub(super) fn write_loop(
             WriterMsg::Finished { .. } => finished += 1,
             // Nothing more commits: the open epochs lack that worker's
             // share, and a start resumes after the last committed one.
+            WriterMsg::SourceGone { topic, what } => {
+                return Err(RunError::SourceTopicGone {
+                    topic,
+                    what,
+                    committed: committed_epoch(&w.backend),
+                })
+            }
             WriterMsg::Panicked { worker, message } => {
                 return Err(RunError::WorkerPanicked {
                     worker,

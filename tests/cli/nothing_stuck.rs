@@ -617,3 +617,80 @@ fn a_cluster_started_at_latest_reads_from_where_process_0_logged_its_start_in_ev
     let said = reader.join().unwrap();
     assert_eq!(verify_lines(&job).len(), 100, "{said}");
 }
+
+fn delete_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap_or_else(|e| panic!("delete topic {topic}: {e:?}"));
+    }
+}
+
+/// Runs a bank job, deletes its input topic under it (and makes it again
+/// with a few records, if `again`), and returns what the job said.
+fn delete_the_input_of_a_running_job(prefix: &str, again: bool) -> (String, String) {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique(prefix);
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "3000", "12");
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (mut run, rx, reader) = watched(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--max-records-per-second",
+        "300",
+    ]);
+    wait_for(&rx, "epoch 2:");
+    delete_topic(&input);
+    if again {
+        bank_input(dir.path(), &format!("{tag}-again"), &input, "10", "13");
+    }
+    let deleted = std::time::Instant::now();
+    while run.try_wait().unwrap().is_none() && deleted.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = run.try_wait().unwrap();
+    if status.is_none() {
+        let _ = run.kill();
+    }
+    let said = reader.join().unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running 60 s after the deletion:\n{said}"));
+    // Not a signal: an exit with the reason.
+    assert_eq!(status.code(), Some(1), "{said}");
+    (input, said)
+}
+
+#[test]
+fn a_source_topic_deleted_under_a_running_job_stops_it_with_the_topics_name() {
+    let (input, said) = delete_the_input_of_a_running_job("deleted", false);
+    assert!(
+        said.contains(&format!("source topic `{input}` was deleted while the job read it; the job stops without committing its open epochs (the last committed epoch is ")),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_source_topic_deleted_and_made_again_under_a_running_job_stops_it() {
+    let (input, said) = delete_the_input_of_a_running_job("made-again", true);
+    assert!(
+        said.contains(&format!(
+            "source topic `{input}` was deleted and made again while the job read it"
+        )) || said.contains(&format!("kafka source {input}: "))
+            && said.contains("or the topic was deleted and made again"),
+        "{said}"
+    );
+}
