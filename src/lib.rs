@@ -11,6 +11,7 @@ pub mod dataflow;
 pub mod expr;
 pub mod fault;
 pub mod format;
+pub mod last_words;
 pub mod log;
 pub mod ops;
 pub mod plan;

@@ -81,6 +81,8 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         Some(n) if n > 1 => return super::launch::run(&args, &plan, n, workers),
         _ => {}
     }
+    // A process that dies of a signal still says what it was doing.
+    crate::last_words::install(&plan.job.name);
     let stop = Arc::new(AtomicBool::new(false));
     let process = args.process.unwrap_or(0);
     let place = match (&args.hostfile, args.process) {

@@ -25,6 +25,7 @@ pub(super) fn execute(
     launch: Launch,
 ) -> Result<RunSummary, RunError> {
     let workers = opts.workers.max(1);
+    crate::last_words::doing(crate::last_words::Doing::Running);
     let (tx, rx) = crossbeam_channel::unbounded::<WriterMsg>();
     let in_flight = Arc::new(AtomicI64::new(0));
     let start = Instant::now();

@@ -409,6 +409,7 @@ impl Writer<'_> {
         let job = &plan.job.name;
         let mut totals = totals;
         let follower = matches!(backend, Backend::Follow(..));
+        crate::last_words::doing(crate::last_words::Doing::Committing);
         let committed_before = committed_epochs(backend);
         let commit_started = Instant::now();
         match backend {
@@ -458,6 +459,8 @@ impl Writer<'_> {
             }
         }
         let commit_time = commit_started.elapsed();
+        crate::last_words::committed(e);
+        crate::last_words::doing(crate::last_words::Doing::Running);
         let sent = self.staged.split_off(&(e + 1));
         let sent: i64 = std::mem::replace(&mut self.staged, sent)
             .into_values()

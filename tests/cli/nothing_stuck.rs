@@ -694,3 +694,41 @@ fn a_source_topic_deleted_and_made_again_under_a_running_job_stops_it() {
         "{said}"
     );
 }
+
+#[test]
+fn a_process_that_dies_of_a_signal_says_what_it_was_doing_and_its_last_committed_epoch() {
+    use std::os::unix::process::ExitStatusExt;
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("signal");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "2000", "14");
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (mut run, rx, reader) = watched(&[
+        "submit",
+        job.to_str().unwrap(),
+        "--max-records-per-second",
+        "300",
+    ]);
+    wait_for(&rx, "epoch 2:");
+    Command::new("kill")
+        .args(["-SEGV", &run.id().to_string()])
+        .status()
+        .unwrap();
+    let status = run.wait().unwrap();
+    let said = reader.join().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{said}");
+    let line = said
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "jobctl: job {tag}-bank died of signal 11 (SIGSEGV) while "
+            ))
+        })
+        .unwrap_or_else(|| panic!("{said}"));
+    let (_, epoch) = line
+        .split_once("; the last epoch it committed is ")
+        .unwrap_or_else(|| panic!("{line}"));
+    let epoch: u64 = epoch.split(';').next().unwrap().parse().unwrap();
+    assert!(epoch >= 2, "{line}");
+}
