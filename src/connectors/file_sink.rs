@@ -39,6 +39,38 @@ struct Pending {
     rows: Vec<Row>,
 }
 
+/// Removes the temporary files an earlier instance of this sink's writer
+/// left when it was killed: they were never published, and the epochs
+/// they held are written again.
+fn remove_leftovers(dir: &Path, sink: &str, writer_tag: &str) -> std::io::Result<()> {
+    let prefix = format!(".{sink}_");
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        if name.ends_with(".tmp") && writer_of(&name[1..]) == Some(writer_tag) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// The writer tag (`-w1`, or empty for writer 0) in a file's name: what
+/// follows the epoch (`_e<digits>`) up to the dot.
+fn writer_of(name: &str) -> Option<&str> {
+    let at = name.rfind("_e")?;
+    let after = &name[at + 2..];
+    let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return None;
+    }
+    let tail = &after[digits..];
+    Some(&tail[..tail.find('.')?])
+}
+
 /// A tag no other sink instance on this machine has: the process and a
 /// count within it.
 pub fn instance_tag() -> String {
@@ -79,15 +111,17 @@ impl FileSink {
         writer: u32,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let writer_tag = if writer == 0 {
+            String::new()
+        } else {
+            format!("-w{writer}")
+        };
+        remove_leftovers(dir, name, &writer_tag)?;
         Ok(FileSink {
             name: name.to_string(),
             // The processes of a cluster each write their share of an
             // epoch; process 0's files keep a single process's names.
-            writer: if writer == 0 {
-                String::new()
-            } else {
-                format!("-w{writer}")
-            },
+            writer: writer_tag,
             dir: dir.to_path_buf(),
             schema,
             format: config.format,
@@ -353,6 +387,36 @@ mod tests {
         assert!(old.commit(5).unwrap().files.is_empty());
         assert_eq!(read(), "\nb\na\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_new_instance_removes_its_writers_leftover_temporary_files_only() {
+        assert_eq!(writer_of("lake_e0000000005.csv.gz.p12-0.tmp"), Some(""));
+        assert_eq!(
+            writer_of("lake_20230728T112000Z_20230728T112500Z_e7-w1.csv.gz.p3-1.tmp"),
+            Some("-w1")
+        );
+        assert_eq!(writer_of("nothing.tmp"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |n: &str| std::fs::write(dir.path().join(n), b"x").unwrap();
+        touch(".lake_e0000000005.csv.p1-0.tmp");
+        touch(".lake_e0000000005-w1.csv.p2-0.tmp");
+        touch(".other_e0000000005.csv.p1-0.tmp");
+        touch("lake_e0000000004.csv");
+        remove_leftovers(dir.path(), "lake", "").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".lake_e0000000005-w1.csv.p2-0.tmp",
+                ".other_e0000000005.csv.p1-0.tmp",
+                "lake_e0000000004.csv"
+            ]
+        );
     }
 
     #[test]
