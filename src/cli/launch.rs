@@ -65,15 +65,18 @@ pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) ->
     };
     let (processes, workers) = (processes as usize, workers.max(1) as usize);
     tracing::warn!(
-        "job {} stopped in the middle of epoch {epoch} on {processes} process{} of {workers} workers: finishing on that shape, until caught up, before running on {} process{} of {} workers",
+        "job {} stopped in the middle of epoch {epoch} on {processes} process{} of {workers} workers: finishing the epochs it logged on that shape, before running on {} process{} of {} workers",
         plan.job.name,
         if processes == 1 { "" } else { "es" },
         shape.0,
         if shape.0 == 1 { "" } else { "es" },
         shape.1
     );
+    // Only the epochs the log holds and nothing more: a bounded run would
+    // also fire every open window for the end of its input.
     let mut catch_up = args.clone();
-    catch_up.until_caught_up = true;
+    catch_up.until_caught_up = false;
+    catch_up.finish_in_doubt = true;
     catch_up.quiet = true;
     catch_up.restart_attempts = 0;
     catch_up.max_records_per_second = None;
@@ -82,7 +85,7 @@ pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) ->
         let status = Command::new(std::env::current_exe()?)
             .arg("submit")
             .arg(&args.job)
-            .args(["--until-caught-up", "--quiet", "--restart-attempts", "0"])
+            .args(["--finish-in-doubt", "--quiet", "--restart-attempts", "0"])
             .args(["--http", "off"])
             .args(["--workers", &workers.to_string()])
             .status()
@@ -222,6 +225,9 @@ fn spawn(
         .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()]);
     if args.until_caught_up {
         cmd.arg("--until-caught-up");
+    }
+    if args.finish_in_doubt {
+        cmd.arg("--finish-in-doubt");
     }
     if args.trace_records {
         cmd.arg("--trace-records");

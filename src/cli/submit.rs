@@ -48,6 +48,11 @@ pub struct SubmitArgs {
     /// Stop once every partition reaches the end offset it had at start.
     #[arg(long)]
     pub until_caught_up: bool,
+    /// Run the epochs the log holds and the job has yet to commit, as
+    /// logged, and stop: no new epoch, no window fired for the end of
+    /// input (finishing an epoch in doubt on the shape that cut it).
+    #[arg(long, hide = true, conflicts_with = "until_caught_up")]
+    pub finish_in_doubt: bool,
     /// Print every record in and out, as the seed pipelines do.
     #[arg(long)]
     pub trace_records: bool,
@@ -136,6 +141,7 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     let opts = RunOptions {
         workers,
         until_caught_up: args.until_caught_up,
+        replay_only: args.finish_in_doubt,
         trace_records: args.trace_records,
         progress: !args.quiet,
         max_rate: args.max_records_per_second,
@@ -161,10 +167,25 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     if !args.quiet {
         say_starting(&plan, &args, 1, workers, endpoint);
     }
-    let summary =
-        run_restarting(&args, &plan, opts, stop).with_context(|| format!("job {name} failed"))?;
+    let summary = match run_restarting(&args, &plan, opts.clone(), stop.clone()) {
+        // An epoch in doubt from a start of another shape: finished on
+        // that shape first, as the local launcher does, then this run.
+        Err(e) if in_doubt(&e) && !args.finish_in_doubt => {
+            super::launch::finish_in_doubt(&args, &plan, (1, workers))?;
+            run_restarting(&args, &plan, opts, stop)
+        }
+        r => r,
+    }
+    .with_context(|| format!("job {name} failed"))?;
     crate::log::say(&summary.line(&name, started.elapsed()));
     Ok(())
+}
+
+fn in_doubt(e: &RunError) -> bool {
+    matches!(
+        e,
+        RunError::Recovery(crate::runtime::recovery::RecoveryError::InDoubt { .. })
+    )
 }
 
 fn say_starting(

@@ -57,6 +57,9 @@ pub struct BoundedRead {
     /// Since when nothing has come.
     quiet_since: Instant,
     records: u64,
+    /// How long without progress before the read gives up, at the
+    /// longest wait or before.
+    give_up: Duration,
 }
 
 impl BoundedRead {
@@ -78,9 +81,18 @@ impl BoundedRead {
             next: Vec::new(),
             quiet_since: Instant::now(),
             records: 0,
+            give_up: GIVE_UP,
         };
         read.assign(starts)?;
         Ok(read)
+    }
+
+    /// Gives up after `limit` without progress instead: for a look that
+    /// is repeated anyway, which must not hang on a topic that vanishes
+    /// under it.
+    pub fn giving_up_after(mut self, limit: Duration) -> Self {
+        self.give_up = limit;
+        self
     }
 
     /// Reads from `starts` on, where the read was opened with nothing to
@@ -101,10 +113,12 @@ impl BoundedRead {
     /// The next record or end, if one comes within 100 ms.
     pub fn poll(&mut self) -> Result<Option<Event<'_>>, KafkaAdminError> {
         let quiet = self.quiet_since.elapsed();
-        if self.wait_ms < LONGEST_WAIT_MS && quiet >= patience(self.wait_ms) {
-            self.lengthen_wait()?;
-        } else if quiet >= GIVE_UP {
+        // Each longer wait starts the count again: by default only the
+        // longest one can run out of patience.
+        if quiet >= self.give_up {
             return Err(self.given_up());
+        } else if self.wait_ms < LONGEST_WAIT_MS && quiet >= patience(self.wait_ms) {
+            self.lengthen_wait()?;
         }
         let event = match self.consumer.poll(Duration::from_millis(100)) {
             None => return Ok(None),
@@ -158,7 +172,7 @@ impl BoundedRead {
         let reason = format!(
             "reading {}: neither a record nor the end of a partition came for {} s, with fetches that wait {} ms; {} records read, standing at {}",
             self.topic,
-            GIVE_UP.as_secs(),
+            self.quiet_since.elapsed().as_secs(),
             self.wait_ms,
             self.records,
             at.join(", ")

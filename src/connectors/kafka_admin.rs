@@ -258,6 +258,16 @@ pub fn end_offsets(
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
+    end_offsets_within(brokers, topic, partitions, None)
+}
+
+/// [`end_offsets`], giving up after `limit` without progress.
+pub fn end_offsets_within(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    limit: Option<Duration>,
+) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
     use rdkafka::message::Message;
     use rdkafka::Offset;
     let marks = watermarks(brokers, topic, partitions)?;
@@ -272,6 +282,9 @@ pub fn end_offsets(
     }
     let config = bounded_reader_config(brokers, "rill-end-offsets");
     let mut read = BoundedRead::open(config, brokers, topic, starts)?;
+    if let Some(limit) = limit {
+        read = read.giving_up_after(limit);
+    }
     let mut at_eof = vec![false; partitions as usize];
     while at_eof.iter().filter(|x| **x).count() < open {
         match read.poll()? {

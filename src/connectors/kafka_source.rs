@@ -47,6 +47,8 @@ pub struct KafkaSource {
     /// held: at their end once those are handed on.
     eof_after_held: Vec<i32>,
     copies: RawCopies,
+    /// Read only the epochs to replay (finishing an epoch in doubt).
+    replay_only: bool,
 }
 
 impl KafkaSource {
@@ -105,6 +107,7 @@ impl KafkaSource {
             last: None,
             eof_after_held: Vec::new(),
             copies: RawCopies::default(),
+            replay_only: false,
         })
     }
 
@@ -117,8 +120,9 @@ impl KafkaSource {
 
     /// Epochs to replay first: (epoch, end offset per partition), ascending.
     /// Epochs in which none of this reader's partitions had records are
-    /// left out.
-    pub fn with_replay(mut self, replay: Vec<(u64, HashMap<i32, i64>)>) -> Self {
+    /// left out. With `only`, the reader is done once they are.
+    pub fn with_replay(mut self, replay: Vec<(u64, HashMap<i32, i64>)>, only: bool) -> Self {
+        self.replay_only = only;
         let mut last: HashMap<i32, i64> = self
             .partitions
             .iter()
@@ -141,6 +145,10 @@ impl KafkaSource {
     }
 
     fn finished(&self) -> bool {
+        if self.replay_only {
+            // What was read ahead belongs to epochs after those replayed.
+            return self.replay.is_empty();
+        }
         self.bounded
             && self.replay.is_empty()
             && self.held.is_empty()

@@ -27,6 +27,9 @@ use std::time::Duration;
 pub struct RunOptions {
     pub workers: usize,
     pub until_caught_up: bool,
+    /// Read only the epochs to replay, and stop (finishing an epoch in
+    /// doubt): no window fires for the end of input.
+    pub replay_only: bool,
     pub trace_records: bool,
     /// Print a progress line per completed epoch (to stderr).
     pub progress: bool,
@@ -330,6 +333,7 @@ pub(super) fn wire(
         let brokers = job.brokers.clone();
         let topic = c.topic.clone();
         let bounded = opts.until_caught_up;
+        let replay_only = opts.replay_only;
         let upstreams = upstreams.clone();
         source_topics.push(Arc::from(c.topic.as_str()));
         source_partitions.push(n);
@@ -341,7 +345,7 @@ pub(super) fn wire(
                 .collect();
             let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
                 .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"))
-                .with_replay(replay.clone())
+                .with_replay(replay.clone(), replay_only)
                 .with_upstream(upstreams.clone());
             Box::new(reader) as Box<dyn SourceReader>
         }));

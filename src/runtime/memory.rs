@@ -179,6 +179,7 @@ fn run(
     let opts = RunOptions {
         workers,
         until_caught_up: true,
+        replay_only: false,
         trace_records: false,
         progress: false,
         max_rate: None,

@@ -8,7 +8,7 @@
 //! again does), and tells the writer, which stops the job with the
 //! topic's name, when one is not.
 
-use crate::connectors::kafka_admin::client_config;
+use crate::connectors::kafka_admin::{client_config, end_offsets_within};
 use crate::dataflow::output::WriterMsg;
 use crossbeam_channel::Sender;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -30,16 +30,25 @@ pub(super) fn watch(
     if topics.is_empty() {
         return;
     }
-    let Ok(consumer) = client_config(brokers).create::<BaseConsumer>() else {
-        return;
-    };
+    let config = client_config(brokers);
+    let brokers = brokers.to_string();
     let spawned = std::thread::Builder::new()
         .name("rill-topic-watch".into())
         .spawn(move || {
-            let consumer = crate::connectors::DropAside::new(consumer);
             let mut ends: Vec<Vec<i64>> = topics.iter().map(|_| Vec::new()).collect();
+            // The first look is at once: a later one learns the ends of a
+            // topic that may have been made again in between.
+            let mut first = true;
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(EVERY);
+                if !std::mem::take(&mut first) {
+                    std::thread::sleep(EVERY);
+                }
+                // A client of its own each time: one that knew the topic
+                // before it was made again keeps asking about the old one.
+                let Ok(consumer) = config.create::<BaseConsumer>() else {
+                    continue;
+                };
+                let consumer = crate::connectors::DropAside::new(consumer);
                 for ((topic, partitions), ends) in topics.iter().zip(&mut ends) {
                     // A broker that does not answer is not a missing topic:
                     // the clients of the job notice it themselves.
@@ -54,12 +63,14 @@ pub(super) fn watch(
                         *partitions,
                     )
                     .or_else(|| {
-                        let now = (0..*partitions)
-                            .map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)))
-                            .collect::<Result<Vec<_>, _>>()
+                        // The end read, not asked for: some brokers answer
+                        // with the start of the last batch (see
+                        // `kafka_admin::end_offsets`).
+                        let limit = Some(Duration::from_secs(5));
+                        let now = end_offsets_within(&brokers, topic, *partitions, limit)
                             .ok()?
                             .into_iter()
-                            .map(|(_, high)| high)
+                            .map(|(_, end)| end)
                             .collect();
                         went_back(std::mem::replace(ends, now).as_slice(), ends)
                     });

@@ -469,7 +469,7 @@ fn an_epoch_in_doubt_is_finished_on_its_shape_before_the_job_runs_at_another_siz
     // At another size, the epoch is finished on two processes first.
     let stderr = submit(&job, &["--processes", "3", "--workers", "1"]);
     assert!(
-        stderr.contains("stopped in the middle of epoch 2 on 2 processes of 1 workers: finishing on that shape, until caught up, before running on 3 processes of 1 workers"),
+        stderr.contains("stopped in the middle of epoch 2 on 2 processes of 1 workers: finishing the epochs it logged on that shape, before running on 3 processes of 1 workers"),
         "{stderr}"
     );
     assert_eq!(verify_lines(&job), verify_lines(&reference));

@@ -732,3 +732,153 @@ fn a_process_that_dies_of_a_signal_says_what_it_was_doing_and_its_last_committed
     let epoch: u64 = epoch.split(';').next().unwrap().parse().unwrap();
     assert!(epoch >= 2, "{line}");
 }
+
+/// Every row of every file in `dir`, gunzipped, sorted.
+fn lake_rows(dir: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        rows.extend(gunzip(&path).lines().skip(1).map(str::to_string));
+    }
+    rows.sort();
+    rows
+}
+
+/// (station, window start) of a lake row.
+fn window_of(row: &str) -> (String, i64) {
+    let mut f = row.split(',');
+    (
+        f.next().unwrap().to_string(),
+        f.next().unwrap().parse().unwrap(),
+    )
+}
+
+#[test]
+fn finishing_an_epoch_in_doubt_on_its_old_shape_fires_no_window_early() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("doubt-win");
+    let (job, t) = job_copy(
+        dir.path(),
+        "turnstile.toml",
+        &[
+            "turnstile",
+            "turnstile-station-counts",
+            "turnstile-dead-letters",
+        ],
+        &tag,
+    );
+    let lake = dir.path().join("out/turnstile");
+    let path = job.to_str().unwrap();
+    ok(&[
+        "datagen",
+        "turnstile",
+        "--job",
+        path,
+        "--count",
+        "3000",
+        "--stations",
+        "3",
+        "--quiet",
+    ]);
+    // Killed on two processes after process 0 logged epoch 2 and before
+    // process 1 committed it.
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", path, "--until-caught-up", "--processes", "2"])
+        .args([
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "300",
+            "--restart-attempts",
+            "0",
+        ])
+        .env("RILL_FAIL_AT", "decided:2")
+        .env("RILL_FAIL_PROCESS", "1")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Started on three processes, whose third dies at once: only the
+    // epochs finished on two processes are in the lake, and the last
+    // window of each station, still open, is not.
+    let out = jobctl_within(
+        &[
+            "submit",
+            path,
+            "--until-caught-up",
+            "--processes",
+            "3",
+            "--workers",
+            "1",
+            "--restart-attempts",
+            "0",
+        ],
+        &[("RILL_FAIL_AT", "epoch_sent:1"), ("RILL_FAIL_PROCESS", "2")],
+        Duration::from_secs(180),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("finishing the epochs it logged on that shape"),
+        "{stderr}"
+    );
+    let last: std::collections::BTreeMap<String, i64> =
+        read_topic(&t["turnstile"])
+            .iter()
+            .fold(Default::default(), |mut last, r| {
+                let e: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                let start = e["event_time"].as_i64().unwrap() / 300_000 * 300_000;
+                let station = e["station"].as_str().unwrap().to_string();
+                let w = last.entry(station).or_insert(start);
+                *w = (*w).max(start);
+                last
+            });
+    let early: Vec<String> = lake_rows(&lake)
+        .into_iter()
+        .filter(|r| {
+            let (station, start) = window_of(r);
+            last.get(&station) == Some(&start)
+        })
+        .collect();
+    assert!(
+        early.is_empty(),
+        "windows fired before their time: {early:?}\n{stderr}"
+    );
+    // Run to the end: each window once, and its reports with the late
+    // events are the input.
+    let out = jobctl_within(
+        &["submit", path, "--until-caught-up"],
+        &[],
+        Duration::from_secs(180),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = lake_rows(&lake);
+    let windows: std::collections::BTreeSet<(String, i64)> =
+        rows.iter().map(|r| window_of(r)).collect();
+    assert_eq!(
+        windows.len(),
+        rows.len(),
+        "a window written twice: {rows:?}"
+    );
+    let reports: i64 = rows
+        .iter()
+        .map(|r| r.rsplit(',').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    // Committed dead letters: the broker shows aborted copies too.
+    let late = verify_lines(&job)
+        .iter()
+        .filter(|l| l.starts_with("dead-letter "))
+        .count() as i64;
+    assert_eq!(reports + late, 3000);
+}
