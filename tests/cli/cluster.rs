@@ -348,7 +348,7 @@ fn an_epoch_one_writer_committed_and_the_other_did_not_lands_once_after_the_rest
     let stderr = submit(&job, &["--processes", "3", "--workers", "1"]);
     assert!(
         stderr.contains(
-            "stopped in the middle of epoch 2 on 2 processes of 1 workers: finishing on that shape"
+            "stopped in the middle of epoch 2 on 2 processes of 1 workers: finishing the epochs it logged on that shape"
         ),
         "{stderr}"
     );
@@ -475,7 +475,10 @@ fn an_epoch_in_doubt_is_finished_on_its_shape_before_the_job_runs_at_another_siz
     assert_eq!(verify_lines(&job), verify_lines(&reference));
     // A process of its own has nothing left to finish.
     let stderr = submit(&job, &["--workers", "2"]);
-    assert!(!stderr.contains("finishing on that shape"), "{stderr}");
+    assert!(
+        !stderr.contains("finishing the epochs it logged on that shape"),
+        "{stderr}"
+    );
     assert_eq!(verify_lines(&job), verify_lines(&reference));
 }
 

@@ -516,54 +516,18 @@ fn bank_committed(job: &Path) -> usize {
         .count()
 }
 
-/// Starts `jobctl submit JOB` with `RILL_PAUSE_AT=pause`; its stderr lines
-/// arrive on the returned channel, and all of it when the thread ends.
-fn submit_watched(
-    path: &str,
-    pause: &str,
-) -> (
-    std::process::Child,
-    std::sync::mpsc::Receiver<String>,
-    std::thread::JoinHandle<String>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args([
+/// Starts `jobctl submit JOB` slowly with `RILL_PAUSE_AT=pause`.
+fn submit_watched(path: &str, pause: &str) -> Watched {
+    watched(
+        &[
             "submit",
             path,
             "--until-caught-up",
             "--max-records-per-second",
             "100",
-        ])
-        .env("RILL_PAUSE_AT", pause)
-        .current_dir(root())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
-            let line = line.unwrap();
-            let _ = tx.send(line.clone());
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    (child, rx, reader)
-}
-
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, part: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(part) => return,
-            Ok(_) => {}
-            Err(_) => panic!("no line with `{part}` within 90 s"),
-        }
-    }
+        ],
+        &[("RILL_PAUSE_AT", pause)],
+    )
 }
 
 #[test]
@@ -581,12 +545,12 @@ fn an_instance_that_fenced_first_but_started_last_reads_no_stale_progress() {
     // plans its recovery; only then does B commit. A must not plan from
     // the progress it read before B's commit.
     let (a, a_lines, a_text) = submit_watched(path, &format!("fenced:file:{}", go_a.display()));
-    wait_for_line(&a_lines, "pausing");
+    wait_for(&a_lines, "pausing");
     let (b, b_lines, b_text) =
         submit_watched(path, &format!("epoch_logged:file:{}", go_b.display()));
-    wait_for_line(&b_lines, "pausing");
+    wait_for(&b_lines, "pausing");
     std::fs::write(&go_a, "").unwrap();
-    wait_for_line(&a_lines, "resuming job");
+    wait_for(&a_lines, "resuming job");
     std::fs::write(&go_b, "").unwrap();
     let (a_out, b_out) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let (a_text, b_text) = (a_text.join().unwrap(), b_text.join().unwrap());
@@ -614,9 +578,9 @@ fn of_two_instances_started_at_once_the_one_with_the_newest_start_carries_on() {
     // start again rather than stop too.
     let go = dir.path().join("go");
     let (a, a_lines, a_text) = submit_watched(path, &format!("fenced:file:{}", go.display()));
-    wait_for_line(&a_lines, "pausing");
+    wait_for(&a_lines, "pausing");
     let (b, b_lines, b_text) = submit_watched(path, "none:0");
-    wait_for_line(&b_lines, "epoch ");
+    wait_for(&b_lines, "epoch ");
     std::fs::write(&go, "").unwrap();
     let (a_out, b_out) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let (a_text, b_text) = (a_text.join().unwrap(), b_text.join().unwrap());

@@ -43,6 +43,51 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A running `jobctl`, the channel its stderr lines arrive on as they
+/// come, and the thread that returns all of it when the process ends.
+type Watched = (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+);
+
+/// Starts `jobctl args` with `env` and watches its stderr.
+fn watched(args: &[&str], env: &[(&str, &str)]) -> Watched {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let line = line.unwrap();
+            let _ = tx.send(line.clone());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    (child, rx, reader)
+}
+
+/// Waits at most 90 s for a line with `part` in it.
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, part: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(part) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no line with `{part}` within 90 s"),
+        }
+    }
+}
+
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

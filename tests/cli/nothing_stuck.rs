@@ -347,48 +347,6 @@ fn a_chained_reader_skips_an_upstream_epoch_that_will_never_commit() {
     );
 }
 
-/// `jobctl args`, its stderr lines sent to the returned channel as they
-/// come, and all of it when the thread ends.
-fn watched(
-    args: &[&str],
-) -> (
-    std::process::Child,
-    std::sync::mpsc::Receiver<String>,
-    std::thread::JoinHandle<String>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args(args)
-        .current_dir(root())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
-            let line = line.unwrap();
-            let _ = tx.send(line.clone());
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    (child, rx, reader)
-}
-
-fn wait_for(rx: &std::sync::mpsc::Receiver<String>, part: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(part) => return,
-            Ok(_) => {}
-            Err(_) => panic!("no line with `{part}` within 90 s"),
-        }
-    }
-}
-
 /// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     let out = Command::new("pgrep")
@@ -415,16 +373,19 @@ fn the_processes_of_a_killed_launcher_stop_within_seconds() {
     let input = format!("{tag}-input");
     bank_input(dir.path(), &tag, &input, "3000", "5");
     let job = super::cluster::bank_reading(dir.path(), &input, &tag);
-    let (mut launcher, rx, reader) = watched(&[
-        "submit",
-        job.to_str().unwrap(),
-        "--processes",
-        "2",
-        "--workers",
-        "1",
-        "--max-records-per-second",
-        "100",
-    ]);
+    let (mut launcher, rx, reader) = watched(
+        &[
+            "submit",
+            job.to_str().unwrap(),
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "100",
+        ],
+        &[],
+    );
     wait_for(&rx, "epoch 1:");
     let processes = children_of(launcher.id());
     assert_eq!(processes.len(), 2, "{processes:?}");
@@ -465,16 +426,19 @@ fn a_cluster_fenced_by_a_newer_start_ends_its_launcher_instead_of_fencing_back()
     ));
     let job = super::cluster::bank_reading(dir.path(), &input, &tag);
     let path = job.to_str().unwrap();
-    let (mut old, rx, reader) = watched(&[
-        "submit",
-        path,
-        "--processes",
-        "2",
-        "--workers",
-        "1",
-        "--max-records-per-second",
-        "100",
-    ]);
+    let (mut old, rx, reader) = watched(
+        &[
+            "submit",
+            path,
+            "--processes",
+            "2",
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "100",
+        ],
+        &[],
+    );
     wait_for(&rx, "epoch 1:");
     // The newer start runs to the end while the old cluster is running.
     ok(&["submit", path, "--until-caught-up", "--quiet"]);
@@ -572,35 +536,18 @@ fn a_cluster_started_at_latest_reads_from_where_process_0_logged_its_start_in_ev
     );
     std::fs::write(&job, text).unwrap();
     let go = dir.path().join("go");
-    let mut launcher = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args([
+    let pause = format!("start_plan_received:file:{}", go.display());
+    let (mut launcher, rx, reader) = watched(
+        &[
             "submit",
             job.to_str().unwrap(),
             "--processes",
             "2",
             "--workers",
             "1",
-        ])
-        .env(
-            "RILL_PAUSE_AT",
-            format!("start_plan_received:file:{}", go.display()),
-        )
-        .current_dir(root())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = launcher.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
-            let line = line.unwrap();
-            let _ = tx.send(line.clone());
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+        ],
+        &[("RILL_PAUSE_AT", &pause)],
+    );
     // Process 0 has logged where the sources begin; process 1 has not
     // looked at them yet when these records come.
     wait_for(&rx, "pausing at `start_plan_received`");
@@ -646,14 +593,17 @@ fn delete_the_input_of_a_running_job(prefix: &str, again: bool) -> (String, Stri
     let input = format!("{tag}-input");
     bank_input(dir.path(), &tag, &input, "3000", "12");
     let job = super::cluster::bank_reading(dir.path(), &input, &tag);
-    let (mut run, rx, reader) = watched(&[
-        "submit",
-        job.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--max-records-per-second",
-        "300",
-    ]);
+    let (mut run, rx, reader) = watched(
+        &[
+            "submit",
+            job.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--max-records-per-second",
+            "300",
+        ],
+        &[],
+    );
     wait_for(&rx, "epoch 2:");
     delete_topic(&input);
     if again {
@@ -704,12 +654,15 @@ fn a_process_that_dies_of_a_signal_says_what_it_was_doing_and_its_last_committed
     let input = format!("{tag}-input");
     bank_input(dir.path(), &tag, &input, "2000", "14");
     let job = super::cluster::bank_reading(dir.path(), &input, &tag);
-    let (mut run, rx, reader) = watched(&[
-        "submit",
-        job.to_str().unwrap(),
-        "--max-records-per-second",
-        "300",
-    ]);
+    let (mut run, rx, reader) = watched(
+        &[
+            "submit",
+            job.to_str().unwrap(),
+            "--max-records-per-second",
+            "300",
+        ],
+        &[],
+    );
     wait_for(&rx, "epoch 2:");
     Command::new("kill")
         .args(["-SEGV", &run.id().to_string()])
