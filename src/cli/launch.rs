@@ -144,7 +144,11 @@ fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Resu
             voices.push(voice);
         }
         let started = std::time::Instant::now();
-        let (failure, zero) = supervise(procs);
+        let Supervised {
+            failed: failure,
+            zero,
+            fenced,
+        } = supervise(procs);
         // Every process has ended: what each said is printed before the
         // launcher says why the cluster stopped.
         for voice in voices {
@@ -159,10 +163,12 @@ fn run_cluster(args: &SubmitArgs, plan: &Plan, n: usize, workers: usize) -> Resu
         if zero == Some(IN_DOUBT_EXIT) {
             return Ok(Ended::InDoubt);
         }
-        if code == Some(FENCED_EXIT) {
+        // Whichever process learnt it first: the others may have failed
+        // of losing it, or of a commit that went unanswered.
+        if let Some(fenced) = fenced {
             let _ = std::fs::remove_dir_all(&dir);
             bail!(
-                "job {}: process {process} was fenced: another instance of the job has started since, and runs on; this cluster stops and is not started again",
+                "job {}: process {fenced} was fenced: another instance of the job has started since, and runs on; this cluster stops and is not started again",
                 plan.job.name
             );
         }
@@ -288,12 +294,23 @@ fn spawn(
     Ok((child, voice))
 }
 
+/// How the processes of a run of the cluster ended.
+struct Supervised {
+    /// The process that failed first, and its exit status (none when a
+    /// signal killed it).
+    failed: Option<(usize, Option<i32>)>,
+    /// Process 0's exit status.
+    zero: Option<i32>,
+    /// A process that exited because a newer start fenced it.
+    fenced: Option<usize>,
+}
+
 /// Waits for every process; on the first that fails, gives the others
-/// [`GRACE`] to stop, then kills them. The failed process and its exit
-/// status (none when a signal killed it), and process 0's.
-fn supervise(mut procs: Vec<Child>) -> (Option<(usize, Option<i32>)>, Option<i32>) {
+/// [`GRACE`] to stop, then kills them.
+fn supervise(mut procs: Vec<Child>) -> Supervised {
     let mut failed: Option<(usize, Option<i32>)> = None;
     let mut zero = None;
+    let mut fenced = None;
     let mut failed_at: Option<Instant> = None;
     let mut running: Vec<bool> = vec![true; procs.len()];
     while running.iter().any(|r| *r) {
@@ -308,6 +325,9 @@ fn supervise(mut procs: Vec<Child>) -> (Option<(usize, Option<i32>)>, Option<i32
                 running[i] = false;
                 if i == 0 {
                     zero = status.code();
+                }
+                if status.code() == Some(FENCED_EXIT) {
+                    fenced.get_or_insert(i);
                 }
                 if !status.success() {
                     now_failed.push((i, status.code()));
@@ -330,5 +350,9 @@ fn supervise(mut procs: Vec<Child>) -> (Option<(usize, Option<i32>)>, Option<i32
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (failed, zero)
+    Supervised {
+        failed,
+        zero,
+        fenced,
+    }
 }

@@ -167,14 +167,19 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     if !args.quiet {
         say_starting(&plan, &args, 1, workers, endpoint);
     }
-    let summary = match run_restarting(&args, &plan, opts.clone(), stop.clone()) {
-        // An epoch in doubt from a start of another shape: finished on
-        // that shape first, as the local launcher does, then this run.
-        Err(e) if in_doubt(&e) && !args.finish_in_doubt => {
-            super::launch::finish_in_doubt(&args, &plan, (1, workers))?;
-            run_restarting(&args, &plan, opts, stop)
+    // An epoch in doubt from a start of another shape is finished on that
+    // shape first, as the local launcher does, then this run starts
+    // again. An instance of that shape still running may leave another
+    // before it learns that this one fenced it.
+    let mut finished = 0;
+    let summary = loop {
+        match run_restarting(&args, &plan, opts.clone(), stop.clone()) {
+            Err(e) if in_doubt(&e) && !args.finish_in_doubt && finished < 3 => {
+                finished += 1;
+                super::launch::finish_in_doubt(&args, &plan, (1, workers))?;
+            }
+            r => break r,
         }
-        r => r,
     }
     .with_context(|| format!("job {name} failed"))?;
     crate::log::say(&summary.line(&name, started.elapsed()));

@@ -82,6 +82,7 @@ pub struct Committer {
     dead_letter_topic: String,
     writer_id: String,
     commits_topic: String,
+    brokers: String,
     /// Output records the producer refused and that went to the dead
     /// letters instead.
     pub refused: u64,
@@ -267,6 +268,7 @@ impl Committer {
             dead_letter_topic,
             writer_id,
             commits_topic: job.commits_topic_of(index),
+            brokers: job.brokers.clone(),
             refused: 0,
             committed_epochs: 0,
             attempt,
@@ -363,7 +365,24 @@ impl Committer {
                     reason: e.to_string(),
                 })
             }
-            r => r,
+            r => r.map_err(|e| self.fenced_if_superseded(e, job)),
+        }
+    }
+
+    /// A commit that does not answer is what a fenced producer sees on
+    /// some brokers: if the epoch log has a start newer than this one's,
+    /// the writer was fenced, and says so (its launcher and supervisor
+    /// must not start it again to fence the newer one back).
+    fn fenced_if_superseded(&self, e: RunError, job: &str) -> RunError {
+        if !matches!(e, RunError::CommitTimeout { .. }) {
+            return e;
+        }
+        match super::recovery::newest_attempt(&self.brokers, &self.log_topic) {
+            Ok(newest) if newest > self.attempt => RunError::Fenced {
+                writer: self.writer_id.clone(),
+                job: job.into(),
+            },
+            _ => e,
         }
     }
 
@@ -454,7 +473,8 @@ impl Committer {
         fault::point("decided");
         write_external()?;
         if !skips {
-            self.commit_progress(log_offset, job)?;
+            self.commit_progress(log_offset, job)
+                .map_err(|e| self.fenced_if_superseded(e, job))?;
             fault::point("committed");
         }
         Ok(())

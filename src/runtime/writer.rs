@@ -304,11 +304,21 @@ pub(super) fn write_loop(
                 })
             }
             WriterMsg::Panicked { worker, message } => {
+                // In a cluster, a worker's panic may be timely's answer to
+                // a peer that is gone: the loss, if the control link tells
+                // of it within a moment, is the cause to report.
+                if cluster {
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < until {
+                        w.member().unwrap().poll()?;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
                 return Err(RunError::WorkerPanicked {
                     worker,
                     message,
                     committed: committed_epoch(&w.backend),
-                })
+                });
             }
             WriterMsg::Snapshot { transform, groups } => {
                 snapshots.entry(transform).or_default().push(groups)
