@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// A copy of the bank split, reading `count` random transactions (from
+/// `seed`) of its own: its tag, input topic and job file.
+fn bank_with_input(dir: &Path, prefix: &str, count: &str, seed: &str) -> (String, String, PathBuf) {
+    let tag = unique(prefix);
+    let input = format!("{tag}-input");
+    bank_input(dir, &tag, &input, count, seed);
+    let job = super::cluster::bank_reading(dir, &input, &tag);
+    (tag, input, job)
+}
+
 /// Sends `(key, value)` records to partition 0 of `topic`, in order.
 fn send_raw(topic: &str, records: &[(&str, &[u8])]) {
     let producer: BaseProducer = ClientConfig::new()
@@ -369,10 +379,7 @@ fn alive(pid: u32) -> bool {
 fn the_processes_of_a_killed_launcher_stop_within_seconds() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
-    let tag = unique("orphans");
-    let input = format!("{tag}-input");
-    bank_input(dir.path(), &tag, &input, "3000", "5");
-    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (_, _, job) = bank_with_input(dir.path(), "orphans", "3000", "5");
     let (mut launcher, rx, reader) = watched(
         &[
             "submit",
@@ -485,10 +492,7 @@ fn delete_group(group: &str) {
 fn a_cluster_whose_follower_lost_its_progress_refuses_to_replay_all_history() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
-    let tag = unique("lost-w1");
-    let input = format!("{tag}-input");
-    bank_input(dir.path(), &tag, &input, "1500", "8");
-    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (tag, _, job) = bank_with_input(dir.path(), "lost-w1", "1500", "8");
     let path = job.to_str().unwrap();
     let cluster = [
         "submit",
@@ -526,10 +530,7 @@ fn a_cluster_whose_follower_lost_its_progress_refuses_to_replay_all_history() {
 fn a_cluster_started_at_latest_reads_from_where_process_0_logged_its_start_in_every_process() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
-    let tag = unique("latest-cl");
-    let input = format!("{tag}-input");
-    bank_input(dir.path(), &tag, &input, "200", "9");
-    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (tag, input, job) = bank_with_input(dir.path(), "latest-cl", "200", "9");
     let text = std::fs::read_to_string(&job).unwrap().replace(
         "[sources.transactions]",
         "[sources.transactions]\nstart_offset = \"latest\"",
@@ -650,10 +651,7 @@ fn a_process_that_dies_of_a_signal_says_what_it_was_doing_and_its_last_committed
     use std::os::unix::process::ExitStatusExt;
     require_services();
     let dir = tempfile::tempdir().unwrap();
-    let tag = unique("signal");
-    let input = format!("{tag}-input");
-    bank_input(dir.path(), &tag, &input, "2000", "14");
-    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let (tag, _, job) = bank_with_input(dir.path(), "signal", "2000", "14");
     let (mut run, rx, reader) = watched(
         &[
             "submit",
