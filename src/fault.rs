@@ -21,6 +21,11 @@
 //! `flushed` (an epoch's records are with the broker in its open
 //! transaction, which then has to be aborted).
 //!
+//! `RILL_CUT_LINK_AT=point` (or `point:N`) makes the data links of a
+//! process of a cluster (timely's sockets) go silent both ways there, as a
+//! network partition would: nothing closes, nothing more arrives, and the
+//! control links to process 0 stay up.
+//!
 //! `RILL_PAUSE_AT=point:MS` makes the process wait there instead, the first
 //! time, to force an interleaving with another process: `fenced` (the
 //! writer has fenced earlier instances, its start is not yet logged),
@@ -28,7 +33,9 @@
 //! than 0 has process 0's plan of the start, and has not looked at its
 //! sources yet).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 pub const POINTS: [&str; 5] = [
@@ -88,6 +95,16 @@ pub fn point(name: &str) {
             panic!("injected panic at `{name}` (RILL_PANIC_AT)");
         }
     }
+    static CUT_SEEN: AtomicU64 = AtomicU64::new(0);
+    if let Some((want, n)) = cut_target() {
+        if want == name
+            && this_process_is_targeted()
+            && CUT_SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n
+        {
+            eprintln!("fault injection: data links cut at `{name}` (RILL_CUT_LINK_AT)");
+            LINKS_CUT.store(true, Ordering::SeqCst);
+        }
+    }
     static SEEN: AtomicU64 = AtomicU64::new(0);
     if let Some((want, n)) = target() {
         if want == name
@@ -98,6 +115,56 @@ pub fn point(name: &str) {
             std::process::abort();
         }
     }
+}
+
+fn cut_target() -> Option<&'static (String, u64)> {
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    TARGET
+        .get_or_init(|| parse(std::env::var("RILL_CUT_LINK_AT").ok()?))
+        .as_ref()
+}
+
+static LINKS_CUT: AtomicBool = AtomicBool::new(false);
+
+/// The sockets timely is to use: the given ones, or, when
+/// `RILL_CUT_LINK_AT` targets this process, loopback sockets relayed to
+/// them by threads that stop relaying (and keep every socket open) once
+/// the links are cut.
+pub fn data_links(sockets: Vec<Option<TcpStream>>) -> Vec<Option<TcpStream>> {
+    if cut_target().is_none() || !this_process_is_targeted() {
+        return sockets;
+    }
+    sockets
+        .into_iter()
+        .map(|s| s.map(relayed).transpose().expect("a loopback relay for a data link"))
+        .collect()
+}
+
+fn relayed(real: TcpStream) -> std::io::Result<TcpStream> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let near = TcpStream::connect(listener.local_addr()?)?;
+    let (far, _) = listener.accept()?;
+    for s in [&near, &far, &real] {
+        s.set_nodelay(true)?;
+    }
+    relay(far.try_clone()?, real.try_clone()?);
+    relay(real, far);
+    Ok(near)
+}
+
+fn relay(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            while LINKS_CUT.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }
 
 /// Whether `RILL_ERROR_AT` asks for a recoverable failure at this point,

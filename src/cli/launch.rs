@@ -228,7 +228,8 @@ fn spawn(
         .args(["--process", &i.to_string()])
         .args(["--workers", &workers.to_string()])
         .args(["--generation", &generation.to_string()])
-        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()]);
+        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
+        .args(["--stall-timeout-ms", &args.stall_timeout_ms.to_string()]);
     if args.until_caught_up {
         cmd.arg("--until-caught-up");
     }

@@ -39,6 +39,11 @@ pub struct SubmitArgs {
     /// How long a process waits for the others to answer at start.
     #[arg(long, default_value_t = 30_000)]
     pub connect_timeout_ms: u64,
+    /// How long a cluster's epochs may stop finishing while every process
+    /// answers before the cluster stops to be started again (a link
+    /// between processes that carries nothing, a stuck worker).
+    #[arg(long, default_value_t = 30_000)]
+    pub stall_timeout_ms: u64,
     /// Start the job again this many times after a failure that may pass
     /// (a lost process, a broker that went away), waiting 1 s, 2 s, 4 s...
     /// With --hostfile a failed process exits instead, for its supervisor
@@ -313,6 +318,7 @@ fn place(
             generation,
         },
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        stall_timeout: Duration::from_millis(args.stall_timeout_ms),
     })
 }
 

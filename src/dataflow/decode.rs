@@ -153,6 +153,27 @@ impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
     }
 }
 
+/// Lookups in this process waiting for the registry to answer: while any
+/// do, the frontier is held on purpose, and a cluster's liveness check
+/// does not take the wait for a lost peer.
+pub static WAITING_FOR_REGISTRY: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one wait off [`WAITING_FOR_REGISTRY`] when it ends, however it
+/// ends; `told` says the wait was counted.
+#[derive(Default)]
+struct WaitingForRegistry {
+    told: std::cell::Cell<bool>,
+}
+
+impl Drop for WaitingForRegistry {
+    fn drop(&mut self) {
+        if self.told.get() {
+            WAITING_FOR_REGISTRY.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// A writer schema by id, off the worker. Only an answer that cannot
 /// change is final: while the registry is down or failing, the records
 /// wait (and the job with them) instead of going to the dead letters,
@@ -160,16 +181,16 @@ impl<'s> Decode<'s> for Stream<'s, Epoch, Vec<RawRecord>> {
 /// stuck waiting.)
 fn fetch_schema(client: &RegistryClient, id: u32) -> Result<Arc<str>, String> {
     let mut wait = Duration::from_millis(100);
-    let mut told = false;
+    let waiting = WaitingForRegistry::default();
     loop {
         match client.schema_by_id(id) {
             Ok(s) => return Ok(s),
             Err(e) if e.is_transient() => {
-                if !told {
+                if !waiting.told.replace(true) {
+                    WAITING_FOR_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tracing::warn!(
                         "schema id {id}: {e}; records with this schema wait until it answers"
                     );
-                    told = true;
                 }
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(5));

@@ -5,7 +5,7 @@
 //! writer thread through a channel.
 
 pub mod aggregate;
-mod decode;
+pub mod decode;
 pub mod output;
 mod sink;
 pub use sink::SinkLimits;

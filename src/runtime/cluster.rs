@@ -337,6 +337,7 @@ where
     let hooks = Hooks::default();
     let local =
         ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
+    let sockets = crate::fault::data_links(sockets);
     let (builders, guard) = initialize_networking_from_sockets(local, sockets, me, threads, hooks)
         .map_err(|e| format!("cannot start the cluster's communication: {e}"))?;
     let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();

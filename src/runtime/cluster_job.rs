@@ -16,6 +16,7 @@
 //! and rows and commits, process 0 last.
 
 use super::cluster::{self, Connected, Identity};
+use super::liveness::{self, Pulse, Stall};
 use super::commit::Committer;
 use super::control::{self, Event, Link, StartPlan, ToLeader, ToMember};
 use super::error::RunError;
@@ -37,6 +38,9 @@ pub struct Place {
     pub process: usize,
     pub identity: Identity,
     pub connect_timeout: Duration,
+    /// How long the cluster's lowest frontier may stand still while every
+    /// process answers (see `runtime/liveness.rs`).
+    pub stall_timeout: Duration,
 }
 
 /// Runs process `place.process` of the job's cluster until the job stops.
@@ -181,12 +185,15 @@ fn lead(
     }
     let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
     let peers = Peers::new(peers_rx, links[1..].to_vec());
+    let pulse = Pulse::new(opts.workers);
+    liveness::report(up.clone(), pulse.clone(), closed.clone());
     let member = Member::new(up, member_rx, stop.clone());
     let leader = Leader::new(
         links,
         merged,
         peers_tx,
         recovered.replay.iter().map(|(e, _)| *e),
+        Stall::new(n_processes(place), place.stall_timeout),
     );
     let leader = std::thread::Builder::new()
         .name("rill-leader".into())
@@ -196,7 +203,7 @@ fn lead(
         o.started(recovered.attempt, recovered.committed);
     }
     launch.backend = Backend::Lead(Box::new(committer), member, peers);
-    launch.cluster = Some((timely, 0));
+    launch.cluster = Some((timely, 0, pulse));
     let ours = super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch);
     if let Err(e) = &ours {
         // The leader learns that process 0's writer stopped, and tells
@@ -288,9 +295,11 @@ fn follow(
     if let Some(o) = &opts.observer {
         o.started(start_plan.attempt, start_plan.committed);
     }
+    let pulse = Pulse::new(opts.workers);
+    liveness::report(up.clone(), pulse.clone(), closed.clone());
     let member = Member::new(up, rx, stop.clone());
     launch.backend = Backend::Follow(Box::new(committer), member);
-    launch.cluster = Some((timely, me));
+    launch.cluster = Some((timely, me, pulse));
     super::workers::execute(plan.clone(), opts.clone(), stop.clone(), launch)
 }
 

@@ -52,6 +52,12 @@ pub enum ToLeader {
         share: Share,
     },
     Heartbeat,
+    /// Every second: the lowest frontier of the process's workers, and
+    /// whether they hold it on purpose (see `runtime/liveness.rs`).
+    Pulse {
+        frontier: u64,
+        waiting: bool,
+    },
 }
 
 /// What process 0 tells every process's writer.

@@ -10,7 +10,9 @@
 use super::control::{Event, Link, Share, ToLeader, ToMember};
 use super::error::RunError;
 use super::member::{PeerEvent, PreparedShare};
-use crossbeam_channel::{Receiver, Sender};
+use super::liveness::Stall;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 use std::collections::BTreeSet;
 
 pub struct Leader {
@@ -29,6 +31,7 @@ pub struct Leader {
     named_upto: u64,
     shares: Vec<Option<Share>>,
     stop_sent: bool,
+    stall: Stall,
 }
 
 impl Leader {
@@ -37,6 +40,7 @@ impl Leader {
         rx: Receiver<(usize, Event<ToLeader>)>,
         peers: Sender<(usize, PeerEvent)>,
         replay: impl IntoIterator<Item = u64>,
+        stall: Stall,
     ) -> Self {
         let n = links.len();
         Leader {
@@ -49,6 +53,7 @@ impl Leader {
             named_upto: 0,
             shares: vec![None; n],
             stop_sent: false,
+            stall,
         }
     }
 
@@ -63,7 +68,10 @@ impl Leader {
     pub fn run(mut self) -> Result<Vec<Share>, RunError> {
         let result = self.serve();
         if let Err(e) = &result {
-            let reason = e.to_string();
+            let reason = match e {
+                RunError::ClusterStopped { reason } => reason.clone(),
+                e => e.to_string(),
+            };
             let _ = self.peers.send((0, PeerEvent::Lost(reason.clone())));
             self.broadcast(&ToMember::Abort { reason });
         }
@@ -73,10 +81,17 @@ impl Leader {
 
     fn serve(&mut self) -> Result<(), RunError> {
         loop {
-            let Ok((from, event)) = self.rx.recv() else {
-                return Err(RunError::ClusterStopped {
-                    reason: "every control connection closed".into(),
-                });
+            if let Some(reason) = self.stall.verdict(Instant::now()) {
+                return Err(RunError::ClusterStopped { reason });
+            }
+            let (from, event) = match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(RunError::ClusterStopped {
+                        reason: "every control connection closed".into(),
+                    })
+                }
             };
             let m = match event {
                 Event::Lost(reason) => {
@@ -123,6 +138,9 @@ impl Leader {
                         self.broadcast(&ToMember::Done);
                         return Ok(());
                     }
+                }
+                ToLeader::Pulse { frontier, waiting } => {
+                    self.stall.pulse(Instant::now(), from, frontier, waiting);
                 }
                 ToLeader::Stop | ToLeader::Heartbeat => {}
             }

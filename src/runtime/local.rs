@@ -103,9 +103,14 @@ pub(super) struct Launch {
     pub(super) resume_after: Epoch,
     pub(super) changelog_topics: HashMap<String, Arc<str>>,
     pub(super) restored: crate::dataflow::RestoredState,
-    /// This process's sockets to the other processes of its cluster, and
-    /// its index; none for a process of its own.
-    pub(super) cluster: Option<(Vec<Option<std::net::TcpStream>>, usize)>,
+    /// This process's sockets to the other processes of its cluster, its
+    /// index, and where its workers report their frontier; none for a
+    /// process of its own.
+    pub(super) cluster: Option<(
+        Vec<Option<std::net::TcpStream>>,
+        usize,
+        Arc<super::liveness::Pulse>,
+    )>,
 }
 
 /// Starts again, at most this often, an instance fenced by one that

@@ -86,7 +86,7 @@ pub fn run_in_memory_in_cluster(
     sockets: Vec<Option<TcpStream>>,
     process: usize,
 ) -> Result<RunSummary, RunError> {
-    let cluster = Some((sockets, process));
+    let cluster = Some((sockets, process, super::liveness::Pulse::new(workers)));
     let restart = Restart::default();
     run(
         plan,
@@ -106,7 +106,7 @@ fn run(
     writer_schema_ids: Vec<(u32, String)>,
     keep_output: bool,
     restart: Restart,
-    cluster: Option<(Vec<Option<TcpStream>>, usize)>,
+    cluster: Option<(Vec<Option<TcpStream>>, usize, Arc<super::liveness::Pulse>)>,
 ) -> Result<RunSummary, RunError> {
     let scripted = inputs.iter().any(|i| matches!(i, MemoryInput::Scripted(_)));
     let partitions: Vec<i32> = inputs

@@ -9,6 +9,7 @@ pub mod control;
 pub mod coordinator;
 pub mod error;
 mod leader;
+mod liveness;
 pub mod local;
 mod lookups;
 mod member;

@@ -92,6 +92,7 @@ pub(super) fn execute(
         })
         .expect("spawn writer thread");
 
+    let pulse = cluster.as_ref().map(|(_, _, p)| p.clone());
     let worker_plan = plan.clone();
     let trace = opts.trace_records;
     let panics = tx.clone();
@@ -128,18 +129,25 @@ pub(super) fn execute(
             dataflow::build(scope, &worker_plan, &readers, &ctx, &probe)
         });
         let mut reported: Epoch = 0;
+        let local = ctx.index % workers;
+        if let Some(p) = &pulse {
+            p.stepping(local, reported);
+        }
         loop {
             worker.step_or_park(Some(Duration::from_millis(20)));
             let frontier = probe.with_frontier(|f| f.first().copied());
             let upto = frontier.unwrap_or(Epoch::MAX);
             if upto > reported {
+                if let Some(p) = &pulse {
+                    p.advanced(local, upto);
+                }
                 let mut counts = ctx.counts.borrow_mut();
                 let later = counts.split_off(&upto);
                 let done = std::mem::replace(&mut *counts, later);
                 // The writer counts this process's workers: timely numbers
                 // a cluster's workers process by process.
                 let _ = ctx.writer.send(WriterMsg::Progress {
-                    worker: ctx.index % workers,
+                    worker: local,
                     upto,
                     counts: done,
                 });
@@ -179,7 +187,7 @@ pub(super) fn execute(
     let in_cluster = cluster.is_some();
     let guards = match cluster {
         None => timely::execute(timely::Config::process(workers), body),
-        Some((sockets, process)) => super::cluster::execute(sockets, process, workers, body),
+        Some((sockets, process, _)) => super::cluster::execute(sockets, process, workers, body),
     }
     .map_err(RunError::Workers)?;
     tracing::debug!(

@@ -637,11 +637,16 @@ fn a_source_topic_deleted_under_a_running_job_stops_it_with_the_topics_name() {
 #[test]
 fn a_source_topic_deleted_and_made_again_under_a_running_job_stops_it() {
     let (input, said) = delete_the_input_of_a_running_job("made-again", true);
+    // Which of the three the job says depends on whether its watch looked
+    // while the topic was gone, after it was made again, or not before the
+    // reader met the new topic's offsets; each names the topic and stops.
     assert!(
         said.contains(&format!(
             "source topic `{input}` was deleted and made again while the job read it"
-        )) || said.contains(&format!("kafka source {input}: "))
-            && said.contains("or the topic was deleted and made again"),
+        )) || said.contains(&format!("source topic `{input}` was deleted while the job read it"))
+            && said.contains("a topic made again under its name starts over at offset 0")
+            || said.contains(&format!("kafka source {input}: "))
+                && said.contains("or the topic was deleted and made again"),
         "{said}"
     );
 }
@@ -832,4 +837,182 @@ fn finishing_an_epoch_in_doubt_on_its_old_shape_fires_no_window_early() {
         .filter(|l| l.starts_with("dead-letter "))
         .count() as i64;
     assert_eq!(reports + late, 3000);
+}
+
+/// Runs process `i` of a cluster of `job` on one worker, in a thread: what
+/// it printed, once it exits (within 90 s).
+fn process_of(
+    job: &Path,
+    hostfile: &Path,
+    i: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::thread::JoinHandle<Output> {
+    let args: Vec<String> = [
+        "submit",
+        job.to_str().unwrap(),
+        "--hostfile",
+        hostfile.to_str().unwrap(),
+        "--process",
+        i,
+        "--workers",
+        "1",
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(String::from)
+    .collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        jobctl_within(&args, &env, Duration::from_secs(90))
+    })
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+/// Two free ports on 127.0.0.1, written to a hostfile in `dir`.
+fn hostfile_of_two(dir: &Path) -> PathBuf {
+    let ports: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addresses: Vec<String> = ports
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    drop(ports);
+    let hostfile = dir.join("hostfile");
+    std::fs::write(&hostfile, addresses.join("\n")).unwrap();
+    hostfile
+}
+
+#[test]
+fn a_data_link_that_goes_silent_stops_the_cluster_and_a_restart_loses_nothing() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("silent-link");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "3000", "15");
+    let job_for =
+        |role: &str| super::cluster::bank_reading(dir.path(), &input, &format!("{tag}-{role}"));
+    let want = uninterrupted(&job_for("reference"));
+    let job = job_for("cut");
+    let hostfile = hostfile_of_two(dir.path());
+    let process = |i: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--stall-timeout-ms", "4000"];
+        args.extend(extra);
+        process_of(&job, &hostfile, i, &args, env)
+    };
+    // Slowly, so that the input is not all read when the link goes silent
+    // after process 1's third commit.
+    let slow = ["--max-records-per-second", "400"];
+    let cut = [("RILL_CUT_LINK_AT", "committed:3"), ("RILL_FAIL_PROCESS", "1")];
+    let (zero, one) = (process("0", &slow, &[]), process("1", &slow, &cut));
+    let (zero, one) = (zero.join().unwrap(), one.join().unwrap());
+    let (said0, said1) = (
+        String::from_utf8_lossy(&zero.stderr),
+        String::from_utf8_lossy(&one.stderr),
+    );
+    assert!(!zero.status.success() && !one.status.success(), "{said0}\n{said1}");
+    assert!(said1.contains("fault injection: data links cut at `committed`"), "{said1}");
+    let reason = "while every process answers (processes 0, 1 at that epoch): a link between processes carries nothing (a network partition, or a peer's network thread stopped) or a worker is stuck; the cluster stops so that it can be started again (raise --stall-timeout-ms if epochs take longer)";
+    assert!(
+        said0.contains(&format!("error: job {tag}-cut-bank failed (process 0): "))
+            && said0.contains("no worker of the cluster has finished epoch ")
+            && said0.contains(reason),
+        "{said0}"
+    );
+    assert!(said1.contains(reason), "{said1}");
+    // What a supervisor does: start both again.
+    let caught_up = ["--until-caught-up"];
+    let (zero, one) = (
+        process("0", &caught_up, &[]),
+        process("1", &caught_up, &[]),
+    );
+    for out in [zero.join().unwrap(), one.join().unwrap()] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(verify_lines(&job), want);
+}
+
+#[test]
+fn a_peer_of_a_paused_process_0_stops_within_seconds_and_a_restart_loses_nothing() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("paused");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "3000", "16");
+    let job_for =
+        |role: &str| super::cluster::bank_reading(dir.path(), &input, &format!("{tag}-{role}"));
+    let want = uninterrupted(&job_for("reference"));
+    let job = job_for("paused");
+    let hostfile = hostfile_of_two(dir.path());
+    let args = |i: &'static str| -> Vec<String> {
+        [
+            "submit",
+            job.to_str().unwrap(),
+            "--hostfile",
+            hostfile.to_str().unwrap(),
+            "--process",
+            i,
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "300",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (a0, a1) = (args("0"), args("1"));
+    let (mut zero, rx, said0) = watched(&strs(&a0), &[]);
+    let (mut one, _, said1) = watched(&strs(&a1), &[]);
+    wait_for(&rx, "epoch 3:");
+    let paused = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-STOP", &zero.id().to_string()])
+        .status()
+        .unwrap();
+    while one.try_wait().unwrap().is_none() && paused.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let noticed = paused.elapsed();
+    Command::new("kill")
+        .args(["-CONT", &zero.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = one.kill();
+    let status1 = one.wait().unwrap();
+    let said1 = said1.join().unwrap();
+    // Process 0 finds process 1 gone once it runs again.
+    let limit = std::time::Instant::now();
+    while zero.try_wait().unwrap().is_none() && limit.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = zero.kill();
+    let status0 = zero.wait().unwrap();
+    let said0 = said0.join().unwrap();
+    assert_eq!(status1.code(), Some(1), "after {noticed:?}:\n{said1}");
+    assert!(
+        said1.contains("the cluster stopped: process 0 at ")
+            && said1.contains(" sent nothing for 5 s (it hangs, or the network between us does)"),
+        "{said1}"
+    );
+    // The control link's silence (5 s), and a little more: not the 60 s
+    // of a Kafka flush or commit.
+    assert!(noticed < Duration::from_secs(10), "after {noticed:?}:\n{said1}");
+    assert_eq!(status0.code(), Some(1), "{said0}");
+    for out in [
+        process_of(&job, &hostfile, "0", &["--until-caught-up"], &[]),
+        process_of(&job, &hostfile, "1", &["--until-caught-up"], &[]),
+    ] {
+        let out = out.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(verify_lines(&job), want);
 }
