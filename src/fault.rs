@@ -136,7 +136,11 @@ pub fn data_links(sockets: Vec<Option<TcpStream>>) -> Vec<Option<TcpStream>> {
     }
     sockets
         .into_iter()
-        .map(|s| s.map(relayed).transpose().expect("a loopback relay for a data link"))
+        .map(|s| {
+            s.map(relayed)
+                .transpose()
+                .expect("a loopback relay for a data link")
+        })
         .collect()
 }
 

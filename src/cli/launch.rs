@@ -60,7 +60,7 @@ enum Ended {
 /// the writers: before that, a commit may still be landing.
 pub fn finish_in_doubt(args: &SubmitArgs, plan: &Plan, shape: (usize, usize)) -> Result<()> {
     let now = (shape.0 as u32, shape.1 as u32);
-    let Some((epoch, processes, workers)) = crate::runtime::recovery::in_doubt(plan, now)? else {
+    let Some((epoch, processes, workers)) = crate::runtime::committed::in_doubt(plan, now)? else {
         return Ok(());
     };
     let (processes, workers) = (processes as usize, workers.max(1) as usize);

@@ -330,7 +330,7 @@ fn newest_start(plan: &crate::plan::Plan) -> Result<u32> {
     let log = plan.job.epoch_log_topic();
     let mut tries = 0;
     loop {
-        match crate::runtime::recovery::newest_attempt(&plan.job.brokers, &log) {
+        match crate::runtime::epoch_log::newest_attempt(&plan.job.brokers, &log) {
             Ok(attempt) => return Ok(attempt),
             Err(e) if tries < 10 => {
                 tries += 1;

@@ -16,7 +16,7 @@ use crate::connectors::kafka_admin;
 use crate::format::registry::RegistryClient;
 use crate::format::{avro, csv, json, parquet};
 use crate::plan::{NodeKind, Plan, SinkPlan};
-use crate::runtime::recovery::CommittedView;
+use crate::runtime::committed::CommittedView;
 use crate::spec::{FileFormat, Format};
 use anyhow::{Context, Result};
 use clap::Args;

@@ -49,6 +49,9 @@ pub struct KafkaSource {
     copies: RawCopies,
     /// Read only the epochs to replay (finishing an epoch in doubt).
     replay_only: bool,
+    /// Every replayed epoch, with the partitions of this reader that had
+    /// records waiting when it was first cut.
+    replayed_waiting: std::collections::BTreeMap<u64, Vec<i32>>,
 }
 
 impl KafkaSource {
@@ -108,6 +111,7 @@ impl KafkaSource {
             eof_after_held: Vec::new(),
             copies: RawCopies::default(),
             replay_only: false,
+            replayed_waiting: Default::default(),
         })
     }
 
@@ -118,17 +122,27 @@ impl KafkaSource {
         self
     }
 
-    /// Epochs to replay first: (epoch, end offset per partition), ascending.
-    /// Epochs in which none of this reader's partitions had records are
-    /// left out. With `only`, the reader is done once they are.
-    pub fn with_replay(mut self, replay: Vec<(u64, HashMap<i32, i64>)>, only: bool) -> Self {
+    /// Epochs to replay first: (epoch, end offset per partition, the
+    /// partitions that had records waiting past it), ascending. Epochs in
+    /// which none of this reader's partitions had records are not read
+    /// again. With `only`, the reader is done once they are.
+    pub fn with_replay(
+        mut self,
+        replay: Vec<(u64, HashMap<i32, i64>, Vec<i32>)>,
+        only: bool,
+    ) -> Self {
         self.replay_only = only;
         let mut last: HashMap<i32, i64> = self
             .partitions
             .iter()
             .map(|(p, next, _)| (*p, *next))
             .collect();
-        for (epoch, ends) in replay {
+        for (epoch, ends, waiting) in replay {
+            let waiting = waiting
+                .into_iter()
+                .filter(|p| last.contains_key(p))
+                .collect();
+            self.replayed_waiting.insert(epoch, waiting);
             let mine: HashMap<i32, i64> = ends
                 .into_iter()
                 .filter(|(p, _)| last.contains_key(p))
@@ -142,6 +156,43 @@ impl KafkaSource {
             }
         }
         self
+    }
+
+    /// This reader's partitions with records past those handed on: read
+    /// ahead, held, or at the broker (the end offset the consumer last
+    /// heard of, past its position, which moves over commit markers).
+    fn waiting_now(&self) -> Vec<i32> {
+        let positions = self.consumer.position().ok();
+        let position = |p: i32| {
+            positions
+                .as_ref()
+                .and_then(|l| l.find_partition(&self.topic, p))
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1)
+        };
+        let topic = std::ffi::CString::new(self.topic.as_str()).expect("a topic name has no NUL");
+        self.partitions
+            .iter()
+            .filter(|(p, next, _)| {
+                if self.ahead.get(p).is_some_and(|q| !q.is_empty()) || self.held.holds(*p) {
+                    return true;
+                }
+                let (mut low, mut high) = (-1i64, -1i64);
+                // The end offset as the last fetch reported it: no request.
+                let err = unsafe {
+                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                        self.consumer.client().native_ptr(),
+                        topic.as_ptr(),
+                        *p,
+                        &mut low,
+                        &mut high,
+                    )
+                };
+                err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    && high > (*next).max(position(*p))
+            })
+            .map(|(p, _, _)| *p)
+            .collect()
     }
 
     fn finished(&self) -> bool {
@@ -333,6 +384,28 @@ impl KafkaSource {
 impl SourceReader for KafkaSource {
     fn replaying(&self) -> bool {
         !self.replay.is_empty()
+    }
+
+    fn waiting(&mut self, from: u64, to: u64) -> Vec<(u64, Vec<i32>)> {
+        let mut out: Vec<(u64, Vec<i32>)> = self
+            .replayed_waiting
+            .range(from..to)
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(e, w)| (*e, w.clone()))
+            .collect();
+        // An epoch cut live: past every replayed one.
+        let live = self
+            .replayed_waiting
+            .keys()
+            .next_back()
+            .is_none_or(|last| from > *last);
+        if live {
+            let now = self.waiting_now();
+            if !now.is_empty() {
+                out.push((from, now));
+            }
+        }
+        out
     }
 
     fn poll_scripted(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Option<(u64, Poll)> {

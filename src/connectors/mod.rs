@@ -49,6 +49,15 @@ pub trait SourceReader {
     fn replaying(&self) -> bool {
         false
     }
+
+    /// The source's epoch moves on from `from` to `to`: for each epoch in
+    /// between that ends, the partitions that still had records waiting
+    /// past what was read in it (a window must not take them for idle).
+    /// Live, that is `from` as the reader finds it now; replaying, what
+    /// the epoch log says of each replayed epoch.
+    fn waiting(&mut self, _from: u64, _to: u64) -> Vec<(u64, Vec<i32>)> {
+        Vec::new()
+    }
 }
 
 /// Kafka's default partitioner for keyed records (murmur2, as the Java

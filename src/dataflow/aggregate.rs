@@ -105,6 +105,7 @@ pub trait Aggregate<'s> {
         plan: &AggregatePlan,
         input: RowSchema,
         ctx: Rc<WorkerContext>,
+        waiting: timely::dataflow::Stream<'s, Epoch, Vec<super::state::Seen>>,
     ) -> Records<'s>;
 }
 
@@ -116,10 +117,13 @@ impl<'s> Aggregate<'s> for Records<'s> {
         plan: &AggregatePlan,
         input: RowSchema,
         ctx: Rc<WorkerContext>,
+        waiting: timely::dataflow::Stream<'s, Epoch, Vec<super::state::Seen>>,
     ) -> Records<'s> {
         match &plan.window {
             None => plain(self, index, name, plan.clone(), input, ctx),
-            Some(w) => super::window::windowed(self, name, plan.clone(), w.clone(), input, ctx),
+            Some(w) => {
+                super::window::windowed(self, name, plan.clone(), w.clone(), input, ctx, waiting)
+            }
         }
     }
 }

@@ -310,6 +310,8 @@ pub fn build<'s>(
         .flat_map(|n| n.inputs.iter().copied())
         .collect();
     let mut streams: HashMap<Port, Records<'s>> = HashMap::new();
+    // Per source, the partitions it left records waiting in, per epoch.
+    let mut waiting: Vec<timely::dataflow::Stream<'s, Epoch, Vec<state::Seen>>> = Vec::new();
     let mut source_pos = 0usize;
     let mut transform_pos = 0usize;
     // Per group of sinks: the ports they read, and the sinks.
@@ -344,7 +346,8 @@ pub fn build<'s>(
         match &node.kind {
             NodeKind::Source(sp) => {
                 let reader = (readers[source_pos])(ctx.index, ctx.peers);
-                let raw = read_source(scope, &node.id, reader, source_pos, ctx.clone());
+                let (raw, left) = read_source(scope, &node.id, reader, source_pos, ctx.clone());
+                waiting.push(left);
                 let out = raw.decode(
                     &node.id,
                     sp.config.format,
@@ -374,8 +377,15 @@ pub fn build<'s>(
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Aggregate(a) => {
-                let out =
-                    input().aggregate(i, &node.name, a, plan.input_schema(i).clone(), ctx.clone());
+                let left = scope.concatenate(waiting.iter().cloned());
+                let out = input().aggregate(
+                    i,
+                    &node.name,
+                    a,
+                    plan.input_schema(i).clone(),
+                    ctx.clone(),
+                    left,
+                );
                 streams.insert(Port { node: i, output: 0 }, out);
             }
             NodeKind::Map(m) => {

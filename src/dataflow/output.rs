@@ -25,6 +25,9 @@ pub struct EpochCounts {
     pub through: Vec<u64>,
     /// Offsets read, per (source, partition): [first, one past the last).
     pub ranges: BTreeMap<(u32, i32), (i64, i64)>,
+    /// (source, partition) that had records waiting past those read when
+    /// the epoch ended (see `dataflow/source.rs`).
+    pub waiting: std::collections::BTreeSet<(u32, i32)>,
 }
 
 impl EpochCounts {
@@ -55,6 +58,7 @@ impl EpochCounts {
         self.dead += other.dead;
         self.late += other.late;
         self.filtered += other.filtered;
+        self.waiting.extend(other.waiting.iter().copied());
         for (k, (s, e)) in &other.ranges {
             let r = self.ranges.entry(*k).or_insert((*s, *e));
             r.0 = r.0.min(*s);

@@ -22,6 +22,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Concat;
 
 /// An event on its way to the window operator.
 type Item = (Vec<Value>, i64, AggState, Record);
@@ -44,6 +45,9 @@ impl WindowMsg {
 }
 
 const WATERMARK: u32 = u32::MAX;
+/// The event time of a mark that says a partition had records waiting
+/// (see `dataflow/source.rs`).
+const WAITING: i64 = i64::MIN;
 
 struct Partition {
     max_time: Option<i64>,
@@ -126,6 +130,7 @@ pub(super) fn windowed<'s>(
     window: WindowPlan,
     input: RowSchema,
     ctx: Rc<WorkerContext>,
+    waiting: timely::dataflow::Stream<'s, Epoch, Vec<Seen>>,
 ) -> Records<'s> {
     let node = name.to_string();
     let c = ctx.clone();
@@ -238,7 +243,7 @@ pub(super) fn windowed<'s>(
     let pact = Exchange::new(|m: &WindowMsg| hash_of(m.key()));
     let transform = name.to_string();
     items.binary_frontier::<_, CapacityContainerBuilder<Vec<Record>>, _, _, _, _>(
-        seen.broadcast(),
+        seen.concat(waiting).broadcast(),
         pact,
         Pipeline,
         &format!("{name} windows"),
@@ -312,8 +317,13 @@ pub(super) fn windowed<'s>(
                             max_time: None,
                             last_active: active,
                         });
-                        part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
                         part.last_active = part.last_active.max(active);
+                        // Records waiting in the partition: active, with no
+                        // event time of its own.
+                        if t == WAITING {
+                            continue;
+                        }
+                        part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
                     }
                     let mut changed: Vec<(Vec<Value>, i64)> = Vec::new();
                     let mut freed: Vec<(Vec<Value>, i64)> = Vec::new();

@@ -206,7 +206,7 @@ fn pull(
     let crate::plan::NodeKind::Aggregate(a) = &node.kind else {
         unreachable!()
     };
-    let (epoch, entries) = crate::runtime::recovery::committed_state(plan, transform)
+    let (epoch, entries) = crate::runtime::state_read::committed_state(plan, transform)
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let mut rows: Vec<(String, crate::record::Row)> = entries
         .iter()

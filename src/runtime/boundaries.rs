@@ -4,10 +4,16 @@
 //! leader appends each epoch once every writer has prepared it (the
 //! decision), with the offsets every process read.
 
+use super::epoch_log::{EpochLog, LogRecord, PartitionRange};
 use super::error::RunError;
-use super::recovery::{EpochLog, LogRecord, PartitionRange, Recovered};
+use super::recovery::Recovered;
 use crate::connectors::kafka_sink::record_headers;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What an epoch read: the offsets per (source, partition), [first, one
+/// past the last), and the partitions that had records waiting past them
+/// when it ended.
+pub type EpochRead = (BTreeMap<(u32, i32), (i64, i64)>, BTreeSet<(u32, i32)>);
 
 pub struct Boundaries {
     log: EpochLog,
@@ -72,6 +78,7 @@ impl Boundaries {
                 partition: *partition,
                 start: *pos,
                 end: *pos,
+                waiting: false,
             })
             .collect();
         let own = self.log.append(
@@ -91,7 +98,7 @@ impl Boundaries {
     pub fn log_epoch(
         &mut self,
         epoch: u64,
-        read: &BTreeMap<(u32, i32), (i64, i64)>,
+        (read, waiting): &EpochRead,
         skipped: Vec<u32>,
     ) -> Result<(i64, i64), RunError> {
         if let Some((offset, ranges)) = self.replayed.remove(&epoch) {
@@ -123,6 +130,7 @@ impl Boundaries {
                     partition: *partition,
                     start,
                     end,
+                    waiting: waiting.contains(&(*source, *partition)),
                 }
             })
             .collect();

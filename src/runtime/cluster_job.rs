@@ -16,14 +16,16 @@
 //! and rows and commits, process 0 last.
 
 use super::cluster::{self, Connected, Identity};
-use super::liveness::{self, Pulse, Stall};
 use super::commit::Committer;
+use super::committed;
 use super::control::{self, Event, Link, StartPlan, ToLeader, ToMember};
+use super::epoch_log::{LogRecord, PartitionRange};
 use super::error::RunError;
 use super::leader::Leader;
+use super::liveness::{self, Pulse, Stall};
 use super::local::{registry_for, say_resuming, wire, Backend, RunOptions, RunSummary};
 use super::member::{Member, Peers};
-use super::recovery::{self, LogRecord, Recovered};
+use super::recovery::{self, Recovered};
 use crate::connectors::kafka_admin;
 use crate::plan::Plan;
 use crossbeam_channel::Receiver;
@@ -143,7 +145,7 @@ fn lead(
             plan,
             fenced.attempt,
             shape,
-            recovery::Begun {
+            committed::Begun {
                 log: None,
                 progress: Some(fenced.progress_consumer()),
                 fence: true,
@@ -374,7 +376,17 @@ fn start_plan(r: &Recovered) -> StartPlan {
             .start_offsets
             .as_ref()
             .map(|m| m.iter().map(|((s, p), o)| (*s, *p, *o)).collect()),
-        replay: r.replay.clone(),
+        replay: r
+            .replay
+            .iter()
+            .map(|(e, rs)| {
+                let rs = rs
+                    .iter()
+                    .map(|r| (r.source, r.partition, r.start, r.end, r.waiting))
+                    .collect();
+                (*e, rs)
+            })
+            .collect(),
         sink_schema_ids: Vec::new(),
         skip: r.skip.iter().map(|(e, w)| (*e, w.clone())).collect(),
         committed_offset: r.committed_offset,
@@ -391,7 +403,23 @@ fn recovered_from(p: &StartPlan) -> Recovered {
             .start_offsets
             .as_ref()
             .map(|v| v.iter().map(|(s, q, o)| ((*s, *q), *o)).collect()),
-        replay: p.replay.clone(),
+        replay: p
+            .replay
+            .iter()
+            .map(|(e, rs)| {
+                let rs = rs
+                    .iter()
+                    .map(|&(source, partition, start, end, waiting)| PartitionRange {
+                        source,
+                        partition,
+                        start,
+                        end,
+                        waiting,
+                    })
+                    .collect();
+                (*e, rs)
+            })
+            .collect(),
         log_offsets: Default::default(),
         skip: p.skip.iter().cloned().collect(),
         committed_offset: p.committed_offset,

@@ -6,8 +6,9 @@
 
 use super::boundaries::Boundaries;
 use super::coordinator::{steps, EpochWork, Step};
+use super::epoch_log::{EpochLog, LogRecord};
 use super::error::RunError;
-use super::recovery::{EpochLog, LogRecord, Recovered};
+use super::recovery::Recovered;
 use crate::connectors::kafka_admin::client_config;
 use crate::connectors::kafka_sink::{refused_for_good, KafkaWriter};
 use crate::fault;
@@ -341,7 +342,7 @@ impl Committer {
         &mut self,
         epoch: u64,
         output: EpochOutput,
-        read: &BTreeMap<(u32, i32), (i64, i64)>,
+        read: &super::boundaries::EpochRead,
         external: bool,
         write_external: impl FnOnce(i64) -> Result<(), RunError>,
         job: &str,
@@ -350,7 +351,7 @@ impl Committer {
         let work = EpochWork {
             kafka: !output.is_empty(),
             external,
-            read: !read.is_empty(),
+            read: !read.0.is_empty() || !read.1.is_empty(),
             replayed: self.bounds().is_replayed(epoch),
         };
         match self.try_commit(epoch, &output, read, work, &mut write_external, job) {
@@ -377,7 +378,7 @@ impl Committer {
         if !matches!(e, RunError::CommitTimeout { .. }) {
             return e;
         }
-        match super::recovery::newest_attempt(&self.brokers, &self.log_topic) {
+        match super::epoch_log::newest_attempt(&self.brokers, &self.log_topic) {
             Ok(newest) if newest > self.attempt => RunError::Fenced {
                 writer: self.writer_id.clone(),
                 job: job.into(),
@@ -404,7 +405,7 @@ impl Committer {
         &mut self,
         epoch: u64,
         output: &EpochOutput,
-        read: &BTreeMap<(u32, i32), (i64, i64)>,
+        read: &super::boundaries::EpochRead,
         work: EpochWork,
         write_external: &mut Option<impl FnOnce(i64) -> Result<(), RunError>>,
         job: &str,

@@ -8,7 +8,6 @@
 //! Process 0's own writer talks to the leader through channels with the
 //! same messages, so the leader treats every process alike.
 
-use super::recovery::PartitionRange;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -37,6 +36,8 @@ pub enum ToLeader {
     Prepared {
         epoch: u64,
         read: Vec<(u32, i32, i64, i64)>,
+        /// (source, partition) with records waiting when the epoch ended.
+        waiting: Vec<(u32, i32)>,
         report: EpochReport,
         share: KafkaShare,
     },
@@ -182,7 +183,9 @@ pub struct StartPlan {
     pub committed: u64,
     pub next_epoch: u64,
     pub start_offsets: Option<Vec<(u32, i32, i64)>>,
-    pub replay: Vec<(u64, Vec<PartitionRange>)>,
+    /// (epoch, [(source, partition, start, end, waiting)]): postcard
+    /// keeps every field, so no field of a range may be left out.
+    pub replay: Vec<(u64, Vec<(u32, i32, i64, i64, bool)>)>,
     /// Schema ids the leader registered, by sink node.
     pub sink_schema_ids: Vec<(usize, u32)>,
     /// Per replayed epoch, the writers that committed it before.

@@ -112,7 +112,8 @@ pub struct EpochWork {
     pub kafka: bool,
     /// Rows or files for stores outside Kafka.
     pub external: bool,
-    /// Offsets read from a source.
+    /// Offsets read from a source, or records left waiting in one (the
+    /// log keeps both).
     pub read: bool,
     /// An epoch logged before a restart and cut again now.
     pub replayed: bool,
@@ -138,8 +139,8 @@ pub fn steps(work: EpochWork, cluster: bool) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::epoch_log::{LogRecord, PartitionRange};
     use crate::runtime::planner::{self, attempt_at};
-    use crate::runtime::recovery::{LogRecord, PartitionRange};
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
@@ -280,6 +281,7 @@ mod tests {
                                     partition: 0,
                                     start: from as i64,
                                     end: to as i64,
+                                    waiting: false,
                                 }];
                                 let o = world.append(LogRecord::Epoch {
                                     epoch,

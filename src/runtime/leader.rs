@@ -9,11 +9,11 @@
 
 use super::control::{Event, Link, Share, ToLeader, ToMember};
 use super::error::RunError;
-use super::member::{PeerEvent, PreparedShare};
 use super::liveness::Stall;
+use super::member::{PeerEvent, PreparedShare};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 pub struct Leader {
     /// To every process, process 0 first.
@@ -110,6 +110,7 @@ impl Leader {
                 ToLeader::Prepared {
                     epoch,
                     read,
+                    waiting,
                     report,
                     share,
                 } => {
@@ -118,6 +119,7 @@ impl Leader {
                             .into_iter()
                             .map(|(s, p, a, b)| ((s, p), (a, b)))
                             .collect(),
+                        waiting,
                         report,
                         share,
                     };

@@ -68,9 +68,8 @@ pub fn report(link: Link<ToLeader>, pulse: Arc<Pulse>, closed: Arc<AtomicBool>) 
         .spawn(move || {
             while !closed.load(Ordering::SeqCst) {
                 if let Some(frontier) = pulse.frontier() {
-                    let waiting = crate::dataflow::decode::WAITING_FOR_REGISTRY
-                        .load(Ordering::SeqCst)
-                        > 0;
+                    let waiting =
+                        crate::dataflow::decode::WAITING_FOR_REGISTRY.load(Ordering::SeqCst) > 0;
                     if !link.send(&ToLeader::Pulse { frontier, waiting }) {
                         return;
                     }

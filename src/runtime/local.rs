@@ -3,7 +3,7 @@
 use super::commit::Committer;
 pub use super::error::RunError;
 use super::lookups::{lookup, Lookups};
-use super::recovery;
+use super::{committed, epoch_log, recovery};
 use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka_admin;
 use crate::connectors::kafka_sink::KafkaTopicSink;
@@ -154,7 +154,7 @@ pub fn run(
         let newest_start_is_ours = || -> Result<bool, RunError> {
             std::thread::sleep(Duration::from_secs(3));
             let log = plan.job.epoch_log_topic();
-            Ok(recovery::newest_attempt(&plan.job.brokers, &log)? == attempt)
+            Ok(epoch_log::newest_attempt(&plan.job.brokers, &log)? == attempt)
         };
         match result {
             Err(e @ (RunError::Fenced { .. } | RunError::CommitTimeout { .. }))
@@ -199,7 +199,7 @@ fn run_attempt(
         Committer::check_not_fenced(job, &fenced)?;
         // A log missing before the start (a first start) is read anew.
         let log_begun = log_begun.join().expect("epoch log thread").ok().flatten();
-        let begun = recovery::Begun {
+        let begun = committed::Begun {
             log: log_begun,
             progress: Some(fenced.progress_consumer()),
             fence: true,
@@ -322,15 +322,17 @@ pub(super) fn wire(
             positions.insert((pos as u32, *p), *start);
         }
         tracing::debug!("source {}: (partition, start, end) {ranges:?}", c.topic);
-        let replay: Vec<(u64, HashMap<i32, i64>)> = recovered
+        let replay: Vec<(u64, HashMap<i32, i64>, Vec<i32>)> = recovered
             .replay
             .iter()
             .map(|(epoch, rs)| {
+                let of_source = || rs.iter().filter(|r| r.source == pos as u32);
                 (
                     *epoch,
-                    rs.iter()
-                        .filter(|r| r.source == pos as u32)
-                        .map(|r| (r.partition, r.end))
+                    of_source().map(|r| (r.partition, r.end)).collect(),
+                    of_source()
+                        .filter(|r| r.waiting)
+                        .map(|r| r.partition)
                         .collect(),
                 )
             })

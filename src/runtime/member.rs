@@ -147,6 +147,7 @@ impl Member {
 /// One process's share of an epoch, as process 0 receives it.
 pub struct PreparedShare {
     pub read: BTreeMap<(u32, i32), (i64, i64)>,
+    pub waiting: Vec<(u32, i32)>,
     pub report: EpochReport,
     pub share: KafkaShare,
 }

@@ -17,7 +17,7 @@
 //!   committed; a writer replays the epochs after it but skips sending
 //!   those it had already committed.
 
-use super::recovery::{LogRecord, PartitionRange};
+use super::epoch_log::{LogRecord, PartitionRange};
 use std::collections::{BTreeMap, HashMap};
 
 /// The attempt of the start whose record sits at `offset`.
@@ -312,6 +312,7 @@ mod tests {
                 partition: 0,
                 start,
                 end,
+                waiting: false,
             }],
         }
     }
@@ -428,6 +429,7 @@ mod tests {
                 partition: 1,
                 start: 10,
                 end: 20,
+                waiting: false,
             }],
         )];
         // Resuming at 20 with the partition starting at 15: epoch 4's
@@ -461,6 +463,7 @@ mod tests {
                 partition: 0,
                 start: 40,
                 end: 40,
+                waiting: false,
             }],
         };
         let records = log(vec![LogRecord::start(), begin, LogRecord::start()]);
@@ -601,6 +604,7 @@ mod tests {
                                         partition: 0,
                                         start: offset_end - 10,
                                         end: offset_end,
+                                        waiting: false,
                                     }],
                                 },
                             )

@@ -7,7 +7,7 @@
 //! the new log records per new upstream epoch, on this thread, never on a
 //! worker.
 
-use super::{planner, recovery};
+use super::{committed, epoch_log, planner};
 use crate::connectors::kafka_admin;
 use crate::connectors::written_by::{Upstream, WrittenBy};
 use std::collections::{BTreeMap, HashMap};
@@ -114,7 +114,7 @@ fn toml_str(s: &str) -> String {
 
 /// Keeps `watch` up to date while anything still holds it.
 fn follow(job: crate::spec::JobConfig, watch: Weak<Watch>) {
-    let mut log: Vec<(i64, recovery::LogRecord)> = Vec::new();
+    let mut log: Vec<(i64, epoch_log::LogRecord)> = Vec::new();
     let mut warned = false;
     loop {
         let Some(w) = watch.upgrade() else { return };
@@ -164,7 +164,7 @@ fn follow(job: crate::spec::JobConfig, watch: Weak<Watch>) {
 /// writers' progress, and says which copy of each epoch counts.
 fn read_on(
     job: &crate::spec::JobConfig,
-    log: &mut Vec<(i64, recovery::LogRecord)>,
+    log: &mut Vec<(i64, epoch_log::LogRecord)>,
 ) -> Result<Vec<BTreeMap<u64, u32>>, String> {
     let next = log.last().map_or(0, |(offset, _)| offset + 1);
     kafka_admin::read_each(&job.brokers, &job.epoch_log_topic(), Some(&[next]), |m| {
@@ -173,10 +173,10 @@ fn read_on(
         }
     })
     .map_err(|e| e.to_string())?;
-    let writers = recovery::writers_in(log);
+    let writers = epoch_log::writers_in(log);
     (0..writers)
         .map(|w| {
-            let progress = recovery::committed_progress(&job.brokers, job, w)
+            let progress = committed::committed_progress(&job.brokers, job, w)
                 .map_err(|e| e.to_string())?
                 .unwrap_or(0);
             Ok(planner::committed_copies(log, progress, w))

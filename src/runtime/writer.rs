@@ -368,7 +368,7 @@ impl Writer<'_> {
     ) -> Result<(), RunError> {
         let read = totals
             .as_ref()
-            .map(|t| t.counts.ranges.clone())
+            .map(|t| (t.counts.ranges.clone(), t.counts.waiting.clone()))
             .unwrap_or_default();
         // This process's own counts, before process 0 adds the others':
         // every process's metrics count what it did.
@@ -439,9 +439,10 @@ impl Writer<'_> {
                 });
                 for share in peers.shares_of(e)? {
                     merged.add_share(&share.report, share.read);
+                    merged.counts.waiting.extend(share.waiting);
                     share.share.add_to(&mut output);
                 }
-                let read = merged.counts.ranges.clone();
+                let read = (merged.counts.ranges.clone(), merged.counts.waiting.clone());
                 let write_all = |offset| -> Result<(), RunError> {
                     write_files()?;
                     peers.decided(e, offset)
@@ -454,9 +455,11 @@ impl Writer<'_> {
                 let prepared = ToLeader::Prepared {
                     epoch: e,
                     read: read
+                        .0
                         .iter()
                         .map(|((s, p), (a, b))| (*s, *p, *a, *b))
                         .collect(),
+                    waiting: read.1.iter().copied().collect(),
                     report,
                     share: KafkaShare::take_from(&mut output),
                 };
@@ -512,7 +515,7 @@ impl Writer<'_> {
                 filtered: own.filtered,
                 duration,
                 commit: commit_time,
-                read: &read,
+                read: &read.0,
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
             o.open_epoch_bytes(self.staged.values().map(|(_, b)| *b).sum());
@@ -612,6 +615,7 @@ impl EpochTotals {
                 .map(|(s, p, n, b)| ((*s, *p), (*n, *b)))
                 .collect(),
             through: r.through.clone(),
+            waiting: Default::default(),
             dead: r.dead,
             late: r.late,
             filtered: r.filtered,

@@ -2,7 +2,7 @@
 //! a job has been stopped and started again.
 
 use super::*;
-use rill::runtime::recovery::{read_log, LogRecord};
+use rill::runtime::epoch_log::{read_log, LogRecord};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Epoch numbers the job's log holds more than once (replays never log an

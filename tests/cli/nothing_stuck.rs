@@ -643,8 +643,9 @@ fn a_source_topic_deleted_and_made_again_under_a_running_job_stops_it() {
     assert!(
         said.contains(&format!(
             "source topic `{input}` was deleted and made again while the job read it"
-        )) || said.contains(&format!("source topic `{input}` was deleted while the job read it"))
-            && said.contains("a topic made again under its name starts over at offset 0")
+        )) || said.contains(&format!(
+            "source topic `{input}` was deleted while the job read it"
+        )) && said.contains("a topic made again under its name starts over at offset 0")
             || said.contains(&format!("kafka source {input}: "))
                 && said.contains("or the topic was deleted and made again"),
         "{said}"
@@ -912,15 +913,24 @@ fn a_data_link_that_goes_silent_stops_the_cluster_and_a_restart_loses_nothing() 
     // Slowly, so that the input is not all read when the link goes silent
     // after process 1's third commit.
     let slow = ["--max-records-per-second", "400"];
-    let cut = [("RILL_CUT_LINK_AT", "committed:3"), ("RILL_FAIL_PROCESS", "1")];
+    let cut = [
+        ("RILL_CUT_LINK_AT", "committed:3"),
+        ("RILL_FAIL_PROCESS", "1"),
+    ];
     let (zero, one) = (process("0", &slow, &[]), process("1", &slow, &cut));
     let (zero, one) = (zero.join().unwrap(), one.join().unwrap());
     let (said0, said1) = (
         String::from_utf8_lossy(&zero.stderr),
         String::from_utf8_lossy(&one.stderr),
     );
-    assert!(!zero.status.success() && !one.status.success(), "{said0}\n{said1}");
-    assert!(said1.contains("fault injection: data links cut at `committed`"), "{said1}");
+    assert!(
+        !zero.status.success() && !one.status.success(),
+        "{said0}\n{said1}"
+    );
+    assert!(
+        said1.contains("fault injection: data links cut at `committed`"),
+        "{said1}"
+    );
     let reason = "while every process answers (processes 0, 1 at that epoch): a link between processes carries nothing (a network partition, or a peer's network thread stopped) or a worker is stuck; the cluster stops so that it can be started again (raise --stall-timeout-ms if epochs take longer)";
     assert!(
         said0.contains(&format!("error: job {tag}-cut-bank failed (process 0): "))
@@ -931,12 +941,13 @@ fn a_data_link_that_goes_silent_stops_the_cluster_and_a_restart_loses_nothing() 
     assert!(said1.contains(reason), "{said1}");
     // What a supervisor does: start both again.
     let caught_up = ["--until-caught-up"];
-    let (zero, one) = (
-        process("0", &caught_up, &[]),
-        process("1", &caught_up, &[]),
-    );
+    let (zero, one) = (process("0", &caught_up, &[]), process("1", &caught_up, &[]));
     for out in [zero.join().unwrap(), one.join().unwrap()] {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(verify_lines(&job), want);
 }
@@ -1005,14 +1016,115 @@ fn a_peer_of_a_paused_process_0_stops_within_seconds_and_a_restart_loses_nothing
     );
     // The control link's silence (5 s), and a little more: not the 60 s
     // of a Kafka flush or commit.
-    assert!(noticed < Duration::from_secs(10), "after {noticed:?}:\n{said1}");
+    assert!(
+        noticed < Duration::from_secs(10),
+        "after {noticed:?}:\n{said1}"
+    );
     assert_eq!(status0.code(), Some(1), "{said0}");
     for out in [
         process_of(&job, &hostfile, "0", &["--until-caught-up"], &[]),
         process_of(&job, &hostfile, "1", &["--until-caught-up"], &[]),
     ] {
         let out = out.join().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(verify_lines(&job), want);
+}
+
+#[test]
+fn a_partition_with_records_waiting_is_never_idle_so_its_events_are_not_late() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("waiting");
+    let (job, t) = job_copy(
+        dir.path(),
+        "turnstile.toml",
+        &[
+            "turnstile",
+            "turnstile-station-counts",
+            "turnstile-dead-letters",
+        ],
+        &tag,
+    );
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("idle_timeout_ms = 10000", "idle_timeout_ms = 2000");
+    std::fs::write(&job, text).unwrap();
+    let input = &t["turnstile"];
+    kafka_admin::ensure_topic(BROKERS, input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    // Partition 0 reports every second, partition 1 every ten: over the
+    // same 50 minutes of event time, in order in each partition. The
+    // reader takes partition 0's first fetch whole before partition 1's,
+    // and at 300 records a second that is several epochs.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let t0: i64 = 1_700_000_000_000;
+    let event = |station: &str, i: i64, every_ms: i64| {
+        serde_json::json!({
+            "station": station, "device": format!("{station}-1"), "entries": 1, "exits": 0,
+            "entries_total": i, "exits_total": 0, "event_time": t0 + i * every_ms,
+        })
+        .to_string()
+    };
+    let mut sent = 0;
+    for (partition, station, count, every_ms) in [(0, "A", 3000, 1000), (1, "B", 300, 10_000)] {
+        for i in 0..count {
+            let value = event(station, i, every_ms);
+            loop {
+                match producer.send(
+                    BaseRecord::to(input.as_str())
+                        .key(station)
+                        .payload(&value)
+                        .partition(partition),
+                ) {
+                    Ok(()) => break,
+                    Err(_) => {
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let out = jobctl_within(
+        &[
+            "submit",
+            job.to_str().unwrap(),
+            "--until-caught-up",
+            "--workers",
+            "1",
+            "--max-records-per-second",
+            "300",
+            "--quiet",
+        ],
+        &[],
+        Duration::from_secs(120),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let dead: Vec<String> = read_topic(&t["turnstile-dead-letters"])
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(
+        dead.len(),
+        0,
+        "dead letters: {:?}",
+        &dead[..dead.len().min(3)]
+    );
+    let reports: i64 = read_topic(&t["turnstile-station-counts"])
+        .iter()
+        .map(|r| {
+            let row: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            row["reports"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(reports, sent);
 }
