@@ -878,6 +878,35 @@ fn strs(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
+/// A bank job reading 3,000 transactions (from `seed`) of its own: its
+/// tag, its job file, and what an uninterrupted run of its twin commits.
+fn bank_with_reference(dir: &Path, prefix: &str, seed: &str) -> (String, PathBuf, Vec<String>) {
+    let tag = unique(prefix);
+    let input = format!("{tag}-input");
+    bank_input(dir, &tag, &input, "3000", seed);
+    let job_for = |role: &str| super::cluster::bank_reading(dir, &input, &format!("{tag}-{role}"));
+    let want = uninterrupted(&job_for("reference"));
+    let job = job_for("run");
+    (tag, job, want)
+}
+
+/// What a supervisor does after a cluster of two stopped: starts both
+/// processes again (here until they have caught up).
+fn restart_both(job: &Path, hostfile: &Path) {
+    let caught_up = ["--until-caught-up"];
+    let (zero, one) = (
+        process_of(job, hostfile, "0", &caught_up, &[]),
+        process_of(job, hostfile, "1", &caught_up, &[]),
+    );
+    for out in [zero.join().unwrap(), one.join().unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Two free ports on 127.0.0.1, written to a hostfile in `dir`.
 fn hostfile_of_two(dir: &Path) -> PathBuf {
     let ports: Vec<std::net::TcpListener> = (0..2)
@@ -897,13 +926,7 @@ fn hostfile_of_two(dir: &Path) -> PathBuf {
 fn a_data_link_that_goes_silent_stops_the_cluster_and_a_restart_loses_nothing() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
-    let tag = unique("silent-link");
-    let input = format!("{tag}-input");
-    bank_input(dir.path(), &tag, &input, "3000", "15");
-    let job_for =
-        |role: &str| super::cluster::bank_reading(dir.path(), &input, &format!("{tag}-{role}"));
-    let want = uninterrupted(&job_for("reference"));
-    let job = job_for("cut");
+    let (tag, job, want) = bank_with_reference(dir.path(), "silent-link", "15");
     let hostfile = hostfile_of_two(dir.path());
     let process = |i: &str, extra: &[&str], env: &[(&str, &str)]| {
         let mut args = vec!["--stall-timeout-ms", "4000"];
@@ -933,22 +956,13 @@ fn a_data_link_that_goes_silent_stops_the_cluster_and_a_restart_loses_nothing() 
     );
     let reason = "while every process answers (processes 0, 1 at that epoch): a link between processes carries nothing (a network partition, or a peer's network thread stopped) or a worker is stuck; the cluster stops so that it can be started again (raise --stall-timeout-ms if epochs take longer)";
     assert!(
-        said0.contains(&format!("error: job {tag}-cut-bank failed (process 0): "))
+        said0.contains(&format!("error: job {tag}-run-bank failed (process 0): "))
             && said0.contains("no worker of the cluster has finished epoch ")
             && said0.contains(reason),
         "{said0}"
     );
     assert!(said1.contains(reason), "{said1}");
-    // What a supervisor does: start both again.
-    let caught_up = ["--until-caught-up"];
-    let (zero, one) = (process("0", &caught_up, &[]), process("1", &caught_up, &[]));
-    for out in [zero.join().unwrap(), one.join().unwrap()] {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    restart_both(&job, &hostfile);
     assert_eq!(verify_lines(&job), want);
 }
 
@@ -956,13 +970,7 @@ fn a_data_link_that_goes_silent_stops_the_cluster_and_a_restart_loses_nothing() 
 fn a_peer_of_a_paused_process_0_stops_within_seconds_and_a_restart_loses_nothing() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
-    let tag = unique("paused");
-    let input = format!("{tag}-input");
-    bank_input(dir.path(), &tag, &input, "3000", "16");
-    let job_for =
-        |role: &str| super::cluster::bank_reading(dir.path(), &input, &format!("{tag}-{role}"));
-    let want = uninterrupted(&job_for("reference"));
-    let job = job_for("paused");
+    let (_, job, want) = bank_with_reference(dir.path(), "paused", "16");
     let hostfile = hostfile_of_two(dir.path());
     let args = |i: &'static str| -> Vec<String> {
         [
@@ -1021,17 +1029,7 @@ fn a_peer_of_a_paused_process_0_stops_within_seconds_and_a_restart_loses_nothing
         "after {noticed:?}:\n{said1}"
     );
     assert_eq!(status0.code(), Some(1), "{said0}");
-    for out in [
-        process_of(&job, &hostfile, "0", &["--until-caught-up"], &[]),
-        process_of(&job, &hostfile, "1", &["--until-caught-up"], &[]),
-    ] {
-        let out = out.join().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    restart_both(&job, &hostfile);
     assert_eq!(verify_lines(&job), want);
 }
 
