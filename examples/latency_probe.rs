@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use rill::connectors::kafka_admin;
-use rill::runtime::recovery::{read_log, LogRecord};
+use rill::runtime::epoch_log::{read_log, LogRecord};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

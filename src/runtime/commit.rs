@@ -5,7 +5,7 @@
 //! transaction.
 
 use super::boundaries::Boundaries;
-use super::coordinator::{steps, EpochWork, Step};
+use super::coordinator::{execute, steps, EpochSteps, EpochWork, Role};
 use super::epoch_log::{EpochLog, LogRecord};
 use super::error::RunError;
 use super::recovery::Recovered;
@@ -410,42 +410,23 @@ impl Committer {
         write_external: &mut Option<impl FnOnce(i64) -> Result<(), RunError>>,
         job: &str,
     ) -> Result<(), RunError> {
-        let eos = self.guarantee == Guarantee::ExactlyOnce;
         let skips = self.skips(epoch);
-        let (mut log_offset, mut own) = (0, 0);
-        for step in steps(work, false) {
-            match step {
-                Step::Send if skips => {}
-                Step::Send => self.send(epoch, output, job)?,
-                Step::Log => {
-                    let skipped = self.skip.get(&epoch).cloned().unwrap_or_default();
-                    (log_offset, own) = self.bounds().log_epoch(epoch, read, skipped)?;
-                }
-                Step::CheckFenced => {
-                    self.bounds().check_fenced(own, job)?;
-                    fault::point("epoch_logged");
-                    fault::pause("epoch_logged");
-                }
-                Step::PreCommit if eos && !skips => self.pre_commit(epoch, job)?,
-                Step::PreCommit | Step::AwaitDecision => {}
-                // Files and rows skip an epoch they hold, so a retry after
-                // they were written has nothing to write again.
-                Step::WriteExternal => {
-                    if let Some(write) = write_external.take() {
-                        write(log_offset)?;
-                    }
-                }
-                Step::Commit => {
-                    if !skips {
-                        self.commit_progress(log_offset, job)?;
-                    }
-                    self.bounds().committed = epoch;
-                    self.committed_epochs += 1;
-                    fault::point("committed");
-                }
-            }
-        }
-        Ok(())
+        let mut stores = EpochCommit {
+            role: Role::Logs,
+            committer: self,
+            epoch,
+            output,
+            read: Some(read),
+            job,
+            skips,
+            log_offset: 0,
+            own: 0,
+            decide: None,
+            write_external: write_external
+                .take()
+                .map(|w| Box::new(w) as WriteExternal<'_>),
+        };
+        execute(&steps(work, Role::Logs), &mut stores)
     }
 
     /// Commits `epoch` as one of a cluster's writers other than process
@@ -464,21 +445,20 @@ impl Committer {
         job: &str,
     ) -> Result<(), RunError> {
         let skips = self.skips(epoch);
-        if !skips {
-            self.send(epoch, output, job)?;
-            if self.guarantee == Guarantee::ExactlyOnce {
-                self.pre_commit(epoch, job)?;
-            }
-        }
-        let log_offset = decide()?;
-        fault::point("decided");
-        write_external()?;
-        if !skips {
-            self.commit_progress(log_offset, job)
-                .map_err(|e| self.fenced_if_superseded(e, job))?;
-            fault::point("committed");
-        }
-        Ok(())
+        let mut stores = EpochCommit {
+            role: Role::Follows,
+            committer: self,
+            epoch,
+            output,
+            read: None,
+            job,
+            skips,
+            log_offset: 0,
+            own: 0,
+            decide: Some(Box::new(decide)),
+            write_external: Some(Box::new(move |_| write_external())),
+        };
+        execute(&steps(EpochWork::default(), Role::Follows), &mut stores)
     }
 
     /// On a first start, logs where each source partition begins.
@@ -593,5 +573,102 @@ impl Committer {
         self.writer
             .flush(Duration::from_secs(60))
             .map_err(RunError::Delivery)
+    }
+}
+
+/// Tells process 0 an epoch is prepared and waits for its record's offset.
+type Decide<'a> = Box<dyn FnOnce() -> Result<i64, RunError> + 'a>;
+/// Writes an epoch's files and rows, given its record's offset.
+type WriteExternal<'a> = Box<dyn FnOnce(i64) -> Result<(), RunError> + 'a>;
+
+/// One epoch on its way through [`Committer`]: the steps of the protocol
+/// (see `coordinator.rs`) as this writer carries them out.
+struct EpochCommit<'a> {
+    role: Role,
+    committer: &'a mut Committer,
+    epoch: u64,
+    output: &'a EpochOutput,
+    /// What the epoch read, for the writer that logs it.
+    read: Option<&'a super::boundaries::EpochRead>,
+    job: &'a str,
+    /// The writer committed this replayed epoch before: it sends and
+    /// commits nothing of it, yet takes part.
+    skips: bool,
+    /// The offset of the epoch's record in the log, once logged or decided.
+    log_offset: i64,
+    /// The offset of this writer's own record of it.
+    own: i64,
+    /// Tells process 0 the epoch is prepared and waits for its offset.
+    decide: Option<Decide<'a>>,
+    /// Writes files and rows, given the epoch's offset in the log.
+    write_external: Option<WriteExternal<'a>>,
+}
+
+impl EpochSteps for EpochCommit<'_> {
+    type Error = RunError;
+
+    fn send(&mut self) -> Result<(), RunError> {
+        if self.skips {
+            return Ok(());
+        }
+        self.committer.send(self.epoch, self.output, self.job)
+    }
+
+    fn log(&mut self) -> Result<(), RunError> {
+        let c = &mut *self.committer;
+        let skipped = c.skip.get(&self.epoch).cloned().unwrap_or_default();
+        let read = self.read.expect("the writer that logs knows what was read");
+        (self.log_offset, self.own) = c.bounds().log_epoch(self.epoch, read, skipped)?;
+        Ok(())
+    }
+
+    fn check_fenced(&mut self) -> Result<(), RunError> {
+        self.committer.bounds().check_fenced(self.own, self.job)?;
+        fault::point("epoch_logged");
+        fault::pause("epoch_logged");
+        Ok(())
+    }
+
+    fn pre_commit(&mut self) -> Result<(), RunError> {
+        if self.skips || self.committer.guarantee != Guarantee::ExactlyOnce {
+            return Ok(());
+        }
+        self.committer.pre_commit(self.epoch, self.job)
+    }
+
+    fn await_decision(&mut self) -> Result<(), RunError> {
+        if let Some(decide) = self.decide.take() {
+            self.log_offset = decide()?;
+        }
+        fault::point("decided");
+        Ok(())
+    }
+
+    // Files and rows skip an epoch they hold, so a retry after they were
+    // written has nothing to write again.
+    fn write_external(&mut self) -> Result<(), RunError> {
+        match self.write_external.take() {
+            Some(write) => write(self.log_offset),
+            None => Ok(()),
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), RunError> {
+        let (c, job) = (&mut *self.committer, self.job);
+        if !self.skips {
+            c.commit_progress(self.log_offset, job)
+                .map_err(|e| match self.role {
+                    Role::Follows => c.fenced_if_superseded(e, job),
+                    Role::Logs => e,
+                })?;
+        }
+        if self.role == Role::Logs {
+            c.bounds().committed = self.epoch;
+            c.committed_epochs += 1;
+        }
+        if self.role == Role::Logs || !self.skips {
+            fault::point("committed");
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,10 @@
 //! The epoch coordinator: which epochs are complete, when a cluster may
-//! decide one, and the steps that commit an epoch, in order. Pure, so
-//! every crash point can be enumerated against a model of the stores (the
-//! tests below), with the recovery planner deciding each restart.
+//! decide one, the steps that commit an epoch, in order, and the executor
+//! that carries them out. Pure: the stores are behind [`EpochSteps`], which
+//! the committer implements with Kafka, files and Postgres, and the tests
+//! below with a model of them, so that every crash point is enumerated
+//! through the same executor, with the recovery planner deciding each
+//! restart.
 //!
 //! The order of the steps is the protocol:
 //! 1. `Send`: the epoch's output, dead letters and changelog go into the
@@ -13,8 +16,9 @@
 //!    later instance's start there means it must write nothing more.
 //! 4. `PreCommit`: the transaction is flushed; a record the broker refused
 //!    aborts the epoch.
-//! 5. `AwaitDecision` (cluster only): process 0 logs the decision once
-//!    every writer has prepared the epoch.
+//! 5. `AwaitDecision` (a cluster's processes other than 0, which neither
+//!    log nor check): process 0 logs the epoch once every writer has
+//!    prepared it, which decides it.
 //! 6. `WriteExternal`: files and rows, each store skipping an epoch it
 //!    already holds (a replay writes what the first try wrote).
 //! 7. `Commit`: the transaction commits with the writer's progress.
@@ -119,21 +123,69 @@ pub struct EpochWork {
     pub replayed: bool,
 }
 
-/// The steps that commit `work`, in order; none for an epoch that holds
-/// nothing (it leaves no trace, and its number is not logged).
-pub fn steps(work: EpochWork, cluster: bool) -> Vec<Step> {
-    if !(work.kafka || work.external || work.read || work.replayed) {
-        return Vec::new();
+/// How a writer takes part in an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A writer alone, or a cluster's process 0: it logs each epoch.
+    Logs,
+    /// Another process of a cluster: process 0 logs the epochs it names,
+    /// and every writer commits each of them.
+    Follows,
+}
+
+/// The steps that commit `work`, in order. A writer that logs takes none
+/// for an epoch that holds nothing (it leaves no trace, and its number is
+/// not logged).
+pub fn steps(work: EpochWork, role: Role) -> Vec<Step> {
+    match role {
+        Role::Logs => {
+            if !(work.kafka || work.external || work.read || work.replayed) {
+                return Vec::new();
+            }
+            let mut out = vec![Step::Send, Step::Log, Step::CheckFenced, Step::PreCommit];
+            if work.external {
+                out.push(Step::WriteExternal);
+            }
+            out.push(Step::Commit);
+            out
+        }
+        Role::Follows => vec![
+            Step::Send,
+            Step::PreCommit,
+            Step::AwaitDecision,
+            Step::WriteExternal,
+            Step::Commit,
+        ],
     }
-    let mut out = vec![Step::Send, Step::Log, Step::CheckFenced, Step::PreCommit];
-    if cluster {
-        out.push(Step::AwaitDecision);
+}
+
+/// The stores one epoch is committed to, a step at a time. Each step
+/// returns an error to stop there (a crash, in the model).
+pub trait EpochSteps {
+    type Error;
+    fn send(&mut self) -> Result<(), Self::Error>;
+    fn log(&mut self) -> Result<(), Self::Error>;
+    fn check_fenced(&mut self) -> Result<(), Self::Error>;
+    fn pre_commit(&mut self) -> Result<(), Self::Error>;
+    fn await_decision(&mut self) -> Result<(), Self::Error>;
+    fn write_external(&mut self) -> Result<(), Self::Error>;
+    fn commit(&mut self) -> Result<(), Self::Error>;
+}
+
+/// Carries out `steps` in order, stopping at the first that fails.
+pub fn execute<S: EpochSteps>(steps: &[Step], stores: &mut S) -> Result<(), S::Error> {
+    for step in steps {
+        match step {
+            Step::Send => stores.send()?,
+            Step::Log => stores.log()?,
+            Step::CheckFenced => stores.check_fenced()?,
+            Step::PreCommit => stores.pre_commit()?,
+            Step::AwaitDecision => stores.await_decision()?,
+            Step::WriteExternal => stores.write_external()?,
+            Step::Commit => stores.commit()?,
+        }
     }
-    if work.external {
-        out.push(Step::WriteExternal);
-    }
-    out.push(Step::Commit);
-    out
+    Ok(())
 }
 
 #[cfg(test)]
@@ -176,14 +228,20 @@ mod tests {
             read: true,
             replayed: false,
         };
-        let s = steps(all, true);
+        let s = steps(all, Role::Logs);
         let at = |x| s.iter().position(|y| *y == x).unwrap();
         assert!(at(Step::Log) < at(Step::CheckFenced));
         assert!(at(Step::CheckFenced) < at(Step::WriteExternal));
         assert!(at(Step::PreCommit) < at(Step::WriteExternal));
+        assert_eq!(s.last(), Some(&Step::Commit));
+        assert!(steps(EpochWork::default(), Role::Logs).is_empty());
+        // A follower writes its files and rows once the epoch is decided,
+        // and takes part in every epoch named, empty or not.
+        let s = steps(EpochWork::default(), Role::Follows);
+        let at = |x| s.iter().position(|y| *y == x).unwrap();
+        assert!(at(Step::PreCommit) < at(Step::AwaitDecision));
         assert!(at(Step::AwaitDecision) < at(Step::WriteExternal));
         assert_eq!(s.last(), Some(&Step::Commit));
-        assert!(steps(EpochWork::default(), false).is_empty());
     }
 
     /// The stores as a consumer sees them, and the log and progress as a
@@ -207,15 +265,16 @@ mod tests {
     }
 
     /// Runs one start of the job over `input` (ids, read in epochs of
-    /// `sizes`), following `steps`, until it has committed everything or
-    /// has taken `crash_after` steps. Returns whether it finished.
+    /// `sizes`), through the executor the committer uses, until it has
+    /// committed everything or has taken `crash_after` steps. Returns
+    /// whether it finished.
     fn run(
         world: &mut World,
         input: u32,
         sizes: &mut impl Iterator<Item = u32>,
         crash_after: usize,
     ) -> bool {
-        let mut taken = 0;
+        let mut budget = crash_after;
         let start = world.append(LogRecord::start());
         let attempt = attempt_at(start);
         let resume = planner::resume(&world.log, world.progress);
@@ -256,63 +315,131 @@ mod tests {
                 read: to > from,
                 replayed: logged.is_some(),
             };
-            let mut progress = 0;
-            for step in steps(work, false) {
-                if taken == crash_after {
-                    return false;
-                }
-                taken += 1;
-                match step {
-                    Step::Send | Step::PreCommit | Step::AwaitDecision => {}
-                    Step::Log => {
-                        let own = match logged {
-                            Some(offset) => {
-                                progress = offset + 1;
-                                world.append(LogRecord::Replayed {
-                                    epoch,
-                                    attempt,
-                                    committed,
-                                    skipped: Vec::new(),
-                                })
-                            }
-                            None => {
-                                let ranges = vec![PartitionRange {
-                                    source: 0,
-                                    partition: 0,
-                                    start: from as i64,
-                                    end: to as i64,
-                                    waiting: false,
-                                }];
-                                let o = world.append(LogRecord::Epoch {
-                                    epoch,
-                                    attempt,
-                                    ranges,
-                                    committed,
-                                });
-                                progress = o + 1;
-                                o
-                            }
-                        };
-                        assert_eq!(
-                            planner::started_since(
-                                &world.log[(last_own + 1) as usize..own as usize],
-                                attempt
-                            ),
-                            None
-                        );
-                        last_own = own;
-                    }
-                    Step::CheckFenced => {}
-                    Step::WriteExternal => {
-                        world.external.entry(epoch).or_insert_with(|| ids.clone());
-                    }
-                    Step::Commit => {
-                        world.kafka.push((epoch, ids.clone()));
-                        world.progress = progress;
-                        committed = epoch;
-                    }
-                }
+            let mut stores = ModelEpoch {
+                world,
+                budget: &mut budget,
+                epoch,
+                attempt,
+                ids,
+                from,
+                to,
+                logged,
+                committed: &mut committed,
+                last_own: &mut last_own,
+                progress: 0,
+            };
+            if execute(&steps(work, Role::Logs), &mut stores).is_err() {
+                return false;
             }
+        }
+    }
+
+    /// The model's start stops at this step.
+    struct Crash;
+
+    /// One epoch of the model's start, committed to the `World`.
+    struct ModelEpoch<'a> {
+        world: &'a mut World,
+        /// Steps left before the crash.
+        budget: &'a mut usize,
+        epoch: u64,
+        attempt: u32,
+        ids: Vec<u32>,
+        from: u32,
+        to: u32,
+        /// The offset of its record, for an epoch logged before.
+        logged: Option<i64>,
+        committed: &'a mut u64,
+        last_own: &'a mut i64,
+        progress: i64,
+    }
+
+    impl ModelEpoch<'_> {
+        fn step(&mut self) -> Result<(), Crash> {
+            if *self.budget == 0 {
+                return Err(Crash);
+            }
+            *self.budget -= 1;
+            Ok(())
+        }
+    }
+
+    impl EpochSteps for ModelEpoch<'_> {
+        type Error = Crash;
+
+        fn send(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn log(&mut self) -> Result<(), Crash> {
+            self.step()?;
+            let (epoch, attempt, committed) = (self.epoch, self.attempt, *self.committed);
+            let own = match self.logged {
+                Some(offset) => {
+                    self.progress = offset + 1;
+                    self.world.append(LogRecord::Replayed {
+                        epoch,
+                        attempt,
+                        committed,
+                        skipped: Vec::new(),
+                    })
+                }
+                None => {
+                    let ranges = vec![PartitionRange {
+                        source: 0,
+                        partition: 0,
+                        start: self.from as i64,
+                        end: self.to as i64,
+                        waiting: false,
+                    }];
+                    let o = self.world.append(LogRecord::Epoch {
+                        epoch,
+                        attempt,
+                        ranges,
+                        committed,
+                    });
+                    self.progress = o + 1;
+                    o
+                }
+            };
+            assert_eq!(
+                planner::started_since(
+                    &self.world.log[(*self.last_own + 1) as usize..own as usize],
+                    attempt
+                ),
+                None
+            );
+            *self.last_own = own;
+            Ok(())
+        }
+
+        fn check_fenced(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn pre_commit(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn await_decision(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn write_external(&mut self) -> Result<(), Crash> {
+            self.step()?;
+            self.world
+                .external
+                .entry(self.epoch)
+                .or_insert_with(|| self.ids.clone());
+            Ok(())
+        }
+
+        fn commit(&mut self) -> Result<(), Crash> {
+            self.step()?;
+            self.world.kafka.push((self.epoch, self.ids.clone()));
+            self.world.progress = self.progress;
+            *self.committed = self.epoch;
+            Ok(())
         }
     }
 

@@ -301,6 +301,7 @@ pub fn first_deleted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::coordinator::{execute, steps, EpochSteps, EpochWork, Role};
 
     fn epoch(epoch: u64, attempt: u32, start: i64, end: i64) -> LogRecord {
         LogRecord::Epoch {
@@ -526,10 +527,146 @@ mod tests {
         }
     }
 
+    /// The stores of a cluster's writers, as a restart reads them.
+    struct Model<'a> {
+        records: &'a mut Vec<(i64, LogRecord)>,
+        progress: &'a mut Vec<i64>,
+        /// (writer, epoch) -> the attempts whose copy it committed.
+        committed: &'a mut BTreeMap<(usize, u64), Vec<u32>>,
+        offset_end: &'a mut i64,
+        /// Steps left before the whole cluster crashes.
+        budget: usize,
+        attempt: u32,
+        plan_committed: u64,
+    }
+
+    struct Crash;
+
+    /// One writer's part in one epoch, through the committer's executor.
+    /// Process 0 logs the epoch (the decision), lets every follower, in
+    /// some order, take its steps from the decision on, and commits last,
+    /// as its writer does once every follower has written the epoch.
+    struct WriterEpoch<'a, 'm> {
+        model: &'a mut Model<'m>,
+        writer: usize,
+        epoch: u64,
+        /// The offset of its record, for an epoch logged before.
+        logged: Option<i64>,
+        /// Writers that committed this replayed epoch before.
+        skipped: Vec<u32>,
+        /// The offset of the epoch's record, once logged or decided.
+        decision: i64,
+        /// Process 0's only: the followers, in the order they take part.
+        followers: Vec<usize>,
+    }
+
+    impl WriterEpoch<'_, '_> {
+        fn step(&mut self) -> Result<(), Crash> {
+            if self.model.budget == 0 {
+                return Err(Crash);
+            }
+            self.model.budget -= 1;
+            Ok(())
+        }
+
+        fn append(&mut self, r: LogRecord) -> i64 {
+            let offset = self.model.records.len() as i64;
+            self.model.records.push((offset, r));
+            offset
+        }
+    }
+
+    impl EpochSteps for WriterEpoch<'_, '_> {
+        type Error = Crash;
+
+        fn send(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn log(&mut self) -> Result<(), Crash> {
+            self.step()?;
+            let (epoch, attempt, committed) =
+                (self.epoch, self.model.attempt, self.model.plan_committed);
+            self.decision = match self.logged {
+                Some(offset) => {
+                    let skipped = self.skipped.clone();
+                    self.append(LogRecord::Replayed {
+                        epoch,
+                        attempt,
+                        committed,
+                        skipped,
+                    });
+                    offset
+                }
+                None => {
+                    *self.model.offset_end += 10;
+                    let end = *self.model.offset_end;
+                    self.append(LogRecord::Epoch {
+                        epoch,
+                        attempt,
+                        committed,
+                        ranges: vec![PartitionRange {
+                            source: 0,
+                            partition: 0,
+                            start: end - 10,
+                            end,
+                            waiting: false,
+                        }],
+                    })
+                }
+            };
+            Ok(())
+        }
+
+        fn check_fenced(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn pre_commit(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn await_decision(&mut self) -> Result<(), Crash> {
+            self.step()
+        }
+
+        fn write_external(&mut self) -> Result<(), Crash> {
+            self.step()?;
+            for writer in std::mem::take(&mut self.followers) {
+                let mut follower = WriterEpoch {
+                    model: &mut *self.model,
+                    writer,
+                    epoch: self.epoch,
+                    logged: self.logged,
+                    skipped: self.skipped.clone(),
+                    decision: self.decision,
+                    followers: Vec::new(),
+                };
+                execute(&steps(EpochWork::default(), Role::Follows), &mut follower)?;
+            }
+            Ok(())
+        }
+
+        fn commit(&mut self) -> Result<(), Crash> {
+            self.step()?;
+            let (w, epoch) = (self.writer, self.epoch);
+            if !self.skipped.contains(&(w as u32)) {
+                let attempt = self.model.attempt;
+                self.model
+                    .committed
+                    .entry((w, epoch))
+                    .or_default()
+                    .push(attempt);
+            }
+            self.model.progress[w] = self.model.progress[w].max(self.decision + 1);
+            Ok(())
+        }
+    }
+
     /// Two or three writers commit in lockstep, each epoch once the
-    /// decision is logged, in any order among themselves; the whole job
-    /// crashes after any step, again and again, and restarts from the
-    /// planner's answer. Every writer's share of every decided epoch is
+    /// decision is logged, in any order among themselves, through the
+    /// committer's executor; the whole job crashes after any step, again
+    /// and again, and restarts from the planner's answer. Every writer's share of every decided epoch is
     /// committed exactly once, and the copy the planner picks for each
     /// writer and epoch is the one that writer committed.
     #[test]
@@ -571,58 +708,37 @@ mod tests {
                     .collect();
                 let new = rng.random_range(0..4u64);
                 work.extend((0..new).map(|i| (plan.next_epoch + i, None)));
-                let mut budget = rng.random_range(0..12usize);
-                'run: for (epoch, logged) in work {
-                    if budget == 0 {
-                        break;
+                let mut model = Model {
+                    records: &mut records,
+                    progress: &mut progress,
+                    committed: &mut committed,
+                    offset_end: &mut offset_end,
+                    budget: rng.random_range(0..40usize),
+                    attempt,
+                    plan_committed: plan.committed,
+                };
+                for (epoch, logged) in work {
+                    let mut followers: Vec<usize> = (1..writers).collect();
+                    for i in (1..followers.len()).rev() {
+                        followers.swap(i, rng.random_range(0..=i));
                     }
-                    budget -= 1;
-                    let skipped = plan.skip.get(&epoch).cloned().unwrap_or_default();
-                    let decision = match logged {
-                        Some(offset) => {
-                            append(
-                                &mut records,
-                                LogRecord::Replayed {
-                                    epoch,
-                                    attempt,
-                                    committed: plan.committed,
-                                    skipped: skipped.clone(),
-                                },
-                            );
-                            offset
-                        }
-                        None => {
-                            offset_end += 10;
-                            append(
-                                &mut records,
-                                LogRecord::Epoch {
-                                    epoch,
-                                    attempt,
-                                    committed: plan.committed,
-                                    ranges: vec![PartitionRange {
-                                        source: 0,
-                                        partition: 0,
-                                        start: offset_end - 10,
-                                        end: offset_end,
-                                        waiting: false,
-                                    }],
-                                },
-                            )
-                        }
+                    let mut lead = WriterEpoch {
+                        model: &mut model,
+                        writer: 0,
+                        epoch,
+                        logged,
+                        skipped: plan.skip.get(&epoch).cloned().unwrap_or_default(),
+                        decision: 0,
+                        followers,
                     };
-                    let mut order: Vec<usize> = (0..writers).collect();
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, rng.random_range(0..=i));
-                    }
-                    for w in order {
-                        if budget == 0 {
-                            break 'run;
-                        }
-                        budget -= 1;
-                        if !skipped.contains(&(w as u32)) {
-                            committed.entry((w, epoch)).or_default().push(attempt);
-                        }
-                        progress[w] = progress[w].max(decision + 1);
+                    let all = EpochWork {
+                        kafka: true,
+                        external: true,
+                        read: true,
+                        replayed: logged.is_some(),
+                    };
+                    if execute(&steps(all, Role::Logs), &mut lead).is_err() {
+                        break;
                     }
                 }
             }
