@@ -137,8 +137,19 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
         .map_err(error)?;
         return Plan::build(&sql.spec).map_err(|e| error(sql.errors_in_sql(e)));
     }
-    let spec = Spec::load(path).map_err(error)?;
-    Plan::build(&spec).map_err(error)
+    // Every error at once: what the plan finds wrong too, when the job
+    // could be read past its own errors (unknown keys).
+    let (spec, mut errors) = Spec::load_all(path);
+    if let Some(spec) = spec {
+        match Plan::build(&spec) {
+            Ok(plan) if errors.errors.is_empty() => return Ok(plan),
+            Ok(_) => {}
+            Err(e) => errors.errors.extend(e.errors),
+        }
+    }
+    errors.errors.sort_by_key(|e| (e.line, e.column));
+    errors.errors.dedup();
+    Err(error(errors))
 }
 
 /// A job of ksqlDB-style statements rather than a job file.

@@ -197,7 +197,23 @@ fn named_key(value: &Spanned<DeValue<'_>>, msg: &str, unknown: Option<&str>) -> 
 impl Spec {
     /// Reads and parses a job file; every error it holds comes back at once.
     pub fn load(path: &Path) -> Result<Spec, SpecErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecErrors {
+        let text = Self::read(path)?;
+        Spec::parse(path, text)
+    }
+
+    /// Reads and parses a job file as far as it can: every error it holds,
+    /// and the job without its unknown keys and tables when every
+    /// component could be read otherwise, so that what the plan finds
+    /// wrong is reported with them (as `jobctl validate` promises).
+    pub fn load_all(path: &Path) -> (Option<Spec>, SpecErrors) {
+        match Self::read(path) {
+            Ok(text) => Spec::parse_all(path, text),
+            Err(e) => (None, e),
+        }
+    }
+
+    fn read(path: &Path) -> Result<String, SpecErrors> {
+        std::fs::read_to_string(path).map_err(|e| SpecErrors {
             path: path.to_path_buf(),
             errors: vec![SpecError {
                 line: 0,
@@ -208,11 +224,19 @@ impl Spec {
                 hint: Some("pass the path of a job file such as jobs/bank.toml".into()),
             }],
             text: None,
-        })?;
-        Spec::parse(path, text)
+        })
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Spec, SpecErrors> {
+        match Spec::parse_all(path, text) {
+            (Some(spec), e) if e.errors.is_empty() => Ok(spec),
+            (_, e) => Err(e),
+        }
+    }
+
+    /// [`Spec::parse`], going on past what it can leave out: see
+    /// [`Spec::load_all`].
+    pub fn parse_all(path: &Path, text: String) -> (Option<Spec>, SpecErrors) {
         let fail = |errors: Vec<SpecError>, text: &str| SpecErrors {
             path: path.to_path_buf(),
             errors,
@@ -234,7 +258,7 @@ impl Spec {
                     }
                 })
                 .collect();
-            return Err(fail(errors, &text));
+            return (None, fail(errors, &text));
         }
         let spans = Spans::of(document.get_ref());
         let locate = Locator {
@@ -242,6 +266,9 @@ impl Spec {
             spans: &spans,
         };
         let mut errors = Vec::new();
+        // A component that could not be read leaves the job incomplete:
+        // its plan would only add errors that are not there.
+        let mut incomplete = false;
         let mut job = None;
         let mut sources = BTreeMap::new();
         let mut transforms = BTreeMap::new();
@@ -249,7 +276,10 @@ impl Spec {
         for (key, value) in document.get_ref().iter() {
             let key = key.get_ref().as_ref();
             match key {
-                "job" => job = component::<JobConfig>(value, "job", "", &locate, &mut errors),
+                "job" => {
+                    job = component::<JobConfig>(value, "job", "", &locate, &mut errors);
+                    incomplete |= job.is_none();
+                }
                 "sources" | "transforms" | "sinks" => {
                     let DeValue::Table(items) = value.get_ref() else {
                         let place = locate.place_of_table(key);
@@ -261,34 +291,35 @@ impl Spec {
                             message: format!("`{key}` must be a table of components"),
                             hint: Some(format!("write each one as [{key}.NAME]")),
                         });
+                        incomplete = true;
                         continue;
                     };
                     for (name, v) in items.iter() {
                         let name = name.get_ref().to_string();
                         match key {
                             "sources" => {
-                                if let Some(c) =
-                                    component::<SourceConfig>(v, key, &name, &locate, &mut errors)
+                                match component::<SourceConfig>(v, key, &name, &locate, &mut errors)
                                 {
-                                    sources.insert(name, c);
+                                    Some(c) => drop(sources.insert(name, c)),
+                                    None => incomplete = true,
                                 }
                             }
                             "transforms" => {
-                                if let Some(c) = component::<TransformConfig>(
+                                match component::<TransformConfig>(
                                     v,
                                     key,
                                     &name,
                                     &locate,
                                     &mut errors,
                                 ) {
-                                    transforms.insert(name, c);
+                                    Some(c) => drop(transforms.insert(name, c)),
+                                    None => incomplete = true,
                                 }
                             }
                             _ => {
-                                if let Some(c) =
-                                    component::<SinkConfig>(v, key, &name, &locate, &mut errors)
-                                {
-                                    sinks.insert(name, c);
+                                match component::<SinkConfig>(v, key, &name, &locate, &mut errors) {
+                                    Some(c) => drop(sinks.insert(name, c)),
+                                    None => incomplete = true,
                                 }
                             }
                         }
@@ -321,19 +352,21 @@ impl Spec {
                 hint: Some("add [job] with at least `name = \"...\"`".into()),
             });
         }
-        if !errors.is_empty() {
-            errors.sort_by_key(|e| (e.line, e.column));
-            return Err(fail(errors, &text));
-        }
-        Ok(Spec {
-            path: path.to_path_buf(),
-            job: job.expect("a job table"),
-            sources,
-            transforms,
-            sinks,
-            spans,
-            text,
-        })
+        errors.sort_by_key(|e| (e.line, e.column));
+        let errors = fail(errors, &text);
+        let spec = match job {
+            Some(job) if !incomplete => Some(Spec {
+                path: path.to_path_buf(),
+                job,
+                sources,
+                transforms,
+                sinks,
+                spans,
+                text,
+            }),
+            _ => None,
+        };
+        (spec, errors)
     }
 }
 
