@@ -106,7 +106,8 @@ fn turnstile_windows(c: &mut Criterion) {
     let plan =
         Arc::new(Plan::build(&Spec::load(&root.join("jobs/turnstile.toml")).unwrap()).unwrap());
     let rows = plan.sources().next().unwrap().1.outputs[0].clone();
-    let mut generator = TurnstileGenerator::new(&rows, 3, 4, 2, 0.05, 0.0).unwrap();
+    let mut generator =
+        TurnstileGenerator::new(&rows, 3, 1_690_542_000_000, 4, 2, 0.05, 0.0).unwrap();
     let input: Vec<(u64, RawRecord)> = (0..RECORDS)
         .map(|i| {
             let (key, row) = generator.next_event();

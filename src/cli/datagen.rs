@@ -66,6 +66,11 @@ pub struct DatagenArgs {
     /// Turnstile: share of events sent 10 minutes late.
     #[arg(long, default_value_t = 0.01)]
     late_share: f64,
+    /// Turnstile: the event time of the first round of reports, in ms
+    /// since 1970 (default: now, or just after the newest event already
+    /// in the topic, so that a second run's events are not late).
+    #[arg(long)]
+    start_time_ms: Option<i64>,
     /// Avro and commercials: the field whose value becomes the record key.
     #[arg(long)]
     key_field: Option<String>,
@@ -83,20 +88,53 @@ enum Source {
 }
 
 impl Source {
-    fn next(&mut self, time: i64) -> (Option<Vec<u8>>, crate::record::Row) {
+    /// The next record: its key, its row, and its Kafka timestamp when it
+    /// is not the time it is sent (a turnstile report's is its event time).
+    fn next(&mut self, time: i64) -> (Option<Vec<u8>>, crate::record::Row, Option<i64>) {
         match self {
             Source::Bank(g) => {
                 let (k, r) = g.random(time);
-                (Some(k), r)
+                (Some(k), r, None)
             }
             Source::Turnstile(g) => {
                 let (k, r) = g.next_event();
-                (Some(k), r)
+                let t = g.event_time(&r);
+                (Some(k), r, Some(t))
             }
-            Source::Avro(g) => g.next_row(),
+            Source::Avro(g) => {
+                let (k, r) = g.next_row();
+                (k, r, None)
+            }
             Source::Cashback(_) => unreachable!("payments are written as raw bytes"),
         }
     }
+}
+
+/// Where turnstile event times begin: now (to the 10 s), or 10 s past the
+/// newest event already in `topic` (its records carry their event time
+/// as their timestamp), whichever is later. Events of a second run at the
+/// first run's times would be behind the job's watermark, all late.
+fn turnstile_start(brokers: &str, topic: &str) -> Result<i64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let partitions = kafka_admin::partition_count(brokers, topic)?.unwrap_or(0);
+    let mut newest = i64::MIN;
+    for (p, (low, high)) in kafka_admin::watermarks(brokers, topic, partitions)?
+        .into_iter()
+        .enumerate()
+    {
+        // Late reports are 10 minutes behind, the rest in order: the
+        // newest is among a partition's last records.
+        if high > low {
+            let from = (high - 256).max(low);
+            kafka_admin::read_partition_each(brokers, topic, p as i32, Some(from), |m| {
+                newest = newest.max(m.timestamp_ms().unwrap_or(i64::MIN));
+            })?;
+        }
+    }
+    let now = now - now.rem_euclid(10_000);
+    Ok(now.max(newest.saturating_add(10_000)))
 }
 
 #[derive(Default)]
@@ -189,6 +227,10 @@ pub fn run(args: DatagenArgs) -> Result<()> {
             TurnstileGenerator::new(
                 &rows,
                 args.seed,
+                match args.start_time_ms {
+                    Some(t) => t,
+                    None => turnstile_start(&brokers, &topic)?,
+                },
                 args.stations,
                 args.devices_per_station,
                 args.out_of_order_share,
@@ -288,8 +330,8 @@ pub fn run(args: DatagenArgs) -> Result<()> {
             let (key, value) = g.next_payment(base_time + i as i64);
             send(0, &key, &value, None)?;
         } else {
-            let (key, row) = generator.next(base_time + i as i64);
-            send(0, key.as_deref().unwrap_or_default(), &encode(&row)?, None)?;
+            let (key, row, ts) = generator.next(base_time + i as i64);
+            send(0, key.as_deref().unwrap_or_default(), &encode(&row)?, ts)?;
         }
         if i % 1024 == 0 {
             producer.poll(Duration::ZERO);

@@ -96,15 +96,16 @@ pub struct TurnstileGenerator {
     next: u64,
 }
 
-pub const TURNSTILE_START_MS: i64 = 1_690_542_000_000; // 2023-07-28T11:00:00Z
-
 /// The share of late turnstile events, and how far behind they are.
 pub const TURNSTILE_LATE_MS: i64 = 600_000;
 
 impl TurnstileGenerator {
+    /// Event times begin at `start_ms` and go on 10 s per round of
+    /// reports.
     pub fn new(
         schema: &RowSchema,
         seed: u64,
+        start_ms: i64,
         stations: usize,
         devices_per_station: usize,
         out_of_order_share: f64,
@@ -161,13 +162,21 @@ impl TurnstileGenerator {
             stations,
             devices_per_station: devices_per_station.max(1),
             totals,
-            start_ms: TURNSTILE_START_MS,
+            start_ms,
             out_of_order_share,
             late_share,
             index,
             width: schema.fields.len(),
             next: 0,
         })
+    }
+
+    /// The event time of `row`, one this generator made.
+    pub fn event_time(&self, row: &Row) -> i64 {
+        match row[self.index[6]] {
+            Value::Int(t) => t,
+            _ => unreachable!("the generator sets every event time"),
+        }
     }
 
     /// The next event, in the order a producer sends them.

@@ -464,6 +464,10 @@ impl Borrowed<'_> {
     pub fn value(&self) -> Option<&[u8]> {
         self.0.payload()
     }
+    /// The record's timestamp in ms, if it has one.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.0.timestamp().to_millis()
+    }
     /// A header's value, if it is there and is text.
     pub fn header(&self, name: &str) -> Option<&str> {
         let h = self.0.headers()?;

@@ -19,6 +19,7 @@ mod nothing_stuck;
 mod operations;
 mod refused;
 mod sql;
+mod whole_life;
 
 const BROKERS: &str = "127.0.0.1:9092";
 const REGISTRY: &str = "http://127.0.0.1:8081";
