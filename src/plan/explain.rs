@@ -90,11 +90,24 @@ fn what(plan: &Plan, i: usize) -> String {
             if key.is_some() { ", keyed by an expression" } else { "" }
         ),
         NodeKind::Sink(SinkPlan::Stdout) => "stdout: one line of JSON per record".into(),
-        NodeKind::Sink(SinkPlan::File { config, dir }) => format!(
-            "files in {} ({}): one per epoch and process, renamed into place at commit",
-            dir.display(),
-            format!("{:?}", config.format).to_lowercase()
-        ),
+        NodeKind::Sink(SinkPlan::File { config, dir }) => {
+            use crate::spec::{Compression, FileFormat, Roll};
+            let format = match (config.format, config.compression) {
+                (FileFormat::Parquet, _) => "parquet",
+                (FileFormat::Csv, Compression::Gzip) => "csv, gzip",
+                (FileFormat::Csv, Compression::None) => "csv",
+            };
+            let roll = match config.roll {
+                Roll::Epoch => "one per epoch and process",
+                Roll::Window => {
+                    "one per closed window (per process that holds some of its rows), written in the epoch the window closes"
+                }
+            };
+            format!(
+                "files in {} ({format}): {roll}, renamed into place at commit",
+                dir.display()
+            )
+        }
         NodeKind::Sink(SinkPlan::Postgres { config, .. }) => format!(
             "postgres table {}: an epoch's rows and its progress row in one transaction",
             config.table
@@ -280,6 +293,15 @@ mod tests {
         let t = text(&plan("rejected.toml"));
         assert!(
             t.contains("records cross workers by key; state in changelog topic "),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_file_sink_says_how_it_rolls_and_compresses() {
+        let t = text(&plan("turnstile.toml"));
+        assert!(
+            t.contains("turnstile (csv, gzip): one per closed window (per process that holds some of its rows), written in the epoch the window closes, renamed into place at commit"),
             "{t}"
         );
     }
