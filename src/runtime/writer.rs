@@ -205,14 +205,21 @@ pub(super) fn write_loop(
                 }
                 match (&w.backend, dead_letter_sink) {
                     (Backend::Memory { .. }, _) => w.summary.dead_letters.extend(records),
-                    // A dead-letter sink outside Kafka gets them as rows.
-                    (_, Some(i)) => w.targets.get_mut(&i).unwrap().stage(
-                        epoch,
-                        records
-                            .iter()
-                            .map(|d| dead_letter_record(d, dead_letter_text))
-                            .collect(),
-                    ),
+                    // A dead-letter sink outside Kafka gets them as rows,
+                    // and counts them as its output.
+                    (_, Some(i)) => {
+                        if let Some(pos) = w.sink_order.iter().position(|s| *s == i) {
+                            epochs.entry(epoch).or_insert_with(new_totals).out[pos] +=
+                                records.len() as u64;
+                        }
+                        w.targets.get_mut(&i).unwrap().stage(
+                            epoch,
+                            records
+                                .iter()
+                                .map(|d| dead_letter_record(d, dead_letter_text))
+                                .collect(),
+                        )
+                    }
                     (_, None) => pending.entry(epoch).or_default().dead.extend(records),
                 }
             }

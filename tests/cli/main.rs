@@ -1425,8 +1425,31 @@ fn cashback_lands_once_in_table_and_topic_and_malformed_payments_in_the_error_ta
         "0.1",
         "--quiet",
     ]);
-    ok(&["submit", path, "--until-caught-up", "--workers", "2"]);
+    let out = jobctl(&["submit", path, "--until-caught-up", "--workers", "2"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
     let (eligible, malformed) = cashback_expected(&input);
+    // The dead letters went to the errors table: its count says so, epoch
+    // by epoch and in the summary.
+    let mut progress = 0;
+    for line in said.lines().filter(|l| l.starts_with("epoch ")) {
+        let count = |part: &str| -> u64 {
+            let (_, rest) = line.split_once(part).unwrap_or_else(|| panic!("{line}"));
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(count(", errors "), count("| dead-lettered "), "{line}");
+        progress += 1;
+    }
+    assert!(progress > 0, "{said}");
+    assert!(
+        said.contains(&format!(", errors {malformed}, "))
+            && said.contains(&format!(", {malformed} dead-lettered, ")),
+        "{said}"
+    );
     assert!(
         eligible.len() > 300 && malformed > 60,
         "{} eligible, {malformed} malformed",
