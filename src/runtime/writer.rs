@@ -409,7 +409,14 @@ impl Writer<'_> {
                 summary.files.extend(c.files);
                 summary.postgres_rows += c.rows;
                 summary.postgres_time += c.time;
-                if let Some(o) = &observer {
+                let falls_back = matches!(
+                    &plan.nodes[*i].kind,
+                    crate::plan::NodeKind::Sink(SinkPlan::Postgres {
+                        fallback_dir: Some(_),
+                        ..
+                    })
+                );
+                if let (Some(o), true) = (&observer, falls_back) {
                     o.postgres_fallback(&sink_names[i], c.fallback.is_some());
                 }
                 if let Some((path, n)) = c.fallback {
