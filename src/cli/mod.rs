@@ -101,6 +101,14 @@ enum Command {
 /// The exit status for an error: 1, or for an epoch in doubt that this
 /// cluster's shape cannot finish and for a process fenced by a newer
 /// start, the statuses the launcher acts on.
+/// Whether `e` is a write to a pipe whose reader has gone.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub fn exit_status(e: &anyhow::Error) -> i32 {
     use crate::runtime::recovery::RecoveryError;
     use crate::runtime::RunError;

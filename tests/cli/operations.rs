@@ -158,10 +158,7 @@ fn a_running_jobs_metrics_pass_promtool_count_what_it_commits_and_stop_ends_it_w
         );
     }
     // Kafka sinks have no Postgres fallback to report.
-    assert!(
-        !metrics.contains("rill_postgres_fallback{"),
-        "{metrics}"
-    );
+    assert!(!metrics.contains("rill_postgres_fallback{"), "{metrics}");
     let approved = sample(&metrics, "rill_sink_records_total", "sink=\"approved\"").unwrap();
     let rejected = sample(&metrics, "rill_sink_records_total", "sink=\"rejected\"").unwrap();
     assert_eq!(approved + rejected, 600.0, "{metrics}");

@@ -56,3 +56,28 @@ fn a_second_turnstile_datagen_run_continues_after_the_first_so_the_job_finds_non
     }
     assert_eq!(windows.values().sum::<i64>(), 1600);
 }
+
+#[test]
+fn tail_into_a_reader_that_stops_early_ends_quietly() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("pipe");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "3000", "21");
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["tail", &input, "--until-caught-up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What `| head -2` does: two lines, then the pipe closes.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(tail.stdout.take().unwrap()));
+    for _ in 0..2 {
+        assert!(lines.next().unwrap().unwrap().starts_with("key "));
+    }
+    drop(lines);
+    let out = tail.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(said, "");
+}
