@@ -25,8 +25,14 @@ pub enum KafkaAdminError {
     },
     #[error("kafka error on {brokers}: {reason}")]
     Other { brokers: String, reason: String },
-    #[error("topic `{topic}` holds what recovery reads and needs {wrong}; change it with `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config ...`, or let rill create it")]
-    Settings { topic: String, wrong: String },
+    #[error("topic `{topic}` holds what recovery reads and needs {wrong}; change it with `kafka-configs --bootstrap-server {brokers} --alter --entity-type topics --entity-name {topic} --add-config {config}`, or delete it and let rill create it")]
+    Settings {
+        topic: String,
+        brokers: String,
+        wrong: String,
+        /// The settings it needs, as `--add-config` takes them.
+        config: String,
+    },
 }
 
 pub fn client_config(brokers: &str) -> ClientConfig {
@@ -312,12 +318,12 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
     let Some(entries) = topics_settings(brokers, &[topic]).remove(topic) else {
         return Ok(());
     };
-    let wrong: Vec<String> = kind
+    let wrong: Vec<(&str, &str, String)> = kind
         .settings()
         .iter()
         .filter_map(|(name, want)| {
             let have = entries.iter().find(|(n, _)| n == name)?.1.clone()?;
-            (have != *want).then(|| format!("{name}={want} (it is {have})"))
+            (have != *want).then(|| (*name, *want, have))
         })
         .collect();
     if wrong.is_empty() {
@@ -325,7 +331,17 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
     }
     Err(KafkaAdminError::Settings {
         topic: topic.into(),
-        wrong: wrong.join(", "),
+        brokers: brokers.split(',').next().unwrap_or(brokers).into(),
+        wrong: wrong
+            .iter()
+            .map(|(name, want, have)| format!("{name}={want} (it is {have})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        config: wrong
+            .iter()
+            .map(|(name, want, _)| format!("{name}={want}"))
+            .collect::<Vec<_>>()
+            .join(","),
     })
 }
 

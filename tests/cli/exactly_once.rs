@@ -270,7 +270,7 @@ fn an_epoch_log_that_would_expire_is_refused_with_how_to_fix_it() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "topic `{log}` holds what recovery reads and needs retention.ms=-1 (it is 604800000)"
+            "topic `{log}` holds what recovery reads and needs retention.ms=-1 (it is 604800000); change it with `kafka-configs --bootstrap-server {BROKERS} --alter --entity-type topics --entity-name {log} --add-config retention.ms=-1`, or delete it and let rill create it"
         )),
         "{stderr}"
     );
