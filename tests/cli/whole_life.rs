@@ -81,3 +81,45 @@ fn tail_into_a_reader_that_stops_early_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert_eq!(said, "");
 }
+
+/// Words of SQL, spaces and case aside.
+fn words(sql: &str) -> String {
+    sql.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+#[test]
+fn a_shipped_job_that_quotes_a_seed_statement_quotes_it_as_the_seed_has_it() {
+    let seeds: String = std::fs::read_dir(root().join("../shared/seeds"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    let seeds = words(&seeds);
+    let mut quoted = 0;
+    for entry in std::fs::read_dir(root().join("jobs")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        let Some(first) = lines.next() else { continue };
+        let Some(table) = first
+            .strip_prefix("# Seed ")
+            .and_then(|r| r.split_once("'s ksqlDB table "))
+            .map(|(_, t)| t.trim_end_matches(':'))
+        else {
+            continue;
+        };
+        let statement: Vec<&str> = lines
+            .map_while(|l| l.strip_prefix("#   "))
+            .collect();
+        let statement = words(&statement.join(" "));
+        assert!(
+            seeds.contains(&format!("table {table} as {statement}")),
+            "{}: `{statement}` is not the seed's statement of {table}",
+            path.display()
+        );
+        quoted += 1;
+    }
+    assert!(quoted >= 2, "{quoted} job files quote a seed statement");
+}
