@@ -20,6 +20,7 @@ pub struct ReplayArgs {
     /// The Postgres sink the files belong to.
     #[arg(long)]
     sink: String,
+    /// Do not draw a progress bar.
     #[arg(long)]
     quiet: bool,
 }

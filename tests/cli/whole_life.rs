@@ -110,9 +110,7 @@ fn a_shipped_job_that_quotes_a_seed_statement_quotes_it_as_the_seed_has_it() {
         else {
             continue;
         };
-        let statement: Vec<&str> = lines
-            .map_while(|l| l.strip_prefix("#   "))
-            .collect();
+        let statement: Vec<&str> = lines.map_while(|l| l.strip_prefix("#   ")).collect();
         let statement = words(&statement.join(" "));
         assert!(
             seeds.contains(&format!("table {table} as {statement}")),
@@ -122,4 +120,46 @@ fn a_shipped_job_that_quotes_a_seed_statement_quotes_it_as_the_seed_has_it() {
         quoted += 1;
     }
     assert!(quoted >= 2, "{quoted} job files quote a seed statement");
+}
+
+#[test]
+fn every_option_of_every_command_is_in_the_readme_or_the_docs() {
+    let mut docs = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    let help = jobctl(&["--help"]);
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(
+        commands.contains(&"submit") && commands.len() >= 10,
+        "{help}"
+    );
+    let mut missing = Vec::new();
+    for command in commands {
+        let out = jobctl(&[command, "--help"]);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(option) = line.trim_start().strip_prefix("--") else {
+                continue;
+            };
+            let option = option.split([' ', '=', '<']).next().unwrap();
+            if ["help", "version"].contains(&option) {
+                continue;
+            }
+            if !docs.contains(&format!("--{option}")) {
+                missing.push(format!("jobctl {command} --{option}"));
+            }
+        }
+    }
+    assert_eq!(missing, Vec::<String>::new());
 }
