@@ -391,7 +391,7 @@ pub(super) fn wire(
                     &job.writer_id_of(process),
                 );
                 // A wrong table is reported now; a database that is down is
-                // fine when the sink has a fallback.
+                // fine when the sink has a fallback, and waited for when not.
                 match pg.connect() {
                     Ok(()) => {}
                     Err(e @ PostgresError::Unreachable { .. }) if fallback_dir.is_some() => {
@@ -400,6 +400,9 @@ pub(super) fn wire(
                             node.name,
                             fallback_dir.as_ref().unwrap().display()
                         )
+                    }
+                    Err(e @ PostgresError::Unreachable { .. }) => {
+                        wait_for_postgres(&mut pg, &node.name, e)?
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -455,4 +458,40 @@ pub(super) fn wire(
         scripted: false,
     };
     Ok((launch, positions, dead_letter_topic))
+}
+
+/// A Postgres sink without a fallback waits for its database at start as
+/// it does mid-run: nothing can be written elsewhere, and a job that gave
+/// up would only be started again. It says so, and again every 30 s.
+/// (Ctrl-C twice quits a start that waits.)
+fn wait_for_postgres(
+    pg: &mut PostgresSink,
+    sink: &str,
+    first: PostgresError,
+) -> Result<(), RunError> {
+    let say = |e: &PostgresError| {
+        tracing::warn!(
+            "sink {sink}: {e}; the job waits for it (a sink with a `fallback_dir` would go on without it)"
+        )
+    };
+    say(&first);
+    let mut told = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        match pg.connect() {
+            Ok(()) => {
+                tracing::info!("sink {sink}: postgres answers; the job goes on");
+                return Ok(());
+            }
+            Err(e @ PostgresError::Unreachable { .. }) => {
+                if told.elapsed() >= std::time::Duration::from_secs(30) {
+                    say(&e);
+                    told = std::time::Instant::now();
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -163,3 +163,61 @@ fn every_option_of_every_command_is_in_the_readme_or_the_docs() {
     }
     assert_eq!(missing, Vec::<String>::new());
 }
+
+/// Starts Postgres again when dropped, whatever the test did.
+struct PostgresBack;
+
+impl Drop for PostgresBack {
+    fn drop(&mut self) {
+        postgres_cluster("start");
+    }
+}
+
+#[test]
+fn a_postgres_sink_without_a_fallback_waits_at_start_for_its_database_and_loses_nothing() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("pgwait");
+    let (job, input, table, _) = cashback_job(dir.path(), &tag);
+    let text = std::fs::read_to_string(&job).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("fallback_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&job, text).unwrap();
+    let path = job.to_str().unwrap();
+    ok(&[
+        "datagen",
+        "cashback",
+        "--job",
+        path,
+        "--count",
+        "400",
+        "--malformed-share",
+        "0",
+        "--quiet",
+    ]);
+    let back = PostgresBack;
+    postgres_cluster("stop");
+    let (mut run, rx, said) = watched(&["submit", path, "--until-caught-up", "--quiet"], &[]);
+    wait_for(
+        &rx,
+        "the job waits for it (a sink with a `fallback_dir` would go on without it)",
+    );
+    // Still waiting a while later, not failed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(run.try_wait().unwrap().is_none());
+    drop(back);
+    let status = run.wait().unwrap();
+    let said = said.join().unwrap();
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("cannot reach postgres at postgresql://"),
+        "{said}"
+    );
+    let (eligible, _) = cashback_expected(&input);
+    assert!(!eligible.is_empty());
+    assert_eq!(table_timestamps(&table), eligible);
+}
