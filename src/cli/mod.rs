@@ -8,6 +8,7 @@ mod launch;
 mod ops;
 mod produce;
 mod replay;
+mod reset;
 mod submit;
 mod tail;
 mod verify;
@@ -68,6 +69,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Load a Postgres sink's fallback Parquet files into its table.
     Replay(replay::ReplayArgs),
+    /// Start a job over from nothing: delete what it keeps to resume
+    /// (changelogs, progress groups, its sinks' progress, snapshots), and
+    /// name what it wrote, which stays.
+    Reset(reset::ResetArgs),
     /// Print a running job's state, epochs and counts, from its HTTP
     /// endpoint.
     Status {
@@ -199,6 +204,7 @@ pub fn main() -> Result<()> {
         Command::Produce(args) => produce::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Reset(args) => reset::run(args),
         Command::Status { http } => ops::status(&http),
         Command::Query { sql, http, json } => ops::query(&http, &sql, json),
         Command::Explain { job, dot } => {

@@ -58,6 +58,35 @@ fn remove_leftovers(dir: &Path, sink: &str, writer_tag: &str) -> std::io::Result
     Ok(())
 }
 
+/// The file in a sink's directory naming the run of the job whose files
+/// it holds (see [`FileSink::claim`]).
+pub fn run_marker(dir: &Path, sink: &str) -> PathBuf {
+    dir.join(format!(".rill-run-{sink}"))
+}
+
+/// The epoch in a published file's name (`…_e<digits>[-w<n>].ext`).
+pub fn epoch_of(name: &str) -> Option<u64> {
+    let at = name.rfind("_e")?;
+    let after = &name[at + 2..];
+    let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    after[..digits].parse().ok()
+}
+
+/// The files sink `sink` has published in `dir`.
+pub fn published(dir: &Path, sink: &str) -> std::io::Result<Vec<PathBuf>> {
+    let prefix = format!("{sink}_");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && epoch_of(&name).is_some() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The writer tag (`-w1`, or empty for writer 0) in a file's name: what
 /// follows the epoch (`_e<digits>`) up to the dot.
 fn writer_of(name: &str) -> Option<&str> {
@@ -188,6 +217,49 @@ impl FileSink {
             ),
             None => format!("{}_e{epoch:010}{}.{ext}", self.name, self.writer),
         }
+    }
+
+    /// Claims the directory's files of this sink for run `run` of job
+    /// `job`: files of another run (or of one from before runs were named)
+    /// are refused, since this run's epoch numbers would meet their names
+    /// and skip writing.
+    pub fn claim(&self, job: &str, run: &str) -> Result<(), SinkError> {
+        let marker = run_marker(&self.dir, &self.name);
+        let other = |found: String| SinkError::OtherRun {
+            sink: self.name.clone(),
+            job: job.to_string(),
+            found,
+        };
+        match std::fs::read_to_string(&marker) {
+            Ok(found) if found.trim() == run => return Ok(()),
+            Ok(found) => {
+                return Err(other(format!(
+                    "{} names run {}, this is run {run}",
+                    marker.display(),
+                    found.trim()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.error(e)),
+        }
+        let earlier = published(&self.dir, &self.name).map_err(|e| self.error(e))?;
+        if let Some(first) = earlier.first() {
+            return Err(other(format!(
+                "{} files in {} such as {}, of a run before runs were named",
+                earlier.len(),
+                self.dir.display(),
+                first.file_name().unwrap_or_default().to_string_lossy()
+            )));
+        }
+        // The processes of a cluster write the same name at once.
+        let tmp = self.dir.join(format!(
+            ".rill-run-{}.{}.tmp",
+            self.name,
+            std::process::id()
+        ));
+        std::fs::write(&tmp, format!("{run}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &marker))
+            .map_err(|e| self.error(e))
     }
 
     pub fn dir(&self) -> &Path {

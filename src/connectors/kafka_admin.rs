@@ -182,6 +182,63 @@ impl TopicKind {
     }
 }
 
+/// Deletes `topics`; one that is not there is no error.
+pub fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaAdminError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin = DropAside::new(client::<AdminClient<DefaultClientContext>>(brokers)?);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let other = |reason: String| KafkaAdminError::Other {
+        brokers: brokers.into(),
+        reason,
+    };
+    for r in rt
+        .block_on(admin.delete_topics(topics, &opts))
+        .map_err(|e| other(e.to_string()))?
+    {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(other(format!("deleting topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes consumer groups (their committed offsets); one that is not
+/// there is no error.
+pub fn delete_groups(brokers: &str, groups: &[&str]) -> Result<(), KafkaAdminError> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let admin = DropAside::new(client::<AdminClient<DefaultClientContext>>(brokers)?);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let other = |reason: String| KafkaAdminError::Other {
+        brokers: brokers.into(),
+        reason,
+    };
+    for r in rt
+        .block_on(admin.delete_groups(groups, &opts))
+        .map_err(|e| other(e.to_string()))?
+    {
+        match r {
+            Ok(_)
+            | Err((_, RDKafkaErrorCode::GroupIdNotFound))
+            | Err((_, RDKafkaErrorCode::NotCoordinator)) => {}
+            Err((group, code)) => return Err(other(format!("deleting group {group}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
 pub fn ensure_topic(
     brokers: &str,
     topic: &str,

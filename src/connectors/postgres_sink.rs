@@ -101,6 +101,12 @@ const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_progress (
     committed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (job, sink, writer, epoch))";
 
+/// Which run of each job a sink's progress rows belong to (see
+/// [`PostgresSink::claim`]).
+const RUN_TABLE: &str = "CREATE TABLE IF NOT EXISTS rill_sink_run (
+    job TEXT NOT NULL, sink TEXT NOT NULL, run TEXT NOT NULL,
+    PRIMARY KEY (job, sink))";
+
 /// `CREATE TABLE IF NOT EXISTS` run by two sessions at once can fail in
 /// both (a duplicate key in the catalogue): the sinks of a job, and the
 /// processes of a cluster, connect at the same time. The statement runs
@@ -190,6 +196,110 @@ impl PostgresSink {
         self.not_null_columns = self.check_table(&client)?;
         self.client = Some(client);
         Ok(())
+    }
+
+    /// The epochs this sink has written for its job, by any run: how many,
+    /// and the highest.
+    pub fn written_epochs(&mut self) -> Result<(i64, u64), super::sink::SinkError> {
+        self.connect()?;
+        let client = self.client.as_ref().expect("connected");
+        let row = self
+            .rt
+            .block_on(client.query_one(
+                "SELECT count(*), coalesce(max(epoch), 0) FROM rill_sink_progress WHERE job = $1 AND sink = $2",
+                &[&self.job, &self.name],
+            ))
+            .map_err(|e| super::sink::SinkError::from(self.sql(e)))?;
+        Ok((row.get(0), row.get::<_, i64>(1) as u64))
+    }
+
+    /// Forgets the sink's progress for its job and hands the sink to run
+    /// `run` (`jobctl reset`): the rows it wrote stay in its table.
+    pub fn hand_over(&mut self, run: &str) -> Result<(), super::sink::SinkError> {
+        self.connect()?;
+        let client = self.client.as_ref().expect("connected");
+        self.rt
+            .block_on(async {
+                client.batch_execute(&serialised_ddl(RUN_TABLE)).await?;
+                client
+                    .execute(
+                        "DELETE FROM rill_sink_progress WHERE job = $1 AND sink = $2",
+                        &[&self.job, &self.name],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "INSERT INTO rill_sink_run (job, sink, run) VALUES ($1, $2, $3) \
+                         ON CONFLICT (job, sink) DO UPDATE SET run = excluded.run",
+                        &[&self.job, &self.name, &run],
+                    )
+                    .await
+            })
+            .map_err(|e| super::sink::SinkError::from(self.sql(e)))?;
+        Ok(())
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// Claims the sink's progress rows for run `run` of the job: a table
+    /// whose rows belong to another run (or to one from before runs were
+    /// named) is refused, since this run's epoch numbers would meet the
+    /// numbers those rows hold and skip them.
+    pub fn claim(&mut self, run: &str) -> Result<(), super::sink::SinkError> {
+        self.connect()?;
+        let client = self.client.as_ref().expect("connected");
+        let (job, sink) = (self.job.as_str(), self.name.as_str());
+        let other = |found: String| super::sink::SinkError::OtherRun {
+            sink: sink.to_string(),
+            job: job.to_string(),
+            found,
+        };
+        let sql = |e| super::sink::SinkError::from(self.sql(e));
+        self.rt
+            .block_on(client.batch_execute(&serialised_ddl(RUN_TABLE)))
+            .map_err(sql)?;
+        let owner = |rt: &tokio::runtime::Runtime| {
+            rt.block_on(client.query_opt(
+                "SELECT run FROM rill_sink_run WHERE job = $1 AND sink = $2",
+                &[&job, &sink],
+            ))
+            .map(|r| r.map(|r| r.get::<_, String>(0)))
+        };
+        if owner(&self.rt).map_err(sql)?.is_none() {
+            let earlier: i64 = self
+                .rt
+                .block_on(client.query_one(
+                    "SELECT count(*) FROM rill_sink_progress WHERE job = $1 AND sink = $2",
+                    &[&job, &sink],
+                ))
+                .map_err(sql)?
+                .get(0);
+            if earlier > 0 {
+                return Err(other(format!(
+                    "{earlier} epochs in rill_sink_progress of a run before runs were named"
+                )));
+            }
+            // The processes of a cluster claim the same run at once.
+            self.rt
+                .block_on(client.execute(
+                    "INSERT INTO rill_sink_run (job, sink, run) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&job, &sink, &run],
+                ))
+                .map_err(sql)?;
+        }
+        match owner(&self.rt).map_err(sql)? {
+            Some(r) if r == run => Ok(()),
+            found => Err(other(format!(
+                "rill_sink_run names run {}, this is run {run}",
+                found.unwrap_or_default()
+            ))),
+        }
     }
 
     /// Per field of the rows: whether its column refuses NULL, because the

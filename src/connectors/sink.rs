@@ -29,6 +29,12 @@ pub enum SinkError {
     },
     #[error(transparent)]
     Postgres(#[from] super::postgres_sink::PostgresError),
+    #[error("sink `{sink}` holds the progress of another run of job {job} ({found}): the job's epoch log was deleted or replaced without it, and this run would skip the epochs that sink says it has written; run `jobctl reset {job}` to start the job over, or give the job another name")]
+    OtherRun {
+        sink: String,
+        job: String,
+        found: String,
+    },
 }
 
 /// What committing an epoch did, for the run's summary.

@@ -391,6 +391,7 @@ fn start_plan(r: &Recovered) -> StartPlan {
         skip: r.skip.iter().map(|(e, w)| (*e, w.clone())).collect(),
         committed_offset: r.committed_offset,
         writers_before: r.writers_before,
+        incarnation: r.incarnation.clone(),
     }
 }
 
@@ -429,5 +430,6 @@ fn recovered_from(p: &StartPlan) -> Recovered {
         // State enters at worker 0, on process 0.
         state: Default::default(),
         from_snapshot: Vec::new(),
+        incarnation: p.incarnation.clone(),
     }
 }

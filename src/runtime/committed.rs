@@ -67,6 +67,8 @@ fn progress_of(consumer: &BaseConsumer, log: &str) -> Result<Option<i64>, Recove
 /// writers of the start that logged the newest epoch (a cluster has one
 /// per process; the progress of writers it retired is history).
 pub struct CommittedView {
+    /// The job's name.
+    pub job: String,
     pub records: Vec<(i64, LogRecord)>,
     /// The committed progress of each writer that counts.
     pub progress: Vec<i64>,
@@ -129,6 +131,7 @@ impl CommittedView {
             .collect();
         progress.truncate(writers as usize);
         Ok(CommittedView {
+            job: job.name.clone(),
             records,
             progress,
             copies,
@@ -175,7 +178,7 @@ pub(super) fn in_doubt_of(
 
 /// Fences writer `w` of the job: an instance of it that still runs can
 /// commit nothing more, and a transaction it left open is ended.
-fn fence_writer(job: &crate::spec::JobConfig, w: u32) -> Result<(), RecoveryError> {
+pub(super) fn fence_writer(job: &crate::spec::JobConfig, w: u32) -> Result<(), RecoveryError> {
     if job.guarantee != crate::spec::Guarantee::ExactlyOnce {
         return Ok(());
     }

@@ -186,6 +186,8 @@ pub struct StartPlan {
     /// (epoch, [(source, partition, start, end, waiting)]): postcard
     /// keeps every field, so no field of a range may be left out.
     pub replay: Vec<(u64, Vec<(u32, i32, i64, i64, bool)>)>,
+    /// This run of the job, which every sink claims.
+    pub incarnation: Option<String>,
     /// Schema ids the leader registered, by sink node.
     pub sink_schema_ids: Vec<(usize, u32)>,
     /// Per replayed epoch, the writers that committed it before.

@@ -75,6 +75,19 @@ pub enum LogRecord {
         attempt: u32,
         ranges: Vec<PartitionRange>,
     },
+    /// A run of the job, from nothing: the first start on an empty log
+    /// names it, or `jobctl reset` (`reset`), after which nothing logged
+    /// before counts. Every sink keeps the name with its progress, so
+    /// progress of another run (a log deleted by hand) is never taken for
+    /// this one's. Its epochs are numbered after `after_epoch`, the
+    /// highest any earlier run used, so they meet no file or row of one.
+    Incarnation {
+        id: String,
+        #[serde(default)]
+        after_epoch: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reset: bool,
+    },
 }
 
 fn one() -> u32 {
@@ -257,6 +270,27 @@ pub(crate) fn writers_in(records: &[(i64, LogRecord)]) -> u32 {
         })
         .max()
         .unwrap_or(1)
+}
+
+/// Names a new run of the job in its log (see [`LogRecord::Incarnation`]),
+/// its epochs numbered after `after_epoch`, and returns the run's name:
+/// the first the log holds, should another start have named one too.
+pub fn name_run(brokers: &str, log: &str, after_epoch: u64) -> Result<String, RecoveryError> {
+    let id = format!("{:016x}", rand::random::<u64>());
+    EpochLog::open(brokers, log)?.append(
+        &LogRecord::Incarnation {
+            id,
+            after_epoch,
+            reset: false,
+        },
+        rdkafka::message::OwnedHeaders::new(),
+    )?;
+    planner::resume(&read_log(brokers, log)?, 0)
+        .incarnation
+        .ok_or_else(|| RecoveryError::Log {
+            topic: log.into(),
+            reason: "the run just named is not in the log".into(),
+        })
 }
 
 /// The attempt of the newest start in the epoch log.

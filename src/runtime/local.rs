@@ -406,6 +406,11 @@ pub(super) fn wire(
                     }
                     Err(e) => return Err(e.into()),
                 }
+                // A database that is down (with a fallback) is claimed
+                // when the fallback files are replayed into it.
+                if let (Some(run), true) = (&recovered.incarnation, pg.is_connected()) {
+                    pg.claim(run)?;
+                }
                 sink_limits.insert(
                     i,
                     crate::dataflow::SinkLimits {
@@ -429,6 +434,9 @@ pub(super) fn wire(
                     dir: dir.display().to_string(),
                     source: e,
                 })?;
+                if let Some(run) = &recovered.incarnation {
+                    sink.claim(&job.name, run)?;
+                }
                 targets.insert(i, Box::new(sink));
             }
         }

@@ -20,6 +20,7 @@ pub mod observe;
 pub mod planner;
 pub mod recovery;
 mod report;
+pub mod reset;
 mod restore;
 mod snapshot;
 pub mod state_read;

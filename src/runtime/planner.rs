@@ -87,6 +87,11 @@ pub struct Resume {
     /// (expired, or deleted), and the highest epoch the log says it took
     /// part in and was committed.
     pub progress_lost: Option<(u32, u64)>,
+    /// This run of the job (the log's first `Incarnation` record); None
+    /// for a log written before runs were named.
+    pub incarnation: Option<String>,
+    /// The log holds no epoch and names no run: a first start names one.
+    pub fresh: bool,
 }
 
 /// Plans a start of a single writer from the whole log and its committed
@@ -97,7 +102,40 @@ pub fn resume(records: &[(i64, LogRecord)], progress: i64) -> Resume {
 }
 
 /// Plans a start from the whole log and each writer's committed progress.
+/// A reset (see [`LogRecord::Incarnation`]) ends what counts: the plan is
+/// made from the records after the newest one, and progress before it is
+/// none.
 pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume {
+    let cut = records.iter().rev().find_map(|(offset, r)| match r {
+        LogRecord::Incarnation { reset: true, .. } => Some(*offset),
+        _ => None,
+    });
+    let mut out = resume_since(records, cut.unwrap_or(0), progress);
+    // Epoch numbers and attempts go on across resets.
+    for (offset, r) in records {
+        match r {
+            LogRecord::Start { .. } => out.last_attempt = out.last_attempt.max(attempt_at(*offset)),
+            LogRecord::Epoch { epoch, .. } | LogRecord::Replayed { epoch, .. } => {
+                out.next_epoch = out.next_epoch.max(epoch + 1)
+            }
+            LogRecord::Incarnation { after_epoch, .. } => {
+                out.next_epoch = out.next_epoch.max(after_epoch + 1)
+            }
+            LogRecord::Begin { .. } => {}
+        }
+    }
+    out
+}
+
+/// [`resume_writers`] from the records at `cut` and after.
+fn resume_since(all: &[(i64, LogRecord)], cut: i64, progress: &[i64]) -> Resume {
+    let from = all.partition_point(|(offset, _)| *offset < cut);
+    let records = &all[from..];
+    let progress: Vec<i64> = progress
+        .iter()
+        .map(|p| if *p > cut { *p } else { 0 })
+        .collect();
+    let progress = &progress[..];
     let mut out = Resume::default();
     let mut max_epoch = 0;
     for (offset, r) in records {
@@ -109,8 +147,23 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
                 max_epoch = max_epoch.max(*epoch)
             }
             LogRecord::Begin { .. } => {}
+            // The run is the first one named since the cut: two first
+            // starts at once may each name one.
+            LogRecord::Incarnation {
+                id, after_epoch, ..
+            } => {
+                max_epoch = max_epoch.max(*after_epoch);
+                out.incarnation.get_or_insert_with(|| id.clone());
+            }
         }
     }
+    out.fresh = out.incarnation.is_none()
+        && !records.iter().any(|(_, r)| {
+            matches!(
+                r,
+                LogRecord::Epoch { .. } | LogRecord::Replayed { .. } | LogRecord::Begin { .. }
+            )
+        });
     out.next_epoch = max_epoch + 1;
     let live = live(records);
     let claimed = live
@@ -119,7 +172,9 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
             LogRecord::Epoch { committed, .. } | LogRecord::Replayed { committed, .. } => {
                 Some(*committed)
             }
-            LogRecord::Start { .. } | LogRecord::Begin { .. } => None,
+            LogRecord::Start { .. } | LogRecord::Begin { .. } | LogRecord::Incarnation { .. } => {
+                None
+            }
         })
         .max()
         .unwrap_or(0);
@@ -374,6 +429,61 @@ mod tests {
         assert_eq!(decided_by(&old), Some((1, 0)));
         let r = resume_writers(&records, &[4, 4]);
         assert_eq!((r.committed, r.committed_offset), (2, Some(3)));
+    }
+
+    fn run(id: &str, after_epoch: u64, reset: bool) -> LogRecord {
+        LogRecord::Incarnation {
+            id: id.into(),
+            after_epoch,
+            reset,
+        }
+    }
+
+    #[test]
+    fn a_reset_ends_what_counts_and_its_run_numbers_epochs_after_every_earlier_one() {
+        let records: Vec<(i64, LogRecord)> = vec![
+            LogRecord::start(),
+            run("a", 0, false),
+            epoch(1, 1, 0, 10),
+            epoch(2, 1, 10, 20),
+            LogRecord::start(),
+            run("b", 2, true),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as i64, r))
+        .collect();
+        // Epoch 1 committed, epoch 2 logged: before the reset, both are
+        // history.
+        let r = resume(&records, 3);
+        assert_eq!(r.incarnation.as_deref(), Some("b"));
+        assert!(!r.fresh);
+        assert_eq!(r.committed, 0);
+        assert!(r.replay.is_empty());
+        assert_eq!(r.start_offsets, None);
+        assert_eq!(r.next_epoch, 3);
+        assert_eq!(r.last_attempt, attempt_at(4));
+        assert_eq!(r.progress_lost, None);
+        // Before the reset, the run was `a`.
+        let r = resume(&records[..4], 3);
+        assert_eq!((r.incarnation.as_deref(), r.committed), (Some("a"), 1));
+    }
+
+    #[test]
+    fn two_first_starts_that_both_name_a_run_agree_on_the_first() {
+        let records: Vec<(i64, LogRecord)> = vec![
+            LogRecord::start(),
+            LogRecord::start(),
+            run("a", 0, false),
+            run("b", 0, false),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as i64, r))
+        .collect();
+        assert!(resume(&records[..2], 0).fresh);
+        let r = resume(&records, 0);
+        assert_eq!((r.incarnation.as_deref(), r.fresh), (Some("a"), false));
     }
 
     #[test]

@@ -18,13 +18,14 @@ pub enum RecoveryError {
     Kafka(#[from] KafkaAdminError),
     #[error("epoch log {topic}: {reason}")]
     Log { topic: String, reason: String },
-    #[error("changelog {topic} at offset {offset}: {reason}; it was not written by this version of rill or is damaged, and the job does not start rather than lose state (to start the job from nothing, delete its changelog and epoch log topics)")]
+    #[error("changelog {topic} at offset {offset}: {reason}; it was not written by this version of rill or is damaged, and the job does not start rather than lose state (to start the job from nothing, run `jobctl reset {job}`)")]
     Changelog {
+        job: String,
         topic: String,
         offset: i64,
         reason: String,
     },
-    #[error("job {job} has committed epochs up to at least {epoch} (its epoch log {log} says so), but the broker no longer has its progress (the offsets of group {group} on {log}): they expired (raise the broker's offsets.retention.minutes) or were deleted; rill does not start such a job from nothing (to do that on purpose, delete its epoch log and changelog topics)")]
+    #[error("job {job} has committed epochs up to at least {epoch} (its epoch log {log} says so), but the broker no longer has its progress (the offsets of group {group} on {log}): they expired (raise the broker's offsets.retention.minutes) or were deleted; rill does not start such a job from nothing (to do that on purpose, run `jobctl reset {job}`)")]
     ProgressLost {
         job: String,
         epoch: u64,
@@ -72,6 +73,10 @@ pub struct Recovered {
     /// The transforms whose state came from a local snapshot: the epoch
     /// it was of and the changelog records read after it.
     pub from_snapshot: Vec<(String, u64, usize)>,
+    /// This run of the job, which every sink claims (see
+    /// `LogRecord::Incarnation`); None for a log from before runs were
+    /// named.
+    pub incarnation: Option<String>,
 }
 
 /// Reads the epoch log and the changelogs and says where to resume. The
@@ -130,6 +135,12 @@ pub fn recover(
             workers,
         });
     }
+    // A first start on an empty log names this run of the job.
+    let incarnation = match (&resume.incarnation, resume.fresh) {
+        (Some(id), _) => Some(id.clone()),
+        (None, true) => Some(super::epoch_log::name_run(&job.brokers, &log, 0)?),
+        (None, false) => None,
+    };
     let mut out = Recovered {
         attempt,
         committed: resume.committed,
@@ -143,6 +154,7 @@ pub fn recover(
         writers_before: view.progress.len() as u32,
         state: HashMap::new(),
         from_snapshot: Vec::new(),
+        incarnation,
     };
 
     // State as of the committed epoch, transform by transform.

@@ -143,6 +143,7 @@ fn read_partition(
         }
     })?;
     let changes = state.changes().map_err(|e| RecoveryError::Changelog {
+        job: view.job.clone(),
         topic: topic.to_string(),
         offset: e.offset,
         reason: e.error.to_string(),

@@ -221,3 +221,155 @@ fn a_postgres_sink_without_a_fallback_waits_at_start_for_its_database_and_loses_
     assert!(!eligible.is_empty());
     assert_eq!(table_timestamps(&table), eligible);
 }
+
+/// The cashback job's input, more of it: `count` payments, none malformed.
+fn more_payments(job: &Path, count: &str) {
+    ok(&[
+        "datagen",
+        "cashback",
+        "--job",
+        job.to_str().unwrap(),
+        "--count",
+        count,
+        "--malformed-share",
+        "0",
+        "--quiet",
+        "--seed",
+        &unique("seed")
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()[..6],
+    ]);
+}
+
+#[test]
+fn a_log_deleted_by_hand_is_refused_naming_reset_and_after_a_reset_every_new_payment_lands_once() {
+    require_services();
+    let _pg = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("reset");
+    let (job, input, table, _) = cashback_job(dir.path(), &tag);
+    let path = job.to_str().unwrap();
+    let name = format!("{tag}-cashback");
+    more_payments(&job, "400");
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let (first, _) = cashback_expected(&input);
+    assert_eq!(table_timestamps(&table), first);
+
+    // What the docs once advised: delete the epoch log by hand.
+    kafka_admin::delete_topics(BROKERS, &[&format!("{name}.epochs")]).unwrap();
+    more_payments(&job, "400");
+    let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "sink `cashback_table` holds the progress of another run of job {name} ("
+        )) && said.contains(&format!("run `jobctl reset {name}` to start the job over")),
+        "{said}"
+    );
+    // Nothing of the second batch went in.
+    assert_eq!(table_timestamps(&table), first);
+
+    let listed = ok(&["reset", path]);
+    for part in [
+        format!("job {name} keeps, to resume:"),
+        format!("sink cashback_table: 1 progress row (epoch 1) in rill_sink_progress, for table {table}"),
+        format!("reset: fenced the job's writers and deleted the above; its next start begins from nothing as run "),
+        format!("table {table} (sink cashback_table): TRUNCATE {table}"),
+    ] {
+        assert!(listed.contains(&part), "missing `{part}` in:\n{listed}");
+    }
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    // The new run reads the input from its start: every payment once more,
+    // beside the first run's rows, which the reset left.
+    let (all, _) = cashback_expected(&input);
+    let mut want = [first.clone(), all.clone()].concat();
+    want.sort();
+    assert_eq!(table_timestamps(&table), want);
+    assert!(all.len() > first.len());
+}
+
+#[test]
+fn a_file_sink_of_a_log_deleted_by_hand_is_refused_and_after_a_reset_writes_every_window_again_beside_the_old_files(
+) {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("reset-files");
+    let (job, _) = job_copy(
+        dir.path(),
+        "turnstile.toml",
+        &[
+            "turnstile",
+            "turnstile-station-counts",
+            "turnstile-dead-letters",
+        ],
+        &tag,
+    );
+    let path = job.to_str().unwrap();
+    let name = format!("{tag}-turnstile");
+    ok(&[
+        "datagen",
+        "turnstile",
+        "--job",
+        path,
+        "--count",
+        "600",
+        "--late-share",
+        "0",
+        "--out-of-order-share",
+        "0",
+        "--quiet",
+    ]);
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let lake = dir.path().join("out/turnstile");
+    let files = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&lake);
+    assert!(!before.is_empty());
+    let reports = |names: &[String]| -> i64 {
+        names
+            .iter()
+            .flat_map(|n| {
+                gunzip(&lake.join(n))
+                    .lines()
+                    .skip(1)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .map(|row| row.rsplit(',').next().unwrap().parse::<i64>().unwrap())
+            .sum()
+    };
+    assert_eq!(reports(&before), 600);
+
+    kafka_admin::delete_topics(BROKERS, &[&format!("{name}.epochs")]).unwrap();
+    let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "sink `lake` holds the progress of another run of job {name} ("
+        )) && said.contains(&format!("run `jobctl reset {name}`")),
+        "{said}"
+    );
+    assert_eq!(files(&lake), before, "nothing written");
+
+    ok(&["reset", path]);
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let after = files(&lake);
+    let new: Vec<String> = after
+        .iter()
+        .filter(|f| !before.contains(f))
+        .cloned()
+        .collect();
+    // Every window again, in files of their own: the old ones are left.
+    assert_eq!(after.len(), before.len() * 2, "{after:?}");
+    assert_eq!(reports(&new), 600);
+}
