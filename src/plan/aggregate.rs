@@ -56,6 +56,54 @@ pub struct AggregatePlan {
 }
 
 impl AggregatePlan {
+    /// What the state of this aggregate means, facet by facet, over rows
+    /// of `input`: its keys, its accumulators in their order, its window.
+    /// A start whose job file gives a stateful transform other facets
+    /// than its committed state has would read that state as something
+    /// else. A `having` or an emit mode changes what is sent, not what is
+    /// kept, and is left out.
+    pub fn state_facets(&self, input: &RowSchema) -> Vec<(String, String)> {
+        let ty = |t: FieldType| format!("{t:?}").to_lowercase();
+        let keys: Vec<String> = self
+            .group_by
+            .iter()
+            .map(|k| format!("{} {}", input.fields[*k].name, ty(input.fields[*k].ty)))
+            .collect();
+        let mut out = vec![("group_by".to_string(), keys.join(", "))];
+        out.push((
+            "aggregates".to_string(),
+            self.aggs
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+        for a in &self.aggs {
+            let arg = a.arg.as_ref().map_or("", |e| e.source.as_str());
+            out.push((
+                format!("aggregates.{}", a.name),
+                format!(
+                    "{}({arg}) {}",
+                    format!("{:?}", a.func).to_lowercase(),
+                    ty(a.ty)
+                ),
+            ));
+        }
+        if let Some(w) = &self.window {
+            let time = match w.time {
+                TimeField::Field(i) => input.fields[i].name.clone(),
+                TimeField::KafkaTimestamp => "the record timestamp".into(),
+            };
+            let shape = match w.shape {
+                WindowShape::Tumbling { size } => format!("tumbling {size} ms"),
+                WindowShape::Hopping { size, hop } => format!("hopping {size} ms every {hop} ms"),
+                WindowShape::Session { gap } => format!("session, gap {gap} ms"),
+            };
+            out.push(("window".to_string(), format!("{shape} on {time}")));
+        }
+        out
+    }
+
     /// Index of `window_start` in the output row, when windowed.
     pub fn window_start_index(&self) -> Option<usize> {
         self.window.as_ref().map(|_| self.group_by.len())

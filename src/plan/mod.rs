@@ -141,6 +141,21 @@ impl Plan {
             .filter(|n| !matches!(n.kind, NodeKind::Source(_) | NodeKind::Sink(_)))
     }
 
+    /// What the state of each stateful transform means, by its name (see
+    /// [`aggregate::AggregatePlan::state_facets`]).
+    pub fn state_meaning(&self) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.kind {
+                NodeKind::Aggregate(a) => {
+                    Some((n.name.clone(), a.state_facets(self.input_schema(i))))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn sinks(&self) -> impl Iterator<Item = (usize, &Node, &SinkPlan)> {
         self.nodes
             .iter()

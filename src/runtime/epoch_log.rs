@@ -88,6 +88,13 @@ pub enum LogRecord {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reset: bool,
     },
+    /// What the state of each stateful transform means (its keys,
+    /// accumulators and window), as the job file of a start that changed
+    /// it said: a later start whose job file means something else by
+    /// that state is refused.
+    State {
+        transforms: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    },
 }
 
 fn one() -> u32 {

@@ -92,6 +92,9 @@ pub struct Resume {
     pub incarnation: Option<String>,
     /// The log holds no epoch and names no run: a first start names one.
     pub fresh: bool,
+    /// What the state of each stateful transform means, as the newest
+    /// start that changed it logged.
+    pub state: Option<std::collections::BTreeMap<String, Vec<(String, String)>>>,
 }
 
 /// Plans a start of a single writer from the whole log and its committed
@@ -121,7 +124,7 @@ pub fn resume_writers(records: &[(i64, LogRecord)], progress: &[i64]) -> Resume 
             LogRecord::Incarnation { after_epoch, .. } => {
                 out.next_epoch = out.next_epoch.max(after_epoch + 1)
             }
-            LogRecord::Begin { .. } => {}
+            LogRecord::Begin { .. } | LogRecord::State { .. } => {}
         }
     }
     out
@@ -155,6 +158,7 @@ fn resume_since(all: &[(i64, LogRecord)], cut: i64, progress: &[i64]) -> Resume 
                 max_epoch = max_epoch.max(*after_epoch);
                 out.incarnation.get_or_insert_with(|| id.clone());
             }
+            LogRecord::State { transforms } => out.state = Some(transforms.clone()),
         }
     }
     out.fresh = out.incarnation.is_none()
@@ -172,9 +176,10 @@ fn resume_since(all: &[(i64, LogRecord)], cut: i64, progress: &[i64]) -> Resume 
             LogRecord::Epoch { committed, .. } | LogRecord::Replayed { committed, .. } => {
                 Some(*committed)
             }
-            LogRecord::Start { .. } | LogRecord::Begin { .. } | LogRecord::Incarnation { .. } => {
-                None
-            }
+            LogRecord::Start { .. }
+            | LogRecord::Begin { .. }
+            | LogRecord::Incarnation { .. }
+            | LogRecord::State { .. } => None,
         })
         .max()
         .unwrap_or(0);
@@ -353,6 +358,48 @@ pub fn first_deleted(
         .filter(|first| *first < low)
 }
 
+/// What the state of each of a job's stateful transforms means, by name.
+pub type StateMeaning = std::collections::BTreeMap<String, Vec<(String, String)>>;
+
+/// How `new` (the job file of a start) means the state `old` (what the
+/// committed state means) differently: a transform that kept state and
+/// is gone (renamed or removed), or a facet of one that changed. A
+/// transform new to the job starts with no state, which is no change.
+pub fn state_changes(old: &StateMeaning, new: &StateMeaning) -> Vec<String> {
+    let mut out = Vec::new();
+    for (transform, facets) in old {
+        let Some(now) = new.get(transform) else {
+            out.push(format!(
+                "transform `{transform}` kept state and is not in the job file (renamed or removed)"
+            ));
+            continue;
+        };
+        let was: BTreeMap<&str, &str> = facets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let is: BTreeMap<&str, &str> = now.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for key in was
+            .keys()
+            .chain(is.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            match (was.get(key), is.get(key)) {
+                (Some(a), Some(b)) if a == b => {}
+                (Some(a), Some(b)) => out.push(format!(
+                    "transform `{transform}`: {key} was `{a}`, is `{b}`"
+                )),
+                (Some(a), None) => {
+                    out.push(format!("transform `{transform}`: {key} `{a}` is gone"))
+                }
+                (None, Some(b)) => out.push(format!("transform `{transform}`: {key} `{b}` is new")),
+                (None, None) => {}
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +531,61 @@ mod tests {
         assert!(resume(&records[..2], 0).fresh);
         let r = resume(&records, 0);
         assert_eq!((r.incarnation.as_deref(), r.fresh), (Some("a"), false));
+    }
+
+    #[test]
+    fn a_state_means_something_else_when_a_facet_changes_or_its_transform_goes() {
+        let meaning = |entries: &[(&str, &[(&str, &str)])]| -> StateMeaning {
+            entries
+                .iter()
+                .map(|(t, facets)| {
+                    let f = facets
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    (t.to_string(), f)
+                })
+                .collect()
+        };
+        let old = meaning(&[(
+            "totals",
+            &[
+                ("group_by", "account int"),
+                ("aggregates.total", "sum(v) double"),
+            ],
+        )]);
+        assert!(state_changes(&old, &old).is_empty());
+        // A transform new to the job is no change.
+        let more = meaning(&[
+            (
+                "totals",
+                &[
+                    ("group_by", "account int"),
+                    ("aggregates.total", "sum(v) double"),
+                ],
+            ),
+            ("other", &[("group_by", "x int")]),
+        ]);
+        assert!(state_changes(&old, &more).is_empty());
+        let changed = meaning(&[(
+            "totals",
+            &[
+                ("group_by", "account int"),
+                ("aggregates.total", "max(v) double"),
+                ("window", "tumbling 5 ms on t"),
+            ],
+        )]);
+        assert_eq!(
+            state_changes(&old, &changed),
+            vec![
+                "transform `totals`: aggregates.total was `sum(v) double`, is `max(v) double`",
+                "transform `totals`: window `tumbling 5 ms on t` is new",
+            ]
+        );
+        assert_eq!(
+            state_changes(&old, &meaning(&[])),
+            vec!["transform `totals` kept state and is not in the job file (renamed or removed)"]
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum RecoveryError {
         group: String,
         log: String,
     },
+    #[error("job {job} keeps state that its job file now means otherwise: {changes}; read as the new job file means it, the committed state would be wrong, so the job does not start. Run `jobctl reset {job}` to start it over from nothing, or run the new job file under another name; changes that keep state (a sink, filter, map or route added or removed, a `having`, an emit mode, a new aggregate) start as they are")]
+    StateChanged { job: String, changes: String },
     #[error("another instance of job {job} started after this one, so this one stops without committing")]
     Superseded { job: String },
     #[error("job {job} stopped in the middle of epoch {epoch}, which some of its writers committed, or whose files and rows its processes may have written, in part; it is finished on the shape that cut it, {processes} processes of {workers} workers (records go to workers by their number): start the job so once, then at the new size")]
@@ -134,6 +136,28 @@ pub fn recover(
             processes,
             workers,
         });
+    }
+    // The committed state is read as this job file means it: a start that
+    // means something else by it is refused, and one that changes what
+    // it may logs the new meaning.
+    let meaning = plan.state_meaning();
+    let holds_state = resume.committed > 0 || !resume.replay.is_empty();
+    if let (true, Some(old)) = (holds_state, &resume.state) {
+        let changes = planner::state_changes(old, &meaning);
+        if !changes.is_empty() {
+            return Err(RecoveryError::StateChanged {
+                job: job.name.clone(),
+                changes: changes.join("; "),
+            });
+        }
+    }
+    if !meaning.is_empty() && resume.state.as_ref() != Some(&meaning) {
+        super::epoch_log::EpochLog::open(&job.brokers, &log)?.append(
+            &super::epoch_log::LogRecord::State {
+                transforms: meaning,
+            },
+            rdkafka::message::OwnedHeaders::new(),
+        )?;
     }
     // A first start on an empty log names this run of the job.
     let incarnation = match (&resume.incarnation, resume.fresh) {

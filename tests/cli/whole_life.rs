@@ -373,3 +373,70 @@ fn a_file_sink_of_a_log_deleted_by_hand_is_refused_and_after_a_reset_writes_ever
     assert_eq!(after.len(), before.len() * 2, "{after:?}");
     assert_eq!(reports(&new), 600);
 }
+
+#[test]
+fn a_changed_aggregate_is_refused_naming_what_changed_and_a_compatible_change_keeps_the_state() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("changed");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "600", "31");
+    let job = rejected_reading(dir.path(), &format!("{tag}-job"), &input, "");
+    let path = job.to_str().unwrap();
+    let name = format!("{tag}-job-rejected");
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+    let committed = verify_lines(&job);
+    let original = std::fs::read_to_string(&job).unwrap();
+
+    // sum becomes max over the sums already committed.
+    std::fs::write(
+        &job,
+        original.replace("\"sum(withdraw)\"", "\"max(withdraw)\""),
+    )
+    .unwrap();
+    let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("job {name} keeps state that its job file now means otherwise: transform `per_account`: aggregates.total_rejected was `sum(withdraw) double`, is `max(withdraw) double`; "))
+            && said.contains(&format!("Run `jobctl reset {name}` to start it over from nothing")),
+        "{said}"
+    );
+    // A renamed transform leaves its state behind.
+    std::fs::write(&job, original.replace("per_account", "by_account")).unwrap();
+    let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "transform `per_account` kept state and is not in the job file (renamed or removed)"
+        ),
+        "{said}"
+    );
+
+    // A filter and a sink added keep the state, and more input adds to it.
+    let compatible = original.replace(
+        "[sinks.aggregated]",
+        "[transforms.big]\ntype = \"filter\"\ninputs = [\"per_account\"]\ncondition = \"rejected_count > 1\"\n\n[sinks.big_ones]\ntype = \"stdout\"\ninputs = [\"big\"]\n\n[sinks.aggregated]",
+    );
+    std::fs::write(&job, compatible).unwrap();
+    let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        verify_lines(&job),
+        committed,
+        "nothing new, nothing changed"
+    );
+
+    // The changed aggregate after a reset: from nothing, over all input.
+    std::fs::write(
+        &job,
+        original.replace("\"sum(withdraw)\"", "\"max(withdraw)\""),
+    )
+    .unwrap();
+    ok(&["reset", path]);
+    ok(&["submit", path, "--until-caught-up", "--quiet"]);
+}
