@@ -209,6 +209,28 @@ pub fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaAdminErr
     Ok(())
 }
 
+/// The consumer groups the broker knows whose names `keep` accepts.
+pub fn groups_where(
+    brokers: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, KafkaAdminError> {
+    let consumer = DropAside::new(client::<BaseConsumer>(brokers)?);
+    let list = consumer
+        .fetch_group_list(None, Duration::from_secs(10))
+        .map_err(|e| KafkaAdminError::Other {
+            brokers: brokers.into(),
+            reason: format!("listing consumer groups: {e}"),
+        })?;
+    let mut out: Vec<String> = list
+        .groups()
+        .iter()
+        .map(|g| g.name().to_string())
+        .filter(|n| keep(n))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Deletes consumer groups (their committed offsets); one that is not
 /// there is no error.
 pub fn delete_groups(brokers: &str, groups: &[&str]) -> Result<(), KafkaAdminError> {

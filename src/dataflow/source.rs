@@ -69,7 +69,7 @@ fn move_to(
             epoch,
             partitions
                 .iter()
-                .map(|p| (source, *p, i64::MIN, epoch))
+                .map(|p| (source, *p, super::state::WAITING, epoch))
                 .collect(),
         ));
     }

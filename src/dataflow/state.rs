@@ -127,6 +127,11 @@ impl AggState {
 /// carries a restored watermark instead.
 pub type Seen = (u32, i32, i64, Epoch);
 
+/// The event time of a [`Seen`] that says a partition had records waiting
+/// at the end of the epoch (see `dataflow/source.rs`), with no event time
+/// of its own.
+pub const WAITING: i64 = i64::MIN;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatermarkSnapshot {
     pub watermark: i64,

@@ -7,7 +7,7 @@
 
 use super::aggregate::{group_key, hash_of, Held};
 use super::state::{
-    change_bytes, window_key_bytes, AggState, Seen, StateEntry, WatermarkSnapshot, Window,
+    change_bytes, window_key_bytes, AggState, Seen, StateEntry, WatermarkSnapshot, Window, WAITING,
     WATERMARK_KEY,
 };
 use super::{epoch_of, Epoch, Records, WorkerContext};
@@ -45,9 +45,6 @@ impl WindowMsg {
 }
 
 const WATERMARK: u32 = u32::MAX;
-/// The event time of a mark that says a partition had records waiting
-/// (see `dataflow/source.rs`).
-const WAITING: i64 = i64::MIN;
 
 struct Partition {
     max_time: Option<i64>,

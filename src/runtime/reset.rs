@@ -62,21 +62,32 @@ pub fn inventory(plan: &Plan) -> Result<Kept, RunError> {
         log: log.clone(),
         ..Kept::default()
     };
+    // Every writer's group, also of a cluster whose log is gone: a group
+    // left with offsets of a deleted log would be read as progress on the
+    // next one.
+    let prefix = format!("{}-w", job.name);
+    kept.groups = kafka_admin::groups_where(&job.brokers, |g| {
+        g.strip_prefix(&prefix)
+            .is_some_and(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+    })
+    .unwrap_or_default();
     if kafka_admin::partition_count(&job.brokers, &log)?.is_some() {
         let records = read_log(&job.brokers, &log)?;
         kept.log_records = records.len();
         let resume = super::planner::resume(&records, 0);
         kept.log_epoch = resume.next_epoch.saturating_sub(1);
         kept.run = resume.incarnation;
-        kept.groups = (0..writers_in(&records))
-            .map(|w| job.writer_id_of(w))
-            .collect();
         for w in 0..writers_in(&records) {
+            let group = job.writer_id_of(w);
+            if !kept.groups.contains(&group) {
+                kept.groups.push(group);
+            }
             let topic = job.commits_topic_of(w);
             if kafka_admin::partition_count(&job.brokers, &topic)?.is_some() {
                 kept.commits.push(topic);
             }
         }
+        kept.groups.sort();
     }
     for node in &plan.nodes {
         if matches!(node.kind, NodeKind::Aggregate(_)) {
@@ -158,7 +169,14 @@ pub fn reset(plan: &Plan, kept: &Kept) -> Result<String, RunError> {
     let job = &plan.job;
     // An instance that still runs commits nothing more, and writes no
     // file or row once it sees the start below in the log.
-    for w in 0..(kept.groups.len() as u32).max(1) {
+    let writers = kept
+        .groups
+        .iter()
+        .filter_map(|g| g.rsplit_once("-w")?.1.parse::<u32>().ok())
+        .map(|w| w + 1)
+        .max()
+        .unwrap_or(1);
+    for w in 0..writers {
         committed::fence_writer(job, w)?;
     }
     kafka_admin::ensure_topic(&job.brokers, &kept.log, 1, 1, TopicKind::Forever)?;

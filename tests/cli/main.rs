@@ -915,6 +915,23 @@ fn bank_rejected_and_analysis_chain_on_the_seed_records() {
     let _ = t;
 }
 
+/// The files a file sink wrote in `dir`, sorted. Its run marker
+/// (`.rill-run-SINK`) aside, no hidden (temporary) file may be left.
+fn lake_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".rill-run-") {
+            continue;
+        }
+        assert!(!name.starts_with('.'), "a temporary file is left: {name}");
+        files.push(path);
+    }
+    files.sort();
+    files
+}
+
 fn gunzip(path: &Path) -> String {
     use std::io::Read;
     let mut s = String::new();
@@ -967,11 +984,7 @@ fn turnstile_writes_one_gzip_csv_per_closed_window_and_the_rows_add_up() {
     };
 
     let lake = dir.path().join("out/turnstile");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&lake)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = lake_files(&lake);
     assert!(
         files
             .iter()
@@ -1062,10 +1075,7 @@ fn the_file_sink_writes_parquet_per_window() {
     let (i, _, _) = plan.sinks().find(|(_, n, _)| n.name == "lake").unwrap();
     let schema = plan.input_schema(i).clone();
     let lake = dir.path().join("out/turnstile");
-    let files: Vec<PathBuf> = std::fs::read_dir(&lake)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let files = lake_files(&lake);
     assert!(
         files.len() >= 5 && files.iter().all(|f| f.extension().unwrap() == "parquet"),
         "{files:?}"
@@ -1651,10 +1661,7 @@ fn any_sink_can_take_the_dead_letters_a_file_sink_here() {
         .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
     ok(&["submit", path, "--until-caught-up"]);
-    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("dead"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let files = lake_files(&dir.path().join("dead"));
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let lines: Vec<&str> = text.lines().collect();

@@ -693,11 +693,7 @@ fn a_process_that_dies_of_a_signal_says_what_it_was_doing_and_its_last_committed
 /// Every row of every file in `dir`, gunzipped, sorted.
 fn lake_rows(dir: &Path) -> Vec<String> {
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
-            continue;
-        }
+    for path in lake_files(dir) {
         rows.extend(gunzip(&path).lines().skip(1).map(str::to_string));
     }
     rows.sort();
