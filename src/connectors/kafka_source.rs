@@ -179,6 +179,8 @@ impl KafkaSource {
                 }
                 let (mut low, mut high) = (-1i64, -1i64);
                 // The end offset as the last fetch reported it: no request.
+                // SAFETY: the client lives as long as `self`, the name is a
+                // C string that outlives the call, the outputs are locals.
                 let err = unsafe {
                     rdkafka::bindings::rd_kafka_get_watermark_offsets(
                         self.consumer.client().native_ptr(),
