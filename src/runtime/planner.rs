@@ -169,7 +169,12 @@ fn resume_since(all: &[(i64, LogRecord)], cut: i64, progress: &[i64]) -> Resume 
             )
         });
     out.next_epoch = max_epoch + 1;
-    let live = live(records);
+    // What a fenced instance appended is judged against every start,
+    // the reset's own (just before its cut) among them.
+    let live: Vec<(i64, &LogRecord)> = live(all)
+        .into_iter()
+        .filter(|(offset, _)| *offset >= cut)
+        .collect();
     let claimed = live
         .iter()
         .filter_map(|(_, r)| match r {
@@ -514,6 +519,34 @@ mod tests {
         // Before the reset, the run was `a`.
         let r = resume(&records[..4], 3);
         assert_eq!((r.incarnation.as_deref(), r.committed), (Some("a"), 1));
+    }
+
+    #[test]
+    fn what_an_instance_fenced_by_a_reset_logs_after_it_does_not_count() {
+        let stale = LogRecord::Epoch {
+            epoch: 2,
+            attempt: attempt_at(0),
+            committed: 1,
+            ranges: Vec::new(),
+        };
+        let records: Vec<(i64, LogRecord)> = vec![
+            LogRecord::start(),
+            run("a", 0, false),
+            epoch(1, attempt_at(0), 0, 10),
+            LogRecord::start(),
+            run("b", 1, true),
+            stale,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (i as i64, r))
+        .collect();
+        let r = resume(&records, 0);
+        assert_eq!(r.progress_lost, None);
+        assert_eq!((r.committed, r.replay.len()), (0, 0));
+        assert_eq!(r.incarnation.as_deref(), Some("b"));
+        // Its number is not given again.
+        assert_eq!(r.next_epoch, 3);
     }
 
     #[test]

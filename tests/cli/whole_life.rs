@@ -440,3 +440,31 @@ fn a_changed_aggregate_is_refused_naming_what_changed_and_a_compatible_change_ke
     ok(&["reset", path]);
     ok(&["submit", path, "--until-caught-up", "--quiet"]);
 }
+
+#[test]
+fn a_reset_under_a_running_job_fences_it_and_the_next_run_reads_every_record_once() {
+    require_services();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("reset-running");
+    let input = format!("{tag}-input");
+    bank_input(dir.path(), &tag, &input, "900", "23");
+    let job = super::cluster::bank_reading(dir.path(), &input, &tag);
+    let path = job.to_str().unwrap();
+    let (mut running, rx, said) =
+        watched(&["submit", path, "--max-records-per-second", "300"], &[]);
+    wait_for(&rx, "epoch 2:");
+    ok(&["reset", path]);
+    // Its next commit finds it fenced: more input makes it try one.
+    bank_input(dir.path(), &format!("{tag}-more"), &input, "10", "24");
+    let status = running.wait().unwrap();
+    let said = said.join().unwrap();
+    assert_eq!(status.code(), Some(4), "{said}");
+    assert!(said.contains("was fenced"), "{said}");
+    let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{summary}");
+    assert!(
+        summary.contains(": 910 records in, out approved "),
+        "{summary}"
+    );
+}
