@@ -182,33 +182,6 @@ impl TopicKind {
     }
 }
 
-/// Deletes `topics`; one that is not there is no error.
-pub fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaAdminError> {
-    if topics.is_empty() {
-        return Ok(());
-    }
-    let admin = DropAside::new(client::<AdminClient<DefaultClientContext>>(brokers)?);
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let other = |reason: String| KafkaAdminError::Other {
-        brokers: brokers.into(),
-        reason,
-    };
-    for r in rt
-        .block_on(admin.delete_topics(topics, &opts))
-        .map_err(|e| other(e.to_string()))?
-    {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((topic, code)) => return Err(other(format!("deleting topic {topic}: {code}"))),
-        }
-    }
-    Ok(())
-}
-
 /// The consumer groups the broker knows whose names `keep` accepts.
 pub fn groups_where(
     brokers: &str,
@@ -231,10 +204,25 @@ pub fn groups_where(
     Ok(out)
 }
 
+/// Deletes `topics`; one that is not there is no error.
+pub fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaAdminError> {
+    delete(brokers, Deleted::Topics, topics)
+}
+
 /// Deletes consumer groups (their committed offsets); one that is not
 /// there is no error.
 pub fn delete_groups(brokers: &str, groups: &[&str]) -> Result<(), KafkaAdminError> {
-    if groups.is_empty() {
+    delete(brokers, Deleted::Groups, groups)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Deleted {
+    Topics,
+    Groups,
+}
+
+fn delete(brokers: &str, what: Deleted, names: &[&str]) -> Result<(), KafkaAdminError> {
+    if names.is_empty() {
         return Ok(());
     }
     let admin = DropAside::new(client::<AdminClient<DefaultClientContext>>(brokers)?);
@@ -247,15 +235,21 @@ pub fn delete_groups(brokers: &str, groups: &[&str]) -> Result<(), KafkaAdminErr
         brokers: brokers.into(),
         reason,
     };
-    for r in rt
-        .block_on(admin.delete_groups(groups, &opts))
-        .map_err(|e| other(e.to_string()))?
-    {
-        match r {
-            Ok(_)
-            | Err((_, RDKafkaErrorCode::GroupIdNotFound))
-            | Err((_, RDKafkaErrorCode::NotCoordinator)) => {}
-            Err((group, code)) => return Err(other(format!("deleting group {group}: {code}"))),
+    let results = rt
+        .block_on(async {
+            match what {
+                Deleted::Topics => admin.delete_topics(names, &opts).await,
+                Deleted::Groups => admin.delete_groups(names, &opts).await,
+            }
+        })
+        .map_err(|e| other(e.to_string()))?;
+    for r in results {
+        match (what, r) {
+            (_, Ok(_))
+            | (Deleted::Topics, Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)))
+            | (Deleted::Groups, Err((_, RDKafkaErrorCode::GroupIdNotFound)))
+            | (Deleted::Groups, Err((_, RDKafkaErrorCode::NotCoordinator))) => {}
+            (_, Err((name, code))) => return Err(other(format!("deleting {name}: {code}"))),
         }
     }
     Ok(())

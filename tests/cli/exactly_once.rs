@@ -39,16 +39,7 @@ fn a_windowed_job_run_again_fires_no_window_twice_and_counts_every_event_once() 
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("twice");
-    let (job, t) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, t) = turnstile_copy(dir.path(), &tag);
     let path = job.to_str().unwrap();
     ok(&[
         "datagen",

@@ -932,6 +932,21 @@ fn lake_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// jobs/turnstile.toml as job `{tag}-turnstile`, with its input, output
+/// and dead-letter topics of its own: the job file and the topics' names.
+fn turnstile_copy(dir: &Path, tag: &str) -> (PathBuf, HashMap<String, String>) {
+    job_copy(
+        dir,
+        "turnstile.toml",
+        &[
+            "turnstile",
+            "turnstile-station-counts",
+            "turnstile-dead-letters",
+        ],
+        tag,
+    )
+}
+
 fn gunzip(path: &Path) -> String {
     use std::io::Read;
     let mut s = String::new();
@@ -946,16 +961,7 @@ fn turnstile_writes_one_gzip_csv_per_closed_window_and_the_rows_add_up() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("turnstile");
-    let (job, t) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, t) = turnstile_copy(dir.path(), &tag);
     let path = job.to_str().unwrap();
     ok(&[
         "datagen",
@@ -1044,16 +1050,7 @@ fn the_file_sink_writes_parquet_per_window() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("parquet");
-    let (job, t) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, t) = turnstile_copy(dir.path(), &tag);
     let text = std::fs::read_to_string(&job)
         .unwrap()
         .replace("format = \"csv\"", "format = \"parquet\"");

@@ -469,25 +469,6 @@ fn a_cluster_fenced_by_a_newer_start_ends_its_launcher_instead_of_fencing_back()
 }
 
 /// Deletes consumer group `group` and its committed offsets.
-fn delete_group(group: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let results = rt
-        .block_on(admin.delete_groups(&[group], &AdminOptions::new()))
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|e| panic!("delete group {group}: {e:?}"));
-    }
-}
-
 #[test]
 fn a_cluster_whose_follower_lost_its_progress_refuses_to_replay_all_history() {
     require_services();
@@ -515,7 +496,7 @@ fn a_cluster_whose_follower_lost_its_progress_refuses_to_replay_all_history() {
     let committed = verify_lines(&job);
     assert_eq!(committed.len(), 1500);
     let name = format!("{tag}-bank");
-    delete_group(&format!("{name}-w1"));
+    kafka_admin::delete_groups(BROKERS, &[&format!("{name}-w1")]).unwrap();
     let out = jobctl_within(&cluster, &[], Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -566,25 +547,6 @@ fn a_cluster_started_at_latest_reads_from_where_process_0_logged_its_start_in_ev
     assert_eq!(verify_lines(&job).len(), 100, "{said}");
 }
 
-fn delete_topic(topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for r in rt
-        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
-        .unwrap()
-    {
-        r.unwrap_or_else(|e| panic!("delete topic {topic}: {e:?}"));
-    }
-}
-
 /// Runs a bank job, deletes its input topic under it (and makes it again
 /// with a few records, if `again`), and returns what the job said.
 fn delete_the_input_of_a_running_job(prefix: &str, again: bool) -> (String, String) {
@@ -606,7 +568,7 @@ fn delete_the_input_of_a_running_job(prefix: &str, again: bool) -> (String, Stri
         &[],
     );
     wait_for(&rx, "epoch 2:");
-    delete_topic(&input);
+    kafka_admin::delete_topics(BROKERS, &[&input]).unwrap();
     if again {
         bank_input(dir.path(), &format!("{tag}-again"), &input, "10", "13");
     }
@@ -714,16 +676,7 @@ fn finishing_an_epoch_in_doubt_on_its_old_shape_fires_no_window_early() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("doubt-win");
-    let (job, t) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, t) = turnstile_copy(dir.path(), &tag);
     let lake = dir.path().join("out/turnstile");
     let path = job.to_str().unwrap();
     ok(&[
@@ -1034,16 +987,7 @@ fn a_partition_with_records_waiting_is_never_idle_so_its_events_are_not_late() {
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("waiting");
-    let (job, t) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, t) = turnstile_copy(dir.path(), &tag);
     let text = std::fs::read_to_string(&job)
         .unwrap()
         .replace("idle_timeout_ms = 10000", "idle_timeout_ms = 2000");

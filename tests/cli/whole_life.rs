@@ -8,16 +8,7 @@ fn a_second_turnstile_datagen_run_continues_after_the_first_so_the_job_finds_non
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("datagen-again");
-    let (job, t) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, t) = turnstile_copy(dir.path(), &tag);
     let path = job.to_str().unwrap();
     let generate = || {
         ok(&[
@@ -296,16 +287,7 @@ fn a_file_sink_of_a_log_deleted_by_hand_is_refused_and_after_a_reset_writes_ever
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("reset-files");
-    let (job, _) = job_copy(
-        dir.path(),
-        "turnstile.toml",
-        &[
-            "turnstile",
-            "turnstile-station-counts",
-            "turnstile-dead-letters",
-        ],
-        &tag,
-    );
+    let (job, _) = turnstile_copy(dir.path(), &tag);
     let path = job.to_str().unwrap();
     let name = format!("{tag}-turnstile");
     ok(&[
