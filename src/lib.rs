@@ -17,5 +17,6 @@ pub mod ops;
 pub mod plan;
 pub mod record;
 pub mod runtime;
+pub mod secrets;
 pub mod spec;
 pub mod sql;

@@ -23,7 +23,9 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| "warn,rill=info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every line passes the secrets filter: a client library may quote
+        // a setting that holds a password.
+        .with_writer(|| crate::secrets::Redacting(std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
@@ -40,7 +42,7 @@ pub fn say(line: &str) {
     if JSON.load(Ordering::Relaxed) {
         tracing::info!(target: "rill::progress", "{line}");
     } else {
-        eprintln!("{line}");
+        eprintln!("{}", crate::secrets::redact(line));
     }
 }
 

@@ -5,7 +5,7 @@ fn main() {
         if rill::cli::is_broken_pipe(&e) {
             std::process::exit(0);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", rill::secrets::redact(&format!("{e:#}")));
         std::process::exit(rill::cli::exit_status(&e));
     }
 }

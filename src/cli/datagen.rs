@@ -36,6 +36,8 @@ pub struct DatagenArgs {
     /// The job whose first source says topic, format, schema, brokers and registry.
     #[arg(long)]
     job: Option<PathBuf>,
+    #[command(flatten)]
+    kafka: super::kafka_args::KafkaArgs,
     /// Write to this topic instead of the job's input topic.
     #[arg(long)]
     topic: Option<String>,
@@ -114,7 +116,7 @@ impl Source {
 /// newest event already in `topic` (its records carry their event time
 /// as their timestamp), whichever is later. Events of a second run at the
 /// first run's times would be behind the job's watermark, all late.
-fn turnstile_start(brokers: &str, topic: &str) -> Result<i64> {
+fn turnstile_start(brokers: &crate::connectors::kafka_config::Brokers, topic: &str) -> Result<i64> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -181,7 +183,7 @@ pub fn run(args: DatagenArgs) -> Result<()> {
         .topic
         .clone()
         .unwrap_or_else(|| source.config.topic.clone());
-    let brokers = plan.job.brokers.clone();
+    let brokers = args.kafka.brokers(Some(&plan.job))?;
     kafka_admin::check_broker(&brokers)?;
     kafka_admin::ensure_topic(
         &brokers,

@@ -4,6 +4,7 @@
 
 mod allocator;
 mod datagen;
+mod kafka_args;
 mod launch;
 mod ops;
 mod produce;
@@ -43,6 +44,9 @@ enum Command {
     /// records cross workers, its state and changelogs, its sinks.
     Explain {
         job: PathBuf,
+        /// A librdkafka property, as kcat takes one; wins over the job's.
+        #[arg(short = 'X', value_name = "KEY=VALUE")]
+        property: Vec<String>,
         /// Print it as a Graphviz digraph (`| dot -Tsvg`).
         #[arg(long)]
         dot: bool,
@@ -51,8 +55,11 @@ enum Command {
     Registry {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
+        #[command(flatten)]
+        kafka: kafka_args::KafkaArgs,
+        /// Reach Kafka as this job does (its brokers and [job.kafka]).
+        #[arg(long)]
+        job: Option<PathBuf>,
         /// The compacted topic that holds the schemas.
         #[arg(long, default_value = "_schemas")]
         topic: String,
@@ -139,6 +146,12 @@ pub fn exit_status(e: &anyhow::Error) -> i32 {
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
+    load_plan_warned(path).map(|(plan, _)| plan)
+}
+
+/// [`load_plan`], with what the job file holds that is allowed but unwise
+/// (a password written in it).
+pub fn load_plan_warned(path: &Path) -> Result<(Plan, Vec<crate::spec::SpecError>)> {
     let error = |e: crate::spec::SpecErrors| anyhow::anyhow!("{}", e.to_string().trim_end());
     if is_sql(path) {
         let sql = crate::sql::load(path, |url, topic| {
@@ -148,14 +161,15 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
                 .map_err(|e| e.to_string())
         })
         .map_err(error)?;
-        return Plan::build(&sql.spec).map_err(|e| error(sql.errors_in_sql(e)));
+        let plan = Plan::build(&sql.spec).map_err(|e| error(sql.errors_in_sql(e)))?;
+        return Ok((plan, sql.spec.warnings.clone()));
     }
     // Every error at once: what the plan finds wrong too, when the job
     // could be read past its own errors (unknown keys).
     let (spec, mut errors) = Spec::load_all(path);
     if let Some(spec) = spec {
         match Plan::build(&spec) {
-            Ok(plan) if errors.errors.is_empty() => return Ok(plan),
+            Ok(plan) if errors.errors.is_empty() => return Ok((plan, spec.warnings)),
             Ok(_) => {}
             Err(e) => errors.errors.extend(e.errors),
         }
@@ -175,10 +189,14 @@ pub fn main() -> Result<()> {
     let started = std::time::Instant::now();
     allocator::tune();
     let cli = Cli::parse();
+    crate::secrets::install_panic_hook();
     crate::log::init(cli.log_format);
     match cli.command {
         Command::Validate { job } => {
-            let plan = load_plan(&job)?;
+            let (plan, warnings) = load_plan_warned(&job)?;
+            for w in &warnings {
+                eprintln!("warning: {}: {w}", job.display());
+            }
             println!(
                 "{}: ok ({} sources, {} transforms, {} sinks)",
                 job.display(),
@@ -191,9 +209,12 @@ pub fn main() -> Result<()> {
         Command::Submit(args) => submit::run(args, started),
         Command::Registry {
             listen,
-            brokers,
+            kafka,
+            job,
             topic,
         } => {
+            let job = job.as_deref().map(Spec::load).transpose()?.map(|s| s.job);
+            let brokers = kafka.brokers(job.as_ref())?;
             let registry = Registry::open(&brokers, &topic)?;
             eprintln!("schema registry listening on http://{listen}, schemas kept in topic `{topic}` on {brokers}");
             registry.serve(&listen, 4)?;
@@ -207,13 +228,15 @@ pub fn main() -> Result<()> {
         Command::Reset(args) => reset::run(args),
         Command::Status { http } => ops::status(&http),
         Command::Query { sql, http, json } => ops::query(&http, &sql, json),
-        Command::Explain { job, dot } => {
-            let plan = load_plan(&job)?;
-            if dot {
-                print!("{}", crate::plan::explain::dot(&plan));
+        Command::Explain { job, property, dot } => {
+            let mut plan = load_plan(&job)?;
+            plan.job.brokers = plan.job.brokers.with(&kafka_args::properties(&property)?);
+            let text = if dot {
+                crate::plan::explain::dot(&plan)
             } else {
-                print!("{}", crate::plan::explain::text(&plan));
-            }
+                crate::plan::explain::text(&plan)
+            };
+            print!("{}", crate::secrets::redact(&text));
             Ok(())
         }
         Command::Stop { http, wait_ms } => {

@@ -23,8 +23,8 @@ use std::time::Duration;
 #[derive(Args)]
 pub struct ProduceArgs {
     topic: String,
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
+    #[command(flatten)]
+    kafka: super::kafka_args::KafkaArgs,
     /// Split each line at the first SEPARATOR into the record's key and
     /// value (Kafka's `parse.key=true` with `key.separator`).
     #[arg(long, value_name = "SEPARATOR")]
@@ -113,19 +113,20 @@ pub fn run(args: ProduceArgs) -> Result<()> {
             Some(Format::Json) => LineFormat::Json,
             Some(Format::Text) | None => LineFormat::Text,
         });
-    kafka_admin::check_broker(&args.brokers)?;
+    let brokers = args.kafka.brokers(plan.as_ref().map(|p| &p.job))?;
+    kafka_admin::check_broker(&brokers)?;
     let (partitions, replication) = source.as_ref().map_or((1, 1), |s| {
         (s.config.partitions, s.config.replication_factor)
     });
     kafka_admin::ensure_topic(
-        &args.brokers,
+        &brokers,
         &args.topic,
         partitions,
         replication,
         TopicKind::Data,
     )?;
     let encoding = encoding(format, source.as_ref(), plan.as_ref(), &args.topic)?;
-    let producer: BaseProducer<Failures> = client_config(&args.brokers)
+    let producer: BaseProducer<Failures> = client_config(&brokers)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create_with_context(Failures::default())?;

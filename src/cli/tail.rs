@@ -17,10 +17,14 @@ use std::time::{Duration, Instant};
 #[derive(Args)]
 pub struct TailArgs {
     topic: String,
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    registry_url: String,
+    #[command(flatten)]
+    kafka: super::kafka_args::KafkaArgs,
+    /// Reach Kafka and the registry as this job does.
+    #[arg(long)]
+    job: Option<std::path::PathBuf>,
+    /// The schema registry [default: the job's, else http://127.0.0.1:8081]
+    #[arg(long)]
+    registry_url: Option<String>,
     /// Stop at the end offsets the partitions have now.
     #[arg(long)]
     until_caught_up: bool,
@@ -30,12 +34,24 @@ pub struct TailArgs {
 }
 
 pub fn run(args: TailArgs) -> Result<()> {
-    kafka_admin::check_broker(&args.brokers)?;
-    let Some(n) = kafka_admin::partition_count(&args.brokers, &args.topic)? else {
-        bail!("topic `{}` does not exist on {}", args.topic, args.brokers);
+    let job = args
+        .job
+        .as_deref()
+        .map(crate::spec::Spec::load)
+        .transpose()?
+        .map(|s| s.job);
+    let brokers = args.kafka.brokers(job.as_ref())?;
+    let registry_url = args
+        .registry_url
+        .clone()
+        .or_else(|| job.as_ref().map(|j| j.registry_url.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:8081".into());
+    kafka_admin::check_broker(&brokers)?;
+    let Some(n) = kafka_admin::partition_count(&brokers, &args.topic)? else {
+        bail!("topic `{}` does not exist on {}", args.topic, brokers);
     };
-    let marks = kafka_admin::end_offsets(&args.brokers, &args.topic, n)?;
-    let consumer: BaseConsumer<kafka_admin::EofIsNotAnError> = client_config(&args.brokers)
+    let marks = kafka_admin::end_offsets(&brokers, &args.topic, n)?;
+    let consumer: BaseConsumer<kafka_admin::EofIsNotAnError> = client_config(&brokers)
         .set("group.id", "rill-tail")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -46,7 +62,7 @@ pub fn run(args: TailArgs) -> Result<()> {
         tpl.add_partition_offset(&args.topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let registry = RegistryClient::new(&args.registry_url);
+    let registry = RegistryClient::new(&registry_url);
     let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
         HashMap::new();
     // Caught up at every partition's EOF: the end offset can point past

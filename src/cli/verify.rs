@@ -26,6 +26,9 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct VerifyArgs {
     job: PathBuf,
+    /// A librdkafka property, as kcat takes one; wins over the job's.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    property: Vec<String>,
     /// For upsert streams, print every committed update of each key, in
     /// commit order (`key K update N value V`), not only the latest.
     #[arg(long)]
@@ -224,7 +227,11 @@ pub fn lines(plan: &Plan, updates: bool) -> Result<Vec<String>> {
 }
 
 pub fn run(args: VerifyArgs) -> Result<()> {
-    let plan = super::load_plan(&args.job)?;
+    let mut plan = super::load_plan(&args.job)?;
+    plan.job.brokers = plan
+        .job
+        .brokers
+        .with(&super::kafka_args::properties(&args.property)?);
     kafka_admin::check_broker(&plan.job.brokers)?;
     let lines = lines(&plan, args.updates)?;
     use std::io::Write;

@@ -48,7 +48,7 @@ pub enum Event<'a> {
 pub struct BoundedRead {
     /// The consumer's settings, but for the wait.
     config: ClientConfig,
-    brokers: String,
+    brokers: crate::connectors::kafka_config::Brokers,
     topic: String,
     wait_ms: u64,
     consumer: DropAside<BaseConsumer<EofIsNotAnError>>,
@@ -68,14 +68,14 @@ impl BoundedRead {
     /// come as [`Event::End`]).
     pub fn open(
         config: ClientConfig,
-        brokers: &str,
+        brokers: &crate::connectors::kafka_config::Brokers,
         topic: &str,
         starts: Vec<Option<Offset>>,
     ) -> Result<Self, KafkaAdminError> {
         let mut read = BoundedRead {
             consumer: consumer(&config, FIRST_WAIT_MS).map_err(|e| other(brokers, e))?,
             config,
-            brokers: brokers.into(),
+            brokers: brokers.clone(),
             topic: topic.into(),
             wait_ms: FIRST_WAIT_MS,
             next: Vec::new(),
@@ -189,7 +189,7 @@ impl BoundedRead {
     }
 }
 
-fn other(brokers: &str, reason: String) -> KafkaAdminError {
+fn other(brokers: &crate::connectors::kafka_config::Brokers, reason: String) -> KafkaAdminError {
     KafkaAdminError::Other {
         brokers: brokers.into(),
         reason,

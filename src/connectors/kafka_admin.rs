@@ -35,13 +35,11 @@ pub enum KafkaAdminError {
     },
 }
 
-pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        // Fail fast instead of librdkafka's endless reconnect chatter.
-        .set("log_level", "3")
-        .set("socket.connection.setup.timeout.ms", "5000");
-    c
+pub use super::kafka_config::Brokers;
+
+/// The settings every client starts from: see [`Brokers::client_config`].
+pub fn client_config(brokers: &Brokers) -> ClientConfig {
+    brokers.client_config()
 }
 
 /// A consumer that reads a topic to its end once (recovery, end offsets,
@@ -50,7 +48,7 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// soon as the queue drains below `queued.min.messages`, where
 /// librdkafka's default waits a whole second: that wait made reading a
 /// changelog of 1M records take 6.5 s instead of 0.8 s.
-pub fn bounded_reader_config(brokers: &str, group: &str) -> ClientConfig {
+pub fn bounded_reader_config(brokers: &Brokers, group: &str) -> ClientConfig {
     let mut c = client_config(brokers);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -60,7 +58,7 @@ pub fn bounded_reader_config(brokers: &str, group: &str) -> ClientConfig {
 }
 
 /// A client of `brokers` with the common settings.
-fn client<T: rdkafka::config::FromClientConfig>(brokers: &str) -> Result<T, KafkaAdminError> {
+fn client<T: rdkafka::config::FromClientConfig>(brokers: &Brokers) -> Result<T, KafkaAdminError> {
     client_config(brokers)
         .create()
         .map_err(|e| KafkaAdminError::Other {
@@ -70,7 +68,7 @@ fn client<T: rdkafka::config::FromClientConfig>(brokers: &str) -> Result<T, Kafk
 }
 
 /// Asks the broker for its metadata, which proves it is there.
-pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
+pub fn check_broker(brokers: &Brokers) -> Result<(), KafkaAdminError> {
     let consumer: BaseConsumer =
         client_config(brokers)
             .create()
@@ -89,7 +87,7 @@ pub fn check_broker(brokers: &str) -> Result<(), KafkaAdminError> {
 }
 
 /// The number of partitions of `topic`, or None when it does not exist.
-pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaAdminError> {
+pub fn partition_count(brokers: &Brokers, topic: &str) -> Result<Option<i32>, KafkaAdminError> {
     Ok(partition_counts(brokers, &[topic])?.remove(topic))
 }
 
@@ -97,7 +95,7 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>, KafkaA
 /// a start asks about every topic it uses, and a client per topic costs a
 /// connection and a metadata round trip each.
 pub fn partition_counts(
-    brokers: &str,
+    brokers: &Brokers,
     topics: &[&str],
 ) -> Result<HashMap<String, i32>, KafkaAdminError> {
     let consumer = DropAside::new(client::<BaseConsumer>(brokers)?);
@@ -113,7 +111,7 @@ pub fn partition_counts(
 /// Like [`ensure_topic`], for a topic of the broker's default settings
 /// whose partitions may be known already.
 pub fn ensure_data_topic(
-    brokers: &str,
+    brokers: &Brokers,
     known: &HashMap<String, i32>,
     topic: &str,
     partitions: i32,
@@ -128,7 +126,7 @@ pub fn ensure_data_topic(
 /// The number of partitions of `topic` as `consumer` learns it.
 fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
 ) -> Result<Option<i32>, KafkaAdminError> {
     partitions_in(consumer, brokers, Some(topic), topic)
@@ -137,7 +135,7 @@ fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
 /// The partitions of `topic` from a metadata request for `asked`.
 fn partitions_in<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    brokers: &str,
+    brokers: &Brokers,
     asked: Option<&str>,
     topic: &str,
 ) -> Result<Option<i32>, KafkaAdminError> {
@@ -184,7 +182,7 @@ impl TopicKind {
 
 /// The consumer groups the broker knows whose names `keep` accepts.
 pub fn groups_where(
-    brokers: &str,
+    brokers: &Brokers,
     keep: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, KafkaAdminError> {
     let consumer = DropAside::new(client::<BaseConsumer>(brokers)?);
@@ -205,13 +203,13 @@ pub fn groups_where(
 }
 
 /// Deletes `topics`; one that is not there is no error.
-pub fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaAdminError> {
+pub fn delete_topics(brokers: &Brokers, topics: &[&str]) -> Result<(), KafkaAdminError> {
     delete(brokers, Deleted::Topics, topics)
 }
 
 /// Deletes consumer groups (their committed offsets); one that is not
 /// there is no error.
-pub fn delete_groups(brokers: &str, groups: &[&str]) -> Result<(), KafkaAdminError> {
+pub fn delete_groups(brokers: &Brokers, groups: &[&str]) -> Result<(), KafkaAdminError> {
     delete(brokers, Deleted::Groups, groups)
 }
 
@@ -221,7 +219,7 @@ enum Deleted {
     Groups,
 }
 
-fn delete(brokers: &str, what: Deleted, names: &[&str]) -> Result<(), KafkaAdminError> {
+fn delete(brokers: &Brokers, what: Deleted, names: &[&str]) -> Result<(), KafkaAdminError> {
     if names.is_empty() {
         return Ok(());
     }
@@ -256,7 +254,7 @@ fn delete(brokers: &str, what: Deleted, names: &[&str]) -> Result<(), KafkaAdmin
 }
 
 pub fn ensure_topic(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     partitions: i32,
     replication: i32,
@@ -307,7 +305,7 @@ pub fn ensure_topic(
 
 /// Low and high watermarks of every partition of `topic`.
 pub fn watermarks(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
@@ -333,7 +331,7 @@ pub fn watermarks(
 /// from that answer minus one to the partition's EOF finds the real end;
 /// on Apache Kafka that read is one record long and changes nothing.
 pub fn end_offsets(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     partitions: i32,
 ) -> Result<Vec<(i64, i64)>, KafkaAdminError> {
@@ -342,7 +340,7 @@ pub fn end_offsets(
 
 /// [`end_offsets`], giving up after `limit` without progress.
 pub fn end_offsets_within(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     partitions: i32,
     limit: Option<Duration>,
@@ -384,7 +382,7 @@ pub fn end_offsets_within(
 /// An existing topic that rill's recovery relies on must keep what
 /// recovery reads: a settings mismatch is an error that says how to fix
 /// it. A broker that cannot describe configs is taken at its word.
-fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), KafkaAdminError> {
+fn check_settings(brokers: &Brokers, topic: &str, kind: TopicKind) -> Result<(), KafkaAdminError> {
     if kind.settings().is_empty() {
         return Ok(());
     }
@@ -404,7 +402,7 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
     }
     Err(KafkaAdminError::Settings {
         topic: topic.into(),
-        brokers: brokers.split(',').next().unwrap_or(brokers).into(),
+        brokers: brokers.servers().split(',').next().unwrap_or(brokers.servers()).into(),
         wrong: wrong
             .iter()
             .map(|(name, want, have)| format!("{name}={want} (it is {have})"))
@@ -421,7 +419,7 @@ fn check_settings(brokers: &str, topic: &str, kind: TopicKind) -> Result<(), Kaf
 /// The settings of each of `topics` that the broker describes, in one
 /// request; a topic it cannot describe (or does not have) is left out.
 fn topics_settings(
-    brokers: &str,
+    brokers: &Brokers,
     topics: &[&str],
 ) -> HashMap<String, Vec<(String, Option<String>)>> {
     use rdkafka::admin::{ConfigResource, OwnedResourceSpecifier, ResourceSpecifier};
@@ -457,7 +455,7 @@ fn topics_settings(
 
 /// Which of `topics` the broker keeps only the latest record per key of:
 /// it refuses records without a key there, on every attempt.
-pub fn compacted_topics(brokers: &str, topics: &[&str]) -> HashSet<String> {
+pub fn compacted_topics(brokers: &Brokers, topics: &[&str]) -> HashSet<String> {
     topics_settings(brokers, topics)
         .into_iter()
         .filter(|(_, entries)| {
@@ -507,7 +505,7 @@ impl Fetched {
 /// offset order per partition. Aborted transactional records are included
 /// where the broker delivers them; callers sort them out by headers.
 pub fn read_to_end(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     mut each: impl FnMut(Fetched),
 ) -> Result<(), KafkaAdminError> {
@@ -569,7 +567,7 @@ impl Borrowed<'_> {
 /// `read_to_end`, lending each record instead of copying it, from the
 /// beginning or, per partition, from the offsets `from` gives.
 pub fn read_each(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     from: Option<&[i64]>,
     each: impl FnMut(Borrowed<'_>),
@@ -587,7 +585,7 @@ pub fn read_each(
 
 /// `read_each` of one partition, from its beginning or from `from`.
 pub fn read_partition_each(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     partition: i32,
     from: Option<i64>,
@@ -606,7 +604,7 @@ pub fn read_partition_each(
 
 /// Reads the partitions `start` gives an offset for, each from there.
 fn read_partitions(
-    brokers: &str,
+    brokers: &Brokers,
     topic: &str,
     start: impl Fn(i32) -> Option<rdkafka::Offset>,
     each: impl FnMut(Borrowed<'_>),
@@ -631,7 +629,7 @@ impl Reading {
     /// `asked`: the topic the metadata request names, or None for every
     /// topic (a broker may create a topic a request names).
     fn open(
-        brokers: &str,
+        brokers: &Brokers,
         topic: &str,
         start: impl Fn(i32) -> Option<rdkafka::Offset>,
         asked: Option<&str>,
@@ -705,7 +703,7 @@ impl Reading {
 pub struct Prefetch(Reading);
 
 /// Starts reading every partition of `topic`; None when it does not exist.
-pub fn prefetch(brokers: &str, topic: &str) -> Result<Option<Prefetch>, KafkaAdminError> {
+pub fn prefetch(brokers: &Brokers, topic: &str) -> Result<Option<Prefetch>, KafkaAdminError> {
     // Its metadata is asked with every topic's: the prefetch may come
     // before the topic is created with the settings it needs.
     let reading = Reading::open(brokers, topic, |_| Some(rdkafka::Offset::Beginning), None)?;

@@ -71,7 +71,7 @@ impl KafkaWriter {
     /// A producer for `writer`; with `transactional`, its transactional id is
     /// the writer's, and starting it fences every earlier instance.
     pub fn new(
-        brokers: &str,
+        brokers: &crate::connectors::kafka_config::Brokers,
         writer: &str,
         attempt: u32,
         transactional: bool,

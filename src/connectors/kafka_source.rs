@@ -58,7 +58,7 @@ impl KafkaSource {
     /// `ranges` holds, for each partition this worker reads, the offset to
     /// start at and (for bounded runs) the end offset to stop at.
     pub fn new(
-        brokers: &str,
+        brokers: &crate::connectors::kafka_config::Brokers,
         topic: &str,
         source: u32,
         ranges: Vec<(i32, i64, Option<i64>)>,

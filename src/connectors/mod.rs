@@ -6,6 +6,7 @@ pub mod datagen;
 pub mod durable;
 pub mod file_sink;
 pub mod kafka_admin;
+pub mod kafka_config;
 pub mod kafka_sink;
 pub mod kafka_source;
 pub mod memory;

@@ -104,7 +104,7 @@ pub enum ServeError {
 impl Registry {
     /// Reads the registry topic from its start to its end, so the state is
     /// what it was before the restart.
-    pub fn open(brokers: &str, topic: &str) -> Result<Arc<Self>, ServeError> {
+    pub fn open(brokers: &crate::connectors::kafka_config::Brokers, topic: &str) -> Result<Arc<Self>, ServeError> {
         kafka_admin::check_broker(brokers)?;
         kafka_admin::ensure_topic(brokers, topic, 1, 1, kafka_admin::TopicKind::Compacted)?;
         let load = |reason: String| ServeError::Load {

@@ -44,10 +44,16 @@ fn what(plan: &Plan, i: usize) -> String {
     let job = &plan.job;
     match &node.kind {
         NodeKind::Source(s) => format!(
-            "kafka topic {} ({}, {}): partition p is read by worker p mod the workers",
+            "kafka topic {} ({}, {}): partition p is read by worker p mod the workers{}",
             s.config.topic,
             format!("{:?}", s.config.format).to_lowercase(),
-            plural(s.config.partitions, "partition")
+            plural(s.config.partitions, "partition"),
+            match crate::connectors::kafka_config::shown(&crate::spec::property_strings(
+                &s.config.kafka
+            )) {
+                own if own.is_empty() => String::new(),
+                own => format!("; its consumer sets {}", own.join(", ")),
+            }
         ),
         NodeKind::Filter(_) => "filter: keeps the records its condition holds for".into(),
         NodeKind::Map(m) => format!(
@@ -131,6 +137,14 @@ pub fn text(plan: &Plan) -> String {
         job.epoch_log_topic(),
         job.name
     );
+    let _ = writeln!(out, "kafka at {}", kafka_text(&job.brokers));
+    if job.writer_brokers() != job.brokers {
+        let _ = writeln!(
+            out,
+            "kafka sinks write with {}",
+            crate::connectors::kafka_config::shown(&job.writer_kafka).join(", ")
+        );
+    }
     for (i, node) in plan.nodes.iter().enumerate() {
         let _ = writeln!(out, "\n{}", node.id);
         let _ = writeln!(out, "  {}", what(plan, i));
@@ -153,6 +167,15 @@ pub fn text(plan: &Plan) -> String {
     };
     let _ = writeln!(out, "\ndead letters go to {dead}");
     out
+}
+
+/// Where the brokers are and the client properties to reach them,
+/// credentials masked.
+fn kafka_text(brokers: &crate::connectors::kafka_config::Brokers) -> String {
+    match brokers.shown() {
+        p if p.is_empty() => format!("{brokers} (plaintext, no authentication)"),
+        p => format!("{brokers} with {}", p.join(", ")),
+    }
 }
 
 /// The plan as the web page draws it.

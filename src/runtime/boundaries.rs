@@ -17,7 +17,7 @@ pub type EpochRead = (BTreeMap<(u32, i32), (i64, i64)>, BTreeSet<(u32, i32)>);
 
 pub struct Boundaries {
     log: EpochLog,
-    brokers: String,
+    brokers: crate::connectors::kafka_config::Brokers,
     /// Names the writer in the records' headers and in a fenced error.
     writer_id: String,
     attempt: u32,
@@ -36,7 +36,7 @@ impl Boundaries {
     /// `start_offset`: the offset of this start's record in the log.
     pub fn new(
         log: EpochLog,
-        brokers: &str,
+        brokers: &crate::connectors::kafka_config::Brokers,
         writer_id: &str,
         start_offset: i64,
         recovered: &Recovered,
@@ -49,7 +49,7 @@ impl Boundaries {
             .collect();
         Boundaries {
             log,
-            brokers: brokers.into(),
+            brokers: brokers.clone(),
             writer_id: writer_id.into(),
             attempt: recovered.attempt,
             positions,

@@ -31,7 +31,7 @@ type WriterParts = (KafkaWriter, BaseConsumer, ConsumerGroupMetadata, String);
 fn writer_and_group(job: &JobConfig, index: u32) -> Result<WriterParts, RunError> {
     let writer_id = job.writer_id_of(index);
     let eos = job.guarantee == Guarantee::ExactlyOnce;
-    let writer = KafkaWriter::new(&job.brokers, &writer_id, 0, eos)
+    let writer = KafkaWriter::new(&job.writer_brokers(), &writer_id, 0, eos)
         .map_err(|e| RunError::from_txn(&writer_id, &job.name, e))?;
     let group: BaseConsumer = client_config(&job.brokers)
         .set("group.id", &writer_id)
@@ -83,7 +83,7 @@ pub struct Committer {
     dead_letter_topic: String,
     writer_id: String,
     commits_topic: String,
-    brokers: String,
+    brokers: crate::connectors::kafka_config::Brokers,
     /// Output records the producer refused and that went to the dead
     /// letters instead.
     pub refused: u64,

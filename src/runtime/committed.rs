@@ -29,7 +29,7 @@ pub struct Begun<'a> {
 /// The offset writer `writer`'s group has committed on the epoch log, if
 /// any.
 pub fn committed_progress(
-    brokers: &str,
+    brokers: &crate::connectors::kafka_config::Brokers,
     job: &crate::spec::JobConfig,
     writer: u32,
 ) -> Result<Option<i64>, RecoveryError> {
@@ -183,7 +183,7 @@ pub(super) fn fence_writer(job: &crate::spec::JobConfig, w: u32) -> Result<(), R
         return Ok(());
     }
     let id = job.writer_id_of(w);
-    crate::connectors::kafka_sink::KafkaWriter::new(&job.brokers, &id, 0, true)
+    crate::connectors::kafka_sink::KafkaWriter::new(&job.writer_brokers(), &id, 0, true)
         .map(crate::connectors::DropAside::new)
         .map(drop)
         .map_err(|e| RecoveryError::Log {

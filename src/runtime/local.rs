@@ -337,7 +337,7 @@ pub(super) fn wire(
                 )
             })
             .collect();
-        let brokers = job.brokers.clone();
+        let brokers = crate::spec::kafka::source_brokers(job, c);
         let topic = c.topic.clone();
         let bounded = opts.until_caught_up;
         let replay_only = opts.replay_only;

@@ -49,7 +49,7 @@ pub(super) fn lookup(
 ) -> Result<Lookups, RunError> {
     let chores_here = schema_ids.is_none();
     let job = &plan.job;
-    let brokers = job.brokers.as_str();
+    let brokers = &job.brokers;
     let dead_letter_topic = dead_letter_topic(plan);
     let sink_topics: Vec<&str> = plan
         .sinks()

@@ -114,7 +114,7 @@ type Changes = Vec<(Vec<u8>, Option<StateEntry>)>;
 /// committed epoch that committed counts: the broker may deliver aborted
 /// copies and a fenced instance's records.
 fn read_partition(
-    brokers: &str,
+    brokers: &crate::connectors::kafka_config::Brokers,
     topic: &str,
     partition: i32,
     from: Option<i64>,

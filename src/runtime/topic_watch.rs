@@ -22,7 +22,7 @@ const EVERY: Duration = Duration::from_secs(2);
 /// Watches `topics` (name, partitions the job reads) until `stop` is set
 /// or the writer has gone.
 pub(super) fn watch(
-    brokers: &str,
+    brokers: &crate::connectors::kafka_config::Brokers,
     topics: Vec<(Arc<str>, i32)>,
     writer: Sender<WriterMsg>,
     stop: Arc<AtomicBool>,
@@ -31,7 +31,7 @@ pub(super) fn watch(
         return;
     }
     let config = client_config(brokers);
-    let brokers = brokers.to_string();
+    let brokers = brokers.clone();
     let spawned = std::thread::Builder::new()
         .name("rill-topic-watch".into())
         .spawn(move || {

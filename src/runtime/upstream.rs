@@ -16,14 +16,14 @@ use std::time::Duration;
 
 /// Every upstream job the process's sources have met, by name.
 pub struct Upstreams {
-    brokers: String,
+    brokers: crate::connectors::kafka_config::Brokers,
     jobs: RwLock<HashMap<Arc<str>, Arc<Watch>>>,
 }
 
 impl Upstreams {
-    pub fn new(brokers: &str) -> Arc<Upstreams> {
+    pub fn new(brokers: &crate::connectors::kafka_config::Brokers) -> Arc<Upstreams> {
         Arc::new(Upstreams {
-            brokers: brokers.to_string(),
+            brokers: brokers.clone(),
             jobs: RwLock::new(HashMap::new()),
         })
     }
@@ -57,7 +57,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn start(brokers: &str, job: &str) -> Arc<Watch> {
+    fn start(brokers: &crate::connectors::kafka_config::Brokers, job: &str) -> Arc<Watch> {
         let watch = Arc::new(Watch {
             copies: RwLock::new(Vec::new()),
             wanted: Mutex::new(true),
@@ -99,13 +99,13 @@ fn decide(committed: Option<&BTreeMap<u64, u32>>, copy: &WrittenBy) -> Option<bo
 }
 
 /// The `[job]` of an upstream job, as far as reading its log needs.
-fn upstream_config(brokers: &str, job: &str) -> crate::spec::JobConfig {
-    let text = format!(
-        "name = {}\nbrokers = {}\n",
-        toml_str(job),
-        toml_str(brokers)
-    );
-    toml::from_str(&text).expect("a job table of a name and brokers")
+fn upstream_config(brokers: &crate::connectors::kafka_config::Brokers, job: &str) -> crate::spec::JobConfig {
+    let text = format!("name = {}\n", toml_str(job));
+    let mut config: crate::spec::JobConfig =
+        toml::from_str(&text).expect("a job table of a name");
+    // The upstream job is on the same brokers, reached the same way.
+    config.brokers = brokers.clone();
+    config
 }
 
 fn toml_str(s: &str) -> String {

@@ -1,11 +1,50 @@
 //! The typed configuration of each kind of component. Adding a component
 //! adds a variant here and its own struct.
 
-use serde::Deserialize;
+use crate::connectors::kafka_config::Brokers;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 
-fn default_brokers() -> String {
-    "127.0.0.1:9092".into()
+fn default_brokers() -> Brokers {
+    Brokers::plaintext("127.0.0.1:9092")
+}
+
+fn brokers_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<Brokers, D::Error> {
+    Ok(Brokers::plaintext(&String::deserialize(d)?))
+}
+
+/// librdkafka properties by their own names. A value may be written as a
+/// TOML string, integer, float or boolean; librdkafka takes them all as
+/// strings.
+pub type KafkaProperties = BTreeMap<String, PropertyValue>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyValue(pub String);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            S(String),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(PropertyValue(match Any::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("a Kafka property is a string, a number or a boolean")
+        })? {
+            Any::S(s) => s,
+            Any::I(i) => i.to_string(),
+            Any::F(f) => f.to_string(),
+            Any::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// The properties as librdkafka takes them.
+pub fn property_strings(p: &KafkaProperties) -> BTreeMap<String, String> {
+    p.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
 }
 fn default_registry() -> String {
     "http://127.0.0.1:8081".into()
@@ -25,8 +64,14 @@ fn one() -> i32 {
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
     pub name: String,
-    #[serde(default = "default_brokers")]
-    pub brokers: String,
+    /// The bootstrap servers, reached with the properties of `kafka`
+    /// (which [`crate::spec::Spec`] puts into it once it has checked them).
+    #[serde(default = "default_brokers", deserialize_with = "brokers_from_str")]
+    pub brokers: Brokers,
+    /// librdkafka properties every Kafka client of the job carries: TLS,
+    /// SASL, timeouts (`[job.kafka]`).
+    #[serde(default)]
+    pub kafka: KafkaProperties,
     #[serde(default = "default_registry")]
     pub registry_url: String,
     #[serde(default = "default_checkpoint_interval_ms")]
@@ -49,6 +94,9 @@ pub struct JobConfig {
     /// the next start on this machine loads instead of reading the whole
     /// changelog; `<temp dir>/rill-state` when not set.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The properties the job's Kafka sinks set for its producer.
+    #[serde(skip)]
+    pub writer_kafka: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -62,6 +110,12 @@ pub enum Guarantee {
 }
 
 impl JobConfig {
+    /// The brokers as the job's transactional producers reach them: the
+    /// job's properties with its Kafka sinks' own.
+    pub fn writer_brokers(&self) -> Brokers {
+        self.brokers.with(&self.writer_kafka)
+    }
+
     pub fn state_dir(&self) -> std::path::PathBuf {
         self.state_dir
             .clone()
@@ -159,6 +213,9 @@ pub struct KafkaSourceConfig {
     pub replication_factor: i32,
     #[serde(default)]
     pub start_offset: StartOffset,
+    /// Properties of this source's consumer that differ from the job's.
+    #[serde(default)]
+    pub kafka: KafkaProperties,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -372,6 +429,11 @@ pub struct KafkaSinkConfig {
     pub partitions: i32,
     #[serde(default = "one")]
     pub replication_factor: i32,
+    /// Properties of the producer that differ from the job's. Every Kafka
+    /// sink of a job writes through its one transactional producer, so
+    /// two sinks may not set one property differently.
+    #[serde(default)]
+    pub kafka: KafkaProperties,
 }
 
 /// Prints each record as a line of JSON; for demos and debugging.

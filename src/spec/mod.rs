@@ -4,8 +4,10 @@
 //! errors of the others; every error carries the line it is about.
 
 pub mod components;
+pub mod kafka;
 mod locate;
 mod render;
+mod secret_refs;
 
 pub use components::*;
 pub use locate::{Locator, Place, Spans};
@@ -91,6 +93,8 @@ pub struct Spec {
     pub sources: BTreeMap<String, SourceConfig>,
     pub transforms: BTreeMap<String, TransformConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// What is allowed but unwise (a password in clear), for `validate`.
+    pub warnings: Vec<SpecError>,
 }
 
 impl Spec {
@@ -242,7 +246,7 @@ impl Spec {
             errors,
             text: Some(text.to_string()),
         };
-        let (document, syntax) = DeTable::parse_recoverable(&text);
+        let (mut document, syntax) = DeTable::parse_recoverable(&text);
         if !syntax.is_empty() {
             let errors = syntax
                 .iter()
@@ -266,6 +270,15 @@ impl Spec {
             spans: &spans,
         };
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let base = path.parent().unwrap_or(Path::new("."));
+        secret_refs::expand(
+            document.get_mut(),
+            base,
+            &locate,
+            &mut errors,
+            &mut warnings,
+        );
         // A component that could not be read leaves the job incomplete:
         // its plan would only add errors that are not there.
         let mut incomplete = false;
@@ -352,10 +365,15 @@ impl Spec {
                 hint: Some("add [job] with at least `name = \"...\"`".into()),
             });
         }
+        if let Some(job) = job.as_mut() {
+            kafka::resolve(job, &sources, &sinks, &locate, &mut errors);
+        }
         errors.sort_by_key(|e| (e.line, e.column));
+        warnings.sort_by_key(|e| (e.line, e.column));
         let errors = fail(errors, &text);
         let spec = match job {
             Some(job) if !incomplete => Some(Spec {
+                warnings,
                 path: path.to_path_buf(),
                 job,
                 sources,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// epoch again, so any is an epoch committed twice).
 fn epochs_logged_twice(job: &str) -> Vec<u64> {
     let mut seen = BTreeMap::<u64, usize>::new();
-    for (_, r) in read_log(BROKERS, &format!("{job}.epochs")).unwrap() {
+    for (_, r) in read_log(&brokers(), &format!("{job}.epochs")).unwrap() {
         if let LogRecord::Epoch { epoch, .. } = r {
             *seen.entry(epoch).or_default() += 1;
         }
@@ -193,7 +193,7 @@ fn a_changelog_record_that_does_not_decode_stops_the_start_and_says_where() {
     // A record in the state's place that is not rill state: an old JSON
     // encoding, tagged as the copy of epoch 1 that committed.
     let changelog = format!("{tag}-rejected.per_account.changelog");
-    let attempt = read_log(BROKERS, &format!("{tag}-rejected.epochs"))
+    let attempt = read_log(&brokers(), &format!("{tag}-rejected.epochs"))
         .unwrap()
         .into_iter()
         .find_map(|(_, r)| match r {

@@ -22,6 +22,11 @@ mod sql;
 mod whole_life;
 
 const BROKERS: &str = "127.0.0.1:9092";
+
+/// The test broker, as the library's Kafka calls take it.
+fn brokers() -> rill::connectors::kafka_config::Brokers {
+    rill::connectors::kafka_config::Brokers::plaintext(BROKERS)
+}
 const REGISTRY: &str = "http://127.0.0.1:8081";
 
 fn root() -> PathBuf {
@@ -98,7 +103,7 @@ fn unique(prefix: &str) -> String {
 }
 
 fn require_services() {
-    if let Err(e) = kafka_admin::check_broker(BROKERS) {
+    if let Err(e) = kafka_admin::check_broker(&brokers()) {
         panic!("{e}\nthese tests need the broker and registry: run scripts/dev-up first");
     }
     if let Err(e) = RegistryClient::new(REGISTRY).subjects() {
@@ -183,7 +188,7 @@ struct Read {
 /// sees them (on Tansu, aborted transactional records included).
 fn read_topic(topic: &str) -> Vec<Read> {
     let mut out = Vec::new();
-    kafka_admin::read_to_end(BROKERS, topic, |m| {
+    kafka_admin::read_to_end(&brokers(), topic, |m| {
         out.push(Read {
             key: m
                 .key

@@ -35,7 +35,7 @@ fn poison_records_reach_the_error_table_whole_and_the_job_goes_on() {
     let tag = unique("poison");
     let (job, input, table, errors) = cashback_job(dir.path(), &tag);
     let path = job.to_str().unwrap();
-    kafka_admin::ensure_topic(BROKERS, &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    kafka_admin::ensure_topic(&brokers(), &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
     let good = br#"{"customer":"c1","merchant":"Amazon","amount":150.0,"currency":"EUR","timestamp":1001}"#;
     // A Confluent-Avro record sent to the JSON topic: NUL bytes, then
     // bytes that are not UTF-8 either.
@@ -102,7 +102,7 @@ fn a_postgres_error_says_what_postgres_said() {
          currency text, timestamp bigint, cashback double precision, \
          CONSTRAINT below_a_thousand CHECK (amount < 1000))"
     ));
-    kafka_admin::ensure_topic(BROKERS, &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    kafka_admin::ensure_topic(&brokers(), &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
     let big = br#"{"customer":"c1","merchant":"Amazon","amount":5000.0,"currency":"EUR","timestamp":1001}"#;
     send_raw(&input, &[("k1", big)]);
     let out = jobctl(&[
@@ -152,7 +152,7 @@ fn a_topic_written_in_many_small_batches_is_read_to_its_end_at_start_and_by_tail
     require_services();
     let dir = tempfile::tempdir().unwrap();
     let (job, messages, responses, _) = super::kappa::kappa_job(dir.path());
-    kafka_admin::ensure_topic(BROKERS, &messages, 1, 1, kafka_admin::TopicKind::Data).unwrap();
+    kafka_admin::ensure_topic(&brokers(), &messages, 1, 1, kafka_admin::TopicKind::Data).unwrap();
     // On the dev broker, a fetch in the middle of such a partition takes
     // longer than the 10 ms a bounded read first asks for, and comes back
     // empty every time.
@@ -496,7 +496,7 @@ fn a_cluster_whose_follower_lost_its_progress_refuses_to_replay_all_history() {
     let committed = verify_lines(&job);
     assert_eq!(committed.len(), 1500);
     let name = format!("{tag}-bank");
-    kafka_admin::delete_groups(BROKERS, &[&format!("{name}-w1")]).unwrap();
+    kafka_admin::delete_groups(&brokers(), &[&format!("{name}-w1")]).unwrap();
     let out = jobctl_within(&cluster, &[], Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -568,7 +568,7 @@ fn delete_the_input_of_a_running_job(prefix: &str, again: bool) -> (String, Stri
         &[],
     );
     wait_for(&rx, "epoch 2:");
-    kafka_admin::delete_topics(BROKERS, &[&input]).unwrap();
+    kafka_admin::delete_topics(&brokers(), &[&input]).unwrap();
     if again {
         bank_input(dir.path(), &format!("{tag}-again"), &input, "10", "13");
     }
@@ -993,7 +993,7 @@ fn a_partition_with_records_waiting_is_never_idle_so_its_events_are_not_late() {
         .replace("idle_timeout_ms = 10000", "idle_timeout_ms = 2000");
     std::fs::write(&job, text).unwrap();
     let input = &t["turnstile"];
-    kafka_admin::ensure_topic(BROKERS, input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    kafka_admin::ensure_topic(&brokers(), input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
     // Partition 0 reports every second, partition 1 every ten: over the
     // same 50 minutes of event time, in order in each partition. The
     // reader takes partition 0's first fetch whole before partition 1's,

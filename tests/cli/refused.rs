@@ -26,7 +26,7 @@ fn a_row_with_a_nul_byte_goes_to_the_error_table_and_the_rest_lands_in_postgres(
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("pgrefused");
     let (job, input, table, errors) = cashback_job(dir.path(), &tag);
-    kafka_admin::ensure_topic(BROKERS, &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
+    kafka_admin::ensure_topic(&brokers(), &input, 2, 1, kafka_admin::TopicKind::Data).unwrap();
     let payment = |customer: &str, merchant: &str, ts: i64| {
         format!(
             r#"{{"customer":"{customer}","merchant":"{merchant}","amount":200.0,"currency":"EUR","timestamp":{ts}}}"#
@@ -93,7 +93,7 @@ format = "json"
     .unwrap();
     // The output topic exists, compacted, as a table's changelog would be.
     let out_topic = format!("{name}-out");
-    kafka_admin::ensure_topic(BROKERS, &out_topic, 1, 1, kafka_admin::TopicKind::Compacted)
+    kafka_admin::ensure_topic(&brokers(), &out_topic, 1, 1, kafka_admin::TopicKind::Compacted)
         .unwrap();
     send_json(
         &format!("{name}-in"),

@@ -248,7 +248,7 @@ fn a_log_deleted_by_hand_is_refused_naming_reset_and_after_a_reset_every_new_pay
     assert_eq!(table_timestamps(&table), first);
 
     // What the docs once advised: delete the epoch log by hand.
-    kafka_admin::delete_topics(BROKERS, &[&format!("{name}.epochs")]).unwrap();
+    kafka_admin::delete_topics(&brokers(), &[&format!("{name}.epochs")]).unwrap();
     more_payments(&job, "400");
     let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
     let said = String::from_utf8_lossy(&out.stderr);
@@ -331,7 +331,7 @@ fn a_file_sink_of_a_log_deleted_by_hand_is_refused_and_after_a_reset_writes_ever
     };
     assert_eq!(reports(&before), 600);
 
-    kafka_admin::delete_topics(BROKERS, &[&format!("{name}.epochs")]).unwrap();
+    kafka_admin::delete_topics(&brokers(), &[&format!("{name}.epochs")]).unwrap();
     let out = jobctl(&["submit", path, "--until-caught-up", "--quiet"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
