@@ -249,6 +249,12 @@ fn spawn(
     if let Some(addr) = listen.for_process(i) {
         cmd.args(["--http", &addr]);
     }
+    if let Some(token) = &args.http_token_file {
+        cmd.arg("--http-token-file").arg(token);
+    }
+    if args.http_insecure {
+        cmd.arg("--http-insecure");
+    }
     if let Some(r) = args.max_records_per_second {
         cmd.args(["--max-records-per-second", &r.to_string()]);
     }

@@ -86,6 +86,9 @@ enum Command {
         /// The job's endpoint (its start line says which).
         #[arg(long, default_value = "127.0.0.1:9249")]
         http: String,
+        /// The token the job was started with (its --http-token-file).
+        #[arg(long, value_name = "FILE")]
+        http_token_file: Option<PathBuf>,
     },
     /// A pull query against a running job's committed state, as ksqlDB
     /// takes one: `SELECT … FROM table [WHERE key = …] [LIMIT n]`.
@@ -94,6 +97,9 @@ enum Command {
         /// The job's endpoint (its start line says which).
         #[arg(long, default_value = "127.0.0.1:9249")]
         http: String,
+        /// The token the job was started with (its --http-token-file).
+        #[arg(long, value_name = "FILE")]
+        http_token_file: Option<PathBuf>,
         /// A JSON object per row instead of a table.
         #[arg(long)]
         json: bool,
@@ -104,6 +110,9 @@ enum Command {
         /// The job's endpoint (its start line says which).
         #[arg(long, default_value = "127.0.0.1:9249")]
         http: String,
+        /// The token the job was started with (its --http-token-file).
+        #[arg(long, value_name = "FILE")]
+        http_token_file: Option<PathBuf>,
         /// How long to wait for the job to exit.
         #[arg(long, default_value_t = 120_000)]
         wait_ms: u64,
@@ -226,8 +235,20 @@ pub fn main() -> Result<()> {
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Reset(args) => reset::run(args),
-        Command::Status { http } => ops::status(&http),
-        Command::Query { sql, http, json } => ops::query(&http, &sql, json),
+        Command::Status {
+            http,
+            http_token_file,
+        } => ops::status(&ops::Endpoint::new(http, http_token_file.as_deref())?),
+        Command::Query {
+            sql,
+            http,
+            http_token_file,
+            json,
+        } => ops::query(
+            &ops::Endpoint::new(http, http_token_file.as_deref())?,
+            &sql,
+            json,
+        ),
         Command::Explain { job, property, dot } => {
             let mut plan = load_plan(&job)?;
             plan.job.brokers = plan.job.brokers.with(&kafka_args::properties(&property)?);
@@ -239,8 +260,13 @@ pub fn main() -> Result<()> {
             print!("{}", crate::secrets::redact(&text));
             Ok(())
         }
-        Command::Stop { http, wait_ms } => {
-            ops::stop(&http, std::time::Duration::from_millis(wait_ms))
-        }
+        Command::Stop {
+            http,
+            http_token_file,
+            wait_ms,
+        } => ops::stop(
+            &ops::Endpoint::new(http, http_token_file.as_deref())?,
+            std::time::Duration::from_millis(wait_ms),
+        ),
     }
 }

@@ -5,18 +5,48 @@ use crate::runtime::observe::JobView;
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 
-fn url(http: &str, path: &str) -> String {
-    format!("http://{http}{path}")
+/// A job's endpoint, and the token it wants if it wants one.
+pub struct Endpoint {
+    pub http: String,
+    pub token: Option<String>,
 }
 
-fn unreachable(http: &str, e: impl std::fmt::Display) -> anyhow::Error {
+impl Endpoint {
+    pub fn new(http: String, token_file: Option<&std::path::Path>) -> Result<Self> {
+        let token = token_file
+            .map(crate::ops::access::read_token)
+            .transpose()?;
+        Ok(Endpoint { http, token })
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let r = ureq::request(method, &format!("http://{}{path}", self.http));
+        match &self.token {
+            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    fn get(&self, path: &str) -> ureq::Request {
+        self.request("GET", path)
+    }
+}
+
+fn unreachable(http: &str, e: ureq::Error) -> anyhow::Error {
+    if let ureq::Error::Status(401, _) = e {
+        return anyhow::anyhow!(
+            "the job on {http} needs its token: pass --http-token-file with the file it was started with"
+        );
+    }
     anyhow::anyhow!(
         "no job answers on {http} ({e}): is it running, and with which --http? (the start line says: `metrics and API on http://...`)"
     )
 }
 
-fn job(http: &str) -> Result<JobView> {
-    let response = ureq::get(&url(http, "/api/v1/job"))
+fn job(ep: &Endpoint) -> Result<JobView> {
+    let http = ep.http.as_str();
+    let response = ep
+        .get("/api/v1/job")
         .timeout(Duration::from_secs(5))
         .call()
         .map_err(|e| unreachable(http, e))?;
@@ -26,8 +56,8 @@ fn job(http: &str) -> Result<JobView> {
 }
 
 /// The job's state as a table.
-pub fn status(http: &str) -> Result<()> {
-    let j = job(http)?;
+pub fn status(ep: &Endpoint) -> Result<()> {
+    let j = job(ep)?;
     println!("{}", table(&j));
     Ok(())
 }
@@ -80,9 +110,10 @@ fn table(j: &JobView) -> String {
 
 /// Asks the job to stop: it finishes and commits its open epoch, then
 /// exits. Waits until it has.
-pub fn stop(http: &str, wait: Duration) -> Result<()> {
-    let name = job(http)?.name;
-    ureq::post(&url(http, "/api/v1/stop"))
+pub fn stop(ep: &Endpoint, wait: Duration) -> Result<()> {
+    let http = ep.http.as_str();
+    let name = job(ep)?.name;
+    ep.request("POST", "/api/v1/stop")
         .timeout(Duration::from_secs(5))
         .call()
         .map_err(|e| unreachable(http, e))?;
@@ -90,7 +121,7 @@ pub fn stop(http: &str, wait: Duration) -> Result<()> {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        if job(http).is_err() {
+        if job(ep).is_err() {
             eprintln!("job {name} stopped");
             return Ok(());
         }
@@ -159,12 +190,14 @@ mod tests {
 
 /// `jobctl query "SELECT … FROM table [WHERE key = …] [LIMIT n]"`: a pull
 /// query against the running job's committed state, printed as a table.
-pub fn query(http: &str, sql: &str, json: bool) -> Result<()> {
+pub fn query(ep: &Endpoint, sql: &str, json: bool) -> Result<()> {
+    let http = ep.http.as_str();
     let q = crate::sql::pull::parse(sql).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rows: Vec<serde_json::Value> = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut request = ureq::get(&url(http, &format!("/api/v1/state/{}", q.table)))
+        let mut request = ep
+            .get(&format!("/api/v1/state/{}", q.table))
             .timeout(Duration::from_secs(60));
         if let Some(k) = &q.key {
             request = request.query("key", k);

@@ -72,6 +72,13 @@ pub struct SubmitArgs {
     /// of a local cluster from 9249 + p).
     #[arg(long, value_name = "ADDR|off")]
     pub http: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on the endpoint, TOKEN being
+    /// this file's content (needed off loopback unless --http-insecure).
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Serve the endpoint off loopback without a token.
+    #[arg(long)]
+    pub http_insecure: bool,
     /// The run of the cluster this process belongs to; every process of
     /// one run has the same (the local launcher sets it).
     #[arg(long, hide = true)]
@@ -119,7 +126,17 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
         nodes,
     ));
     let listen = Listen::parse(args.http.as_deref(), process)?;
-    let endpoint = http::serve(&listen, observer.clone(), stop.clone(), plan.clone())?;
+    let access = http::AccessArgs {
+        token_file: args.http_token_file.clone(),
+        insecure: args.http_insecure,
+    };
+    let endpoint = http::serve(
+        &listen,
+        &access,
+        observer.clone(),
+        stop.clone(),
+        plan.clone(),
+    )?;
     // Lag costs a read of each source topic's end every few seconds: only
     // for an endpoint that shows it.
     if endpoint.is_some() {

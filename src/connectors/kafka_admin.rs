@@ -15,7 +15,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaAdminError {
-    #[error("cannot reach the kafka broker at {brokers} ({reason}); start one with `scripts/dev-up`, or set [job] brokers to a running broker")]
+    #[error("cannot reach the kafka broker at {brokers} ({reason}); start one with `scripts/dev-up`, or set [job] brokers to a running broker; a broker that takes only TLS or SASL needs security.protocol in [job.kafka]")]
     Unreachable { brokers: String, reason: String },
     #[error("cannot create topic `{topic}` on {brokers}: {reason}")]
     CreateTopic {
@@ -23,6 +23,8 @@ pub enum KafkaAdminError {
         brokers: String,
         reason: String,
     },
+    #[error("the kafka broker at {brokers} refused this client: {reason}; check the TLS and SASL properties of [job.kafka] (or -X): security.protocol, ssl.ca.location, ssl.certificate.location, sasl.mechanism, sasl.username, sasl.password")]
+    Refused { brokers: String, reason: String },
     #[error("kafka error on {brokers}: {reason}")]
     Other { brokers: String, reason: String },
     #[error("topic `{topic}` holds what recovery reads and needs {wrong}; change it with `kafka-configs --bootstrap-server {brokers} --alter --entity-type topics --entity-name {topic} --add-config {config}`, or delete it and let rill create it")]
@@ -67,22 +69,80 @@ fn client<T: rdkafka::config::FromClientConfig>(brokers: &Brokers) -> Result<T, 
         })
 }
 
-/// Asks the broker for its metadata, which proves it is there.
+/// What librdkafka's error callback said last: why a connection failed
+/// (a certificate that does not verify, a SASL password the broker
+/// refused), which a failed request only calls a transport failure.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!("librdkafka: {error}: {reason}");
+        // "1/1 brokers are down" follows the failure that says why.
+        if !reason.contains("brokers are down") {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        }
+    }
+
+    /// A connection's failure is logged from librdkafka's own threads;
+    /// the error callback would wait for a poll that metadata requests
+    /// never make.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!("librdkafka {fac}: {message}");
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_string());
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for LastError {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Whether librdkafka's reason is about TLS or SASL, not reachability.
+fn is_refusal(reason: &str) -> bool {
+    ["SSL", "SASL", "uthenticat", "certificate", "ssl.", "sasl."]
+        .iter()
+        .any(|w| reason.contains(w))
+}
+
+/// Asks the broker for its metadata, which proves it is there and takes
+/// this client; else says why, in librdkafka's words.
 pub fn check_broker(brokers: &Brokers) -> Result<(), KafkaAdminError> {
-    let consumer: BaseConsumer =
-        client_config(brokers)
-            .create()
-            .map_err(|e| KafkaAdminError::Unreachable {
+    let fail = |reason: String| {
+        let reason = crate::secrets::redact(&reason).into_owned();
+        if is_refusal(&reason) {
+            KafkaAdminError::Refused {
                 brokers: brokers.into(),
-                reason: e.to_string(),
-            })?;
-    let consumer = DropAside::new(consumer);
-    consumer
+                reason,
+            }
+        } else {
+            KafkaAdminError::Unreachable {
+                brokers: brokers.into(),
+                reason,
+            }
+        }
+    };
+    use rdkafka::producer::Producer as _;
+    // A threaded producer polls on a thread of its own, which is what
+    // delivers librdkafka's logs and error callbacks while the metadata
+    // request waits.
+    let mut config = client_config(brokers);
+    config
+        .set("log_level", "4")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    let client: rdkafka::producer::ThreadedProducer<LastError> = config
+        .create_with_context(LastError::default())
+        .map_err(|e| fail(e.to_string()))?;
+    let client = DropAside::new(client);
+    client
+        .client()
         .fetch_metadata(None, Duration::from_secs(6))
         .map(|_| ())
-        .map_err(|e| KafkaAdminError::Unreachable {
-            brokers: brokers.into(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            let said = client.context().0.lock().unwrap().take();
+            fail(said.unwrap_or_else(|| e.to_string()))
         })
 }
 

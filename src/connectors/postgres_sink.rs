@@ -157,7 +157,7 @@ impl PostgresSink {
 
     fn unreachable(&self, e: impl std::fmt::Display) -> PostgresError {
         PostgresError::Unreachable {
-            url: self.url.clone(),
+            url: crate::secrets::mask_url(&self.url),
             reason: e.to_string(),
         }
     }
@@ -398,7 +398,7 @@ impl PostgresSink {
                     tracing::warn!(
                         "sink {}: postgres at {} is unreachable ({reason}); retrying",
                         self.name,
-                        self.url
+                        crate::secrets::mask_url(&self.url)
                     );
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -714,7 +714,7 @@ pub fn table_rows(url: &str, table: &str) -> Result<Vec<String>, PostgresError> 
         .build()
         .expect("tokio runtime");
     let unreachable = |e: tokio_postgres::Error| PostgresError::Unreachable {
-        url: url.into(),
+        url: crate::secrets::mask_url(url),
         reason: describe(&e),
     };
     let (client, connection) = rt

@@ -32,6 +32,15 @@ pub enum HttpError {
     Bind { addr: String, reason: String },
     #[error("no free port for the job's endpoint from {first} to {last} on {host}: pass --http with a free address, or --http off")]
     NoFreePort { host: String, first: u16, last: u16 },
+    #[error(transparent)]
+    Access(#[from] super::access::AccessError),
+}
+
+/// Who may use the endpoint: `--http-token-file`, `--http-insecure`.
+#[derive(Debug, Clone, Default)]
+pub struct AccessArgs {
+    pub token_file: Option<std::path::PathBuf>,
+    pub insecure: bool,
 }
 
 /// Where the endpoint listens.
@@ -71,6 +80,7 @@ impl Listen {
 /// Starts the endpoint; returns the address it listens on (None: off).
 pub fn serve(
     listen: &Listen,
+    access: &AccessArgs,
     observer: Arc<Observer>,
     stop: Arc<AtomicBool>,
     plan: Arc<Plan>,
@@ -102,7 +112,17 @@ pub fn serve(
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
-    let app = router(observer, stop, plan);
+    let access = super::access::Access::decide(
+        addr,
+        access.token_file.as_deref(),
+        access.insecure,
+    )?;
+    let app = router(observer, stop, plan)
+        .layer(axum::middleware::map_response(super::access::redact))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            super::access::guard,
+        ));
     std::thread::Builder::new()
         .name("rill-http".into())
         .spawn(move || {
@@ -377,14 +397,14 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let spec = crate::spec::Spec::load(&root.join("jobs/bank.toml")).unwrap();
         let plan = Arc::new(Plan::build(&spec).unwrap());
-        let err = serve(&given, observer.clone(), stop.clone(), plan.clone()).unwrap_err();
+        let err = serve(&given, &AccessArgs::default(), observer.clone(), stop.clone(), plan.clone()).unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
                 "cannot serve the job's endpoint on 127.0.0.1:{port}: "
             )),
             "{err}"
         );
-        let moved = serve(&Listen::Default(port), observer, stop, plan)
+        let moved = serve(&Listen::Default(port), &AccessArgs::default(), observer, stop, plan)
             .unwrap()
             .unwrap();
         assert!(moved.ip().is_loopback());

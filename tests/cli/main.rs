@@ -18,6 +18,7 @@ mod kappa;
 mod nothing_stuck;
 mod operations;
 mod refused;
+mod secure;
 mod sql;
 mod whole_life;
 

@@ -1,0 +1,283 @@
+//! Secure connections, against the brokers of `scripts/secure-up`: Kafka
+//! behind a TLS terminator (127.0.0.1:9093) and behind one that requires
+//! a client certificate (127.0.0.1:9094). The jobs commit there what they
+//! commit over plaintext; a bad certificate is named; a secret shows on
+//! no surface; the endpoint off loopback asks for its token.
+
+use super::operations::free_port;
+use super::*;
+use std::process::Stdio;
+
+const TLS_BROKERS: &str = "127.0.0.1:9093";
+const MTLS_BROKERS: &str = "127.0.0.1:9094";
+
+fn tls_dir() -> PathBuf {
+    root().join(".dev/tls")
+}
+
+fn require_tls() {
+    require_services();
+    for port in [9093, 9094] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "nothing listens on 127.0.0.1:{port}: run scripts/secure-up"
+        );
+    }
+}
+
+/// A copy of the bank split with topics of its own on `brokers`, reached
+/// with the `[job.kafka]` table `kafka`, and the seed's six transactions
+/// in its input.
+fn bank_on(dir: &Path, tag: &str, brokers: &str, kafka: &str, env: &[(&str, &str)]) -> PathBuf {
+    let topics = ["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"];
+    let (job, _) = job_copy(dir, "bank.toml", &topics, tag);
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace(
+            "brokers = \"127.0.0.1:9092\"",
+            &format!("brokers = \"{brokers}\""),
+        )
+        .replace("\n[sources.", &format!("\n{kafka}\n[sources."));
+    std::fs::write(&job, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["datagen", "bank", "--job", job.to_str().unwrap(), "--seed-records"])
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "datagen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    job
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn ok_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run(args, env);
+    assert!(
+        out.status.success(),
+        "jobctl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tls_table() -> String {
+    format!(
+        "[job.kafka]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n",
+        tls_dir().join("ca.pem").display()
+    )
+}
+
+fn mtls_table() -> String {
+    let d = tls_dir();
+    format!(
+        "[job.kafka]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n\"ssl.certificate.location\" = \"{}\"\n\"ssl.key.location\" = \"{}\"\n\"ssl.key.password\" = \"${{RILL_TEST_KEY_PASSWORD}}\"\n",
+        d.join("ca.pem").display(),
+        d.join("client.pem").display(),
+        d.join("client.key").display(),
+    )
+}
+
+fn key_password() -> String {
+    std::fs::read_to_string(tls_dir().join("client.key.password"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_bank_split_commits_over_tls_and_mutual_tls_what_it_commits_over_plaintext() {
+    require_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let password = key_password();
+    let env = [("RILL_TEST_KEY_PASSWORD", password.as_str())];
+    let mut committed = Vec::new();
+    for (brokers, kafka) in [
+        (BROKERS, String::new()),
+        (TLS_BROKERS, tls_table()),
+        (MTLS_BROKERS, mtls_table()),
+    ] {
+        let job = bank_on(dir.path(), &unique("tls"), brokers, &kafka, &env);
+        let path = job.to_str().unwrap();
+        ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+        // Run again: nothing is read or written twice.
+        ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+        committed.push(ok_with(&["verify", path], &env));
+    }
+    assert_eq!(committed[0].lines().count(), 6, "{}", committed[0]);
+    assert_eq!(committed[1], committed[0], "over TLS");
+    assert_eq!(committed[2], committed[0], "over mutual TLS");
+}
+
+#[test]
+fn a_certificate_that_does_not_verify_or_a_missing_client_certificate_is_named() {
+    require_tls();
+    let d = tls_dir();
+    let ca = format!("ssl.ca.location={}", d.join("ca.pem").display());
+    let other = format!("ssl.ca.location={}", d.join("other-ca.pem").display());
+    let cases: [(&str, &str, &str); 3] = [
+        (TLS_BROKERS, &other, "certificate verify failed"),
+        (MTLS_BROKERS, &ca, "certificate required"),
+        (TLS_BROKERS, "ssl.ca.location=/no/such/ca.pem", "ssl.ca.location"),
+    ];
+    for (brokers, ca, says) in cases {
+        let out = jobctl(&[
+            "tail", "anything", "--brokers", brokers, "-X", "security.protocol=ssl", "-X", ca,
+            "--until-caught-up",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(says) && stderr.contains("check the TLS and SASL properties of [job.kafka]"),
+            "{brokers} {ca}: {stderr}"
+        );
+    }
+    let out = jobctl(&["tail", "anything", "--brokers", BROKERS, "-X", "sasl.pasword=x"]);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("-X sasl.pasword: No such configuration property: \"sasl.pasword\""));
+}
+
+/// Every surface a person or a program reads, gathered while the job
+/// runs: the page, the metrics and every route of the API.
+fn endpoint_text(http: &str, token: Option<&str>) -> String {
+    let mut all = String::new();
+    for path in [
+        "/",
+        "/metrics",
+        "/api/v1/job",
+        "/api/v1/graph",
+        "/api/v1/epochs",
+        "/api/v1/errors",
+        "/api/v1/state/nothing",
+    ] {
+        let mut request = ureq::get(&format!("http://{http}{path}")).timeout(Duration::from_secs(5));
+        if let Some(t) = token {
+            request = request.set("Authorization", &format!("Bearer {t}"));
+        }
+        let body = match request.call() {
+            Ok(r) => r.into_string().unwrap(),
+            Err(ureq::Error::Status(_, r)) => r.into_string().unwrap(),
+            Err(e) => panic!("{path}: {e}"),
+        };
+        all.push_str(&body);
+    }
+    all
+}
+
+#[test]
+fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() {
+    require_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let password = key_password();
+    let env = [("RILL_TEST_KEY_PASSWORD", password.as_str()), ("RUST_LOG", "debug")];
+    let job = bank_on(dir.path(), &unique("secret"), MTLS_BROKERS, &mtls_table(), &env);
+    let path = job.to_str().unwrap();
+    let token = format!("api-token-{}", unique("t"));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+
+    let mut seen = String::new();
+    let validate = run(&["validate", path], &env);
+    assert!(validate.status.success());
+    seen.push_str(&String::from_utf8_lossy(&validate.stderr));
+    let explain = ok_with(&["explain", path], &env);
+    assert!(explain.contains("ssl.key.password = ***"), "{explain}");
+    seen.push_str(&explain);
+
+    // A process that dies in the middle of a commit, at debug level: all
+    // it said before, and the line it leaves.
+    let failing = run(
+        &["submit", path, "--until-caught-up", "--http", "off"],
+        &[
+            ("RILL_TEST_KEY_PASSWORD", password.as_str()),
+            ("RUST_LOG", "debug"),
+            ("RILL_FAIL_AT", "epoch_logged"),
+        ],
+    );
+    let failed = String::from_utf8_lossy(&failing.stderr).to_string();
+    assert!(failed.contains("aborting at `epoch_logged`"), "{failed}");
+    seen.push_str(&failed);
+
+    // Off loopback without a token or --http-insecure: refused at start.
+    let open = run(&["submit", path, "--http", "0.0.0.0:0"], &env);
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains(
+        "would be open to anyone who can reach that address, and its API stops the job: pass --http-token-file FILE"
+    ));
+
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["submit", path, "--http", &format!("0.0.0.0:{port}")])
+        .arg("--http-token-file")
+        .arg(&token_file)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        let epochs = ureq::get(&format!("http://{http}/api/v1/epochs"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok());
+        if let Some(e) = epochs.filter(|e| e.contains("\"epoch\"")) {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no epoch committed within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!committed.is_empty());
+    // Without the token, every route answers 401, the stop too.
+    for (method, route) in [("GET", "/api/v1/job"), ("GET", "/metrics"), ("POST", "/api/v1/stop")] {
+        match ureq::request(method, &format!("http://{http}{route}")).call() {
+            Err(ureq::Error::Status(401, _)) => {}
+            other => panic!("{method} {route} without the token: {other:?}"),
+        }
+    }
+    let wrong = ureq::get(&format!("http://{http}/api/v1/job"))
+        .set("Authorization", "Bearer not-the-token")
+        .call();
+    assert!(matches!(wrong, Err(ureq::Error::Status(401, _))));
+    let refused = jobctl(&["status", "--http", &http]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs its token: pass --http-token-file"));
+    seen.push_str(&endpoint_text(&http, Some(&token)));
+    let status = ok(&["status", "--http", &http, "--http-token-file", token_file.to_str().unwrap()]);
+    seen.push_str(&status);
+    ok(&["stop", "--http", &http, "--http-token-file", token_file.to_str().unwrap()]);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(running.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(running.wait().unwrap().success(), "{stderr}");
+    seen.push_str(&stderr);
+
+    // A key password the key does not open.
+    let bad = run(
+        &["submit", path, "--http", "off"],
+        &[("RILL_TEST_KEY_PASSWORD", "not-the-key-password"), ("RUST_LOG", "debug")],
+    );
+    let bad_err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(!bad.status.success());
+    assert!(bad_err.contains("ssl.key.location failed"), "{bad_err}");
+    assert!(!bad_err.contains("not-the-key-password"), "{bad_err}");
+    seen.push_str(&bad_err);
+
+    assert!(seen.len() > 10_000, "too little was looked at: {} bytes", seen.len());
+    for secret in [password.as_str(), token.as_str()] {
+        assert!(!seen.contains(secret), "a secret shows:\n{seen}");
+    }
+}
