@@ -28,7 +28,8 @@ fn now_ms() -> i64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (brokers, job, input) = (&args[1], &args[2], &args[3]);
+    let (servers, job, input) = (&args[1], &args[2], &args[3]);
+    let brokers = &rill::connectors::kafka_config::Brokers::plaintext(servers);
     let seconds: u64 = args[4].parse().expect("SECONDS");
     let outputs = &args[5..];
     let started = now_ms();

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (brokers, input, output) = (&args[1], &args[2], &args[3]);
+    let kafka = kafka_admin::Brokers::plaintext(brokers);
     // COPY_HEADERS=1 copies each record's headers too.
     let keep_headers = std::env::var_os("COPY_HEADERS").is_some();
-    let n = kafka_admin::partition_count(brokers, input)
+    let n = kafka_admin::partition_count(&kafka, input)
         .unwrap()
         .expect("input topic exists");
-    kafka_admin::ensure_topic(brokers, output, n, 1, kafka_admin::TopicKind::Data).unwrap();
-    let ends = kafka_admin::end_offsets(brokers, input, n).unwrap();
+    kafka_admin::ensure_topic(&kafka, output, n, 1, kafka_admin::TopicKind::Data).unwrap();
+    let ends = kafka_admin::end_offsets(&kafka, input, n).unwrap();
     let start = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)

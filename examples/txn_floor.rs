@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (brokers, topic) = (&args[1], &args[2]);
+    let kafka = rill::connectors::kafka_config::Brokers::plaintext(brokers);
     let records: usize = args[3].parse().expect("RECORDS");
     let count: usize = args[4].parse().expect("COUNT");
     let t = Duration::from_secs(30);
-    kafka_admin::ensure_topic(brokers, topic, 2, 1, TopicKind::Data).unwrap();
+    kafka_admin::ensure_topic(&kafka, topic, 2, 1, TopicKind::Data).unwrap();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-floor"))

@@ -78,8 +78,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (mut client, connection) =
-        rt.block_on(tokio_postgres::connect(&config.url, tokio_postgres::NoTls))?;
+    let target = crate::connectors::postgres_tls::target(&config.url)
+        .map_err(|e| anyhow::anyhow!("sink {}: {e}", args.sink))?;
+    let (mut client, connection) = rt.block_on(target.config.connect(target.tls))?;
     rt.spawn(async move {
         let _ = connection.await;
     });

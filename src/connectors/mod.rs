@@ -12,6 +12,7 @@ pub mod kafka_source;
 pub mod memory;
 pub mod postgres_epochs;
 pub mod postgres_sink;
+pub mod postgres_tls;
 pub mod registry_server;
 pub mod sink;
 pub mod stdout_sink;

@@ -16,12 +16,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, CopyInSink, NoTls};
+use tokio_postgres::{Client, CopyInSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
     #[error("cannot reach postgres at {url}: {reason}; start it (for example `pg_ctlcluster 15 main start`) or set the sink's `url`")]
     Unreachable { url: String, reason: String },
+    #[error("postgres at {url} refused this sink: {reason}; check the user and password, and sslmode, sslrootcert, sslcert and sslkey in the sink's `url`")]
+    Refused { url: String, reason: String },
     #[error("table `{table}` does not match the rows of sink `{sink}`: {differences}; alter the table or drop it so the sink creates it")]
     Mismatch {
         table: String,
@@ -73,12 +75,26 @@ pub struct PostgresSink {
 /// What Postgres said, in its own words: the message, its SQLSTATE, and
 /// the detail, hint and place it gives (`tokio_postgres` alone prints
 /// `db error`). Other errors with their causes.
+/// Whether a failed connection was refused for its credentials or its
+/// TLS, which no retry mends.
+fn is_refusal(e: &tokio_postgres::Error, described: &str) -> bool {
+    // Class 28: invalid authorization (a password, a role, pg_hba.conf).
+    e.as_db_error().is_some_and(|db| db.code().code().starts_with("28"))
+        || ["certificate verify failed", "does not support TLS", "sslkey", "sslcert"]
+            .iter()
+            .any(|w| described.contains(w))
+}
+
 pub fn describe(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
         let mut text = e.to_string();
         let mut cause = std::error::Error::source(e);
         while let Some(c) = cause {
-            text.push_str(&format!(": {c}"));
+            // OpenSSL's errors repeat their causes in their own text.
+            let said = c.to_string();
+            if !text.contains(&said) {
+                text.push_str(&format!(": {said}"));
+            }
             cause = c.source();
         }
         return text;
@@ -166,6 +182,20 @@ impl PostgresSink {
         self.unreachable(describe(e))
     }
 
+    /// A connection that failed: refused for good (a password, a
+    /// certificate: waiting would never end), or not reached (yet).
+    fn not_connected(&self, e: &tokio_postgres::Error) -> PostgresError {
+        let reason = describe(e);
+        if is_refusal(e, &reason) {
+            PostgresError::Refused {
+                url: crate::secrets::mask_url(&self.url),
+                reason,
+            }
+        } else {
+            self.unreachable(reason)
+        }
+    }
+
     fn sql(&self, e: tokio_postgres::Error) -> PostgresError {
         PostgresError::Sql {
             sink: self.name.clone(),
@@ -180,13 +210,16 @@ impl PostgresSink {
         }
         self.client = None;
         self.last_attempt = Some(Instant::now());
-        let mut config: tokio_postgres::Config =
-            self.url.parse().map_err(|e| self.unreachable(e))?;
-        config.connect_timeout(Duration::from_secs(3));
+        let mut target =
+            super::postgres_tls::target(&self.url).map_err(|reason| PostgresError::Refused {
+                url: crate::secrets::mask_url(&self.url),
+                reason,
+            })?;
+        target.config.connect_timeout(Duration::from_secs(3));
         let (client, connection) = self
             .rt
-            .block_on(config.connect(NoTls))
-            .map_err(|e| self.lost(&e))?;
+            .block_on(target.config.connect(target.tls))
+            .map_err(|e| self.not_connected(&e))?;
         self.rt.spawn(async move {
             let _ = connection.await;
         });
@@ -717,8 +750,12 @@ pub fn table_rows(url: &str, table: &str) -> Result<Vec<String>, PostgresError> 
         url: crate::secrets::mask_url(url),
         reason: describe(&e),
     };
+    let target = super::postgres_tls::target(url).map_err(|reason| PostgresError::Unreachable {
+        url: crate::secrets::mask_url(url),
+        reason,
+    })?;
     let (client, connection) = rt
-        .block_on(tokio_postgres::connect(url, NoTls))
+        .block_on(target.config.connect(target.tls))
         .map_err(unreachable)?;
     rt.spawn(async move {
         let _ = connection.await;

@@ -281,3 +281,83 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
         assert!(!seen.contains(secret), "a secret shows:\n{seen}");
     }
 }
+
+/// A URL of the Postgres of `scripts/secure-up` (TLS and SCRAM only).
+fn tls_postgres_url(password: &str, query: &str) -> String {
+    format!("postgresql://rill:{password}@127.0.0.1:5433/postgres?{query}")
+}
+
+fn pg_password() -> String {
+    std::fs::read_to_string(tls_dir().join("pg.password"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn cashback_lands_once_through_postgres_over_tls_with_scram_and_a_wrong_password_or_ca_is_refused() {
+    require_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("pgtls");
+    let (job, input, table, errors) = cashback_job(dir.path(), &tag);
+    let ca = tls_dir().join("ca.pem");
+    let verified = format!("sslmode=verify-full&sslrootcert={}", ca.display());
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        &tls_postgres_url("${RILL_TEST_PG_PASSWORD}", &verified),
+    );
+    std::fs::write(&job, &text).unwrap();
+    let path = job.to_str().unwrap();
+    let password = pg_password();
+    ok_with(
+        &["datagen", "cashback", "--job", path, "--count", "400", "--malformed-share", "0.1", "--quiet"],
+        &[("RILL_TEST_PG_PASSWORD", password.as_str())],
+    );
+
+    // Refused, each within seconds, in Postgres's or OpenSSL's words.
+    let other_ca = tls_dir().join("other-ca.pem");
+    for (password, url_query, says) in [
+        ("not-the-password", verified.clone(), "password authentication failed for user \"rill\""),
+        (
+            password.as_str(),
+            format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+            "certificate verify failed",
+        ),
+        (password.as_str(), "sslmode=disable".to_string(), "no encryption"),
+    ] {
+        let refused = job.with_file_name(format!("refused-{tag}.toml"));
+        std::fs::write(
+            &refused,
+            text.replace(&verified, &url_query),
+        )
+        .unwrap();
+        let out = run(
+            &["submit", refused.to_str().unwrap(), "--until-caught-up", "--http", "off"],
+            &[("RILL_TEST_PG_PASSWORD", password)],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("refused this sink") && stderr.contains(says),
+            "{url_query}: {stderr}"
+        );
+        assert!(!stderr.contains(password), "{stderr}");
+    }
+
+    let env = [("RILL_TEST_PG_PASSWORD", password.as_str())];
+    for _ in 0..2 {
+        ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+    }
+    let url = tls_postgres_url(&password, &verified);
+    let (eligible, malformed) = super::cashback_expected(&input);
+    let mut written: Vec<i64> = rill::connectors::postgres_sink::table_rows(&url, &table)
+        .unwrap()
+        .iter()
+        .map(|r| r.trim_matches(|c| c == '(' || c == ')').split(',').nth(4).unwrap().parse().unwrap())
+        .collect();
+    written.sort();
+    assert!(eligible.len() > 50, "{} eligible", eligible.len());
+    assert_eq!(written, eligible);
+    let error_rows = rill::connectors::postgres_sink::table_rows(&url, &errors).unwrap();
+    assert_eq!(error_rows.len(), malformed);
+}
