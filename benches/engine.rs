@@ -196,6 +196,7 @@ fn cluster(c: &mut Criterion) {
                 let id = Identity {
                     fingerprint: 1,
                     generation: 1,
+                    key: [0; 32],
                 };
                 let handles: Vec<_> = (0..2)
                     .map(|p| {

@@ -4,7 +4,6 @@
 use crate::connectors::datagen::{AvroDatagen, BankGenerator, TurnstileGenerator};
 use crate::connectors::kafka_admin::{self, client_config};
 use crate::format::avro;
-use crate::format::registry::RegistryClient;
 use crate::plan::NodeKind;
 use crate::spec::Format;
 use anyhow::{bail, Context, Result};
@@ -194,7 +193,7 @@ pub fn run(args: DatagenArgs) -> Result<()> {
     )?;
     let schema_id = match source.config.format {
         Format::Avro => Some(
-            RegistryClient::new(&plan.job.registry_url)
+            plan.job.registry()
                 .register(&format!("{topic}-value"), &source.reader_text)
                 .context("registering the input schema")?,
         ),

@@ -24,6 +24,23 @@ const GRACE: Duration = Duration::from_secs(10);
 /// cluster's shape cannot finish.
 pub const IN_DOUBT_EXIT: i32 = 3;
 
+/// The environment variable in which a local cluster's launcher gives its
+/// processes their shared secret.
+pub const SECRET_ENV: &str = "RILL_CLUSTER_SECRET";
+
+/// One random secret per launcher, which its processes prove to each
+/// other: no other process on the machine joins them.
+fn secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut bytes = [0u8; 32];
+        openssl::rand::rand_bytes(&mut bytes).expect("random bytes from OpenSSL");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        crate::secrets::keep(&hex);
+        hex
+    })
+}
+
 /// The exit status of a process fenced by a newer start of its job: the
 /// job runs elsewhere, and starting this one again would only fence that
 /// one in turn. A supervisor should not restart on it (systemd:
@@ -248,6 +265,10 @@ fn spawn(
     let listen = crate::ops::http::Listen::parse(args.http.as_deref(), 0)?;
     if let Some(addr) = listen.for_process(i) {
         cmd.args(["--http", &addr]);
+    }
+    match &args.cluster_secret_file {
+        Some(file) => drop(cmd.arg("--cluster-secret-file").arg(file)),
+        None => drop(cmd.env(SECRET_ENV, secret())),
     }
     if let Some(token) = &args.http_token_file {
         cmd.arg("--http-token-file").arg(token);

@@ -60,6 +60,16 @@ enum Command {
         /// Reach Kafka as this job does (its brokers and [job.kafka]).
         #[arg(long)]
         job: Option<PathBuf>,
+        /// Serve https with this certificate (a PEM chain) and --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The key of --tls-cert (PEM, not encrypted).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require basic authentication by one of the users of this file,
+        /// a `NAME:PASSWORD` per line, as Confluent's registry can.
+        #[arg(long, value_name = "FILE")]
+        users_file: Option<PathBuf>,
         /// The compacted topic that holds the schemas.
         #[arg(long, default_value = "_schemas")]
         topic: String,
@@ -221,12 +231,32 @@ pub fn main() -> Result<()> {
             kafka,
             job,
             topic,
+            tls_cert,
+            tls_key,
+            users_file,
         } => {
             let job = job.as_deref().map(Spec::load).transpose()?.map(|s| s.job);
             let brokers = kafka.brokers(job.as_ref())?;
+            let access = crate::connectors::registry_server::ServeAccess {
+                tls: match (&tls_cert, &tls_key) {
+                    (Some(c), Some(k)) => Some(crate::connectors::https::acceptor(c, k)?),
+                    _ => None,
+                },
+                users: match &users_file {
+                    Some(f) => crate::connectors::registry_server::read_users(f)
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                    None => Default::default(),
+                },
+            };
+            let scheme = if access.tls.is_some() { "https" } else { "http" };
+            let auth = if access.users.is_empty() {
+                ""
+            } else {
+                ", basic authentication required"
+            };
             let registry = Registry::open(&brokers, &topic)?;
-            eprintln!("schema registry listening on http://{listen}, schemas kept in topic `{topic}` on {brokers}");
-            registry.serve(&listen, 4)?;
+            eprintln!("schema registry listening on {scheme}://{listen}{auth}, schemas kept in topic `{topic}` on {brokers}");
+            registry.serve(&listen, 4, access)?;
             Ok(())
         }
         Command::Datagen(args) => datagen::run(args),

@@ -7,7 +7,6 @@
 //! rest are sent, and the command then fails saying how many were not.
 
 use crate::connectors::kafka_admin::{self, client_config, TopicKind};
-use crate::format::registry::RegistryClient;
 use crate::format::{avro, json};
 use crate::plan::Plan;
 use crate::spec::Format;
@@ -225,7 +224,7 @@ fn encoding(
                 bail!("the job reads `{topic}` as text: a text source has no schema to encode Avro with");
             }
             let rows = rows().context("the source's schema")?;
-            let id = RegistryClient::new(&plan.job.registry_url)
+            let id = plan.job.registry()
                 .register(&format!("{topic}-value"), &source.reader_text)
                 .context("registering the source's schema")?;
             Encoding::Avro {

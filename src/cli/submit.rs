@@ -79,6 +79,10 @@ pub struct SubmitArgs {
     /// Serve the endpoint off loopback without a token.
     #[arg(long)]
     pub http_insecure: bool,
+    /// With --hostfile: a file every process of the cluster is given, whose
+    /// content each proves it knows before a peer takes it in.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// The run of the cluster this process belongs to; every process of
     /// one run has the same (the local launcher sets it).
     #[arg(long, hide = true)]
@@ -333,9 +337,32 @@ fn place(
         identity: Identity {
             fingerprint,
             generation,
+            key: cluster_key(args)?,
         },
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         stall_timeout: Duration::from_millis(args.stall_timeout_ms),
+    })
+}
+
+/// The key of the cluster's shared secret: `--cluster-secret-file`, or
+/// the one a local cluster's launcher made for its processes, or none.
+fn cluster_key(args: &SubmitArgs) -> Result<[u8; 32]> {
+    if let Some(path) = &args.cluster_secret_file {
+        let secret = std::fs::read(path)
+            .with_context(|| format!("cannot read the cluster secret {}", path.display()))?;
+        let secret = secret.trim_ascii();
+        if secret.is_empty() {
+            bail!(
+                "the cluster secret {} is empty; put a long random string in it (`openssl rand -hex 32 > {}`)",
+                path.display(),
+                path.display()
+            );
+        }
+        return Ok(Identity::key_of(secret));
+    }
+    Ok(match std::env::var(super::launch::SECRET_ENV) {
+        Ok(secret) if !secret.is_empty() => Identity::key_of(secret.as_bytes()),
+        _ => [0; 32],
     })
 }
 

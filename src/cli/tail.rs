@@ -41,11 +41,13 @@ pub fn run(args: TailArgs) -> Result<()> {
         .transpose()?
         .map(|s| s.job);
     let brokers = args.kafka.brokers(job.as_ref())?;
-    let registry_url = args
-        .registry_url
-        .clone()
-        .or_else(|| job.as_ref().map(|j| j.registry_url.clone()))
-        .unwrap_or_else(|| "http://127.0.0.1:8081".into());
+    let mut registry = job.as_ref().map_or_else(
+        || crate::format::registry::RegistryAccess::plain("http://127.0.0.1:8081"),
+        |j| j.registry_access(),
+    );
+    if let Some(url) = &args.registry_url {
+        registry.url = url.clone();
+    }
     kafka_admin::check_broker(&brokers)?;
     let Some(n) = kafka_admin::partition_count(&brokers, &args.topic)? else {
         bail!("topic `{}` does not exist on {}", args.topic, brokers);
@@ -62,7 +64,7 @@ pub fn run(args: TailArgs) -> Result<()> {
         tpl.add_partition_offset(&args.topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let registry = RegistryClient::new(&registry_url);
+    let registry = RegistryClient::with_access(&registry);
     let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
         HashMap::new();
     // Caught up at every partition's EOF: the end offset can point past

@@ -13,7 +13,6 @@
 //! printed at 10 significant digits (see `comparable`).
 
 use crate::connectors::kafka_admin;
-use crate::format::registry::RegistryClient;
 use crate::format::{avro, csv, json, parquet};
 use crate::plan::{NodeKind, Plan, SinkPlan};
 use crate::runtime::committed::CommittedView;
@@ -86,7 +85,7 @@ fn comparable(row: crate::record::Row) -> crate::record::Row {
 /// stream's key when `updates`), sorted.
 pub fn lines(plan: &Plan, updates: bool) -> Result<Vec<String>> {
     let c = committed(plan)?;
-    let registry = RegistryClient::new(&plan.job.registry_url);
+    let registry = plan.job.registry();
     let mut decoders: HashMap<u32, Option<(avro::Decoder, crate::record::RowSchema)>> =
         HashMap::new();
     let mut out = Vec::new();

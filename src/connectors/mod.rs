@@ -5,6 +5,7 @@ pub mod bounded_read;
 pub mod datagen;
 pub mod durable;
 pub mod file_sink;
+pub mod https;
 pub mod kafka_admin;
 pub mod kafka_config;
 pub mod kafka_sink;

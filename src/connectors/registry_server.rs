@@ -168,8 +168,16 @@ impl Registry {
     }
 
     /// Serves requests until the process ends, on `threads` threads of a
-    /// tokio runtime of its own, through axum (as the jobs' endpoint).
-    pub fn serve(self: Arc<Self>, addr: &str, threads: usize) -> Result<(), ServeError> {
+    /// tokio runtime of its own, through axum (as the jobs' endpoint):
+    /// over TLS with `access.tls`, and to the users of `access.users`
+    /// only, when there are any, as Confluent's registry does with basic
+    /// authentication.
+    pub fn serve(
+        self: Arc<Self>,
+        addr: &str,
+        threads: usize,
+        access: ServeAccess,
+    ) -> Result<(), ServeError> {
         let listen = |reason: String| ServeError::Listen {
             addr: addr.into(),
             reason,
@@ -184,10 +192,31 @@ impl Registry {
             .build()
             .map_err(|e| listen(e.to_string()))?;
         let me = self;
+        let users = Arc::new(access.users);
         let app = axum::Router::new().fallback(
-            move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: axum::http::HeaderMap,
+                  body: String| {
                 let me = me.clone();
+                let users = users.clone();
                 async move {
+                    if !users.is_empty() && !admitted(&users, &headers) {
+                        return (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            [
+                                (
+                                    axum::http::header::CONTENT_TYPE,
+                                    "application/vnd.schemaregistry.v1+json",
+                                ),
+                                (
+                                    axum::http::header::WWW_AUTHENTICATE,
+                                    "Basic realm=\"rill-registry\"",
+                                ),
+                            ],
+                            err(401, 40101, "Unauthorized").1.to_string(),
+                        );
+                    }
                     let url = uri
                         .path_and_query()
                         .map_or(uri.path(), |p| p.as_str())
@@ -203,10 +232,13 @@ impl Registry {
                     (
                         axum::http::StatusCode::from_u16(status)
                             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/vnd.schemaregistry.v1+json",
-                        )],
+                        [
+                            (
+                                axum::http::header::CONTENT_TYPE,
+                                "application/vnd.schemaregistry.v1+json",
+                            ),
+                            (axum::http::header::VARY, "Authorization"),
+                        ],
                         answer.to_string(),
                     )
                 }
@@ -215,9 +247,15 @@ impl Registry {
         runtime.block_on(async move {
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(|e| listen(e.to_string()))?;
-            axum::serve(listener, app)
-                .await
-                .map_err(|e| listen(e.to_string()))
+            match access.tls {
+                Some(acceptor) => {
+                    let tls = super::https::TlsListener::new(listener, acceptor)
+                        .map_err(|e| listen(e.to_string()))?;
+                    axum::serve(tls, app).await
+                }
+                None => axum::serve(listener, app).await,
+            }
+            .map_err(|e| listen(e.to_string()))
         })
     }
 
@@ -484,6 +522,67 @@ fn check(level: &str, schema: &str, existing: &[&Version]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Who may reach the registry, and over what.
+#[derive(Default)]
+pub struct ServeAccess {
+    pub tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    /// user -> password; empty: anyone.
+    pub users: std::collections::HashMap<String, String>,
+}
+
+/// Reads a users file: `NAME:PASSWORD` per line, `#` comments.
+pub fn read_users(path: &std::path::Path) -> Result<std::collections::HashMap<String, String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the users file {}: {e}", path.display()))?;
+    let mut users = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, password)) = line.split_once(':') else {
+            return Err(format!(
+                "{} line {}: write each user as NAME:PASSWORD",
+                path.display(),
+                i + 1
+            ));
+        };
+        crate::secrets::keep(password);
+        users.insert(name.to_string(), password.to_string());
+    }
+    if users.is_empty() {
+        return Err(format!("{} names no user", path.display()));
+    }
+    Ok(users)
+}
+
+/// Whether the request's basic credentials are one of `users`.
+fn admitted(
+    users: &std::collections::HashMap<String, String>,
+    headers: &axum::http::HeaderMap,
+) -> bool {
+    use base64::Engine as _;
+    let Some(encoded) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let Some((name, password)) = text.split_once(':') else {
+        return false;
+    };
+    users.get(name).is_some_and(|want| {
+        want.len() == password.len() && openssl::memcmp::eq(want.as_bytes(), password.as_bytes())
+    })
 }
 
 #[cfg(test)]

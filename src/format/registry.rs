@@ -21,6 +21,8 @@ pub enum RegistryError {
     },
     #[error("schema registry at {url} sent a response that is not understood: {0}", url = .1)]
     Body(String, String),
+    #[error("schema registry at {url} refused this client: {reason}; set registry_username and registry_password (Confluent Cloud: the API key and secret) or registry_token, and registry_ca_file for a certificate that is not signed by one of the system's CAs")]
+    Refused { url: String, reason: String },
 }
 
 impl RegistryError {
@@ -35,7 +37,46 @@ impl RegistryError {
                 *status >= 500 || *status == 408 || *status == 429
             }
             RegistryError::Body(..) => true,
+            // Credentials are mended by the operator, never by judging a
+            // record: its replay would be judged differently.
+            RegistryError::Refused { .. } => true,
         }
+    }
+}
+
+/// How to reach a registry: where, trusting which CA, with which
+/// credentials (basic, as Confluent Cloud's API key and secret, or a
+/// bearer token).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegistryAccess {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RegistryAccess {
+    pub fn plain(url: &str) -> Self {
+        RegistryAccess {
+            url: url.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `url` without the `user:password@` it may hold, and that part.
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((userinfo, host)) => (
+            format!("{scheme}://{host}{}", &rest[end..]),
+            Some(userinfo.to_string()),
+        ),
+        None => (url.to_string(), None),
     }
 }
 
@@ -53,18 +94,68 @@ pub struct Registered {
 pub struct RegistryClient {
     url: String,
     agent: ureq::Agent,
+    /// The `Authorization` header, if the registry wants one.
+    auth: Option<String>,
+    /// Why TLS could not be set up (a CA file that does not load): every
+    /// call says so.
+    unusable: Option<String>,
     by_id: Arc<Mutex<HashMap<u32, Arc<str>>>>,
 }
 
 impl RegistryClient {
     pub fn new(url: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
+        Self::with_access(&RegistryAccess::plain(url))
+    }
+
+    pub fn with_access(access: &RegistryAccess) -> Self {
+        use base64::Engine as _;
+        let (url, userinfo) = split_userinfo(&access.url);
+        let basic = |user_pass: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_pass)
+            )
+        };
+        let auth = match (&access.token, &access.username, &userinfo) {
+            (Some(token), _, _) => Some(format!("Bearer {token}")),
+            (None, Some(user), _) => Some(basic(&format!(
+                "{user}:{}",
+                access.password.as_deref().unwrap_or("")
+            ))),
+            (None, None, Some(info)) => {
+                if let Some(pw) = crate::secrets::url_password(&access.url) {
+                    crate::secrets::keep(pw);
+                }
+                Some(basic(info))
+            }
+            (None, None, None) => None,
+        };
+        if let Some(a) = &auth {
+            crate::secrets::keep(a);
+        }
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
-            .timeout(Duration::from_secs(15))
-            .build();
+            .timeout(Duration::from_secs(15));
+        let mut unusable = None;
+        let mut tls = native_tls::TlsConnector::builder();
+        if let Some(ca) = &access.ca_file {
+            match std::fs::read(ca)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| native_tls::Certificate::from_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(cert) => drop(tls.add_root_certificate(cert)),
+                Err(e) => unusable = Some(format!("registry_ca_file {}: {e}", ca.display())),
+            }
+        }
+        match tls.build() {
+            Ok(connector) => builder = builder.tls_connector(Arc::new(connector)),
+            Err(e) => unusable = unusable.or(Some(format!("TLS: {e}"))),
+        }
         RegistryClient {
             url: url.trim_end_matches('/').to_string(),
-            agent,
+            agent: builder.build(),
+            auth,
+            unusable,
             by_id: Default::default(),
         }
     }
@@ -79,13 +170,22 @@ impl RegistryClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, RegistryError> {
-        let req = self
+        if let Some(reason) = &self.unusable {
+            return Err(RegistryError::Refused {
+                url: self.url.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let mut req = self
             .agent
             .request(method, &format!("{}{}", self.url, path))
             .set(
                 "Accept",
                 "application/vnd.schemaregistry.v1+json, application/json",
             );
+        if let Some(auth) = &self.auth {
+            req = req.set("Authorization", auth);
+        }
         let resp = match body {
             Some(b) => req
                 .set("Content-Type", "application/vnd.schemaregistry.v1+json")
@@ -96,6 +196,13 @@ impl RegistryClient {
             Ok(r) => r
                 .into_json()
                 .map_err(|e| RegistryError::Body(e.to_string(), self.url.clone())),
+            Err(ureq::Error::Status(status @ (401 | 403), r)) => Err(RegistryError::Refused {
+                url: self.url.clone(),
+                reason: format!(
+                    "{status} {}",
+                    r.into_string().unwrap_or_default().trim()
+                ),
+            }),
             Err(ureq::Error::Status(status, r)) => {
                 let text = r.into_string().unwrap_or_default();
                 let message = serde_json::from_str::<serde_json::Value>(&text)
@@ -113,10 +220,23 @@ impl RegistryClient {
                     message,
                 })
             }
-            Err(e) => Err(RegistryError::Unreachable {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            }),
+            Err(e) => {
+                let reason = crate::secrets::redact(&e.to_string()).into_owned();
+                if ["certificate", "handshake", "InvalidCertificate"]
+                    .iter()
+                    .any(|w| reason.contains(w))
+                {
+                    Err(RegistryError::Refused {
+                        url: self.url.clone(),
+                        reason,
+                    })
+                } else {
+                    Err(RegistryError::Unreachable {
+                        url: self.url.clone(),
+                        reason,
+                    })
+                }
+            }
         }
     }
 

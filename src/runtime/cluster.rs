@@ -5,7 +5,9 @@
 //! with a handshake: the same binary, job file and worker count (a
 //! fingerprint), and the same generation (a number each start of the whole
 //! cluster changes), so a peer from another build or a process left over
-//! from an earlier run is named instead of joining. The connected sockets
+//! from an earlier run is named instead of joining. With a shared secret,
+//! each side then proves it knows it (an HMAC of the other's random
+//! nonce), so a process that does not is refused. The connected sockets
 //! then carry timely's exchange and progress traffic unchanged.
 
 use std::io::{Read, Write};
@@ -18,8 +20,9 @@ use timely::communication::Hooks;
 /// The first bytes of a connection: one carrying timely's traffic, or the
 /// control connection every process keeps with process 0 (the epoch
 /// decisions, stop requests and heartbeats of `runtime/control.rs`).
-const MAGIC: &[u8; 8] = b"rill-cl1";
-const CONTROL_MAGIC: &[u8; 8] = b"rill-ct1";
+const MAGIC: &[u8; 8] = b"rill-cl2";
+const CONTROL_MAGIC: &[u8; 8] = b"rill-ct2";
+const HELLO: usize = 48;
 
 /// The connections of one process of a cluster.
 #[derive(Debug)]
@@ -38,6 +41,15 @@ pub struct Identity {
     pub fingerprint: u64,
     /// Changes with every start of the whole cluster.
     pub generation: u64,
+    /// SHA-256 of the cluster's shared secret; zeros without one.
+    pub key: [u8; 32],
+}
+
+impl Identity {
+    /// The key of a shared secret (`--cluster-secret-file`).
+    pub fn key_of(secret: &[u8]) -> [u8; 32] {
+        openssl::sha::sha256(secret)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -86,6 +98,8 @@ pub enum ClusterError {
         theirs: u64,
         ours: u64,
     },
+    #[error("process {peer} at {address} does not share this process's cluster secret: start every process with the same --cluster-secret-file (a local cluster's launcher makes one for its processes)")]
+    Secret { peer: usize, address: String },
     #[error("process {peer} at {address} answered with something other than a rill cluster handshake: {reason}")]
     Handshake {
         peer: usize,
@@ -115,19 +129,57 @@ pub fn fingerprint(job: &[u8], workers: usize) -> std::io::Result<u64> {
     Ok(h.finish())
 }
 
-/// One process's hello: magic, index, generation, fingerprint.
-fn hello(me: usize, id: Identity, control: bool) -> [u8; 32] {
-    let mut out = [0u8; 32];
+/// One process's hello: magic, index, generation, fingerprint, and the
+/// nonce the peer's proof is made of.
+fn hello(me: usize, id: Identity, control: bool, nonce: &[u8; 16]) -> [u8; HELLO] {
+    let mut out = [0u8; HELLO];
     out[..8].copy_from_slice(if control { CONTROL_MAGIC } else { MAGIC });
     out[8..16].copy_from_slice(&(me as u64).to_be_bytes());
     out[16..24].copy_from_slice(&id.generation.to_be_bytes());
-    out[24..].copy_from_slice(&id.fingerprint.to_be_bytes());
+    out[24..32].copy_from_slice(&id.fingerprint.to_be_bytes());
+    out[32..].copy_from_slice(nonce);
     out
 }
 
-/// Reads a peer's hello: (control, index, identity).
-fn read_hello(stream: &mut TcpStream) -> Result<(bool, usize, Identity), String> {
-    let mut buf = [0u8; 32];
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    openssl::rand::rand_bytes(&mut n).expect("random bytes from OpenSSL");
+    n
+}
+
+/// Process `index`'s proof that it knows `key`, for a peer that sent
+/// `nonce`: HMAC-SHA256 over both.
+fn proof(key: &[u8; 32], nonce: &[u8; 16], index: usize) -> [u8; 32] {
+    let pkey = openssl::pkey::PKey::hmac(key).expect("an HMAC key");
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).expect("HMAC");
+    signer.update(b"rill-cluster").expect("HMAC");
+    signer.update(nonce).expect("HMAC");
+    signer.update(&(index as u64).to_be_bytes()).expect("HMAC");
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&signer.sign_to_vec().expect("HMAC"));
+    out
+}
+
+/// Sends this process's proof, then reads and checks the peer's: Ok(true)
+/// when it holds, Ok(false) when the peer does not know the key.
+fn prove(
+    stream: &mut TcpStream,
+    key: &[u8; 32],
+    me: usize,
+    peer: usize,
+    mine: &[u8; 16],
+    theirs: &[u8; 16],
+) -> std::io::Result<bool> {
+    stream.write_all(&proof(key, theirs, me))?;
+    let mut got = [0u8; 32];
+    stream.read_exact(&mut got)?;
+    Ok(openssl::memcmp::eq(&got, &proof(key, mine, peer)))
+}
+
+/// Reads a peer's hello: (control, index, identity, nonce).
+fn read_hello(stream: &mut TcpStream) -> Result<(bool, usize, Identity, [u8; 16]), String> {
+    let mut buf = [0u8; HELLO];
     stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
     let control = match &buf[..8] {
         m if m == MAGIC => false,
@@ -141,7 +193,10 @@ fn read_hello(stream: &mut TcpStream) -> Result<(bool, usize, Identity), String>
         Identity {
             generation: word(16),
             fingerprint: word(24),
+            // Never sent: each side has its own and proves it.
+            key: [0; 32],
         },
+        buf[32..].try_into().unwrap(),
     ))
 }
 
@@ -239,16 +294,27 @@ pub fn connect(
                 continue;
             };
             let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            let _ = stream.write_all(&hello(me, id, kind));
+            let mine = nonce();
+            let _ = stream.write_all(&hello(me, id, kind, &mine));
             match read_hello(&mut stream) {
-                Ok((_, index, theirs)) if index == peer => {
+                Ok((_, index, theirs, their_nonce)) if index == peer => {
                     match judge(me, peer, &addresses[peer], id, theirs) {
-                        Ok(()) => return Ok(stream),
+                        Ok(()) => match prove(&mut stream, &id.key, me, peer, &mine, &their_nonce) {
+                            Ok(true) => return Ok(stream),
+                            Ok(false) => {
+                                return Err(ClusterError::Secret {
+                                    peer,
+                                    address: addresses[peer].clone(),
+                                })
+                            }
+                            // Closed by a peer that refused us: try again.
+                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        },
                         Err(e @ ClusterError::PeerStale { .. }) => last_refusal = Some(e),
                         Err(e) => return Err(e),
                     }
                 }
-                Ok((_, index, _)) => {
+                Ok((_, index, _, _)) => {
                     return Err(ClusterError::Handshake {
                         peer,
                         address: addresses[peer].clone(),
@@ -296,15 +362,29 @@ pub fn connect(
         };
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        let Ok((kind, peer, theirs)) = read_hello(&mut stream) else {
+        let Ok((kind, peer, theirs, their_nonce)) = read_hello(&mut stream) else {
             continue;
         };
         // Answer first, so a refused peer learns why on its side too.
-        let _ = stream.write_all(&hello(me, id, kind));
+        let mine = nonce();
+        let _ = stream.write_all(&hello(me, id, kind, &mine));
         if peer <= me || peer >= n || (kind && me != 0) {
             continue;
         }
-        match judge(me, peer, &addresses[peer], id, theirs) {
+        let judged = judge(me, peer, &addresses[peer], id, theirs).and_then(|()| {
+            match prove(&mut stream, &id.key, me, peer, &mine, &their_nonce) {
+                Ok(true) => Ok(()),
+                // A stranger's connection is dropped; the start waits for
+                // the process that knows the secret, and names this if
+                // none comes.
+                _ => Err(ClusterError::Secret {
+                    peer,
+                    address: addresses[peer].clone(),
+                }),
+            }
+        });
+        match judged {
+            Err(e @ ClusterError::Secret { .. }) => refused[peer] = Some(e),
             Ok(()) if kind => control[peer] = Some(stream),
             Ok(()) => sockets[peer] = Some(stream),
             Err(e @ ClusterError::PeerStale { .. }) => refused[peer] = Some(e),
@@ -367,6 +447,7 @@ mod tests {
     const ID: Identity = Identity {
         fingerprint: 7,
         generation: 1,
+        key: [0; 32],
     };
 
     fn start(
@@ -459,6 +540,45 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_process_without_the_clusters_secret_is_refused_and_the_one_with_it_joins() {
+        let addresses = free_addresses(2);
+        let secret = Identity {
+            key: Identity::key_of(b"the cluster's secret"),
+            ..ID
+        };
+        let zero = start(&addresses, 0, secret, 5000);
+        // Without the secret, or with another: refused on the side that
+        // dials, while process 0 waits on for the right one.
+        for key in [[0; 32], Identity::key_of(b"a guess")] {
+            let stranger = start(&addresses, 1, Identity { key, ..ID }, 5000)
+                .join()
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(
+                stranger,
+                ClusterError::Secret {
+                    peer: 0,
+                    address: addresses[0].clone()
+                }
+            );
+        }
+        let one = start(&addresses, 1, secret, 5000);
+        assert!(zero.join().unwrap().is_ok());
+        assert!(one.join().unwrap().is_ok());
+        // A process 0 that waits in vain names the refusal, not a silence.
+        let addresses = free_addresses(2);
+        let zero = start(&addresses, 0, secret, 1500);
+        let _ = start(&addresses, 1, ID, 1000).join().unwrap();
+        assert_eq!(
+            zero.join().unwrap().unwrap_err(),
+            ClusterError::Secret {
+                peer: 1,
+                address: addresses[1].clone()
+            }
+        );
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn lead(
     };
     let started = (|| -> Result<_, RunError> {
         kafka_admin::check_broker(&job.brokers)?;
-        let registry = registry_for(plan);
+        let registry = registry_for(plan)?;
         let mut fenced = Committer::fence_writer(job)?;
         crate::fault::pause("fenced");
         let start = LogRecord::Start {
@@ -258,7 +258,7 @@ fn follow(
         .expect("a control connection to process 0");
     let peer = format!("process 0 at {}", place.addresses[0]);
     let (up, rx) = control::over_tcp::<ToLeader, ToMember>(stream, peer, closed.clone());
-    let registry = registry_for(plan);
+    let registry = registry_for(plan)?;
     let start_plan = loop {
         match rx.recv() {
             Ok(Event::Msg(ToMember::Start(p))) => break *p,

@@ -638,6 +638,7 @@ fn run_in_cluster(
     let id = Identity {
         fingerprint: 1,
         generation: 1,
+        key: [0; 32],
     };
     let input = Arc::new(scripted(events));
     let handles: Vec<_> = (0..processes)

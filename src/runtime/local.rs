@@ -185,7 +185,7 @@ fn run_attempt(
     let step = |done: &str| tracing::debug!("start: {done} after {} ms", t0.elapsed().as_millis());
     kafka_admin::check_broker(&job.brokers)?;
     step("broker found");
-    let registry = registry_for(&plan);
+    let registry = registry_for(&plan)?;
     // Fencing and recovery are one step after another; what the start
     // asks the broker and registry about its topics goes on beside them.
     let (fenced, mut recovered, lookups) = std::thread::scope(|s| {
@@ -228,11 +228,21 @@ fn run_attempt(
     super::workers::execute(plan, opts, stop, launch)
 }
 
-/// The registry client, when a source or sink speaks Avro.
-pub(super) fn registry_for(plan: &Plan) -> Option<RegistryClient> {
+/// The registry client, when a source or sink speaks Avro. A registry
+/// that refuses the job's credentials or certificate stops the start: no
+/// wait would mend it. One that does not answer is waited for, record by
+/// record, as when it goes down later.
+pub(super) fn registry_for(plan: &Plan) -> Result<Option<RegistryClient>, RunError> {
     let needs_registry = plan.sources().any(|(_, _, s)| s.config.format == Format::Avro)
         || plan.sinks().any(|(_, _, s)| matches!(s, SinkPlan::Kafka { config, .. } if config.format == Format::Avro));
-    needs_registry.then(|| RegistryClient::new(&plan.job.registry_url))
+    if !needs_registry {
+        return Ok(None);
+    }
+    let registry = plan.job.registry();
+    match registry.subjects() {
+        Err(e @ crate::format::registry::RegistryError::Refused { .. }) => Err(e.into()),
+        _ => Ok(Some(registry)),
+    }
 }
 
 pub(super) fn say_resuming(job: &crate::spec::JobConfig, recovered: &recovery::Recovered) {

@@ -74,6 +74,15 @@ pub struct JobConfig {
     pub kafka: KafkaProperties,
     #[serde(default = "default_registry")]
     pub registry_url: String,
+    /// Basic authentication with the registry (Confluent Cloud: the API
+    /// key and its secret).
+    pub registry_username: Option<String>,
+    pub registry_password: Option<String>,
+    /// A bearer token for the registry, instead of a user and password.
+    pub registry_token: Option<String>,
+    /// The CA certificate (PEM) of an https registry whose certificate no
+    /// CA of the system signed.
+    pub registry_ca_file: Option<std::path::PathBuf>,
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
     /// An epoch ends early once a process holds this many output records
@@ -110,6 +119,22 @@ pub enum Guarantee {
 }
 
 impl JobConfig {
+    /// How the job reaches its schema registry.
+    pub fn registry_access(&self) -> crate::format::registry::RegistryAccess {
+        crate::format::registry::RegistryAccess {
+            url: self.registry_url.clone(),
+            username: self.registry_username.clone(),
+            password: self.registry_password.clone(),
+            token: self.registry_token.clone(),
+            ca_file: self.registry_ca_file.clone(),
+        }
+    }
+
+    /// A client of the job's schema registry.
+    pub fn registry(&self) -> crate::format::registry::RegistryClient {
+        crate::format::registry::RegistryClient::with_access(&self.registry_access())
+    }
+
     /// The brokers as the job's transactional producers reach them: the
     /// job's properties with its Kafka sinks' own.
     pub fn writer_brokers(&self) -> Brokers {

@@ -6,6 +6,7 @@
 
 use super::operations::free_port;
 use super::*;
+use std::collections::BTreeSet;
 use std::process::Stdio;
 
 const TLS_BROKERS: &str = "127.0.0.1:9093";
@@ -360,4 +361,135 @@ fn cashback_lands_once_through_postgres_over_tls_with_scram_and_a_wrong_password
     assert_eq!(written, eligible);
     let error_rows = rill::connectors::postgres_sink::table_rows(&url, &errors).unwrap();
     assert_eq!(error_rows.len(), malformed);
+}
+
+/// `jobctl registry` over https, with basic authentication by `users`.
+fn https_registry(port: u16, topic: &str, users: &Path) -> std::process::Child {
+    let d = tls_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
+        .args(["registry", "--listen", &format!("127.0.0.1:{port}"), "--brokers", BROKERS])
+        .args(["--topic", topic])
+        .arg("--tls-cert")
+        .arg(d.join("server.pem"))
+        .arg("--tls-key")
+        .arg(d.join("server.key"))
+        .arg("--users-file")
+        .arg(users)
+        .current_dir(root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the registry did not listen");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the registry exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+#[test]
+fn a_job_and_confluents_client_read_the_same_schemas_from_an_https_registry_with_basic_auth() {
+    require_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("sr");
+    let users = dir.path().join("users");
+    let secret = format!("sr-secret-{tag}");
+    std::fs::write(&users, format!("# name:password\nsr-key:{secret}\n")).unwrap();
+    let port = free_port();
+    let mut registry = https_registry(port, &format!("_schemas-{tag}"), &users);
+    let url = format!("https://127.0.0.1:{port}");
+
+    // Without credentials, or with wrong ones: 401, as Confluent's answers.
+    let agent = ureq::AgentBuilder::new()
+        .tls_connector(std::sync::Arc::new(
+            native_tls::TlsConnector::builder()
+                .add_root_certificate(
+                    native_tls::Certificate::from_pem(&std::fs::read(tls_dir().join("ca.pem")).unwrap())
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        ))
+        .build();
+    match agent.get(&format!("{url}/subjects")).call() {
+        Err(ureq::Error::Status(401, r)) => {
+            assert_eq!(r.into_string().unwrap(), r#"{"error_code":40101,"message":"Unauthorized"}"#)
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let registry_settings = format!(
+        "registry_url = \"{url}\"\nregistry_username = \"sr-key\"\nregistry_password = \"${{RILL_TEST_SR_SECRET}}\"\nregistry_ca_file = \"{}\"\n",
+        tls_dir().join("ca.pem").display()
+    );
+    let topics = ["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"];
+    let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("registry_url = \"http://127.0.0.1:8081\"\n", &registry_settings);
+    std::fs::write(&job, &text).unwrap();
+    let path = job.to_str().unwrap();
+
+    // A wrong secret stops the start, naming what to set.
+    let wrong = run(
+        &["submit", path, "--until-caught-up", "--http", "off"],
+        &[("RILL_TEST_SR_SECRET", "not-the-secret")],
+    );
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(
+        said.contains(&format!("schema registry at {url} refused this client: 401"))
+            && said.contains("set registry_username and registry_password"),
+        "{said}"
+    );
+
+    let env = [("RILL_TEST_SR_SECRET", secret.as_str())];
+    ok_with(&["datagen", "bank", "--job", path, "--seed-records"], &env);
+    ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+    let committed = ok_with(&["verify", path], &env);
+    assert_eq!(committed.lines().count(), 6, "{committed}");
+    assert_eq!(committed.lines().filter(|l| l.starts_with("approved ")).count(), 5);
+
+    // Confluent's Python client, with its own basic auth setting, finds
+    // the schemas the job registered, under the ids the job's records
+    // carry.
+    let script = format!(
+        r#"
+from confluent_kafka.schema_registry import SchemaRegistryClient
+c = SchemaRegistryClient({{"url": "{url}", "basic.auth.user.info": "sr-key:{secret}", "ssl.ca.location": "{ca}"}})
+for s in sorted(c.get_subjects()):
+    v = c.get_latest_version(s)
+    print(s, v.schema_id, v.schema.schema_type)
+"#,
+        ca = tls_dir().join("ca.pem").display()
+    );
+    let py = Command::new(root().join(".tansu-venv/bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&py.stdout).to_string();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let ids_in_records = |topic: &str| -> BTreeSet<u32> {
+        read_topic(topic)
+            .iter()
+            .map(|r| avro::split_wire(&r.value).unwrap().0)
+            .collect()
+    };
+    for (topic, subject) in [
+        (&names["bank-transactions"], format!("{}-value", names["bank-transactions"])),
+        (&names["APPROVED"], format!("{}-value", names["APPROVED"])),
+    ] {
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{subject} ")))
+            .unwrap_or_else(|| panic!("{subject} not in {listed}"));
+        let id: u32 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert_eq!(ids_in_records(topic), BTreeSet::from([id]), "{line}");
+        assert!(line.ends_with(" AVRO"), "{line}");
+    }
+    let _ = registry.kill();
+    let _ = registry.wait();
 }
