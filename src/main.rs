@@ -1,4 +1,9 @@
 fn main() {
+    // First of all, so that OpenSSL never registers its cleanup at exit:
+    // that cleanup frees what librdkafka's and the runtimes' threads,
+    // still winding down while the process exits, are using, and the
+    // process died of SIGSEGV after its job had stopped cleanly.
+    openssl::init();
     if let Err(e) = rill::cli::main() {
         // A reader that stopped reading (`jobctl tail … | head`) ends the
         // output; it is not an error of the command.

@@ -99,6 +99,10 @@ enum Command {
         /// The token the job was started with (its --http-token-file).
         #[arg(long, value_name = "FILE")]
         http_token_file: Option<PathBuf>,
+        /// The CA of an https endpoint (`--http https://host:port`) whose
+        /// certificate no CA of the system signed.
+        #[arg(long, value_name = "FILE")]
+        http_ca_file: Option<PathBuf>,
     },
     /// A pull query against a running job's committed state, as ksqlDB
     /// takes one: `SELECT … FROM table [WHERE key = …] [LIMIT n]`.
@@ -110,6 +114,10 @@ enum Command {
         /// The token the job was started with (its --http-token-file).
         #[arg(long, value_name = "FILE")]
         http_token_file: Option<PathBuf>,
+        /// The CA of an https endpoint (`--http https://host:port`) whose
+        /// certificate no CA of the system signed.
+        #[arg(long, value_name = "FILE")]
+        http_ca_file: Option<PathBuf>,
         /// A JSON object per row instead of a table.
         #[arg(long)]
         json: bool,
@@ -123,6 +131,10 @@ enum Command {
         /// The token the job was started with (its --http-token-file).
         #[arg(long, value_name = "FILE")]
         http_token_file: Option<PathBuf>,
+        /// The CA of an https endpoint (`--http https://host:port`) whose
+        /// certificate no CA of the system signed.
+        #[arg(long, value_name = "FILE")]
+        http_ca_file: Option<PathBuf>,
         /// How long to wait for the job to exit.
         #[arg(long, default_value_t = 120_000)]
         wait_ms: u64,
@@ -268,14 +280,20 @@ pub fn main() -> Result<()> {
         Command::Status {
             http,
             http_token_file,
-        } => ops::status(&ops::Endpoint::new(http, http_token_file.as_deref())?),
+            http_ca_file,
+        } => ops::status(&ops::Endpoint::new(
+            http,
+            http_token_file.as_deref(),
+            http_ca_file.as_deref(),
+        )?),
         Command::Query {
             sql,
             http,
             http_token_file,
+            http_ca_file,
             json,
         } => ops::query(
-            &ops::Endpoint::new(http, http_token_file.as_deref())?,
+            &ops::Endpoint::new(http, http_token_file.as_deref(), http_ca_file.as_deref())?,
             &sql,
             json,
         ),
@@ -293,9 +311,10 @@ pub fn main() -> Result<()> {
         Command::Stop {
             http,
             http_token_file,
+            http_ca_file,
             wait_ms,
         } => ops::stop(
-            &ops::Endpoint::new(http, http_token_file.as_deref())?,
+            &ops::Endpoint::new(http, http_token_file.as_deref(), http_ca_file.as_deref())?,
             std::time::Duration::from_millis(wait_ms),
         ),
     }

@@ -7,20 +7,45 @@ use std::time::{Duration, Instant};
 
 /// A job's endpoint, and the token it wants if it wants one.
 pub struct Endpoint {
+    /// As given: `host:port`, or a URL (`https://host:port`).
     pub http: String,
     pub token: Option<String>,
+    agent: ureq::Agent,
 }
 
 impl Endpoint {
-    pub fn new(http: String, token_file: Option<&std::path::Path>) -> Result<Self> {
+    /// `ca_file`: the CA of an https endpoint whose certificate no CA of
+    /// the system signed.
+    pub fn new(
+        http: String,
+        token_file: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let token = token_file
             .map(crate::ops::access::read_token)
             .transpose()?;
-        Ok(Endpoint { http, token })
+        let mut tls = native_tls::TlsConnector::builder();
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read --http-ca-file {}", ca.display()))?;
+            tls.add_root_certificate(
+                native_tls::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+            );
+        }
+        let agent = ureq::AgentBuilder::new()
+            .tls_connector(std::sync::Arc::new(tls.build()?))
+            .build();
+        Ok(Endpoint { http, token, agent })
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let r = ureq::request(method, &format!("http://{}{path}", self.http));
+        let base = if self.http.contains("://") {
+            self.http.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", self.http)
+        };
+        let r = self.agent.request(method, &format!("{base}{path}"));
         match &self.token {
             Some(t) => r.set("Authorization", &format!("Bearer {t}")),
             None => r,

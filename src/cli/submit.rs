@@ -79,6 +79,13 @@ pub struct SubmitArgs {
     /// Serve the endpoint off loopback without a token.
     #[arg(long)]
     pub http_insecure: bool,
+    /// Serve the endpoint over https with this certificate (a PEM chain)
+    /// and --http-tls-key.
+    #[arg(long, value_name = "FILE", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The key of --http-tls-cert (PEM, not encrypted).
+    #[arg(long, value_name = "FILE", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
     /// With --hostfile: a file every process of the cluster is given, whose
     /// content each proves it knows before a peer takes it in.
     #[arg(long, value_name = "FILE")]
@@ -133,6 +140,8 @@ pub fn run(args: SubmitArgs, started: Instant) -> Result<()> {
     let access = http::AccessArgs {
         token_file: args.http_token_file.clone(),
         insecure: args.http_insecure,
+        tls_cert: args.http_tls_cert.clone(),
+        tls_key: args.http_tls_key.clone(),
     };
     let endpoint = http::serve(
         &listen,

@@ -34,13 +34,18 @@ pub enum HttpError {
     NoFreePort { host: String, first: u16, last: u16 },
     #[error(transparent)]
     Access(#[from] super::access::AccessError),
+    #[error(transparent)]
+    Tls(#[from] crate::connectors::https::TlsSetupError),
 }
 
-/// Who may use the endpoint: `--http-token-file`, `--http-insecure`.
+/// Who may use the endpoint (`--http-token-file`, `--http-insecure`), and
+/// over what (`--http-tls-cert`, `--http-tls-key`).
 #[derive(Debug, Clone, Default)]
 pub struct AccessArgs {
     pub token_file: Option<std::path::PathBuf>,
     pub insecure: bool,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Where the endpoint listens.
@@ -112,6 +117,10 @@ pub fn serve(
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
+    let tls = match (&access.tls_cert, &access.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::connectors::https::acceptor(cert, key)?),
+        _ => None,
+    };
     let access = super::access::Access::decide(
         addr,
         access.token_file.as_deref(),
@@ -131,13 +140,16 @@ pub fn serve(
                 .build()
                 .expect("the endpoint's runtime");
             rt.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
-                            tracing::warn!("the job's endpoint stopped: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("the job's endpoint could not start: {e}"),
+                let served = match (tokio::net::TcpListener::from_std(listener), tls) {
+                    (Ok(l), None) => axum::serve(l, app).await,
+                    (Ok(l), Some(tls)) => match crate::connectors::https::TlsListener::new(l, tls) {
+                        Ok(l) => axum::serve(l, app).await,
+                        Err(e) => Err(e),
+                    },
+                    (Err(e), _) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::warn!("the job's endpoint stopped: {e}");
                 }
             })
         })

@@ -46,7 +46,7 @@ fn jobctl(args: &[&str]) -> Output {
 fn ok(args: &[&str]) -> String {
     let out = jobctl(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "jobctl {args:?} failed:\n{stderr}");
+    assert!(out.status.success(), "jobctl {args:?} failed ({}):\n{stderr}", out.status);
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -188,8 +188,13 @@ struct Read {
 /// Every record of `topic` up to its current end, as a plain consumer
 /// sees them (on Tansu, aborted transactional records included).
 fn read_topic(topic: &str) -> Vec<Read> {
+    read_topic_on(&brokers(), topic)
+}
+
+/// [`read_topic`] on other brokers.
+fn read_topic_on(brokers: &kafka_admin::Brokers, topic: &str) -> Vec<Read> {
     let mut out = Vec::new();
-    kafka_admin::read_to_end(&brokers(), topic, |m| {
+    kafka_admin::read_to_end(brokers, topic, |m| {
         out.push(Read {
             key: m
                 .key
@@ -1376,9 +1381,14 @@ fn cashback_job(dir: &Path, tag: &str) -> (PathBuf, String, String, String) {
 /// The cashback rule applied directly to the input: the timestamps of the
 /// eligible payments, and the number of malformed ones.
 fn cashback_expected(topic: &str) -> (Vec<i64>, usize) {
+    cashback_expected_on(&brokers(), topic)
+}
+
+/// [`cashback_expected`] of a topic on other brokers.
+fn cashback_expected_on(brokers: &kafka_admin::Brokers, topic: &str) -> (Vec<i64>, usize) {
     let mut eligible = Vec::new();
     let mut malformed = 0;
-    for r in read_topic(topic) {
+    for r in read_topic_on(brokers, topic) {
         let Ok(j) = serde_json::from_slice::<serde_json::Value>(&r.value) else {
             malformed += 1;
             continue;

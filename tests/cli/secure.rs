@@ -80,6 +80,29 @@ fn tls_table() -> String {
     )
 }
 
+/// The TLS broker, as the library's Kafka calls take it.
+fn tls_brokers() -> kafka_admin::Brokers {
+    kafka_admin::Brokers::new(
+        TLS_BROKERS,
+        std::collections::BTreeMap::from([
+            ("security.protocol".to_string(), "ssl".to_string()),
+            (
+                "ssl.ca.location".to_string(),
+                tls_dir().join("ca.pem").display().to_string(),
+            ),
+        ]),
+    )
+}
+
+/// A job file's text moved to the TLS broker.
+fn on_tls(text: &str) -> String {
+    text.replace(
+        "brokers = \"127.0.0.1:9092\"",
+        &format!("brokers = \"{TLS_BROKERS}\""),
+    )
+    .replacen("\n[sources.", &format!("\n{}\n[sources.", tls_table()), 1)
+}
+
 fn mtls_table() -> String {
     let d = tls_dir();
     format!(
@@ -151,7 +174,7 @@ fn a_certificate_that_does_not_verify_or_a_missing_client_certificate_is_named()
 
 /// Every surface a person or a program reads, gathered while the job
 /// runs: the page, the metrics and every route of the API.
-fn endpoint_text(http: &str, token: Option<&str>) -> String {
+fn endpoint_text(agent: &ureq::Agent, base: &str, token: Option<&str>) -> String {
     let mut all = String::new();
     for path in [
         "/",
@@ -162,7 +185,7 @@ fn endpoint_text(http: &str, token: Option<&str>) -> String {
         "/api/v1/errors",
         "/api/v1/state/nothing",
     ] {
-        let mut request = ureq::get(&format!("http://{http}{path}")).timeout(Duration::from_secs(5));
+        let mut request = agent.get(&format!("{base}{path}")).timeout(Duration::from_secs(5));
         if let Some(t) = token {
             request = request.set("Authorization", &format!("Bearer {t}"));
         }
@@ -182,7 +205,8 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     let dir = tempfile::tempdir().unwrap();
     let password = key_password();
     let env = [("RILL_TEST_KEY_PASSWORD", password.as_str()), ("RUST_LOG", "debug")];
-    let job = bank_on(dir.path(), &unique("secret"), MTLS_BROKERS, &mtls_table(), &env);
+    let tag = unique("secret");
+    let job = bank_on(dir.path(), &tag, MTLS_BROKERS, &mtls_table(), &env);
     let path = job.to_str().unwrap();
     let token = format!("api-token-{}", unique("t"));
     let token_file = dir.path().join("token");
@@ -218,11 +242,16 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     ));
 
     let port = free_port();
-    let http = format!("127.0.0.1:{port}");
+    let http = format!("https://127.0.0.1:{port}");
+    let agent = tls_agent();
     let mut running = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .args(["submit", path, "--http", &format!("0.0.0.0:{port}")])
         .arg("--http-token-file")
         .arg(&token_file)
+        .arg("--http-tls-cert")
+        .arg(tls_dir().join("server.pem"))
+        .arg("--http-tls-key")
+        .arg(tls_dir().join("server.key"))
         .envs(env.iter().copied())
         .current_dir(root())
         .stdout(Stdio::null())
@@ -231,7 +260,8 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let committed = loop {
-        let epochs = ureq::get(&format!("http://{http}/api/v1/epochs"))
+        let epochs = agent
+            .get(&format!("{http}/api/v1/epochs"))
             .set("Authorization", &format!("Bearer {token}"))
             .timeout(Duration::from_secs(5))
             .call()
@@ -246,21 +276,28 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     assert!(!committed.is_empty());
     // Without the token, every route answers 401, the stop too.
     for (method, route) in [("GET", "/api/v1/job"), ("GET", "/metrics"), ("POST", "/api/v1/stop")] {
-        match ureq::request(method, &format!("http://{http}{route}")).call() {
+        match agent.request(method, &format!("{http}{route}")).call() {
             Err(ureq::Error::Status(401, _)) => {}
             other => panic!("{method} {route} without the token: {other:?}"),
         }
     }
-    let wrong = ureq::get(&format!("http://{http}/api/v1/job"))
+    let wrong = agent
+        .get(&format!("{http}/api/v1/job"))
         .set("Authorization", "Bearer not-the-token")
         .call();
     assert!(matches!(wrong, Err(ureq::Error::Status(401, _))));
-    let refused = jobctl(&["status", "--http", &http]);
+    // Plain http to the https endpoint gets no answer.
+    assert!(ureq::get(&format!("http://127.0.0.1:{port}/api/v1/job")).call().is_err());
+    let ca = tls_dir().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let refused = jobctl(&["status", "--http", &http, "--http-ca-file", ca]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("needs its token: pass --http-token-file"));
-    seen.push_str(&endpoint_text(&http, Some(&token)));
-    let status = ok(&["status", "--http", &http, "--http-token-file", token_file.to_str().unwrap()]);
+    seen.push_str(&endpoint_text(&agent, &http, Some(&token)));
+    let token_path = token_file.to_str().unwrap();
+    let status = ok(&["status", "--http", &http, "--http-token-file", token_path, "--http-ca-file", ca]);
+    assert!(status.contains(&format!("{tag}-bank")), "{status}");
     seen.push_str(&status);
-    ok(&["stop", "--http", &http, "--http-token-file", token_file.to_str().unwrap()]);
+    ok(&["stop", "--http", &http, "--http-token-file", token_path, "--http-ca-file", ca]);
     let mut stderr = String::new();
     std::io::Read::read_to_string(running.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(running.wait().unwrap().success(), "{stderr}");
@@ -283,6 +320,19 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     }
 }
 
+/// An https client that trusts the test CA.
+fn tls_agent() -> ureq::Agent {
+    let pem = std::fs::read(tls_dir().join("ca.pem")).unwrap();
+    ureq::AgentBuilder::new()
+        .tls_connector(std::sync::Arc::new(
+            native_tls::TlsConnector::builder()
+                .add_root_certificate(native_tls::Certificate::from_pem(&pem).unwrap())
+                .build()
+                .unwrap(),
+        ))
+        .build()
+}
+
 /// A URL of the Postgres of `scripts/secure-up` (TLS and SCRAM only).
 fn tls_postgres_url(password: &str, query: &str) -> String {
     format!("postgresql://rill:{password}@127.0.0.1:5433/postgres?{query}")
@@ -296,14 +346,15 @@ fn pg_password() -> String {
 }
 
 #[test]
-fn cashback_lands_once_through_postgres_over_tls_with_scram_and_a_wrong_password_or_ca_is_refused() {
+fn cashback_lands_once_over_tls_kafka_and_postgres_over_tls_with_scram_and_a_wrong_password_or_ca_is_refused(
+) {
     require_tls();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("pgtls");
     let (job, input, table, errors) = cashback_job(dir.path(), &tag);
     let ca = tls_dir().join("ca.pem");
     let verified = format!("sslmode=verify-full&sslrootcert={}", ca.display());
-    let text = std::fs::read_to_string(&job).unwrap().replace(
+    let text = on_tls(&std::fs::read_to_string(&job).unwrap()).replace(
         "postgresql://postgres@127.0.0.1:5432/postgres",
         &tls_postgres_url("${RILL_TEST_PG_PASSWORD}", &verified),
     );
@@ -350,7 +401,7 @@ fn cashback_lands_once_through_postgres_over_tls_with_scram_and_a_wrong_password
         ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
     }
     let url = tls_postgres_url(&password, &verified);
-    let (eligible, malformed) = super::cashback_expected(&input);
+    let (eligible, malformed) = super::cashback_expected_on(&tls_brokers(), &input);
     let mut written: Vec<i64> = rill::connectors::postgres_sink::table_rows(&url, &table)
         .unwrap()
         .iter()
@@ -391,7 +442,8 @@ fn https_registry(port: u16, topic: &str, users: &Path) -> std::process::Child {
 }
 
 #[test]
-fn a_job_and_confluents_client_read_the_same_schemas_from_an_https_registry_with_basic_auth() {
+fn over_tls_kafka_a_job_and_confluents_client_read_the_same_schemas_from_an_https_registry_with_basic_auth(
+) {
     require_tls();
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("sr");
@@ -403,17 +455,7 @@ fn a_job_and_confluents_client_read_the_same_schemas_from_an_https_registry_with
     let url = format!("https://127.0.0.1:{port}");
 
     // Without credentials, or with wrong ones: 401, as Confluent's answers.
-    let agent = ureq::AgentBuilder::new()
-        .tls_connector(std::sync::Arc::new(
-            native_tls::TlsConnector::builder()
-                .add_root_certificate(
-                    native_tls::Certificate::from_pem(&std::fs::read(tls_dir().join("ca.pem")).unwrap())
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        ))
-        .build();
+    let agent = tls_agent();
     match agent.get(&format!("{url}/subjects")).call() {
         Err(ureq::Error::Status(401, r)) => {
             assert_eq!(r.into_string().unwrap(), r#"{"error_code":40101,"message":"Unauthorized"}"#)
@@ -427,8 +469,7 @@ fn a_job_and_confluents_client_read_the_same_schemas_from_an_https_registry_with
     );
     let topics = ["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"];
     let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
-    let text = std::fs::read_to_string(&job)
-        .unwrap()
+    let text = on_tls(&std::fs::read_to_string(&job).unwrap())
         .replace("registry_url = \"http://127.0.0.1:8081\"\n", &registry_settings);
     std::fs::write(&job, &text).unwrap();
     let path = job.to_str().unwrap();
@@ -473,7 +514,7 @@ for s in sorted(c.get_subjects()):
     let listed = String::from_utf8_lossy(&py.stdout).to_string();
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     let ids_in_records = |topic: &str| -> BTreeSet<u32> {
-        read_topic(topic)
+        read_topic_on(&tls_brokers(), topic)
             .iter()
             .map(|r| avro::split_wire(&r.value).unwrap().0)
             .collect()
@@ -492,4 +533,38 @@ for s in sorted(c.get_subjects()):
     }
     let _ = registry.kill();
     let _ = registry.wait();
+}
+
+#[test]
+fn turnstile_windows_over_tls_count_every_event_once_in_the_topic_and_the_lake() {
+    require_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("tlsturn");
+    let (job, t) = turnstile_copy(dir.path(), &tag);
+    std::fs::write(&job, on_tls(&std::fs::read_to_string(&job).unwrap())).unwrap();
+    let path = job.to_str().unwrap();
+    ok(&["datagen", "turnstile", "--job", path, "--count", "1200", "--stations", "3", "--quiet"]);
+    for workers in ["2", "1"] {
+        ok(&["submit", path, "--until-caught-up", "--quiet", "--http", "off", "--workers", workers]);
+    }
+    let topic: Vec<serde_json::Value> = read_topic_on(&tls_brokers(), &t["turnstile-station-counts"])
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    let mut windows = BTreeSet::new();
+    for w in &topic {
+        let id = (w["station"].to_string(), w["window_start"].as_i64().unwrap());
+        assert!(windows.insert(id.clone()), "window {id:?} sent twice");
+    }
+    let reports: i64 = topic.iter().map(|w| w["reports"].as_i64().unwrap()).sum();
+    let dead = read_topic_on(&tls_brokers(), &t["turnstile-dead-letters"]).len() as i64;
+    assert_eq!(reports + dead, 1200, "every event in one window or dead");
+    // The lake holds the topic's windows, row for row.
+    let mut lake_reports = 0i64;
+    for file in lake_files(&dir.path().join("out/turnstile")) {
+        for line in gunzip(&file).lines().skip(1) {
+            lake_reports += line.rsplit(',').next().unwrap().parse::<i64>().unwrap();
+        }
+    }
+    assert_eq!(lake_reports, reports);
 }
