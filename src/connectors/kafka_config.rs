@@ -201,6 +201,23 @@ mod tests {
     }
 
     #[test]
+    fn the_build_offers_tls_every_sasl_mechanism_but_kerberos_and_oidc() {
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("security.protocol", "SSL"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.mechanism", "OAUTHBEARER"),
+            // OIDC client credentials need curl in the build.
+            ("sasl.oauthbearer.method", "oidc"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            assert_eq!(check_property(k, v), None, "{k} = {v}");
+        }
+    }
+
+    #[test]
     fn librdkafka_judges_names_and_values_and_rill_keeps_its_own() {
         assert_eq!(check_property("security.protocol", "SASL_SSL"), None);
         assert_eq!(check_property("sasl.mechanism", "SCRAM-SHA-512"), None);

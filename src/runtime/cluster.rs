@@ -147,15 +147,18 @@ fn nonce() -> [u8; 16] {
     n
 }
 
-/// Process `index`'s proof that it knows `key`, for a peer that sent
-/// `nonce`: HMAC-SHA256 over both.
-fn proof(key: &[u8; 32], nonce: &[u8; 16], index: usize) -> [u8; 32] {
+/// Process `prover`'s proof to process `verifier`, which sent `nonce`,
+/// that it knows `key`: HMAC-SHA256 over all three. Both indexes are in
+/// it, so that a proof one process gives a stranger is no proof to any
+/// other process.
+fn proof(key: &[u8; 32], nonce: &[u8; 16], prover: usize, verifier: usize) -> [u8; 32] {
     let pkey = openssl::pkey::PKey::hmac(key).expect("an HMAC key");
     let mut signer =
         openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).expect("HMAC");
     signer.update(b"rill-cluster").expect("HMAC");
     signer.update(nonce).expect("HMAC");
-    signer.update(&(index as u64).to_be_bytes()).expect("HMAC");
+    signer.update(&(prover as u64).to_be_bytes()).expect("HMAC");
+    signer.update(&(verifier as u64).to_be_bytes()).expect("HMAC");
     let mut out = [0u8; 32];
     out.copy_from_slice(&signer.sign_to_vec().expect("HMAC"));
     out
@@ -171,10 +174,10 @@ fn prove(
     mine: &[u8; 16],
     theirs: &[u8; 16],
 ) -> std::io::Result<bool> {
-    stream.write_all(&proof(key, theirs, me))?;
+    stream.write_all(&proof(key, theirs, me, peer))?;
     let mut got = [0u8; 32];
     stream.read_exact(&mut got)?;
-    Ok(openssl::memcmp::eq(&got, &proof(key, mine, peer)))
+    Ok(openssl::memcmp::eq(&got, &proof(key, mine, peer, me)))
 }
 
 /// Reads a peer's hello: (control, index, identity, nonce).

@@ -153,6 +153,10 @@ fn build_librdkafka() {
         if let Ok(curl_root) = env::var("DEP_CURL_ROOT") {
             cflags.push("-DCURLSTATIC_LIB".to_string());
             cflags.push(format!("-I{}/include", curl_root));
+            // rill: where curl-sys puts the static libcurl, without which
+            // configure's check for libcurl fails and OIDC is left out.
+            ldflags.push(format!("-L{}/build", curl_root));
+            ldflags.push(format!("-L{}/lib", curl_root));
         }
     } else {
         configure_flags.push("--disable-curl".into());
