@@ -145,6 +145,38 @@ fn the_bank_split_commits_over_tls_and_mutual_tls_what_it_commits_over_plaintext
 }
 
 #[test]
+fn validate_warns_about_a_password_in_clear_and_names_a_variable_that_is_not_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("clear.toml");
+    let text = std::fs::read_to_string(root().join("jobs/bank.toml"))
+        .unwrap()
+        .replace("../schemas/", &format!("{}/schemas/", root().display()))
+        .replace(
+            "\n[sources.",
+            "\n[job.kafka]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"${RILL_TEST_USER}\"\n\"sasl.password\" = \"hunter2-in-clear\"\n\n[sources.",
+        );
+    std::fs::write(&job, &text).unwrap();
+    let path = job.to_str().unwrap();
+    let out = run(&["validate", path], &[("RILL_TEST_USER", "alice")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {path}: line 16, column 19: job: `job.kafka.sasl.password` holds a password written in the job file"
+        )) && stderr.contains("write `${NAME}` to take it from the environment"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2-in-clear"), "{stderr}");
+    let out = jobctl(&["validate", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 15, column 19: job: `job.kafka.sasl.username`: environment variable `RILL_TEST_USER` is not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_certificate_that_does_not_verify_or_a_missing_client_certificate_is_named() {
     require_tls();
     let d = tls_dir();
