@@ -70,6 +70,10 @@ enum Command {
         /// a `NAME:PASSWORD` per line, as Confluent's registry can.
         #[arg(long, value_name = "FILE")]
         users_file: Option<PathBuf>,
+        /// Require a bearer token of this file (a token per line), or the
+        /// basic credentials of --users-file when both are given.
+        #[arg(long, value_name = "FILE")]
+        tokens_file: Option<PathBuf>,
         /// The compacted topic that holds the schemas.
         #[arg(long, default_value = "_schemas")]
         topic: String,
@@ -246,6 +250,7 @@ pub fn main() -> Result<()> {
             tls_cert,
             tls_key,
             users_file,
+            tokens_file,
         } => {
             let job = job.as_deref().map(Spec::load).transpose()?.map(|s| s.job);
             let brokers = kafka.brokers(job.as_ref())?;
@@ -259,12 +264,18 @@ pub fn main() -> Result<()> {
                         .map_err(|e| anyhow::anyhow!(e))?,
                     None => Default::default(),
                 },
+                tokens: match &tokens_file {
+                    Some(f) => crate::connectors::registry_server::read_tokens(f)
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                    None => Default::default(),
+                },
             };
             let scheme = if access.tls.is_some() { "https" } else { "http" };
-            let auth = if access.users.is_empty() {
-                ""
-            } else {
-                ", basic authentication required"
+            let auth = match (access.users.is_empty(), access.tokens.is_empty()) {
+                (true, true) => "",
+                (false, true) => ", basic authentication required",
+                (true, false) => ", a bearer token required",
+                (false, false) => ", basic authentication or a bearer token required",
             };
             let registry = Registry::open(&brokers, &topic)?;
             eprintln!("schema registry listening on {scheme}://{listen}{auth}, schemas kept in topic `{topic}` on {brokers}");

@@ -192,16 +192,19 @@ impl Registry {
             .build()
             .map_err(|e| listen(e.to_string()))?;
         let me = self;
-        let users = Arc::new(access.users);
+        let gate = Arc::new((access.users, access.tokens));
         let app = axum::Router::new().fallback(
             move |method: axum::http::Method,
                   uri: axum::http::Uri,
                   headers: axum::http::HeaderMap,
                   body: String| {
                 let me = me.clone();
-                let users = users.clone();
+                let gate = gate.clone();
                 async move {
-                    if !users.is_empty() && !admitted(&users, &headers) {
+                    let (users, tokens) = &*gate;
+                    if (!users.is_empty() || !tokens.is_empty())
+                        && !admitted(users, tokens, &headers)
+                    {
                         return (
                             axum::http::StatusCode::UNAUTHORIZED,
                             [
@@ -528,8 +531,29 @@ fn check(level: &str, schema: &str, existing: &[&Version]) -> Vec<String> {
 #[derive(Default)]
 pub struct ServeAccess {
     pub tls: Option<Arc<openssl::ssl::SslAcceptor>>,
-    /// user -> password; empty: anyone.
+    /// user -> password, for basic authentication.
     pub users: std::collections::HashMap<String, String>,
+    /// Bearer tokens. With neither users nor tokens: anyone.
+    pub tokens: Vec<String>,
+}
+
+/// Reads a tokens file: a bearer token per line, `#` comments.
+pub fn read_tokens(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the tokens file {}: {e}", path.display()))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if tokens.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    for t in &tokens {
+        crate::secrets::keep(t);
+    }
+    Ok(tokens)
 }
 
 /// Reads a users file: `NAME:PASSWORD` per line, `#` comments.
@@ -558,17 +582,25 @@ pub fn read_users(path: &std::path::Path) -> Result<std::collections::HashMap<St
     Ok(users)
 }
 
-/// Whether the request's basic credentials are one of `users`.
+/// Whether the request carries the basic credentials of one of `users`
+/// or one of `tokens` as a bearer token.
 fn admitted(
     users: &std::collections::HashMap<String, String>,
+    tokens: &[String],
     headers: &axum::http::HeaderMap,
 ) -> bool {
     use base64::Engine as _;
-    let Some(encoded) = headers
+    let same = |a: &str, b: &str| a.len() == b.len() && openssl::memcmp::eq(a.as_bytes(), b.as_bytes());
+    let Some(auth) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
     else {
+        return false;
+    };
+    if let Some(token) = auth.strip_prefix("Bearer ") {
+        return tokens.iter().any(|t| same(t, token.trim()));
+    }
+    let Some(encoded) = auth.strip_prefix("Basic ") else {
         return false;
     };
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
@@ -580,9 +612,7 @@ fn admitted(
     let Some((name, password)) = text.split_once(':') else {
         return false;
     };
-    users.get(name).is_some_and(|want| {
-        want.len() == password.len() && openssl::memcmp::eq(want.as_bytes(), password.as_bytes())
-    })
+    users.get(name).is_some_and(|want| same(want, password))
 }
 
 #[cfg(test)]

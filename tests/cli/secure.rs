@@ -446,8 +446,9 @@ fn cashback_lands_once_over_tls_kafka_and_postgres_over_tls_with_scram_and_a_wro
     assert_eq!(error_rows.len(), malformed);
 }
 
-/// `jobctl registry` over https, with basic authentication by `users`.
-fn https_registry(port: u16, topic: &str, users: &Path) -> std::process::Child {
+/// `jobctl registry` over https, with basic authentication by `users` or
+/// a bearer token of `tokens`.
+fn https_registry(port: u16, topic: &str, users: &Path, tokens: &Path) -> std::process::Child {
     let d = tls_dir();
     let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
         .args(["registry", "--listen", &format!("127.0.0.1:{port}"), "--brokers", BROKERS])
@@ -458,6 +459,8 @@ fn https_registry(port: u16, topic: &str, users: &Path) -> std::process::Child {
         .arg(d.join("server.key"))
         .arg("--users-file")
         .arg(users)
+        .arg("--tokens-file")
+        .arg(tokens)
         .current_dir(root())
         .stderr(Stdio::piped())
         .spawn()
@@ -482,8 +485,11 @@ fn over_tls_kafka_a_job_and_confluents_client_read_the_same_schemas_from_an_http
     let users = dir.path().join("users");
     let secret = format!("sr-secret-{tag}");
     std::fs::write(&users, format!("# name:password\nsr-key:{secret}\n")).unwrap();
+    let tokens = dir.path().join("tokens");
+    let token = format!("sr-token-{tag}");
+    std::fs::write(&tokens, format!("{token}\n")).unwrap();
     let port = free_port();
-    let mut registry = https_registry(port, &format!("_schemas-{tag}"), &users);
+    let mut registry = https_registry(port, &format!("_schemas-{tag}"), &users, &tokens);
     let url = format!("https://127.0.0.1:{port}");
 
     // Without credentials, or with wrong ones: 401, as Confluent's answers.
@@ -525,6 +531,21 @@ fn over_tls_kafka_a_job_and_confluents_client_read_the_same_schemas_from_an_http
     let committed = ok_with(&["verify", path], &env);
     assert_eq!(committed.lines().count(), 6, "{committed}");
     assert_eq!(committed.lines().filter(|l| l.starts_with("approved ")).count(), 5);
+    // The same job with a bearer token instead decodes the same records.
+    let with_token = job.with_file_name(format!("token-{tag}.toml"));
+    std::fs::write(
+        &with_token,
+        text.replace(
+            "registry_username = \"sr-key\"\nregistry_password = \"${RILL_TEST_SR_SECRET}\"\n",
+            "registry_token = \"${RILL_TEST_SR_TOKEN}\"\n",
+        ),
+    )
+    .unwrap();
+    let by_token = ok_with(
+        &["verify", with_token.to_str().unwrap()],
+        &[("RILL_TEST_SR_TOKEN", token.as_str())],
+    );
+    assert_eq!(by_token, committed);
 
     // Confluent's Python client, with its own basic auth setting, finds
     // the schemas the job registered, under the ids the job's records
