@@ -250,7 +250,10 @@ mod tests {
             expand("${file:/no/such/file}", Path::new("."), &env),
             Err(ExpandError::File { path, .. }) if path == "/no/such/file"
         ));
-        assert_eq!(expand("${USER", Path::new("."), &env), Err(ExpandError::Unclosed));
+        assert_eq!(
+            expand("${USER", Path::new("."), &env),
+            Err(ExpandError::Unclosed)
+        );
         assert_eq!(expand("${}", Path::new("."), &env), Err(ExpandError::Empty));
     }
 
@@ -268,7 +271,12 @@ mod tests {
         ] {
             assert!(is_credential(key), "{key}");
         }
-        for key in ["sasl.username", "ssl.ca.location", "ssl.certificate.location", "brokers"] {
+        for key in [
+            "sasl.username",
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "brokers",
+        ] {
             assert!(!is_credential(key), "{key}");
         }
     }

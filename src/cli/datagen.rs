@@ -193,7 +193,8 @@ pub fn run(args: DatagenArgs) -> Result<()> {
     )?;
     let schema_id = match source.config.format {
         Format::Avro => Some(
-            plan.job.registry()
+            plan.job
+                .registry()
                 .register(&format!("{topic}-value"), &source.reader_text)
                 .context("registering the input schema")?,
         ),

@@ -25,9 +25,7 @@ impl KafkaArgs {
     /// properties and then `-X`'s. Every bad `-X` is named at once.
     pub fn brokers(&self, job: Option<&JobConfig>) -> Result<Brokers> {
         let base = match (&self.brokers, job) {
-            (Some(servers), Some(job)) => {
-                Brokers::new(servers, job.brokers.properties().clone())
-            }
+            (Some(servers), Some(job)) => Brokers::new(servers, job.brokers.properties().clone()),
             (Some(servers), None) => Brokers::plaintext(servers),
             (None, Some(job)) => job.brokers.clone(),
             (None, None) => Brokers::plaintext("127.0.0.1:9092"),
@@ -45,10 +43,9 @@ pub fn properties(given: &[String]) -> Result<BTreeMap<String, String>> {
             problems.push(format!("-X {p}: write it as KEY=VALUE"));
             continue;
         };
-        let expanded = crate::secrets::expand(v, std::path::Path::new("."), &|n| {
-            std::env::var(n).ok()
-        })
-        .map_err(|e| anyhow::anyhow!("-X {k}: {e}"))?;
+        let expanded =
+            crate::secrets::expand(v, std::path::Path::new("."), &|n| std::env::var(n).ok())
+                .map_err(|e| anyhow::anyhow!("-X {k}: {e}"))?;
         crate::secrets::keep_from_setting(k, &expanded);
         match check_property(k.trim(), &expanded.value) {
             Some(problem) => problems.push(format!("-X {k}: {problem}")),
@@ -83,9 +80,18 @@ mod tests {
         assert_eq!(c.get("socket.timeout.ms"), Some("1000"));
         let bad = KafkaArgs {
             brokers: Some("x:1".into()),
-            property: vec!["nope".into(), "group.id=g".into(), "socket.timeout.ms=1000".into()],
+            property: vec![
+                "nope".into(),
+                "group.id=g".into(),
+                "socket.timeout.ms=1000".into(),
+            ],
         };
         let e = bad.brokers(None).unwrap_err().to_string();
-        assert!(e.starts_with("-X nope: write it as KEY=VALUE\n-X group.id: rill sets `group.id` itself"), "{e}");
+        assert!(
+            e.starts_with(
+                "-X nope: write it as KEY=VALUE\n-X group.id: rill sets `group.id` itself"
+            ),
+            "{e}"
+        );
     }
 }

@@ -277,7 +277,10 @@ fn spawn(
         cmd.arg("--http-insecure");
     }
     if let (Some(cert), Some(key)) = (&args.http_tls_cert, &args.http_tls_key) {
-        cmd.arg("--http-tls-cert").arg(cert).arg("--http-tls-key").arg(key);
+        cmd.arg("--http-tls-cert")
+            .arg(cert)
+            .arg("--http-tls-key")
+            .arg(key);
     }
     if let Some(r) = args.max_records_per_second {
         cmd.args(["--max-records-per-second", &r.to_string()]);

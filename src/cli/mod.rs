@@ -97,31 +97,15 @@ enum Command {
     /// Print a running job's state, epochs and counts, from its HTTP
     /// endpoint.
     Status {
-        /// The job's endpoint (its start line says which).
-        #[arg(long, default_value = "127.0.0.1:9249")]
-        http: String,
-        /// The token the job was started with (its --http-token-file).
-        #[arg(long, value_name = "FILE")]
-        http_token_file: Option<PathBuf>,
-        /// The CA of an https endpoint (`--http https://host:port`) whose
-        /// certificate no CA of the system signed.
-        #[arg(long, value_name = "FILE")]
-        http_ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: ops::EndpointArgs,
     },
     /// A pull query against a running job's committed state, as ksqlDB
     /// takes one: `SELECT … FROM table [WHERE key = …] [LIMIT n]`.
     Query {
         sql: String,
-        /// The job's endpoint (its start line says which).
-        #[arg(long, default_value = "127.0.0.1:9249")]
-        http: String,
-        /// The token the job was started with (its --http-token-file).
-        #[arg(long, value_name = "FILE")]
-        http_token_file: Option<PathBuf>,
-        /// The CA of an https endpoint (`--http https://host:port`) whose
-        /// certificate no CA of the system signed.
-        #[arg(long, value_name = "FILE")]
-        http_ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: ops::EndpointArgs,
         /// A JSON object per row instead of a table.
         #[arg(long)]
         json: bool,
@@ -129,16 +113,8 @@ enum Command {
     /// Stop a running job gracefully: its open epoch commits, then it
     /// exits (a cluster stops as a whole).
     Stop {
-        /// The job's endpoint (its start line says which).
-        #[arg(long, default_value = "127.0.0.1:9249")]
-        http: String,
-        /// The token the job was started with (its --http-token-file).
-        #[arg(long, value_name = "FILE")]
-        http_token_file: Option<PathBuf>,
-        /// The CA of an https endpoint (`--http https://host:port`) whose
-        /// certificate no CA of the system signed.
-        #[arg(long, value_name = "FILE")]
-        http_ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: ops::EndpointArgs,
         /// How long to wait for the job to exit.
         #[arg(long, default_value_t = 120_000)]
         wait_ms: u64,
@@ -270,7 +246,11 @@ pub fn main() -> Result<()> {
                     None => Default::default(),
                 },
             };
-            let scheme = if access.tls.is_some() { "https" } else { "http" };
+            let scheme = if access.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let auth = match (access.users.is_empty(), access.tokens.is_empty()) {
                 (true, true) => "",
                 (false, true) => ", basic authentication required",
@@ -288,26 +268,12 @@ pub fn main() -> Result<()> {
         Command::Verify(args) => verify::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Reset(args) => reset::run(args),
-        Command::Status {
-            http,
-            http_token_file,
-            http_ca_file,
-        } => ops::status(&ops::Endpoint::new(
-            http,
-            http_token_file.as_deref(),
-            http_ca_file.as_deref(),
-        )?),
+        Command::Status { endpoint } => ops::status(&endpoint.open()?),
         Command::Query {
             sql,
-            http,
-            http_token_file,
-            http_ca_file,
+            endpoint,
             json,
-        } => ops::query(
-            &ops::Endpoint::new(http, http_token_file.as_deref(), http_ca_file.as_deref())?,
-            &sql,
-            json,
-        ),
+        } => ops::query(&endpoint.open()?, &sql, json),
         Command::Explain { job, property, dot } => {
             let mut plan = load_plan(&job)?;
             plan.job.brokers = plan.job.brokers.with(&kafka_args::properties(&property)?);
@@ -319,14 +285,8 @@ pub fn main() -> Result<()> {
             print!("{}", crate::secrets::redact(&text));
             Ok(())
         }
-        Command::Stop {
-            http,
-            http_token_file,
-            http_ca_file,
-            wait_ms,
-        } => ops::stop(
-            &ops::Endpoint::new(http, http_token_file.as_deref(), http_ca_file.as_deref())?,
-            std::time::Duration::from_millis(wait_ms),
-        ),
+        Command::Stop { endpoint, wait_ms } => {
+            ops::stop(&endpoint.open()?, std::time::Duration::from_millis(wait_ms))
+        }
     }
 }

@@ -5,6 +5,31 @@ use crate::runtime::observe::JobView;
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 
+/// How `status`, `query` and `stop` reach a job's endpoint.
+#[derive(clap::Args)]
+pub struct EndpointArgs {
+    /// The job's endpoint (its start line says which).
+    #[arg(long, default_value = "127.0.0.1:9249")]
+    http: String,
+    /// The token the job was started with (its --http-token-file).
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<std::path::PathBuf>,
+    /// The CA of an https endpoint (`--http https://host:port`) whose
+    /// certificate no CA of the system signed.
+    #[arg(long, value_name = "FILE")]
+    http_ca_file: Option<std::path::PathBuf>,
+}
+
+impl EndpointArgs {
+    pub fn open(self) -> Result<Endpoint> {
+        Endpoint::new(
+            self.http,
+            self.http_token_file.as_deref(),
+            self.http_ca_file.as_deref(),
+        )
+    }
+}
+
 /// A job's endpoint, and the token it wants if it wants one.
 pub struct Endpoint {
     /// As given: `host:port`, or a URL (`https://host:port`).
@@ -21,9 +46,7 @@ impl Endpoint {
         token_file: Option<&std::path::Path>,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self> {
-        let token = token_file
-            .map(crate::ops::access::read_token)
-            .transpose()?;
+        let token = token_file.map(crate::ops::access::read_token).transpose()?;
         let mut tls = native_tls::TlsConnector::builder();
         if let Some(ca) = ca_file {
             let pem = std::fs::read(ca)

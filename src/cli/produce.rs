@@ -224,7 +224,9 @@ fn encoding(
                 bail!("the job reads `{topic}` as text: a text source has no schema to encode Avro with");
             }
             let rows = rows().context("the source's schema")?;
-            let id = plan.job.registry()
+            let id = plan
+                .job
+                .registry()
                 .register(&format!("{topic}-value"), &source.reader_text)
                 .context("registering the source's schema")?;
             Encoding::Avro {

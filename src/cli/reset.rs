@@ -86,7 +86,11 @@ fn kept_lines(kept: &Kept) -> Vec<String> {
 }
 
 fn left_lines(kept: &Kept, brokers: &crate::connectors::kafka_config::Brokers) -> Vec<String> {
-    let broker = brokers.servers().split(',').next().unwrap_or(brokers.servers());
+    let broker = brokers
+        .servers()
+        .split(',')
+        .next()
+        .unwrap_or(brokers.servers());
     let mut out = Vec::new();
     for (sink, topic) in &kept.outputs {
         out.push(format!(

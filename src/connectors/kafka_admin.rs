@@ -474,7 +474,12 @@ fn check_settings(brokers: &Brokers, topic: &str, kind: TopicKind) -> Result<(),
     }
     Err(KafkaAdminError::Settings {
         topic: topic.into(),
-        brokers: brokers.servers().split(',').next().unwrap_or(brokers.servers()).into(),
+        brokers: brokers
+            .servers()
+            .split(',')
+            .next()
+            .unwrap_or(brokers.servers())
+            .into(),
         wrong: wrong
             .iter()
             .map(|(name, want, have)| format!("{name}={want} (it is {have})"))

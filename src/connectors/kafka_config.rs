@@ -223,10 +223,16 @@ mod tests {
         assert_eq!(check_property("sasl.mechanism", "SCRAM-SHA-512"), None);
         assert_eq!(check_property("ssl.ca.location", "/etc/ssl/ca.pem"), None);
         let unknown = check_property("sasl.pasword", "x").unwrap();
-        assert!(unknown.contains("No such configuration property"), "{unknown}");
+        assert!(
+            unknown.contains("No such configuration property"),
+            "{unknown}"
+        );
         let bad = check_property("security.protocol", "tls").unwrap();
         assert!(bad.contains("Invalid value"), "{bad}");
         let owned = check_property("transactional.id", "mine").unwrap();
-        assert!(owned.starts_with("rill sets `transactional.id` itself"), "{owned}");
+        assert!(
+            owned.starts_with("rill sets `transactional.id` itself"),
+            "{owned}"
+        );
     }
 }

@@ -79,10 +79,16 @@ pub struct PostgresSink {
 /// TLS, which no retry mends.
 fn is_refusal(e: &tokio_postgres::Error, described: &str) -> bool {
     // Class 28: invalid authorization (a password, a role, pg_hba.conf).
-    e.as_db_error().is_some_and(|db| db.code().code().starts_with("28"))
-        || ["certificate verify failed", "does not support TLS", "sslkey", "sslcert"]
-            .iter()
-            .any(|w| described.contains(w))
+    e.as_db_error()
+        .is_some_and(|db| db.code().code().starts_with("28"))
+        || [
+            "certificate verify failed",
+            "does not support TLS",
+            "sslkey",
+            "sslcert",
+        ]
+        .iter()
+        .any(|w| described.contains(w))
 }
 
 pub fn describe(e: &tokio_postgres::Error) -> String {

@@ -71,8 +71,15 @@ fn split_tls(url: &str) -> Result<(String, TlsParams), String> {
         let v = percent_decode(v);
         match k {
             "sslmode" => {
-                if !["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-                    .contains(&v.as_str())
+                if ![
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ]
+                .contains(&v.as_str())
                 {
                     return Err(format!(
                         "sslmode={v} is not one of disable, allow, prefer, require, verify-ca, verify-full"
@@ -104,14 +111,16 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
+            (b'%', Some(hex)) => {
+                match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
                 }
-                Err(_) => out.push(b'%'),
-            },
+            }
             (b, _) => out.push(b),
         }
         i += 1;
@@ -121,8 +130,7 @@ fn percent_decode(s: &str) -> String {
 
 fn connector(tls: &TlsParams) -> Result<MakeTlsConnector, String> {
     let ssl = |what: &str, e: openssl::error::ErrorStack| format!("{what}: {e}");
-    let mut builder =
-        SslConnector::builder(SslMethod::tls_client()).map_err(|e| ssl("TLS", e))?;
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| ssl("TLS", e))?;
     let verify = match tls.mode.as_str() {
         "verify-ca" | "verify-full" => true,
         "require" => tls.root_cert.is_some(),
@@ -178,11 +186,17 @@ mod tests {
             "postgres://app:pw@db.example.com:5432/x?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=rill",
         )
         .unwrap();
-        assert_eq!(rest, "postgres://app:pw@db.example.com:5432/x?application_name=rill");
+        assert_eq!(
+            rest,
+            "postgres://app:pw@db.example.com:5432/x?application_name=rill"
+        );
         assert_eq!(tls.mode, "verify-full");
         assert_eq!(tls.root_cert.as_deref(), Some("/etc/ca.pem"));
         let (rest, tls) = split_tls("postgres://127.0.0.1/x").unwrap();
-        assert_eq!((rest.as_str(), tls.mode.as_str()), ("postgres://127.0.0.1/x", "prefer"));
+        assert_eq!(
+            (rest.as_str(), tls.mode.as_str()),
+            ("postgres://127.0.0.1/x", "prefer")
+        );
         let e = split_tls("postgres://h/x?sslmode=verify").unwrap_err();
         assert!(e.starts_with("sslmode=verify is not one of"), "{e}");
     }

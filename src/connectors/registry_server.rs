@@ -104,7 +104,10 @@ pub enum ServeError {
 impl Registry {
     /// Reads the registry topic from its start to its end, so the state is
     /// what it was before the restart.
-    pub fn open(brokers: &crate::connectors::kafka_config::Brokers, topic: &str) -> Result<Arc<Self>, ServeError> {
+    pub fn open(
+        brokers: &crate::connectors::kafka_config::Brokers,
+        topic: &str,
+    ) -> Result<Arc<Self>, ServeError> {
         kafka_admin::check_broker(brokers)?;
         kafka_admin::ensure_topic(brokers, topic, 1, 1, kafka_admin::TopicKind::Compacted)?;
         let load = |reason: String| ServeError::Load {
@@ -557,7 +560,9 @@ pub fn read_tokens(path: &std::path::Path) -> Result<Vec<String>, String> {
 }
 
 /// Reads a users file: `NAME:PASSWORD` per line, `#` comments.
-pub fn read_users(path: &std::path::Path) -> Result<std::collections::HashMap<String, String>, String> {
+pub fn read_users(
+    path: &std::path::Path,
+) -> Result<std::collections::HashMap<String, String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the users file {}: {e}", path.display()))?;
     let mut users = std::collections::HashMap::new();
@@ -590,7 +595,8 @@ fn admitted(
     headers: &axum::http::HeaderMap,
 ) -> bool {
     use base64::Engine as _;
-    let same = |a: &str, b: &str| a.len() == b.len() && openssl::memcmp::eq(a.as_bytes(), b.as_bytes());
+    let same =
+        |a: &str, b: &str| a.len() == b.len() && openssl::memcmp::eq(a.as_bytes(), b.as_bytes());
     let Some(auth) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

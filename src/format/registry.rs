@@ -198,10 +198,7 @@ impl RegistryClient {
                 .map_err(|e| RegistryError::Body(e.to_string(), self.url.clone())),
             Err(ureq::Error::Status(status @ (401 | 403), r)) => Err(RegistryError::Refused {
                 url: self.url.clone(),
-                reason: format!(
-                    "{status} {}",
-                    r.into_string().unwrap_or_default().trim()
-                ),
+                reason: format!("{status} {}", r.into_string().unwrap_or_default().trim()),
             }),
             Err(ureq::Error::Status(status, r)) => {
                 let text = r.into_string().unwrap_or_default();

@@ -91,7 +91,11 @@ pub async fn guard(State(access): State<Access>, request: Request, next: Next) -
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+        .filter_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
         .next();
     let in_query = (request.uri().path() == "/")
         .then(|| {
@@ -161,12 +165,17 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:9249".parse().unwrap();
         assert!(!Access::decide(lo, None, false).unwrap().requires_token());
         let e = Access::decide(any, None, false).unwrap_err().to_string();
-        assert!(e.starts_with("the job's endpoint on 0.0.0.0:9249 would be open"), "{e}");
+        assert!(
+            e.starts_with("the job's endpoint on 0.0.0.0:9249 would be open"),
+            "{e}"
+        );
         assert!(!Access::decide(any, None, true).unwrap().requires_token());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "t0k3n-for-the-api\n").unwrap();
-        assert!(Access::decide(any, Some(&file), false).unwrap().requires_token());
+        assert!(Access::decide(any, Some(&file), false)
+            .unwrap()
+            .requires_token());
         std::fs::write(&file, "\n").unwrap();
         assert!(matches!(
             Access::decide(lo, Some(&file), false),

@@ -121,11 +121,8 @@ pub fn serve(
         (Some(cert), Some(key)) => Some(crate::connectors::https::acceptor(cert, key)?),
         _ => None,
     };
-    let access = super::access::Access::decide(
-        addr,
-        access.token_file.as_deref(),
-        access.insecure,
-    )?;
+    let access =
+        super::access::Access::decide(addr, access.token_file.as_deref(), access.insecure)?;
     let app = router(observer, stop, plan)
         .layer(axum::middleware::map_response(super::access::redact))
         .layer(axum::middleware::from_fn_with_state(
@@ -142,10 +139,12 @@ pub fn serve(
             rt.block_on(async move {
                 let served = match (tokio::net::TcpListener::from_std(listener), tls) {
                     (Ok(l), None) => axum::serve(l, app).await,
-                    (Ok(l), Some(tls)) => match crate::connectors::https::TlsListener::new(l, tls) {
-                        Ok(l) => axum::serve(l, app).await,
-                        Err(e) => Err(e),
-                    },
+                    (Ok(l), Some(tls)) => {
+                        match crate::connectors::https::TlsListener::new(l, tls) {
+                            Ok(l) => axum::serve(l, app).await,
+                            Err(e) => Err(e),
+                        }
+                    }
                     (Err(e), _) => Err(e),
                 };
                 if let Err(e) = served {
@@ -409,16 +408,29 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let spec = crate::spec::Spec::load(&root.join("jobs/bank.toml")).unwrap();
         let plan = Arc::new(Plan::build(&spec).unwrap());
-        let err = serve(&given, &AccessArgs::default(), observer.clone(), stop.clone(), plan.clone()).unwrap_err();
+        let err = serve(
+            &given,
+            &AccessArgs::default(),
+            observer.clone(),
+            stop.clone(),
+            plan.clone(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
                 "cannot serve the job's endpoint on 127.0.0.1:{port}: "
             )),
             "{err}"
         );
-        let moved = serve(&Listen::Default(port), &AccessArgs::default(), observer, stop, plan)
-            .unwrap()
-            .unwrap();
+        let moved = serve(
+            &Listen::Default(port),
+            &AccessArgs::default(),
+            observer,
+            stop,
+            plan,
+        )
+        .unwrap()
+        .unwrap();
         assert!(moved.ip().is_loopback());
         assert_ne!(moved.port(), port);
     }

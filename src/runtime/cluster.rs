@@ -158,7 +158,9 @@ fn proof(key: &[u8; 32], nonce: &[u8; 16], prover: usize, verifier: usize) -> [u
     signer.update(b"rill-cluster").expect("HMAC");
     signer.update(nonce).expect("HMAC");
     signer.update(&(prover as u64).to_be_bytes()).expect("HMAC");
-    signer.update(&(verifier as u64).to_be_bytes()).expect("HMAC");
+    signer
+        .update(&(verifier as u64).to_be_bytes())
+        .expect("HMAC");
     let mut out = [0u8; 32];
     out.copy_from_slice(&signer.sign_to_vec().expect("HMAC"));
     out
@@ -302,17 +304,19 @@ pub fn connect(
             match read_hello(&mut stream) {
                 Ok((_, index, theirs, their_nonce)) if index == peer => {
                     match judge(me, peer, &addresses[peer], id, theirs) {
-                        Ok(()) => match prove(&mut stream, &id.key, me, peer, &mine, &their_nonce) {
-                            Ok(true) => return Ok(stream),
-                            Ok(false) => {
-                                return Err(ClusterError::Secret {
-                                    peer,
-                                    address: addresses[peer].clone(),
-                                })
+                        Ok(()) => {
+                            match prove(&mut stream, &id.key, me, peer, &mine, &their_nonce) {
+                                Ok(true) => return Ok(stream),
+                                Ok(false) => {
+                                    return Err(ClusterError::Secret {
+                                        peer,
+                                        address: addresses[peer].clone(),
+                                    })
+                                }
+                                // Closed by a peer that refused us: try again.
+                                Err(_) => std::thread::sleep(Duration::from_millis(50)),
                             }
-                            // Closed by a peer that refused us: try again.
-                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                        },
+                        }
                         Err(e @ ClusterError::PeerStale { .. }) => last_refusal = Some(e),
                         Err(e) => return Err(e),
                     }

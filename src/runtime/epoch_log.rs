@@ -133,7 +133,10 @@ impl ProducerContext for LastOffset {
 }
 
 impl EpochLog {
-    pub fn open(brokers: &crate::connectors::kafka_config::Brokers, topic: &str) -> Result<Self, RecoveryError> {
+    pub fn open(
+        brokers: &crate::connectors::kafka_config::Brokers,
+        topic: &str,
+    ) -> Result<Self, RecoveryError> {
         // Not idempotent: librdkafka asks for an idempotent producer's id
         // before it has a connection, fails, and asks again only after
         // 500 ms, which every start waited out before logging its start.
@@ -229,7 +232,10 @@ impl EpochLog {
 
 /// The epoch log's records, in order, with their offsets; see
 /// [`planner::live`] for those that count.
-pub fn read_log(brokers: &crate::connectors::kafka_config::Brokers, log: &str) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
+pub fn read_log(
+    brokers: &crate::connectors::kafka_config::Brokers,
+    log: &str,
+) -> Result<Vec<(i64, LogRecord)>, RecoveryError> {
     read_log_from(brokers, log, None)
 }
 
@@ -282,7 +288,11 @@ pub(crate) fn writers_in(records: &[(i64, LogRecord)]) -> u32 {
 /// Names a new run of the job in its log (see [`LogRecord::Incarnation`]),
 /// its epochs numbered after `after_epoch`, and returns the run's name:
 /// the first the log holds, should another start have named one too.
-pub fn name_run(brokers: &crate::connectors::kafka_config::Brokers, log: &str, after_epoch: u64) -> Result<String, RecoveryError> {
+pub fn name_run(
+    brokers: &crate::connectors::kafka_config::Brokers,
+    log: &str,
+    after_epoch: u64,
+) -> Result<String, RecoveryError> {
     let id = format!("{:016x}", rand::random::<u64>());
     EpochLog::open(brokers, log)?.append(
         &LogRecord::Incarnation {
@@ -301,7 +311,10 @@ pub fn name_run(brokers: &crate::connectors::kafka_config::Brokers, log: &str, a
 }
 
 /// The attempt of the newest start in the epoch log.
-pub fn newest_attempt(brokers: &crate::connectors::kafka_config::Brokers, log: &str) -> Result<u32, RecoveryError> {
+pub fn newest_attempt(
+    brokers: &crate::connectors::kafka_config::Brokers,
+    log: &str,
+) -> Result<u32, RecoveryError> {
     Ok(planner::resume(&read_log(brokers, log)?, 0).last_attempt)
 }
 

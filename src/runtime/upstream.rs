@@ -99,10 +99,12 @@ fn decide(committed: Option<&BTreeMap<u64, u32>>, copy: &WrittenBy) -> Option<bo
 }
 
 /// The `[job]` of an upstream job, as far as reading its log needs.
-fn upstream_config(brokers: &crate::connectors::kafka_config::Brokers, job: &str) -> crate::spec::JobConfig {
+fn upstream_config(
+    brokers: &crate::connectors::kafka_config::Brokers,
+    job: &str,
+) -> crate::spec::JobConfig {
     let text = format!("name = {}\n", toml_str(job));
-    let mut config: crate::spec::JobConfig =
-        toml::from_str(&text).expect("a job table of a name");
+    let mut config: crate::spec::JobConfig = toml::from_str(&text).expect("a job table of a name");
     // The upstream job is on the same brokers, reached the same way.
     config.brokers = brokers.clone();
     config

@@ -31,14 +31,16 @@ impl<'de> Deserialize<'de> for PropertyValue {
             F(f64),
             B(bool),
         }
-        Ok(PropertyValue(match Any::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("a Kafka property is a string, a number or a boolean")
-        })? {
-            Any::S(s) => s,
-            Any::I(i) => i.to_string(),
-            Any::F(f) => f.to_string(),
-            Any::B(b) => b.to_string(),
-        }))
+        Ok(PropertyValue(
+            match Any::deserialize(d).map_err(|_| {
+                serde::de::Error::custom("a Kafka property is a string, a number or a boolean")
+            })? {
+                Any::S(s) => s,
+                Any::I(i) => i.to_string(),
+                Any::F(f) => f.to_string(),
+                Any::B(b) => b.to_string(),
+            },
+        ))
     }
 }
 

@@ -147,7 +147,10 @@ kafka = { "compression.type" = "gzip", "linger.ms" = 20 }
     #[test]
     fn every_bad_property_is_named_at_its_line() {
         let text = JOB
-            .replace("\"socket.timeout.ms\"", "\"isolation.level\" = \"read_uncommitted\"\n\"socket.timeot.ms\"")
+            .replace(
+                "\"socket.timeout.ms\"",
+                "\"isolation.level\" = \"read_uncommitted\"\n\"socket.timeot.ms\"",
+            )
             .replace("\"fetch.wait.max.ms\" = 5", "\"group.id\" = \"mine\"")
             .replace(
                 "kafka = { \"compression.type\" = \"gzip\", \"linger.ms\" = 20 }",
@@ -163,9 +166,21 @@ kafka = { "compression.type" = "gzip", "linger.ms" = 20 }
         assert_eq!(got[0].0, 7);
         assert!(got[0].1.starts_with("kafka property `isolation.level`: rill sets `isolation.level` itself: rill reads read_committed"), "{}", got[0].1);
         assert_eq!(got[1].0, 8);
-        assert!(got[1].1.contains("No such configuration property: \"socket.timeot.ms\""), "{}", got[1].1);
+        assert!(
+            got[1]
+                .1
+                .contains("No such configuration property: \"socket.timeot.ms\""),
+            "{}",
+            got[1].1
+        );
         assert_eq!(got[2].0, 15);
-        assert!(got[2].1.starts_with("kafka property `group.id`: rill sets `group.id` itself"), "{}", got[2].1);
+        assert!(
+            got[2]
+                .1
+                .starts_with("kafka property `group.id`: rill sets `group.id` itself"),
+            "{}",
+            got[2].1
+        );
         assert_eq!(got[3].0, 29);
         assert_eq!(got[3].1, "kafka property `compression.type` differs from sink `a`'s; every Kafka sink of a job writes through its one transactional producer");
     }

@@ -203,7 +203,10 @@ table = "t"
         assert_eq!(
             warned,
             [
-                (5, "`job.kafka.sasl.password` holds a password written in the job file"),
+                (
+                    5,
+                    "`job.kafka.sasl.password` holds a password written in the job file"
+                ),
                 (9, "`sinks.pg.url` holds a password written in the job file"),
             ]
         );

@@ -46,7 +46,11 @@ fn jobctl(args: &[&str]) -> Output {
 fn ok(args: &[&str]) -> String {
     let out = jobctl(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "jobctl {args:?} failed ({}):\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "jobctl {args:?} failed ({}):\n{stderr}",
+        out.status
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

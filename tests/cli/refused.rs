@@ -93,8 +93,14 @@ format = "json"
     .unwrap();
     // The output topic exists, compacted, as a table's changelog would be.
     let out_topic = format!("{name}-out");
-    kafka_admin::ensure_topic(&brokers(), &out_topic, 1, 1, kafka_admin::TopicKind::Compacted)
-        .unwrap();
+    kafka_admin::ensure_topic(
+        &brokers(),
+        &out_topic,
+        1,
+        1,
+        kafka_admin::TopicKind::Compacted,
+    )
+    .unwrap();
     send_json(
         &format!("{name}-in"),
         &[

@@ -30,7 +30,12 @@ fn require_tls() {
 /// with the `[job.kafka]` table `kafka`, and the seed's six transactions
 /// in its input.
 fn bank_on(dir: &Path, tag: &str, brokers: &str, kafka: &str, env: &[(&str, &str)]) -> PathBuf {
-    let topics = ["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"];
+    let topics = [
+        "bank-transactions",
+        "APPROVED",
+        "REJECTED",
+        "bank-dead-letters",
+    ];
     let (job, _) = job_copy(dir, "bank.toml", &topics, tag);
     let text = std::fs::read_to_string(&job)
         .unwrap()
@@ -41,7 +46,13 @@ fn bank_on(dir: &Path, tag: &str, brokers: &str, kafka: &str, env: &[(&str, &str
         .replace("\n[sources.", &format!("\n{kafka}\n[sources."));
     std::fs::write(&job, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args(["datagen", "bank", "--job", job.to_str().unwrap(), "--seed-records"])
+        .args([
+            "datagen",
+            "bank",
+            "--job",
+            job.to_str().unwrap(),
+            "--seed-records",
+        ])
         .envs(env.iter().copied())
         .current_dir(root())
         .output()
@@ -134,9 +145,29 @@ fn the_bank_split_commits_over_tls_and_mutual_tls_what_it_commits_over_plaintext
     ] {
         let job = bank_on(dir.path(), &unique("tls"), brokers, &kafka, &env);
         let path = job.to_str().unwrap();
-        ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+        ok_with(
+            &[
+                "submit",
+                path,
+                "--until-caught-up",
+                "--quiet",
+                "--http",
+                "off",
+            ],
+            &env,
+        );
         // Run again: nothing is read or written twice.
-        ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+        ok_with(
+            &[
+                "submit",
+                path,
+                "--until-caught-up",
+                "--quiet",
+                "--http",
+                "off",
+            ],
+            &env,
+        );
         committed.push(ok_with(&["verify", path], &env));
     }
     assert_eq!(committed[0].lines().count(), 6, "{}", committed[0]);
@@ -185,21 +216,40 @@ fn a_certificate_that_does_not_verify_or_a_missing_client_certificate_is_named()
     let cases: [(&str, &str, &str); 3] = [
         (TLS_BROKERS, &other, "certificate verify failed"),
         (MTLS_BROKERS, &ca, "certificate required"),
-        (TLS_BROKERS, "ssl.ca.location=/no/such/ca.pem", "ssl.ca.location"),
+        (
+            TLS_BROKERS,
+            "ssl.ca.location=/no/such/ca.pem",
+            "ssl.ca.location",
+        ),
     ];
     for (brokers, ca, says) in cases {
         let out = jobctl(&[
-            "tail", "anything", "--brokers", brokers, "-X", "security.protocol=ssl", "-X", ca,
+            "tail",
+            "anything",
+            "--brokers",
+            brokers,
+            "-X",
+            "security.protocol=ssl",
+            "-X",
+            ca,
             "--until-caught-up",
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(
-            stderr.contains(says) && stderr.contains("check the TLS and SASL properties of [job.kafka]"),
+            stderr.contains(says)
+                && stderr.contains("check the TLS and SASL properties of [job.kafka]"),
             "{brokers} {ca}: {stderr}"
         );
     }
-    let out = jobctl(&["tail", "anything", "--brokers", BROKERS, "-X", "sasl.pasword=x"]);
+    let out = jobctl(&[
+        "tail",
+        "anything",
+        "--brokers",
+        BROKERS,
+        "-X",
+        "sasl.pasword=x",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("-X sasl.pasword: No such configuration property: \"sasl.pasword\""));
 }
@@ -217,7 +267,9 @@ fn endpoint_text(agent: &ureq::Agent, base: &str, token: Option<&str>) -> String
         "/api/v1/errors",
         "/api/v1/state/nothing",
     ] {
-        let mut request = agent.get(&format!("{base}{path}")).timeout(Duration::from_secs(5));
+        let mut request = agent
+            .get(&format!("{base}{path}"))
+            .timeout(Duration::from_secs(5));
         if let Some(t) = token {
             request = request.set("Authorization", &format!("Bearer {t}"));
         }
@@ -236,7 +288,10 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     require_tls();
     let dir = tempfile::tempdir().unwrap();
     let password = key_password();
-    let env = [("RILL_TEST_KEY_PASSWORD", password.as_str()), ("RUST_LOG", "debug")];
+    let env = [
+        ("RILL_TEST_KEY_PASSWORD", password.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
     let tag = unique("secret");
     let job = bank_on(dir.path(), &tag, MTLS_BROKERS, &mtls_table(), &env);
     let path = job.to_str().unwrap();
@@ -302,12 +357,19 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
         if let Some(e) = epochs.filter(|e| e.contains("\"epoch\"")) {
             break e;
         }
-        assert!(std::time::Instant::now() < deadline, "no epoch committed within 60 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no epoch committed within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!committed.is_empty());
     // Without the token, every route answers 401, the stop too.
-    for (method, route) in [("GET", "/api/v1/job"), ("GET", "/metrics"), ("POST", "/api/v1/stop")] {
+    for (method, route) in [
+        ("GET", "/api/v1/job"),
+        ("GET", "/metrics"),
+        ("POST", "/api/v1/stop"),
+    ] {
         match agent.request(method, &format!("{http}{route}")).call() {
             Err(ureq::Error::Status(401, _)) => {}
             other => panic!("{method} {route} without the token: {other:?}"),
@@ -319,17 +381,36 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
         .call();
     assert!(matches!(wrong, Err(ureq::Error::Status(401, _))));
     // Plain http to the https endpoint gets no answer.
-    assert!(ureq::get(&format!("http://127.0.0.1:{port}/api/v1/job")).call().is_err());
+    assert!(ureq::get(&format!("http://127.0.0.1:{port}/api/v1/job"))
+        .call()
+        .is_err());
     let ca = tls_dir().join("ca.pem");
     let ca = ca.to_str().unwrap();
     let refused = jobctl(&["status", "--http", &http, "--http-ca-file", ca]);
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs its token: pass --http-token-file"));
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("needs its token: pass --http-token-file"));
     seen.push_str(&endpoint_text(&agent, &http, Some(&token)));
     let token_path = token_file.to_str().unwrap();
-    let status = ok(&["status", "--http", &http, "--http-token-file", token_path, "--http-ca-file", ca]);
+    let status = ok(&[
+        "status",
+        "--http",
+        &http,
+        "--http-token-file",
+        token_path,
+        "--http-ca-file",
+        ca,
+    ]);
     assert!(status.contains(&format!("{tag}-bank")), "{status}");
     seen.push_str(&status);
-    ok(&["stop", "--http", &http, "--http-token-file", token_path, "--http-ca-file", ca]);
+    ok(&[
+        "stop",
+        "--http",
+        &http,
+        "--http-token-file",
+        token_path,
+        "--http-ca-file",
+        ca,
+    ]);
     let mut stderr = String::new();
     std::io::Read::read_to_string(running.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(running.wait().unwrap().success(), "{stderr}");
@@ -338,7 +419,10 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     // A key password the key does not open.
     let bad = run(
         &["submit", path, "--http", "off"],
-        &[("RILL_TEST_KEY_PASSWORD", "not-the-key-password"), ("RUST_LOG", "debug")],
+        &[
+            ("RILL_TEST_KEY_PASSWORD", "not-the-key-password"),
+            ("RUST_LOG", "debug"),
+        ],
     );
     let bad_err = String::from_utf8_lossy(&bad.stderr).to_string();
     assert!(!bad.status.success());
@@ -346,7 +430,11 @@ fn a_secret_shows_on_no_surface_and_the_endpoint_off_loopback_wants_its_token() 
     assert!(!bad_err.contains("not-the-key-password"), "{bad_err}");
     seen.push_str(&bad_err);
 
-    assert!(seen.len() > 10_000, "too little was looked at: {} bytes", seen.len());
+    assert!(
+        seen.len() > 10_000,
+        "too little was looked at: {} bytes",
+        seen.len()
+    );
     for secret in [password.as_str(), token.as_str()] {
         assert!(!seen.contains(secret), "a secret shows:\n{seen}");
     }
@@ -394,29 +482,49 @@ fn cashback_lands_once_over_tls_kafka_and_postgres_over_tls_with_scram_and_a_wro
     let path = job.to_str().unwrap();
     let password = pg_password();
     ok_with(
-        &["datagen", "cashback", "--job", path, "--count", "400", "--malformed-share", "0.1", "--quiet"],
+        &[
+            "datagen",
+            "cashback",
+            "--job",
+            path,
+            "--count",
+            "400",
+            "--malformed-share",
+            "0.1",
+            "--quiet",
+        ],
         &[("RILL_TEST_PG_PASSWORD", password.as_str())],
     );
 
     // Refused, each within seconds, in Postgres's or OpenSSL's words.
     let other_ca = tls_dir().join("other-ca.pem");
     for (password, url_query, says) in [
-        ("not-the-password", verified.clone(), "password authentication failed for user \"rill\""),
+        (
+            "not-the-password",
+            verified.clone(),
+            "password authentication failed for user \"rill\"",
+        ),
         (
             password.as_str(),
             format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
             "certificate verify failed",
         ),
-        (password.as_str(), "sslmode=disable".to_string(), "no encryption"),
+        (
+            password.as_str(),
+            "sslmode=disable".to_string(),
+            "no encryption",
+        ),
     ] {
         let refused = job.with_file_name(format!("refused-{tag}.toml"));
-        std::fs::write(
-            &refused,
-            text.replace(&verified, &url_query),
-        )
-        .unwrap();
+        std::fs::write(&refused, text.replace(&verified, &url_query)).unwrap();
         let out = run(
-            &["submit", refused.to_str().unwrap(), "--until-caught-up", "--http", "off"],
+            &[
+                "submit",
+                refused.to_str().unwrap(),
+                "--until-caught-up",
+                "--http",
+                "off",
+            ],
             &[("RILL_TEST_PG_PASSWORD", password)],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -430,14 +538,31 @@ fn cashback_lands_once_over_tls_kafka_and_postgres_over_tls_with_scram_and_a_wro
 
     let env = [("RILL_TEST_PG_PASSWORD", password.as_str())];
     for _ in 0..2 {
-        ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+        ok_with(
+            &[
+                "submit",
+                path,
+                "--until-caught-up",
+                "--quiet",
+                "--http",
+                "off",
+            ],
+            &env,
+        );
     }
     let url = tls_postgres_url(&password, &verified);
     let (eligible, malformed) = super::cashback_expected_on(&tls_brokers(), &input);
     let mut written: Vec<i64> = rill::connectors::postgres_sink::table_rows(&url, &table)
         .unwrap()
         .iter()
-        .map(|r| r.trim_matches(|c| c == '(' || c == ')').split(',').nth(4).unwrap().parse().unwrap())
+        .map(|r| {
+            r.trim_matches(|c| c == '(' || c == ')')
+                .split(',')
+                .nth(4)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     written.sort();
     assert!(eligible.len() > 50, "{} eligible", eligible.len());
@@ -451,7 +576,13 @@ fn cashback_lands_once_over_tls_kafka_and_postgres_over_tls_with_scram_and_a_wro
 fn https_registry(port: u16, topic: &str, users: &Path, tokens: &Path) -> std::process::Child {
     let d = tls_dir();
     let mut child = Command::new(env!("CARGO_BIN_EXE_jobctl"))
-        .args(["registry", "--listen", &format!("127.0.0.1:{port}"), "--brokers", BROKERS])
+        .args([
+            "registry",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--brokers",
+            BROKERS,
+        ])
         .args(["--topic", topic])
         .arg("--tls-cert")
         .arg(d.join("server.pem"))
@@ -467,7 +598,10 @@ fn https_registry(port: u16, topic: &str, users: &Path, tokens: &Path) -> std::p
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the registry did not listen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not listen"
+        );
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the registry exited: {status}");
         }
@@ -496,7 +630,10 @@ fn over_tls_kafka_a_job_and_confluents_client_read_the_same_schemas_from_an_http
     let agent = tls_agent();
     match agent.get(&format!("{url}/subjects")).call() {
         Err(ureq::Error::Status(401, r)) => {
-            assert_eq!(r.into_string().unwrap(), r#"{"error_code":40101,"message":"Unauthorized"}"#)
+            assert_eq!(
+                r.into_string().unwrap(),
+                r#"{"error_code":40101,"message":"Unauthorized"}"#
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -505,10 +642,17 @@ fn over_tls_kafka_a_job_and_confluents_client_read_the_same_schemas_from_an_http
         "registry_url = \"{url}\"\nregistry_username = \"sr-key\"\nregistry_password = \"${{RILL_TEST_SR_SECRET}}\"\nregistry_ca_file = \"{}\"\n",
         tls_dir().join("ca.pem").display()
     );
-    let topics = ["bank-transactions", "APPROVED", "REJECTED", "bank-dead-letters"];
+    let topics = [
+        "bank-transactions",
+        "APPROVED",
+        "REJECTED",
+        "bank-dead-letters",
+    ];
     let (job, names) = job_copy(dir.path(), "bank.toml", &topics, &tag);
-    let text = on_tls(&std::fs::read_to_string(&job).unwrap())
-        .replace("registry_url = \"http://127.0.0.1:8081\"\n", &registry_settings);
+    let text = on_tls(&std::fs::read_to_string(&job).unwrap()).replace(
+        "registry_url = \"http://127.0.0.1:8081\"\n",
+        &registry_settings,
+    );
     std::fs::write(&job, &text).unwrap();
     let path = job.to_str().unwrap();
 
@@ -520,17 +664,34 @@ fn over_tls_kafka_a_job_and_confluents_client_read_the_same_schemas_from_an_http
     let said = String::from_utf8_lossy(&wrong.stderr);
     assert!(!wrong.status.success());
     assert!(
-        said.contains(&format!("schema registry at {url} refused this client: 401"))
-            && said.contains("set registry_username and registry_password"),
+        said.contains(&format!(
+            "schema registry at {url} refused this client: 401"
+        )) && said.contains("set registry_username and registry_password"),
         "{said}"
     );
 
     let env = [("RILL_TEST_SR_SECRET", secret.as_str())];
     ok_with(&["datagen", "bank", "--job", path, "--seed-records"], &env);
-    ok_with(&["submit", path, "--until-caught-up", "--quiet", "--http", "off"], &env);
+    ok_with(
+        &[
+            "submit",
+            path,
+            "--until-caught-up",
+            "--quiet",
+            "--http",
+            "off",
+        ],
+        &env,
+    );
     let committed = ok_with(&["verify", path], &env);
     assert_eq!(committed.lines().count(), 6, "{committed}");
-    assert_eq!(committed.lines().filter(|l| l.starts_with("approved ")).count(), 5);
+    assert_eq!(
+        committed
+            .lines()
+            .filter(|l| l.starts_with("approved "))
+            .count(),
+        5
+    );
     // The same job with a bearer token instead decodes the same records.
     let with_token = job.with_file_name(format!("token-{tag}.toml"));
     std::fs::write(
@@ -565,7 +726,11 @@ for s in sorted(c.get_subjects()):
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&py.stdout).to_string();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let ids_in_records = |topic: &str| -> BTreeSet<u32> {
         read_topic_on(&tls_brokers(), topic)
             .iter()
@@ -573,7 +738,10 @@ for s in sorted(c.get_subjects()):
             .collect()
     };
     for (topic, subject) in [
-        (&names["bank-transactions"], format!("{}-value", names["bank-transactions"])),
+        (
+            &names["bank-transactions"],
+            format!("{}-value", names["bank-transactions"]),
+        ),
         (&names["APPROVED"], format!("{}-value", names["APPROVED"])),
     ] {
         let line = listed
@@ -596,17 +764,40 @@ fn turnstile_windows_over_tls_count_every_event_once_in_the_topic_and_the_lake()
     let (job, t) = turnstile_copy(dir.path(), &tag);
     std::fs::write(&job, on_tls(&std::fs::read_to_string(&job).unwrap())).unwrap();
     let path = job.to_str().unwrap();
-    ok(&["datagen", "turnstile", "--job", path, "--count", "1200", "--stations", "3", "--quiet"]);
+    ok(&[
+        "datagen",
+        "turnstile",
+        "--job",
+        path,
+        "--count",
+        "1200",
+        "--stations",
+        "3",
+        "--quiet",
+    ]);
     for workers in ["2", "1"] {
-        ok(&["submit", path, "--until-caught-up", "--quiet", "--http", "off", "--workers", workers]);
+        ok(&[
+            "submit",
+            path,
+            "--until-caught-up",
+            "--quiet",
+            "--http",
+            "off",
+            "--workers",
+            workers,
+        ]);
     }
-    let topic: Vec<serde_json::Value> = read_topic_on(&tls_brokers(), &t["turnstile-station-counts"])
-        .iter()
-        .map(|r| serde_json::from_slice(&r.value).unwrap())
-        .collect();
+    let topic: Vec<serde_json::Value> =
+        read_topic_on(&tls_brokers(), &t["turnstile-station-counts"])
+            .iter()
+            .map(|r| serde_json::from_slice(&r.value).unwrap())
+            .collect();
     let mut windows = BTreeSet::new();
     for w in &topic {
-        let id = (w["station"].to_string(), w["window_start"].as_i64().unwrap());
+        let id = (
+            w["station"].to_string(),
+            w["window_start"].as_i64().unwrap(),
+        );
         assert!(windows.insert(id.clone()), "window {id:?} sent twice");
     }
     let reports: i64 = topic.iter().map(|w| w["reports"].as_i64().unwrap()).sum();
