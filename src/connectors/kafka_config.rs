@@ -78,6 +78,15 @@ impl Brokers {
     }
 }
 
+/// Sets `key` unless the user's properties already did: rill's tuning of a
+/// client is a default, and a property the user writes for it wins.
+pub fn default_to<'c>(c: &'c mut ClientConfig, key: &str, value: &str) -> &'c mut ClientConfig {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+    c
+}
+
 /// Shown as the servers: a message about the brokers names where they are.
 impl fmt::Display for Brokers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

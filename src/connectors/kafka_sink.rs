@@ -5,6 +5,7 @@
 
 use super::kafka_admin::client_config;
 use super::sink::{Committed, EpochSink, SinkError};
+use crate::connectors::kafka_config::default_to;
 use crate::record::{DeadLetter, OutRecord};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -77,19 +78,22 @@ impl KafkaWriter {
         transactional: bool,
     ) -> Result<Self, KafkaError> {
         let mut config = client_config(brokers);
-        config
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            // An epoch's records wait here for the broker, a few hundred
-            // bytes each with their headers; past these bounds the writer
-            // waits for room on its own thread, and memory stays flat.
-            .set("queue.buffering.max.messages", "50000")
-            .set("queue.buffering.max.kbytes", "65536")
-            .set("enable.idempotence", "true");
+        config.set("enable.idempotence", "true");
+        // An epoch's records wait here for the broker, a few hundred
+        // bytes each with their headers; past these bounds the writer
+        // waits for room on its own thread, and memory stays flat. Each
+        // is a default a sink's `kafka` properties may change.
+        for (key, value) in [
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "50000"),
+            ("queue.buffering.max.kbytes", "65536"),
+        ] {
+            default_to(&mut config, key, value);
+        }
         if transactional {
-            config
-                .set("transactional.id", writer)
-                .set("transaction.timeout.ms", "60000");
+            config.set("transactional.id", writer);
+            default_to(&mut config, "transaction.timeout.ms", "60000");
         }
         let producer: BaseProducer<Deliveries> =
             config.create_with_context(Deliveries::default())?;

@@ -4,6 +4,7 @@
 //! path, so no rebalance can move a partition under a running epoch.
 
 use super::kafka_admin::{client_config, EofIsNotAnError};
+use super::kafka_config::default_to;
 use super::written_by::{Held, Read, Upstream, WrittenBy};
 use super::{Poll, SourceReader};
 use crate::record::{Origin, RawCopies, RawRecord};
@@ -54,6 +55,22 @@ pub struct KafkaSource {
     replayed_waiting: std::collections::BTreeMap<u64, Vec<i32>>,
 }
 
+/// How long a fetch may wait at the broker for records (`fetch.wait.max.ms`):
+/// as long as an epoch, from 50 ms to Kafka's default of 500. Every fetch
+/// answered is a request the broker serves; at 50 ms, a job reading a
+/// topic its producer writes a record at a time slowed that producer's
+/// acknowledgements from 2 ms to seconds on Tansu (docs/performance.md),
+/// while a wait of an epoch costs a record at most the epoch it would
+/// wait for anyway. A bounded run asks at 50 ms, so that the end of its
+/// input is heard soon.
+pub fn fetch_wait_ms(bounded: bool, checkpoint_interval_ms: u64) -> u64 {
+    if bounded {
+        50
+    } else {
+        checkpoint_interval_ms.clamp(50, 500)
+    }
+}
+
 impl KafkaSource {
     /// `ranges` holds, for each partition this worker reads, the offset to
     /// start at and (for bounded runs) the end offset to stop at.
@@ -63,29 +80,39 @@ impl KafkaSource {
         source: u32,
         ranges: Vec<(i32, i64, Option<i64>)>,
         bounded: bool,
+        checkpoint_interval_ms: u64,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: BaseConsumer<EofIsNotAnError> = client_config(brokers)
+        let mut config = client_config(brokers);
+        config
             .set("group.id", format!("rill-{topic}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             // An offset retention has deleted is an error, never a jump.
             .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "50")
-            // Read ahead enough to keep the workers busy between fetches,
-            // not librdkafka's 64 MiB per partition, so memory stays flat;
-            // and fetch again as soon as the queue drains below that,
-            // instead of librdkafka's default wait of a second. The bound
-            // is in records and in fetch size both: librdkafka keeps an
-            // operation of about 300 bytes per fetched record beside its
-            // bytes, so a byte bound alone let 90,000 small records per
-            // partition queue up.
-            .set("queued.min.messages", "10000")
-            .set("queued.max.messages.kbytes", "1024")
-            .set("max.partition.fetch.bytes", "262144")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("enable.partition.eof", bounded.to_string())
-            .create_with_context(EofIsNotAnError)?;
+            .set("enable.partition.eof", bounded.to_string());
+        // Read ahead enough to keep the workers busy between fetches,
+        // not librdkafka's 64 MiB per partition, so memory stays flat;
+        // and fetch again as soon as the queue drains below that,
+        // instead of librdkafka's default wait of a second. The bound
+        // is in records and in fetch size both: librdkafka keeps an
+        // operation of about 300 bytes per fetched record beside its
+        // bytes, so a byte bound alone let 90,000 small records per
+        // partition queue up. How long a fetch waits at the broker: see
+        // `fetch_wait_ms`. Each is a default a source's `kafka` properties
+        // may change.
+        let wait = fetch_wait_ms(bounded, checkpoint_interval_ms).to_string();
+        for (key, value) in [
+            ("fetch.wait.max.ms", wait.as_str()),
+            ("queued.min.messages", "10000"),
+            ("queued.max.messages.kbytes", "1024"),
+            ("max.partition.fetch.bytes", "262144"),
+            ("fetch.queue.backoff.ms", "10"),
+        ] {
+            default_to(&mut config, key, value);
+        }
+        let consumer: BaseConsumer<EofIsNotAnError> =
+            config.create_with_context(EofIsNotAnError)?;
         let mut tpl = TopicPartitionList::new();
         let mut partitions = Vec::new();
         for (p, start, end) in ranges {
@@ -456,6 +483,13 @@ impl SourceReader for KafkaSource {
         Some((epoch, Poll::Data))
     }
 
+    /// librdkafka calls it from its own thread when the consumer's queue
+    /// turns non-empty: a fetch answered.
+    fn wake_on_data(&mut self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        self.consumer.set_nonempty_callback(wake);
+        true
+    }
+
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Poll {
         if self.finished() {
             return Poll::Done;
@@ -485,5 +519,18 @@ impl SourceReader for KafkaSource {
         } else {
             Poll::Idle
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_fetch_waits_about_an_epoch_and_a_bounded_one_briefly() {
+        assert_eq!(fetch_wait_ms(false, 100), 100);
+        assert_eq!(fetch_wait_ms(false, 10), 50);
+        assert_eq!(fetch_wait_ms(false, 1000), 500);
+        assert_eq!(fetch_wait_ms(true, 1000), 50);
     }
 }

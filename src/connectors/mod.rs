@@ -61,6 +61,13 @@ pub trait SourceReader {
     fn waiting(&mut self, _from: u64, _to: u64) -> Vec<(u64, Vec<i32>)> {
         Vec::new()
     }
+
+    /// Asks the reader to call `wake` whenever records arrive after a poll
+    /// found none, from whatever thread receives them; false if it cannot,
+    /// and must then be polled on a timer.
+    fn wake_on_data(&mut self, _wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        false
+    }
 }
 
 /// Kafka's default partitioner for keyed records (murmur2, as the Java
@@ -126,6 +133,12 @@ impl<T: Send + 'static> std::ops::Deref for DropAside<T> {
     type Target = T;
     fn deref(&self) -> &T {
         self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> std::ops::DerefMut for DropAside<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("present until dropped")
     }
 }
 

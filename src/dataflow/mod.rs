@@ -63,6 +63,13 @@ pub struct EpochFill {
     newest: std::sync::Mutex<(Epoch, Vec<(usize, u64)>)>,
     /// Epochs the clock was moved on by.
     ahead: std::sync::atomic::AtomicU64,
+    /// The newest epoch sources may fill (0: no bound yet): the one after
+    /// the lowest epoch the writer has not committed. While epoch N
+    /// commits, the workers process N+1, and N+1 ends only once N has
+    /// committed, taking everything that arrived meanwhile: however long a
+    /// commit takes, epochs never queue behind it, and a record waits at
+    /// most an interval or a commit, whichever is longer, plus its own.
+    open_upto: std::sync::atomic::AtomicU64,
 }
 
 impl EpochFill {
@@ -100,6 +107,12 @@ impl EpochFill {
             Some((_, held)) => *held += n as u64,
             None => newest.1.push((by, n as u64)),
         }
+    }
+
+    /// The writer has committed every epoch below `uncommitted`.
+    pub(crate) fn committed_below(&self, uncommitted: Epoch) {
+        self.open_upto
+            .store(uncommitted.saturating_add(1), Ordering::Release);
     }
 
     /// Whether `epoch` holds enough output to end now: one sink's share is
@@ -166,7 +179,18 @@ impl WorkerContext {
     /// clock on every worker of the process, moved on early by the epochs
     /// that filled before their interval ended.
     fn epoch_now(&self) -> Epoch {
-        self.clock_epoch() + self.fill.ahead.load(Ordering::Acquire)
+        live_epoch(
+            self.clock_epoch() + self.fill.ahead.load(Ordering::Acquire),
+            self.first_epoch.max(1),
+            self.fill.open_upto.load(Ordering::Acquire),
+        )
+    }
+
+    /// How long until the clock's epoch ends.
+    fn until_next_epoch(&self) -> Duration {
+        let interval = self.checkpoint_interval.as_nanos().max(1);
+        let into = self.start.elapsed().as_nanos() % interval;
+        Duration::from_nanos((interval - into) as u64)
     }
 
     fn clock_epoch(&self) -> Epoch {
@@ -479,9 +503,43 @@ pub(crate) fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>
     *cap.least().expect("messages carry an epoch")
 }
 
+/// The epoch a live source reads into: the clock's, unless the writer
+/// has not committed the epoch before it (`open_upto`, 0 for no bound);
+/// never one before `first`, the first epoch this start reads live, since
+/// the ones before it are replayed or committed.
+fn live_epoch(clock: Epoch, first: Epoch, open_upto: Epoch) -> Epoch {
+    let bounded = if open_upto == 0 {
+        clock
+    } else {
+        clock.min(open_upto)
+    };
+    bounded.max(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_epoch_waits_for_the_commit_of_the_one_before_and_then_follows_the_clock() {
+        // Nothing committed yet: the clock alone, from the first epoch.
+        assert_eq!(live_epoch(1, 1, 0), 1);
+        assert_eq!(live_epoch(7, 1, 0), 7);
+        // Epoch 4 commits (everything below 4 committed): 5 fills, however
+        // far the clock has gone.
+        let fill = EpochFill::new(0);
+        fill.committed_below(4);
+        assert_eq!(live_epoch(9, 1, fill.open_upto.load(Ordering::Relaxed)), 5);
+        assert_eq!(live_epoch(3, 1, 5), 3);
+        // Once 4 has committed, 5 ends and the next is the clock's: the
+        // numbers skipped hold nothing.
+        fill.committed_below(5);
+        assert_eq!(live_epoch(9, 1, fill.open_upto.load(Ordering::Relaxed)), 6);
+        assert_eq!(live_epoch(9, 1, 10), 9);
+        // Replayed epochs (before `first`) are never taken by live reads,
+        // whatever the writer has committed so far.
+        assert_eq!(live_epoch(20, 12, 3), 12);
+    }
 
     #[test]
     fn an_epoch_is_full_once_one_sinks_output_reaches_the_limit_and_later_epochs_start_empty() {

@@ -28,7 +28,16 @@ pub struct EpochCounts {
     /// (source, partition) that had records waiting past those read when
     /// the epoch ended (see `dataflow/source.rs`).
     pub waiting: std::collections::BTreeSet<(u32, i32)>,
+    /// Timestamps of some of the records read (at most
+    /// `TIMESTAMP_SAMPLE` per poll and `TIMESTAMPS_KEPT` in all): how long
+    /// after them the epoch commits is the job's end-to-end latency.
+    pub timestamps: Vec<i64>,
 }
+
+/// Records of a poll whose timestamps are kept, spread over it.
+pub const TIMESTAMP_SAMPLE: usize = 8;
+/// Timestamps kept for an epoch.
+pub const TIMESTAMPS_KEPT: usize = 1024;
 
 impl EpochCounts {
     pub fn add(&mut self, other: &EpochCounts) {
@@ -59,6 +68,9 @@ impl EpochCounts {
         self.late += other.late;
         self.filtered += other.filtered;
         self.waiting.extend(other.waiting.iter().copied());
+        let room = TIMESTAMPS_KEPT.saturating_sub(self.timestamps.len());
+        self.timestamps
+            .extend(other.timestamps.iter().take(room).copied());
         for (k, (s, e)) in &other.ranges {
             let r = self.ranges.entry(*k).or_insert((*s, *e));
             r.0 = r.0.min(*s);

@@ -17,6 +17,12 @@ use timely::dataflow::{Scope, Stream};
 /// Records a source hands on per poll at most.
 const POLL_BATCH: usize = 2048;
 const POLLS_PER_ACTIVATION: usize = 2;
+/// How soon a reader that cannot say when records arrive is polled again
+/// after it had none.
+const IDLE_POLL: Duration = Duration::from_millis(2);
+/// How soon one that can is polled again anyway (sooner when the clock's
+/// epoch ends first).
+const IDLE_FALLBACK: Duration = Duration::from_millis(10);
 
 /// The partitions of a source that had records waiting when each of its
 /// epochs ended, passed from the operator that reads to the one that
@@ -119,7 +125,18 @@ pub(super) fn read_source<'s>(
         scope,
         name,
         move |cap, info| {
-            let activator = scope.activator_for(info.address);
+            let activator = scope.activator_for(info.address.clone());
+            // A reader that says when records arrive wakes the worker then;
+            // one that cannot is polled every IDLE_POLL. The wait after an
+            // empty poll is a fallback for what arrives otherwise (records
+            // an upstream job's commit releases), not the path of data.
+            let wakes = {
+                let sync = scope.worker().sync_activator_for(info.address.to_vec());
+                reader.wake_on_data(Box::new(move || {
+                    let _ = sync.activate();
+                }))
+            };
+            let idle_wait = if wakes { IDLE_FALLBACK } else { IDLE_POLL };
             let mut cap = Some(cap);
             let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_BATCH);
             let mut read_so_far: i64 = 0;
@@ -221,6 +238,13 @@ pub(super) fn read_source<'s>(
                                     range.1 = range.1.max(r.origin.offset + 1);
                                 }
                                 x.bytes_in[source_pos] += bytes as u64;
+                                let room = super::output::TIMESTAMPS_KEPT
+                                    .saturating_sub(x.timestamps.len())
+                                    .min(super::output::TIMESTAMP_SAMPLE);
+                                let step = (buf.len() / super::output::TIMESTAMP_SAMPLE).max(1);
+                                x.timestamps.extend(
+                                    buf.iter().step_by(step).take(room).map(|r| r.timestamp_ms),
+                                );
                                 if let Some((k, n, b)) = run {
                                     let e = x.partitions.entry(k).or_default();
                                     e.0 += n;
@@ -235,7 +259,7 @@ pub(super) fn read_source<'s>(
                             }
                         }
                         Poll::Idle => {
-                            activator.activate_after(Duration::from_millis(2));
+                            activator.activate_after(idle_wait.min(ctx.until_next_epoch()));
                             return;
                         }
                         Poll::Done => {

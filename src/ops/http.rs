@@ -173,6 +173,7 @@ fn router(observer: Arc<Observer>, stop: Arc<AtomicBool>, plan: Arc<Plan>) -> Ro
         .route("/api/v1/graph", get(graph_of))
         .route("/api/v1/state/{transform}", get(state_of))
         .route("/api/v1/epochs", get(epochs))
+        .route("/api/v1/history", get(history))
         .route("/api/v1/errors", get(errors))
         .route("/api/v1/stop", post(stop_job))
         .with_state(Shared {
@@ -351,6 +352,10 @@ async fn job(State(s): State<Shared>) -> impl IntoResponse {
 
 async fn epochs(State(s): State<Shared>) -> impl IntoResponse {
     Json(s.observer.epochs())
+}
+
+async fn history(State(s): State<Shared>) -> impl IntoResponse {
+    Json(s.observer.history())
 }
 
 async fn errors(State(s): State<Shared>) -> impl IntoResponse {

@@ -165,6 +165,9 @@ pub struct EpochReport {
     pub dead: u64,
     pub late: u64,
     pub filtered: u64,
+    /// A sample of the timestamps of the records read.
+    #[serde(default)]
+    pub timestamps: Vec<i64>,
 }
 
 /// What a process did beyond its epochs' counts, for the summary.

@@ -350,6 +350,7 @@ pub(super) fn wire(
         let brokers = crate::spec::kafka::source_brokers(job, c);
         let topic = c.topic.clone();
         let bounded = opts.until_caught_up;
+        let interval_ms = job.checkpoint_interval_ms;
         let replay_only = opts.replay_only;
         let upstreams = upstreams.clone();
         source_topics.push(Arc::from(c.topic.as_str()));
@@ -360,7 +361,7 @@ pub(super) fn wire(
                 .filter(|(p, _, _)| *p as usize % peers == index)
                 .cloned()
                 .collect();
-            let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded)
+            let reader = KafkaSource::new(&brokers, &topic, pos as u32, mine, bounded, interval_ms)
                 .unwrap_or_else(|e| panic!("kafka consumer for {topic}: {e}"))
                 .with_replay(replay.clone(), replay_only)
                 .with_upstream(upstreams.clone());

@@ -10,6 +10,7 @@ pub mod control;
 pub mod coordinator;
 pub mod epoch_log;
 pub mod error;
+pub mod history;
 mod leader;
 mod liveness;
 pub mod local;

@@ -140,6 +140,8 @@ pub struct EpochDone<'a> {
     pub commit: std::time::Duration,
     /// Offsets read, per (source, partition): [first, one past the last).
     pub read: &'a BTreeMap<(u32, i32), (i64, i64)>,
+    /// A sample of the timestamps of the records read.
+    pub timestamps: &'a [i64],
 }
 
 struct Recent {
@@ -196,6 +198,7 @@ pub struct Observer {
     /// Each source's name and topic, by position.
     sources: Vec<(String, String)>,
     recent: Mutex<Recent>,
+    history: Mutex<super::history::History>,
 }
 
 impl Observer {
@@ -416,6 +419,7 @@ impl Observer {
             backpressure_ns: Default::default(),
             watermark,
             sources: sources.to_vec(),
+            history: Mutex::new(super::history::History::default()),
             recent: Mutex::new(Recent {
                 state: "starting",
                 attempt: 0,
@@ -468,6 +472,7 @@ impl Observer {
         let new = if ns >= before { ns - before } else { ns };
         if new > 0 {
             self.backpressure.inc_by(new as f64 / 1e9);
+            self.history.lock().unwrap().blocked(now_ms(), new);
         }
     }
 
@@ -478,6 +483,10 @@ impl Observer {
         keys: Vec<(String, usize, u64)>,
         marks: BTreeMap<String, (u64, Option<i64>)>,
     ) {
+        if !keys.is_empty() {
+            let total = keys.iter().map(|(_, _, n)| n).sum();
+            self.history.lock().unwrap().state_keys(now_ms(), total);
+        }
         for (transform, worker, n) in keys {
             let labels = WorkerLabels {
                 transform,
@@ -604,6 +613,12 @@ impl Observer {
         for (node, n) in &per_node {
             *r.nodes.entry(node.clone()).or_default() += n;
         }
+        self.history.lock().unwrap().committed(
+            now_ms(),
+            &per_node,
+            done.commit.as_millis() as u64,
+            done.timestamps,
+        );
         if r.epochs.len() == RECENT {
             r.epochs.pop_front();
         }
@@ -717,7 +732,17 @@ impl Observer {
                 });
             }
         }
+        let mut per_source: BTreeMap<String, i64> = BTreeMap::new();
+        for l in &lag {
+            *per_source.entry(l.source.clone()).or_default() += l.lag;
+        }
+        self.history.lock().unwrap().lag(now_ms(), per_source);
         self.recent.lock().unwrap().lag = lag;
+    }
+
+    /// One sample a second over the last minutes, for the page's charts.
+    pub fn history(&self) -> Vec<super::history::Sample> {
+        self.history.lock().unwrap().samples(now_ms())
     }
 
     pub fn epochs(&self) -> Vec<EpochEntry> {
@@ -734,6 +759,12 @@ impl Observer {
 /// The kind of a dead letter's reason, as a label of few values: its
 /// text up to the first colon (`avro decode`, `sink topic X`, ...), cut
 /// short.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn reason_kind(reason: &str) -> String {
     let kind = reason.split(':').next().unwrap_or(reason).trim();
     kind.chars().take(40).collect()
@@ -779,7 +810,16 @@ mod tests {
             bytes_in: vec![400],
             bytes_out: vec![240],
             partitions: &[(0, 0, 7, 280), (0, 1, 3, 120)],
+            timestamps: &[now_ms() - 1_500],
         });
+        let last = o.history().pop().unwrap();
+        assert_eq!(last.records["sources.transactions"], 10);
+        assert_eq!(last.records["sinks.aggregated"], 6);
+        assert!(
+            (1_500..5_000).contains(&last.latency_p99_ms.unwrap()),
+            "{last:?}"
+        );
+        assert_eq!(last.commit_ms, Some(20));
         o.held(
             vec![("per_account".to_string(), 1, 6)],
             BTreeMap::from([("per_account".to_string(), (6, Some(1_700_000_000_500)))]),

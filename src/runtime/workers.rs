@@ -59,6 +59,7 @@ pub(super) fn execute(
     } else {
         plan.job.max_epoch_records
     }));
+    let writer_fill = fill.clone();
     if !matches!(backend, super::local::Backend::Memory { .. }) {
         let topics = source_topics
             .iter()
@@ -81,7 +82,7 @@ pub(super) fn execute(
                 rx,
                 targets,
                 backend,
-                (writer_in_flight, writer_held),
+                (writer_in_flight, writer_held, writer_fill),
                 start,
                 resume_after,
             );

@@ -65,7 +65,11 @@ pub(super) fn write_loop(
     rx: Receiver<WriterMsg>,
     targets: Sinks,
     backend: Backend,
-    (in_flight, held): (Arc<AtomicI64>, Arc<crate::dataflow::output::Held>),
+    (in_flight, held, fill): (
+        Arc<AtomicI64>,
+        Arc<crate::dataflow::output::Held>,
+        Arc<crate::dataflow::EpochFill>,
+    ),
     start: Instant,
     resume_after: Epoch,
 ) -> Result<RunSummary, RunError> {
@@ -145,6 +149,16 @@ pub(super) fn write_loop(
         } else if finished >= workers || workers_gone {
             break;
         }
+        // Every epoch below the lowest one complete or held for the
+        // leader has committed by now: the sources may close the next.
+        let uncommitted = w
+            .held
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(Epoch::MAX)
+            .min(completion.complete());
+        fill.committed_below(uncommitted);
         let msg = match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
@@ -530,6 +544,7 @@ impl Writer<'_> {
                 duration,
                 commit: commit_time,
                 read: &read.0,
+                timestamps: &own.timestamps,
             });
             o.open_epoch_records(self.in_flight.load(Ordering::Relaxed));
             o.open_epoch_bytes(self.staged.values().map(|(_, b)| *b).sum());
@@ -634,6 +649,8 @@ impl EpochTotals {
             late: r.late,
             filtered: r.filtered,
             ranges: read,
+            // Each process charts the latency of what it read.
+            timestamps: Vec::new(),
         });
         for (a, b) in self.out.iter_mut().zip(&r.out) {
             *a += b;
@@ -667,6 +684,7 @@ impl EpochTotals {
             dead: self.counts.dead,
             late: self.counts.late,
             filtered: self.counts.filtered,
+            timestamps: self.counts.timestamps.clone(),
         }
     }
 }
