@@ -176,6 +176,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rills_tuning_is_a_default_a_users_property_overrides() {
+        let mut props = BTreeMap::new();
+        props.insert("fetch.wait.max.ms".to_string(), "5".to_string());
+        let brokers = Brokers::new("127.0.0.1:9092", props);
+        let mut c = brokers.client_config();
+        default_to(&mut c, "fetch.wait.max.ms", "500");
+        default_to(&mut c, "queued.min.messages", "10000");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(c.get("queued.min.messages"), Some("10000"));
+    }
+
+    #[test]
     fn every_client_starts_from_the_job_properties_and_overrides_win() {
         let job = Brokers::new(
             "b:9093",
