@@ -100,6 +100,7 @@ fn rejected_aggregate(c: &mut Criterion) {
 /// jobs/turnstile.toml's 5-minute windows per station on generated
 /// turnstile events (JSON), 4 stations x 2 devices, cut into 40 epochs.
 fn turnstile_windows(c: &mut Criterion) {
+    const STATIONS: usize = 4;
     use rill::connectors::datagen::TurnstileGenerator;
     use rill::runtime::memory::MemoryInput;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -107,7 +108,7 @@ fn turnstile_windows(c: &mut Criterion) {
         Arc::new(Plan::build(&Spec::load(&root.join("jobs/turnstile.toml")).unwrap()).unwrap());
     let rows = plan.sources().next().unwrap().1.outputs[0].clone();
     let mut generator =
-        TurnstileGenerator::new(&rows, 3, 1_690_542_000_000, 4, 2, 0.05, 0.0).unwrap();
+        TurnstileGenerator::new(&rows, 3, 1_690_542_000_000, STATIONS, 2, 0.05, 0.0).unwrap();
     let input: Vec<(u64, RawRecord)> = (0..RECORDS)
         .map(|i| {
             let (key, row) = generator.next_event();
