@@ -1417,7 +1417,12 @@ fn cashback_expected_on(brokers: &kafka_admin::Brokers, topic: &str) -> (Vec<i64
 
 /// The timestamps of the table's rows (the fifth column), sorted.
 fn table_timestamps(table: &str) -> Vec<i64> {
-    let mut ts: Vec<i64> = rill::connectors::postgres_sink::table_rows(POSTGRES_URL, table)
+    table_timestamps_at(POSTGRES_URL, table)
+}
+
+/// [`table_timestamps`] of a table in the database at `url`.
+fn table_timestamps_at(url: &str, table: &str) -> Vec<i64> {
+    let mut ts: Vec<i64> = rill::connectors::postgres_sink::table_rows(url, table)
         .unwrap()
         .iter()
         .map(|r| {
