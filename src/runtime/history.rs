@@ -47,6 +47,11 @@ impl History {
     /// `KEPT_S` go.
     fn at(&mut self, t: u64) -> &mut Sample {
         if self.samples.back().is_none_or(|s| s.t < t) {
+            // A finished second keeps its quantiles, not the latencies
+            // they came from: at short epochs those are thousands a second.
+            if let Some(done) = self.samples.back_mut() {
+                done.latencies = Vec::new();
+            }
             let sample = Sample {
                 t,
                 lag: self.lag.clone(),
@@ -175,6 +180,10 @@ mod tests {
         assert_eq!(s[1].state_keys, Some(40));
         assert_eq!(s[2].latency_p50_ms, Some(100));
         assert_eq!(s[3].state_keys, Some(40));
+        assert!(
+            h.samples[0].latencies.is_empty(),
+            "a finished second's latencies are freed"
+        );
     }
 
     #[test]
